@@ -1,0 +1,328 @@
+//! What each stored kind does beyond generic object handling: defaulting,
+//! validation, selectable fields and `kubectl get` columns.
+
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+
+use crate::resource::ResourceInfo;
+use crate::status::{StatusCause, field};
+use crate::validation;
+
+/// Sets defaults on a new or updated object, the way kube-apiserver's defaulters do.
+pub fn default_object(resource: &ResourceInfo, obj: &mut Value) {
+    let Some(map) = obj.as_object_mut() else { return };
+    match resource.plural {
+        "namespaces" => {
+            let name = map.pointer_str("/metadata/name").unwrap_or_default();
+            let meta = object_at(map, "metadata");
+            let labels = object_at(meta, "labels");
+            labels.insert("kubernetes.io/metadata.name".into(), Value::String(name));
+            let spec = object_at(map, "spec");
+            spec.entry("finalizers").or_insert_with(|| json!(["kubernetes"]));
+            let status = object_at(map, "status");
+            status.entry("phase").or_insert_with(|| json!("Active"));
+        }
+        "secrets" => {
+            map.entry("type").or_insert_with(|| json!("Opaque"));
+            // `stringData` is write-only: merged into `data` (base64) and dropped.
+            if let Some(Value::Object(string_data)) = map.remove("stringData") {
+                let data = object_at(map, "data");
+                for (k, v) in string_data {
+                    let raw = v.as_str().unwrap_or_default();
+                    data.insert(k, Value::String(base64::engine::general_purpose::STANDARD.encode(raw)));
+                }
+            }
+        }
+        "pods" => {
+            let spec = object_at(map, "spec");
+            let sa = spec.get("serviceAccountName").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+            let sa = sa.or_else(|| spec.get("serviceAccount").and_then(Value::as_str).map(str::to_owned));
+            let sa = sa.unwrap_or_else(|| "default".to_owned());
+            spec.insert("serviceAccountName".into(), json!(sa));
+            spec.insert("serviceAccount".into(), json!(sa));
+            spec.entry("restartPolicy").or_insert_with(|| json!("Always"));
+            spec.entry("dnsPolicy").or_insert_with(|| json!("ClusterFirst"));
+            spec.entry("schedulerName").or_insert_with(|| json!("default-scheduler"));
+            spec.entry("terminationGracePeriodSeconds").or_insert_with(|| json!(30));
+            spec.entry("enableServiceLinks").or_insert_with(|| json!(true));
+            if let Some(Value::Array(containers)) = spec.get_mut("containers") {
+                for c in containers.iter_mut().filter_map(Value::as_object_mut) {
+                    c.entry("terminationMessagePath").or_insert_with(|| json!("/dev/termination-log"));
+                    c.entry("terminationMessagePolicy").or_insert_with(|| json!("File"));
+                    let latest = c.get("image").and_then(Value::as_str).is_some_and(|i| !i.contains(':') || i.ends_with(":latest"));
+                    c.entry("imagePullPolicy").or_insert_with(|| json!(if latest { "Always" } else { "IfNotPresent" }));
+                }
+            }
+            let status = object_at(map, "status");
+            status.entry("phase").or_insert_with(|| json!("Pending"));
+        }
+        _ => {}
+    }
+}
+
+trait PointerStr {
+    fn pointer_str(&self, pointer: &str) -> Option<String>;
+}
+
+impl PointerStr for Map<String, Value> {
+    fn pointer_str(&self, pointer: &str) -> Option<String> {
+        let mut parts = pointer.trim_start_matches('/').split('/');
+        let first = parts.next()?;
+        let mut cur = self.get(first)?;
+        for p in parts {
+            cur = cur.get(p)?;
+        }
+        cur.as_str().map(str::to_owned)
+    }
+}
+
+/// The object under `key`, created (or replaced, if not an object) as needed.
+fn object_at<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
+    let slot = map.entry(key.to_owned()).or_insert_with(|| Value::Object(Map::new()));
+    if !slot.is_object() {
+        *slot = Value::Object(Map::new());
+    }
+    match slot {
+        Value::Object(m) => m,
+        // The slot was made an object just above.
+        _ => unreachable!("slot is an object"),
+    }
+}
+
+/// Validates an object (with its previous version on update). Returns field errors.
+pub fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<StatusCause> {
+    let mut causes = Vec::new();
+    let meta = obj.get("metadata").cloned().unwrap_or(Value::Null);
+    let name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
+    if name.is_empty() {
+        causes.push(field::required("metadata.name", "name or generateName is required"));
+    } else if resource.plural == "namespaces" {
+        validation::push_invalid(&mut causes, "metadata.name", name, validation::dns1123_label(name));
+    } else {
+        validation::push_invalid(&mut causes, "metadata.name", name, validation::dns1123_subdomain(name));
+    }
+    validation::labels_and_annotations(&meta, &mut causes);
+
+    match resource.plural {
+        "configmaps" => {
+            for section in ["data", "binaryData"] {
+                if let Some(data) = obj.get(section).and_then(Value::as_object) {
+                    for k in data.keys() {
+                        validation::push_invalid(&mut causes, &format!("{section}[{k}]"), k, validation::config_key(k));
+                    }
+                }
+            }
+        }
+        "secrets" => {
+            if let Some(data) = obj.get("data").and_then(Value::as_object) {
+                for k in data.keys() {
+                    validation::push_invalid(&mut causes, &format!("data[{k}]"), k, validation::config_key(k));
+                }
+            }
+            let ty = obj.get("type").and_then(Value::as_str).unwrap_or_default();
+            if let Some(old_ty) = old.and_then(|o| o.get("type")).and_then(Value::as_str)
+                && old_ty != ty
+            {
+                causes.push(field::invalid("type", &json!(ty), "field is immutable"));
+            }
+            if ty == "kubernetes.io/service-account-token"
+                && meta.pointer("/annotations/kubernetes.io~1service-account.name").and_then(Value::as_str).is_none_or(str::is_empty)
+            {
+                causes.push(field::required("metadata.annotations[kubernetes.io/service-account.name]", ""));
+            }
+        }
+        "pods" => {
+            let containers = obj.pointer("/spec/containers").and_then(Value::as_array);
+            match containers {
+                None => causes.push(field::required("spec.containers", "")),
+                Some(list) if list.is_empty() => causes.push(field::required("spec.containers", "")),
+                Some(list) => {
+                    for (i, c) in list.iter().enumerate() {
+                        let cname = c.get("name").and_then(Value::as_str).unwrap_or_default();
+                        if cname.is_empty() {
+                            causes.push(field::required(&format!("spec.containers[{i}].name"), ""));
+                        } else {
+                            validation::push_invalid(&mut causes, &format!("spec.containers[{i}].name"), cname, validation::dns1123_label(cname));
+                        }
+                        if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+                            causes.push(field::required(&format!("spec.containers[{i}].image"), ""));
+                        }
+                    }
+                }
+            }
+            if let Some(old) = old {
+                for path in ["/spec/serviceAccountName", "/spec/nodeName"] {
+                    let (now, before) = (obj.pointer(path), old.pointer(path));
+                    // nodeName may be set once (binding); otherwise the pod spec is immutable here.
+                    if now != before && !(path == "/spec/nodeName" && before.is_none()) {
+                        causes.push(field::forbidden(
+                            "spec",
+                            "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+/// Fields usable in a `fieldSelector` besides `metadata.name`/`metadata.namespace`.
+pub fn selectable_fields(resource: &ResourceInfo) -> &'static [&'static str] {
+    match resource.plural {
+        "pods" => &["spec.nodeName", "spec.serviceAccountName", "status.phase", "spec.restartPolicy", "spec.schedulerName", "status.podIP"],
+        "secrets" => &["type"],
+        "namespaces" => &["status.phase"],
+        "events" => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        _ => &[],
+    }
+}
+
+/// A `kubectl get` column.
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    /// Header.
+    pub name: &'static str,
+    /// `string`, `integer` or `date`.
+    pub type_: &'static str,
+    /// `name` for the first column, else empty.
+    pub format: &'static str,
+    /// Help text.
+    pub description: &'static str,
+    /// Shown only with `-o wide`.
+    pub priority: i32,
+}
+
+const NAME: Column = Column { name: "Name", type_: "string", format: "name", description: "Name must be unique within a namespace.", priority: 0 };
+const AGE: Column = Column { name: "Age", type_: "string", format: "", description: "CreationTimestamp is a timestamp representing the server time when this object was created.", priority: 0 };
+
+/// Table columns for `kubectl get`.
+pub fn columns(resource: &ResourceInfo) -> Vec<Column> {
+    let c = |name, type_, description| Column { name, type_, format: "", description, priority: 0 };
+    match resource.plural {
+        "namespaces" => vec![NAME, c("Status", "string", "The status of the namespace"), AGE],
+        "serviceaccounts" => vec![NAME, c("Secrets", "string", "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use."), AGE],
+        "secrets" => vec![NAME, c("Type", "string", "The type of the secret"), c("Data", "string", "The number of entries in the secret"), AGE],
+        "configmaps" => vec![NAME, c("Data", "string", "Data contains the configuration data."), AGE],
+        "pods" => vec![
+            NAME,
+            c("Ready", "string", "The aggregate readiness state of this pod for accepting traffic."),
+            c("Status", "string", "The aggregate status of the containers in this pod."),
+            c("Restarts", "string", "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            AGE,
+            Column { name: "Node", type_: "string", format: "", description: "Specifies the node that the pod is scheduled on.", priority: 1 },
+        ],
+        "events" => vec![
+            c("Last Seen", "string", "Time when last event occurred"),
+            c("Type", "string", "Type of this event (Normal, Warning), new types could be added in the future."),
+            c("Reason", "string", "Reason is why the action was taken."),
+            c("Object", "string", "The object this Event is about"),
+            c("Message", "string", "A human-readable description of the status of this operation."),
+        ],
+        _ => vec![NAME, AGE],
+    }
+}
+
+/// Formats an age the way kubectl does (`5s`, `3m2s`, `4h`, `2d3h`).
+pub fn human_age(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..120 => format!("{s}s"),
+        120..600 => format!("{}m{}s", s / 60, s % 60),
+        600..10800 => format!("{}m", s / 60),
+        10800..28800 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        28800..172800 => format!("{}h", s / 3600),
+        172800..2592000 => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+fn age_of(obj: &Value, field: &str, now: jiff::Timestamp) -> String {
+    obj.pointer(field)
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| human_age(now.as_second() - t.as_second()))
+        .unwrap_or_else(|| "<unknown>".to_owned())
+}
+
+/// The cells of one table row.
+pub fn row_cells(resource: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
+    let name = json!(obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default());
+    let age = json!(age_of(obj, "/metadata/creationTimestamp", now));
+    let count = |p: &str| obj.pointer(p).and_then(Value::as_object).map_or(0, Map::len);
+    match resource.plural {
+        "namespaces" => vec![name, obj.pointer("/status/phase").cloned().unwrap_or(json!("")), age],
+        "serviceaccounts" => vec![name, json!(obj.get("secrets").and_then(Value::as_array).map_or(0, Vec::len)), age],
+        "secrets" => vec![name, obj.get("type").cloned().unwrap_or(json!("")), json!(count("/data")), age],
+        "configmaps" => vec![name, json!(count("/data") + count("/binaryData")), age],
+        "pods" => {
+            let total = obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+            let ready = obj
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .map_or(0, |l| l.iter().filter(|c| c.get("ready") == Some(&json!(true))).count());
+            let phase = obj.pointer("/status/phase").cloned().unwrap_or(json!("Pending"));
+            let node = obj.pointer("/spec/nodeName").cloned().unwrap_or(json!("<none>"));
+            vec![name, json!(format!("{ready}/{total}")), phase, json!("0"), age, node]
+        }
+        "events" => {
+            let last = if obj.pointer("/lastTimestamp").is_some_and(|v| !v.is_null()) { "/lastTimestamp" } else { "/metadata/creationTimestamp" };
+            let kind = obj.pointer("/involvedObject/kind").and_then(Value::as_str).unwrap_or_default().to_lowercase();
+            let oname = obj.pointer("/involvedObject/name").and_then(Value::as_str).unwrap_or_default();
+            vec![
+                json!(age_of(obj, last, now)),
+                obj.get("type").cloned().unwrap_or(json!("")),
+                obj.get("reason").cloned().unwrap_or(json!("")),
+                json!(format!("{kind}/{oname}")),
+                obj.get("message").cloned().unwrap_or(json!("")),
+            ]
+        }
+        _ => vec![name, age],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{CORE_PODS, CORE_SECRETS};
+
+    #[test]
+    fn secret_string_data_becomes_base64_data() {
+        let mut s = json!({"metadata": {"name": "s"}, "stringData": {"a": "hello"}});
+        default_object(&CORE_SECRETS, &mut s);
+        assert_eq!(s["data"]["a"], "aGVsbG8=");
+        assert_eq!(s["type"], "Opaque");
+        assert!(s.get("stringData").is_none());
+    }
+
+    #[test]
+    fn pods_need_containers() {
+        let causes = validate(&CORE_PODS, &json!({"metadata": {"name": "p"}, "spec": {}}), None);
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].field, "spec.containers");
+        assert_eq!(causes[0].message, "Required value");
+    }
+
+    #[test]
+    fn ages_format_like_kubectl() {
+        assert_eq!(human_age(5), "5s");
+        assert_eq!(human_age(185), "3m5s");
+        assert_eq!(human_age(3600), "60m");
+        assert_eq!(human_age(4 * 3600 + 120), "4h2m");
+        assert_eq!(human_age(3 * 86400), "3d0h");
+    }
+}

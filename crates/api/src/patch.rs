@@ -1,0 +1,271 @@
+//! PATCH bodies: JSON patch (RFC 6902), JSON merge patch (RFC 7386) and the
+//! strategic merge patch that `kubectl apply` (client-side) and `kubectl edit` send.
+
+use serde_json::{Map, Value};
+
+use crate::status::ApiError;
+
+/// A decoded PATCH request body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Patch {
+    /// `application/json-patch+json`.
+    Json(json_patch::Patch),
+    /// `application/merge-patch+json`.
+    Merge(Value),
+    /// `application/strategic-merge-patch+json`.
+    Strategic(Value),
+}
+
+/// How a list field merges in a strategic merge patch.
+enum ListStrategy {
+    /// Elements are objects merged by this key.
+    MergeByKey(&'static str),
+    /// A set of scalars: union.
+    MergePrimitives,
+    /// The patch's list replaces the original.
+    Replace,
+}
+
+/// Merge strategies for the list fields of the kinds tessera serves, by field
+/// name (the same as the `patchMergeKey` tags in the Kubernetes Go types).
+fn list_strategy(field: &str) -> ListStrategy {
+    match field {
+        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets"
+        | "secrets" | "resourceClaims" => ListStrategy::MergeByKey("name"),
+        "ports" => ListStrategy::MergeByKey("containerPort"),
+        "volumeMounts" => ListStrategy::MergeByKey("mountPath"),
+        "volumeDevices" => ListStrategy::MergeByKey("devicePath"),
+        "ownerReferences" => ListStrategy::MergeByKey("uid"),
+        "conditions" => ListStrategy::MergeByKey("type"),
+        "hostAliases" => ListStrategy::MergeByKey("ip"),
+        "finalizers" => ListStrategy::MergePrimitives,
+        _ => ListStrategy::Replace,
+    }
+}
+
+// === impl Patch ===
+
+impl Patch {
+    /// Decodes a body for the given `Content-Type` (parameters ignored).
+    pub fn decode(content_type: &str, body: &[u8]) -> Result<Self, ApiError> {
+        let mime = content_type.split(';').next().unwrap_or_default().trim();
+        let parse = || -> Result<Value, ApiError> {
+            serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))
+        };
+        match mime {
+            "application/json-patch+json" => serde_json::from_slice(body)
+                .map(Patch::Json)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}"))),
+            "application/merge-patch+json" => Ok(Patch::Merge(parse()?)),
+            "application/strategic-merge-patch+json" => Ok(Patch::Strategic(parse()?)),
+            "application/apply-patch+yaml" => Err(ApiError::unsupported_media_type(
+                "application/apply-patch+yaml (server-side apply is not supported yet; use client-side kubectl apply)",
+            )),
+            other => Err(ApiError::unsupported_media_type(other)),
+        }
+    }
+
+    /// Applies the patch to `original` and returns the patched object.
+    pub fn apply(&self, original: &Value) -> Result<Value, ApiError> {
+        let mut doc = original.clone();
+        match self {
+            Patch::Json(p) => {
+                json_patch::patch(&mut doc, p).map_err(|e| ApiError::unprocessable(format!("the server rejected our request due to an error in our request: {e}")))?;
+            }
+            Patch::Merge(p) => {
+                if !p.is_object() {
+                    return Err(ApiError::bad_request("merge patch must be a JSON object"));
+                }
+                json_patch::merge(&mut doc, p);
+            }
+            Patch::Strategic(p) => {
+                let patch = p.as_object().ok_or_else(|| ApiError::bad_request("strategic merge patch must be a JSON object"))?;
+                let orig = doc.as_object_mut().ok_or_else(|| ApiError::internal("stored object is not a JSON object"))?;
+                merge_map(orig, patch)?;
+            }
+        }
+        Ok(doc)
+    }
+}
+
+fn directive(v: &Value) -> Option<&str> {
+    v.as_object().and_then(|m| m.get("$patch")).and_then(Value::as_str)
+}
+
+/// Strategic merge of `patch` into `orig`.
+fn merge_map(orig: &mut Map<String, Value>, patch: &Map<String, Value>) -> Result<(), ApiError> {
+    if let Some(d) = patch.get("$patch").and_then(Value::as_str) {
+        match d {
+            "replace" => {
+                *orig = strip_directives(patch);
+                return Ok(());
+            }
+            "merge" => {}
+            // `delete` of a map is handled by the parent (the field is removed).
+            "delete" => {}
+            other => return Err(ApiError::bad_request(format!("unknown patch type: {other}"))),
+        }
+    }
+    for (key, pv) in patch {
+        if key == "$patch" || key == "$retainKeys" || key.starts_with("$setElementOrder/") {
+            continue;
+        }
+        if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
+            if let (Some(Value::Array(list)), Some(remove)) = (orig.get_mut(field), pv.as_array()) {
+                list.retain(|v| !remove.contains(v));
+            }
+            continue;
+        }
+        match pv {
+            Value::Null => {
+                orig.remove(key);
+            }
+            Value::Object(pm) if directive(pv) == Some("delete") => {
+                let _ = pm;
+                orig.remove(key);
+            }
+            Value::Object(pm) => match orig.get_mut(key) {
+                Some(Value::Object(om)) => merge_map(om, pm)?,
+                _ => {
+                    orig.insert(key.clone(), Value::Object(strip_directives(pm)));
+                }
+            },
+            Value::Array(pl) => {
+                let merged = match orig.remove(key) {
+                    Some(Value::Array(ol)) => merge_list(key, ol, pl)?,
+                    _ => merge_list(key, Vec::new(), pl)?,
+                };
+                orig.insert(key.clone(), Value::Array(merged));
+            }
+            scalar => {
+                orig.insert(key.clone(), scalar.clone());
+            }
+        }
+    }
+    if let Some(Value::Array(retain)) = patch.get("$retainKeys") {
+        orig.retain(|k, _| retain.iter().any(|r| r.as_str() == Some(k)));
+    }
+    Ok(())
+}
+
+fn merge_list(field: &str, mut orig: Vec<Value>, patch: &[Value]) -> Result<Vec<Value>, ApiError> {
+    if patch.iter().any(|v| directive(v) == Some("replace")) {
+        return Ok(patch.iter().filter(|v| directive(v).is_none()).map(strip_value).collect());
+    }
+    match list_strategy(field) {
+        ListStrategy::Replace => Ok(patch.iter().map(strip_value).collect()),
+        ListStrategy::MergePrimitives => {
+            for v in patch {
+                if !orig.contains(v) {
+                    orig.push(v.clone());
+                }
+            }
+            Ok(orig)
+        }
+        ListStrategy::MergeByKey(merge_key) => {
+            for pv in patch {
+                let Some(pm) = pv.as_object() else {
+                    return Err(ApiError::bad_request(format!("strategic merge patch: {field} elements must be objects")));
+                };
+                let Some(id) = pm.get(merge_key) else {
+                    return Err(ApiError::bad_request(format!(
+                        "map: {pv} does not contain declared merge key: {merge_key}"
+                    )));
+                };
+                let pos = orig.iter().position(|o| o.get(merge_key) == Some(id));
+                match (directive(pv), pos) {
+                    (Some("delete"), Some(i)) => {
+                        orig.remove(i);
+                    }
+                    (Some("delete"), None) => {}
+                    (_, Some(i)) => {
+                        if let Some(om) = orig[i].as_object_mut() {
+                            merge_map(om, pm)?;
+                        }
+                    }
+                    (_, None) => orig.push(Value::Object(strip_directives(pm))),
+                }
+            }
+            Ok(orig)
+        }
+    }
+}
+
+fn strip_value(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(strip_directives(m)),
+        other => other.clone(),
+    }
+}
+
+fn strip_directives(m: &Map<String, Value>) -> Map<String, Value> {
+    m.iter()
+        .filter(|(k, _)| !k.starts_with('$'))
+        .map(|(k, v)| (k.clone(), strip_value(v)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn smp(orig: Value, patch: Value) -> Value {
+        Patch::Strategic(patch).apply(&orig).expect("patch applies")
+    }
+
+    #[test]
+    fn strategic_merges_lists_by_key() {
+        let orig = json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}});
+        let out = smp(orig, json!({"spec": {"containers": [{"name": "b", "image": "z"}, {"name": "c", "image": "w"}]}}));
+        assert_eq!(
+            out,
+            json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "z"}, {"name": "c", "image": "w"}]}})
+        );
+    }
+
+    #[test]
+    fn strategic_delete_and_replace_directives() {
+        let orig = json!({"secrets": [{"name": "a"}, {"name": "b"}], "metadata": {"labels": {"x": "1", "y": "2"}}});
+        let out = smp(
+            orig.clone(),
+            json!({"secrets": [{"name": "a", "$patch": "delete"}], "metadata": {"labels": {"x": null}}}),
+        );
+        assert_eq!(out, json!({"secrets": [{"name": "b"}], "metadata": {"labels": {"y": "2"}}}));
+        let out = smp(orig, json!({"metadata": {"labels": {"$patch": "replace", "z": "3"}}}));
+        assert_eq!(out["metadata"]["labels"], json!({"z": "3"}));
+    }
+
+    #[test]
+    fn strategic_replaces_unkeyed_lists_and_unions_finalizers() {
+        let orig = json!({"rules": [1, 2], "metadata": {"finalizers": ["a"]}});
+        let out = smp(orig, json!({"rules": [3], "metadata": {"finalizers": ["b"]}}));
+        assert_eq!(out, json!({"rules": [3], "metadata": {"finalizers": ["a", "b"]}}));
+    }
+
+    #[test]
+    fn merge_and_json_patch() {
+        let orig = json!({"data": {"a": "1", "b": "2"}});
+        let out = Patch::decode("application/merge-patch+json", br#"{"data":{"a":null,"c":"3"}}"#)
+            .expect("decodes")
+            .apply(&orig)
+            .expect("applies");
+        assert_eq!(out, json!({"data": {"b": "2", "c": "3"}}));
+        let out = Patch::decode("application/json-patch+json", br#"[{"op":"replace","path":"/data/a","value":"9"}]"#)
+            .expect("decodes")
+            .apply(&orig)
+            .expect("applies");
+        assert_eq!(out["data"]["a"], "9");
+        let err = Patch::decode("application/json-patch+json", br#"[{"op":"test","path":"/data/a","value":"x"}]"#)
+            .expect("decodes")
+            .apply(&orig)
+            .unwrap_err();
+        assert_eq!(err.code, 422);
+    }
+
+    #[test]
+    fn bad_patch_bodies_are_400() {
+        assert_eq!(Patch::decode("application/merge-patch+json", b"{").unwrap_err().code, 400);
+        assert_eq!(Patch::decode("text/plain", b"{}").unwrap_err().code, 415);
+    }
+}

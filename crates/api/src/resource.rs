@@ -1,0 +1,255 @@
+//! The resource table: every kind tessera serves, with what discovery says about it.
+
+use serde_json::Value;
+
+use crate::decode::{self, DecodeFn};
+
+/// A subresource shown in discovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subresource {
+    /// e.g. `token`, `status`.
+    pub name: &'static str,
+    /// Group of the kind the subresource takes and returns.
+    pub group: &'static str,
+    /// Version of that kind.
+    pub version: &'static str,
+    /// That kind.
+    pub kind: &'static str,
+    /// Verbs it supports.
+    pub verbs: &'static [&'static str],
+}
+
+/// How a resource is kept.
+#[derive(Debug, Clone, Copy)]
+pub enum Storage {
+    /// Objects live in the store under `/registry/{plural}/…`.
+    Stored {
+        /// Normalises a decoded body through the typed k8s-openapi struct.
+        decode: DecodeFn,
+    },
+    /// Create-only reviews (TokenReview, SubjectAccessReview…): answered, never stored.
+    Virtual,
+}
+
+/// One resource of one group/version.
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceInfo {
+    /// API group (`""` for core).
+    pub group: &'static str,
+    /// API version, e.g. `v1`.
+    pub version: &'static str,
+    /// Kind, e.g. `ServiceAccount`.
+    pub kind: &'static str,
+    /// Lower-case plural used in URLs, e.g. `serviceaccounts`.
+    pub plural: &'static str,
+    /// Lower-case singular.
+    pub singular: &'static str,
+    /// Namespace-scoped or cluster-scoped.
+    pub namespaced: bool,
+    /// `kubectl` short names.
+    pub short_names: &'static [&'static str],
+    /// Categories (`all`).
+    pub categories: &'static [&'static str],
+    /// Supported verbs, sorted as kube-apiserver lists them.
+    pub verbs: &'static [&'static str],
+    /// Subresources shown in discovery.
+    pub subresources: &'static [Subresource],
+    /// Stored or virtual.
+    pub storage: Storage,
+    /// storageVersionHash shown in classic discovery (stored kinds only).
+    pub storage_version_hash: &'static str,
+    /// Registers the kind's JSON schema (for OpenAPI) and returns a reference to it.
+    pub schema: SchemaFn,
+}
+
+/// Produces a kind's schema reference from the typed k8s-openapi struct.
+pub type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
+
+/// The [`SchemaFn`] of a typed struct.
+pub fn schema_of<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    generator.subschema_for::<T>()
+}
+
+const CRUD_VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+
+/// `v1` namespaces.
+pub static CORE_NAMESPACES: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Namespace",
+    plural: "namespaces",
+    singular: "namespace",
+    namespaced: false,
+    short_names: &["ns"],
+    categories: &[],
+    verbs: &["create", "delete", "get", "list", "patch", "update", "watch"],
+    subresources: &[
+        Subresource { name: "finalize", group: "", version: "", kind: "Namespace", verbs: &["update"] },
+        Subresource { name: "status", group: "", version: "", kind: "Namespace", verbs: &["get", "patch", "update"] },
+    ],
+    storage: Storage::Stored { decode: decode::typed::<k8s_openapi::api::core::v1::Namespace> },
+    schema: schema_of::<k8s_openapi::api::core::v1::Namespace>,
+    storage_version_hash: "Q3oi5N2YM8M=",
+};
+
+/// `v1` serviceaccounts.
+pub static CORE_SERVICEACCOUNTS: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "ServiceAccount",
+    plural: "serviceaccounts",
+    singular: "serviceaccount",
+    namespaced: true,
+    short_names: &["sa"],
+    categories: &[],
+    verbs: CRUD_VERBS,
+    subresources: &[Subresource {
+        name: "token",
+        group: "authentication.k8s.io",
+        version: "v1",
+        kind: "TokenRequest",
+        verbs: &["create"],
+    }],
+    storage: Storage::Stored { decode: decode::typed::<k8s_openapi::api::core::v1::ServiceAccount> },
+    schema: schema_of::<k8s_openapi::api::core::v1::ServiceAccount>,
+    storage_version_hash: "pbx9ZvyFpBE=",
+};
+
+/// `v1` secrets.
+pub static CORE_SECRETS: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Secret",
+    plural: "secrets",
+    singular: "secret",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    verbs: CRUD_VERBS,
+    subresources: &[],
+    storage: Storage::Stored { decode: decode::typed::<k8s_openapi::api::core::v1::Secret> },
+    schema: schema_of::<k8s_openapi::api::core::v1::Secret>,
+    storage_version_hash: "S6u1pOWzb84=",
+};
+
+/// `v1` configmaps.
+pub static CORE_CONFIGMAPS: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "ConfigMap",
+    plural: "configmaps",
+    singular: "configmap",
+    namespaced: true,
+    short_names: &["cm"],
+    categories: &[],
+    verbs: CRUD_VERBS,
+    subresources: &[],
+    storage: Storage::Stored { decode: decode::typed::<k8s_openapi::api::core::v1::ConfigMap> },
+    schema: schema_of::<k8s_openapi::api::core::v1::ConfigMap>,
+    storage_version_hash: "qFsyl6wFWjQ=",
+};
+
+/// `v1` pods.
+pub static CORE_PODS: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Pod",
+    plural: "pods",
+    singular: "pod",
+    namespaced: true,
+    short_names: &["po"],
+    categories: &["all"],
+    verbs: CRUD_VERBS,
+    subresources: &[Subresource { name: "status", group: "", version: "", kind: "Pod", verbs: &["get", "patch", "update"] }],
+    storage: Storage::Stored { decode: decode::typed::<k8s_openapi::api::core::v1::Pod> },
+    schema: schema_of::<k8s_openapi::api::core::v1::Pod>,
+    storage_version_hash: "xPOwRZ+Yhw8=",
+};
+
+/// `v1` events.
+pub static CORE_EVENTS: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Event",
+    plural: "events",
+    singular: "event",
+    namespaced: true,
+    short_names: &["ev"],
+    categories: &[],
+    verbs: CRUD_VERBS,
+    subresources: &[],
+    storage: Storage::Stored { decode: decode::typed::<k8s_openapi::api::core::v1::Event> },
+    schema: schema_of::<k8s_openapi::api::core::v1::Event>,
+    storage_version_hash: "r2yiGXH7wu8=",
+};
+
+/// Every resource tessera serves, in discovery order (sorted by plural within a group version).
+pub static RESOURCES: &[&ResourceInfo] = &[
+    &CORE_CONFIGMAPS,
+    &CORE_EVENTS,
+    &CORE_NAMESPACES,
+    &CORE_PODS,
+    &CORE_SECRETS,
+    &CORE_SERVICEACCOUNTS,
+];
+
+// === impl ResourceInfo ===
+
+impl ResourceInfo {
+    /// `serviceaccounts` for core, `roles.rbac.authorization.k8s.io` otherwise
+    /// (the form kube-apiserver uses in messages).
+    pub fn qualified_plural(&self) -> String {
+        if self.group.is_empty() { self.plural.to_owned() } else { format!("{}.{}", self.plural, self.group) }
+    }
+
+    /// `v1` or `group/version`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() { self.version.to_owned() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    /// Whether the verb is listed.
+    pub fn supports(&self, verb: &str) -> bool {
+        self.verbs.contains(&verb)
+    }
+
+    /// The store key prefix for a list in `namespace` (or cluster-wide).
+    pub fn key_prefix(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("/registry/{}/{}/", self.storage_prefix(), ns),
+            _ => format!("/registry/{}/", self.storage_prefix()),
+        }
+    }
+
+    /// The store key of one object.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        format!("{}{}", self.key_prefix(namespace), name)
+    }
+
+    fn storage_prefix(&self) -> String {
+        if self.group.is_empty() { self.plural.to_owned() } else { format!("{}/{}", self.group, self.plural) }
+    }
+
+    /// Typed normalisation of a decoded body, for stored kinds.
+    pub fn decode(&self, body: Value, strict: bool) -> Result<Value, decode::DecodeError> {
+        match self.storage {
+            Storage::Stored { decode } => decode(body, strict),
+            Storage::Virtual => Ok(body),
+        }
+    }
+}
+
+/// Finds a resource by group, version and plural.
+pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES.iter().copied().find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// The distinct `(group, version)` pairs served, core first.
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for r in RESOURCES {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}

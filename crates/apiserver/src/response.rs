@@ -1,0 +1,41 @@
+//! The one mapping from API results to HTTP responses.
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde_json::Value;
+use tessera_api::ApiError;
+
+/// A Kubernetes `Status` failure as an HTTP response.
+#[derive(Debug)]
+pub struct Failure(pub ApiError);
+
+impl From<ApiError> for Failure {
+    fn from(err: ApiError) -> Self {
+        Self(err)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.0.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        json_response(code, &self.0.to_status())
+    }
+}
+
+/// A JSON body with a status code.
+pub fn json_response(code: StatusCode, body: &Value) -> Response {
+    json_with_type(code, body, "application/json")
+}
+
+/// A JSON body with an explicit content type.
+pub fn json_with_type(code: StatusCode, body: &Value, content_type: &'static str) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = code;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The result type of handlers.
+pub type HandlerResult = Result<Response, Failure>;

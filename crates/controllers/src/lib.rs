@@ -1,0 +1,206 @@
+//! Controllers that keep the object model the way Kubernetes keeps it:
+//! the four bootstrap namespaces exist; every active namespace has a
+//! `default` ServiceAccount and a `kube-root-ca.crt` ConfigMap (recreated when
+//! deleted, restored when edited); a terminating namespace loses its content and
+//! then disappears.
+//!
+//! One reconcile loop: a full pass at start and after any watch failure, then
+//! one namespace at a time as watch events name it.
+//!
+//! Must not depend on: HTTP, authentication, authorization.
+
+use std::collections::BTreeSet;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tessera_api::registry::{ListParams, WriteOptions};
+use tessera_api::resource::{CORE_CONFIGMAPS, CORE_NAMESPACES, CORE_SERVICEACCOUNTS, RESOURCES, Storage};
+use tessera_api::{ApiError, Registry};
+use tessera_store::Revision;
+
+/// Namespaces that always exist.
+pub const BOOTSTRAP_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+/// Name of the ConfigMap holding the cluster CA.
+pub const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
+
+/// Creates the bootstrap namespaces (idempotent) and reconciles every namespace once.
+pub async fn bootstrap(registry: &Registry, ca_pem: &str) -> Result<Revision, ApiError> {
+    for ns in BOOTSTRAP_NAMESPACES {
+        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        match registry.create(&CORE_NAMESPACES, None, body, WriteOptions::default()).await {
+            Ok(_) => tracing::info!(namespace = ns, "created bootstrap namespace"),
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    reconcile_all(registry, ca_pem).await
+}
+
+/// Reconciles all namespaces; returns the revision the pass started from.
+async fn reconcile_all(registry: &Registry, ca_pem: &str) -> Result<Revision, ApiError> {
+    let list = registry.list(&CORE_NAMESPACES, None, &ListParams::default()).await?;
+    let revision = list
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0);
+    for ns in list.get("items").and_then(Value::as_array).into_iter().flatten() {
+        if let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str) {
+            reconcile_namespace(registry, ca_pem, name).await?;
+        }
+    }
+    Ok(revision)
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(registry: Registry, ca_pem: String, mut after: Revision, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let store = registry.store().clone();
+        let streams = futures::future::try_join3(
+            store.watch(&CORE_NAMESPACES.key_prefix(None), after),
+            store.watch(&CORE_SERVICEACCOUNTS.key_prefix(None), after),
+            store.watch(&CORE_CONFIGMAPS.key_prefix(None), after),
+        )
+        .await;
+        let mut events = match streams {
+            Ok((a, b, c)) => futures::stream::select(a, futures::stream::select(b, c)),
+            Err(e) => {
+                tracing::warn!(error = %e, "controller watch failed; re-listing");
+                after = relist(&registry, &ca_pem, &mut shutdown).await;
+                continue;
+            }
+        };
+        loop {
+            let event = tokio::select! {
+                _ = &mut shutdown => return,
+                event = events.next() => event,
+            };
+            let event = match event {
+                Some(Ok(event)) => event,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "controller watch ended; re-listing");
+                    break;
+                }
+                None => return,
+            };
+            let Some(namespace) = namespace_of_key(&event.kv.key) else { continue };
+            if let Err(e) = reconcile_namespace(&registry, &ca_pem, &namespace).await {
+                tracing::warn!(namespace, error = %e, "reconcile failed; re-listing");
+                break;
+            }
+        }
+        after = relist(&registry, &ca_pem, &mut shutdown).await;
+    }
+}
+
+/// Full pass after a failure, retried with a pause until it works.
+async fn relist(
+    registry: &Registry,
+    ca_pem: &str,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Revision {
+    loop {
+        match reconcile_all(registry, ca_pem).await {
+            Ok(rev) => return rev,
+            Err(e) => {
+                tracing::warn!(error = %e, "full reconcile failed; retrying");
+                tokio::select! {
+                    _ = shutdown.as_mut() => return 0,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// `/registry/namespaces/NS` → NS; `/registry/serviceaccounts/NS/x` → NS.
+fn namespace_of_key(key: &str) -> Option<String> {
+    let rest = key.strip_prefix("/registry/")?;
+    let mut parts = rest.split('/');
+    let resource = parts.next()?;
+    let ns = parts.next()?;
+    (resource == "namespaces" || parts.next().is_some()).then(|| ns.to_owned())
+}
+
+/// Brings one namespace to its desired state.
+pub async fn reconcile_namespace(registry: &Registry, ca_pem: &str, namespace: &str) -> Result<(), ApiError> {
+    let ns = match registry.get(&CORE_NAMESPACES, None, namespace).await {
+        Ok(ns) => ns,
+        Err(e) if e.code == 404 => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
+        return finish_deletion(registry, namespace).await;
+    }
+    ensure_default_service_account(registry, namespace).await?;
+    ensure_root_ca(registry, ca_pem, namespace).await
+}
+
+async fn ensure_default_service_account(registry: &Registry, namespace: &str) -> Result<(), ApiError> {
+    let body = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+    match registry.create(&CORE_SERVICEACCOUNTS, Some(namespace), body, WriteOptions::default()).await {
+        Ok(_) => {
+            tracing::debug!(namespace, "created default ServiceAccount");
+            Ok(())
+        }
+        // Exists, or the namespace just started terminating / was removed.
+        Err(e) if matches!(e.code, 403 | 404 | 409) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn ensure_root_ca(registry: &Registry, ca_pem: &str, namespace: &str) -> Result<(), ApiError> {
+    let desired = json!({"ca.crt": ca_pem});
+    match registry.get(&CORE_CONFIGMAPS, Some(namespace), ROOT_CA_CONFIGMAP).await {
+        Ok(cm) if cm.get("data") == Some(&desired) => Ok(()),
+        Ok(mut cm) => {
+            if let Some(map) = cm.as_object_mut() {
+                map.insert("data".into(), desired);
+            }
+            match registry.update(&CORE_CONFIGMAPS, Some(namespace), ROOT_CA_CONFIGMAP, cm, WriteOptions::default()).await {
+                Ok(_) => Ok(()),
+                // A concurrent edit: its watch event brings us back here.
+                Err(e) if matches!(e.code, 404 | 409) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) if e.code == 404 => {
+            let body = json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": ROOT_CA_CONFIGMAP, "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+                "data": desired,
+            });
+            match registry.create(&CORE_CONFIGMAPS, Some(namespace), body, WriteOptions::default()).await {
+                Ok(_) => Ok(()),
+                Err(e) if matches!(e.code, 403 | 404 | 409) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes everything in a terminating namespace, then the namespace.
+async fn finish_deletion(registry: &Registry, namespace: &str) -> Result<(), ApiError> {
+    for resource in RESOURCES.iter().filter(|r| r.namespaced && matches!(r.storage, Storage::Stored { .. })) {
+        let list = registry.list(resource, Some(namespace), &ListParams::default()).await?;
+        let names: BTreeSet<String> = list
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.pointer("/metadata/name").and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        for name in names {
+            registry.purge(resource, Some(namespace), &name).await?;
+        }
+    }
+    registry.purge(&CORE_NAMESPACES, None, namespace).await?;
+    tracing::info!(namespace, "namespace deleted");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

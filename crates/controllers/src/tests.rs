@@ -1,0 +1,52 @@
+use std::sync::Arc;
+
+use tessera_api::registry::Preconditions;
+use tessera_store::sqlite::SqliteStore;
+
+use super::*;
+
+async fn registry() -> (Registry, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&dir.path().join("db")).expect("store");
+    (Registry::new(Arc::new(store)), dir)
+}
+
+#[test]
+fn keys_map_to_namespaces() {
+    assert_eq!(namespace_of_key("/registry/namespaces/foo").as_deref(), Some("foo"));
+    assert_eq!(namespace_of_key("/registry/serviceaccounts/foo/default").as_deref(), Some("foo"));
+    assert_eq!(namespace_of_key("/registry/configmaps/foo").as_deref(), None);
+    assert_eq!(namespace_of_key("/elsewhere/x/y"), None);
+}
+
+#[tokio::test]
+async fn bootstrap_creates_namespaces_and_defaults_idempotently() {
+    let (registry, _dir) = registry().await;
+    bootstrap(&registry, "CA").await.expect("bootstrap");
+    let again = bootstrap(&registry, "CA").await.expect("second bootstrap");
+    for ns in BOOTSTRAP_NAMESPACES {
+        registry.get(&CORE_SERVICEACCOUNTS, Some(ns), "default").await.expect("default sa");
+        let cm = registry.get(&CORE_CONFIGMAPS, Some(ns), ROOT_CA_CONFIGMAP).await.expect("root ca");
+        assert_eq!(cm["data"]["ca.crt"], "CA");
+    }
+    // A second bootstrap writes nothing.
+    assert_eq!(registry.resource_version().await.expect("rv"), again.to_string());
+}
+
+#[tokio::test]
+async fn edited_root_ca_is_restored_and_terminating_namespace_is_emptied() {
+    let (registry, _dir) = registry().await;
+    bootstrap(&registry, "CA").await.expect("bootstrap");
+    let patch = tessera_api::patch::Patch::Merge(json!({"data": {"ca.crt": "forged"}}));
+    registry.patch(&CORE_CONFIGMAPS, Some("default"), ROOT_CA_CONFIGMAP, &patch, WriteOptions::default()).await.expect("patch");
+    reconcile_namespace(&registry, "CA", "default").await.expect("reconcile");
+    let cm = registry.get(&CORE_CONFIGMAPS, Some("default"), ROOT_CA_CONFIGMAP).await.expect("root ca");
+    assert_eq!(cm["data"]["ca.crt"], "CA");
+
+    registry.create(&CORE_NAMESPACES, None, json!({"metadata": {"name": "gone"}}), WriteOptions::default()).await.expect("ns");
+    reconcile_namespace(&registry, "CA", "gone").await.expect("reconcile");
+    registry.delete(&CORE_NAMESPACES, None, "gone", &Preconditions::default(), WriteOptions::default()).await.expect("delete");
+    reconcile_namespace(&registry, "CA", "gone").await.expect("finish");
+    assert_eq!(registry.get(&CORE_NAMESPACES, None, "gone").await.unwrap_err().code, 404);
+    assert_eq!(registry.get(&CORE_SERVICEACCOUNTS, Some("gone"), "default").await.unwrap_err().code, 404);
+}

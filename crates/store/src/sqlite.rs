@@ -1,0 +1,906 @@
+//! The SQLite backend: one database file in WAL mode with `synchronous=FULL`,
+//! so a write is on disk before it is acknowledged.
+//!
+//! Layout:
+//! - `kv`: the current value of every key with its create and modification revisions;
+//! - `events`: one row per write (the history that watches replay), trimmed by
+//!   [`Store::compact`];
+//! - `meta`: the current revision and the compacted revision. The current
+//!   revision is stored explicitly so that it never goes backwards, even when
+//!   compaction has removed every event.
+//!
+//! Writes go through a single connection behind a mutex, each in one
+//! `IMMEDIATE` transaction that updates `kv`, appends the event and bumps the
+//! revision. Reads use a small pool of read-only connections, so they see a
+//! consistent snapshot and never wait for a write in progress.
+//!
+//! After a write commits, the writer publishes its event on a broadcast channel
+//! while still holding the write lock, so live events are published in revision
+//! order. A watch subscribes to that channel first, then replays the history
+//! from the `events` table, then switches to the live events, dropping those
+//! it has already delivered from history.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
+use tokio::sync::broadcast;
+use tracing::{debug, info, warn};
+
+use crate::{
+    Error, EventKind, KeyValue, ListOptions, ListResult, Result, Revision, Store, WatchEvent,
+    WatchStream,
+};
+
+/// How many published events a watcher may be behind before its stream ends
+/// with an error.
+const WATCH_CHANNEL_CAPACITY: usize = 4096;
+/// Read connections kept open between reads.
+const MAX_IDLE_READERS: usize = 4;
+/// History events read per query while a watch replays history (small in
+/// tests so that paging is exercised by every watch test).
+const HISTORY_PAGE: usize = if cfg!(test) { 16 } else { 512 };
+/// How long a connection waits for a lock held by another connection
+/// (checkpoints, recovery) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The schema version stored in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const META_REVISION: &str = "revision";
+const META_COMPACTED: &str = "compacted";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS kv (
+    key        TEXT PRIMARY KEY NOT NULL,
+    value      BLOB NOT NULL,
+    create_rev INTEGER NOT NULL,
+    mod_rev    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    rev        INTEGER PRIMARY KEY NOT NULL,
+    key        TEXT NOT NULL,
+    kind       INTEGER NOT NULL,
+    value      BLOB NOT NULL,
+    create_rev INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0), ('compacted', 0);
+";
+
+/// A [`Store`] kept in one SQLite database file.
+///
+/// Cloning is not supported; share it behind an `Arc` (it is `Send + Sync`).
+/// Dropping the store ends every open watch stream with an error item.
+pub struct SqliteStore {
+    writer: Arc<Mutex<Writer>>,
+    readers: Arc<ReadPool>,
+    events: broadcast::Sender<WatchEvent>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.readers.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The single write connection and the channel its events are published on.
+struct Writer {
+    conn: Connection,
+    events: broadcast::Sender<WatchEvent>,
+}
+
+/// Read-only connections, opened on demand and kept for reuse.
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens the store at `path`, creating the file (and its parent directory)
+    /// when missing. This does blocking file I/O; call it at startup or from a
+    /// blocking context.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with_capacity(path, WATCH_CHANNEL_CAPACITY)
+    }
+
+    /// [`SqliteStore::open`] with a chosen watch channel capacity (tests use a
+    /// tiny one to exercise the lag path).
+    pub(crate) fn open_with_capacity(path: &Path, watch_capacity: usize) -> Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|err| {
+                Error::Backend(format!("creating directory {}: {err}", parent.display()))
+            })?;
+        }
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Backend(format!(
+                "{}: could not switch to WAL mode (journal mode is {mode:?})",
+                path.display()
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::Backend(format!(
+                "{}: schema version {version} is newer than this build supports ({SCHEMA_VERSION})",
+                path.display()
+            )));
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let revision = meta(&tx, META_REVISION)?;
+        let compacted = meta(&tx, META_COMPACTED)?;
+        tx.commit()?;
+
+        // Read connections reopen the file by path; make it independent of the
+        // working directory.
+        let path = std::fs::canonicalize(path)
+            .map_err(|err| Error::Backend(format!("resolving {}: {err}", path.display())))?;
+        info!(path = %path.display(), revision, compacted, "opened sqlite store");
+
+        let (events, _) = broadcast::channel(watch_capacity.max(1));
+        Ok(SqliteStore {
+            writer: Arc::new(Mutex::new(Writer {
+                conn,
+                events: events.clone(),
+            })),
+            readers: Arc::new(ReadPool {
+                path,
+                idle: Mutex::new(Vec::new()),
+            }),
+            events,
+        })
+    }
+
+    /// Runs `f` with the write connection on the blocking thread pool.
+    async fn with_writer<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Writer) -> Result<T> + Send + 'static,
+    {
+        let writer = Arc::clone(&self.writer);
+        blocking(move || f(&mut lock(&writer))).await
+    }
+
+    /// Runs one write transaction that produces `event`, then publishes the
+    /// event. Returns the event's key-value.
+    async fn write_event<F>(&self, f: F) -> Result<KeyValue>
+    where
+        F: FnOnce(Transaction<'_>) -> Result<WatchEvent> + Send + 'static,
+    {
+        self.with_writer(move |writer| {
+            let tx = writer
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let event = f(tx)?;
+            let kv = event.kv.clone();
+            // Published under the write lock so events go out in revision
+            // order. No subscribers is not an error.
+            let _ = writer.events.send(event);
+            Ok(kv)
+        })
+        .await
+    }
+}
+
+impl ReadPool {
+    fn take(&self) -> Result<Connection> {
+        if let Some(conn) = lock(&self.idle).pop() {
+            return Ok(conn);
+        }
+        debug!(path = %self.path.display(), "opening sqlite read connection");
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+
+    /// Runs `f` in one read transaction (one consistent snapshot) on the
+    /// blocking thread pool.
+    async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let pool = Arc::clone(self);
+        blocking(move || {
+            let mut conn = pool.take()?;
+            let result = read_tx(&mut conn, f);
+            pool.give_back(conn);
+            result
+        })
+        .await
+    }
+}
+
+fn read_tx<T>(conn: &mut Connection, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+    // Deferred: the snapshot starts at the first read. Dropping the
+    // transaction rolls it back, which is all a read needs.
+    let tx = conn.transaction()?;
+    f(&tx)
+}
+
+/// Locks `mutex`, recovering from poisoning.
+///
+/// A panic while one of our locks was held cannot leave the guarded state
+/// inconsistent: an open rusqlite transaction rolls back when it is dropped
+/// during unwinding, and the read pool is only a list of idle connections.
+/// Recovering keeps one panicking request from failing the store forever.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned: PoisonError<_>| {
+        warn!("recovering a sqlite store lock poisoned by a panic");
+        poisoned.into_inner()
+    })
+}
+
+/// Runs blocking database work off the async runtime.
+async fn blocking<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|err| Error::Backend(format!("storage task failed: {err}")))?
+}
+
+fn meta(tx: &Transaction<'_>, name: &str) -> Result<Revision> {
+    tx.query_row("SELECT value FROM meta WHERE name = ?1", [name], |row| {
+        row.get(0)
+    })
+    .optional()?
+    .ok_or_else(|| Error::Backend(format!("meta row {name:?} is missing")))
+}
+
+fn load(tx: &Transaction<'_>, key: &str) -> Result<Option<KeyValue>> {
+    let mut stmt = tx.prepare_cached("SELECT value, create_rev, mod_rev FROM kv WHERE key = ?1")?;
+    let kv = stmt
+        .query_row([key], |row| {
+            Ok(KeyValue {
+                key: key.to_owned(),
+                value: Bytes::from(row.get::<_, Vec<u8>>(0)?),
+                create_revision: row.get(1)?,
+                mod_revision: row.get(2)?,
+            })
+        })
+        .optional()?;
+    Ok(kv)
+}
+
+fn kind_code(kind: &EventKind) -> i64 {
+    match kind {
+        EventKind::Create => 0,
+        EventKind::Update => 1,
+        EventKind::Delete => 2,
+    }
+}
+
+fn kind_from_code(code: i64) -> Result<EventKind> {
+    match code {
+        0 => Ok(EventKind::Create),
+        1 => Ok(EventKind::Update),
+        2 => Ok(EventKind::Delete),
+        other => Err(Error::Backend(format!(
+            "unknown event kind {other} in history"
+        ))),
+    }
+}
+
+/// Appends `event` to the history, records its revision as the current one
+/// and commits `tx`.
+fn append_and_commit(tx: Transaction<'_>, event: &WatchEvent) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO events (rev, key, kind, value, create_rev) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(rusqlite::params![
+        event.kv.mod_revision,
+        event.kv.key,
+        kind_code(&event.kind),
+        &event.kv.value[..],
+        event.kv.create_revision,
+    ])?;
+    tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'revision'")?
+        .execute([event.kv.mod_revision])?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The smallest string greater than every string that starts with `prefix`,
+/// or `None` when there is none (empty prefix, or only `char::MAX`s).
+///
+/// UTF-8 byte order (what SQLite's BINARY collation compares) equals code
+/// point order, so bumping the last character that can be bumped is enough.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'),
+            c => char::from_u32(u32::from(c) + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let key = key.to_owned();
+        self.readers.read(move |tx| load(tx, &key)).await
+    }
+
+    async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListResult> {
+        let prefix = prefix.to_owned();
+        self.readers
+            .read(move |tx| {
+                let revision = meta(tx, META_REVISION)?;
+                let mut sql =
+                    String::from("SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ?1");
+                let mut params = vec![Value::Text(prefix.clone())];
+                if let Some(upper) = prefix_upper_bound(&prefix) {
+                    params.push(Value::Text(upper));
+                    sql.push_str(&format!(" AND key < ?{}", params.len()));
+                }
+                if let Some(after) = options.start_after {
+                    params.push(Value::Text(after));
+                    sql.push_str(&format!(" AND key > ?{}", params.len()));
+                }
+                // One row past the limit tells whether there are more.
+                let fetch = if options.limit == 0 {
+                    -1
+                } else {
+                    i64::try_from(options.limit.saturating_add(1)).unwrap_or(i64::MAX)
+                };
+                params.push(Value::Integer(fetch));
+                sql.push_str(&format!(" ORDER BY key LIMIT ?{}", params.len()));
+
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let mut items = stmt
+                    .query_map(rusqlite::params_from_iter(params), |row| {
+                        Ok(KeyValue {
+                            key: row.get(0)?,
+                            value: Bytes::from(row.get::<_, Vec<u8>>(1)?),
+                            create_revision: row.get(2)?,
+                            mod_revision: row.get(3)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let more = options.limit != 0 && items.len() > options.limit;
+                items.truncate(if options.limit == 0 {
+                    items.len()
+                } else {
+                    options.limit
+                });
+                Ok(ListResult {
+                    items,
+                    revision,
+                    more,
+                })
+            })
+            .await
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {
+        let key = key.to_owned();
+        self.write_event(move |tx| {
+            if load(&tx, &key)?.is_some() {
+                return Err(Error::AlreadyExists(key));
+            }
+            let revision = meta(&tx, META_REVISION)? + 1;
+            tx.prepare_cached(
+                "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?1, ?2, ?3, ?3)",
+            )?
+            .execute(rusqlite::params![key, &value[..], revision])?;
+            let event = WatchEvent {
+                kind: EventKind::Create,
+                kv: KeyValue {
+                    key,
+                    value,
+                    create_revision: revision,
+                    mod_revision: revision,
+                },
+            };
+            append_and_commit(tx, &event)?;
+            Ok(event)
+        })
+        .await
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue> {
+        let key = key.to_owned();
+        self.write_event(move |tx| {
+            let Some(current) = load(&tx, &key)? else {
+                return Err(Error::NotFound(key));
+            };
+            if current.mod_revision != expected {
+                return Err(Error::Conflict {
+                    key,
+                    expected,
+                    current: current.mod_revision,
+                });
+            }
+            let revision = meta(&tx, META_REVISION)? + 1;
+            tx.prepare_cached("UPDATE kv SET value = ?2, mod_rev = ?3 WHERE key = ?1")?
+                .execute(rusqlite::params![key, &value[..], revision])?;
+            let event = WatchEvent {
+                kind: EventKind::Update,
+                kv: KeyValue {
+                    key,
+                    value,
+                    create_revision: current.create_revision,
+                    mod_revision: revision,
+                },
+            };
+            append_and_commit(tx, &event)?;
+            Ok(event)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue> {
+        let key = key.to_owned();
+        self.write_event(move |tx| {
+            let Some(current) = load(&tx, &key)? else {
+                return Err(Error::NotFound(key));
+            };
+            if let Some(expected) = expected
+                && expected != current.mod_revision
+            {
+                return Err(Error::Conflict {
+                    key,
+                    expected,
+                    current: current.mod_revision,
+                });
+            }
+            let revision = meta(&tx, META_REVISION)? + 1;
+            tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?
+                .execute([&key])?;
+            let event = WatchEvent {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    mod_revision: revision,
+                    ..current
+                },
+            };
+            append_and_commit(tx, &event)?;
+            Ok(event)
+        })
+        .await
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        // Subscribe before reading history: every event committed after the
+        // history snapshot is then certain to arrive on the channel.
+        let live = self.events.subscribe();
+        let mut watch = Watch {
+            readers: Arc::clone(&self.readers),
+            prefix: prefix.to_owned(),
+            upper: prefix_upper_bound(prefix),
+            live,
+            cursor: after,
+            pending: VecDeque::new(),
+            history_done: false,
+        };
+        // The first page validates `after` (compacted / future) so those
+        // errors are returned from `watch` itself.
+        watch.next_history_page().await?;
+        debug!(prefix, after, "watch started");
+        Ok(Box::pin(futures::stream::unfold(
+            Some(watch),
+            |state| async move {
+                let mut watch = state?;
+                match watch.next().await {
+                    Ok(event) => Some((Ok(event), Some(watch))),
+                    Err(err) => Some((Err(err), None)),
+                }
+            },
+        )))
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        self.with_writer(move |writer| {
+            let tx = writer
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current = meta(&tx, META_REVISION)?;
+            if revision > current {
+                return Err(Error::FutureRevision {
+                    requested: revision,
+                    current,
+                });
+            }
+            let compacted = meta(&tx, META_COMPACTED)?;
+            if revision <= compacted {
+                return Ok(());
+            }
+            let removed = tx.execute("DELETE FROM events WHERE rev <= ?1", [revision])?;
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE name = 'compacted'",
+                [revision],
+            )?;
+            tx.commit()?;
+            info!(revision, removed, "compacted sqlite store history");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revision(&self) -> Result<Revision> {
+        self.readers.read(|tx| meta(tx, META_REVISION)).await
+    }
+}
+
+/// The state of one watch stream.
+struct Watch {
+    readers: Arc<ReadPool>,
+    prefix: String,
+    upper: Option<String>,
+    live: broadcast::Receiver<WatchEvent>,
+    /// Every matching event with a revision at or below this one has been
+    /// delivered (or queued in `pending`).
+    cursor: Revision,
+    /// History events read but not yet delivered.
+    pending: VecDeque<WatchEvent>,
+    /// True once the history has been read up to a snapshot taken after
+    /// subscribing to the live channel.
+    history_done: bool,
+}
+
+impl Watch {
+    /// The next event, or the error that ends the stream.
+    async fn next(&mut self) -> Result<WatchEvent> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(event);
+            }
+            if !self.history_done {
+                self.next_history_page().await?;
+                continue;
+            }
+            match self.live.recv().await {
+                Ok(event) => {
+                    let revision = event.revision();
+                    if revision <= self.cursor {
+                        // Already delivered from history.
+                        continue;
+                    }
+                    self.cursor = revision;
+                    if event.kv.key.starts_with(&self.prefix) {
+                        return Ok(event);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    warn!(prefix = %self.prefix, cursor = self.cursor, missed, "watch fell behind");
+                    return Err(Error::Backend(format!(
+                        "watch fell behind by {missed} events after revision {}; restart it from a fresh list",
+                        self.cursor
+                    )));
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(Error::Backend("the store was closed".to_owned()));
+                }
+            }
+        }
+    }
+
+    /// Reads the next page of history after `cursor` into `pending`.
+    async fn next_history_page(&mut self) -> Result<()> {
+        let cursor = self.cursor;
+        let prefix = self.prefix.clone();
+        let upper = self.upper.clone();
+        let (events, current) = self
+            .readers
+            .read(move |tx| {
+                let current = meta(tx, META_REVISION)?;
+                let compacted = meta(tx, META_COMPACTED)?;
+                if cursor < compacted {
+                    return Err(Error::Compacted {
+                        requested: cursor,
+                        compacted,
+                    });
+                }
+                if cursor > current {
+                    return Err(Error::FutureRevision {
+                        requested: cursor,
+                        current,
+                    });
+                }
+                let mut sql = String::from(
+                    "SELECT rev, key, kind, value, create_rev FROM events \
+                     WHERE rev > ?1 AND key >= ?2",
+                );
+                let mut params = vec![Value::Integer(cursor), Value::Text(prefix)];
+                if let Some(upper) = upper {
+                    params.push(Value::Text(upper));
+                    sql.push_str(" AND key < ?3");
+                }
+                sql.push_str(&format!(" ORDER BY rev LIMIT {HISTORY_PAGE}"));
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(params), |row| {
+                        Ok((
+                            row.get::<_, i64>(2)?,
+                            KeyValue {
+                                mod_revision: row.get(0)?,
+                                key: row.get(1)?,
+                                value: Bytes::from(row.get::<_, Vec<u8>>(3)?),
+                                create_revision: row.get(4)?,
+                            },
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let events = rows
+                    .into_iter()
+                    .map(|(kind, kv)| {
+                        Ok(WatchEvent {
+                            kind: kind_from_code(kind)?,
+                            kv,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((events, current))
+            })
+            .await?;
+        if events.len() < HISTORY_PAGE {
+            // Everything up to `current` has been read; later events are on
+            // the live channel.
+            self.history_done = true;
+            self.cursor = current;
+        } else if let Some(last) = events.last() {
+            self.cursor = last.revision();
+        }
+        self.pending.extend(events);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures::StreamExt;
+
+    use super::*;
+
+    crate::store_conformance_suite!(async {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open store");
+        (Arc::new(store) as Arc<dyn Store>, dir)
+    });
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    async fn next_item(stream: &mut WatchStream) -> Option<Result<WatchEvent>> {
+        tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("watch stream stalled")
+    }
+
+    #[test]
+    fn upper_bound_of_prefixes() {
+        assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(prefix_upper_bound("/a/b/").as_deref(), Some("/a/b0"));
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(
+            prefix_upper_bound("x\u{D7FF}").as_deref(),
+            Some("x\u{E000}")
+        );
+        assert_eq!(prefix_upper_bound("\u{10FFFF}\u{10FFFF}"), None);
+    }
+
+    #[tokio::test]
+    async fn writer_uses_wal_and_full_sync() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open store");
+        let writer = lock(&store.writer);
+        let mode: String = writer
+            .conn
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .expect("journal_mode");
+        assert_eq!(mode, "wal");
+        let sync: i64 = writer
+            .conn
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .expect("synchronous");
+        assert_eq!(sync, 2, "synchronous=FULL");
+    }
+
+    #[tokio::test]
+    async fn acknowledged_writes_survive_reopen() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let path = dir.path().join("nested/dir/store.db");
+        let (revision, expected) = {
+            let store = SqliteStore::open(&path).expect("open store");
+            let mut expected = Vec::new();
+            for i in 0..20 {
+                let kv = store
+                    .create(&format!("/k/{i:02}"), b(&format!("v{i}")))
+                    .await
+                    .expect("create");
+                expected.push(kv);
+            }
+            let updated = store
+                .update("/k/03", b("updated"), expected[3].mod_revision)
+                .await
+                .expect("update");
+            expected[3] = updated;
+            store.delete("/k/07", None).await.expect("delete");
+            expected.remove(7);
+            (store.revision().await.expect("revision"), expected)
+        };
+        assert_eq!(revision, 22);
+
+        let store = SqliteStore::open(&path).expect("reopen store");
+        assert_eq!(store.revision().await.expect("revision"), revision);
+        let listed = store
+            .list("/k/", ListOptions::default())
+            .await
+            .expect("list");
+        assert_eq!(listed.revision, revision);
+        assert_eq!(listed.items, expected);
+
+        // The history survived too.
+        let mut watch = store.watch("/k/", 0).await.expect("watch");
+        for rev in 1..=revision {
+            let event = next_item(&mut watch)
+                .await
+                .expect("event")
+                .expect("ok event");
+            assert_eq!(event.revision(), rev);
+        }
+        // And the next write continues the revision sequence.
+        let kv = store.create("/k/new", b("x")).await.expect("create");
+        assert_eq!(kv.mod_revision, revision + 1);
+    }
+
+    #[tokio::test]
+    async fn revision_and_compaction_survive_reopen() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let path = dir.path().join("store.db");
+        {
+            let store = SqliteStore::open(&path).expect("open store");
+            for i in 0..5 {
+                store
+                    .create(&format!("/k/{i}"), b("v"))
+                    .await
+                    .expect("create");
+            }
+            // Compacting everything leaves no event to derive the revision from.
+            store.compact(5).await.expect("compact");
+        }
+        let store = SqliteStore::open(&path).expect("reopen store");
+        assert_eq!(store.revision().await.expect("revision"), 5);
+        assert!(matches!(
+            store.watch("", 4).await,
+            Err(Error::Compacted {
+                requested: 4,
+                compacted: 5
+            })
+        ));
+        let mut watch = store
+            .watch("", 5)
+            .await
+            .expect("watch at compacted revision");
+        let kv = store.create("/k/next", b("v")).await.expect("create");
+        assert_eq!(kv.create_revision, 6);
+        let event = next_item(&mut watch)
+            .await
+            .expect("event")
+            .expect("ok event");
+        assert_eq!(event.revision(), 6);
+    }
+
+    #[tokio::test]
+    async fn lagging_watch_ends_with_an_error() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let store =
+            SqliteStore::open_with_capacity(&dir.path().join("store.db"), 4).expect("open store");
+        let mut watch = store.watch("", 0).await.expect("watch");
+        for i in 0..10 {
+            store
+                .create(&format!("/k/{i}"), b("v"))
+                .await
+                .expect("create");
+        }
+        match next_item(&mut watch).await {
+            Some(Err(Error::Backend(message))) => {
+                assert!(message.contains("fell behind"), "{message}");
+            }
+            other => panic!("expected a lag error, got {other:?}"),
+        }
+        assert!(
+            next_item(&mut watch).await.is_none(),
+            "stream ends after the error"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_store_ends_watches() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open store");
+        store.create("/k", b("v")).await.expect("create");
+        let mut watch = store.watch("", 0).await.expect("watch");
+        drop(store);
+        let event = next_item(&mut watch)
+            .await
+            .expect("event")
+            .expect("ok event");
+        assert_eq!(event.revision(), 1);
+        assert!(matches!(
+            next_item(&mut watch).await,
+            Some(Err(Error::Backend(_)))
+        ));
+        assert!(next_item(&mut watch).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn long_history_is_replayed_in_pages() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open store");
+        let total = i64::try_from(HISTORY_PAGE * 5 + 3).expect("fits");
+        // One key updated over and over, plus a sibling key the watch must skip.
+        let mut kv = store.create("/p/k", b("0")).await.expect("create");
+        store.create("/q/k", b("0")).await.expect("create");
+        for i in 1..total {
+            kv = store
+                .update("/p/k", b(&i.to_string()), kv.mod_revision)
+                .await
+                .expect("update");
+        }
+        let mut watch = store.watch("/p/", 0).await.expect("watch");
+        let mut last = 0;
+        for i in 0..total {
+            let event = next_item(&mut watch)
+                .await
+                .expect("event")
+                .expect("ok event");
+            assert!(event.revision() > last);
+            last = event.revision();
+            assert_eq!(event.kv.key, "/p/k");
+            assert_eq!(event.kv.value, b(&i.to_string()));
+        }
+        let live = store
+            .update("/p/k", b("live"), kv.mod_revision)
+            .await
+            .expect("update");
+        let event = next_item(&mut watch)
+            .await
+            .expect("event")
+            .expect("ok event");
+        assert_eq!(event.kv, live);
+    }
+}
