@@ -13,6 +13,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
 fi
 command -v kubectl >/dev/null 2>&1 || { echo "kubectl is required on PATH for the end-to-end tests" >&2; exit 1; }
+# PyJWT checks our tokens against the published JWKS with an independent JWT library.
+python3 -c 'import jwt, cryptography' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check 'PyJWT[crypto]>=2.9,<3'
+
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast

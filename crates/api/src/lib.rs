@@ -8,6 +8,8 @@
 //!
 //! Must not depend on: HTTP (axum, hyper), authentication or authorization crates.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod decode;
 pub mod kinds;
 pub mod patch;

@@ -290,7 +290,7 @@ fn utf8(bytes: &[u8]) -> Result<String, ProtobufError> {
 }
 
 /// Decodes a `map<string, V>` entry: key = 1, value = 2.
-fn map_entry<'a>(bytes: &'a [u8]) -> Result<(String, &'a [u8]), ProtobufError> {
+fn map_entry(bytes: &[u8]) -> Result<(String, &[u8]), ProtobufError> {
     let mut r = Reader { buf: bytes };
     let (mut key, mut value): (String, &[u8]) = (String::new(), &[]);
     while let Some((tag, v)) = r.next()? {
@@ -356,7 +356,7 @@ fn message(bytes: &[u8], schema: &[Field]) -> Result<Map<String, Value>, Protobu
                 let Some(v) = scalar(ty, value)? else { continue };
                 // Go's protobuf encoder writes non-pointer fields even when empty;
                 // its JSON encoder omits them (`omitempty`). Match the JSON form.
-                if !field.repeated && (v == Value::String(String::new()) || (matches!(ty, Ty::Int) && v == Value::from(0))) {
+                if !field.repeated && (v == Value::String(String::new()) || (matches!(ty, Ty::Int) && v == 0)) {
                     continue;
                 }
                 if field.repeated {

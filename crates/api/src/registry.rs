@@ -174,8 +174,9 @@ impl Registry {
         }
     }
 
-    /// Decodes, defaults and validates a body for `resource`, filling apiVersion/kind.
-    fn normalise(&self, resource: &ResourceInfo, mut body: Value, strict: bool) -> Result<Value> {
+    /// Decodes a body for `resource` through its typed struct, filling in
+    /// apiVersion/kind and refusing mismatched ones (and, with `strict`, unknown fields).
+    pub fn normalise(&self, resource: &ResourceInfo, mut body: Value, strict: bool) -> Result<Value> {
         let map = body.as_object_mut().ok_or_else(|| {
             ApiError::bad_request(format!("the object provided is unrecognized (must be of type {})", resource.kind))
         })?;

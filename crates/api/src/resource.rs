@@ -20,13 +20,10 @@ pub struct Subresource {
 }
 
 /// How a resource is kept.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Storage {
     /// Objects live in the store under `/registry/{plural}/…`.
-    Stored {
-        /// Normalises a decoded body through the typed k8s-openapi struct.
-        decode: DecodeFn,
-    },
+    Stored,
     /// Create-only reviews (TokenReview, SubjectAccessReview…): answered, never stored.
     Virtual,
 }
@@ -56,6 +53,8 @@ pub struct ResourceInfo {
     pub subresources: &'static [Subresource],
     /// Stored or virtual.
     pub storage: Storage,
+    /// Normalises a decoded body through the typed k8s-openapi struct.
+    pub decode: DecodeFn,
     /// storageVersionHash shown in classic discovery (stored kinds only).
     pub storage_version_hash: &'static str,
     /// Registers the kind's JSON schema (for OpenAPI) and returns a reference to it.
@@ -87,7 +86,8 @@ pub static CORE_NAMESPACES: ResourceInfo = ResourceInfo {
         Subresource { name: "finalize", group: "", version: "", kind: "Namespace", verbs: &["update"] },
         Subresource { name: "status", group: "", version: "", kind: "Namespace", verbs: &["get", "patch", "update"] },
     ],
-    storage: Storage::Stored { decode: decode::typed::<k8s_openapi::api::core::v1::Namespace> },
+    storage: Storage::Stored,
+    decode: decode::typed::<k8s_openapi::api::core::v1::Namespace>,
     schema: schema_of::<k8s_openapi::api::core::v1::Namespace>,
     storage_version_hash: "Q3oi5N2YM8M=",
 };
@@ -110,7 +110,8 @@ pub static CORE_SERVICEACCOUNTS: ResourceInfo = ResourceInfo {
         kind: "TokenRequest",
         verbs: &["create"],
     }],
-    storage: Storage::Stored { decode: decode::typed::<k8s_openapi::api::core::v1::ServiceAccount> },
+    storage: Storage::Stored,
+    decode: decode::typed::<k8s_openapi::api::core::v1::ServiceAccount>,
     schema: schema_of::<k8s_openapi::api::core::v1::ServiceAccount>,
     storage_version_hash: "pbx9ZvyFpBE=",
 };
@@ -127,7 +128,8 @@ pub static CORE_SECRETS: ResourceInfo = ResourceInfo {
     categories: &[],
     verbs: CRUD_VERBS,
     subresources: &[],
-    storage: Storage::Stored { decode: decode::typed::<k8s_openapi::api::core::v1::Secret> },
+    storage: Storage::Stored,
+    decode: decode::typed::<k8s_openapi::api::core::v1::Secret>,
     schema: schema_of::<k8s_openapi::api::core::v1::Secret>,
     storage_version_hash: "S6u1pOWzb84=",
 };
@@ -144,7 +146,8 @@ pub static CORE_CONFIGMAPS: ResourceInfo = ResourceInfo {
     categories: &[],
     verbs: CRUD_VERBS,
     subresources: &[],
-    storage: Storage::Stored { decode: decode::typed::<k8s_openapi::api::core::v1::ConfigMap> },
+    storage: Storage::Stored,
+    decode: decode::typed::<k8s_openapi::api::core::v1::ConfigMap>,
     schema: schema_of::<k8s_openapi::api::core::v1::ConfigMap>,
     storage_version_hash: "qFsyl6wFWjQ=",
 };
@@ -161,7 +164,8 @@ pub static CORE_PODS: ResourceInfo = ResourceInfo {
     categories: &["all"],
     verbs: CRUD_VERBS,
     subresources: &[Subresource { name: "status", group: "", version: "", kind: "Pod", verbs: &["get", "patch", "update"] }],
-    storage: Storage::Stored { decode: decode::typed::<k8s_openapi::api::core::v1::Pod> },
+    storage: Storage::Stored,
+    decode: decode::typed::<k8s_openapi::api::core::v1::Pod>,
     schema: schema_of::<k8s_openapi::api::core::v1::Pod>,
     storage_version_hash: "xPOwRZ+Yhw8=",
 };
@@ -178,10 +182,37 @@ pub static CORE_EVENTS: ResourceInfo = ResourceInfo {
     categories: &[],
     verbs: CRUD_VERBS,
     subresources: &[],
-    storage: Storage::Stored { decode: decode::typed::<k8s_openapi::api::core::v1::Event> },
+    storage: Storage::Stored,
+    decode: decode::typed::<k8s_openapi::api::core::v1::Event>,
     schema: schema_of::<k8s_openapi::api::core::v1::Event>,
     storage_version_hash: "r2yiGXH7wu8=",
 };
+
+/// A create-only review kind in `group/v1`.
+macro_rules! review {
+    ($name:ident, $group:literal, $kind:literal, $plural:literal, $singular:literal, $namespaced:literal, $ty:ty) => {
+        #[doc = concat!("`", $group, "/v1` ", $plural, " (create-only, never stored).")]
+        pub static $name: ResourceInfo = ResourceInfo {
+            group: $group,
+            version: "v1",
+            kind: $kind,
+            plural: $plural,
+            singular: $singular,
+            namespaced: $namespaced,
+            short_names: &[],
+            categories: &[],
+            verbs: &["create"],
+            subresources: &[],
+            storage: Storage::Virtual,
+            decode: decode::typed::<$ty>,
+            schema: schema_of::<$ty>,
+            storage_version_hash: "",
+        };
+    };
+}
+
+review!(AUTHN_TOKENREVIEWS, "authentication.k8s.io", "TokenReview", "tokenreviews", "tokenreview", false, k8s_openapi::api::authentication::v1::TokenReview);
+review!(AUTHN_SELFSUBJECTREVIEWS, "authentication.k8s.io", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", false, k8s_openapi::api::authentication::v1::SelfSubjectReview);
 
 /// Every resource tessera serves, in discovery order (sorted by plural within a group version).
 pub static RESOURCES: &[&ResourceInfo] = &[
@@ -191,6 +222,8 @@ pub static RESOURCES: &[&ResourceInfo] = &[
     &CORE_PODS,
     &CORE_SECRETS,
     &CORE_SERVICEACCOUNTS,
+    &AUTHN_SELFSUBJECTREVIEWS,
+    &AUTHN_TOKENREVIEWS,
 ];
 
 // === impl ResourceInfo ===
@@ -231,10 +264,7 @@ impl ResourceInfo {
 
     /// Typed normalisation of a decoded body, for stored kinds.
     pub fn decode(&self, body: Value, strict: bool) -> Result<Value, decode::DecodeError> {
-        match self.storage {
-            Storage::Stored { decode } => decode(body, strict),
-            Storage::Virtual => Ok(body),
-        }
+        (self.decode)(body, strict)
     }
 }
 

@@ -49,8 +49,8 @@ pub struct ApiError {
     pub reason: &'static str,
     /// Human-readable message; fixed by the compatibility contract.
     pub message: String,
-    /// Optional details; `None` omits the `details` field entirely.
-    pub details: Option<StatusDetails>,
+    /// Optional details; `None` omits the `details` field entirely (boxed: errors stay small).
+    pub details: Option<Box<StatusDetails>>,
 }
 
 #[derive(Serialize)]
@@ -75,7 +75,7 @@ impl ApiError {
     }
 
     fn with_details(mut self, details: StatusDetails) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -222,7 +222,7 @@ impl ApiError {
             status: "Failure",
             message: &self.message,
             reason: self.reason,
-            details: self.details.as_ref(),
+            details: self.details.as_deref(),
             code: self.code,
         };
         serde_json::to_value(body).unwrap_or(serde_json::Value::Null)

@@ -18,12 +18,40 @@ fn is_public_path(path: &str) -> bool {
         || path.starts_with("/readyz/")
 }
 
+/// Authorization settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuthzConfig {
+    /// Let anonymous users read OIDC discovery (`/.well-known/openid-configuration`, `/openid/v1/jwks`).
+    pub anonymous_oidc_discovery: bool,
+}
+
+fn is_oidc_path(path: &str) -> bool {
+    matches!(path, "/.well-known/openid-configuration" | "/openid/v1/jwks")
+}
+
 /// Decides whether `user` may make the request.
-pub fn authorize(user: &UserInfo, info: &RequestInfo) -> Result<(), ApiError> {
+pub fn authorize(config: &AuthzConfig, user: &UserInfo, info: &RequestInfo) -> Result<(), ApiError> {
     if user.in_group(MASTERS_GROUP) {
         return Ok(());
     }
     if !info.is_resource_request && info.verb == "get" && is_public_path(&info.path) {
+        return Ok(());
+    }
+    // system:service-account-issuer-discovery is bound to system:serviceaccounts.
+    if !info.is_resource_request
+        && info.verb == "get"
+        && is_oidc_path(&info.path)
+        && (user.in_group("system:serviceaccounts") || config.anonymous_oidc_discovery)
+    {
+        return Ok(());
+    }
+    // system:basic-user: everyone authenticated may ask who they are.
+    if info.is_resource_request
+        && info.verb == "create"
+        && info.api_group == "authentication.k8s.io"
+        && info.resource == "selfsubjectreviews"
+        && user.in_group(tessera_authn::AUTHENTICATED_GROUP)
+    {
         return Ok(());
     }
     Err(forbidden(user, info))
@@ -69,7 +97,7 @@ mod tests {
     #[test]
     fn forbidden_list_in_namespace_matches_reference() {
         let info = parse(&Method::GET, "/api/v1/namespaces/kube-system/secrets", false);
-        let status = authorize(&sa_user(), &info).unwrap_err().to_status();
+        let status = authorize(&AuthzConfig::default(), &sa_user(), &info).unwrap_err().to_status();
         assert_eq!(status["message"], "secrets is forbidden: User \"system:serviceaccount:api:api\" cannot list resource \"secrets\" in API group \"\" in the namespace \"kube-system\"");
         assert_eq!(status["details"], serde_json::json!({"kind": "secrets"}));
     }
@@ -77,22 +105,22 @@ mod tests {
     #[test]
     fn forbidden_cluster_scope_matches_reference() {
         let info = parse(&Method::GET, "/api/v1/secrets", false);
-        let status = authorize(&UserInfo::anonymous(), &info).unwrap_err().to_status();
+        let status = authorize(&AuthzConfig::default(), &UserInfo::anonymous(), &info).unwrap_err().to_status();
         assert_eq!(status["message"], "secrets is forbidden: User \"system:anonymous\" cannot list resource \"secrets\" in API group \"\" at the cluster scope");
     }
 
     #[test]
     fn forbidden_named_namespace_is_in_itself() {
         let info = parse(&Method::GET, "/api/v1/namespaces/foo", false);
-        let status = authorize(&sa_user(), &info).unwrap_err().to_status();
+        let status = authorize(&AuthzConfig::default(), &sa_user(), &info).unwrap_err().to_status();
         assert_eq!(status["message"], "namespaces \"foo\" is forbidden: User \"system:serviceaccount:api:api\" cannot get resource \"namespaces\" in API group \"\" in the namespace \"foo\"");
     }
 
     #[test]
     fn masters_and_discovery() {
         let admin = UserInfo { username: "admin".into(), groups: vec!["system:masters".into()], ..Default::default() };
-        assert!(authorize(&admin, &parse(&Method::DELETE, "/api/v1/namespaces/x", false)).is_ok());
-        assert!(authorize(&UserInfo::anonymous(), &parse(&Method::GET, "/version", false)).is_ok());
-        assert!(authorize(&UserInfo::anonymous(), &parse(&Method::GET, "/metrics", false)).is_err());
+        assert!(authorize(&AuthzConfig::default(), &admin, &parse(&Method::DELETE, "/api/v1/namespaces/x", false)).is_ok());
+        assert!(authorize(&AuthzConfig::default(), &UserInfo::anonymous(), &parse(&Method::GET, "/version", false)).is_ok());
+        assert!(authorize(&AuthzConfig::default(), &UserInfo::anonymous(), &parse(&Method::GET, "/metrics", false)).is_err());
     }
 }

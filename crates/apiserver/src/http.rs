@@ -55,6 +55,10 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// `host:port` advertised in `/api`.
     pub server_address: String,
+    /// ServiceAccount token issuing and review.
+    pub tokens: crate::tokens::TokenState,
+    /// Authorization settings.
+    pub authz: crate::authz::AuthzConfig,
 }
 
 /// Builds the router with all layers.
@@ -65,6 +69,12 @@ pub fn router(state: AppState) -> Router {
         .route("/livez", get(health))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/.well-known/openid-configuration", get(|State(state): State<AppState>| async move {
+            json_response(StatusCode::OK, &state.tokens.openid_configuration())
+        }))
+        .route("/openid/v1/jwks", get(|State(state): State<AppState>| async move {
+            json_with_type(StatusCode::OK, &state.tokens.jwks(), "application/jwk-set+json")
+        }))
         .route("/api", get(core_versions))
         .route("/apis", get(group_list))
         .route("/api/{version}", get(core_resources))
@@ -73,8 +83,8 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi/v3", get(|| async { json_response(StatusCode::OK, crate::openapi::index()) }))
         .route("/openapi/v3/{*path}", get(openapi_document))
         .fallback(resource_request)
-        .layer(middleware::from_fn(authorize))
-        .layer(middleware::from_fn(authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -96,31 +106,35 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     response
 }
 
-/// Establishes the user: client certificate, else anonymous. A certificate
-/// that does not map to a user, or an unsupported credential, is 401.
-async fn authenticate(mut req: Request, next: Next) -> Response {
+/// Establishes the user: client certificate, else a bearer token (ServiceAccount
+/// tokens, bound or legacy), else anonymous. A credential that is presented but
+/// does not authenticate is 401, never anonymous.
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<PeerIdentity>().cloned().unwrap_or(PeerIdentity::None);
     let user = match peer {
         PeerIdentity::Certificate(user) => user,
         PeerIdentity::Invalid => return Failure(ApiError::unauthorized()).into_response(),
-        PeerIdentity::None => {
-            if req.headers().contains_key(header::AUTHORIZATION) {
-                // Bearer tokens arrive with the ServiceAccount token issue; until then they cannot authenticate.
-                return Failure(ApiError::unauthorized()).into_response();
+        PeerIdentity::None => match req.headers().get(header::AUTHORIZATION) {
+            None => Arc::new(UserInfo::anonymous()),
+            Some(value) => {
+                let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).unwrap_or_default();
+                match (!token.is_empty()).then(|| state.tokens.authenticate_bearer(token)).flatten() {
+                    Some(user) => Arc::new(user),
+                    None => return Failure(ApiError::unauthorized()).into_response(),
+                }
             }
-            Arc::new(UserInfo::anonymous())
-        }
+        },
     };
     req.extensions_mut().insert(user);
     next.run(req).await
 }
 
-async fn authorize(req: Request, next: Next) -> Response {
+async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (Some(user), Some(info)) = (req.extensions().get::<Arc<UserInfo>>(), req.extensions().get::<RequestInfo>()) else {
         tracing::error!("authorize ran without authentication");
         return Failure(ApiError::internal("authorization failed")).into_response();
     };
-    if let Err(err) = crate::authz::authorize(user, info) {
+    if let Err(err) = crate::authz::authorize(&state.authz, user, info) {
         tracing::debug!(user = %user.username, verb = %info.verb, path = %info.path, "forbidden");
         return Failure(err).into_response();
     }
@@ -256,6 +270,7 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
 async fn resource_request(
     State(state): State<AppState>,
     Extension(info): Extension<RequestInfo>,
+    Extension(user): Extension<Arc<UserInfo>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
@@ -272,6 +287,27 @@ async fn resource_request(
     }
     if resource.namespaced && namespace.is_none() && !matches!(info.verb.as_str(), "list" | "watch") {
         return Err(ApiError::no_such_resource().into());
+    }
+    if resource.plural == "serviceaccounts" && info.subresource == "token" {
+        if info.verb != "create" {
+            return Err(ApiError::method_not_supported(resource, &info.verb).into());
+        }
+        let body = decode_body(&headers, &read_body(body).await?, "TokenRequest")?;
+        let ns = namespace.unwrap_or_default();
+        return state.tokens.token_request(&state.registry, ns, &info.name, body).await;
+    }
+    if let tessera_api::resource::Storage::Virtual = resource.storage {
+        if info.verb != "create" {
+            return Err(ApiError::method_not_supported(resource, &info.verb).into());
+        }
+        let options = params.write_options()?;
+        let body = decode_body(&headers, &read_body(body).await?, resource.kind)?;
+        let body = state.registry.normalise(resource, body, options.strict)?;
+        return match resource.plural {
+            "tokenreviews" => state.tokens.token_review(body),
+            "selfsubjectreviews" => crate::tokens::self_subject_review(&user),
+            _ => Err(ApiError::no_such_resource().into()),
+        };
     }
     match info.subresource.as_str() {
         "" => {}

@@ -7,6 +7,8 @@
 //!
 //! Must not depend on: the identity CA, the proxy, the agent.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,12 +22,14 @@ pub mod authz;
 pub mod discovery;
 pub mod http;
 pub mod metrics;
+pub mod objects;
 pub mod openapi;
 pub mod pki;
 pub mod request_info;
 pub mod response;
 pub mod serve;
 pub mod table;
+pub mod tokens;
 
 /// Server configuration (built by the CLI, checked before any port is opened).
 #[derive(Debug, Clone)]
@@ -34,6 +38,37 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address to listen on (`127.0.0.1:6443`; port 0 picks a free port).
     pub bind: SocketAddr,
+    /// `iss` of ServiceAccount tokens.
+    pub service_account_issuer: String,
+    /// The API's own audiences (default: the issuer).
+    pub api_audiences: Vec<String>,
+    /// Algorithm of newly generated signing keys.
+    pub signing_alg: tessera_authn::jwt::Algorithm,
+    /// Longest token lifetime TokenRequest grants (seconds).
+    pub max_token_lifetime_seconds: i64,
+    /// Let anonymous users read OIDC discovery.
+    pub anonymous_oidc_discovery: bool,
+}
+
+impl Config {
+    /// Defaults for a data dir and bind address (what `tessera server` uses without flags).
+    pub fn new(data_dir: PathBuf, bind: SocketAddr) -> Self {
+        let issuer = "https://kubernetes.default.svc.cluster.local".to_owned();
+        Self {
+            data_dir,
+            bind,
+            api_audiences: vec![issuer.clone()],
+            service_account_issuer: issuer,
+            signing_alg: tessera_authn::jwt::Algorithm::ES256,
+            max_token_lifetime_seconds: 48 * 3600,
+            anonymous_oidc_discovery: false,
+        }
+    }
+
+    /// Where signing keys live.
+    pub fn key_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
 }
 
 /// Start-up failures.
@@ -56,6 +91,9 @@ pub enum Error {
     /// TLS configuration failed.
     #[error("TLS: {0}")]
     Tls(#[from] serve::TlsError),
+    /// Signing keys could not be loaded.
+    #[error("service account signing keys: {0}")]
+    Keys(#[from] tessera_authn::keys::KeyError),
     /// Bootstrapping objects failed.
     #[error("bootstrap: {0}")]
     Bootstrap(tessera_api::ApiError),
@@ -91,30 +129,80 @@ pub async fn run(
     let registry = Registry::new(store);
     let tls = serve::server_config(&pki.serving_cert_pem, &pki.serving_key_pem, &pki.ca_cert_pem)?;
 
+    let now = jiff::Timestamp::now().as_second();
+    let keys = tessera_authn::keys::KeySet::load_or_create(&config.key_dir(), config.signing_alg, now, config.max_token_lifetime_seconds)?;
+    let authority = Arc::new(tessera_authn::token::TokenAuthority::new(
+        tessera_authn::token::TokenConfig {
+            issuer: config.service_account_issuer.clone(),
+            api_audiences: config.api_audiences.clone(),
+            max_lifetime_seconds: config.max_token_lifetime_seconds,
+        },
+        keys,
+    ));
+    let objects = objects::ObjectCache::default();
+    let tokens = tokens::TokenState {
+        authority: authority.clone(),
+        cache: Arc::new(tessera_authn::token::ReviewCache::new(10, 100_000)),
+        objects: objects.clone(),
+        jwks_uri: format!("{server_url}/openid/v1/jwks"),
+    };
+
     let ready = Arc::new(AtomicBool::new(false));
     let state = http::AppState {
         registry: registry.clone(),
         metrics: metrics::Metrics::default(),
         ready: ready.clone(),
         server_address: format!("{host}:{}", addr.port()),
+        tokens,
+        authz: authz::AuthzConfig { anonymous_oidc_discovery: config.anonymous_oidc_discovery },
     };
     let app = http::router(state);
 
     let revision = tessera_controllers::bootstrap(&registry, &pki.ca_cert_pem).await.map_err(Error::Bootstrap)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let controller_stop = {
+    let stopped = || {
         let mut rx = stop_rx.clone();
         async move {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let controllers = tokio::spawn(tessera_controllers::run(registry.clone(), pki.ca_cert_pem.clone(), revision, controller_stop));
+    let mut tasks = vec![
+        tokio::spawn(tessera_controllers::run(registry.clone(), pki.ca_cert_pem.clone(), revision, stopped())),
+        tokio::spawn(tessera_controllers::legacy_tokens::run(registry.clone(), authority.clone(), pki.ca_cert_pem.clone(), stopped())),
+        tokio::spawn(objects.clone().run(registry.store().clone(), stopped())),
+        tokio::spawn(reload_keys(config.clone(), authority, stopped())),
+    ];
+    objects.wait_until_ready().await;
     ready.store(true, Ordering::Release);
 
     let started = Started { addr, kubeconfig: kubeconfig_path };
     on_started(&started);
     serve::serve(listener, tls, app, shutdown).await;
     let _ = stop_tx.send(true);
-    let _ = controllers.await;
+    for task in tasks.drain(..) {
+        let _ = task.await;
+    }
     Ok(())
+}
+
+/// Picks up keys added by `tessera server keys rotate` (and drops expired ones)
+/// without a restart: the key directory is small, so it is re-read every two seconds.
+async fn reload_keys(config: Config, authority: Arc<tessera_authn::token::TokenAuthority>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let kids = |set: &tessera_authn::keys::KeySet| set.keys().iter().map(|k| k.kid().to_owned()).collect::<Vec<_>>();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+        let now = jiff::Timestamp::now().as_second();
+        match tessera_authn::keys::KeySet::load_or_create(&config.key_dir(), config.signing_alg, now, config.max_token_lifetime_seconds) {
+            Ok(fresh) if kids(&fresh) != kids(&authority.keys()) => {
+                tracing::info!(keys = ?kids(&fresh), "service account signing keys changed");
+                authority.set_keys(fresh);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "reloading signing keys failed; keeping the current ones"),
+        }
+    }
 }

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
-use tessera_api::resource::{RESOURCES, ResourceInfo, group_versions};
+use tessera_api::resource::{RESOURCES, ResourceInfo, Storage, group_versions};
 
 fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
@@ -75,6 +75,16 @@ fn paths_for(resource: &ResourceInfo, schema_ref: &str, paths: &mut Map<String, 
     }
     if resource.supports("create") {
         coll.insert("post".into(), operation(resource, "post", schema_ref, write_params()));
+    }
+    if resource.storage == Storage::Virtual {
+        // kubectl decides between server-side field validation and its own
+        // (which needs the protobuf OpenAPI v2 document tessera does not serve)
+        // by looking for `fieldValidation` on a PATCH operation of the kind.
+        // Reviews are create-only: this operation documents that POST honours
+        // `fieldValidation`; PATCH itself answers 405.
+        let mut op = operation(resource, "patch", schema_ref, write_params());
+        op["description"] = json!(format!("{} is create-only; PATCH answers 405 Method Not Allowed. Listed so clients see that fieldValidation is supported.", resource.kind));
+        coll.insert("patch".into(), op);
     }
     if resource.supports("deletecollection") {
         coll.insert("delete".into(), operation(resource, "deletecollection", schema_ref, vec![]));

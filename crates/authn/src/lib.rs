@@ -2,14 +2,21 @@
 //! [`UserInfo`]. This crate decides *who* is calling; [`UserInfo`] values are
 //! only built by the authenticators here (and by tests).
 //!
-//! Implemented: x509 client certificates (CN = user, O = groups), anonymous.
+//! Implemented: x509 client certificates (CN = user, O = groups), anonymous,
+//! ServiceAccount tokens (bound and legacy: [`token`]) with their signing keys
+//! ([`keys`]) and a strict JWT codec ([`jwt`]).
 //!
 //! Must not depend on: HTTP servers (axum, hyper), the store, the API registry.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod jwt;
+pub mod keys;
+pub mod token;
 pub mod x509;
 
 /// The group every authenticated user is in.

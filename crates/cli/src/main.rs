@@ -24,12 +24,45 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServerArgs {
-    /// Directory for the store, certificates and admin.kubeconfig (created if missing).
-    #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
+    /// Directory for the store, certificates, signing keys and admin.kubeconfig (created if missing).
+    #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./tessera-data", global = true)]
     data_dir: PathBuf,
     /// Address to serve HTTPS on; port 0 picks a free port.
     #[arg(long, env = "TESSERA_BIND", default_value = "127.0.0.1:6443")]
     bind: SocketAddr,
+    /// Issuer (`iss`) of ServiceAccount tokens.
+    #[arg(long, env = "TESSERA_SERVICE_ACCOUNT_ISSUER", default_value = "https://kubernetes.default.svc.cluster.local")]
+    service_account_issuer: String,
+    /// Audiences of the API itself (repeatable); default: the issuer.
+    #[arg(long = "api-audiences", env = "TESSERA_API_AUDIENCES", value_delimiter = ',')]
+    api_audiences: Vec<String>,
+    /// Algorithm for newly generated token signing keys.
+    #[arg(long, env = "TESSERA_SERVICE_ACCOUNT_SIGNING_ALG", default_value = "ES256", global = true)]
+    service_account_signing_alg: tessera_authn::jwt::Algorithm,
+    /// Longest lifetime a TokenRequest is granted, in seconds (longer requests are shortened).
+    #[arg(long, env = "TESSERA_SERVICE_ACCOUNT_MAX_TOKEN_EXPIRATION", default_value_t = 48 * 3600)]
+    service_account_max_token_expiration: i64,
+    /// Let unauthenticated clients read /.well-known/openid-configuration and /openid/v1/jwks.
+    #[arg(long, env = "TESSERA_ANONYMOUS_OIDC_DISCOVERY")]
+    anonymous_oidc_discovery: bool,
+    #[command(subcommand)]
+    action: Option<ServerAction>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ServerAction {
+    /// Manage ServiceAccount token signing keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Add a new signing key: new tokens use it at once (a running server picks it
+    /// up within seconds); older keys keep verifying until their tokens expire.
+    Rotate,
 }
 
 fn main() -> ExitCode {
@@ -87,7 +120,20 @@ async fn shutdown_signal() {
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
-    let config = tessera_apiserver::Config { data_dir: args.data_dir.clone(), bind: args.bind };
+    let mut config = tessera_apiserver::Config::new(args.data_dir.clone(), args.bind);
+    if let Some(ServerAction::Keys { action: KeysAction::Rotate }) = args.action {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let kid = tessera_authn::keys::KeySet::add(&config.key_dir(), args.service_account_signing_alg, now)
+            .with_context(|| format!("adding a signing key in {}", config.key_dir().display()))?;
+        println!("added signing key {kid}");
+        return Ok(());
+    }
+    config.service_account_issuer = args.service_account_issuer.clone();
+    config.api_audiences =
+        if args.api_audiences.is_empty() { vec![args.service_account_issuer.clone()] } else { args.api_audiences.clone() };
+    config.signing_alg = args.service_account_signing_alg;
+    config.max_token_lifetime_seconds = args.service_account_max_token_expiration;
+    config.anonymous_oidc_discovery = args.anonymous_oidc_discovery;
     tessera_apiserver::run(config, shutdown_signal(), |started| {
         let kubeconfig = std::fs::canonicalize(&started.kubeconfig).unwrap_or_else(|_| started.kubeconfig.clone());
         println!("tessera server listening on https://{}", started.addr);

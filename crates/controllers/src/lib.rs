@@ -7,7 +7,11 @@
 //! One reconcile loop: a full pass at start and after any watch failure, then
 //! one namespace at a time as watch events name it.
 //!
-//! Must not depend on: HTTP, authentication, authorization.
+//! The [`legacy_tokens`] controller fills ServiceAccount token Secrets.
+//!
+//! Must not depend on: HTTP, authorization.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 use std::collections::BTreeSet;
 
@@ -17,6 +21,8 @@ use tessera_api::registry::{ListParams, WriteOptions};
 use tessera_api::resource::{CORE_CONFIGMAPS, CORE_NAMESPACES, CORE_SERVICEACCOUNTS, RESOURCES, Storage};
 use tessera_api::{ApiError, Registry};
 use tessera_store::Revision;
+
+pub mod legacy_tokens;
 
 /// Namespaces that always exist.
 pub const BOOTSTRAP_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -184,7 +190,7 @@ async fn ensure_root_ca(registry: &Registry, ca_pem: &str, namespace: &str) -> R
 
 /// Deletes everything in a terminating namespace, then the namespace.
 async fn finish_deletion(registry: &Registry, namespace: &str) -> Result<(), ApiError> {
-    for resource in RESOURCES.iter().filter(|r| r.namespaced && matches!(r.storage, Storage::Stored { .. })) {
+    for resource in RESOURCES.iter().filter(|r| r.namespaced && r.storage == Storage::Stored) {
         let list = registry.list(resource, Some(namespace), &ListParams::default()).await?;
         let names: BTreeSet<String> = list
             .get("items")

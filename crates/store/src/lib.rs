@@ -15,6 +15,8 @@
 //!
 //! Must not depend on: any other tessera crate, HTTP, Kubernetes types.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use std::pin::Pin;
 
 use bytes::Bytes;

@@ -29,10 +29,16 @@ impl Server {
 
     /// Starts a server on an existing data dir.
     pub fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts a server with extra `tessera server` flags.
+    pub fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         require("kubectl");
         let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(["server", "--bind", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
+            .args(extra)
             .env("TESSERA_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -136,6 +142,24 @@ impl Server {
         let _ = self.child.wait();
         let dir = tempfile::tempdir().expect("placeholder");
         std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// Runs `tessera` (another subcommand) on this server's data dir.
+    pub fn tessera(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).arg("--data-dir").arg(self.dir.path()).output().expect("run tessera")
+    }
+
+    /// Polls `check` until it returns Some, for at most `seconds` (a failure guard:
+    /// used only where the server applies a change asynchronously by design).
+    pub fn eventually<T>(&self, seconds: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// Path in the data dir.

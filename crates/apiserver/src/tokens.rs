@@ -1,0 +1,191 @@
+//! ServiceAccount token endpoints: TokenRequest (`serviceaccounts/token`),
+//! TokenReview, SelfSubjectReview and OIDC discovery.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use serde_json::{Value, json};
+use tessera_api::resource::{CORE_PODS, CORE_SECRETS, CORE_SERVICEACCOUNTS};
+use tessera_api::status::{StatusCause, field};
+use tessera_api::{ApiError, Registry};
+use tessera_authn::UserInfo;
+use tessera_authn::token::{BoundObject, BoundTokenSpec, Review, ReviewCache, TokenAuthority};
+
+use crate::objects::ObjectCache;
+use crate::response::{HandlerResult, json_response};
+
+/// Everything the token endpoints need.
+#[derive(Clone)]
+pub struct TokenState {
+    /// Issues and verifies tokens.
+    pub authority: Arc<TokenAuthority>,
+    /// Review results.
+    pub cache: Arc<ReviewCache>,
+    /// Watch-fed ServiceAccount/Pod/Secret state.
+    pub objects: ObjectCache,
+    /// `jwks_uri` advertised in OIDC discovery.
+    pub jwks_uri: String,
+}
+
+/// Default `expirationSeconds` of a TokenRequest.
+pub const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
+/// Minimum `expirationSeconds` (10 minutes).
+pub const MIN_EXPIRATION_SECONDS: i64 = 600;
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn rfc3339(seconds: i64) -> String {
+    jiff::Timestamp::from_second(seconds).map(|t| t.to_string()).unwrap_or_default()
+}
+
+fn invalid_token_request(cause: StatusCause) -> ApiError {
+    ApiError::invalid("TokenRequest", "authentication.k8s.io", "", vec![cause])
+}
+
+fn string_list(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
+}
+
+// === impl TokenState ===
+
+impl TokenState {
+    /// Reviews a bearer token for the API's own audiences (request authentication).
+    pub fn authenticate_bearer(&self, token: &str) -> Option<UserInfo> {
+        match &*self.cache.review(&self.authority, token, None, &self.objects, now()) {
+            Review::Authenticated(ok) => Some(ok.user().clone()),
+            _ => None,
+        }
+    }
+
+    /// `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token`.
+    pub async fn token_request(&self, registry: &Registry, namespace: &str, name: &str, body: Value) -> HandlerResult {
+        let spec = body.get("spec").cloned().unwrap_or_default();
+        let expiration = match spec.get("expirationSeconds") {
+            None | Some(Value::Null) => DEFAULT_EXPIRATION_SECONDS,
+            Some(v) => v.as_i64().ok_or_else(|| ApiError::bad_request("spec.expirationSeconds must be an integer"))?,
+        };
+        if expiration < MIN_EXPIRATION_SECONDS {
+            return Err(invalid_token_request(field::invalid("spec.expirationSeconds", &json!(expiration), "may not specify a duration less than 10 minutes")).into());
+        }
+        if expiration > 1 << 32 {
+            return Err(invalid_token_request(field::invalid("spec.expirationSeconds", &json!(expiration), "may not specify a duration larger than 2^32 seconds")).into());
+        }
+        let sa = registry.get(&CORE_SERVICEACCOUNTS, Some(namespace), name).await?;
+        let sa_uid = sa.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let bound = match spec.get("boundObjectRef").filter(|v| !v.is_null()) {
+            None => None,
+            Some(reference) => Some(self.bound_object(registry, namespace, reference).await?),
+        };
+        let audiences = string_list(spec.get("audiences"));
+        let issued = self
+            .authority
+            .issue_bound(
+                &BoundTokenSpec {
+                    namespace: namespace.to_owned(),
+                    service_account: name.to_owned(),
+                    service_account_uid: sa_uid,
+                    audiences: audiences.clone(),
+                    expiration_seconds: expiration,
+                    bound,
+                },
+                now(),
+            )
+            .map_err(|e| {
+                tracing::error!(error = %e, "signing a token failed");
+                ApiError::internal("failed to sign the token")
+            })?;
+        let mut out_spec = spec.clone();
+        out_spec["audiences"] = json!(if audiences.is_empty() { self.authority.config().api_audiences.clone() } else { audiences });
+        out_spec["expirationSeconds"] = json!(expiration.min(self.authority.config().max_lifetime_seconds));
+        let response = json!({
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": name, "namespace": namespace, "creationTimestamp": rfc3339(now())},
+            "spec": out_spec,
+            "status": {"token": issued.token, "expirationTimestamp": rfc3339(issued.expires_at)},
+        });
+        Ok(json_response(StatusCode::CREATED, &response))
+    }
+
+    async fn bound_object(&self, registry: &Registry, namespace: &str, reference: &Value) -> Result<BoundObject, ApiError> {
+        let kind = reference.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let name = reference.get("name").and_then(Value::as_str).unwrap_or_default();
+        let uid = reference.get("uid").and_then(Value::as_str).unwrap_or_default();
+        let resource = match kind {
+            "Pod" => &CORE_PODS,
+            "Secret" => &CORE_SECRETS,
+            other => {
+                return Err(invalid_token_request(field::not_supported("spec.boundObjectRef.kind", &json!(other), &["Pod", "Secret"])));
+            }
+        };
+        if name.is_empty() {
+            return Err(invalid_token_request(field::required("spec.boundObjectRef.name", "")));
+        }
+        let object = registry.get(resource, Some(namespace), name).await?;
+        let actual = object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
+        if !uid.is_empty() && uid != actual {
+            return Err(ApiError::conflict_because(
+                resource,
+                name,
+                &format!("the UID in the bound object reference ({uid}) does not match the UID in record. The object might have been deleted and then recreated"),
+            ));
+        }
+        Ok(match kind {
+            "Pod" => BoundObject::Pod { name: name.to_owned(), uid: actual.to_owned() },
+            _ => BoundObject::Secret { name: name.to_owned(), uid: actual.to_owned() },
+        })
+    }
+
+    /// `POST /apis/authentication.k8s.io/v1/tokenreviews`.
+    pub fn token_review(&self, body: Value) -> HandlerResult {
+        let spec = body.get("spec").cloned().unwrap_or_default();
+        let token = spec.get("token").and_then(Value::as_str).unwrap_or_default();
+        if token.is_empty() {
+            return Err(ApiError::invalid("TokenReview", "authentication.k8s.io", "", vec![field::required("spec.token", "")]).into());
+        }
+        let audiences = string_list(spec.get("audiences"));
+        let requested = (!audiences.is_empty()).then_some(audiences.as_slice());
+        let review = self.cache.review(&self.authority, token, requested, &self.objects, now());
+        let status = match &*review {
+            Review::Authenticated(ok) => json!({"authenticated": true, "audiences": ok.audiences(), "user": ok.user()}),
+            failed => json!({"user": {}, "error": failed.error_message()}),
+        };
+        let response = json!({
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": spec,
+            "status": status,
+        });
+        Ok(json_response(StatusCode::CREATED, &response))
+    }
+
+    /// `GET /.well-known/openid-configuration`.
+    pub fn openid_configuration(&self) -> Value {
+        json!({
+            "issuer": self.authority.config().issuer,
+            "jwks_uri": self.jwks_uri,
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": self.authority.keys().algorithms(),
+        })
+    }
+
+    /// `GET /openid/v1/jwks`.
+    pub fn jwks(&self) -> Value {
+        self.authority.keys().jwks()
+    }
+}
+
+/// `POST /apis/authentication.k8s.io/v1/selfsubjectreviews` (`kubectl auth whoami`).
+pub fn self_subject_review(user: &UserInfo) -> HandlerResult {
+    let response = json!({
+        "kind": "SelfSubjectReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "status": {"userInfo": user},
+    });
+    Ok(json_response(StatusCode::CREATED, &response))
+}

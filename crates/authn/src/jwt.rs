@@ -1,0 +1,138 @@
+//! Compact JWS (JWT) encoding and strict decoding, signed and verified with
+//! ring. Only what ServiceAccount tokens use: ES256 and RS256.
+//!
+//! # Design
+//! The algorithm a token is verified with comes from the *key*, never from the
+//! token: a header's `alg` must equal the algorithm of the key its `kid` names
+//! (or of some trusted key when there is no `kid`), so `alg: none` and
+//! HMAC-with-a-public-key ("algorithm confusion") have no code path that could
+//! accept them. Parsing is strict (three base64url parts without padding, JSON
+//! objects, no `crit` header) and bounded in size before any work is done.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::{Deserialize, Serialize};
+
+/// Tokens longer than this are refused before decoding (real ones are ~1 KiB).
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// A signature algorithm tessera signs and verifies with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Algorithm {
+    /// ECDSA P-256 with SHA-256 (the default).
+    ES256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (what kube-apiserver uses by default).
+    RS256,
+}
+
+impl Algorithm {
+    /// The JOSE name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::ES256 => "ES256",
+            Algorithm::RS256 => "RS256",
+        }
+    }
+}
+
+impl std::str::FromStr for Algorithm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ES256" => Ok(Algorithm::ES256),
+            "RS256" => Ok(Algorithm::RS256),
+            other => Err(format!("unsupported signing algorithm {other:?} (supported: ES256, RS256)")),
+        }
+    }
+}
+
+/// The JOSE header of a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// Algorithm name as written in the token (checked against the key later).
+    pub alg: String,
+    /// Key id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// Critical extensions: any is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crit: Option<serde_json::Value>,
+}
+
+/// A token split into its parts, not yet verified.
+#[derive(Debug, Clone)]
+pub struct Unverified<'a> {
+    /// Decoded header.
+    pub header: Header,
+    /// Decoded claims as JSON (not to be trusted before verification).
+    pub claims: serde_json::Value,
+    /// `base64(header).base64(payload)`: the signed bytes.
+    pub signing_input: &'a str,
+    /// The raw signature.
+    pub signature: Vec<u8>,
+}
+
+/// Why a token does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Not three base64url parts of JSON, or too large.
+    #[error("token is malformed")]
+    Malformed,
+}
+
+/// Splits and decodes a compact JWS without verifying it.
+pub fn decode(token: &str) -> Result<Unverified<'_>, ParseError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(ParseError::Malformed);
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(ParseError::Malformed);
+    };
+    let header: Header =
+        serde_json::from_slice(&B64.decode(h).map_err(|_| ParseError::Malformed)?).map_err(|_| ParseError::Malformed)?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&B64.decode(p).map_err(|_| ParseError::Malformed)?).map_err(|_| ParseError::Malformed)?;
+    if !claims.is_object() {
+        return Err(ParseError::Malformed);
+    }
+    let signature = B64.decode(s).map_err(|_| ParseError::Malformed)?;
+    Ok(Unverified { header, claims, signing_input: &token[..h.len() + 1 + p.len()], signature })
+}
+
+/// Encodes header and claims and signs them with `sign`.
+pub fn encode<E>(header: &Header, claims: &impl Serialize, sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, E>) -> Result<String, E>
+where
+    E: From<serde_json::Error>,
+{
+    let mut out = B64.encode(serde_json::to_vec(header)?);
+    out.push('.');
+    out.push_str(&B64.encode(serde_json::to_vec(claims)?));
+    let signature = sign(out.as_bytes())?;
+    out.push('.');
+    out.push_str(&B64.encode(signature));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_rejects_wrong_shapes() {
+        for bad in ["", "a", "a.b", "a.b.c.d", "!!.e30.", "e30.!!.", "e30.e30.!!", "e30.W10.", &"a".repeat(MAX_TOKEN_BYTES + 1)] {
+            assert_eq!(decode(bad).unwrap_err(), ParseError::Malformed, "{bad:.20}");
+        }
+    }
+
+    #[test]
+    fn decode_splits_signing_input() {
+        let token = format!("{}.{}.{}", B64.encode(r#"{"alg":"ES256","kid":"k"}"#), B64.encode(r#"{"sub":"x"}"#), B64.encode([1, 2, 3]));
+        let parsed = decode(&token).expect("parses");
+        assert_eq!(parsed.header.kid.as_deref(), Some("k"));
+        assert_eq!(parsed.claims["sub"], "x");
+        assert_eq!(parsed.signature, vec![1, 2, 3]);
+        assert_eq!(parsed.signing_input, token.rsplit_once('.').expect("dot").0);
+    }
+}
