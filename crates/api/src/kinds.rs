@@ -33,6 +33,19 @@ pub fn default_object(resource: &ResourceInfo, obj: &mut Value) {
                 }
             }
         }
+        "rolebindings" | "clusterrolebindings" => {
+            if let Some(Value::Array(subjects)) = map.get_mut("subjects") {
+                for s in subjects.iter_mut().filter_map(Value::as_object_mut) {
+                    let group = match s.get("kind").and_then(Value::as_str) {
+                        Some("User" | "Group") => "rbac.authorization.k8s.io",
+                        _ => "",
+                    };
+                    if s.get("apiGroup").and_then(Value::as_str).is_none_or(str::is_empty) && !group.is_empty() {
+                        s.insert("apiGroup".into(), json!(group));
+                    }
+                }
+            }
+        }
         "pods" => {
             let spec = object_at(map, "spec");
             let sa = spec.get("serviceAccountName").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
@@ -98,6 +111,9 @@ pub fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Ve
         causes.push(field::required("metadata.name", "name or generateName is required"));
     } else if resource.plural == "namespaces" {
         validation::push_invalid(&mut causes, "metadata.name", name, validation::dns1123_label(name));
+    } else if resource.group == "rbac.authorization.k8s.io" {
+        // RBAC names are path segments (`system:auth-delegator`), not DNS names.
+        validation::push_invalid(&mut causes, "metadata.name", name, validation::path_segment(name));
     } else {
         validation::push_invalid(&mut causes, "metadata.name", name, validation::dns1123_subdomain(name));
     }
@@ -129,6 +145,40 @@ pub fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Ve
                 && meta.pointer("/annotations/kubernetes.io~1service-account.name").and_then(Value::as_str).is_none_or(str::is_empty)
             {
                 causes.push(field::required("metadata.annotations[kubernetes.io/service-account.name]", ""));
+            }
+        }
+        "rolebindings" | "clusterrolebindings" => {
+            let role_ref = obj.get("roleRef");
+            let kind = role_ref.and_then(|r| r.get("kind")).and_then(Value::as_str).unwrap_or_default();
+            let allowed: &[&str] = if resource.plural == "rolebindings" { &["Role", "ClusterRole"] } else { &["ClusterRole"] };
+            if !allowed.contains(&kind) {
+                causes.push(field::not_supported("roleRef.kind", &json!(kind), allowed));
+            }
+            if role_ref.and_then(|r| r.get("name")).and_then(Value::as_str).is_none_or(str::is_empty) {
+                causes.push(field::required("roleRef.name", ""));
+            }
+            if role_ref.and_then(|r| r.get("apiGroup")).and_then(Value::as_str) != Some("rbac.authorization.k8s.io") {
+                causes.push(field::not_supported("roleRef.apiGroup", role_ref.and_then(|r| r.get("apiGroup")).unwrap_or(&Value::Null), &["rbac.authorization.k8s.io"]));
+            }
+            if let Some(old) = old
+                && old.get("roleRef") != obj.get("roleRef")
+            {
+                causes.push(field::invalid("roleRef", obj.get("roleRef").unwrap_or(&Value::Null), "cannot change roleRef"));
+            }
+            for (i, s) in obj.get("subjects").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                let kind = s.get("kind").and_then(Value::as_str).unwrap_or_default();
+                if !["User", "Group", "ServiceAccount"].contains(&kind) {
+                    causes.push(field::not_supported(&format!("subjects[{i}].kind"), &json!(kind), &["ServiceAccount", "User", "Group"]));
+                }
+                if s.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    causes.push(field::required(&format!("subjects[{i}].name"), ""));
+                }
+                if kind == "ServiceAccount"
+                    && resource.plural == "clusterrolebindings"
+                    && s.get("namespace").and_then(Value::as_str).is_none_or(str::is_empty)
+                {
+                    causes.push(field::required(&format!("subjects[{i}].namespace"), ""));
+                }
             }
         }
         "pods" => {
@@ -226,6 +276,15 @@ pub fn columns(resource: &ResourceInfo) -> Vec<Column> {
             AGE,
             Column { name: "Node", type_: "string", format: "", description: "Specifies the node that the pod is scheduled on.", priority: 1 },
         ],
+        "clusterrolebindings" | "rolebindings" => vec![
+            NAME,
+            c("Role", "string", "The role this binding grants"),
+            AGE,
+            Column { name: "Users", type_: "string", format: "", description: "Users in the binding", priority: 1 },
+            Column { name: "Groups", type_: "string", format: "", description: "Groups in the binding", priority: 1 },
+            Column { name: "ServiceAccounts", type_: "string", format: "", description: "ServiceAccounts in the binding", priority: 1 },
+        ],
+        "clusterroles" | "roles" => vec![NAME, c("Created At", "date", "Time when the role was created")],
         "events" => vec![
             c("Last Seen", "string", "Time when last event occurred"),
             c("Type", "string", "Type of this event (Normal, Warning), new types could be added in the future."),
@@ -279,6 +338,32 @@ pub fn row_cells(resource: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> 
             let node = obj.pointer("/spec/nodeName").cloned().unwrap_or(json!("<none>"));
             vec![name, json!(format!("{ready}/{total}")), phase, json!("0"), age, node]
         }
+        "clusterrolebindings" | "rolebindings" => {
+            let role = format!(
+                "{}/{}",
+                obj.pointer("/roleRef/kind").and_then(Value::as_str).unwrap_or_default(),
+                obj.pointer("/roleRef/name").and_then(Value::as_str).unwrap_or_default()
+            );
+            let of_kind = |k: &str| {
+                let names: Vec<String> = obj
+                    .get("subjects")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| s.get("kind").and_then(Value::as_str) == Some(k))
+                    .map(|s| {
+                        let name = s.get("name").and_then(Value::as_str).unwrap_or_default();
+                        match s.get("namespace").and_then(Value::as_str) {
+                            Some(ns) if k == "ServiceAccount" => format!("{ns}/{name}"),
+                            _ => name.to_owned(),
+                        }
+                    })
+                    .collect();
+                json!(names.join(", "))
+            };
+            vec![name, json!(role), age, of_kind("User"), of_kind("Group"), of_kind("ServiceAccount")]
+        }
+        "clusterroles" | "roles" => vec![name, obj.pointer("/metadata/creationTimestamp").cloned().unwrap_or(json!(""))],
         "events" => {
             let last = if obj.pointer("/lastTimestamp").is_some_and(|v| !v.is_null()) { "/lastTimestamp" } else { "/metadata/creationTimestamp" };
             let kind = obj.pointer("/involvedObject/kind").and_then(Value::as_str).unwrap_or_default().to_lowercase();

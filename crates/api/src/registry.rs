@@ -20,13 +20,30 @@ use crate::resource::{CORE_NAMESPACES, ResourceInfo};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, Result};
 
+/// A last check of an object about to be written (`old` is the version it
+/// replaces): the server uses it for checks that depend on who is writing,
+/// such as RBAC escalation prevention.
+pub type Admit = Arc<dyn Fn(&ResourceInfo, Option<&Value>, &Value) -> Result<()> + Send + Sync>;
+
 /// Options shared by writes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct WriteOptions {
     /// `dryRun=All`: validate and return the result without storing it.
     pub dry_run: bool,
     /// `fieldValidation=Strict`: unknown fields are an error.
     pub strict: bool,
+    /// Admission check run after validation, before storing.
+    pub admit: Option<Admit>,
+}
+
+impl std::fmt::Debug for WriteOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteOptions")
+            .field("dry_run", &self.dry_run)
+            .field("strict", &self.strict)
+            .field("admit", &self.admit.is_some())
+            .finish()
+    }
 }
 
 /// Preconditions of a delete (from `DeleteOptions`).
@@ -277,6 +294,9 @@ impl Registry {
         }
         kinds::default_object(resource, &mut obj);
         Self::reject_invalid(resource, &obj, None)?;
+        if let Some(admit) = &options.admit {
+            admit(resource, None, &obj)?;
+        }
         let name = meta_str(&obj, "name").unwrap_or_default().to_owned();
         self.check_namespace_open(resource, namespace, &name).await?;
         let key = resource.key(namespace, &name);
@@ -332,9 +352,10 @@ impl Registry {
         patch: &Patch,
         options: WriteOptions,
     ) -> Result<Value> {
+        let strict = options.strict;
         self.replace_with(resource, namespace, name, options, None, |current| {
             let patched = patch.apply(current)?;
-            self.normalise(resource, patched, options.strict)
+            self.normalise(resource, patched, strict)
         })
         .await
     }
@@ -400,6 +421,9 @@ impl Registry {
                 map.insert("status".into(), status.clone());
             }
             Self::reject_invalid(resource, &next, Some(&current))?;
+            if let Some(admit) = &options.admit {
+                admit(resource, Some(&current), &next)?;
+            }
             if strip_rv(&next) == strip_rv(&current) {
                 // No-op updates do not bump the resourceVersion (like kube-apiserver).
                 return Ok(current);
@@ -574,7 +598,7 @@ impl Registry {
         for item in list.get("items").and_then(Value::as_array).into_iter().flatten() {
             let name = meta_str(item, "name").unwrap_or_default();
             let ns = meta_str(item, "namespace");
-            match self.delete(resource, ns, name, &Preconditions::default(), options).await {
+            match self.delete(resource, ns, name, &Preconditions::default(), options.clone()).await {
                 Ok(obj) => deleted.push(obj),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),

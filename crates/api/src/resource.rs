@@ -214,6 +214,39 @@ macro_rules! review {
 review!(AUTHN_TOKENREVIEWS, "authentication.k8s.io", "TokenReview", "tokenreviews", "tokenreview", false, k8s_openapi::api::authentication::v1::TokenReview);
 review!(AUTHN_SELFSUBJECTREVIEWS, "authentication.k8s.io", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", false, k8s_openapi::api::authentication::v1::SelfSubjectReview);
 
+review!(AUTHZ_SUBJECTACCESSREVIEWS, "authorization.k8s.io", "SubjectAccessReview", "subjectaccessreviews", "subjectaccessreview", false, k8s_openapi::api::authorization::v1::SubjectAccessReview);
+review!(AUTHZ_LOCALSUBJECTACCESSREVIEWS, "authorization.k8s.io", "LocalSubjectAccessReview", "localsubjectaccessreviews", "localsubjectaccessreview", true, k8s_openapi::api::authorization::v1::LocalSubjectAccessReview);
+review!(AUTHZ_SELFSUBJECTACCESSREVIEWS, "authorization.k8s.io", "SelfSubjectAccessReview", "selfsubjectaccessreviews", "selfsubjectaccessreview", false, k8s_openapi::api::authorization::v1::SelfSubjectAccessReview);
+review!(AUTHZ_SELFSUBJECTRULESREVIEWS, "authorization.k8s.io", "SelfSubjectRulesReview", "selfsubjectrulesreviews", "selfsubjectrulesreview", false, k8s_openapi::api::authorization::v1::SelfSubjectRulesReview);
+
+/// An RBAC kind in `rbac.authorization.k8s.io/v1`.
+macro_rules! rbac {
+    ($name:ident, $kind:literal, $plural:literal, $singular:literal, $namespaced:literal, $hash:literal, $ty:ty) => {
+        #[doc = concat!("`rbac.authorization.k8s.io/v1` ", $plural, ".")]
+        pub static $name: ResourceInfo = ResourceInfo {
+            group: "rbac.authorization.k8s.io",
+            version: "v1",
+            kind: $kind,
+            plural: $plural,
+            singular: $singular,
+            namespaced: $namespaced,
+            short_names: &[],
+            categories: &[],
+            verbs: CRUD_VERBS,
+            subresources: &[],
+            storage: Storage::Stored,
+            decode: decode::typed::<$ty>,
+            schema: schema_of::<$ty>,
+            storage_version_hash: $hash,
+        };
+    };
+}
+
+rbac!(RBAC_CLUSTERROLEBINDINGS, "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", false, "48tpQ8gZHFc=", k8s_openapi::api::rbac::v1::ClusterRoleBinding);
+rbac!(RBAC_CLUSTERROLES, "ClusterRole", "clusterroles", "clusterrole", false, "bYE5ZWDrJ44=", k8s_openapi::api::rbac::v1::ClusterRole);
+rbac!(RBAC_ROLEBINDINGS, "RoleBinding", "rolebindings", "rolebinding", true, "eGsCzGH6b1g=", k8s_openapi::api::rbac::v1::RoleBinding);
+rbac!(RBAC_ROLES, "Role", "roles", "role", true, "7FuwZcIIItM=", k8s_openapi::api::rbac::v1::Role);
+
 /// Every resource tessera serves, in discovery order (sorted by plural within a group version).
 pub static RESOURCES: &[&ResourceInfo] = &[
     &CORE_CONFIGMAPS,
@@ -224,6 +257,14 @@ pub static RESOURCES: &[&ResourceInfo] = &[
     &CORE_SERVICEACCOUNTS,
     &AUTHN_SELFSUBJECTREVIEWS,
     &AUTHN_TOKENREVIEWS,
+    &AUTHZ_LOCALSUBJECTACCESSREVIEWS,
+    &AUTHZ_SELFSUBJECTACCESSREVIEWS,
+    &AUTHZ_SELFSUBJECTRULESREVIEWS,
+    &AUTHZ_SUBJECTACCESSREVIEWS,
+    &RBAC_CLUSTERROLEBINDINGS,
+    &RBAC_CLUSTERROLES,
+    &RBAC_ROLEBINDINGS,
+    &RBAC_ROLES,
 ];
 
 // === impl ResourceInfo ===

@@ -34,6 +34,22 @@ pub fn dns1123_subdomain(value: &str) -> Vec<String> {
     errs
 }
 
+/// Errors for a name that only has to be a safe URL path segment (RBAC objects).
+pub fn path_segment(value: &str) -> Vec<String> {
+    match value {
+        "." => return vec!["may not be '.'".to_owned()],
+        ".." => return vec!["may not be '..'".to_owned()],
+        _ => {}
+    }
+    let mut errs = Vec::new();
+    for bad in ["/", "%"] {
+        if value.contains(bad) {
+            errs.push(format!("may not contain '{bad}'"));
+        }
+    }
+    errs
+}
+
 /// Errors for a DNS-1123 label (namespace names).
 pub fn dns1123_label(value: &str) -> Vec<String> {
     let mut errs = Vec::new();

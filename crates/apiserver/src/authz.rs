@@ -1,22 +1,10 @@
-//! Authorization until RBAC lands: `system:masters` may do everything;
-//! everyone (anonymous included) may read discovery and health; everything else
-//! is denied with kube-apiserver's 403 message.
+//! Request authorization: RBAC decides; a denial is kube-apiserver's 403 message.
 
 use tessera_api::ApiError;
-use tessera_authn::{MASTERS_GROUP, UserInfo};
+use tessera_authn::UserInfo;
 
+use crate::rbac::{PolicyCache, request_of};
 use crate::request_info::RequestInfo;
-
-/// Paths anyone may GET (system:discovery + system:public-info-viewer).
-fn is_public_path(path: &str) -> bool {
-    matches!(path, "/version" | "/version/" | "/healthz" | "/livez" | "/readyz" | "/api" | "/api/" | "/apis" | "/apis/")
-        || path.starts_with("/api/")
-        || path.starts_with("/apis/")
-        || path.starts_with("/openapi/")
-        || path.starts_with("/healthz/")
-        || path.starts_with("/livez/")
-        || path.starts_with("/readyz/")
-}
 
 /// Authorization settings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,29 +17,15 @@ fn is_oidc_path(path: &str) -> bool {
     matches!(path, "/.well-known/openid-configuration" | "/openid/v1/jwks")
 }
 
-/// Decides whether `user` may make the request.
-pub fn authorize(config: &AuthzConfig, user: &UserInfo, info: &RequestInfo) -> Result<(), ApiError> {
-    if user.in_group(MASTERS_GROUP) {
+/// Decides whether `user` may make the request: RBAC, plus anonymous OIDC
+/// discovery when configured (kube-apiserver's
+/// `--anonymous-auth` + a binding of system:service-account-issuer-discovery
+/// to system:unauthenticated, as one flag).
+pub fn authorize(config: &AuthzConfig, policy: &PolicyCache, user: &UserInfo, info: &RequestInfo) -> Result<(), ApiError> {
+    if policy.authorize(user, &request_of(info)).is_allowed() {
         return Ok(());
     }
-    if !info.is_resource_request && info.verb == "get" && is_public_path(&info.path) {
-        return Ok(());
-    }
-    // system:service-account-issuer-discovery is bound to system:serviceaccounts.
-    if !info.is_resource_request
-        && info.verb == "get"
-        && is_oidc_path(&info.path)
-        && (user.in_group("system:serviceaccounts") || config.anonymous_oidc_discovery)
-    {
-        return Ok(());
-    }
-    // system:basic-user: everyone authenticated may ask who they are.
-    if info.is_resource_request
-        && info.verb == "create"
-        && info.api_group == "authentication.k8s.io"
-        && info.resource == "selfsubjectreviews"
-        && user.in_group(tessera_authn::AUTHENTICATED_GROUP)
-    {
+    if config.anonymous_oidc_discovery && !info.is_resource_request && info.verb == "get" && is_oidc_path(&info.path) {
         return Ok(());
     }
     Err(forbidden(user, info))
@@ -89,38 +63,63 @@ mod tests {
     use super::*;
     use crate::request_info::parse;
     use http::Method;
+    use tessera_rbac::policy::{Binding, Role};
+
+    fn policy() -> PolicyCache {
+        let cache = PolicyCache::default();
+        cache.write(|p| {
+            for r in tessera_rbac::bootstrap::cluster_roles() {
+                p.put_cluster_role(Role::from_object(&r).unwrap());
+            }
+            for b in tessera_rbac::bootstrap::cluster_role_bindings() {
+                p.put_binding(Binding::from_object(&b).unwrap());
+            }
+        });
+        cache
+    }
 
     fn sa_user() -> UserInfo {
-        UserInfo { username: "system:serviceaccount:api:api".into(), ..Default::default() }
+        UserInfo {
+            username: "system:serviceaccount:api:api".into(),
+            groups: vec!["system:serviceaccounts".into(), "system:serviceaccounts:api".into(), "system:authenticated".into()],
+            ..Default::default()
+        }
+    }
+
+    fn check(user: &UserInfo, method: Method, path: &str) -> Result<(), ApiError> {
+        authorize(&AuthzConfig::default(), &policy(), user, &parse(&method, path, false))
     }
 
     #[test]
     fn forbidden_list_in_namespace_matches_reference() {
-        let info = parse(&Method::GET, "/api/v1/namespaces/kube-system/secrets", false);
-        let status = authorize(&AuthzConfig::default(), &sa_user(), &info).unwrap_err().to_status();
+        let status = check(&sa_user(), Method::GET, "/api/v1/namespaces/kube-system/secrets").unwrap_err().to_status();
         assert_eq!(status["message"], "secrets is forbidden: User \"system:serviceaccount:api:api\" cannot list resource \"secrets\" in API group \"\" in the namespace \"kube-system\"");
         assert_eq!(status["details"], serde_json::json!({"kind": "secrets"}));
     }
 
     #[test]
     fn forbidden_cluster_scope_matches_reference() {
-        let info = parse(&Method::GET, "/api/v1/secrets", false);
-        let status = authorize(&AuthzConfig::default(), &UserInfo::anonymous(), &info).unwrap_err().to_status();
+        let status = check(&UserInfo::anonymous(), Method::GET, "/api/v1/secrets").unwrap_err().to_status();
         assert_eq!(status["message"], "secrets is forbidden: User \"system:anonymous\" cannot list resource \"secrets\" in API group \"\" at the cluster scope");
     }
 
     #[test]
     fn forbidden_named_namespace_is_in_itself() {
-        let info = parse(&Method::GET, "/api/v1/namespaces/foo", false);
-        let status = authorize(&AuthzConfig::default(), &sa_user(), &info).unwrap_err().to_status();
+        let status = check(&sa_user(), Method::GET, "/api/v1/namespaces/foo").unwrap_err().to_status();
         assert_eq!(status["message"], "namespaces \"foo\" is forbidden: User \"system:serviceaccount:api:api\" cannot get resource \"namespaces\" in API group \"\" in the namespace \"foo\"");
     }
 
     #[test]
-    fn masters_and_discovery() {
+    fn masters_discovery_and_oidc() {
         let admin = UserInfo { username: "admin".into(), groups: vec!["system:masters".into()], ..Default::default() };
-        assert!(authorize(&AuthzConfig::default(), &admin, &parse(&Method::DELETE, "/api/v1/namespaces/x", false)).is_ok());
-        assert!(authorize(&AuthzConfig::default(), &UserInfo::anonymous(), &parse(&Method::GET, "/version", false)).is_ok());
-        assert!(authorize(&AuthzConfig::default(), &UserInfo::anonymous(), &parse(&Method::GET, "/metrics", false)).is_err());
+        assert!(check(&admin, Method::DELETE, "/api/v1/namespaces/x").is_ok());
+        assert!(check(&UserInfo::anonymous(), Method::GET, "/version").is_ok());
+        assert!(check(&UserInfo::anonymous(), Method::GET, "/metrics").is_err());
+        assert!(check(&sa_user(), Method::GET, "/openid/v1/jwks").is_ok());
+        assert!(check(&UserInfo::anonymous(), Method::GET, "/openid/v1/jwks").is_err());
+        let open = AuthzConfig { anonymous_oidc_discovery: true };
+        assert!(authorize(&open, &policy(), &UserInfo::anonymous(), &parse(&Method::GET, "/openid/v1/jwks", false)).is_ok());
+        let status = check(&UserInfo::anonymous(), Method::GET, "/metrics").unwrap_err().to_status();
+        assert_eq!(status["message"], "forbidden: User \"system:anonymous\" cannot get path \"/metrics\"");
     }
 }

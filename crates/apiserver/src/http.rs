@@ -59,6 +59,25 @@ pub struct AppState {
     pub tokens: crate::tokens::TokenState,
     /// Authorization settings.
     pub authz: crate::authz::AuthzConfig,
+    /// The RBAC policy.
+    pub rbac: crate::rbac::PolicyCache,
+}
+
+impl AppState {
+    /// After a write, waits until the caches that authentication and
+    /// authorization read have seen it: a client's own RBAC or ServiceAccount
+    /// change takes effect for its next request.
+    async fn caught_up(&self, resource: &ResourceInfo, written: &Value) {
+        let Some(revision) = written.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|rv| rv.parse().ok())
+        else {
+            return;
+        };
+        if resource.group == "rbac.authorization.k8s.io" {
+            self.rbac.caught_up(revision).await;
+        } else if resource.group.is_empty() && matches!(resource.plural, "serviceaccounts" | "pods" | "secrets") {
+            self.tokens.objects.caught_up(revision).await;
+        }
+    }
 }
 
 /// Builds the router with all layers.
@@ -80,6 +99,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/{version}", get(core_resources))
         .route("/apis/{group}", get(group))
         .route("/apis/{group}/{version}", get(group_resources))
+        .route("/tessera/v1/rbac/explain", axum::routing::post(rbac_explain))
+        .route("/tessera/v1/rbac/who-can", axum::routing::post(rbac_who_can))
         .route("/openapi/v3", get(|| async { json_response(StatusCode::OK, crate::openapi::index()) }))
         .route("/openapi/v3/{*path}", get(openapi_document))
         .fallback(resource_request)
@@ -125,6 +146,11 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
             }
         },
     };
+    let user = match crate::rbac::impersonate(&state.rbac, &user, req.headers()) {
+        Ok(Some(impersonated)) => Arc::new(impersonated),
+        Ok(None) => user,
+        Err(e) => return Failure(e).into_response(),
+    };
     req.extensions_mut().insert(user);
     next.run(req).await
 }
@@ -134,7 +160,7 @@ async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> R
         tracing::error!("authorize ran without authentication");
         return Failure(ApiError::internal("authorization failed")).into_response();
     };
-    if let Err(err) = crate::authz::authorize(&state.authz, user, info) {
+    if let Err(err) = crate::authz::authorize(&state.authz, &state.rbac, user, info) {
         tracing::debug!(user = %user.username, verb = %info.verb, path = %info.path, "forbidden");
         return Failure(err).into_response();
     }
@@ -190,6 +216,14 @@ async fn group_resources(Path((group, version)): Path<(String, String)>) -> Hand
     Ok(json_response(StatusCode::OK, &list))
 }
 
+async fn rbac_explain(State(state): State<AppState>, axum::Json(query): axum::Json<crate::rbac::RbacQuery>) -> Response {
+    json_response(StatusCode::OK, &crate::rbac::explain(&state.rbac, &query))
+}
+
+async fn rbac_who_can(State(state): State<AppState>, axum::Json(query): axum::Json<crate::rbac::RbacQuery>) -> Response {
+    json_response(StatusCode::OK, &crate::rbac::who_can(&state.rbac, &query))
+}
+
 async fn openapi_document(Path(path): Path<String>) -> HandlerResult {
     let doc = crate::openapi::group_version(&path).ok_or_else(ApiError::no_such_resource)?;
     Ok(json_response(StatusCode::OK, doc))
@@ -220,7 +254,7 @@ impl Params {
                 )));
             }
         };
-        Ok(WriteOptions { dry_run, strict })
+        Ok(WriteOptions { dry_run, strict, admit: None })
     }
 
     fn list_params(&self, resource: &ResourceInfo) -> Result<ListParams, ApiError> {
@@ -306,6 +340,7 @@ async fn resource_request(
         return match resource.plural {
             "tokenreviews" => state.tokens.token_review(body),
             "selfsubjectreviews" => crate::tokens::self_subject_review(&user),
+            plural if resource.group == "authorization.k8s.io" => crate::rbac::access_review(&state.rbac, &user, plural, namespace, body),
             _ => Err(ApiError::no_such_resource().into()),
         };
     }
@@ -319,6 +354,11 @@ async fn resource_request(
     }
     let registry = &state.registry;
     let name = info.name.as_str();
+    let write_options = || -> Result<WriteOptions, ApiError> {
+        let mut options = params.write_options()?;
+        options.admit = crate::rbac::escalation_check(&state.rbac, &user, resource);
+        Ok(options)
+    };
     let accept = accept(&headers).to_owned();
     match info.verb.as_str() {
         "get" => {
@@ -341,22 +381,25 @@ async fn resource_request(
         }
         "watch" => watch(&state, resource, namespace, &params, &accept).await,
         "create" => {
-            let options = params.write_options()?;
+            let options = write_options()?;
             let body = decode_body(&headers, &read_body(body).await?, resource.kind)?;
             let obj = registry.create(resource, namespace, body, options).await?;
+            state.caught_up(resource, &obj).await;
             Ok(json_response(StatusCode::CREATED, &obj))
         }
         "update" => {
-            let options = params.write_options()?;
+            let options = write_options()?;
             let body = decode_body(&headers, &read_body(body).await?, resource.kind)?;
             let obj = registry.update(resource, namespace, name, body, options).await?;
+            state.caught_up(resource, &obj).await;
             Ok(json_response(StatusCode::OK, &obj))
         }
         "patch" => {
-            let options = params.write_options()?;
+            let options = write_options()?;
             let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
             let patch = Patch::decode(content_type, &read_body(body).await?)?;
             let obj = registry.patch(resource, namespace, name, &patch, options).await?;
+            state.caught_up(resource, &obj).await;
             Ok(json_response(StatusCode::OK, &obj))
         }
         "delete" => {
@@ -365,11 +408,13 @@ async fn resource_request(
             let mut options = params.write_options()?;
             options.dry_run |= dry_run_body;
             let obj = registry.delete(resource, namespace, name, &preconditions, options).await?;
+            state.caught_up(resource, &obj).await;
             Ok(json_response(StatusCode::OK, &obj))
         }
         "deletecollection" => {
             let options = params.write_options()?;
             let list = registry.delete_collection(resource, namespace, &params.list_params(resource)?, options).await?;
+            state.caught_up(resource, &list).await;
             Ok(json_response(StatusCode::OK, &list))
         }
         _ => Err(ApiError::method_not_supported(resource, &info.verb).into()),

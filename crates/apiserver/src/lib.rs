@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod objects;
 pub mod openapi;
 pub mod pki;
+pub mod rbac;
 pub mod request_info;
 pub mod response;
 pub mod serve;
@@ -140,6 +141,7 @@ pub async fn run(
         keys,
     ));
     let objects = objects::ObjectCache::default();
+    let policy = rbac::PolicyCache::default();
     let tokens = tokens::TokenState {
         authority: authority.clone(),
         cache: Arc::new(tessera_authn::token::ReviewCache::new(10, 100_000)),
@@ -155,10 +157,12 @@ pub async fn run(
         server_address: format!("{host}:{}", addr.port()),
         tokens,
         authz: authz::AuthzConfig { anonymous_oidc_discovery: config.anonymous_oidc_discovery },
+        rbac: policy.clone(),
     };
     let app = http::router(state);
 
     let revision = tessera_controllers::bootstrap(&registry, &pki.ca_cert_pem).await.map_err(Error::Bootstrap)?;
+    tessera_controllers::aggregation::reconcile_bootstrap_policy(&registry).await.map_err(Error::Bootstrap)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = || {
         let mut rx = stop_rx.clone();
@@ -170,9 +174,12 @@ pub async fn run(
         tokio::spawn(tessera_controllers::run(registry.clone(), pki.ca_cert_pem.clone(), revision, stopped())),
         tokio::spawn(tessera_controllers::legacy_tokens::run(registry.clone(), authority.clone(), pki.ca_cert_pem.clone(), stopped())),
         tokio::spawn(objects.clone().run(registry.store().clone(), stopped())),
+        tokio::spawn(policy.clone().run(registry.store().clone(), stopped())),
+        tokio::spawn(tessera_controllers::aggregation::run(registry.clone(), stopped())),
         tokio::spawn(reload_keys(config.clone(), authority, stopped())),
     ];
     objects.wait_until_ready().await;
+    policy.wait_until_ready().await;
     ready.store(true, Ordering::Release);
 
     let started = Started { addr, kubeconfig: kubeconfig_path };

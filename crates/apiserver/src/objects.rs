@@ -32,11 +32,17 @@ pub struct ObjectCache {
     state: Arc<RwLock<State>>,
     epoch: Arc<AtomicU64>,
     ready: Arc<tokio::sync::watch::Sender<bool>>,
+    applied: Arc<tokio::sync::watch::Sender<Revision>>,
 }
 
 impl Default for ObjectCache {
     fn default() -> Self {
-        Self { state: Arc::default(), epoch: Arc::default(), ready: Arc::new(tokio::sync::watch::channel(false).0) }
+        Self {
+            state: Arc::default(),
+            epoch: Arc::default(),
+            ready: Arc::new(tokio::sync::watch::channel(false).0),
+            applied: Arc::new(tokio::sync::watch::channel(0).0),
+        }
     }
 }
 
@@ -115,6 +121,13 @@ impl ObjectCache {
         let _ = rx.wait_for(|ready| *ready).await;
     }
 
+    /// Waits (briefly) until every change up to `revision` is applied, so a
+    /// client that deleted a ServiceAccount sees its tokens refused at once.
+    pub async fn caught_up(&self, revision: Revision) {
+        let mut rx = self.applied.subscribe();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rx.wait_for(|r| *r >= revision)).await;
+    }
+
     /// Loads the current state and returns the revision to watch from.
     async fn relist(&self, store: &Arc<dyn Store>) -> Result<Revision, tessera_store::Error> {
         let mut fresh = State::default();
@@ -131,7 +144,9 @@ impl ObjectCache {
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.ready.send_replace(true);
-        Ok(revision.unwrap_or(0))
+        let revision = revision.unwrap_or(0);
+        self.applied.send_if_modified(|r| (*r < revision).then(|| *r = revision).is_some());
+        Ok(revision)
     }
 
     /// Follows the store until `shutdown`; call once.
@@ -171,6 +186,7 @@ impl ObjectCache {
                         let value = (event.kind != EventKind::Delete).then_some(&event.kv.value[..]);
                         self.state.write().unwrap_or_else(|p| p.into_inner()).apply(&event.kv.key, value);
                         self.epoch.fetch_add(1, Ordering::AcqRel);
+                        self.applied.send_replace(event.revision());
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "object cache watch ended; re-listing");

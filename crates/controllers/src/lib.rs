@@ -22,6 +22,7 @@ use tessera_api::resource::{CORE_CONFIGMAPS, CORE_NAMESPACES, CORE_SERVICEACCOUN
 use tessera_api::{ApiError, Registry};
 use tessera_store::Revision;
 
+pub mod aggregation;
 pub mod legacy_tokens;
 
 /// Namespaces that always exist.

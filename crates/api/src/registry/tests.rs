@@ -85,7 +85,7 @@ async fn stale_update_is_conflict() {
 async fn dry_run_changes_nothing() {
     let f = fixture().await;
     let before = f.registry.resource_version().await.expect("rv");
-    let opts = WriteOptions { dry_run: true, strict: false };
+    let opts = WriteOptions { dry_run: true, ..WriteOptions::default() };
     let out = f.registry.create(&CORE_SERVICEACCOUNTS, Some("ns"), sa("api"), opts).await.expect("dry run");
     assert_eq!(out["metadata"]["name"], "api");
     assert_eq!(f.registry.get(&CORE_SERVICEACCOUNTS, Some("ns"), "api").await.unwrap_err().code, 404);

@@ -73,6 +73,26 @@ impl Server {
         Command::new("kubectl").args(args).env("KUBECONFIG", &self.kubeconfig).output().expect("run kubectl")
     }
 
+    /// Writes a kubeconfig that authenticates with `token` (no client certificate).
+    pub fn kubeconfig_for_token(&self, name: &str, token: &str) -> PathBuf {
+        use base64::Engine as _;
+        let ca = std::fs::read(self.ca_file()).expect("ca");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\n    certificate-authority-data: {}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: u\ncurrent-context: t\nusers:\n- name: u\n  user:\n    token: {}\n",
+            self.url,
+            base64::engine::general_purpose::STANDARD.encode(ca),
+            token.trim()
+        );
+        let path = self.dir.path().join(format!("{name}.kubeconfig"));
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
+    }
+
+    /// Runs kubectl with another kubeconfig.
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Output {
+        Command::new("kubectl").args(args).env("KUBECONFIG", kubeconfig).output().expect("run kubectl")
+    }
+
     /// Runs kubectl with stdin.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
         use std::io::Write as _;
