@@ -17,6 +17,9 @@ command -v kubectl >/dev/null 2>&1 || { echo "kubectl is required on PATH for th
 python3 -c 'import jwt, cryptography' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check 'PyJWT[crypto]>=2.9,<3'
 
 
+# Seed 001's services are examples of tessera-auth; the end-to-end tests run them.
+cargo build --examples -p tessera-auth
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
   cargo test --workspace --doc

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod rbac;
+
 /// Workload identity in one binary.
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, about)]
@@ -20,6 +22,10 @@ struct Cli {
 enum Command {
     /// Run the Kubernetes-compatible API server on its embedded store.
     Server(ServerArgs),
+    /// Node agent: register pods and project their rotating ServiceAccount tokens into files.
+    Agent(tessera_agent::cli::AgentArgs),
+    /// Explain RBAC decisions and list who may do something.
+    Rbac(rbac::RbacArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,7 +90,8 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(dispatch(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -92,9 +99,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; returns the process exit code.
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Server(args) => server(args).await,
+        Command::Server(args) => server(args).await.map(|()| 0),
+        Command::Agent(args) => tessera_agent::cli::run(args).await,
+        Command::Rbac(args) => rbac::run(args).await,
     }
 }
 

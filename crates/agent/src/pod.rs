@@ -1,0 +1,92 @@
+//! What the agent runs: pod descriptions and registered pods.
+
+use serde::{Deserialize, Serialize};
+
+/// A token projected into the pod's directory (a `serviceAccountToken` projected volume source).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectedToken {
+    /// Audience of the token.
+    pub audience: String,
+    /// Requested lifetime (Kubernetes' minimum is 600).
+    #[serde(default = "default_expiration")]
+    pub expiration_seconds: i64,
+    /// File path relative to the pod's token directory.
+    pub path: String,
+}
+
+fn default_expiration() -> i64 {
+    3600
+}
+
+/// A pod to run: the small pod spec file format (YAML or JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// ServiceAccount (default `default`).
+    #[serde(default = "default_sa")]
+    pub service_account_name: String,
+    /// `automountServiceAccountToken` of the pod (None: the ServiceAccount decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
+    /// Extra audience-bound tokens.
+    #[serde(default)]
+    pub tokens: Vec<ProjectedToken>,
+}
+
+fn default_sa() -> String {
+    "default".to_owned()
+}
+
+/// A pod the API server knows about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredPod {
+    /// The spec it was registered from.
+    pub spec: PodSpec,
+    /// Its uid (tokens are bound to it).
+    pub uid: String,
+    /// Whether the default API token is mounted (automount of the pod, else of the ServiceAccount).
+    pub automount: bool,
+}
+
+impl PodSpec {
+    /// The Pod object registered with the API server.
+    pub fn to_pod(&self, node: &str) -> serde_json::Value {
+        let mut spec = serde_json::json!({
+            "serviceAccountName": self.service_account_name,
+            "nodeName": node,
+            "containers": [{"name": "workload", "image": "tessera.local/workload"}],
+        });
+        if let Some(automount) = self.automount_service_account_token {
+            spec["automountServiceAccountToken"] = serde_json::json!(automount);
+        }
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": self.name, "namespace": self.namespace, "labels": {"tessera.dev/agent": node}},
+            "spec": spec,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_spec_file_format() {
+        let spec: PodSpec = serde_yaml::from_str(
+            "namespace: api\nname: api-0\nserviceAccountName: api\ntokens:\n- audience: data-store\n  expirationSeconds: 600\n  path: api-token\n",
+        )
+        .unwrap();
+        assert_eq!(spec.tokens[0], ProjectedToken { audience: "data-store".into(), expiration_seconds: 600, path: "api-token".into() });
+        let pod = spec.to_pod("node-1");
+        assert_eq!(pod["spec"]["nodeName"], "node-1");
+        assert_eq!(pod["spec"]["serviceAccountName"], "api");
+        assert!(pod["spec"].get("automountServiceAccountToken").is_none());
+    }
+}

@@ -1,0 +1,44 @@
+//! Authenticate service-to-service calls with Kubernetes ServiceAccount tokens,
+//! the pattern of "Authentication between microservices using Kubernetes
+//! identities": the caller sends its projected, audience-bound token; the
+//! callee reviews it for *its own* audience and learns who is calling.
+//!
+//! Server side: [`AuthLayer`] is a tower layer (axum, hyper, tonic) that takes
+//! the token from `X-Client-Id` or `Authorization: Bearer`, reviews it with a
+//! [`Reviewer`] — usually [`TokenReviewClient`] (the TokenReview API, against
+//! tessera or any Kubernetes cluster) behind a [`CachedReviewer`] — and puts the
+//! caller's [`UserInfo`] into the request extensions. Answers:
+//! `401 X-Client-Id not supplied`, `403 Invalid token`, and `503` when the
+//! review itself cannot be made (for example when the service's own
+//! ServiceAccount lacks `system:auth-delegator`).
+//!
+//! Client side: [`TokenFile`] keeps the current token of a projected token file
+//! that the node agent (or kubelet) rotates, re-reading it when it changes.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tessera_auth::{AuthLayer, CachedReviewer, TokenReviewClient, UserInfo};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = kube::Client::try_default().await?;
+//! let reviewer = CachedReviewer::new(TokenReviewClient::new(client), Duration::from_secs(10), 10_000);
+//! let app: axum::Router = axum::Router::new()
+//!     .route("/", axum::routing::get(|user: axum::Extension<UserInfo>| async move { format!("hello {}", user.username) }))
+//!     .layer(AuthLayer::new(reviewer, "data-store"));
+//! # let _ = app; Ok(()) }
+//! ```
+//!
+//! Must not depend on: any tessera server crate (this library is for services).
+
+#![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod cache;
+mod layer;
+mod review;
+mod token_file;
+
+pub use cache::CachedReviewer;
+pub use layer::{AuthLayer, AuthService, Credential, CredentialError, MAX_TOKEN_BYTES, credential};
+pub use review::{ReviewError, ReviewOutcome, Reviewer, TokenReviewClient, UserInfo};
+pub use token_file::{TokenFile, TokenFileError};
