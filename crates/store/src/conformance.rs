@@ -6,7 +6,7 @@
 //! to one `#[tokio::test]` per case; the calling crate needs `tokio` with the
 //! `macros` and `rt-multi-thread` features (as a dev-dependency is enough).
 //!
-//! ```ignore
+//! ```text
 //! mod conformance {
 //!     use std::sync::Arc;
 //!     use tessera_store::Store;
