@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tessera_auth::{AuthLayer, CachedReviewer, TokenReviewClient};
+use tessera_auth::{AuthLayer, CachedReviewer, JwksReviewer, TokenReviewClient};
 
 /// Seed 001's data store.
 #[derive(Debug, Parser)]
@@ -34,6 +34,13 @@ struct Args {
     /// How long a review result is reused.
     #[arg(long, env = "DATA_STORE_CACHE_TTL", default_value = "10")]
     cache_ttl_seconds: u64,
+    /// `tokenreview` (ask the API for every new token) or `jwks` (verify offline
+    /// from the issuer's keys, falling back to TokenReview; no revocation before expiry).
+    #[arg(long, env = "DATA_STORE_VERIFY", default_value = "tokenreview", value_parser = ["tokenreview", "jwks"])]
+    verify: String,
+    /// Token issuer, for `--verify jwks`.
+    #[arg(long, env = "DATA_STORE_ISSUER", default_value = "https://kubernetes.default.svc.cluster.local")]
+    issuer: String,
 }
 
 /// A kube client that authenticates with the projected token file (re-read as it rotates).
@@ -54,10 +61,15 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
-    let reviewer = CachedReviewer::new(TokenReviewClient::new(api_client(&args)?), Duration::from_secs(args.cache_ttl_seconds), 10_000);
-    let app = axum::Router::new()
-        .fallback(|| async { "Hello from data store. You have been authenticated" })
-        .layer(AuthLayer::new(reviewer, &args.audience));
+    let client = api_client(&args)?;
+    let ttl = Duration::from_secs(args.cache_ttl_seconds);
+    let layer = if args.verify == "jwks" {
+        let offline = JwksReviewer::new(client.clone(), &args.issuer, Duration::from_secs(300)).with_fallback(TokenReviewClient::new(client));
+        AuthLayer::new(CachedReviewer::new(offline, ttl, 10_000), &args.audience)
+    } else {
+        AuthLayer::new(CachedReviewer::new(TokenReviewClient::new(client), ttl, 10_000), &args.audience)
+    };
+    let app = axum::Router::new().fallback(|| async { "Hello from data store. You have been authenticated" }).layer(layer);
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     println!("data-store listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app).await?;

@@ -10,7 +10,9 @@
 //! caller's [`UserInfo`] into the request extensions. Answers:
 //! `401 X-Client-Id not supplied`, `403 Invalid token`, and `503` when the
 //! review itself cannot be made (for example when the service's own
-//! ServiceAccount lacks `system:auth-delegator`).
+//! ServiceAccount lacks `system:auth-delegator`). [`JwksReviewer`] verifies
+//! offline from the issuer's JWKS instead, falling back to TokenReview for
+//! tokens it cannot decide (trade-off: no revocation before expiry).
 //!
 //! Client side: [`TokenFile`] keeps the current token of a projected token file
 //! that the node agent (or kubelet) rotates, re-reading it when it changes.
@@ -34,11 +36,13 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod cache;
+mod jwks;
 mod layer;
 mod review;
 mod token_file;
 
 pub use cache::CachedReviewer;
+pub use jwks::{JwksReviewer, JwksSource};
 pub use layer::{AuthLayer, AuthService, Credential, CredentialError, MAX_TOKEN_BYTES, credential};
 pub use review::{ReviewError, ReviewOutcome, Reviewer, TokenReviewClient, UserInfo};
 pub use token_file::{TokenFile, TokenFileError};

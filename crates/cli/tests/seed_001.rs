@@ -157,6 +157,24 @@ fn walkthrough_rotation_and_revocation() {
 }
 
 #[test]
+fn data_store_verifying_offline_from_the_jwks() {
+    let server = Server::start();
+    setup(&server, true);
+    let data_store = Workload::start(
+        &server,
+        &["run", "--sa", "data-store", "-n", "data-store", "--name", "data-store-jwks"],
+        &example("data-store"),
+        &["--listen", "127.0.0.1:0", "--verify", "jwks"],
+        "data-store listening on ",
+    );
+    let good = server.kubectl_ok(&["create", "token", "api", "-n", "api", "--audience", "data-store"]);
+    assert_eq!(get(&data_store.url, &[&format!("X-Client-Id: {}", good.trim())]), (200, "Hello from data store. You have been authenticated".into()));
+    let wrong = server.kubectl_ok(&["create", "token", "api", "-n", "api", "--audience", "api"]);
+    assert_eq!(get(&data_store.url, &[&format!("X-Client-Id: {}", wrong.trim())]), (403, "Invalid token\n".into()));
+    assert_eq!(get(&data_store.url, &["X-Client-Id: dummy"]), (403, "Invalid token\n".into()));
+}
+
+#[test]
 fn data_store_without_auth_delegator_says_why() {
     let server = Server::start();
     setup(&server, false);
