@@ -26,6 +26,10 @@ enum Command {
     Agent(tessera_agent::cli::AgentArgs),
     /// Explain RBAC decisions and list who may do something.
     Rbac(rbac::RbacArgs),
+    /// Linkerd-compatible identity CA: issue 24-hour mTLS certificates for ServiceAccount tokens (or `bootstrap` its certificates).
+    Identity(tessera_identity::cli::IdentityArgs),
+    /// Check trust anchors, issuer, Kubernetes API and identity service, like `linkerd check`.
+    Check(tessera_identity::cli::CheckArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,6 +109,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Server(args) => server(args).await.map(|()| 0),
         Command::Agent(args) => tessera_agent::cli::run(args).await,
         Command::Rbac(args) => rbac::run(args).await,
+        Command::Identity(args) => Ok(args.run(shutdown_signal()).await?),
+        Command::Check(args) => Ok(args.run().await?),
     }
 }
 

@@ -1,0 +1,491 @@
+//! `tessera check`: health checks of an identity setup, grouped and printed
+//! like `linkerd check` (✔ success, ‼ warning, × error), also as JSON.
+//!
+//! Categories: `kubernetes-api` (client, `GET /version`), `tessera-identity`
+//! (trust anchors and issuer: algorithm, validity, expiry within 60 days,
+//! signed by an anchor, key matches) and `tessera-identity-service` (a Certify
+//! call with an empty request must answer `InvalidArgument`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use linkerd2_proxy_api::identity::CertifyRequest;
+use linkerd2_proxy_api::identity::identity_client::IdentityClient;
+use serde::Serialize;
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer as _;
+
+use crate::KubeSource;
+use crate::issuer::IssuerMaterial;
+use crate::pki::{self, KeyAlgorithm, TrustAnchors};
+use crate::reload::{self, IssuerSource};
+
+/// How long before expiry a certificate is warned about.
+pub const WARN_WITHIN: Duration = Duration::from_secs(60 * 86400);
+/// How long the API and service checks wait.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What to check.
+#[derive(Debug, Clone)]
+pub struct CheckConfig {
+    /// PEM bundle of trust anchors.
+    pub trust_anchors: PathBuf,
+    /// Where the issuer is.
+    pub issuer: IssuerSource,
+    /// How to reach the Kubernetes API.
+    pub kube: KubeSource,
+    /// `host:port` of the identity service's gRPC listener.
+    pub identity_addr: String,
+}
+
+/// A check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// ✔
+    Success,
+    /// ‼ with why.
+    Warning(String),
+    /// × with why.
+    Error(String),
+}
+
+/// One checked line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckLine {
+    /// What was checked, e.g. `issuer cert is within its validity period`.
+    pub description: String,
+    /// The outcome.
+    pub outcome: Outcome,
+}
+
+/// A group of checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Category {
+    /// e.g. `tessera-identity`.
+    pub name: &'static str,
+    /// Its checks, in order.
+    pub checks: Vec<CheckLine>,
+}
+
+impl Category {
+    fn new(name: &'static str) -> Self {
+        Self { name, checks: Vec::new() }
+    }
+
+    fn push(&mut self, description: impl Into<String>, outcome: Outcome) -> bool {
+        let ok = !matches!(outcome, Outcome::Error(_));
+        self.checks.push(CheckLine { description: description.into(), outcome });
+        ok
+    }
+
+    fn result(&mut self, description: &str, result: Result<(), String>) -> bool {
+        self.push(description, result.map_or_else(Outcome::Error, |()| Outcome::Success))
+    }
+}
+
+/// All results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The categories, in order.
+    pub categories: Vec<Category>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonReport<'a> {
+    success: bool,
+    categories: Vec<JsonCategory<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonCategory<'a> {
+    category_name: &'a str,
+    checks: Vec<JsonCheck<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonCheck<'a> {
+    description: &'a str,
+    result: &'static str,
+    error: &'a str,
+}
+
+impl Report {
+    /// How many checks failed (×).
+    pub fn failures(&self) -> usize {
+        self.lines().filter(|l| matches!(l.outcome, Outcome::Error(_))).count()
+    }
+
+    /// How many checks warned (‼).
+    pub fn warnings(&self) -> usize {
+        self.lines().filter(|l| matches!(l.outcome, Outcome::Warning(_))).count()
+    }
+
+    fn lines(&self) -> impl Iterator<Item = &CheckLine> {
+        self.categories.iter().flat_map(|c| c.checks.iter())
+    }
+
+    /// The human output, like `linkerd check`.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        for category in &self.categories {
+            out.push_str(category.name);
+            out.push('\n');
+            out.push_str(&"-".repeat(category.name.chars().count()));
+            out.push('\n');
+            for line in &category.checks {
+                let (mark, detail) = match &line.outcome {
+                    Outcome::Success => ("✔", None),
+                    Outcome::Warning(w) => ("‼", Some(w)),
+                    Outcome::Error(e) => ("×", Some(e)),
+                };
+                out.push_str(&format!("{mark} {}\n", line.description));
+                if let Some(detail) = detail {
+                    for l in detail.lines() {
+                        out.push_str(&format!("    {l}\n"));
+                    }
+                }
+            }
+            out.push('\n');
+        }
+        let status = if self.failures() > 0 {
+            "×"
+        } else if self.warnings() > 0 {
+            "‼"
+        } else {
+            "✔"
+        };
+        out.push_str(&format!("Status check results are {status}\n"));
+        out
+    }
+
+    /// The JSON output (`--output json`), in `linkerd check -o json`'s shape.
+    pub fn render_json(&self) -> String {
+        let report = JsonReport {
+            success: self.failures() == 0,
+            categories: self
+                .categories
+                .iter()
+                .map(|c| JsonCategory {
+                    category_name: c.name,
+                    checks: c
+                        .checks
+                        .iter()
+                        .map(|l| {
+                            let (result, error) = match &l.outcome {
+                                Outcome::Success => ("success", ""),
+                                Outcome::Warning(w) => ("warning", w.as_str()),
+                                Outcome::Error(e) => ("error", e.as_str()),
+                            };
+                            JsonCheck { description: &l.description, result, error }
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        serde_json::to_string_pretty(&report).unwrap_or_else(|e| format!("{{\"success\":false,\"error\":\"{e}\"}}"))
+    }
+}
+
+/// Runs every check as of `now`.
+pub async fn run_checks(config: &CheckConfig, now: OffsetDateTime) -> Report {
+    let (api, client) = kubernetes_checks(&config.kube).await;
+    let anchors_pem = std::fs::read(&config.trust_anchors).map_err(|e| format!("{}: {e}", config.trust_anchors.display()));
+    let issuer = read_issuer(&config.issuer, client).await;
+    let identity = identity_checks(anchors_pem, issuer, now);
+    let service = service_checks(&config.identity_addr).await;
+    Report { categories: vec![api, identity, service] }
+}
+
+async fn kubernetes_checks(kube: &KubeSource) -> (Category, Option<kube::Client>) {
+    let mut category = Category::new("kubernetes-api");
+    let client = match kube.client().await {
+        Ok(client) => client,
+        Err(e) => {
+            category.push("can initialize the client", Outcome::Error(e.to_string()));
+            return (category, None);
+        }
+    };
+    category.push("can initialize the client", Outcome::Success);
+    let version = match tokio::time::timeout(TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("GET /version: {e}")),
+        Err(_) => Err(format!("GET /version: no answer within {}", humantime::format_duration(TIMEOUT))),
+    };
+    category.result("can query the Kubernetes API", version);
+    (category, Some(client))
+}
+
+async fn read_issuer(source: &IssuerSource, client: Option<kube::Client>) -> Result<IssuerMaterial, String> {
+    match source {
+        IssuerSource::Dir(dir) => reload::read_issuer_dir(dir).map_err(|e| e.to_string()),
+        IssuerSource::Secret { namespace, name } => {
+            let client = client.ok_or_else(|| format!("cannot read Secret {namespace}/{name}: no Kubernetes client"))?;
+            let secrets: Api<Secret> = Api::namespaced(client, namespace);
+            let secret = tokio::time::timeout(TIMEOUT, secrets.get(name))
+                .await
+                .map_err(|_| format!("reading Secret {namespace}/{name}: timed out"))?
+                .map_err(|e| format!("reading Secret {namespace}/{name}: {e}"))?;
+            reload::secret_material(&secret).map_err(|e| format!("Secret {namespace}/{name}: {e}"))
+        }
+    }
+}
+
+/// The trust-anchor and issuer checks, on material already read.
+pub fn identity_checks(anchors_pem: Result<Vec<u8>, String>, issuer: Result<IssuerMaterial, String>, now: OffsetDateTime) -> Category {
+    let mut category = Category::new("tessera-identity");
+    let anchors = anchors_pem.and_then(|pem| TrustAnchors::from_pem(&pem).map_err(|e| e.to_string()));
+    let anchors = match anchors {
+        Ok(a) => {
+            category.push("trust anchors are readable and well-formed", Outcome::Success);
+            Some(a)
+        }
+        Err(e) => {
+            category.push("trust anchors are readable and well-formed", Outcome::Error(e));
+            None
+        }
+    };
+    if let Some(anchors) = &anchors {
+        let parsed: Vec<X509Certificate<'_>> =
+            anchors.certificates().iter().filter_map(|d| X509Certificate::from_der(d).ok().map(|(_, c)| c)).collect();
+        let unsupported: Vec<String> = parsed
+            .iter()
+            .filter_map(|c| {
+                let alg = KeyAlgorithm::of(c.public_key());
+                let ok = matches!(alg, KeyAlgorithm::EcdsaP256 | KeyAlgorithm::Rsa(2048) | KeyAlgorithm::Rsa(4096));
+                (!ok).then(|| format!("trust anchor {} uses {alg}; want ECDSA P-256 or RSA 2048/4096", c.subject()))
+            })
+            .collect();
+        category.result("trust anchors are using supported crypto algorithm", joined(unsupported));
+        category.result(
+            "trust anchors are within their validity period",
+            joined(parsed.iter().filter_map(|c| validity_problem("trust anchor", c, now)).collect()),
+        );
+        let expiring: Vec<String> = parsed.iter().filter_map(|c| expiry_warning("trust anchor", c, now)).collect();
+        category.push("trust anchors are valid for at least 60 days", warn_if_any(expiring));
+    }
+
+    let material = match issuer {
+        Ok(m) => m,
+        Err(e) => {
+            category.push("issuer cert is readable and well-formed", Outcome::Error(e));
+            return category;
+        }
+    };
+    let chain = pki::certificates_from_pem(&material.cert_pem).and_then(|ders| {
+        let chain: Vec<_> = ders.into_iter().filter(|d| anchors.as_ref().is_none_or(|a| !a.contains(d))).collect();
+        if chain.is_empty() {
+            return Err("no PEM certificate found".to_owned());
+        }
+        Ok(chain)
+    });
+    let chain = match chain {
+        Ok(c) => c,
+        Err(e) => {
+            category.push("issuer cert is readable and well-formed", Outcome::Error(format!("issuer certificate: {e}")));
+            return category;
+        }
+    };
+    let mut parsed = Vec::new();
+    for der in &chain {
+        match X509Certificate::from_der(der) {
+            Ok((_, c)) => parsed.push(c),
+            Err(e) => {
+                category.push("issuer cert is readable and well-formed", Outcome::Error(format!("issuer certificate does not parse: {e}")));
+                return category;
+            }
+        }
+    }
+    category.push("issuer cert is readable and well-formed", Outcome::Success);
+    let cert = &parsed[0];
+    let alg = KeyAlgorithm::of(cert.public_key());
+    category.result(
+        "issuer cert is using supported crypto algorithm",
+        if alg == KeyAlgorithm::EcdsaP256 {
+            Ok(())
+        } else {
+            Err(format!("issuer certificate {} uses {alg}; want ECDSA P-256", cert.subject()))
+        },
+    );
+    category.result(
+        "issuer cert is a CA certificate",
+        if pki::is_signing_ca(cert) { Ok(()) } else { Err("issuer certificate needs basicConstraints CA:TRUE and keyCertSign".to_owned()) },
+    );
+    category.result("issuer cert is within its validity period", validity_problem("issuer certificate", cert, now).map_or(Ok(()), Err));
+    category.push(
+        "issuer cert is valid for at least 60 days",
+        warn_if_any(expiry_warning("issuer certificate", cert, now).into_iter().collect()),
+    );
+    if let Some(anchors) = &anchors {
+        category.result("issuer cert is issued by the trust anchor", pki::verify_chain(&parsed, anchors).map_err(|e| e.to_string()));
+    }
+    let key = pki::p256_key_from_pem(&material.key_pem).map_err(|e| e.to_string()).and_then(|key| {
+        if key.public_key_raw() == cert.public_key().subject_public_key.data.as_ref() {
+            Ok(())
+        } else {
+            Err("issuer key does not match the issuer certificate".to_owned())
+        }
+    });
+    category.result("issuer key matches the issuer cert", key);
+    category
+}
+
+async fn service_checks(addr: &str) -> Category {
+    let mut category = Category::new("tessera-identity-service");
+    let result = tokio::time::timeout(TIMEOUT, probe_certify(addr))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer from {addr} within {}", humantime::format_duration(TIMEOUT))));
+    category.result("identity service is serving Certify", result);
+    category
+}
+
+/// An empty Certify request must be answered `InvalidArgument` ("missing
+/// identity"): the service is up and has an issuer.
+async fn probe_certify(addr: &str) -> Result<(), String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(|e| format!("{addr}: {e}"))?;
+    let channel = endpoint.connect().await.map_err(|e| format!("connecting to {addr}: {}", with_sources(&e)))?;
+    match IdentityClient::new(channel).certify(CertifyRequest::default()).await {
+        Err(status) if status.code() == tonic::Code::InvalidArgument => Ok(()),
+        Err(status) if status.code() == tonic::Code::Unavailable => {
+            Err(format!("the identity service at {addr} is not ready: {}", status.message()))
+        }
+        Err(status) => Err(format!("unexpected answer from {addr}: {:?}: {}", status.code(), status.message())),
+        Ok(_) => Err(format!("{addr} issued a certificate for an empty request")),
+    }
+}
+
+/// An error and its causes, `a: b: c`.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+fn validity_problem(what: &str, cert: &X509Certificate<'_>, now: OffsetDateTime) -> Option<String> {
+    let (nb, na) = (pki::not_before(cert), pki::not_after(cert));
+    if now < nb {
+        Some(format!("{what} {} is not valid before {}", cert.subject(), pki::rfc3339(nb)))
+    } else if now >= na {
+        Some(format!("{what} {} expired at {}", cert.subject(), pki::rfc3339(na)))
+    } else {
+        None
+    }
+}
+
+fn expiry_warning(what: &str, cert: &X509Certificate<'_>, now: OffsetDateTime) -> Option<String> {
+    let na = pki::not_after(cert);
+    let left = na - now;
+    (now < na && left < WARN_WITHIN)
+        .then(|| format!("{what} {} expires in {} days, at {}", cert.subject(), left.whole_days(), pki::rfc3339(na)))
+}
+
+fn joined(problems: Vec<String>) -> Result<(), String> {
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
+}
+
+fn warn_if_any(warnings: Vec<String>) -> Outcome {
+    if warnings.is_empty() { Outcome::Success } else { Outcome::Warning(warnings.join("\n")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{Pki, now};
+
+    fn day(n: u64) -> Duration {
+        Duration::from_secs(n * 86400)
+    }
+
+    fn outcome<'a>(c: &'a Category, description: &str) -> &'a Outcome {
+        &c.checks.iter().find(|l| l.description == description).unwrap_or_else(|| panic!("no check {description:?}: {c:?}")).outcome
+    }
+
+    #[test]
+    fn a_good_setup_passes_every_check() {
+        let pki = Pki::new();
+        let c = identity_checks(Ok(pki.anchor_pem.clone().into_bytes()), Ok(pki.issuer_material()), now());
+        assert_eq!(c.checks.len(), 11, "{c:?}");
+        assert!(c.checks.iter().all(|l| l.outcome == Outcome::Success), "{c:?}");
+        let report = Report { categories: vec![c] };
+        let text = report.render_text();
+        assert!(text.starts_with("tessera-identity\n----------------\n✔ trust anchors are readable and well-formed\n"), "{text}");
+        assert!(text.ends_with("Status check results are ✔\n"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&report.render_json()).unwrap();
+        assert_eq!(json["success"], true);
+        assert_eq!(json["categories"][0]["categoryName"], "tessera-identity");
+        assert_eq!(json["categories"][0]["checks"][0]["result"], "success");
+    }
+
+    #[test]
+    fn an_expired_issuer_fails() {
+        let pki = Pki::new();
+        let expired = pki.issuer_valid(now() - day(10), now() - day(1));
+        let c = identity_checks(Ok(pki.anchor_pem.clone().into_bytes()), Ok(expired), now());
+        let Outcome::Error(e) = outcome(&c, "issuer cert is within its validity period") else { panic!("{c:?}") };
+        assert!(e.starts_with("issuer certificate CN=identity.linkerd.cluster.local expired at "), "{e}");
+        let report = Report { categories: vec![c] };
+        assert_eq!(report.failures(), 1);
+        assert!(
+            report.render_text().contains(
+                "× issuer cert is within its validity period\n    issuer certificate CN=identity.linkerd.cluster.local expired at "
+            )
+        );
+        assert!(report.render_text().ends_with("Status check results are ×\n"));
+    }
+
+    #[test]
+    fn an_issuer_from_another_anchor_fails() {
+        let pki = Pki::new();
+        let other = Pki::new();
+        let c = identity_checks(Ok(pki.anchor_pem.clone().into_bytes()), Ok(other.issuer_material()), now());
+        assert_eq!(
+            outcome(&c, "issuer cert is issued by the trust anchor"),
+            &Outcome::Error("issuer certificate (CN=identity.linkerd.cluster.local) is not signed by any trust anchor".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_mismatched_key_fails() {
+        let pki = Pki::new();
+        let material = IssuerMaterial { cert_pem: pki.issuer_material().cert_pem, key_pem: pki.issuer_material().key_pem };
+        let c = identity_checks(Ok(pki.anchor_pem.clone().into_bytes()), Ok(material), now());
+        assert_eq!(
+            outcome(&c, "issuer key matches the issuer cert"),
+            &Outcome::Error("issuer key does not match the issuer certificate".to_owned())
+        );
+    }
+
+    #[test]
+    fn an_issuer_expiring_within_60_days_warns() {
+        let pki = Pki::new();
+        let t = now();
+        let soon = pki.issuer_valid(t - day(1), t + day(30));
+        let c = identity_checks(Ok(pki.anchor_pem.clone().into_bytes()), Ok(soon), t);
+        let Outcome::Warning(w) = outcome(&c, "issuer cert is valid for at least 60 days") else { panic!("{c:?}") };
+        assert!(w.starts_with("issuer certificate CN=identity.linkerd.cluster.local expires in 30 days, at "), "{w}");
+        let report = Report { categories: vec![c] };
+        assert_eq!(report.failures(), 0);
+        assert!(report.render_text().ends_with("Status check results are ‼\n"));
+        let json: serde_json::Value = serde_json::from_str(&report.render_json()).unwrap();
+        assert_eq!(json["success"], true);
+    }
+
+    #[test]
+    fn unreadable_anchors_fail_and_skip_the_anchor_checks() {
+        let pki = Pki::new();
+        let c = identity_checks(Err("/nope: No such file or directory".to_owned()), Ok(pki.issuer_material()), now());
+        assert_eq!(
+            outcome(&c, "trust anchors are readable and well-formed"),
+            &Outcome::Error("/nope: No such file or directory".to_owned())
+        );
+        assert!(c.checks.iter().all(|l| !l.description.contains("issued by the trust anchor")));
+    }
+}
