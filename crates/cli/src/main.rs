@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the Kubernetes-compatible API server on its embedded store.
     Server(ServerArgs),
+    /// Load-test a Kubernetes-compatible API server (this one or any other) through a kubeconfig.
+    Bench(tessera_bench::BenchArgs),
     /// Node agent: register pods and project their rotating ServiceAccount tokens into files.
     Agent(tessera_agent::cli::AgentArgs),
     /// Explain RBAC decisions and list who may do something.
@@ -107,6 +109,10 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Server(args) => server(args).await.map(|()| 0),
+        Command::Bench(args) => {
+            print!("{}", args.run(shutdown_signal()).await?);
+            Ok(0)
+        }
         Command::Agent(args) => tessera_agent::cli::run(args).await,
         Command::Rbac(args) => rbac::run(args).await,
         Command::Identity(args) => Ok(args.run(shutdown_signal()).await?),
