@@ -95,6 +95,20 @@ async fn reconcile_namespace(registry: &Registry, authority: &TokenAuthority, ca
     Ok(())
 }
 
+/// Reconciles the token Secrets of one ServiceAccount (after it was created or deleted).
+async fn reconcile_service_account(registry: &Registry, authority: &TokenAuthority, ca_pem: &str, namespace: &str, service_account: &str) -> Result<(), ApiError> {
+    let list = registry.list(&CORE_SECRETS, Some(namespace), &ListParams::default()).await?;
+    for secret in list.get("items").and_then(Value::as_array).into_iter().flatten() {
+        if secret.get("type").and_then(Value::as_str) == Some(TOKEN_SECRET_TYPE)
+            && annotation(secret, SA_NAME_ANNOTATION) == Some(service_account)
+            && let Some(name) = secret.pointer("/metadata/name").and_then(Value::as_str)
+        {
+            reconcile_secret(registry, authority, ca_pem, namespace, name).await?;
+        }
+    }
+    Ok(())
+}
+
 fn split_key(key: &str) -> Option<(&str, &str, &str)> {
     let mut parts = key.strip_prefix("/registry/")?.splitn(3, '/');
     Some((parts.next()?, parts.next()?, parts.next()?))
@@ -153,8 +167,10 @@ pub async fn run(registry: Registry, authority: Arc<TokenAuthority>, ca_pem: Str
             let result = match (resource, &event.kind) {
                 ("secrets", EventKind::Delete) => Ok(()),
                 ("secrets", _) => reconcile_secret(&registry, &authority, &ca_pem, namespace, name).await,
-                // A ServiceAccount change (delete, re-create) affects its namespace's token Secrets.
-                _ => reconcile_namespace(&registry, &authority, &ca_pem, namespace).await,
+                // Deleting (or re-creating under the same name) a ServiceAccount affects the
+                // token Secrets that name it; its other updates do not.
+                (_, EventKind::Update) => Ok(()),
+                _ => reconcile_service_account(&registry, &authority, &ca_pem, namespace, name).await,
             };
             if let Err(e) = result {
                 tracing::warn!(namespace, name, error = %e, "legacy token reconcile failed");

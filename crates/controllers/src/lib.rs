@@ -91,6 +91,9 @@ pub async fn run(registry: Registry, ca_pem: String, mut after: Revision, shutdo
                 }
                 None => return,
             };
+            if !concerns_namespace_controller(&event) {
+                continue;
+            }
             let Some(namespace) = namespace_of_key(&event.kv.key) else { continue };
             if let Err(e) = reconcile_namespace(&registry, &ca_pem, &namespace).await {
                 tracing::warn!(namespace, error = %e, "reconcile failed; re-listing");
@@ -119,6 +122,20 @@ async fn relist(
             }
         }
     }
+}
+
+/// Only namespace changes, a removed `default` ServiceAccount and a changed
+/// `kube-root-ca.crt` need this controller; other ServiceAccount and ConfigMap
+/// writes (thousands a second under load) are none of its business.
+fn concerns_namespace_controller(event: &tessera_store::WatchEvent) -> bool {
+    let key = &event.kv.key;
+    if key.starts_with(&CORE_NAMESPACES.key_prefix(None)) {
+        return true;
+    }
+    if key.starts_with(&CORE_SERVICEACCOUNTS.key_prefix(None)) {
+        return key.ends_with("/default") && event.kind == tessera_store::EventKind::Delete;
+    }
+    key.ends_with(&format!("/{ROOT_CA_CONFIGMAP}"))
 }
 
 /// `/registry/namespaces/NS` → NS; `/registry/serviceaccounts/NS/x` → NS.
