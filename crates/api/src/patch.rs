@@ -269,3 +269,43 @@ mod tests {
         assert_eq!(Patch::decode("text/plain", b"{}").unwrap_err().code, 415);
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+
+    #[test]
+    fn hostile_patches_never_panic() {
+        let original = serde_json::json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}, "secrets": [{"name": "s"}]});
+        let bodies: &[(&str, &str)] = &[
+            ("application/strategic-merge-patch+json", r#"{"spec":{"containers":[{"$patch":"delete"}]}}"#),
+            ("application/strategic-merge-patch+json", r#"{"spec":{"containers":[1,2,3]}}"#),
+            ("application/strategic-merge-patch+json", r#"{"secrets":[{"name":"s","$patch":"replace"}],"$retainKeys":"x"}"#),
+            ("application/strategic-merge-patch+json", r#"{"$patch":"delete"}"#),
+            ("application/strategic-merge-patch+json", r#"{"$deleteFromPrimitiveList/secrets":[{"name":"s"}]}"#),
+            ("application/strategic-merge-patch+json", r#"[]"#),
+            ("application/strategic-merge-patch+json", r#"{"metadata":{"labels":{"$patch":"bogus"}}}"#),
+            ("application/merge-patch+json", r#"null"#),
+            ("application/json-patch+json", r#"[{"op":"remove","path":"/spec/containers/99"}]"#),
+            ("application/json-patch+json", r#"[{"op":"move","from":"/metadata","path":"/metadata/labels"}]"#),
+            ("application/json-patch+json", r#"[{"op":"copy","from":"/nope","path":"/x"}]"#),
+            ("application/json-patch+json", r#"{"op":"add"}"#),
+        ];
+        for (content_type, body) in bodies {
+            if let Ok(patch) = Patch::decode(content_type, body.as_bytes()) {
+                let _ = patch.apply(&original);
+            }
+        }
+        // Deep nesting does not overflow the stack of the merge.
+        let mut deep = String::new();
+        for _ in 0..100 {
+            deep.push_str(r#"{"a":"#);
+        }
+        deep.push('1');
+        for _ in 0..100 {
+            deep.push('}');
+        }
+        let patch = Patch::decode("application/strategic-merge-patch+json", deep.as_bytes()).expect("decodes");
+        assert!(patch.apply(&original).is_ok());
+    }
+}

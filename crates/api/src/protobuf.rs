@@ -485,3 +485,45 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+
+    /// A small deterministic generator (xorshift), so failures reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn random_and_mutated_bodies_never_panic() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut seed = MAGIC.to_vec();
+        // A valid envelope for a ServiceAccount with labels, as the starting point of mutations.
+        seed.extend_from_slice(&[0x0a, 0x14, 0x0a, 0x02, b'v', b'1', 0x12, 0x0e]);
+        seed.extend_from_slice(b"ServiceAccount");
+        seed.extend_from_slice(&[0x12, 0x0b, 0x0a, 0x09, 0x0a, 0x03, b'a', b'p', b'i', 0x1a, 0x02, b'n', b's']);
+        assert!(decode(&seed).is_ok());
+        for _ in 0..20_000 {
+            let mut body = seed.clone();
+            for _ in 0..(rng.next() % 4 + 1) {
+                let i = (rng.next() as usize) % body.len();
+                match rng.next() % 3 {
+                    0 => body[i] = rng.next() as u8,
+                    1 => body.truncate(i.max(4)),
+                    _ => body.insert(i, rng.next() as u8),
+                }
+            }
+            let _ = decode(&body);
+            let random: Vec<u8> = (0..(rng.next() % 64)).map(|_| rng.next() as u8).collect();
+            let _ = decode(&[MAGIC, &random].concat());
+        }
+    }
+}

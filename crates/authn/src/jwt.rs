@@ -136,3 +136,30 @@ mod tests {
         assert_eq!(parsed.signing_input, token.rsplit_once('.').expect("dot").0);
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+
+    #[test]
+    fn random_tokens_never_panic() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ ";
+        for _ in 0..20_000 {
+            let len = (next() % 200) as usize;
+            let token: String = (0..len).map(|_| alphabet[(next() as usize) % alphabet.len()] as char).collect();
+            let _ = decode(&token);
+        }
+        // Structurally valid JSON of the wrong shapes.
+        for (h, p) in [("null", "{}"), ("{}", "[]"), (r#"{"alg":5}"#, "{}"), (r#"{"alg":"ES256","kid":[1]}"#, r#"{"iss":1}"#)] {
+            let token = format!("{}.{}.", B64.encode(h), B64.encode(p));
+            let _ = decode(&token);
+        }
+    }
+}
