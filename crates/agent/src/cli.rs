@@ -76,12 +76,7 @@ fn parse_token(raw: &str) -> Result<ProjectedToken, String> {
             other => return Err(format!("unknown token field {other:?} (audience, expiration, path)")),
         }
     }
-    if token.audience.is_empty() || token.path.is_empty() {
-        return Err("a token needs audience= and path=".into());
-    }
-    if token.path.contains("..") || token.path.starts_with('/') {
-        return Err("path must stay inside the token directory".into());
-    }
+    token.validate()?;
     Ok(token)
 }
 
@@ -115,6 +110,7 @@ async fn run_pods(agent: Agent, root: PathBuf, files: Vec<PathBuf>) -> anyhow::R
     for file in &files {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let spec: PodSpec = serde_yaml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+        spec.validate().map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         pods.push(agent.register(&spec).await?);
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -159,7 +155,15 @@ async fn run_command(agent: Agent, run: RunArgs) -> anyhow::Result<i32> {
     let (root, _temp) = match &run.root {
         Some(root) => (root.clone(), None),
         None => {
-            let dir = std::env::temp_dir().join(format!("tessera-agent-{}-{}", spec.name, std::process::id()));
+            // A fresh, unpredictable directory that must not exist yet: another
+            // local user cannot have prepared it (or symlinks in it).
+            let dir = std::env::temp_dir().join(format!("tessera-agent-{}-{:016x}", spec.name, rand::random::<u64>()));
+            std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+            }
             (dir.clone(), Some(TempDir(dir)))
         }
     };

@@ -11,12 +11,14 @@ pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> std::io::Res
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", rand::random::<u32>()));
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt as _;
-            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(mode);
         }
+        let mut file = options.open(&tmp)?;
         file.write_all(contents)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)

@@ -53,7 +53,26 @@ pub struct RegisteredPod {
     pub automount: bool,
 }
 
+impl ProjectedToken {
+    /// Checks the token's file path stays inside the pod's token directory.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.audience.is_empty() || self.path.is_empty() {
+            return Err("a token needs an audience and a path".into());
+        }
+        let path = std::path::Path::new(&self.path);
+        if path.is_absolute() || path.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            return Err(format!("token path {:?} must be relative and stay inside the token directory", self.path));
+        }
+        Ok(())
+    }
+}
+
 impl PodSpec {
+    /// Checks every projected token.
+    pub fn validate(&self) -> Result<(), String> {
+        self.tokens.iter().try_for_each(ProjectedToken::validate)
+    }
+
     /// The Pod object registered with the API server.
     pub fn to_pod(&self, node: &str) -> serde_json::Value {
         let mut spec = serde_json::json!({
@@ -88,5 +107,20 @@ mod tests {
         assert_eq!(pod["spec"]["nodeName"], "node-1");
         assert_eq!(pod["spec"]["serviceAccountName"], "api");
         assert!(pod["spec"].get("automountServiceAccountToken").is_none());
+    }
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+
+    #[test]
+    fn token_paths_stay_inside() {
+        let t = |path: &str| ProjectedToken { audience: "a".into(), expiration_seconds: 600, path: path.into() };
+        assert!(t("api-token").validate().is_ok());
+        assert!(t("sub/api-token").validate().is_ok());
+        for bad in ["/etc/passwd", "../x", "a/../../x", "./x", ""] {
+            assert!(t(bad).validate().is_err(), "{bad}");
+        }
     }
 }

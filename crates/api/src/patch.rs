@@ -70,7 +70,7 @@ impl Patch {
         let mut doc = original.clone();
         match self {
             Patch::Json(p) => {
-                json_patch::patch(&mut doc, p).map_err(|e| ApiError::unprocessable(format!("the server rejected our request due to an error in our request: {e}")))?;
+                apply_json_patch(&mut doc, p)?;
             }
             Patch::Merge(p) => {
                 if !p.is_object() {
@@ -86,6 +86,42 @@ impl Patch {
         }
         Ok(doc)
     }
+}
+
+/// Most operations one JSON patch may hold (kube-apiserver's limit).
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+/// Most bytes `copy` operations may duplicate in one JSON patch (kube-apiserver's limit).
+pub const MAX_JSON_PATCH_COPY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Applies a JSON patch one operation at a time, bounding what `copy` can
+/// duplicate: forty copies of a document into itself would otherwise need 2⁴⁰ nodes.
+fn apply_json_patch(doc: &mut Value, patch: &json_patch::Patch) -> Result<(), ApiError> {
+    if patch.0.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(ApiError::unprocessable(format!(
+            "the server rejected our request due to an error in our request: the patch has {} operations, exceeding the maximum of {MAX_JSON_PATCH_OPERATIONS}",
+            patch.0.len()
+        )));
+    }
+    let mut copied = 0usize;
+    for op in &patch.0 {
+        if let json_patch::PatchOperation::Copy(copy) = op {
+            let size = doc.pointer(copy.from.as_str()).map_or(0, |v| serde_json::to_vec(v).map_or(0, |b| b.len()));
+            copied = copied.saturating_add(size);
+            if copied > MAX_JSON_PATCH_COPY_BYTES {
+                return Err(ApiError::unprocessable(format!(
+                    "the server rejected our request due to an error in our request: copy operations would duplicate more than {MAX_JSON_PATCH_COPY_BYTES} bytes"
+                )));
+            }
+        }
+        json_patch::patch(doc, std::slice::from_ref(op))
+            .map_err(|e| ApiError::unprocessable(format!("the server rejected our request due to an error in our request: {e}")))?;
+    }
+    Ok(())
+}
+
+/// A hashable identity of a JSON value (its canonical text), for indexing lists.
+fn identity(v: &Value) -> String {
+    v.to_string()
 }
 
 fn directive(v: &Value) -> Option<&str> {
@@ -112,7 +148,8 @@ fn merge_map(orig: &mut Map<String, Value>, patch: &Map<String, Value>) -> Resul
         }
         if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
             if let (Some(Value::Array(list)), Some(remove)) = (orig.get_mut(field), pv.as_array()) {
-                list.retain(|v| !remove.contains(v));
+                let remove: std::collections::HashSet<String> = remove.iter().map(identity).collect();
+                list.retain(|v| !remove.contains(&identity(v)));
             }
             continue;
         }
@@ -155,38 +192,48 @@ fn merge_list(field: &str, mut orig: Vec<Value>, patch: &[Value]) -> Result<Vec<
     match list_strategy(field) {
         ListStrategy::Replace => Ok(patch.iter().map(strip_value).collect()),
         ListStrategy::MergePrimitives => {
+            let mut present: std::collections::HashSet<String> = orig.iter().map(identity).collect();
             for v in patch {
-                if !orig.contains(v) {
+                if present.insert(identity(v)) {
                     orig.push(v.clone());
                 }
             }
             Ok(orig)
         }
         ListStrategy::MergeByKey(merge_key) => {
+            // Index the original by merge key: a 3 MiB list must not cost n² comparisons.
+            let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+            for (i, o) in orig.iter().enumerate() {
+                if let Some(id) = o.get(merge_key) {
+                    index.entry(identity(id)).or_insert(i);
+                }
+            }
+            let mut deleted = vec![false; orig.len()];
             for pv in patch {
                 let Some(pm) = pv.as_object() else {
                     return Err(ApiError::bad_request(format!("strategic merge patch: {field} elements must be objects")));
                 };
                 let Some(id) = pm.get(merge_key) else {
-                    return Err(ApiError::bad_request(format!(
-                        "map: {pv} does not contain declared merge key: {merge_key}"
-                    )));
+                    return Err(ApiError::bad_request(format!("map: {pv} does not contain declared merge key: {merge_key}")));
                 };
-                let pos = orig.iter().position(|o| o.get(merge_key) == Some(id));
+                let key = identity(id);
+                let pos = index.get(&key).copied().filter(|&i| !deleted.get(i).copied().unwrap_or(true));
                 match (directive(pv), pos) {
-                    (Some("delete"), Some(i)) => {
-                        orig.remove(i);
-                    }
+                    (Some("delete"), Some(i)) => deleted[i] = true,
                     (Some("delete"), None) => {}
                     (_, Some(i)) => {
                         if let Some(om) = orig[i].as_object_mut() {
                             merge_map(om, pm)?;
                         }
                     }
-                    (_, None) => orig.push(Value::Object(strip_directives(pm))),
+                    (_, None) => {
+                        index.insert(key, orig.len());
+                        deleted.push(false);
+                        orig.push(Value::Object(strip_directives(pm)));
+                    }
                 }
             }
-            Ok(orig)
+            Ok(orig.into_iter().zip(deleted).filter(|(_, d)| !d).map(|(v, _)| v).collect())
         }
     }
 }
@@ -296,6 +343,18 @@ mod robustness {
                 let _ = patch.apply(&original);
             }
         }
+        // Copy bombs are refused before they grow.
+        let bomb: Vec<Value> = (0..40).map(|_| serde_json::json!({"op": "copy", "from": "/spec", "path": "/spec/again"})).collect();
+        let patch = Patch::decode("application/json-patch+json", serde_json::to_vec(&bomb).unwrap().as_slice()).expect("decodes");
+        let big = serde_json::json!({"spec": {"data": "x".repeat(200_000)}});
+        assert_eq!(patch.apply(&big).unwrap_err().code, 422);
+        // Long lists merge in linear time (this would take minutes if quadratic).
+        let many: Vec<Value> = (0..50_000).map(|i| serde_json::json!({"name": format!("s{i}")})).collect();
+        let original = serde_json::json!({"secrets": many.clone(), "metadata": {"finalizers": (0..50_000).map(|i| format!("f{i}")).collect::<Vec<_>>()}});
+        let patch = Patch::Strategic(serde_json::json!({"secrets": many, "metadata": {"finalizers": (0..50_000).map(|i| format!("g{i}")).collect::<Vec<_>>()}}));
+        let merged = patch.apply(&original).expect("merges");
+        assert_eq!(merged["secrets"].as_array().map(Vec::len), Some(50_000));
+        assert_eq!(merged["metadata"]["finalizers"].as_array().map(Vec::len), Some(100_000));
         // Deep nesting does not overflow the stack of the merge.
         let mut deep = String::new();
         for _ in 0..100 {

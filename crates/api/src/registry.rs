@@ -25,9 +25,23 @@ use crate::status::{ApiError, Result};
 /// such as RBAC escalation prevention.
 pub type Admit = Arc<dyn Fn(&ResourceInfo, Option<&Value>, &Value) -> Result<()> + Send + Sync>;
 
+/// Which part of an object a write may change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriteScope {
+    /// The object (its `status` is kept when the kind has a status subresource).
+    #[default]
+    Object,
+    /// Only `status` (the `status` subresource).
+    Status,
+    /// Only `spec.finalizers` (a namespace's `finalize` subresource).
+    Finalizers,
+}
+
 /// Options shared by writes.
 #[derive(Clone, Default)]
 pub struct WriteOptions {
+    /// What the write may change.
+    pub scope: WriteScope,
     /// `dryRun=All`: validate and return the result without storing it.
     pub dry_run: bool,
     /// `fieldValidation=Strict`: unknown fields are an error.
@@ -41,6 +55,7 @@ impl std::fmt::Debug for WriteOptions {
         f.debug_struct("WriteOptions")
             .field("dry_run", &self.dry_run)
             .field("strict", &self.strict)
+            .field("scope", &self.scope)
             .field("admit", &self.admit.is_some())
             .finish()
     }
@@ -413,13 +428,8 @@ impl Registry {
                 meta.remove("managedFields");
                 meta.remove("resourceVersion");
             }
+            next = scoped(resource, options.scope, &current, next);
             kinds::default_object(resource, &mut next);
-            // A namespace's status is owned by the server (phase Terminating).
-            if resource.plural == "namespaces"
-                && let (Some(status), Some(map)) = (current.get("status"), next.as_object_mut())
-            {
-                map.insert("status".into(), status.clone());
-            }
             Self::reject_invalid(resource, &next, Some(&current))?;
             if let Some(admit) = &options.admit {
                 admit(resource, Some(&current), &next)?;
@@ -676,6 +686,36 @@ impl Registry {
 /// `namespace/name` (or `name`), unique within one watch.
 fn object_key(obj: &Value) -> String {
     format!("{}/{}", meta_str(obj, "namespace").unwrap_or_default(), meta_str(obj, "name").unwrap_or_default())
+}
+
+/// Keeps a write within its scope: a status write changes only `status`, a
+/// finalize write only `spec.finalizers`, and a write of the object itself
+/// leaves `status` alone for kinds whose status has its own subresource.
+fn scoped(resource: &ResourceInfo, scope: WriteScope, current: &Value, next: Value) -> Value {
+    let take = |from: &Value, mut into: Value, pointer: &[&str]| -> Value {
+        let value = pointer.iter().try_fold(from, |v, k| v.get(*k)).cloned();
+        let Some((last, parents)) = pointer.split_last() else { return into };
+        let mut target = &mut into;
+        for k in parents {
+            if !target.get(*k).is_some_and(Value::is_object) {
+                target[*k] = json!({});
+            }
+            target = &mut target[*k];
+        }
+        if let Some(map) = target.as_object_mut() {
+            match value {
+                Some(v) => map.insert((*last).to_owned(), v),
+                None => map.remove(*last),
+            };
+        }
+        into
+    };
+    match scope {
+        WriteScope::Object if resource.subresources.iter().any(|s| s.name == "status") => take(current, next, &["status"]),
+        WriteScope::Object => next,
+        WriteScope::Status => take(&next, current.clone(), &["status"]),
+        WriteScope::Finalizers => take(&next, current.clone(), &["spec", "finalizers"]),
+    }
 }
 
 fn strip_rv(obj: &Value) -> Value {

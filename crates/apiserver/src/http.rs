@@ -17,7 +17,7 @@ use futures::StreamExt;
 use http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
 use tessera_api::patch::Patch;
-use tessera_api::registry::{ListParams, Preconditions, WriteOptions};
+use tessera_api::registry::{ListParams, Preconditions, WriteOptions, WriteScope};
 use tessera_api::resource::{self, ResourceInfo};
 use tessera_api::selector::{FieldSelector, LabelSelector};
 use tessera_api::{ApiError, Registry, kinds};
@@ -116,14 +116,46 @@ fn query_flag(query: Option<&str>, name: &str) -> bool {
     })
 }
 
+/// `metadata.name` pinned by a `fieldSelector` of exactly that one requirement.
+fn field_selector_name(query: &str) -> Option<String> {
+    let (_, raw) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "fieldSelector")?;
+    let (field, value) = raw.split_once("==").or_else(|| raw.split_once('='))?;
+    (field.trim() == "metadata.name" && !value.contains(',') && !field.contains('!')).then(|| value.trim().to_owned())
+}
+
 /// Parses the request info, runs the request and records metrics.
 async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let info = request_info::parse(req.method(), req.uri().path(), query_flag(req.uri().query(), "watch"));
-    let (verb, resource) = (info.verb.clone(), info.resource.clone());
+    let mut info = request_info::parse(req.method(), req.uri().path(), query_flag(req.uri().query(), "watch"));
+    // Like kube-apiserver: a list/watch pinned to one name by a field selector is
+    // authorized as that name, so resourceNames rules apply to `get -w`.
+    if matches!(info.verb.as_str(), "list" | "watch")
+        && let Some(name) = req.uri().query().and_then(field_selector_name)
+    {
+        info.name = name;
+    }
+    // Metrics labels come from fixed sets only: arbitrary paths must not create series.
+    let resource = match resource::lookup(&info.api_group, &info.api_version, &info.resource) {
+        Some(r) if info.is_resource_request => r.plural,
+        _ if info.is_resource_request => "other",
+        _ => "",
+    };
+    let verb: &'static str = match info.verb.as_str() {
+        "get" => "get",
+        "list" => "list",
+        "watch" => "watch",
+        "create" => "create",
+        "update" => "update",
+        "patch" => "patch",
+        "delete" => "delete",
+        "deletecollection" => "deletecollection",
+        "post" => "post",
+        "put" => "put",
+        _ => "other",
+    };
     req.extensions_mut().insert(info);
     let response = next.run(req).await;
-    state.metrics.observe(&verb, &resource, response.status().as_u16(), start.elapsed().as_secs_f64());
+    state.metrics.observe(verb, resource, response.status().as_u16(), start.elapsed().as_secs_f64());
     response
 }
 
@@ -138,7 +170,13 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         PeerIdentity::None => match req.headers().get(header::AUTHORIZATION) {
             None => Arc::new(UserInfo::anonymous()),
             Some(value) => {
-                let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).unwrap_or_default();
+                let token = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, token)| token.trim())
+                    .unwrap_or_default();
                 match (!token.is_empty()).then(|| state.tokens.authenticate_bearer(token)).flatten() {
                     Some(user) => Arc::new(user),
                     None => return Failure(ApiError::unauthorized()).into_response(),
@@ -254,7 +292,7 @@ impl Params {
                 )));
             }
         };
-        Ok(WriteOptions { dry_run, strict, admit: None })
+        Ok(WriteOptions { dry_run, strict, ..WriteOptions::default() })
     }
 
     fn list_params(&self, resource: &ResourceInfo) -> Result<ListParams, ApiError> {
@@ -314,9 +352,13 @@ async fn resource_request(
     }
     let resource = resource::lookup(&info.api_group, &info.api_version, &info.resource).ok_or_else(ApiError::no_such_resource)?;
     let params = Params(query);
-    // Cluster-scoped kinds are not served under a namespace (namespaces themselves aside).
+    // Cluster-scoped kinds are not served under a namespace. The one exception is
+    // a namespace object itself (`/namespaces/{n}[/status|/finalize]`), which
+    // request parsing files under namespace {n}; `/namespaces/{a}/namespaces/{b}`
+    // must not reach namespace {b} with permissions granted in {a}.
     let namespace = if resource.namespaced { info.namespace.as_deref() } else { None };
-    if !resource.namespaced && info.namespace.is_some() && resource.plural != "namespaces" {
+    let namespace_itself = resource.plural == "namespaces" && info.namespace.as_deref() == Some(info.name.as_str());
+    if !resource.namespaced && info.namespace.is_some() && !namespace_itself {
         return Err(ApiError::no_such_resource().into());
     }
     if resource.namespaced && namespace.is_none() && !matches!(info.verb.as_str(), "list" | "watch") {
@@ -344,12 +386,14 @@ async fn resource_request(
             _ => Err(ApiError::no_such_resource().into()),
         };
     }
-    match info.subresource.as_str() {
-        "" => {}
-        sub if resource.subresources.iter().any(|s| s.name == sub && s.group.is_empty()) => {}
-        _ => return Err(ApiError::no_such_resource().into()),
-    }
-    if !resource.supports(&info.verb) {
+    let verbs = match info.subresource.as_str() {
+        "" => resource.verbs,
+        sub => match resource.subresources.iter().find(|s| s.name == sub && s.group.is_empty()) {
+            Some(s) => s.verbs,
+            None => return Err(ApiError::no_such_resource().into()),
+        },
+    };
+    if !verbs.contains(&info.verb.as_str()) {
         return Err(ApiError::method_not_supported(resource, &info.verb).into());
     }
     let registry = &state.registry;
@@ -357,6 +401,11 @@ async fn resource_request(
     let write_options = || -> Result<WriteOptions, ApiError> {
         let mut options = params.write_options()?;
         options.admit = crate::rbac::escalation_check(&state.rbac, &user, resource);
+        options.scope = match info.subresource.as_str() {
+            "status" => WriteScope::Status,
+            "finalize" => WriteScope::Finalizers,
+            _ => WriteScope::Object,
+        };
         Ok(options)
     };
     let accept = accept(&headers).to_owned();

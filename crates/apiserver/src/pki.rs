@@ -52,15 +52,21 @@ fn read(path: &Path) -> Result<String, PkiError> {
 }
 
 fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
+    use std::io::Write as _;
     let io = |source| PkiError::Io { path: path.to_owned(), source };
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, contents).map_err(io)?;
+    let _ = fs::remove_file(&tmp);
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    // Private keys are never readable by others, not even for a moment.
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = if private { 0o600 } else { 0o644 };
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(io)?;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(if private { 0o600 } else { 0o644 });
     }
+    let mut file = options.open(&tmp).map_err(io)?;
+    file.write_all(contents.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)
 }
 

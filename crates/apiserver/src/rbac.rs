@@ -321,12 +321,19 @@ pub fn escalation_check(policy: &PolicyCache, user: &Arc<UserInfo>, resource: &R
         let namespace = new.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
         match resource.plural {
             "roles" | "clusterroles" => {
-                // An aggregating ClusterRole's rules are computed by the server.
-                if resource.plural == "clusterroles" && new.get("aggregationRule").is_some_and(|a| !a.is_null()) {
-                    return Ok(());
-                }
                 if policy.authorize(&user, &resource_request("escalate", resource.group, resource.plural, namespace, name)).is_allowed() {
                     return Ok(());
+                }
+                // An aggregation rule pulls in the rules of other roles, chosen by
+                // labels anyone who may write ClusterRoles can set: like
+                // kube-apiserver, only `escalate` (checked above) allows it.
+                if resource.plural == "clusterroles" && new.get("aggregationRule").is_some_and(|a| !a.is_null()) {
+                    return Err(ApiError::forbidden(
+                        resource.plural,
+                        resource.group,
+                        name,
+                        format!("{} \"{name}\" is forbidden: must have cluster-admin privileges to use the aggregationRule", resource.qualified_plural()),
+                    ));
                 }
                 let owned = policy.read(|p| authorizer::rules_for(p, &user, namespace));
                 let missing = tessera_rbac::rule::uncovered(&owned, &rules_of_object(new));

@@ -4,10 +4,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
@@ -65,6 +66,13 @@ fn peer_identity(conn: &rustls::ServerConnection) -> PeerIdentity {
     }
 }
 
+/// Most connections served at once; further clients wait in the accept queue.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// A client must finish the TLS handshake within this time.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must send a request's headers within this time.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Accepts connections until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
@@ -73,8 +81,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { break };
         let (tcp, remote) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -88,15 +98,22 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
-        tokio::spawn(async move { serve_connection(acceptor, tcp, remote, app).await });
+        tokio::spawn(async move {
+            serve_connection(acceptor, tcp, remote, app).await;
+            drop(slot);
+        });
     }
 }
 
 async fn serve_connection(acceptor: TlsAcceptor, tcp: tokio::net::TcpStream, remote: SocketAddr, app: Router) {
-    let tls = match acceptor.accept(tcp).await {
-        Ok(tls) => tls,
-        Err(e) => {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "TLS handshake timed out");
             return;
         }
     };
@@ -105,7 +122,9 @@ async fn serve_connection(acceptor: TlsAcceptor, tcp: tokio::net::TcpStream, rem
         req.extensions_mut().insert(identity.clone());
         app.clone().oneshot(req.map(axum::body::Body::new))
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
     if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
         tracing::debug!(%remote, error = %e, "connection ended with an error");
     }

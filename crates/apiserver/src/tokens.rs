@@ -76,7 +76,7 @@ impl TokenState {
         let sa_uid = sa.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_owned();
         let bound = match spec.get("boundObjectRef").filter(|v| !v.is_null()) {
             None => None,
-            Some(reference) => Some(self.bound_object(registry, namespace, reference).await?),
+            Some(reference) => Some(self.bound_object(registry, namespace, name, reference).await?),
         };
         let audiences = string_list(spec.get("audiences"));
         let issued = self
@@ -109,7 +109,7 @@ impl TokenState {
         Ok(json_response(StatusCode::CREATED, &response))
     }
 
-    async fn bound_object(&self, registry: &Registry, namespace: &str, reference: &Value) -> Result<BoundObject, ApiError> {
+    async fn bound_object(&self, registry: &Registry, namespace: &str, service_account: &str, reference: &Value) -> Result<BoundObject, ApiError> {
         let kind = reference.get("kind").and_then(Value::as_str).unwrap_or_default();
         let name = reference.get("name").and_then(Value::as_str).unwrap_or_default();
         let uid = reference.get("uid").and_then(Value::as_str).unwrap_or_default();
@@ -131,6 +131,13 @@ impl TokenState {
                 name,
                 &format!("the UID in the bound object reference ({uid}) does not match the UID in record. The object might have been deleted and then recreated"),
             ));
+        }
+        // A token claims the pod it is bound to: only a pod running as this
+        // ServiceAccount may be named (as kube-apiserver insists).
+        if kind == "Pod" && object.pointer("/spec/serviceAccountName").and_then(Value::as_str) != Some(service_account) {
+            return Err(ApiError::bad_request(format!(
+                "cannot bind token for serviceaccount \"{service_account}\" to pod running with different serviceaccount name."
+            )));
         }
         Ok(match kind {
             "Pod" => BoundObject::Pod { name: name.to_owned(), uid: actual.to_owned() },

@@ -82,7 +82,10 @@ impl Reviewer for TokenReviewClient {
                 other => ReviewError::Unavailable(other.to_string()),
             })?;
             let status = answer.status.unwrap_or_default();
-            if status.authenticated == Some(true) {
+            // The API must confirm the audience asked for (a server that ignores
+            // spec.audiences would otherwise accept tokens meant for others).
+            let audience_confirmed = status.audiences.as_ref().is_none_or(|a| a.iter().any(|x| x == audience));
+            if status.authenticated == Some(true) && audience_confirmed {
                 let user = status.user.unwrap_or_default();
                 return Ok(ReviewOutcome::Authenticated(UserInfo {
                     username: user.username.unwrap_or_default(),

@@ -294,11 +294,20 @@ impl KeySet {
         let path = dir.join(format!("sa-{created}-{}.pem", alg.as_str()));
         let tmp = path.with_extension("tmp");
         let io = |source| KeyError::Io { path: path.clone(), source };
-        fs::write(&tmp, pem_encode(&pkcs8)).map_err(io)?;
-        #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt as _;
-            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(io)?;
+            use std::io::Write as _;
+            let _ = fs::remove_file(&tmp);
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            // The key is never readable by others, not even for a moment.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                options.mode(0o600);
+            }
+            let mut file = options.open(&tmp).map_err(io)?;
+            file.write_all(pem_encode(&pkcs8).as_bytes()).map_err(io)?;
+            file.sync_all().map_err(io)?;
         }
         fs::rename(&tmp, &path).map_err(io)?;
         Ok(key.kid().to_owned())

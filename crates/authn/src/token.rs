@@ -434,11 +434,22 @@ impl ReviewCache {
     }
 
     fn key(token: &str, audiences: Option<&[String]>) -> [u8; 32] {
+        // Every part is length-prefixed, so no (token, audiences) pair can
+        // produce the key of another.
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(token.as_bytes());
-        for a in audiences.unwrap_or_default() {
-            ctx.update(b"\0");
-            ctx.update(a.as_bytes());
+        let mut part = |bytes: &[u8]| {
+            ctx.update(&(bytes.len() as u64).to_be_bytes());
+            ctx.update(bytes);
+        };
+        part(token.as_bytes());
+        match audiences {
+            None => part(b"default"),
+            Some(list) => {
+                part(&(list.len() as u64).to_be_bytes());
+                for a in list {
+                    part(a.as_bytes());
+                }
+            }
         }
         let mut out = [0u8; 32];
         out.copy_from_slice(ctx.finish().as_ref());

@@ -202,3 +202,46 @@ fn bootstrap_policy_is_kubernetes() {
     let server = Server::start_in(dir);
     assert_eq!(server.kubectl_ok(&["get", "clusterrole", "view", "-o", "jsonpath={.metadata.labels.team}"]), "mine");
 }
+
+#[test]
+fn namespace_grants_do_not_reach_other_namespaces() {
+    let server = Server::start();
+    let tenant = service_account(&server, "foo", "tenant");
+    server.kubectl_ok(&["create", "ns", "bar"]);
+    server.kubectl_ok(&["create", "rolebinding", "tenant-admin", "-n", "foo", "--clusterrole=cluster-admin", "--serviceaccount=foo:tenant"]);
+    let token = server.kubectl_ok(&["create", "token", "tenant", "-n", "foo"]);
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    for (method, path) in [("GET", "/api/v1/namespaces/foo/namespaces"), ("GET", "/api/v1/namespaces/foo/namespaces/bar"), ("DELETE", "/api/v1/namespaces/foo/namespaces/bar")] {
+        let (code, body) = server.curl(method, path, &["-H", &bearer]);
+        assert_eq!(code, 404, "{method} {path}: {body}");
+    }
+    assert!(server.kubectl_ok(&["get", "ns", "bar", "-o", "jsonpath={.status.phase}"]).contains("Active"));
+    // Its own namespace object stays reachable through the namespace's grants.
+    let (code, _) = server.curl("GET", "/api/v1/namespaces/foo", &["-H", &bearer]);
+    assert_eq!(code, 200);
+    drop(tenant);
+}
+
+#[test]
+fn aggregation_rules_need_escalate() {
+    let server = Server::start();
+    let writer = service_account(&server, "ops", "writer");
+    server.kubectl_ok(&["create", "clusterrole", "role-writer", "--verb=create,get,list,patch,update", "--resource=clusterroles"]);
+    server.kubectl_ok(&["create", "clusterrolebinding", "writer-roles", "--clusterrole=role-writer", "--serviceaccount=ops:writer"]);
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "sneaky", "labels": {"rbac.authorization.k8s.io/aggregate-to-view": "true"}},
+        "aggregationRule": {}, "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]});
+    let path = server.path("sneaky.json");
+    std::fs::write(&path, role.to_string()).expect("write");
+    let out = server.kubectl_as(&writer, &["create", "-f", &path.display().to_string()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("clusterroles.rbac.authorization.k8s.io \"sneaky\" is forbidden: must have cluster-admin privileges to use the aggregationRule"), "{}", stderr(&out));
+    // Without the aggregation rule the same rules are an escalation too.
+    let plain = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "sneaky"}, "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]});
+    std::fs::write(&path, plain.to_string()).expect("write");
+    let out = server.kubectl_as(&writer, &["create", "-f", &path.display().to_string()]);
+    assert!(stderr(&out).contains("is attempting to grant RBAC permissions not currently held"), "{}", stderr(&out));
+    // And view never gained a wildcard.
+    let view = json(&server.kubectl_ok(&["get", "clusterrole", "view", "-o", "json"]));
+    assert!(!view["rules"].as_array().expect("rules").iter().any(|r| r["verbs"] == json!(["*"])));
+}

@@ -226,4 +226,11 @@ fn metrics_count_requests() {
     server.kubectl_ok(&["get", "sa", "-n", "default"]);
     let metrics = server.kubectl_ok(&["get", "--raw", "/metrics"]);
     assert!(metrics.lines().any(|l| l.starts_with(r#"apiserver_request_total{verb="LIST",resource="serviceaccounts",code="200"}"#)), "{metrics}");
+    // Unknown paths share one series: clients cannot create series at will.
+    for junk in ["aaaa", "bbbb", "cccc"] {
+        let _ = server.curl("GET", &format!("/api/v1/namespaces/default/{junk}"), &[]);
+    }
+    let metrics = server.kubectl_ok(&["get", "--raw", "/metrics"]);
+    assert!(!metrics.contains("aaaa") && !metrics.contains("bbbb"), "{metrics}");
+    assert!(metrics.contains(r#"resource="other""#), "{metrics}");
 }

@@ -174,3 +174,13 @@ fn pyjwt_verifies_tokens_from_the_jwks() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidAudienceError"));
 }
+
+#[test]
+fn tokens_bind_only_to_pods_of_their_service_account() {
+    let server = Server::start();
+    setup(&server);
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"other","namespace":"api"},"spec":{"serviceAccountName":"default","containers":[{"name":"c","image":"busybox"}]}}"#;
+    assert!(server.kubectl_stdin(&["apply", "-f", "-"], pod).status.success());
+    let err = server.kubectl_err(&["create", "token", "api", "-n", "api", "--bound-object-kind", "Pod", "--bound-object-name", "other"]);
+    assert_eq!(err.trim(), "error: failed to create token: cannot bind token for serviceaccount \"api\" to pod running with different serviceaccount name.");
+}

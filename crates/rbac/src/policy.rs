@@ -107,9 +107,13 @@ impl Role {
         let name = meta(obj, "name").ok_or_else(|| MalformedObject("no name".into()))?;
         let rules: Vec<PolicyRule> = serde_json::from_value(obj.get("rules").cloned().unwrap_or(Value::Array(vec![])))
             .map_err(|e| MalformedObject(e.to_string()))?;
-        let aggregation = obj.pointer("/aggregationRule/clusterRoleSelectors").and_then(Value::as_array).map(|selectors| {
-            selectors
-                .iter()
+        // Any aggregationRule makes the role aggregating, even with no selectors
+        // (then it aggregates nothing and its rules are emptied).
+        let aggregation = obj.get("aggregationRule").filter(|a| !a.is_null()).map(|rule| {
+            rule.get("clusterRoleSelectors")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
                 .map(|s| {
                     s.get("matchLabels")
                         .and_then(Value::as_object)

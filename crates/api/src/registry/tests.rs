@@ -4,6 +4,7 @@ use serde_json::json;
 use tessera_store::sqlite::SqliteStore;
 
 use super::*;
+use crate::registry::WriteScope;
 use crate::resource::{CORE_CONFIGMAPS, CORE_NAMESPACES, CORE_PODS, CORE_SECRETS, CORE_SERVICEACCOUNTS};
 
 struct Fixture {
@@ -238,4 +239,21 @@ async fn watch_from_compacted_version_reports_410() {
     assert_eq!(ev.type_, "ERROR");
     assert_eq!(ev.object["code"], 410);
     assert_eq!(ev.object["reason"], "Expired");
+}
+
+#[tokio::test]
+async fn status_writes_are_scoped() {
+    let f = fixture().await;
+    let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    f.registry.create(&CORE_PODS, Some("ns"), pod, WriteOptions::default()).await.expect("pod");
+    // The status subresource changes status only.
+    let status_only = WriteOptions { scope: WriteScope::Status, ..WriteOptions::default() };
+    let patch = Patch::Merge(json!({"metadata": {"labels": {"sneaky": "yes"}}, "status": {"phase": "Running"}}));
+    let out = f.registry.patch(&CORE_PODS, Some("ns"), "p", &patch, status_only).await.expect("status patch");
+    assert_eq!(out["status"]["phase"], "Running");
+    assert!(out["metadata"].get("labels").is_none());
+    // The object itself cannot change its status.
+    let patch = Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}, "status": {"phase": "Failed"}}));
+    let out = f.registry.patch(&CORE_PODS, Some("ns"), "p", &patch, WriteOptions::default()).await.expect("patch");
+    assert_eq!((out["metadata"]["labels"]["a"].as_str(), out["status"]["phase"].as_str()), (Some("b"), Some("Running")));
 }

@@ -325,3 +325,15 @@ fn lifetime_is_capped() {
     let t = a.issue_bound(&s, NOW).expect("issue");
     assert_eq!(t.expires_at, NOW + 86400 * 365);
 }
+
+#[test]
+fn cache_keys_do_not_collide_across_audiences() {
+    let a = authority(Algorithm::ES256);
+    let o = objects();
+    let cache = ReviewCache::new(10, 1000);
+    let t = a.issue_bound(&spec(&["svc"]), NOW).expect("issue");
+    // A garbage token shaped like "token NUL audience" must not poison the real (token, [svc]) entry.
+    let forged = format!("{}\0svc", t.token);
+    assert!(!matches!(*cache.review(&a, &forged, None, &o, NOW), Review::Authenticated(_)));
+    assert!(matches!(*cache.review(&a, &t.token, Some(&auds(&["svc"])), &o, NOW), Review::Authenticated(_)));
+}
