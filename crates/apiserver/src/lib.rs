@@ -49,6 +49,19 @@ pub struct Config {
     pub max_token_lifetime_seconds: i64,
     /// Let anonymous users read OIDC discovery.
     pub anonymous_oidc_discovery: bool,
+    /// Where objects are stored.
+    pub storage: Storage,
+}
+
+/// The store backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// Embedded SQLite in the data dir (`store.db`): one server.
+    #[default]
+    Sqlite,
+    /// An etcd cluster shared by every replica. Each replica still needs the
+    /// same cluster CA and signing keys in its data dir (see the README).
+    Etcd(tessera_store::etcd::EtcdConfig),
 }
 
 impl Config {
@@ -63,6 +76,7 @@ impl Config {
             signing_alg: tessera_authn::jwt::Algorithm::ES256,
             max_token_lifetime_seconds: 48 * 3600,
             anonymous_oidc_discovery: false,
+            storage: Storage::Sqlite,
         }
     }
 
@@ -126,7 +140,10 @@ pub async fn run(
     let kubeconfig_path = config.data_dir.join("admin.kubeconfig");
     std::fs::copy(&pki.admin_kubeconfig, &kubeconfig_path)
         .map_err(|source| pki::PkiError::Io { path: kubeconfig_path.clone(), source })?;
-    let store: Arc<dyn Store> = Arc::new(tessera_store::sqlite::SqliteStore::open(&config.data_dir.join("store.db"))?);
+    let store: Arc<dyn Store> = match &config.storage {
+        Storage::Sqlite => Arc::new(tessera_store::sqlite::SqliteStore::open(&config.data_dir.join("store.db"))?),
+        Storage::Etcd(etcd) => tessera_store::etcd::connect(etcd).await?,
+    };
     let registry = Registry::new(store);
     let tls = serve::server_config(&pki.serving_cert_pem, &pki.serving_key_pem, &pki.ca_cert_pem)?;
 
@@ -161,6 +178,7 @@ pub async fn run(
     };
     let app = http::router(state);
 
+    // Every replica bootstraps (idempotent: it only creates what is missing).
     let revision = tessera_controllers::bootstrap(&registry, &pki.ca_cert_pem).await.map_err(Error::Bootstrap)?;
     tessera_controllers::aggregation::reconcile_bootstrap_policy(&registry).await.map_err(Error::Bootstrap)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -170,12 +188,18 @@ pub async fn run(
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
+    // Controllers that must run once run on the elected replica only.
+    let leadership = match &config.storage {
+        Storage::Sqlite => tessera_store::leader::Leadership::always(),
+        Storage::Etcd(etcd) => {
+            let identity = format!("{server_url} (pid {})", std::process::id());
+            tessera_store::etcd::campaign(etcd, "controllers", &identity, stopped()).await?
+        }
+    };
     let mut tasks = vec![
-        tokio::spawn(tessera_controllers::run(registry.clone(), pki.ca_cert_pem.clone(), revision, stopped())),
-        tokio::spawn(tessera_controllers::legacy_tokens::run(registry.clone(), authority.clone(), pki.ca_cert_pem.clone(), stopped())),
+        tokio::spawn(run_controllers(registry.clone(), authority.clone(), pki.ca_cert_pem.clone(), revision, leadership, stopped())),
         tokio::spawn(objects.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(policy.clone().run(registry.store().clone(), stopped())),
-        tokio::spawn(tessera_controllers::aggregation::run(registry.clone(), stopped())),
         tokio::spawn(reload_keys(config.clone(), authority, stopped())),
     ];
     objects.wait_until_ready().await;
@@ -190,6 +214,68 @@ pub async fn run(
         let _ = task.await;
     }
     Ok(())
+}
+
+/// Runs the controllers that must run once in a deployment (namespaces with
+/// their default ServiceAccount and `kube-root-ca.crt`, legacy token Secrets,
+/// RBAC aggregation) while this replica leads, until `shutdown`. A single
+/// server always leads. Each new term starts with a full reconcile pass, so
+/// work the previous leader left undone is picked up.
+async fn run_controllers(
+    registry: Registry,
+    authority: Arc<tessera_authn::token::TokenAuthority>,
+    ca_pem: String,
+    start_revision: tessera_store::Revision,
+    mut leadership: tessera_store::leader::Leadership,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut first_term = true;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = leadership.acquired() => {}
+        }
+        let revision = if std::mem::take(&mut first_term) {
+            start_revision
+        } else {
+            match tessera_controllers::bootstrap(&registry, &ca_pem).await {
+                Ok(revision) => revision,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconcile on taking leadership failed; retrying");
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                    }
+                }
+            }
+        };
+        tracing::info!("leading: running the namespace, legacy token and RBAC aggregation controllers");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let controllers = [
+            tokio::spawn(tessera_controllers::run(registry.clone(), ca_pem.clone(), revision, stopped())),
+            tokio::spawn(tessera_controllers::legacy_tokens::run(registry.clone(), authority.clone(), ca_pem.clone(), stopped())),
+            tokio::spawn(tessera_controllers::aggregation::run(registry.clone(), stopped())),
+        ];
+        let shutting_down = tokio::select! {
+            _ = &mut shutdown => true,
+            _ = leadership.lost() => false,
+        };
+        let _ = stop_tx.send(true);
+        for controller in controllers {
+            let _ = controller.await;
+        }
+        if shutting_down {
+            return;
+        }
+        tracing::warn!("lost leadership: controllers stopped until this replica leads again");
+    }
 }
 
 /// Picks up keys added by `tessera server keys rotate` (and drops expired ones)

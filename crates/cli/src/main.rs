@@ -57,8 +57,40 @@ struct ServerArgs {
     /// Let unauthenticated clients read /.well-known/openid-configuration and /openid/v1/jwks.
     #[arg(long, env = "TESSERA_ANONYMOUS_OIDC_DISCOVERY")]
     anonymous_oidc_discovery: bool,
+    /// Object store: `sqlite` (embedded, in the data dir) or `etcd://host:port[,host:port…]`
+    /// (an etcd cluster that several servers share; each needs the same data-dir `pki/ca.*` and `keys/`).
+    #[arg(long, env = "TESSERA_STORAGE", default_value = "sqlite", value_parser = parse_storage)]
+    storage: StorageArg,
+    /// etcd key prefix for the objects (`{prefix}/{resource}/{namespace}/{name}`, as in Kubernetes).
+    #[arg(long, env = "TESSERA_ETCD_PREFIX", default_value = tessera_store::etcd::REGISTRY_ROOT)]
+    etcd_prefix: String,
+    /// CA certificate (PEM) of etcd's serving certificates: connect to etcd over TLS.
+    #[arg(long, env = "TESSERA_ETCD_CACERT")]
+    etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client-certificate authentication.
+    #[arg(long, env = "TESSERA_ETCD_CERT", requires_all = ["etcd_key", "etcd_cacert"])]
+    etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--etcd-cert`.
+    #[arg(long, env = "TESSERA_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     #[command(subcommand)]
     action: Option<ServerAction>,
+}
+
+/// The `--storage` flag: embedded SQLite or etcd endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StorageArg {
+    Sqlite,
+    Etcd(Vec<String>),
+}
+
+fn parse_storage(value: &str) -> Result<StorageArg, String> {
+    if value == "sqlite" {
+        return Ok(StorageArg::Sqlite);
+    }
+    tessera_store::etcd::EtcdConfig::endpoints_from_url(value)
+        .map(StorageArg::Etcd)
+        .ok_or_else(|| format!("{value:?} is neither `sqlite` nor `etcd://host:port[,host:port…]`"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,6 +188,23 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.signing_alg = args.service_account_signing_alg;
     config.max_token_lifetime_seconds = args.service_account_max_token_expiration;
     config.anonymous_oidc_discovery = args.anonymous_oidc_discovery;
+    config.storage = match &args.storage {
+        StorageArg::Sqlite if args.etcd_cacert.is_some() => anyhow::bail!("--etcd-cacert needs --storage etcd://…"),
+        StorageArg::Sqlite => tessera_apiserver::Storage::Sqlite,
+        StorageArg::Etcd(endpoints) => {
+            let tls = args.etcd_cacert.clone().map(|ca_file| tessera_store::etcd::EtcdTls {
+                ca_file,
+                client: args.etcd_cert.clone().zip(args.etcd_key.clone()).map(|(cert_file, key_file)| {
+                    tessera_store::etcd::ClientCertFiles { cert_file, key_file }
+                }),
+            });
+            tessera_apiserver::Storage::Etcd(tessera_store::etcd::EtcdConfig {
+                prefix: args.etcd_prefix.clone(),
+                tls,
+                ..tessera_store::etcd::EtcdConfig::new(endpoints.clone())
+            })
+        }
+    };
     tessera_apiserver::run(config, shutdown_signal(), |started| {
         let kubeconfig = std::fs::canonicalize(&started.kubeconfig).unwrap_or_else(|_| started.kubeconfig.clone());
         println!("tessera server listening on https://{}", started.addr);
@@ -164,4 +213,34 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     })
     .await
     .with_context(|| format!("tessera server (data dir {})", args.data_dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_args(args: &[&str]) -> Result<ServerArgs, clap::Error> {
+        let mut argv = vec!["tessera", "server"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Server(args) => Ok(args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn storage_flags() {
+        let args = server_args(&[]).expect("defaults");
+        assert_eq!((args.storage, args.etcd_prefix.as_str()), (StorageArg::Sqlite, "/registry"));
+        let args = server_args(&["--storage", "etcd://10.0.0.1:2379,10.0.0.2:2379", "--etcd-prefix", "/a"]).expect("etcd");
+        assert_eq!(args.storage, StorageArg::Etcd(vec!["10.0.0.1:2379".into(), "10.0.0.2:2379".into()]));
+        assert_eq!(args.etcd_prefix, "/a");
+        assert!(server_args(&["--storage", "postgres://x"]).is_err());
+        assert!(server_args(&["--storage", "etcd://"]).is_err());
+        // A client certificate needs its key and the CA.
+        assert!(server_args(&["--storage", "etcd://h:2379", "--etcd-cert", "c.pem"]).is_err());
+        let args = server_args(&["--storage", "etcd://h:2379", "--etcd-cacert", "ca.pem", "--etcd-cert", "c.pem", "--etcd-key", "k.pem"])
+            .expect("TLS flags");
+        assert_eq!(args.etcd_key, Some(PathBuf::from("k.pem")));
+    }
 }

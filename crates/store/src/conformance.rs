@@ -24,6 +24,14 @@
 //!
 //! The cases never sleep to synchronise: they write, then await the next watch
 //! event, with a timeout only as a guard against hanging.
+//!
+//! Revisions are checked relative to the store's revision when the case
+//! starts (its *base*): a new SQLite store starts at 0, an etcd store at
+//! whatever revision its cluster has reached. Each case needs the store's
+//! revision to itself while it runs (no other writer), so a backend that
+//! shares one server between cases runs them one at a time. A fixture states
+//! the revision it starts at ([`Fixture::starting_at`]), and
+//! [`run`] checks it before the case.
 
 use std::any::Any;
 use std::future::Future;
@@ -44,25 +52,36 @@ const CASE_TIMEOUT: Duration = Duration::from_secs(120);
 /// A store under test, plus whatever must outlive it (a temp dir, a server).
 pub struct Fixture {
     store: Arc<dyn Store>,
+    initial_revision: Revision,
     // Declared after `store` so it is dropped after it.
     _guard: Box<dyn Any + Send>,
 }
 
 impl Fixture {
-    /// A fixture with nothing to keep alive.
+    /// A fixture with nothing to keep alive, for a new store at revision 0.
     pub fn new(store: Arc<dyn Store>) -> Self {
         Fixture {
             store,
+            initial_revision: 0,
             _guard: Box::new(()),
         }
     }
 
-    /// A fixture that keeps `guard` alive until the store is dropped.
+    /// A fixture that keeps `guard` alive until the store is dropped, for a
+    /// new store at revision 0.
     pub fn with_guard(store: Arc<dyn Store>, guard: impl Any + Send) -> Self {
         Fixture {
             store,
+            initial_revision: 0,
             _guard: Box::new(guard),
         }
+    }
+
+    /// The store starts at `revision` rather than 0 (e.g. a store on an etcd
+    /// cluster that earlier cases wrote to).
+    pub fn starting_at(mut self, revision: Revision) -> Self {
+        self.initial_revision = revision;
+        self
     }
 
     /// The store under test.
@@ -91,10 +110,20 @@ where
     F: Future<Output = ()>,
 {
     let fixture = fixture.into();
-    if timeout(CASE_TIMEOUT, case(fixture.store())).await.is_err() {
-        panic!("conformance case did not finish within {CASE_TIMEOUT:?}");
+    let store = fixture.store();
+    let checked = async move {
+        let start = revision(&*store).await;
+        assert_eq!(
+            start, fixture.initial_revision,
+            "the store starts at the fixture's initial revision"
+        );
+        case(store).await;
+        fixture
+    };
+    match timeout(CASE_TIMEOUT, checked).await {
+        Ok(fixture) => drop(fixture),
+        Err(_) => panic!("conformance case did not finish within {CASE_TIMEOUT:?}"),
     }
-    drop(fixture);
 }
 
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an
@@ -105,7 +134,7 @@ where
 macro_rules! store_conformance_suite {
     ($make:expr) => {
         $crate::store_conformance_suite!(@cases ($make)
-            revisions_start_at_zero_and_increase_by_one,
+            revisions_increase_by_one_per_write,
             create_then_get,
             create_existing_key_fails,
             update_with_current_revision,
@@ -181,24 +210,25 @@ fn assert_event(event: &WatchEvent, kind: EventKind, kv: &KeyValue) {
     );
 }
 
-/// The revision starts at 0 and every write, to any key, bumps it by exactly one.
-pub async fn revisions_start_at_zero_and_increase_by_one(store: Arc<dyn Store>) {
+/// Every write, to any key, bumps the revision by exactly one, starting from
+/// the store's initial revision (which [`run`] checks against the fixture).
+pub async fn revisions_increase_by_one_per_write(store: Arc<dyn Store>) {
     let store = &*store;
-    assert_eq!(revision(store).await, 0);
+    let base = revision(store).await;
     let a = create(store, "/r/a", "1").await;
-    assert_eq!((a.create_revision, a.mod_revision), (1, 1));
+    assert_eq!((a.create_revision, a.mod_revision), (base + 1, base + 1));
     let b = create(store, "/r/b", "1").await;
-    assert_eq!((b.create_revision, b.mod_revision), (2, 2));
+    assert_eq!((b.create_revision, b.mod_revision), (base + 2, base + 2));
     let a2 = store
-        .update("/r/a", bytes("2"), 1)
+        .update("/r/a", bytes("2"), base + 1)
         .await
         .expect("update /r/a");
-    assert_eq!((a2.create_revision, a2.mod_revision), (1, 3));
+    assert_eq!((a2.create_revision, a2.mod_revision), (base + 1, base + 3));
     let deleted = store.delete("/r/b", None).await.expect("delete /r/b");
-    assert_eq!(deleted.mod_revision, 4);
+    assert_eq!(deleted.mod_revision, base + 4);
     let c = create(store, "/other/c", "1").await;
-    assert_eq!(c.mod_revision, 5);
-    assert_eq!(revision(store).await, 5);
+    assert_eq!(c.mod_revision, base + 5);
+    assert_eq!(revision(store).await, base + 5);
 }
 
 /// A created key reads back with its value and revisions; a missing key reads as `None`.
@@ -302,17 +332,18 @@ pub async fn update_with_stale_revision_conflicts(store: Arc<dyn Store>) {
 /// Updating a missing key fails with `NotFound`.
 pub async fn update_missing_key_is_not_found(store: Arc<dyn Store>) {
     let store = &*store;
+    let base = revision(store).await;
     match store.update("/u/missing", bytes("v"), 0).await {
         Err(Error::NotFound(key)) => assert_eq!(key, "/u/missing"),
         other => panic!("expected NotFound, got {other:?}"),
     }
-    create(store, "/u/gone", "v").await;
+    let gone = create(store, "/u/gone", "v").await;
     store.delete("/u/gone", None).await.expect("delete");
-    match store.update("/u/gone", bytes("v"), 1).await {
+    match store.update("/u/gone", bytes("v"), gone.mod_revision).await {
         Err(Error::NotFound(key)) => assert_eq!(key, "/u/gone"),
         other => panic!("expected NotFound, got {other:?}"),
     }
-    assert_eq!(revision(store).await, 2);
+    assert_eq!(revision(store).await, base + 2);
 }
 
 /// A delete without precondition removes the key and returns its last value
@@ -376,7 +407,8 @@ pub async fn delete_with_stale_precondition_conflicts(store: Arc<dyn Store>) {
 /// Deleting a missing key fails with `NotFound`, with or without precondition.
 pub async fn delete_missing_key_is_not_found(store: Arc<dyn Store>) {
     let store = &*store;
-    for expected in [None, Some(1)] {
+    let base = revision(store).await;
+    for expected in [None, Some(base + 1)] {
         match store.delete("/d/missing", expected).await {
             Err(Error::NotFound(key)) => assert_eq!(key, "/d/missing"),
             other => panic!("expected NotFound, got {other:?}"),
@@ -388,7 +420,7 @@ pub async fn delete_missing_key_is_not_found(store: Arc<dyn Store>) {
         Err(Error::NotFound(key)) => assert_eq!(key, "/d/key"),
         other => panic!("expected NotFound on second delete, got {other:?}"),
     }
-    assert_eq!(revision(store).await, 2);
+    assert_eq!(revision(store).await, base + 2);
 }
 
 /// Re-creating a deleted key starts a new life with a new create revision.
@@ -537,13 +569,14 @@ pub async fn list_paging_visits_every_key_once(store: Arc<dyn Store>) {
 /// A list reports the store's current revision, also when nothing matches.
 pub async fn list_revision_is_current_revision(store: Arc<dyn Store>) {
     let store = &*store;
+    let base = revision(store).await;
     let empty = store
         .list("/l/", ListOptions::default())
         .await
         .expect("list");
     assert_eq!(
         (empty.revision, empty.items.len(), empty.more),
-        (0, 0, false)
+        (base, 0, false)
     );
     let a = create(store, "/l/a", "v").await;
     store
@@ -552,7 +585,7 @@ pub async fn list_revision_is_current_revision(store: Arc<dyn Store>) {
         .expect("update");
     create(store, "/m/b", "v").await;
     let current = revision(store).await;
-    assert_eq!(current, 3);
+    assert_eq!(current, base + 3);
     for prefix in ["/l/", "/m/", "/n/", ""] {
         let result = store
             .list(prefix, ListOptions::default())
@@ -563,10 +596,11 @@ pub async fn list_revision_is_current_revision(store: Arc<dyn Store>) {
     }
 }
 
-/// A watch from revision 0 replays every change in order with the right kinds
-/// and values, then keeps going with live changes.
+/// A watch from the initial revision replays every change in order with the
+/// right kinds and values, then keeps going with live changes.
 pub async fn watch_from_zero_sees_every_change_in_order(store: Arc<dyn Store>) {
     let s = &*store;
+    let base = revision(s).await;
     let a1 = create(s, "/w/a", "a1").await;
     let b1 = create(s, "/w/b", "b1").await;
     let a2 = s
@@ -579,7 +613,7 @@ pub async fn watch_from_zero_sees_every_change_in_order(store: Arc<dyn Store>) {
         .expect("delete");
     let b2 = create(s, "/w/b", "b2").await;
 
-    let mut watch = s.watch("/w/", 0).await.expect("watch");
+    let mut watch = s.watch("/w/", base).await.expect("watch");
     assert_event(&next_event(&mut watch).await, EventKind::Create, &a1);
     assert_event(&next_event(&mut watch).await, EventKind::Create, &b1);
     assert_event(&next_event(&mut watch).await, EventKind::Update, &a2);
@@ -590,25 +624,26 @@ pub async fn watch_from_zero_sees_every_change_in_order(store: Arc<dyn Store>) {
         bytes("b1"),
         "a delete carries the last value"
     );
-    assert_eq!(deleted.revision(), 4);
+    assert_eq!(deleted.revision(), base + 4);
     assert_eq!(deleted.kv.create_revision, b1.create_revision);
     assert_event(&next_event(&mut watch).await, EventKind::Create, &b2);
 
     let a_deleted = s.delete("/w/a", None).await.expect("delete");
     assert_event(&next_event(&mut watch).await, EventKind::Delete, &a_deleted);
     assert_eq!(a_deleted.value, bytes("a2"));
-    assert_eq!(a_deleted.mod_revision, 6);
+    assert_eq!(a_deleted.mod_revision, base + 6);
 }
 
 /// A watch from a middle revision delivers exactly the changes after it.
 pub async fn watch_resumes_after_middle_revision(store: Arc<dyn Store>) {
     let s = &*store;
+    let base = revision(s).await;
     let mut kvs = Vec::new();
     for i in 0..10 {
         kvs.push(create(s, &format!("/w/{i}"), "v").await);
     }
     for after in [0, 1, 4, 9] {
-        let mut watch = s.watch("/w/", after).await.expect("watch");
+        let mut watch = s.watch("/w/", base + after).await.expect("watch");
         for kv in &kvs[usize::try_from(after).expect("small revision")..] {
             assert_event(&next_event(&mut watch).await, EventKind::Create, kv);
         }
@@ -626,12 +661,13 @@ pub async fn watch_resumes_after_middle_revision(store: Arc<dyn Store>) {
 /// A watch delivers only keys under its prefix, from history and live.
 pub async fn watch_sees_only_its_prefix(store: Arc<dyn Store>) {
     let s = &*store;
+    let base = revision(s).await;
     create(s, "/w/ab/x", "sibling").await;
     let inside = create(s, "/w/a/x", "inside").await;
     create(s, "/w/a", "parent").await;
     create(s, "/v/a/x", "elsewhere").await;
 
-    let mut watch = s.watch("/w/a/", 0).await.expect("watch");
+    let mut watch = s.watch("/w/a/", base).await.expect("watch");
     assert_event(&next_event(&mut watch).await, EventKind::Create, &inside);
     create(s, "/w/ab/y", "sibling").await;
     create(s, "/w/b/y", "other").await;
@@ -644,8 +680,8 @@ pub async fn watch_sees_only_its_prefix(store: Arc<dyn Store>) {
     assert_event(&next_event(&mut watch).await, EventKind::Delete, &deleted);
 
     // An empty prefix sees everything.
-    let mut all = s.watch("", 0).await.expect("watch all");
-    for rev in 1..=revision(s).await {
+    let mut all = s.watch("", base).await.expect("watch all");
+    for rev in base + 1..=revision(s).await {
         assert_eq!(next_event(&mut all).await.revision(), rev);
     }
 }
@@ -653,7 +689,8 @@ pub async fn watch_sees_only_its_prefix(store: Arc<dyn Store>) {
 /// Changes made after a watch starts are delivered to it.
 pub async fn watch_delivers_live_events(store: Arc<dyn Store>) {
     let s = &*store;
-    let mut watch = s.watch("/live/", 0).await.expect("watch");
+    let base = revision(s).await;
+    let mut watch = s.watch("/live/", base).await.expect("watch");
     let created = create(s, "/live/k", "v1").await;
     assert_event(&next_event(&mut watch).await, EventKind::Create, &created);
     let updated = s
@@ -679,13 +716,14 @@ pub async fn watch_delivers_live_events(store: Arc<dyn Store>) {
 pub async fn watch_is_gapless_across_history_and_live(store: Arc<dyn Store>) {
     const TOTAL: i64 = 150;
     const START_AFTER: i64 = 40;
+    let base = revision(&*store).await;
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let writer_store = Arc::clone(&store);
     let writer = tokio::spawn(async move {
         let mut started = Some(started_tx);
         for i in 1..=TOTAL {
             let kv = create(&*writer_store, &format!("/g/{i:04}"), &i.to_string()).await;
-            assert_eq!(kv.mod_revision, i);
+            assert_eq!(kv.mod_revision, base + i);
             if i == START_AFTER
                 && let Some(tx) = started.take()
             {
@@ -695,17 +733,17 @@ pub async fn watch_is_gapless_across_history_and_live(store: Arc<dyn Store>) {
     });
     started_rx.await.expect("writer reached the start point");
     // Writes keep going while these watches start.
-    let mut from_zero = store.watch("/g/", 0).await.expect("watch from 0");
-    let mut from_middle = store.watch("/g/", 20).await.expect("watch from 20");
+    let mut from_zero = store.watch("/g/", base).await.expect("watch from 0");
+    let mut from_middle = store.watch("/g/", base + 20).await.expect("watch from 20");
     for rev in 1..=TOTAL {
         let event = next_event(&mut from_zero).await;
-        assert_eq!(event.revision(), rev);
+        assert_eq!(event.revision(), base + rev);
         assert_eq!(event.kind, EventKind::Create);
         assert_eq!(event.kv.key, format!("/g/{rev:04}"));
         assert_eq!(event.kv.value, bytes(&rev.to_string()));
     }
     for rev in 21..=TOTAL {
-        assert_eq!(next_event(&mut from_middle).await.revision(), rev);
+        assert_eq!(next_event(&mut from_middle).await.revision(), base + rev);
     }
     writer.await.expect("writer task");
 }
@@ -784,23 +822,24 @@ pub async fn concurrent_updates_lose_nothing(store: Arc<dyn Store>) {
 /// a no-op.
 pub async fn compaction_rejects_older_watches(store: Arc<dyn Store>) {
     let s = &*store;
+    let base = revision(s).await;
     let mut kvs = Vec::new();
     for i in 1..=10 {
         kvs.push(create(s, &format!("/c/{i:02}"), "v").await);
     }
-    s.compact(5).await.expect("compact");
-    for after in [0, 4] {
+    s.compact(base + 5).await.expect("compact");
+    for after in [base, base + 4] {
         match s.watch("/c/", after).await {
             Err(Error::Compacted {
                 requested,
                 compacted,
-            }) => assert_eq!((requested, compacted), (after, 5)),
+            }) => assert_eq!((requested, compacted), (after, base + 5)),
             Ok(_) => panic!("watch from {after} after compaction to 5 succeeded"),
             Err(err) => panic!("expected Compacted, got {err}"),
         }
     }
     let mut watch = s
-        .watch("/c/", 5)
+        .watch("/c/", base + 5)
         .await
         .expect("watch from compacted revision");
     for kv in &kvs[5..] {
@@ -810,13 +849,13 @@ pub async fn compaction_rejects_older_watches(store: Arc<dyn Store>) {
     assert_event(&next_event(&mut watch).await, EventKind::Create, &live);
 
     // Compacting to an older revision changes nothing.
-    s.compact(3).await.expect("compact backwards");
+    s.compact(base + 3).await.expect("compact backwards");
     assert!(matches!(
-        s.watch("/c/", 4).await,
-        Err(Error::Compacted { compacted: 5, .. })
+        s.watch("/c/", base + 4).await,
+        Err(Error::Compacted { compacted, .. }) if compacted == base + 5
     ));
-    let mut watch = s.watch("/c/", 7).await.expect("watch from 7");
-    assert_eq!(next_event(&mut watch).await.revision(), 8);
+    let mut watch = s.watch("/c/", base + 7).await.expect("watch from 7");
+    assert_eq!(next_event(&mut watch).await.revision(), base + 8);
 
     // Compacting everything still allows watching from the current revision.
     let current = revision(s).await;
@@ -859,16 +898,17 @@ pub async fn compaction_keeps_current_data(store: Arc<dyn Store>) {
 /// `FutureRevision`.
 pub async fn compact_to_future_revision_fails(store: Arc<dyn Store>) {
     let s = &*store;
+    let base = revision(s).await;
     create(s, "/k", "v").await;
-    match s.compact(2).await {
+    match s.compact(base + 2).await {
         Err(Error::FutureRevision { requested, current }) => {
-            assert_eq!((requested, current), (2, 1));
+            assert_eq!((requested, current), (base + 2, base + 1));
         }
         other => panic!("expected FutureRevision, got {other:?}"),
     }
     // Nothing was compacted.
-    let mut watch = s.watch("", 0).await.expect("watch from 0");
-    assert_eq!(next_event(&mut watch).await.revision(), 1);
+    let mut watch = s.watch("", base).await.expect("watch from the start");
+    assert_eq!(next_event(&mut watch).await.revision(), base + 1);
 }
 
 /// Watching from a revision newer than the current one fails with
@@ -883,12 +923,16 @@ pub async fn watch_from_future_revision_fails(store: Arc<dyn Store>) {
             Ok(_) => panic!("watch from future revision {} succeeded", want.0),
             Err(err) => panic!("expected FutureRevision, got {err}"),
         };
-    expect_future(s.watch("", 1).await, (1, 0));
+    let base = revision(s).await;
+    expect_future(s.watch("", base + 1).await, (base + 1, base));
     create(s, "/k", "v").await;
-    expect_future(s.watch("", 2).await, (2, 1));
-    expect_future(s.watch("/k", 100).await, (100, 1));
+    expect_future(s.watch("", base + 2).await, (base + 2, base + 1));
+    expect_future(s.watch("/k", base + 100).await, (base + 100, base + 1));
     // The current revision itself is fine.
-    let mut watch = s.watch("", 1).await.expect("watch from current revision");
+    let mut watch = s
+        .watch("", base + 1)
+        .await
+        .expect("watch from current revision");
     let deleted = s.delete("/k", None).await.expect("delete");
     assert_event(&next_event(&mut watch).await, EventKind::Delete, &deleted);
 }

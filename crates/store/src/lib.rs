@@ -9,11 +9,21 @@
 //! [`Error::Compacted`] when that history is gone. The API layer uses the
 //! modification revision as `metadata.resourceVersion`.
 //!
-//! The first backend is [`sqlite::SqliteStore`] (WAL mode, `synchronous=FULL`: a
-//! write is on disk before it is acknowledged).  The [`conformance`] module (feature
-//! `conformance`) is the test suite every backend must pass.
+//! Two backends:
+//! - [`sqlite::SqliteStore`], embedded (WAL mode, `synchronous=FULL`: a write is
+//!   on disk before it is acknowledged), for one server;
+//! - [`etcd::EtcdStore`] (cargo feature `etcd`, on by default; building it needs
+//!   `protoc`), for several servers sharing one etcd cluster: keys, revisions,
+//!   transactions and watches are etcd's own, in Kubernetes' key layout.
 //!
-//! Must not depend on: any other tessera crate, HTTP, Kubernetes types.
+//! The `conformance` module (feature `conformance`) is the test suite every
+//! backend must pass; both backends run it. [`leader::Leadership`] tells a
+//! replica whether it runs the work that must run once ([`etcd::campaign`]
+//! elects one replica with an etcd lease). `etcd::testing` (feature
+//! `test-util`) starts real etcd processes for tests.
+//!
+//! Must not depend on: any other tessera crate, HTTP serving, Kubernetes types.
+//! (The etcd backend's only network dependency is `etcd-client`'s gRPC.)
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -25,12 +35,15 @@ use futures::Stream;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod error;
+pub mod etcd;
+pub mod leader;
 pub mod sqlite;
 
 pub use error::{Error, Result};
 
-/// A global store revision. Revision 0 means "nothing written yet"; the first
-/// write has revision 1.
+/// A global store revision. A new SQLite store is at revision 0 and its first
+/// write has revision 1; an etcd store uses etcd's cluster-wide revision (1 on
+/// a new cluster). Revisions never go backwards.
 pub type Revision = i64;
 
 /// One stored key with its value and revisions.
