@@ -74,7 +74,10 @@ pub async fn run(registry: Registry, ca_pem: String, mut after: Revision, shutdo
             Ok((a, b, c)) => futures::stream::select(a, futures::stream::select(b, c)),
             Err(e) => {
                 tracing::warn!(error = %e, "controller watch failed; re-listing");
-                after = relist(&registry, &ca_pem, &mut shutdown).await;
+                match relist(&registry, &ca_pem, &mut shutdown).await {
+                    Some(rev) => after = rev,
+                    None => return,
+                }
                 continue;
             }
         };
@@ -100,23 +103,27 @@ pub async fn run(registry: Registry, ca_pem: String, mut after: Revision, shutdo
                 break;
             }
         }
-        after = relist(&registry, &ca_pem, &mut shutdown).await;
+        match relist(&registry, &ca_pem, &mut shutdown).await {
+            Some(rev) => after = rev,
+            None => return,
+        }
     }
 }
 
-/// Full pass after a failure, retried with a pause until it works.
+/// Full pass after a failure, retried with a pause until it works; None when
+/// shutdown came first (the shutdown future must not be polled again).
 async fn relist(
     registry: &Registry,
     ca_pem: &str,
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> Revision {
+) -> Option<Revision> {
     loop {
         match reconcile_all(registry, ca_pem).await {
-            Ok(rev) => return rev,
+            Ok(rev) => return Some(rev),
             Err(e) => {
                 tracing::warn!(error = %e, "full reconcile failed; retrying");
                 tokio::select! {
-                    _ = shutdown.as_mut() => return 0,
+                    _ = shutdown.as_mut() => return None,
                     _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 }
             }
