@@ -245,3 +245,52 @@ fn aggregation_rules_need_escalate() {
     let view = json(&server.kubectl_ok(&["get", "clusterrole", "view", "-o", "json"]));
     assert!(!view["rules"].as_array().expect("rules").iter().any(|r| r["verbs"] == json!(["*"])));
 }
+
+#[test]
+fn explain_and_who_can_on_a_large_policy() {
+    let server = Server::start();
+    for ns in ["team-a", "team-b"] {
+        server.kubectl_ok(&["create", "ns", ns]);
+    }
+    // 220 bindings in one apply: 200 ServiceAccounts get view in their team's namespace, 20 users edit.
+    let mut items = Vec::new();
+    for i in 0..200 {
+        let ns = if i % 2 == 0 { "team-a" } else { "team-b" };
+        items.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": format!("view-{i}"), "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"kind": "ServiceAccount", "name": format!("sa-{i}"), "namespace": ns}]}));
+    }
+    for i in 0..20 {
+        items.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": format!("editor-{i}")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": format!("user-{i}")}]}));
+    }
+    let docs: Vec<String> = items.iter().map(Value::to_string).collect();
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], &docs.join("\n"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tessera = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tessera")).arg("rbac").args(args).arg("--kubeconfig").arg(&server.kubeconfig).output().expect("tessera rbac")
+    };
+
+    let allowed = tessera(&["explain", "--as", "system:serviceaccount:team-a:sa-4", "list", "pods", "-n", "team-a"]);
+    assert_eq!(allowed.status.code(), Some(0));
+    let text = stdout(&allowed);
+    assert!(text.starts_with("ALLOWED  RBAC: allowed by RoleBinding \"view-4/team-a\" of ClusterRole \"view\" to ServiceAccount \"team-a/sa-4\"\n"), "{text}");
+    assert!(text.contains("✔ RoleBinding \"view-4/team-a\" → ClusterRole \"view\""), "{text}");
+
+    let denied = tessera(&["explain", "--as", "system:serviceaccount:team-a:sa-4", "delete", "pods", "-n", "team-b"]);
+    assert_eq!(denied.status.code(), Some(1));
+    let text = stdout(&denied);
+    assert!(text.starts_with("DENIED  no RBAC rule allows it\n"), "{text}");
+    assert!(text.contains("would allow it, but only in namespace \"team-a\"") || text.contains("verb \"delete\" not in"), "{text}");
+
+    let who = stdout(&tessera(&["who-can", "list", "pods", "-n", "team-b"]));
+    let lines: Vec<&str> = who.lines().collect();
+    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["KIND", "SUBJECT", "BINDING", "ROLE"]);
+    assert_eq!(lines.iter().filter(|l| l.starts_with("ServiceAccount")).count(), 100, "{who}");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("User")).count(), 20, "{who}");
+    assert!(lines.iter().all(|l| !l.contains("team-a/")), "{who}");
+    assert!(lines.iter().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Group", "system:masters", "ClusterRoleBinding", "\"cluster-admin\"", "ClusterRole", "\"cluster-admin\""]), "{who}");
+}
