@@ -66,7 +66,7 @@ mod tests {
     use tessera_rbac::policy::{Binding, Role};
 
     fn policy() -> PolicyCache {
-        let cache = PolicyCache::default();
+        let cache = crate::rbac::policy_cache();
         cache.write(|p| {
             for r in tessera_rbac::bootstrap::cluster_roles() {
                 p.put_cluster_role(Role::from_object(&r).unwrap());

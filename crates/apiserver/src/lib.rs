@@ -26,6 +26,7 @@ pub mod objects;
 pub mod openapi;
 pub mod pki;
 pub mod rbac;
+pub mod reflector;
 pub mod request_info;
 pub mod response;
 pub mod serve;
@@ -157,8 +158,8 @@ pub async fn run(
         },
         keys,
     ));
-    let objects = objects::ObjectCache::default();
-    let policy = rbac::PolicyCache::default();
+    let objects = objects::object_cache();
+    let policy = rbac::policy_cache();
     let tokens = tokens::TokenState {
         authority: authority.clone(),
         cache: Arc::new(tessera_authn::token::ReviewCache::new(10, 100_000)),

@@ -3,9 +3,8 @@
 //! explain / who-can API.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use futures::StreamExt;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use tessera_api::registry::Admit;
@@ -16,27 +15,18 @@ use tessera_authn::{AUTHENTICATED_GROUP, UserInfo};
 use tessera_rbac::authorizer::{self, Decision};
 use tessera_rbac::policy::{Binding, Role};
 use tessera_rbac::{Policy, PolicyRule, Request};
-use tessera_store::{EventKind, ListOptions, Revision, Store};
 
+use crate::reflector::Reflector;
 use crate::request_info::RequestInfo;
 use crate::response::{HandlerResult, json_response};
 
-/// The policy, kept current from the store by [`PolicyCache::run`].
-#[derive(Clone)]
-pub struct PolicyCache {
-    policy: Arc<RwLock<Policy>>,
-    ready: Arc<tokio::sync::watch::Sender<bool>>,
-    applied: Arc<tokio::sync::watch::Sender<Revision>>,
-}
+/// The policy, kept current from the store (reads may be one watch event stale).
+pub type PolicyCache = Reflector<Policy>;
 
-impl Default for PolicyCache {
-    fn default() -> Self {
-        Self {
-            policy: Arc::default(),
-            ready: Arc::new(tokio::sync::watch::channel(false).0),
-            applied: Arc::new(tokio::sync::watch::channel(0).0),
-        }
-    }
+/// A cache following Roles, ClusterRoles and their bindings.
+pub fn policy_cache() -> PolicyCache {
+    let prefixes = [&RBAC_CLUSTERROLES, &RBAC_ROLES, &RBAC_CLUSTERROLEBINDINGS, &RBAC_ROLEBINDINGS].iter().map(|r| r.key_prefix(None)).collect();
+    Reflector::new(prefixes, apply)
 }
 
 fn apply(policy: &mut Policy, key: &str, value: Option<&[u8]>) {
@@ -72,92 +62,7 @@ fn apply(policy: &mut Policy, key: &str, value: Option<&[u8]>) {
     }
 }
 
-// === impl PolicyCache ===
-
-impl PolicyCache {
-    /// Runs `f` with the current policy (reads may be one watch event stale).
-    pub fn read<T>(&self, f: impl FnOnce(&Policy) -> T) -> T {
-        // The policy is changed one object at a time; a panic cannot leave it torn.
-        f(&self.policy.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Changes the policy directly (tests and in-process seeding).
-    pub fn write<T>(&self, f: impl FnOnce(&mut Policy) -> T) -> T {
-        f(&mut self.policy.write().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Waits (briefly) until every change up to `revision` is in the policy, so
-    /// that a client sees its own RBAC writes take effect at once.
-    pub async fn caught_up(&self, revision: Revision) {
-        let mut rx = self.applied.subscribe();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rx.wait_for(|r| *r >= revision)).await;
-    }
-
-    /// Resolves once the initial list is loaded.
-    pub async fn wait_until_ready(&self) {
-        let mut rx = self.ready.subscribe();
-        let _ = rx.wait_for(|ready| *ready).await;
-    }
-
-    async fn relist(&self, store: &Arc<dyn Store>) -> Result<Revision, tessera_store::Error> {
-        let mut fresh = Policy::default();
-        let mut revision: Option<Revision> = None;
-        for r in [&RBAC_CLUSTERROLES, &RBAC_ROLES, &RBAC_CLUSTERROLEBINDINGS, &RBAC_ROLEBINDINGS] {
-            let list = store.list(&r.key_prefix(None), ListOptions::default()).await?;
-            revision = Some(revision.map_or(list.revision, |rev| rev.min(list.revision)));
-            for kv in &list.items {
-                apply(&mut fresh, &kv.key, Some(&kv.value));
-            }
-        }
-        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-        self.ready.send_replace(true);
-        let revision = revision.unwrap_or(0);
-        self.applied.send_if_modified(|r| (*r < revision).then(|| *r = revision).is_some());
-        Ok(revision)
-    }
-
-    /// Follows the store until `shutdown`.
-    pub async fn run(self, store: Arc<dyn Store>, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            let after = match self.relist(&store).await {
-                Ok(rev) => rev,
-                Err(e) => {
-                    tracing::warn!(error = %e, "RBAC cache list failed; retrying");
-                    tokio::select! {
-                        _ = &mut shutdown => return,
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => continue,
-                    }
-                }
-            };
-            let mut events = match store.watch("/registry/rbac.authorization.k8s.io/", after).await {
-                Ok(events) => events,
-                Err(e) => {
-                    tracing::warn!(error = %e, "RBAC cache watch failed; re-listing");
-                    continue;
-                }
-            };
-            loop {
-                let event = tokio::select! {
-                    _ = &mut shutdown => return,
-                    event = events.next() => event,
-                };
-                match event {
-                    Some(Ok(event)) => {
-                        let value = (event.kind != EventKind::Delete).then_some(&event.kv.value[..]);
-                        apply(&mut self.policy.write().unwrap_or_else(|p| p.into_inner()), &event.kv.key, value);
-                        self.applied.send_replace(event.revision());
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "RBAC cache watch ended; re-listing");
-                        break;
-                    }
-                    None => return,
-                }
-            }
-        }
-    }
-
+impl Reflector<Policy> {
     /// Decides a request.
     pub fn authorize(&self, user: &UserInfo, req: &Request) -> Decision {
         self.read(|p| authorizer::authorize(p, user, req))
