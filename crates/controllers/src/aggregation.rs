@@ -5,7 +5,6 @@
 //! every ClusterRole with an `aggregationRule` keeps the union of the rules of
 //! the ClusterRoles its selectors match.
 
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tessera_api::registry::{ListParams, WriteOptions};
 use tessera_api::resource::{RBAC_CLUSTERROLEBINDINGS, RBAC_CLUSTERROLES, ResourceInfo};
@@ -106,44 +105,26 @@ pub async fn aggregate_all(registry: &Registry) -> Result<(), ApiError> {
 
 /// Keeps aggregated ClusterRoles current until `shutdown`.
 pub async fn run(registry: Registry, shutdown: impl std::future::Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let after = match registry.resource_version().await.map(|rv| rv.parse().unwrap_or(0)) {
-            Ok(rev) => rev,
-            Err(_) => {
-                tokio::select! {
-                    _ = &mut shutdown => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        if let Err(e) = aggregate_all(&registry).await {
-            tracing::warn!(error = %e, "RBAC aggregation failed");
-        }
-        let mut events = match registry.store().watch(&RBAC_CLUSTERROLES.key_prefix(None), after).await {
-            Ok(events) => events,
-            Err(e) => {
-                tracing::warn!(error = %e, "aggregation watch failed; re-listing");
-                continue;
-            }
-        };
-        loop {
-            let event = tokio::select! {
-                _ = &mut shutdown => return,
-                event = events.next() => event,
-            };
-            match event {
-                Some(Ok(_)) => {
-                    if let Err(e) = aggregate_all(&registry).await {
-                        tracing::warn!(error = %e, "RBAC aggregation failed");
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "aggregation watch ended; re-listing");
-                    break;
-                }
-                None => return,
-            }
-        }
+    let controller = Aggregation { registry: registry.clone() };
+    crate::follow::follow(&registry, &controller, None, shutdown).await;
+}
+
+struct Aggregation {
+    registry: Registry,
+}
+
+impl crate::follow::Controller for Aggregation {
+    const NAME: &'static str = "rbac-aggregation";
+
+    fn prefixes(&self) -> Vec<String> {
+        vec![RBAC_CLUSTERROLES.key_prefix(None)]
+    }
+
+    async fn full_pass(&self) -> Result<(), ApiError> {
+        aggregate_all(&self.registry).await
+    }
+
+    async fn on_event(&self, _event: tessera_store::WatchEvent) -> Result<(), ApiError> {
+        aggregate_all(&self.registry).await
     }
 }

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tessera_api::registry::{ListParams, Preconditions, WriteOptions};
 use tessera_api::resource::{CORE_SECRETS, CORE_SERVICEACCOUNTS};
@@ -116,65 +115,43 @@ fn split_key(key: &str) -> Option<(&str, &str, &str)> {
 
 /// Runs until `shutdown`.
 pub async fn run(registry: Registry, authority: Arc<TokenAuthority>, ca_pem: String, shutdown: impl std::future::Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let after = match registry.resource_version().await.map(|rv| rv.parse().unwrap_or(0)) {
-            Ok(rev) => rev,
-            Err(e) => {
-                tracing::warn!(error = %e, "legacy token controller cannot read the store");
-                tokio::select! {
-                    _ = &mut shutdown => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        // Full pass, then follow changes from the revision read before it.
-        let namespaces = registry.list(&tessera_api::resource::CORE_NAMESPACES, None, &ListParams::default()).await;
-        for ns in namespaces.ok().and_then(|l| l.get("items").cloned()).and_then(|i| i.as_array().cloned()).unwrap_or_default() {
-            if let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str)
-                && let Err(e) = reconcile_namespace(&registry, &authority, &ca_pem, name).await
-            {
-                tracing::warn!(namespace = name, error = %e, "legacy token reconcile failed");
+    let controller = LegacyTokenController { registry: registry.clone(), authority, ca_pem };
+    crate::follow::follow(&registry, &controller, None, shutdown).await;
+}
+
+struct LegacyTokenController {
+    registry: Registry,
+    authority: Arc<TokenAuthority>,
+    ca_pem: String,
+}
+
+impl crate::follow::Controller for LegacyTokenController {
+    const NAME: &'static str = "legacy-tokens";
+
+    fn prefixes(&self) -> Vec<String> {
+        vec![CORE_SECRETS.key_prefix(None), CORE_SERVICEACCOUNTS.key_prefix(None)]
+    }
+
+    async fn full_pass(&self) -> Result<(), ApiError> {
+        let namespaces = self.registry.list(&tessera_api::resource::CORE_NAMESPACES, None, &ListParams::default()).await?;
+        for ns in namespaces.get("items").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str) {
+                reconcile_namespace(&self.registry, &self.authority, &self.ca_pem, name).await?;
             }
         }
-        let store = registry.store().clone();
-        let streams = futures::future::try_join(
-            store.watch(&CORE_SECRETS.key_prefix(None), after),
-            store.watch(&CORE_SERVICEACCOUNTS.key_prefix(None), after),
-        )
-        .await;
-        let mut events = match streams {
-            Ok((a, b)) => futures::stream::select(a, b),
-            Err(e) => {
-                tracing::warn!(error = %e, "legacy token controller watch failed; re-listing");
-                continue;
-            }
-        };
-        loop {
-            let event = tokio::select! {
-                _ = &mut shutdown => return,
-                event = events.next() => event,
-            };
-            let event = match event {
-                Some(Ok(event)) => event,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "legacy token controller watch ended; re-listing");
-                    break;
-                }
-                None => return,
-            };
-            let Some((resource, namespace, name)) = split_key(&event.kv.key) else { continue };
-            let result = match (resource, &event.kind) {
-                ("secrets", EventKind::Delete) => Ok(()),
-                ("secrets", _) => reconcile_secret(&registry, &authority, &ca_pem, namespace, name).await,
-                // Deleting (or re-creating under the same name) a ServiceAccount affects the
-                // token Secrets that name it; its other updates do not.
-                (_, EventKind::Update) => Ok(()),
-                _ => reconcile_service_account(&registry, &authority, &ca_pem, namespace, name).await,
-            };
-            if let Err(e) = result {
-                tracing::warn!(namespace, name, error = %e, "legacy token reconcile failed");
-            }
+        Ok(())
+    }
+
+    async fn on_event(&self, event: tessera_store::WatchEvent) -> Result<(), ApiError> {
+        let Some((resource, namespace, name)) = split_key(&event.kv.key) else { return Ok(()) };
+        let (registry, authority, ca_pem) = (&self.registry, &self.authority, &self.ca_pem);
+        match (resource, &event.kind) {
+            ("secrets", EventKind::Delete) => Ok(()),
+            ("secrets", _) => reconcile_secret(registry, authority, ca_pem, namespace, name).await,
+            // Deleting (or re-creating under the same name) a ServiceAccount affects the
+            // token Secrets that name it; its other updates do not.
+            (_, EventKind::Update) => Ok(()),
+            _ => reconcile_service_account(registry, authority, ca_pem, namespace, name).await,
         }
     }
 }

@@ -15,7 +15,6 @@
 
 use std::collections::BTreeSet;
 
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tessera_api::registry::{ListParams, WriteOptions};
 use tessera_api::resource::{CORE_CONFIGMAPS, CORE_NAMESPACES, CORE_SERVICEACCOUNTS, RESOURCES, Storage};
@@ -23,6 +22,7 @@ use tessera_api::{ApiError, Registry};
 use tessera_store::Revision;
 
 pub mod aggregation;
+mod follow;
 pub mod legacy_tokens;
 
 /// Namespaces that always exist.
@@ -59,74 +59,36 @@ async fn reconcile_all(registry: &Registry, ca_pem: &str) -> Result<Revision, Ap
     Ok(revision)
 }
 
-/// Runs the controller until `shutdown` resolves.
-pub async fn run(registry: Registry, ca_pem: String, mut after: Revision, shutdown: impl std::future::Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let store = registry.store().clone();
-        let streams = futures::future::try_join3(
-            store.watch(&CORE_NAMESPACES.key_prefix(None), after),
-            store.watch(&CORE_SERVICEACCOUNTS.key_prefix(None), after),
-            store.watch(&CORE_CONFIGMAPS.key_prefix(None), after),
-        )
-        .await;
-        let mut events = match streams {
-            Ok((a, b, c)) => futures::stream::select(a, futures::stream::select(b, c)),
-            Err(e) => {
-                tracing::warn!(error = %e, "controller watch failed; re-listing");
-                match relist(&registry, &ca_pem, &mut shutdown).await {
-                    Some(rev) => after = rev,
-                    None => return,
-                }
-                continue;
-            }
-        };
-        loop {
-            let event = tokio::select! {
-                _ = &mut shutdown => return,
-                event = events.next() => event,
-            };
-            let event = match event {
-                Some(Ok(event)) => event,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "controller watch ended; re-listing");
-                    break;
-                }
-                None => return,
-            };
-            if !concerns_namespace_controller(&event) {
-                continue;
-            }
-            let Some(namespace) = namespace_of_key(&event.kv.key) else { continue };
-            if let Err(e) = reconcile_namespace(&registry, &ca_pem, &namespace).await {
-                tracing::warn!(namespace, error = %e, "reconcile failed; re-listing");
-                break;
-            }
-        }
-        match relist(&registry, &ca_pem, &mut shutdown).await {
-            Some(rev) => after = rev,
-            None => return,
-        }
-    }
+/// Runs the controller until `shutdown` resolves; `after` is the revision
+/// of the full pass [`bootstrap`] made.
+pub async fn run(registry: Registry, ca_pem: String, after: Revision, shutdown: impl std::future::Future<Output = ()>) {
+    let controller = NamespaceController { registry: registry.clone(), ca_pem };
+    follow::follow(&registry, &controller, Some(after), shutdown).await;
 }
 
-/// Full pass after a failure, retried with a pause until it works; None when
-/// shutdown came first (the shutdown future must not be polled again).
-async fn relist(
-    registry: &Registry,
-    ca_pem: &str,
-    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> Option<Revision> {
-    loop {
-        match reconcile_all(registry, ca_pem).await {
-            Ok(rev) => return Some(rev),
-            Err(e) => {
-                tracing::warn!(error = %e, "full reconcile failed; retrying");
-                tokio::select! {
-                    _ = shutdown.as_mut() => return None,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                }
-            }
+struct NamespaceController {
+    registry: Registry,
+    ca_pem: String,
+}
+
+impl follow::Controller for NamespaceController {
+    const NAME: &'static str = "namespaces";
+
+    fn prefixes(&self) -> Vec<String> {
+        [&CORE_NAMESPACES, &CORE_SERVICEACCOUNTS, &CORE_CONFIGMAPS].iter().map(|r| r.key_prefix(None)).collect()
+    }
+
+    async fn full_pass(&self) -> Result<(), ApiError> {
+        reconcile_all(&self.registry, &self.ca_pem).await.map(|_| ())
+    }
+
+    async fn on_event(&self, event: tessera_store::WatchEvent) -> Result<(), ApiError> {
+        if !concerns_namespace_controller(&event) {
+            return Ok(());
+        }
+        match namespace_of_key(&event.kv.key) {
+            Some(namespace) => reconcile_namespace(&self.registry, &self.ca_pem, &namespace).await,
+            None => Ok(()),
         }
     }
 }
