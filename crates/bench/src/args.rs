@@ -53,6 +53,12 @@ pub struct BenchArgs {
     /// for a timed run); the run stops early when they are used up.
     #[arg(long, env = "TESSERA_BENCH_TOKENS")]
     pub tokens: Option<u64>,
+    /// certify: address of the identity service (`http://127.0.0.1:8080`).
+    #[arg(long, env = "TESSERA_BENCH_IDENTITY_ADDR")]
+    pub identity_addr: Option<String>,
+    /// certify: trust domain of the identities requested.
+    #[arg(long, env = "TESSERA_BENCH_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
     /// Worker threads of the load generator (default: one per CPU).
     #[arg(long, env = "TESSERA_BENCH_CLIENT_THREADS")]
     pub client_threads: Option<usize>,
@@ -92,6 +98,8 @@ impl BenchArgs {
                 objects: self.objects,
                 watchers: self.watchers,
                 tokens: self.tokens,
+                identity_addr: self.identity_addr.clone(),
+                trust_domain: self.trust_domain.clone(),
                 ..ScenarioOptions::default()
             },
             progress: !self.no_progress,

@@ -53,6 +53,10 @@ pub struct ScenarioOptions {
     pub tokens: Option<u64>,
     /// How long `watch-fanout` waits for every watcher to see an event.
     pub event_timeout: Duration,
+    /// `certify`: the identity service (`http://host:port`, gRPC over h2c).
+    pub identity_addr: Option<String>,
+    /// `certify`: the identity's trust domain (`cluster.local`).
+    pub trust_domain: String,
 }
 
 // === impl BenchConfig ===
@@ -108,7 +112,14 @@ impl BenchConfig {
 
 impl Default for ScenarioOptions {
     fn default() -> Self {
-        Self { objects: 100, watchers: 10, tokens: None, event_timeout: Duration::from_secs(10) }
+        Self {
+            objects: 100,
+            watchers: 10,
+            tokens: None,
+            event_timeout: Duration::from_secs(10),
+            identity_addr: None,
+            trust_domain: "cluster.local".to_owned(),
+        }
     }
 }
 

@@ -450,3 +450,26 @@ fn check_reports_good_expired_foreign_mismatched_and_expiring_issuers() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("× identity service is serving Certify\n    connecting to {addr}: transport error")), "{out}");
 }
+
+/// `tessera bench certify` against a real identity service: every call issues a
+/// leaf (smoke run, never timed).
+#[test]
+fn bench_certify_smoke() {
+    let server = Server::start();
+    let pki = server.path("identity");
+    bootstrap(&pki, &[]);
+    let identity = Identity::start(&server, &pki.join("ca.crt"), &["--issuer-dir", pki.to_str().unwrap()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["bench", "certify", "--kubeconfig"])
+        .arg(&server.kubeconfig)
+        .args(["--identity-addr", &format!("http://{}", identity.addr), "--requests", "200", "--concurrency", "4", "--warmup", "0s", "--no-progress", "--output", "json"])
+        .env("TESSERA_LOG", "warn")
+        .output()
+        .expect("tessera bench certify");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("json summary");
+    assert_eq!((summary["count"].as_u64(), summary["ok"].as_u64()), (Some(200), Some(200)), "{summary:#}");
+    assert_eq!(summary["errors"], serde_json::json!({}), "{summary:#}");
+    assert!(identity.metrics().lines().any(|l| l.starts_with("identity_certificates_issued_total") && !l.ends_with(" 0")), "certificates counted");
+}

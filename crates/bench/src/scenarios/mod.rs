@@ -14,6 +14,7 @@ use crate::client::{Api, Reply, snippet};
 use crate::config::{Limit, ScenarioOptions};
 use crate::error::{Error, Result};
 
+mod certify;
 mod create_sa;
 mod list_sa;
 mod sar;
@@ -33,6 +34,7 @@ static REGISTRY: &[ScenarioInfo] = &[
     create_sa::INFO,
     list_sa::INFO,
     watch_fanout::INFO,
+    certify::INFO,
 ];
 
 /// A registered scenario.
