@@ -62,6 +62,9 @@ pub struct BenchArgs {
     /// Worker threads of the load generator (default: one per CPU).
     #[arg(long, env = "TESSERA_BENCH_CLIENT_THREADS")]
     pub client_threads: Option<usize>,
+    /// Keep the namespace and its objects afterwards (e.g. `create-sa --keep` populates a store).
+    #[arg(long, env = "TESSERA_BENCH_KEEP")]
+    pub keep: bool,
     /// Do not draw the progress bar.
     #[arg(long, env = "TESSERA_BENCH_NO_PROGRESS")]
     pub no_progress: bool,
@@ -98,6 +101,7 @@ impl BenchArgs {
                 objects: self.objects,
                 watchers: self.watchers,
                 tokens: self.tokens,
+                keep: self.keep,
                 identity_addr: self.identity_addr.clone(),
                 trust_domain: self.trust_domain.clone(),
                 ..ScenarioOptions::default()

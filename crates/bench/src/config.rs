@@ -53,6 +53,9 @@ pub struct ScenarioOptions {
     pub tokens: Option<u64>,
     /// How long `watch-fanout` waits for every watcher to see an event.
     pub event_timeout: Duration,
+    /// Keep the run's namespace and what the scenario created in it (to
+    /// populate a store for scaling measurements).
+    pub keep: bool,
     /// `certify`: the identity service (`http://host:port`, gRPC over h2c).
     pub identity_addr: Option<String>,
     /// `certify`: the identity's trust domain (`cluster.local`).
@@ -117,6 +120,7 @@ impl Default for ScenarioOptions {
             watchers: 10,
             tokens: None,
             event_timeout: Duration::from_secs(10),
+            keep: false,
             identity_addr: None,
             trust_domain: "cluster.local".to_owned(),
         }

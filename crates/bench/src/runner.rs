@@ -98,12 +98,16 @@ async fn execute(config: BenchConfig, mut interrupt_rx: watch::Receiver<bool>) -
         Err(e) => Err(e),
     };
 
-    progress.bar.set_message(format!("cleaning up: deleting namespace {namespace}"));
-    if let Err(e) = scenario.cleanup(&api).await {
-        tracing::warn!(error = %e, "scenario cleanup failed");
-    }
-    if let Err(e) = api.delete_namespace(&namespace).await {
-        tracing::warn!(error = %e, %namespace, "could not delete the benchmark namespace: delete it by hand");
+    if config.options.keep {
+        tracing::info!(%namespace, "keeping the benchmark namespace (--keep)");
+    } else {
+        progress.bar.set_message(format!("cleaning up: deleting namespace {namespace}"));
+        if let Err(e) = scenario.cleanup(&api).await {
+            tracing::warn!(error = %e, "scenario cleanup failed");
+        }
+        if let Err(e) = api.delete_namespace(&namespace).await {
+            tracing::warn!(error = %e, %namespace, "could not delete the benchmark namespace: delete it by hand");
+        }
     }
     progress.bar.finish_and_clear();
     measured

@@ -142,7 +142,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Server(args) => server(args).await.map(|()| 0),
         Command::Bench(args) => {
-            print!("{}", args.run(shutdown_signal()).await?);
+            let summary = args.run(shutdown_signal()).await?;
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), summary.to_string().as_bytes());
             Ok(0)
         }
         Command::Agent(args) => tessera_agent::cli::run(args).await,
