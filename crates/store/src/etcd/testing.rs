@@ -119,6 +119,21 @@ impl EtcdCluster {
     }
 
     fn start_with(size: usize, tls: Option<ServerTls>) -> Result<Self, TestEtcdError> {
+        // Ports are picked free and released before etcd binds them; a
+        // parallel test can take one in between. A cluster that does not come
+        // up is torn down and started again on fresh ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once(size, tls.clone()) {
+                Ok(cluster) => return Ok(cluster),
+                Err(e) if attempt < 3 => tracing::warn!(attempt, error = %e, "test etcd did not start; retrying on fresh ports"),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn start_once(size: usize, tls: Option<ServerTls>) -> Result<Self, TestEtcdError> {
         let binary = etcd_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("tessera-etcd-")
@@ -340,6 +355,13 @@ exit 0"#;
             };
             if ready {
                 return Ok(());
+            }
+            // A member that lost its port to another process never comes up: say so at once.
+            let lost_port = self.members.iter().any(|m| {
+                std::fs::read_to_string(m.data_dir.with_extension("log")).is_ok_and(|log| log.contains("address already in use"))
+            });
+            if lost_port {
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
