@@ -151,6 +151,17 @@ impl FieldSelector {
         Ok(Self(reqs))
     }
 
+    /// The selector `metadata.name=NAME` (a named watch), built without
+    /// parsing so that any name is taken literally.
+    pub fn name_equals(name: &str) -> Self {
+        Self(vec![("metadata.name".to_owned(), true, name.to_owned())])
+    }
+
+    /// True when the selector has no requirements.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The value required for `metadata.name`, if the selector pins one.
     pub fn required_name(&self) -> Option<&str> {
         self.0.iter().find(|(f, eq, _)| f == "metadata.name" && *eq).map(|(_, _, v)| v.as_str())

@@ -166,6 +166,13 @@ impl ApiError {
         .with_details(StatusDetails { group: resource.group.to_owned(), kind: resource.plural.to_owned(), ..Default::default() })
     }
 
+    /// 405 for a method the path does not serve (a POST to an object's path, a
+    /// PUT or PATCH of a collection): kube-apiserver's generic answer.
+    pub fn method_not_allowed() -> Self {
+        Self::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            .with_details(StatusDetails::default())
+    }
+
     /// 410 Gone: a watch or list from a compacted resourceVersion.
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)

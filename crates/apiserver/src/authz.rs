@@ -1,10 +1,15 @@
-//! Request authorization: RBAC decides; a denial is kube-apiserver's 403 message.
+//! Request authorization: RBAC decides on the parsed request, and only an
+//! allowed request becomes an [`Authorized`] value, the one thing resource
+//! handlers accept. A denial is kube-apiserver's 403 message.
 
+use axum::extract::FromRequestParts;
+use http::request::Parts;
 use tessera_api::ApiError;
 use tessera_authn::UserInfo;
 
-use crate::rbac::{PolicyCache, request_of};
-use crate::request_info::RequestInfo;
+use crate::rbac::PolicyCache;
+use crate::request::ParsedRequest;
+use crate::response::Failure;
 
 /// Authorization settings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -17,51 +22,72 @@ fn is_oidc_path(path: &str) -> bool {
     matches!(path, "/.well-known/openid-configuration" | "/openid/v1/jwks")
 }
 
+/// A request the authorizer allowed. Only [`authorize`] constructs one, and
+/// handlers take the request to execute from it: a handler cannot run a
+/// request that was not authorized, nor a different reading of it. (Clone only
+/// because request extensions must be; the value still only comes from here.)
+#[derive(Debug, Clone)]
+pub struct Authorized(ParsedRequest);
+
+impl Authorized {
+    /// The request as it was authorized.
+    pub fn request(&self) -> &ParsedRequest {
+        &self.0
+    }
+}
+
+/// Handlers extract the authorization proof the authorize layer left on the
+/// request; without one the request is refused, never run.
+impl<S: Send + Sync> FromRequestParts<S> for Authorized {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.remove::<Authorized>().ok_or_else(|| {
+            tracing::error!(path = %parts.uri.path(), "a handler was reached without authorization");
+            Failure(ApiError::internal("authorization failed"))
+        })
+    }
+}
+
 /// Decides whether `user` may make the request: RBAC, plus anonymous OIDC
 /// discovery when configured (kube-apiserver's
 /// `--anonymous-auth` + a binding of system:service-account-issuer-discovery
 /// to system:unauthenticated, as one flag).
-pub fn authorize(config: &AuthzConfig, policy: &PolicyCache, user: &UserInfo, info: &RequestInfo) -> Result<(), ApiError> {
-    if policy.authorize(user, &request_of(info)).is_allowed() {
-        return Ok(());
+pub fn authorize(config: &AuthzConfig, policy: &PolicyCache, user: &UserInfo, request: ParsedRequest) -> Result<Authorized, ApiError> {
+    if policy.authorize(user, &request.attributes()).is_allowed() {
+        return Ok(Authorized(request));
     }
-    if config.anonymous_oidc_discovery && !info.is_resource_request && info.verb == "get" && is_oidc_path(&info.path) {
-        return Ok(());
+    if let ParsedRequest::NonResource(n) = &request
+        && config.anonymous_oidc_discovery
+        && n.verb == "get"
+        && is_oidc_path(&n.path)
+    {
+        return Ok(Authorized(request));
     }
-    Err(forbidden(user, info))
+    Err(forbidden(user, &request.attributes()))
 }
 
 /// The 403 kube-apiserver sends for a denied request.
-pub fn forbidden(user: &UserInfo, info: &RequestInfo) -> ApiError {
-    if !info.is_resource_request {
-        return ApiError::forbidden_plain(format!(
-            "forbidden: User \"{}\" cannot {} path \"{}\"",
-            user.username, info.verb, info.path
-        ));
+pub fn forbidden(user: &UserInfo, req: &tessera_rbac::Request) -> ApiError {
+    if !req.resource_request {
+        return ApiError::forbidden_plain(format!("forbidden: User \"{}\" cannot {} path \"{}\"", user.username, req.verb, req.path));
     }
-    let resource = if info.subresource.is_empty() {
-        info.resource.clone()
-    } else {
-        format!("{}/{}", info.resource, info.subresource)
-    };
-    let qualified = if info.api_group.is_empty() { info.resource.clone() } else { format!("{}.{}", info.resource, info.api_group) };
-    let subject = if info.name.is_empty() { qualified } else { format!("{qualified} \"{}\"", info.name) };
+    let resource = if req.subresource.is_empty() { req.resource.clone() } else { format!("{}/{}", req.resource, req.subresource) };
+    let qualified = if req.api_group.is_empty() { req.resource.clone() } else { format!("{}.{}", req.resource, req.api_group) };
+    let subject = if req.name.is_empty() { qualified } else { format!("{qualified} \"{}\"", req.name) };
     // Like kube-apiserver, a namespace object counts as being in itself.
-    let scope = match &info.namespace {
-        Some(ns) => format!("in the namespace \"{ns}\""),
-        None => "at the cluster scope".to_owned(),
-    };
+    let scope = if req.namespace.is_empty() { "at the cluster scope".to_owned() } else { format!("in the namespace \"{}\"", req.namespace) };
     let message = format!(
         "{subject} is forbidden: User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
-        user.username, info.verb, info.api_group
+        user.username, req.verb, req.api_group
     );
-    ApiError::forbidden(&info.resource, &info.api_group, &info.name, message)
+    ApiError::forbidden(&req.resource, &req.api_group, &req.name, message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request_info::parse;
+    use crate::request::parse;
     use http::Method;
     use tessera_rbac::policy::{Binding, Role};
 
@@ -86,8 +112,12 @@ mod tests {
         }
     }
 
-    fn check(user: &UserInfo, method: Method, path: &str) -> Result<(), ApiError> {
-        authorize(&AuthzConfig::default(), &policy(), user, &parse(&method, path, false))
+    fn check_with(config: &AuthzConfig, user: &UserInfo, method: Method, path: &str) -> Result<Authorized, ApiError> {
+        authorize(config, &policy(), user, parse(&method, path, None).unwrap())
+    }
+
+    fn check(user: &UserInfo, method: Method, path: &str) -> Result<Authorized, ApiError> {
+        check_with(&AuthzConfig::default(), user, method, path)
     }
 
     #[test]
@@ -118,7 +148,8 @@ mod tests {
         assert!(check(&sa_user(), Method::GET, "/openid/v1/jwks").is_ok());
         assert!(check(&UserInfo::anonymous(), Method::GET, "/openid/v1/jwks").is_err());
         let open = AuthzConfig { anonymous_oidc_discovery: true };
-        assert!(authorize(&open, &policy(), &UserInfo::anonymous(), &parse(&Method::GET, "/openid/v1/jwks", false)).is_ok());
+        assert!(check_with(&open, &UserInfo::anonymous(), Method::GET, "/openid/v1/jwks").is_ok());
+        assert!(check_with(&open, &UserInfo::anonymous(), Method::POST, "/openid/v1/jwks").is_err());
         let status = check(&UserInfo::anonymous(), Method::GET, "/metrics").unwrap_err().to_status();
         assert_eq!(status["message"], "forbidden: User \"system:anonymous\" cannot get path \"/metrics\"");
     }

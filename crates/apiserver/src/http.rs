@@ -2,14 +2,13 @@
 //! authorize), discovery and health handlers, and one resource handler that
 //! speaks the Kubernetes REST conventions.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Extension, Path, Query, Request, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,16 +16,16 @@ use futures::StreamExt;
 use http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
 use tessera_api::patch::Patch;
-use tessera_api::registry::{ListParams, Preconditions, WriteOptions, WriteScope};
-use tessera_api::resource::{self, ResourceInfo};
-use tessera_api::selector::{FieldSelector, LabelSelector};
-use tessera_api::{ApiError, Registry, kinds};
+use tessera_api::registry::{Preconditions, WriteOptions, WriteScope};
+use tessera_api::resource::ResourceInfo;
+use tessera_api::{ApiError, Registry};
 use tessera_authn::UserInfo;
 use tokio::time::Instant;
 
 use crate::discovery;
 use crate::metrics::Metrics;
-use crate::request_info::{self, RequestInfo};
+use crate::authz::Authorized;
+use crate::request::{self, Options, ParsedRequest, Target, Verb};
 use crate::response::{Failure, HandlerResult, json_response, json_with_type};
 use crate::table;
 
@@ -110,50 +109,33 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn query_flag(query: Option<&str>, name: &str) -> bool {
-    query.is_some_and(|q| {
-        q.split('&').any(|kv| kv.split_once('=').is_some_and(|(k, v)| k == name && (v == "true" || v == "1")))
-    })
+/// Metric labels come from fixed sets only: arbitrary paths must not create series.
+fn metric_labels(parsed: &ParsedRequest) -> (&'static str, &'static str) {
+    match parsed {
+        ParsedRequest::Resource(r) => (r.verb.as_str(), r.kind.map_or("other", |k| k.plural)),
+        ParsedRequest::NonResource(n) => {
+            let verb = match n.verb.as_str() {
+                "get" => "get",
+                "post" => "post",
+                "put" => "put",
+                _ => "other",
+            };
+            (verb, "")
+        }
+    }
 }
 
-/// `metadata.name` pinned by a `fieldSelector` of exactly that one requirement.
-fn field_selector_name(query: &str) -> Option<String> {
-    let (_, raw) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "fieldSelector")?;
-    let (field, value) = raw.split_once("==").or_else(|| raw.split_once('='))?;
-    (field.trim() == "metadata.name" && !value.contains(',') && !field.contains('!')).then(|| value.trim().to_owned())
-}
-
-/// Parses the request info, runs the request and records metrics.
+/// Parses the request (the only place its path and query are read), runs it
+/// and records metrics.
 async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let mut info = request_info::parse(req.method(), req.uri().path(), query_flag(req.uri().query(), "watch"));
-    // Like kube-apiserver: a list/watch pinned to one name by a field selector is
-    // authorized as that name, so resourceNames rules apply to `get -w`.
-    if matches!(info.verb.as_str(), "list" | "watch")
-        && let Some(name) = req.uri().query().and_then(field_selector_name)
-    {
-        info.name = name;
-    }
-    // Metrics labels come from fixed sets only: arbitrary paths must not create series.
-    let resource = match resource::lookup(&info.api_group, &info.api_version, &info.resource) {
-        Some(r) if info.is_resource_request => r.plural,
-        _ if info.is_resource_request => "other",
-        _ => "",
+    // Go's server refuses a path it cannot decode before anything else runs.
+    let parsed = match request::parse(req.method(), req.uri().path(), req.uri().query()) {
+        Ok(parsed) => parsed,
+        Err(invalid) => return Failure(invalid.into()).into_response(),
     };
-    let verb: &'static str = match info.verb.as_str() {
-        "get" => "get",
-        "list" => "list",
-        "watch" => "watch",
-        "create" => "create",
-        "update" => "update",
-        "patch" => "patch",
-        "delete" => "delete",
-        "deletecollection" => "deletecollection",
-        "post" => "post",
-        "put" => "put",
-        _ => "other",
-    };
-    req.extensions_mut().insert(info);
+    let (verb, resource) = metric_labels(&parsed);
+    req.extensions_mut().insert(parsed);
     let response = next.run(req).await;
     state.metrics.observe(verb, resource, response.status().as_u16(), start.elapsed().as_secs_f64());
     response
@@ -193,16 +175,24 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
     next.run(req).await
 }
 
-async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let (Some(user), Some(info)) = (req.extensions().get::<Arc<UserInfo>>(), req.extensions().get::<RequestInfo>()) else {
-        tracing::error!("authorize ran without authentication");
+/// Replaces the parsed request with the authorizer's verdict on it: an
+/// [`Authorized`] request for the handler, or the 403.
+async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let (Some(user), Some(parsed)) = (req.extensions().get::<Arc<UserInfo>>().cloned(), req.extensions_mut().remove::<ParsedRequest>())
+    else {
+        tracing::error!("authorize ran without authentication or a parsed request");
         return Failure(ApiError::internal("authorization failed")).into_response();
     };
-    if let Err(err) = crate::authz::authorize(&state.authz, &state.rbac, user, info) {
-        tracing::debug!(user = %user.username, verb = %info.verb, path = %info.path, "forbidden");
-        return Failure(err).into_response();
+    match crate::authz::authorize(&state.authz, &state.rbac, &user, parsed) {
+        Ok(authorized) => {
+            req.extensions_mut().insert(authorized);
+            next.run(req).await
+        }
+        Err(err) => {
+            tracing::debug!(user = %user.username, message = %err.message, "forbidden");
+            Failure(err).into_response()
+        }
     }
-    next.run(req).await
 }
 
 async fn health() -> &'static str {
@@ -267,49 +257,6 @@ async fn openapi_document(Path(path): Path<String>) -> HandlerResult {
     Ok(json_response(StatusCode::OK, doc))
 }
 
-/// Query parameters of resource requests.
-struct Params(HashMap<String, String>);
-
-impl Params {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
-    }
-
-    fn write_options(&self) -> Result<WriteOptions, ApiError> {
-        let dry_run = match self.get("dryRun") {
-            None | Some("") => false,
-            Some("All") => true,
-            Some(other) => {
-                return Err(ApiError::bad_request(format!("Invalid dry run value: {other:?}: supported values: \"All\"")));
-            }
-        };
-        let strict = match self.get("fieldValidation") {
-            None | Some("") | Some("Ignore") | Some("Warn") => false,
-            Some("Strict") => true,
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\", got {other:?}"
-                )));
-            }
-        };
-        Ok(WriteOptions { dry_run, strict, ..WriteOptions::default() })
-    }
-
-    fn list_params(&self, resource: &ResourceInfo) -> Result<ListParams, ApiError> {
-        let limit = match self.get("limit") {
-            None | Some("") => 0,
-            Some(raw) => raw.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid limit: {raw:?}")))?.max(0) as usize,
-        };
-        Ok(ListParams {
-            labels: LabelSelector::parse(self.get("labelSelector").unwrap_or_default())?,
-            fields: FieldSelector::parse(self.get("fieldSelector").unwrap_or_default(), kinds::selectable_fields(resource))?,
-            limit,
-            continue_token: self.get("continue").filter(|c| !c.is_empty()).map(str::to_owned),
-            resource_version: self.get("resourceVersion").map(str::to_owned),
-        })
-    }
-}
-
 /// Decodes a request body by its Content-Type: JSON, or Kubernetes protobuf
 /// (which kubectl's typed clients send).
 fn decode_body(headers: &HeaderMap, body: &Bytes, kind: &str) -> Result<Value, ApiError> {
@@ -338,47 +285,53 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::too_large(MAX_BODY_BYTES))
 }
 
-/// Every `/api/v1/…` and `/apis/G/V/…` resource path.
+/// Every `/api/v1/…` and `/apis/G/V/…` resource path: executes exactly the
+/// request the authorizer allowed.
 async fn resource_request(
     State(state): State<AppState>,
-    Extension(info): Extension<RequestInfo>,
     Extension(user): Extension<Arc<UserInfo>>,
-    Query(query): Query<HashMap<String, String>>,
+    authorized: Authorized,
     headers: HeaderMap,
     body: Body,
 ) -> HandlerResult {
-    if !info.is_resource_request {
+    let ParsedRequest::Resource(request) = authorized.request() else {
         return Err(ApiError::no_such_resource().into());
-    }
-    let resource = resource::lookup(&info.api_group, &info.api_version, &info.resource).ok_or_else(ApiError::no_such_resource)?;
-    let params = Params(query);
+    };
+    let resource = request.kind.ok_or_else(ApiError::no_such_resource)?;
+    let options = request.options.clone()?;
+    let (name, subresource) = match &request.target {
+        Target::Collection => ("", None),
+        Target::Object(name) => (name.as_str(), None),
+        Target::Subresource(name, sub) => (name.as_str(), Some(sub.as_str())),
+    };
     // Cluster-scoped kinds are not served under a namespace. The one exception is
     // a namespace object itself (`/namespaces/{n}[/status|/finalize]`), which
     // request parsing files under namespace {n}; `/namespaces/{a}/namespaces/{b}`
     // must not reach namespace {b} with permissions granted in {a}.
-    let namespace = if resource.namespaced { info.namespace.as_deref() } else { None };
-    let namespace_itself = resource.plural == "namespaces" && info.namespace.as_deref() == Some(info.name.as_str());
-    if !resource.namespaced && info.namespace.is_some() && !namespace_itself {
+    let namespace = if resource.namespaced { request.namespace.as_deref() } else { None };
+    let namespace_itself = resource.plural == "namespaces" && request.namespace.as_deref() == Some(name);
+    if !resource.namespaced && request.namespace.is_some() && !namespace_itself {
         return Err(ApiError::no_such_resource().into());
     }
-    if resource.namespaced && namespace.is_none() && !matches!(info.verb.as_str(), "list" | "watch") {
+    let verb = request.verb;
+    if resource.namespaced && namespace.is_none() && !matches!(verb, Verb::List | Verb::Watch) {
         return Err(ApiError::no_such_resource().into());
     }
-    if resource.plural == "serviceaccounts" && info.subresource == "token" {
-        if info.verb != "create" {
-            return Err(ApiError::method_not_supported(resource, &info.verb).into());
+    if resource.plural == "serviceaccounts" && subresource == Some("token") {
+        if verb != Verb::Create {
+            return Err(ApiError::method_not_supported(resource, verb.as_str()).into());
         }
         let body = decode_body(&headers, &read_body(body).await?, "TokenRequest")?;
         let ns = namespace.unwrap_or_default();
-        return state.tokens.token_request(&state.registry, ns, &info.name, body).await;
+        return state.tokens.token_request(&state.registry, ns, name, body).await;
     }
+    let write_options = WriteOptions { dry_run: options.dry_run, strict: options.strict, ..WriteOptions::default() };
     if let tessera_api::resource::Storage::Virtual = resource.storage {
-        if info.verb != "create" {
-            return Err(ApiError::method_not_supported(resource, &info.verb).into());
+        if verb != Verb::Create || request.target != Target::Collection {
+            return Err(ApiError::method_not_supported(resource, verb.as_str()).into());
         }
-        let options = params.write_options()?;
         let body = decode_body(&headers, &read_body(body).await?, resource.kind)?;
-        let body = state.registry.normalise(resource, body, options.strict)?;
+        let body = state.registry.normalise(resource, body, write_options.strict)?;
         return match resource.plural {
             "tokenreviews" => state.tokens.token_review(body),
             "selfsubjectreviews" => crate::tokens::self_subject_review(&user),
@@ -386,87 +339,81 @@ async fn resource_request(
             _ => Err(ApiError::no_such_resource().into()),
         };
     }
-    let verbs = match info.subresource.as_str() {
-        "" => resource.verbs,
-        sub => match resource.subresources.iter().find(|s| s.name == sub && s.group.is_empty()) {
+    let verbs = match subresource {
+        None => resource.verbs,
+        Some(sub) => match resource.subresources.iter().find(|s| s.name == sub && s.group.is_empty()) {
             Some(s) => s.verbs,
             None => return Err(ApiError::no_such_resource().into()),
         },
     };
-    if !verbs.contains(&info.verb.as_str()) {
-        return Err(ApiError::method_not_supported(resource, &info.verb).into());
+    if !verbs.contains(&verb.as_str()) {
+        return Err(ApiError::method_not_supported(resource, verb.as_str()).into());
     }
     let registry = &state.registry;
-    let name = info.name.as_str();
-    let write_options = || -> Result<WriteOptions, ApiError> {
-        let mut options = params.write_options()?;
-        options.admit = crate::rbac::escalation_check(&state.rbac, &user, resource);
-        options.scope = match info.subresource.as_str() {
-            "status" => WriteScope::Status,
-            "finalize" => WriteScope::Finalizers,
+    let admitted = || WriteOptions {
+        admit: crate::rbac::escalation_check(&state.rbac, &user, resource),
+        scope: match subresource {
+            Some("status") => WriteScope::Status,
+            Some("finalize") => WriteScope::Finalizers,
             _ => WriteScope::Object,
-        };
-        Ok(options)
+        },
+        ..write_options.clone()
     };
     let accept = accept(&headers).to_owned();
-    match info.verb.as_str() {
-        "get" => {
+    let include_object = options.include_object.as_str();
+    match verb {
+        Verb::Get => {
             let obj = registry.get(resource, namespace, name).await?;
             if table::wants_table(&accept) {
-                let t = table::table(resource, std::slice::from_ref(&obj), json!({}), params.get("includeObject").unwrap_or_default());
+                let t = table::table(resource, std::slice::from_ref(&obj), json!({}), include_object);
                 return Ok(json_response(StatusCode::OK, &t));
             }
             Ok(json_response(StatusCode::OK, &obj))
         }
-        "list" => {
-            let list = registry.list(resource, namespace, &params.list_params(resource)?).await?;
+        Verb::List => {
+            let list = registry.list(resource, namespace, &options.list).await?;
             if table::wants_table(&accept) {
                 let items = list.get("items").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
                 let meta = list.get("metadata").cloned().unwrap_or_default();
-                let t = table::table(resource, items, meta, params.get("includeObject").unwrap_or_default());
+                let t = table::table(resource, items, meta, include_object);
                 return Ok(json_response(StatusCode::OK, &t));
             }
             Ok(json_response(StatusCode::OK, &list))
         }
-        "watch" => watch(&state, resource, namespace, &params, &accept).await,
-        "create" => {
-            let options = write_options()?;
+        Verb::Watch => watch(&state, resource, namespace, &options, &accept).await,
+        Verb::Create => {
             let body = decode_body(&headers, &read_body(body).await?, resource.kind)?;
-            let obj = registry.create(resource, namespace, body, options).await?;
+            let obj = registry.create(resource, namespace, body, admitted()).await?;
             state.caught_up(resource, &obj).await;
             Ok(json_response(StatusCode::CREATED, &obj))
         }
-        "update" => {
-            let options = write_options()?;
+        Verb::Update => {
             let body = decode_body(&headers, &read_body(body).await?, resource.kind)?;
-            let obj = registry.update(resource, namespace, name, body, options).await?;
+            let obj = registry.update(resource, namespace, name, body, admitted()).await?;
             state.caught_up(resource, &obj).await;
             Ok(json_response(StatusCode::OK, &obj))
         }
-        "patch" => {
-            let options = write_options()?;
+        Verb::Patch => {
             let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
             let patch = Patch::decode(content_type, &read_body(body).await?)?;
-            let obj = registry.patch(resource, namespace, name, &patch, options).await?;
+            let obj = registry.patch(resource, namespace, name, &patch, admitted()).await?;
             state.caught_up(resource, &obj).await;
             Ok(json_response(StatusCode::OK, &obj))
         }
-        "delete" => {
+        Verb::Delete => {
             let body = read_body(body).await?;
             let (preconditions, dry_run_body) = delete_options(&headers, &body)?;
-            let mut options = params.write_options()?;
+            let mut options = write_options;
             options.dry_run |= dry_run_body;
             let obj = registry.delete(resource, namespace, name, &preconditions, options).await?;
             state.caught_up(resource, &obj).await;
             Ok(json_response(StatusCode::OK, &obj))
         }
-        "deletecollection" => {
-            let options = params.write_options()?;
-            let list = registry.delete_collection(resource, namespace, &params.list_params(resource)?, options).await?;
+        Verb::DeleteCollection => {
+            let list = registry.delete_collection(resource, namespace, &options.list, write_options).await?;
             state.caught_up(resource, &list).await;
             Ok(json_response(StatusCode::OK, &list))
         }
-        _ => Err(ApiError::method_not_supported(resource, &info.verb).into()),
     }
 }
 
@@ -484,16 +431,11 @@ fn delete_options(headers: &HeaderMap, body: &Bytes) -> Result<(Preconditions, b
 
 /// A watch: newline-delimited JSON events, with periodic bookmarks when asked
 /// for, ending after `timeoutSeconds`.
-async fn watch(state: &AppState, resource: &'static ResourceInfo, namespace: Option<&str>, params: &Params, accept: &str) -> HandlerResult {
-    let list_params = params.list_params(resource)?;
-    let events = state.registry.watch(resource, namespace, &list_params).await?;
+async fn watch(state: &AppState, resource: &'static ResourceInfo, namespace: Option<&str>, options: &Options, accept: &str) -> HandlerResult {
+    let events = state.registry.watch(resource, namespace, &options.list).await?;
     let as_table = table::wants_table(accept);
-    let include = params.get("includeObject").unwrap_or_default().to_owned();
-    let timeout = params
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(30 * 60));
+    let include = options.include_object.clone();
+    let timeout = options.timeout.unwrap_or(Duration::from_secs(30 * 60));
     // Bookmarks are optional hints and are not sent: a bookmark must never carry a
     // revision beyond the last event this watcher received, and events already
     // carry every revision the client needs to resume.

@@ -27,10 +27,11 @@ pub mod openapi;
 pub mod pki;
 pub mod rbac;
 pub mod reflector;
-pub mod request_info;
+pub mod request;
 pub mod response;
 pub mod serve;
 pub mod table;
+pub mod testing;
 pub mod tokens;
 
 /// Server configuration (built by the CLI, checked before any port is opened).

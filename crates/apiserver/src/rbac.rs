@@ -17,7 +17,6 @@ use tessera_rbac::policy::{Binding, Role};
 use tessera_rbac::{Policy, PolicyRule, Request};
 
 use crate::reflector::Reflector;
-use crate::request_info::RequestInfo;
 use crate::response::{HandlerResult, json_response};
 
 /// The policy, kept current from the store (reads may be one watch event stale).
@@ -69,20 +68,6 @@ impl Reflector<Policy> {
     }
 }
 
-/// The authorizer attributes of an HTTP request.
-pub fn request_of(info: &RequestInfo) -> Request {
-    Request {
-        resource_request: info.is_resource_request,
-        verb: info.verb.clone(),
-        namespace: info.namespace.clone().unwrap_or_default(),
-        api_group: info.api_group.clone(),
-        resource: info.resource.clone(),
-        subresource: info.subresource.clone(),
-        name: info.name.clone(),
-        path: info.path.clone(),
-    }
-}
-
 /// A resource request for checks the server makes itself (impersonate, bind, escalate).
 fn resource_request(verb: &str, group: &str, resource: &str, namespace: &str, name: &str) -> Request {
     Request {
@@ -97,16 +82,7 @@ fn resource_request(verb: &str, group: &str, resource: &str, namespace: &str, na
 }
 
 fn impersonation_denied(requester: &UserInfo, req: &Request) -> ApiError {
-    let info = RequestInfo {
-        is_resource_request: true,
-        verb: req.verb.clone(),
-        api_group: req.api_group.clone(),
-        namespace: (!req.namespace.is_empty()).then(|| req.namespace.clone()),
-        resource: req.resource.clone(),
-        name: req.name.clone(),
-        ..Default::default()
-    };
-    crate::authz::forbidden(requester, &info)
+    crate::authz::forbidden(requester, req)
 }
 
 /// Applies `Impersonate-*` headers: returns the user to act as, or None when

@@ -1,0 +1,508 @@
+//! The one parse of every request. The path and query are read here and only
+//! here, into a [`ParsedRequest`]; the authorizer decides on that value and
+//! the handlers execute it, so the two can never read a request differently.
+//!
+//! The rules are kube-apiserver's (`RequestInfoFactory` and the query
+//! parameter codec):
+//! - the path is percent-decoded once, as Go's `URL.Path`; an invalid escape
+//!   is a 400 before anything else runs;
+//! - the query is parsed as Go's `url.ParseQuery` (pairs with `;` or a bad
+//!   escape are dropped) and a singular parameter means its FIRST value;
+//! - `watch` is true unless absent, `0` or `false`;
+//! - a GET of a collection is a list, or a watch with `watch`; a list or
+//!   watch whose field selector pins `metadata.name` is authorized as that
+//!   name (so `resourceNames` rules apply) and the same selector filters it;
+//! - a watch of a named object (`/watch/…/NAME`) is a watch of the collection
+//!   with the selector `metadata.name=NAME`, never wider;
+//! - a GET of an object is a get, whatever `watch` says;
+//! - a POST to an object's path, or a PUT/PATCH of a collection, is 405.
+
+use std::time::Duration;
+
+use http::Method;
+use tessera_api::registry::ListParams;
+use tessera_api::resource::{self, ResourceInfo};
+use tessera_api::selector::{FieldSelector, LabelSelector};
+use tessera_api::{ApiError, kinds};
+
+/// A request's query, parsed as Go's `url.ParseQuery`, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    /// Parses a raw query string. Pairs Go drops (a `;` in the pair, a bad
+    /// percent escape) are dropped; so are pairs that are not UTF-8.
+    pub fn parse(raw: &str) -> Self {
+        let mut pairs = Vec::new();
+        for pair in raw.split('&') {
+            if pair.is_empty() || pair.contains(';') {
+                continue;
+            }
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if let (Some(key), Some(value)) = (query_unescape(key), query_unescape(value)) {
+                pairs.push((key, value));
+            }
+        }
+        Self(pairs)
+    }
+
+    /// The first value of a parameter: what kube-apiserver's codec reads for
+    /// a singular field.
+    pub fn first(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a parameter (for list-valued ones such as `dryRun`).
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// A boolean parameter as kube decodes it: false only when absent, `0`
+    /// or `false` (any case); anything else, the empty string included, is true.
+    pub fn flag(&self, name: &str) -> bool {
+        self.first(name).is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
+}
+
+/// Go's percent-decoding: `%XX` → byte, and `+` → space in a query. None on
+/// an invalid escape or a result that is not UTF-8.
+fn unescape(s: &str, plus_is_space: bool) -> Option<String> {
+    if !s.bytes().any(|b| b == b'%' || (plus_is_space && b == b'+')) {
+        return Some(s.to_owned());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let high = hex(*bytes.get(i + 1)?)?;
+                let low = hex(*bytes.get(i + 2)?)?;
+                out.push(high << 4 | low);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn query_unescape(s: &str) -> Option<String> {
+    unescape(s, true)
+}
+
+/// A Kubernetes verb of a resource request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verb {
+    /// GET of one object (or a subresource).
+    Get,
+    /// GET of a collection.
+    List,
+    /// GET of a collection with `watch`, or under `/watch/`.
+    Watch,
+    /// POST.
+    Create,
+    /// PUT.
+    Update,
+    /// PATCH.
+    Patch,
+    /// DELETE of one object.
+    Delete,
+    /// DELETE of a collection.
+    DeleteCollection,
+}
+
+impl Verb {
+    /// The verb as RBAC names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::List => "list",
+            Self::Watch => "watch",
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Patch => "patch",
+            Self::Delete => "delete",
+            Self::DeleteCollection => "deletecollection",
+        }
+    }
+}
+
+/// What a resource request addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `…/{resource}`.
+    Collection,
+    /// `…/{resource}/{name}`.
+    Object(String),
+    /// `…/{resource}/{name}/{subresource}`.
+    Subresource(String, String),
+}
+
+/// The options a resource request carries, decoded from the query. What the
+/// handler runs with; nothing else of the query reaches it.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Selectors and paging of list, watch and deletecollection. For a list
+    /// or watch authorized as one name, the field selector pins that name.
+    pub list: ListParams,
+    /// `timeoutSeconds` of a watch.
+    pub timeout: Option<Duration>,
+    /// `dryRun=All`.
+    pub dry_run: bool,
+    /// `fieldValidation=Strict`.
+    pub strict: bool,
+    /// `includeObject` of Table output.
+    pub include_object: String,
+}
+
+/// A request for an API resource, parsed.
+#[derive(Debug, Clone)]
+pub struct ResourceRequest {
+    /// The verb.
+    pub verb: Verb,
+    /// API group (`""` = core).
+    pub group: String,
+    /// API version.
+    pub version: String,
+    /// Namespace from the path (a namespace object is in itself).
+    pub namespace: Option<String>,
+    /// Resource plural from the path.
+    pub resource: String,
+    /// Collection, object or subresource.
+    pub target: Target,
+    /// The one name the request is limited to: the path's, or for a list or
+    /// watch of a collection the name its field selector pins. Authorization
+    /// checks `resourceNames` against it.
+    pub name: Option<String>,
+    /// The served kind, if the group, version and resource exist.
+    pub kind: Option<&'static ResourceInfo>,
+    /// The decoded options, or why they are invalid. kube-apiserver
+    /// authorizes first and reports a bad query after, so the error waits
+    /// here for the handler.
+    pub options: Result<Options, ApiError>,
+}
+
+impl ResourceRequest {
+    /// The subresource, if any.
+    pub fn subresource(&self) -> Option<&str> {
+        match &self.target {
+            Target::Subresource(_, sub) => Some(sub),
+            _ => None,
+        }
+    }
+}
+
+/// A request for a path that is not an API resource (discovery, health, OIDC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonResourceRequest {
+    /// The lower-case HTTP method, as kube-apiserver's authorizer sees it.
+    pub verb: String,
+    /// The decoded path.
+    pub path: String,
+}
+
+/// Every request, parsed once.
+#[derive(Debug, Clone)]
+pub enum ParsedRequest {
+    /// `/api/v1/…` and `/apis/G/V/…` below the group version.
+    Resource(Box<ResourceRequest>),
+    /// Anything else.
+    NonResource(NonResourceRequest),
+}
+
+impl ParsedRequest {
+    /// The verb RBAC decides on.
+    pub fn verb(&self) -> &str {
+        match self {
+            Self::Resource(r) => r.verb.as_str(),
+            Self::NonResource(n) => &n.verb,
+        }
+    }
+
+    /// The attributes the authorizer decides on.
+    pub fn attributes(&self) -> tessera_rbac::Request {
+        match self {
+            Self::Resource(r) => tessera_rbac::Request {
+                resource_request: true,
+                verb: r.verb.as_str().to_owned(),
+                namespace: r.namespace.clone().unwrap_or_default(),
+                api_group: r.group.clone(),
+                resource: r.resource.clone(),
+                subresource: r.subresource().unwrap_or_default().to_owned(),
+                name: r.name.clone().unwrap_or_default(),
+                path: String::new(),
+            },
+            Self::NonResource(n) => tessera_rbac::Request { verb: n.verb.clone(), path: n.path.clone(), ..Default::default() },
+        }
+    }
+}
+
+/// A path Go would refuse to decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid URL escape in path")]
+pub struct InvalidPath;
+
+impl From<InvalidPath> for ApiError {
+    fn from(_: InvalidPath) -> Self {
+        ApiError::bad_request("invalid URL escape in path")
+    }
+}
+
+/// kube's `path.IsValidPathSegmentName`: a name taken from a field selector
+/// must be usable as a path segment.
+fn valid_path_segment(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('%')
+}
+
+/// Parses a request from its method, raw path and raw query.
+pub fn parse(method: &Method, raw_path: &str, raw_query: Option<&str>) -> Result<ParsedRequest, InvalidPath> {
+    let path = unescape(raw_path, false).ok_or(InvalidPath)?;
+    let non_resource = || ParsedRequest::NonResource(NonResourceRequest { verb: method.as_str().to_ascii_lowercase(), path: path.clone() });
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] if !rest.is_empty() => ("", *version, rest),
+        ["apis", group, version, rest @ ..] if !rest.is_empty() => (*group, *version, rest),
+        _ => return Ok(non_resource()),
+    };
+    let (watch_prefix, rest) = match rest {
+        ["watch", rest @ ..] => (true, rest),
+        rest => (false, rest),
+    };
+    // `/namespaces/{ns}/{resource}/…`, unless what follows the namespace is
+    // one of its own subresources.
+    let (namespace, parts): (Option<&str>, &[&str]) = match rest {
+        ["namespaces", ns, tail @ ..] if !tail.is_empty() && !matches!(tail, ["status"] | ["finalize"]) => (Some(*ns), tail),
+        parts => (None, parts),
+    };
+    let Some((resource_name, parts)) = parts.split_first() else { return Ok(non_resource()) };
+    let target = match parts {
+        [] => Target::Collection,
+        [name] => Target::Object((*name).to_owned()),
+        [name, sub] => Target::Subresource((*name).to_owned(), (*sub).to_owned()),
+        // Deeper paths exist nowhere; authorized as the subresource, then 404.
+        [name, sub, ..] => Target::Subresource((*name).to_owned(), (*sub).to_owned()),
+    };
+    let extra_segments = parts.len() > 2;
+    let query = Query::parse(raw_query.unwrap_or_default());
+    let kind = resource::lookup(group, version, resource_name);
+    let verb = match (method, &target) {
+        (&Method::GET | &Method::HEAD, Target::Collection) if watch_prefix || query.flag("watch") => Verb::Watch,
+        (&Method::GET | &Method::HEAD, Target::Collection) => Verb::List,
+        // A named watch is a watch of the collection limited to that name.
+        (&Method::GET | &Method::HEAD, Target::Object(_)) if watch_prefix => Verb::Watch,
+        (&Method::GET | &Method::HEAD, _) => Verb::Get,
+        (&Method::POST, _) => Verb::Create,
+        (&Method::PUT, _) => Verb::Update,
+        (&Method::PATCH, _) => Verb::Patch,
+        (&Method::DELETE, Target::Collection) => Verb::DeleteCollection,
+        (&Method::DELETE, _) => Verb::Delete,
+        // Other methods are refused before anything else (kube-apiserver has no route for them).
+        _ => return Ok(non_resource()),
+    };
+    let path_name = match &target {
+        Target::Collection => None,
+        Target::Object(name) | Target::Subresource(name, _) => Some(name.clone()),
+    };
+    // A namespace object is its own namespace (kube-apiserver sets it so).
+    let namespace = match (namespace, resource_name, &path_name) {
+        (Some(ns), _, _) => Some(ns.to_owned()),
+        (None, &"namespaces", Some(name)) => Some(name.clone()),
+        _ => None,
+    };
+    let mut options = decode_options(&query, kind, verb);
+    let mut name = path_name;
+    if let Ok(opts) = &mut options {
+        match (&verb, &target) {
+            (Verb::List | Verb::Watch, Target::Collection) => {
+                name = opts.list.fields.required_name().filter(|n| valid_path_segment(n)).map(str::to_owned);
+            }
+            (Verb::Watch, Target::Object(object)) => {
+                if opts.list.fields.is_empty() {
+                    opts.list.fields = FieldSelector::name_equals(object);
+                } else if opts.list.fields.required_name() != Some(object.as_str()) {
+                    options = Err(ApiError::bad_request("fieldSelector metadata.name doesn't match requested name"));
+                }
+            }
+            _ => {}
+        }
+    }
+    let unroutable = extra_segments
+        || (verb == Verb::Watch && matches!(target, Target::Subresource(..)))
+        || matches!((verb, &target), (Verb::Create, Target::Object(_)) | (Verb::Update | Verb::Patch, Target::Collection));
+    if unroutable {
+        options = Err(if extra_segments { ApiError::no_such_resource() } else { ApiError::method_not_allowed() });
+    }
+    Ok(ParsedRequest::Resource(Box::new(ResourceRequest {
+        verb,
+        group: group.to_owned(),
+        version: version.to_owned(),
+        namespace,
+        resource: (*resource_name).to_owned(),
+        target,
+        name,
+        kind,
+        options,
+    })))
+}
+
+/// Decodes the query options the handlers use, first value of each.
+fn decode_options(query: &Query, kind: Option<&'static ResourceInfo>, verb: Verb) -> Result<Options, ApiError> {
+    let dry_run = query.all("dryRun").try_fold(false, |dry, value| match value {
+        "All" => Ok(true),
+        "" => Ok(dry),
+        other => Err(ApiError::bad_request(format!("Invalid dry run value: {other:?}: supported values: \"All\""))),
+    })?;
+    let strict = match query.first("fieldValidation") {
+        None | Some("" | "Ignore" | "Warn") => false,
+        Some("Strict") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\", got {other:?}")));
+        }
+    };
+    let limit = match query.first("limit") {
+        None | Some("") => 0,
+        Some(raw) => raw.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid limit: {raw:?}")))?.max(0),
+    };
+    let timeout = match query.first("timeoutSeconds") {
+        None | Some("") => None,
+        Some(raw) => Some(Duration::from_secs(
+            raw.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {raw:?}")))?.max(0).unsigned_abs(),
+        )),
+    };
+    let collection = matches!(verb, Verb::List | Verb::Watch | Verb::DeleteCollection);
+    let list = if collection {
+        let fields = query.first("fieldSelector").unwrap_or_default();
+        let allowed = kind.map(kinds::selectable_fields).unwrap_or_default();
+        ListParams {
+            labels: LabelSelector::parse(query.first("labelSelector").unwrap_or_default())?,
+            fields: FieldSelector::parse(fields, allowed)?,
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            continue_token: query.first("continue").filter(|c| !c.is_empty()).map(str::to_owned),
+            resource_version: query.first("resourceVersion").map(str::to_owned),
+        }
+    } else {
+        ListParams::default()
+    };
+    Ok(Options { list, timeout, dry_run, strict, include_object: query.first("includeObject").unwrap_or_default().to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(method: Method, path: &str, query: Option<&str>) -> ResourceRequest {
+        match parse(&method, path, query).expect("parses") {
+            ParsedRequest::Resource(r) => *r,
+            other => panic!("not a resource request: {other:?}"),
+        }
+    }
+
+    fn summary(r: &ResourceRequest) -> (&'static str, Option<&str>, &str, Option<&str>, Option<&str>) {
+        (r.verb.as_str(), r.namespace.as_deref(), r.resource.as_str(), r.name.as_deref(), r.subresource())
+    }
+
+    #[test]
+    fn go_query_semantics() {
+        let q = Query::parse("a=1&a=2&b=x%2By+z&c;d=1&e=%zz&f&=g&h=%C3%A9");
+        assert_eq!(q.first("a"), Some("1"));
+        assert_eq!(q.all("a").collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(q.first("b"), Some("x+y z"));
+        assert_eq!(q.first("c"), None, "a pair with ';' is dropped");
+        assert_eq!(q.first("e"), None, "a bad escape drops the pair");
+        assert_eq!(q.first("f"), Some(""));
+        assert_eq!(q.first(""), Some("g"));
+        assert_eq!(q.first("h"), Some("é"));
+        assert!(Query::parse("watch").flag("watch"));
+        assert!(Query::parse("watch=").flag("watch"));
+        assert!(Query::parse("watch=yes").flag("watch"));
+        assert!(!Query::parse("watch=0").flag("watch"));
+        assert!(!Query::parse("watch=FALSE").flag("watch"));
+        assert!(!Query::parse("watch=false&watch=true").flag("watch"));
+        assert!(!Query::parse("").flag("watch"));
+    }
+
+    #[test]
+    fn paths_as_kube_apiserver_reads_them() {
+        let r = resource(Method::POST, "/api/v1/namespaces/api/serviceaccounts/api/token", None);
+        assert_eq!(summary(&r), ("create", Some("api"), "serviceaccounts", Some("api"), Some("token")));
+        assert!(r.options.is_ok());
+        let r = resource(Method::GET, "/apis/rbac.authorization.k8s.io/v1/clusterroles/admin", None);
+        assert_eq!((r.group.as_str(), summary(&r)), ("rbac.authorization.k8s.io", ("get", None, "clusterroles", Some("admin"), None)));
+        let r = resource(Method::DELETE, "/api/v1/namespaces/foo", None);
+        assert_eq!(summary(&r), ("delete", Some("foo"), "namespaces", Some("foo"), None));
+        let r = resource(Method::PUT, "/api/v1/namespaces/foo/finalize", None);
+        assert_eq!(summary(&r), ("update", Some("foo"), "namespaces", Some("foo"), Some("finalize")));
+        assert_eq!(resource(Method::DELETE, "/api/v1/namespaces/a/pods", None).verb, Verb::DeleteCollection);
+        // Percent-decoded once, as Go does.
+        let r = resource(Method::GET, "/api/v1/namespaces/a/secrets/mi%6Ee", None);
+        assert_eq!(r.name.as_deref(), Some("mine"));
+        assert!(parse(&Method::GET, "/api/v1/namespaces/a/secrets/%zz", None).is_err());
+    }
+
+    #[test]
+    fn non_resource_paths() {
+        for path in ["/version", "/api", "/api/v1", "/apis/authentication.k8s.io/v1", "/openid/v1/jwks"] {
+            let ParsedRequest::NonResource(n) = parse(&Method::GET, path, None).unwrap() else { panic!("{path}") };
+            assert_eq!((n.verb.as_str(), n.path.as_str()), ("get", path));
+        }
+    }
+
+    #[test]
+    fn repeated_field_selectors_mean_the_first() {
+        let r = resource(Method::GET, "/api/v1/namespaces/a/secrets", Some("fieldSelector=metadata.name%3Dmine&fieldSelector="));
+        assert_eq!(summary(&r), ("list", Some("a"), "secrets", Some("mine"), None));
+        assert_eq!(r.options.unwrap().list.fields.required_name(), Some("mine"));
+        let r = resource(Method::GET, "/api/v1/namespaces/a/secrets", Some("fieldSelector=&fieldSelector=metadata.name%3Dmine"));
+        assert_eq!(r.name, None, "the first, empty, selector wins: a list of everything, authorized as such");
+        assert!(r.options.unwrap().list.fields.is_empty());
+        let r = resource(Method::GET, "/api/v1/namespaces/a/secrets", Some("watch=1&fieldSelector=metadata.name%3Dmine&watch=0"));
+        assert_eq!(summary(&r), ("watch", Some("a"), "secrets", Some("mine"), None));
+    }
+
+    #[test]
+    fn named_watches_never_widen() {
+        let r = resource(Method::GET, "/api/v1/watch/namespaces/a/secrets/mine", None);
+        assert_eq!(summary(&r), ("watch", Some("a"), "secrets", Some("mine"), None));
+        assert_eq!(r.options.unwrap().list.fields, FieldSelector::name_equals("mine"));
+        let r = resource(Method::GET, "/api/v1/watch/namespaces/a", None);
+        assert_eq!(summary(&r), ("watch", Some("a"), "namespaces", Some("a"), None));
+        assert_eq!(r.options.unwrap().list.fields, FieldSelector::name_equals("a"));
+        let r = resource(Method::GET, "/api/v1/watch/namespaces/a/secrets/mine", Some("fieldSelector=metadata.name%3Dother"));
+        assert_eq!(r.options.unwrap_err().message, "fieldSelector metadata.name doesn't match requested name");
+        // `?watch=1` on an object is a get of it, as in kube-apiserver.
+        let r = resource(Method::GET, "/api/v1/namespaces/a/secrets/mine", Some("watch=1"));
+        assert_eq!(summary(&r), ("get", Some("a"), "secrets", Some("mine"), None));
+    }
+
+    #[test]
+    fn writes_to_the_wrong_path_are_405() {
+        let r = resource(Method::POST, "/api/v1/namespaces/a/configmaps/allowed", None);
+        assert_eq!(summary(&r), ("create", Some("a"), "configmaps", Some("allowed"), None));
+        assert_eq!(r.options.unwrap_err().code, 405);
+        for method in [Method::PUT, Method::PATCH] {
+            assert_eq!(resource(method, "/api/v1/namespaces/a/configmaps", None).options.unwrap_err().code, 405);
+        }
+        assert_eq!(resource(Method::GET, "/api/v1/namespaces/a/pods/x/status/y", None).options.unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn bad_options_wait_for_the_handler_and_pin_nothing() {
+        let r = resource(Method::GET, "/api/v1/namespaces/a/secrets", Some("fieldSelector=metadata.name%3Dmine&limit=x"));
+        assert_eq!(r.name, None);
+        assert_eq!(r.options.unwrap_err().code, 400);
+        let r = resource(Method::GET, "/api/v1/namespaces/a/secrets", Some("fieldSelector=metadata.name%3D.."));
+        assert_eq!(r.name, None, "not a valid path segment: not a name");
+    }
+}
