@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use futures::StreamExt;
 use tessera_store::{EventKind, ListOptions, Revision, Store};
@@ -108,49 +109,106 @@ impl<S: Default + Send + Sync + 'static> Reflector<S> {
         Ok(revision)
     }
 
-    /// Follows the store until `shutdown`; call once per view.
+    /// Follows the store until `shutdown`; call once per view. A failed
+    /// list or watch, or a watch that ends soon after it started, is retried
+    /// after an exponential, jittered backoff: a store that keeps failing (or
+    /// a history compacted under a slow watch) must not be re-listed in a loop.
     pub async fn run(self, store: Arc<dyn Store>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut backoff = Backoff::default();
         loop {
             let after = match self.relist(&store).await {
                 Ok(rev) => rev,
                 Err(e) => {
-                    tracing::warn!(error = %e, prefixes = ?self.prefixes, "list failed; retrying");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, prefixes = ?self.prefixes, ?delay, "list failed; retrying");
                     tokio::select! {
                         _ = &mut shutdown => return,
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => continue,
+                        _ = tokio::time::sleep(delay) => continue,
                     }
                 }
             };
+            let started = tokio::time::Instant::now();
             let watches = futures::future::try_join_all(self.prefixes.iter().map(|p| store.watch(p, after))).await;
-            let mut events = match watches {
-                Ok(streams) => futures::stream::select_all(streams),
-                Err(e) => {
-                    tracing::warn!(error = %e, "watch failed; re-listing");
-                    continue;
-                }
-            };
-            loop {
-                let event = tokio::select! {
-                    _ = &mut shutdown => return,
-                    event = events.next() => event,
-                };
-                match event {
-                    Some(Ok(event)) => {
-                        let value = (event.kind != EventKind::Delete).then_some(&event.kv.value[..]);
-                        (self.apply)(&mut self.state.write().unwrap_or_else(|p| p.into_inner()), &event.kv.key, value);
-                        // The epoch moves after the state: a reader that sees the
-                        // new epoch also sees the new state.
-                        self.epoch.fetch_add(1, Ordering::AcqRel);
-                        self.mark_applied(event.revision());
+            match watches {
+                Ok(streams) => {
+                    let mut events = futures::stream::select_all(streams);
+                    loop {
+                        let event = tokio::select! {
+                            _ = &mut shutdown => return,
+                            event = events.next() => event,
+                        };
+                        match event {
+                            Some(Ok(event)) => {
+                                let value = (event.kind != EventKind::Delete).then_some(&event.kv.value[..]);
+                                (self.apply)(&mut self.state.write().unwrap_or_else(|p| p.into_inner()), &event.kv.key, value);
+                                // The epoch moves after the state: a reader that sees the
+                                // new epoch also sees the new state.
+                                self.epoch.fetch_add(1, Ordering::AcqRel);
+                                self.mark_applied(event.revision());
+                            }
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "watch ended; re-listing");
+                                break;
+                            }
+                            None => break,
+                        }
                     }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "watch ended; re-listing");
-                        break;
-                    }
-                    None => break,
                 }
+                Err(e) => tracing::warn!(error = %e, "watch failed; re-listing"),
             }
+            if started.elapsed() >= Backoff::HEALTHY {
+                backoff = Backoff::default();
+            }
+            let delay = backoff.next_delay();
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// Delays between re-lists: 100 ms doubling to 10 s, each with up to 50 %
+/// added jitter so that replicas do not re-list in step.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+    /// A watch that lived this long was healthy: the next failure starts over.
+    const HEALTHY: Duration = Duration::from_secs(30);
+
+    fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        // Jitter from the clock's low bits: no need for a random generator here.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_with_bounded_jitter() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<Duration> = (0..10).map(|_| backoff.next_delay()).collect();
+        let bases = [100u64, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000];
+        for (delay, base) in delays.iter().zip(bases) {
+            let base = Duration::from_millis(base);
+            assert!(*delay >= base && *delay <= base.mul_f64(1.5), "{delay:?} for base {base:?}");
         }
     }
 }
