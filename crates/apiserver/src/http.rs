@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Extension, Path, Request, State};
+use axum::extract::{Extension, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -229,18 +229,31 @@ async fn group_list(headers: HeaderMap) -> Response {
     json_response(StatusCode::OK, &discovery::group_list())
 }
 
-async fn core_resources(Path(version): Path<String>) -> HandlerResult {
-    let list = discovery::resource_list("", &version).ok_or_else(ApiError::no_such_resource)?;
+/// The segments of the authorized path of a non-resource request (the
+/// discovery and OpenAPI handlers read their parameters from the request as
+/// it was authorized, like every handler).
+fn authorized_segments(authorized: &Authorized) -> Vec<&str> {
+    match authorized.request() {
+        ParsedRequest::NonResource(n) => n.path.split('/').filter(|s| !s.is_empty()).collect(),
+        ParsedRequest::Resource(_) => Vec::new(),
+    }
+}
+
+async fn core_resources(authorized: Authorized) -> HandlerResult {
+    let ["api", version] = authorized_segments(&authorized)[..] else { return Err(ApiError::no_such_resource().into()) };
+    let list = discovery::resource_list("", version).ok_or_else(ApiError::no_such_resource)?;
     Ok(json_response(StatusCode::OK, &list))
 }
 
-async fn group(Path(group): Path<String>) -> HandlerResult {
-    let doc = discovery::group(&group).ok_or_else(ApiError::no_such_resource)?;
+async fn group(authorized: Authorized) -> HandlerResult {
+    let ["apis", group] = authorized_segments(&authorized)[..] else { return Err(ApiError::no_such_resource().into()) };
+    let doc = discovery::group(group).ok_or_else(ApiError::no_such_resource)?;
     Ok(json_response(StatusCode::OK, &doc))
 }
 
-async fn group_resources(Path((group, version)): Path<(String, String)>) -> HandlerResult {
-    let list = discovery::resource_list(&group, &version).ok_or_else(ApiError::no_such_resource)?;
+async fn group_resources(authorized: Authorized) -> HandlerResult {
+    let ["apis", group, version] = authorized_segments(&authorized)[..] else { return Err(ApiError::no_such_resource().into()) };
+    let list = discovery::resource_list(group, version).ok_or_else(ApiError::no_such_resource)?;
     Ok(json_response(StatusCode::OK, &list))
 }
 
@@ -252,8 +265,12 @@ async fn rbac_who_can(State(state): State<AppState>, axum::Json(query): axum::Js
     json_response(StatusCode::OK, &crate::rbac::who_can(&state.rbac, &query))
 }
 
-async fn openapi_document(Path(path): Path<String>) -> HandlerResult {
-    let doc = crate::openapi::group_version(&path).ok_or_else(ApiError::no_such_resource)?;
+async fn openapi_document(authorized: Authorized) -> HandlerResult {
+    let path = match authorized.request() {
+        ParsedRequest::NonResource(n) => n.path.strip_prefix("/openapi/v3/").unwrap_or_default(),
+        ParsedRequest::Resource(_) => "",
+    };
+    let doc = crate::openapi::group_version(path).ok_or_else(ApiError::no_such_resource)?;
     Ok(json_response(StatusCode::OK, doc))
 }
 
