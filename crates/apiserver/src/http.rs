@@ -60,6 +60,8 @@ pub struct AppState {
     pub authz: crate::authz::AuthzConfig,
     /// The RBAC policy.
     pub rbac: crate::rbac::PolicyCache,
+    /// The encrypting store layer, when encryption at rest is configured.
+    pub encryption: Option<Arc<tessera_encryption::EncryptedStore>>,
 }
 
 impl AppState {
@@ -100,6 +102,7 @@ pub fn router(state: AppState) -> Router {
         .route("/apis/{group}/{version}", get(group_resources))
         .route("/tessera/v1/rbac/explain", axum::routing::post(rbac_explain))
         .route("/tessera/v1/rbac/who-can", axum::routing::post(rbac_who_can))
+        .route("/tessera/v1/encryption/rewrite", axum::routing::post(encryption_rewrite))
         .route("/openapi/v3", get(|| async { json_response(StatusCode::OK, crate::openapi::index()) }))
         .route("/openapi/v3/{*path}", get(openapi_document))
         .fallback(resource_request)
@@ -255,6 +258,17 @@ async fn group_resources(authorized: Authorized) -> HandlerResult {
     let ["apis", group, version] = authorized_segments(&authorized)[..] else { return Err(ApiError::no_such_resource().into()) };
     let list = discovery::resource_list(group, version).ok_or_else(ApiError::no_such_resource)?;
     Ok(json_response(StatusCode::OK, &list))
+}
+
+/// Re-encrypts every covered object with the current key (after a key
+/// rotation). Only callers allowed to POST this path (cluster admins) get here.
+async fn encryption_rewrite(State(state): State<AppState>) -> HandlerResult {
+    let Some(encrypted) = &state.encryption else {
+        return Err(ApiError::bad_request("encryption at rest is not configured (--encryption-provider-config)").into());
+    };
+    let report = encrypted.rewrite(&["/registry/"]).await.map_err(|e| ApiError::internal(format!("rewrite: {e}")))?;
+    tracing::info!(rewritten = report.rewritten, current = report.current, "encryption rewrite");
+    Ok(json_response(StatusCode::OK, &json!({"rewritten": report.rewritten, "current": report.current})))
 }
 
 async fn rbac_explain(State(state): State<AppState>, axum::Json(query): axum::Json<crate::rbac::RbacQuery>) -> Response {

@@ -53,6 +53,8 @@ pub struct Config {
     pub anonymous_oidc_discovery: bool,
     /// Where objects are stored.
     pub storage: Storage,
+    /// Encryption at rest (`--encryption-provider-config`), if configured.
+    pub encryption: Option<Arc<tessera_encryption::EncryptionConfig>>,
 }
 
 /// The store backend.
@@ -79,6 +81,7 @@ impl Config {
             max_token_lifetime_seconds: 48 * 3600,
             anonymous_oidc_discovery: false,
             storage: Storage::Sqlite,
+            encryption: None,
         }
     }
 
@@ -146,6 +149,12 @@ pub async fn run(
         Storage::Sqlite => Arc::new(tessera_store::sqlite::SqliteStore::open(&config.data_dir.join("store.db"))?),
         Storage::Etcd(etcd) => tessera_store::etcd::connect(etcd).await?,
     };
+    // Encryption sits right above the backend: nothing below it sees a covered value in the clear.
+    let encrypted = config.encryption.as_ref().map(|c| Arc::new(tessera_encryption::EncryptedStore::new(store.clone(), c.clone())));
+    let store: Arc<dyn Store> = match &encrypted {
+        Some(e) => e.clone(),
+        None => store,
+    };
     let registry = Registry::new(store);
     let tls = serve::server_config(&pki.serving_cert_pem, &pki.serving_key_pem, &pki.ca_cert_pem)?;
 
@@ -177,6 +186,7 @@ pub async fn run(
         tokens,
         authz: authz::AuthzConfig { anonymous_oidc_discovery: config.anonymous_oidc_discovery },
         rbac: policy.clone(),
+        encryption: encrypted,
     };
     let app = http::router(state);
 

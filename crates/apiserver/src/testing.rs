@@ -64,6 +64,7 @@ impl InProcess {
             },
             authz: crate::authz::AuthzConfig::default(),
             rbac: policy.clone(),
+            encryption: None,
         };
         tessera_controllers::bootstrap(&registry, "").await?;
         tessera_controllers::aggregation::reconcile_bootstrap_policy(&registry).await?;
