@@ -52,6 +52,8 @@ pub struct Config {
     pub anonymous_oidc_discovery: bool,
     /// Where objects are stored.
     pub storage: Storage,
+    /// Connection caps and timeouts.
+    pub connections: serve::ConnectionLimits,
 }
 
 /// The store backend.
@@ -78,6 +80,7 @@ impl Config {
             max_token_lifetime_seconds: 48 * 3600,
             anonymous_oidc_discovery: false,
             storage: Storage::Sqlite,
+            connections: serve::ConnectionLimits::default(),
         }
     }
 
@@ -209,7 +212,7 @@ pub async fn run(
 
     let started = Started { addr, kubeconfig: kubeconfig_path };
     on_started(&started);
-    serve::serve(listener, tls, app, shutdown).await;
+    serve::serve(listener, tls, app, config.connections, shutdown).await;
     let _ = stop_tx.send(true);
     for task in tasks.drain(..) {
         let _ = task.await;
