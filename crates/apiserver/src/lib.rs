@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tessera_api::Registry;
 use tessera_store::Store;
-use tokio::net::TcpListener;
 
 pub mod authz;
 pub mod discovery;
@@ -136,7 +135,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| pki::PkiError::Io { path: config.data_dir.clone(), source })?;
-    let listener = TcpListener::bind(config.bind).await.map_err(|source| Error::Bind { addr: config.bind, source })?;
+    let listener = serve::listen(config.bind).map_err(|source| Error::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.bind, source })?;
     let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
     let server_url = format!("https://{host}:{}", addr.port());

@@ -137,6 +137,22 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Refused connections are logged at most this often (an attacker makes many).
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Connections the kernel completes and queues for `accept` (Linux caps it at
+/// `net.core.somaxconn`, 4096 by default, which is also what Go servers ask for).
+/// A burst of new connections waits here instead of being dropped, which would
+/// cost its clients a one-second SYN retransmission; tokio's default is 1024.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the listening socket.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As `TcpListener::bind` does: a restarted server can bind at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// What every connection task shares.
 struct Shared {
     acceptor: TlsAcceptor,
@@ -154,9 +170,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let mut http = auto::Builder::new(TokioExecutor::new());
-    // hyper's own HTTP/1.1 header deadline starts whenever it waits for a
-    // request head, i.e. exactly when the connection is idle: keep it in step.
-    http.http1().timer(TokioTimer::new()).header_read_timeout(limits.idle_timeout);
+    // hyper's own HTTP/1.1 header deadline would run whenever it waits for a
+    // request head, which is exactly when the connection is idle: the idle
+    // timeout covers it, for both protocols, and closes silently as Go does.
+    http.http1().timer(TokioTimer::new()).header_read_timeout(None);
     // PINGs detect dead peers under long watches; they do not keep a connection "busy".
     http.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
     let shared = Arc::new(Shared { acceptor: TlsAcceptor::from(Arc::new(tls)), app, http, limits });
