@@ -486,14 +486,15 @@ fn request_bodies_that_stall_or_trickle_are_cut_off() {
                     .await
                     .expect("send headers");
                 let sending = tokio::spawn(async move {
-                    while trickle {
-                        if writer.write_all(b" ").await.is_err() {
-                            return;
+                    if trickle {
+                        while writer.write_all(b" ").await.is_ok() {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
                         }
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    } else {
+                        // A stalled client keeps its connection open and sends nothing.
+                        std::future::pending::<()>().await;
+                        drop(writer);
                     }
-                    // A stalled client keeps its connection open and sends nothing.
-                    std::future::pending::<()>().await;
                 });
                 let answer = tokio::time::timeout(BODY + Duration::from_secs(5), read_until_closed(&mut reader))
                     .await
