@@ -5,19 +5,22 @@
 //! No client holds the server by sending nothing. Every connection is bounded:
 //! - in number: [`ConnectionLimits::max_connections`] in all and
 //!   [`ConnectionLimits::max_connections_per_client`] per client address; at the
-//!   global cap the longest-idle connection makes room (see [`admission`]), and
+//!   global cap the longest-idle connection makes room (see `admission`), and
 //!   the accept loop never waits for a slot;
-//! - in time while it does nothing useful: the TLS handshake must finish within
-//!   the handshake timeout; a connection with no request in flight is closed
-//!   after the idle timeout (HTTP/1.1 between requests and while a request's
-//!   headers trickle in; HTTP/2 with no open stream, however many PINGs it
-//!   answers, with a GOAWAY); a request body must arrive within the body timeout.
+//! - in time while the server has no work in hand for it: the TLS handshake
+//!   must finish within the handshake timeout; a connection is closed after
+//!   the idle timeout with no request being read, handled or answered
+//!   (HTTP/1.1 between requests and while a request's headers trickle in;
+//!   HTTP/2 with no open stream, however many PINGs it answers, with a GOAWAY);
+//!   a response frame the client does not take counts as idle, so a client
+//!   that stops reading (an HTTP/2 window of zero) is closed too;
+//! - a request body must arrive within the body timeout.
 //!
-//! A request in flight (a long watch) keeps its connection, as in kube-apiserver.
-//! HTTP/2 has no per-stream header deadline: a stream whose HEADERS never end is
-//! not yet a request, so it holds the connection only while the idle timeout
-//! allows, or while another stream is in flight, and then only within h2's
-//! header-size limit.
+//! A watch waiting for events is work in hand: it keeps its connection, as in
+//! kube-apiserver. HTTP/2 has no per-stream header deadline: a stream whose
+//! HEADERS never end is not yet a request, so it holds the connection only
+//! while the idle timeout allows, or while another request is in hand, and
+//! then only within h2's header-size limit.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,7 +42,7 @@ mod admission;
 mod body;
 
 use admission::{Admission, Admitted, Refusal};
-use body::{DeadlineBody, InFlightBody};
+use body::{DeadlineBody, TurnTakingBody};
 
 /// TLS setup failures.
 #[derive(Debug, thiserror::Error)]
@@ -94,15 +97,16 @@ fn peer_identity(conn: &rustls::ServerConnection) -> PeerIdentity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// Most connections held at once. At the cap the longest-idle connection is
-    /// closed to make room; a newcomer is refused only if all have requests in flight.
+    /// closed to make room; a newcomer is refused only if none is idle.
     pub max_connections: usize,
     /// Most connections one client (an IPv4 address or an IPv6 /64) holds at once;
     /// further ones are closed at once.
     pub max_connections_per_client: usize,
     /// A client must finish the TLS handshake within this time.
     pub handshake_timeout: Duration,
-    /// A connection with no request in flight for this long is closed
-    /// (this includes a client still sending a request's headers).
+    /// A connection the server has had no work in hand for this long is closed:
+    /// no request being read (past its headers), handled, or answered to a
+    /// client that takes the answer.
     pub idle_timeout: Duration,
     /// A request body must arrive in full within this time of its headers.
     pub body_timeout: Duration,
@@ -233,7 +237,7 @@ impl RefusalLog {
         }
         let why = match refusal {
             Refusal::ClientLimit => "the client holds its maximum of connections",
-            Refusal::Full => "the server holds its maximum of connections, all with requests in flight",
+            Refusal::Full => "the server holds its maximum of connections, none of them idle",
         };
         tracing::warn!(%remote, refused = self.unlogged, "refusing connections: {why}");
         self.last_logged = Some(now);
@@ -264,7 +268,7 @@ async fn serve_connection(shared: Arc<Shared>, tcp: tokio::net::TcpStream, remot
     let app = shared.app.clone();
     let requests = conn.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        let in_flight = requests.begin_request();
+        let request = requests.begin_request();
         let (req, body_deadline) = {
             let (parts, body) = req.into_parts();
             let (body, deadline) = DeadlineBody::new(body, limits.body_timeout);
@@ -283,7 +287,7 @@ async fn serve_connection(shared: Arc<Shared>, tcp: tokio::net::TcpStream, remot
             } else {
                 response
             };
-            Ok::<_, std::convert::Infallible>(response.map(|body| InFlightBody::new(body, in_flight)))
+            Ok::<_, std::convert::Infallible>(response.map(|body| TurnTakingBody::new(body, request)))
         }
     });
     let connection = shared.http.serve_connection_with_upgrades(TokioIo::new(tls), service);

@@ -303,12 +303,27 @@ fn ten_thousand_idle_connections_do_not_lock_out_a_legitimate_client() {
 /// HTTP/2 frames, as much of them as these attacks need.
 mod h2 {
     pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub(crate) const DATA: u8 = 0x0;
     pub(crate) const HEADERS: u8 = 0x1;
     pub(crate) const SETTINGS: u8 = 0x4;
     pub(crate) const PING: u8 = 0x6;
     pub(crate) const GOAWAY: u8 = 0x7;
     pub(crate) const ACK: u8 = 0x1;
     pub(crate) const END_STREAM: u8 = 0x1;
+    pub(crate) const END_HEADERS: u8 = 0x4;
+    pub(crate) const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+
+    /// A header block of literal fields (HPACK "literal with incremental
+    /// indexing, indexed name", no Huffman), after `indexed` static-table entries.
+    pub(crate) fn header_block(indexed: &[u8], literals: &[(u8, &str)]) -> Vec<u8> {
+        let mut block: Vec<u8> = indexed.iter().map(|index| 0x80 | index).collect();
+        for (name_index, value) in literals {
+            block.push(0x40 | name_index);
+            block.push(u8::try_from(value.len()).expect("short value"));
+            block.extend_from_slice(value.as_bytes());
+        }
+        block
+    }
 
     pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = u32::try_from(payload.len()).expect("small frame").to_be_bytes();
@@ -343,6 +358,8 @@ mod h2 {
 struct H2Outcome {
     pings_answered: usize,
     goaway_codes: Vec<u32>,
+    headers: usize,
+    data: usize,
 }
 
 /// Reads frames until the server closes the connection, acknowledging its
@@ -361,6 +378,14 @@ async fn h2_until_closed(
                 None
             }
             h2::PING => Some(h2::frame(h2::PING, h2::ACK, 0, &frame.payload)),
+            h2::HEADERS => {
+                outcome.headers += 1;
+                None
+            }
+            h2::DATA => {
+                outcome.data += 1;
+                None
+            }
             h2::GOAWAY => {
                 let code = frame.payload.get(4..8).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
                 outcome.goaway_codes.push(code.expect("GOAWAY carries an error code"));
@@ -377,7 +402,8 @@ async fn h2_until_closed(
 
 /// An HTTP/2 connection that sends PINGs (and answers the server's) but never
 /// a request is closed with a GOAWAY after the idle timeout; so is one that
-/// opened a stream whose header block never ends.
+/// opened a stream whose header block never ends, and one that asked for an
+/// answer it never lets the server send (a flow-control window of zero).
 #[test]
 fn http2_connections_without_requests_are_closed_with_goaway() {
     let _serial = one_at_a_time();
@@ -387,17 +413,18 @@ fn http2_connections_without_requests_are_closed_with_goaway() {
     let rt = runtime();
     rt.block_on(async {
         let connector = tls_client(&server, b"h2", false);
-        let open_h2 = || async {
-            let tls = connect_tls(&connector, addr).await;
+        let connector = &connector;
+        let open_h2 = |settings: Vec<u8>| async move {
+            let tls = connect_tls(connector, addr).await;
             assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
             let (reader, mut writer) = tokio::io::split(tls);
             writer.write_all(h2::PREFACE).await.expect("preface");
-            writer.write_all(&h2::frame(h2::SETTINGS, 0, 0, &[])).await.expect("settings");
+            writer.write_all(&h2::frame(h2::SETTINGS, 0, 0, &settings)).await.expect("settings");
             (reader, Arc::new(tokio::sync::Mutex::new(writer)), Instant::now())
         };
 
         // The pinger: a PING every 200 ms, all answered, and still closed.
-        let (reader, writer, pinger_opened) = open_h2().await;
+        let (reader, writer, pinger_opened) = open_h2(Vec::new()).await;
         let pinging = tokio::spawn({
             let writer = writer.clone();
             async move {
@@ -412,9 +439,19 @@ fn http2_connections_without_requests_are_closed_with_goaway() {
         let pinger = tokio::spawn(async move { (h2_until_closed(reader, writer, true).await, pinger_opened.elapsed()) });
 
         // The stalled stream: HEADERS without END_HEADERS (":method: GET", HPACK index 2), then nothing.
-        let (reader, writer, stalled_opened) = open_h2().await;
+        let (reader, writer, stalled_opened) = open_h2(Vec::new()).await;
         writer.lock().await.write_all(&h2::frame(h2::HEADERS, h2::END_STREAM, 1, &[0x82])).await.expect("partial headers");
         let stalled = tokio::spawn(async move { (h2_until_closed(reader, writer, false).await, stalled_opened.elapsed()) });
+
+        // The non-reader: asks for /api with a stream window of zero, so the
+        // answer's head arrives and its body never can; it answers PINGs.
+        let mut zero_window = h2::SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+        zero_window.extend_from_slice(&0u32.to_be_bytes());
+        let (reader, writer, reader_opened) = open_h2(zero_window).await;
+        // :method GET (2), :scheme https (7), :path /api (4), :authority (1).
+        let request = h2::header_block(&[2, 7], &[(4, "/api"), (1, "tessera")]);
+        writer.lock().await.write_all(&h2::frame(h2::HEADERS, h2::END_HEADERS | h2::END_STREAM, 1, &request)).await.expect("request");
+        let non_reader = tokio::spawn(async move { (h2_until_closed(reader, writer, true).await, reader_opened.elapsed()) });
 
         let deadline = IDLE + Duration::from_secs(5);
         let (pinger, pinger_lived) = tokio::time::timeout(deadline, pinger).await.expect("pinging connection closed").expect("task");
@@ -426,6 +463,12 @@ fn http2_connections_without_requests_are_closed_with_goaway() {
         let (stalled, stalled_lived) = tokio::time::timeout(deadline, stalled).await.expect("stalled stream's connection closed").expect("task");
         eprintln!("HTTP/2 stream with unfinished headers: {stalled:?}, closed after {stalled_lived:?}");
         assert_eq!(stalled.goaway_codes.first(), Some(&0), "closed with GOAWAY NO_ERROR: {stalled:?}");
+
+        let (non_reader, non_reader_lived) =
+            tokio::time::timeout(deadline, non_reader).await.expect("non-reading client's connection closed").expect("task");
+        eprintln!("HTTP/2 client with a zero window: {non_reader:?}, closed after {non_reader_lived:?}");
+        assert_eq!((non_reader.headers, non_reader.data), (1, 0), "the answer's head came, its body could not: {non_reader:?}");
+        assert_eq!(non_reader.goaway_codes.first(), Some(&0), "closed with GOAWAY NO_ERROR: {non_reader:?}");
     });
 }
 

@@ -1,9 +1,9 @@
 //! Which connections the server holds: a global cap, a per-client cap, and
-//! the activity of each held connection (requests in flight, idle since when).
+//! the activity of each held connection (work in hand, idle since when).
 //!
 //! When the global cap is reached, the connection that has been idle longest
-//! is evicted to make room; only when every held connection has a request in
-//! flight is the newcomer refused. Clients that send nothing (an unfinished
+//! is evicted to make room; only when no held connection is idle is the
+//! newcomer refused. Clients that send nothing (an unfinished
 //! TLS handshake, a keep-alive connection between requests) therefore cannot
 //! keep others out, however many addresses they come from. A client past its
 //! own cap is refused: it has no claim on more of the server.
@@ -59,7 +59,7 @@ impl fmt::Display for Client {
 pub(crate) enum Refusal {
     /// The client already holds its share of connections.
     ClientLimit,
-    /// The server holds its maximum and every connection has a request in flight.
+    /// The server holds its maximum and no connection is idle.
     Full,
 }
 
@@ -165,15 +165,19 @@ impl Drop for Admitted {
 pub(crate) struct Connection {
     client: Client,
     activity: Mutex<Activity>,
-    /// Signalled when the last request in flight ends.
+    /// Signalled when the server's last work in hand for the connection ends.
     became_idle: Notify,
     /// Signalled (once, with a stored permit) when the table evicts this connection.
     evicted: Notify,
 }
 
+/// Requests whose turn it is on the server: being read, handled, or producing
+/// their next response frame. A response handed to the connection and not yet
+/// taken by the client is the client's turn, so a client that stops reading
+/// (an HTTP/2 window of zero, unread pipelined answers) leaves its connection idle.
 #[derive(Debug, Clone, Copy)]
 struct Activity {
-    in_flight: u32,
+    working: u32,
     idle_since: Instant,
 }
 
@@ -181,39 +185,53 @@ impl Connection {
     fn new(client: Client) -> Self {
         Self {
             client,
-            activity: Mutex::new(Activity { in_flight: 0, idle_since: Instant::now() }),
+            activity: Mutex::new(Activity { working: 0, idle_since: Instant::now() }),
             became_idle: Notify::new(),
             evicted: Notify::new(),
         }
     }
 
-    /// When the connection last had no request in flight; None while it has one.
+    /// Since when the server has had no work in hand for the connection; None while it has some.
     pub(crate) fn idle_since(&self) -> Option<Instant> {
         let activity = *lock(&self.activity);
-        (activity.in_flight == 0).then_some(activity.idle_since)
+        (activity.working == 0).then_some(activity.idle_since)
     }
 
     /// Restarts the idle clock (the TLS handshake just finished: the client
     /// gets the whole idle timeout for its first request).
     pub(crate) fn touch(&self) {
         let mut activity = lock(&self.activity);
-        if activity.in_flight == 0 {
+        if activity.working == 0 {
             activity.idle_since = Instant::now();
         }
     }
 
-    /// Marks a request in flight until the returned guard is dropped.
-    pub(crate) fn begin_request(self: &Arc<Self>) -> InFlight {
-        lock(&self.activity).in_flight += 1;
-        InFlight(self.clone())
+    /// A request arrived: the server's turn until [`Request::client_turn`].
+    pub(crate) fn begin_request(self: &Arc<Self>) -> Request {
+        self.start_work();
+        Request { conn: self.clone(), working: true }
     }
 
-    /// Resolves once the connection has had no request in flight for `timeout`.
+    fn start_work(&self) {
+        lock(&self.activity).working += 1;
+    }
+
+    fn end_work(&self) {
+        let mut activity = lock(&self.activity);
+        activity.working -= 1;
+        if activity.working == 0 {
+            activity.idle_since = Instant::now();
+            drop(activity);
+            self.became_idle.notify_waiters();
+        }
+    }
+
+    /// Resolves once the server has had no work in hand for the connection for `timeout`.
     pub(crate) async fn idle_for(&self, timeout: std::time::Duration) {
         loop {
             let became_idle = self.became_idle.notified();
             tokio::pin!(became_idle);
-            // Registered before the check, so an end of request in between is not missed.
+            // Registered before the check, so work ending in between is not missed.
             became_idle.as_mut().enable();
             match self.idle_since() {
                 None => became_idle.await,
@@ -235,20 +253,33 @@ impl Connection {
     }
 }
 
-/// A request in flight on a connection; the connection is idle again when the
-/// last one is dropped (the response body has been sent, or the request was abandoned).
+/// One request on a connection, from its headers until its response is sent
+/// (or abandoned), alternating between the server's turn and the client's.
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<Connection>);
+pub(crate) struct Request {
+    conn: Arc<Connection>,
+    working: bool,
+}
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let mut activity = lock(&self.0.activity);
-        activity.in_flight -= 1;
-        if activity.in_flight == 0 {
-            activity.idle_since = Instant::now();
-            drop(activity);
-            self.0.became_idle.notify_waiters();
+impl Request {
+    /// The server is producing the response (or waiting for something to send, as a watch does).
+    pub(crate) fn server_turn(&mut self) {
+        if !std::mem::replace(&mut self.working, true) {
+            self.conn.start_work();
         }
+    }
+
+    /// The response (or its latest frame) is with the connection, for the client to take.
+    pub(crate) fn client_turn(&mut self) {
+        if std::mem::replace(&mut self.working, false) {
+            self.conn.end_work();
+        }
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        self.client_turn();
     }
 }
 
@@ -314,17 +345,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn idle_means_no_request_in_flight_for_the_whole_timeout() {
+    async fn idle_means_no_work_in_hand_for_the_whole_timeout() {
         let admission = Admission::new(1, 1);
         let held = admission.admit(ip("10.0.0.1")).unwrap();
         let conn = held.connection().clone();
-        let request = conn.begin_request();
+        let mut request = conn.begin_request();
         let mut idle = tokio::spawn({
             let conn = conn.clone();
             async move { conn.idle_for(Duration::from_secs(30)).await }
         });
         // A long request (a watch) keeps the connection alive past the timeout.
         assert!(tokio::time::timeout(Duration::from_secs(120), &mut idle).await.is_err());
+        // A response the client does not take is the client's turn: the clock runs.
+        request.client_turn();
+        assert!(tokio::time::timeout(Duration::from_secs(29), &mut idle).await.is_err());
+        // The client took it and the server produces the next frame (a watch event).
+        request.server_turn();
+        assert!(tokio::time::timeout(Duration::from_secs(60), &mut idle).await.is_err());
         drop(request);
         assert!(tokio::time::timeout(Duration::from_secs(29), &mut idle).await.is_err());
         // A request that comes and goes restarts the clock.

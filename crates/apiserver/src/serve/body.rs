@@ -2,9 +2,10 @@
 //!
 //! A request body must arrive in full within the body timeout, counted from
 //! when its headers arrived: a total deadline, not an inactivity one, so a
-//! client trickling a byte now and then is cut off too. A response body keeps
-//! its request counted as in flight until it has been sent (or abandoned), so
-//! a long watch is never mistaken for an idle connection.
+//! client trickling a byte now and then is cut off too. A response body tells
+//! its connection whose turn it is: a watch waiting for events is the server's
+//! turn (the connection is busy), a frame the client does not take is the
+//! client's (the connection is idle, and closed if that lasts).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use tessera_api::ApiError;
 use tessera_api::status::StatusDetails;
 use tokio::time::{Instant, Sleep};
 
-use super::admission::InFlight;
+use super::admission::Request;
 
 /// Why reading a request body failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,32 +110,103 @@ pub(crate) fn body_timeout_response() -> Response {
     .into_response()
 }
 
-/// A response body that keeps its request counted as in flight until it is dropped.
+/// A response body that tells its request whose turn it is: the server's while
+/// it produces a frame (a watch waiting for an event included), the client's
+/// once a frame is handed over, until the connection asks for the next. Large
+/// frames go out in slices so that a slow but steady reader shows progress.
 #[derive(Debug)]
-pub(crate) struct InFlightBody<B> {
-    inner: B,
-    _in_flight: InFlight,
+pub(crate) struct TurnTakingBody {
+    inner: axum::body::Body,
+    /// The rest of a large frame not yet handed over.
+    rest: Bytes,
+    request: Request,
 }
 
-impl<B> InFlightBody<B> {
-    pub(crate) fn new(inner: B, in_flight: InFlight) -> Self {
-        Self { inner, _in_flight: in_flight }
+/// Largest slice handed to the connection at once.
+const SLICE: usize = 64 * 1024;
+
+impl TurnTakingBody {
+    pub(crate) fn new(inner: axum::body::Body, mut request: Request) -> Self {
+        // The response is ready: the connection sends its head, then asks for the body.
+        request.client_turn();
+        Self { inner, rest: Bytes::new(), request }
+    }
+
+    fn hand_over(&mut self, mut data: Bytes) -> Frame<Bytes> {
+        if data.len() > SLICE {
+            self.rest = data.split_off(SLICE);
+        }
+        self.request.client_turn();
+        Frame::data(data)
     }
 }
 
-impl<B: Body + Unpin> Body for InFlightBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
+impl Body for TurnTakingBody {
+    type Data = Bytes;
+    type Error = axum::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        this.request.server_turn();
+        if !this.rest.is_empty() {
+            let rest = std::mem::take(&mut this.rest);
+            return Poll::Ready(Some(Ok(this.hand_over(rest))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => Poll::Ready(Some(Ok(this.hand_over(data)))),
+                Err(frame) => {
+                    this.request.client_turn();
+                    Poll::Ready(Some(Ok(frame)))
+                }
+            },
+            Poll::Ready(end) => {
+                this.request.client_turn();
+                Poll::Ready(end)
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        hint.set_lower(hint.lower() + rest);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn large_frames_go_out_in_slices_and_whole() {
+        let admission = super::super::admission::Admission::new(1, 1);
+        let held = admission.admit("127.0.0.1".parse().unwrap()).unwrap();
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let request = held.connection().begin_request();
+        let mut body = TurnTakingBody::new(axum::body::Body::from(payload.clone()), request);
+        assert_eq!(body.size_hint().exact(), Some(200_000));
+        let mut sizes = Vec::new();
+        let mut received = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            // Between frames it is the client's turn: the connection counts as idle.
+            assert!(held.connection().idle_since().is_some());
+            sizes.push(data.len());
+            received.extend_from_slice(&data);
+        }
+        assert_eq!(sizes, [SLICE, SLICE, SLICE, 200_000 - 3 * SLICE]);
+        assert_eq!(received, payload);
     }
 }
