@@ -113,10 +113,12 @@ pub struct ConnectionLimits {
 }
 
 impl Default for ConnectionLimits {
-    /// Handshake 10 s (as before); idle 30 s, about when kube-apiserver closes an
-    /// idle TLS connection (its 32 s header-read deadline, which Go's server also
-    /// applies to the handshake); body 60 s, kube-apiserver's default
-    /// `--request-timeout`, after which it answers 504. 10,000 connections (as
+    /// Handshake 10 s (as before). Idle 30 s: kube-apiserver closes a silent new
+    /// connection after its 32 s `ReadHeaderTimeout` (Go applies it to the TLS
+    /// handshake too) and keep-alive connections after 90 s idle; one 30 s
+    /// bound for both is the safer side, and clients reconnect without fuss.
+    /// Body 60 s: kube-apiserver's default `--request-timeout`, after which it
+    /// answers 504. 10,000 connections (as
     /// before), 500 per client: 20 addresses to fill the server, while a node
     /// running many clients behind one address (agents, sidecars, HTTP/1.1
     /// watches, `tessera bench --concurrency`) stays far below it.
@@ -269,12 +271,9 @@ async fn serve_connection(shared: Arc<Shared>, tcp: tokio::net::TcpStream, remot
     let requests = conn.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let request = requests.begin_request();
-        let (req, body_deadline) = {
-            let (parts, body) = req.into_parts();
-            let (body, deadline) = DeadlineBody::new(body, limits.body_timeout);
-            (hyper::Request::from_parts(parts, axum::body::Body::new(body)), deadline)
-        };
-        let mut req = req;
+        let (parts, body) = req.into_parts();
+        let (body, body_deadline) = DeadlineBody::new(body, limits.body_timeout);
+        let mut req = hyper::Request::from_parts(parts, axum::body::Body::new(body));
         req.extensions_mut().insert(identity.clone());
         let app = app.clone();
         async move {
