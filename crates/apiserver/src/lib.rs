@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tessera_api::Registry;
 use tessera_store::Store;
-use tokio::net::TcpListener;
 
 pub mod authz;
 pub mod discovery;
@@ -55,6 +54,8 @@ pub struct Config {
     pub storage: Storage,
     /// Encryption at rest (`--encryption-provider-config`), if configured.
     pub encryption: Option<Arc<tessera_encryption::EncryptionConfig>>,
+    /// Connection caps and timeouts.
+    pub connections: serve::ConnectionLimits,
 }
 
 /// The store backend.
@@ -82,6 +83,7 @@ impl Config {
             anonymous_oidc_discovery: false,
             storage: Storage::Sqlite,
             encryption: None,
+            connections: serve::ConnectionLimits::default(),
         }
     }
 
@@ -137,7 +139,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| pki::PkiError::Io { path: config.data_dir.clone(), source })?;
-    let listener = TcpListener::bind(config.bind).await.map_err(|source| Error::Bind { addr: config.bind, source })?;
+    let listener = serve::listen(config.bind).map_err(|source| Error::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.bind, source })?;
     let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
     let server_url = format!("https://{host}:{}", addr.port());
@@ -220,7 +222,7 @@ pub async fn run(
 
     let started = Started { addr, kubeconfig: kubeconfig_path };
     on_started(&started);
-    serve::serve(listener, tls, app, shutdown).await;
+    serve::serve(listener, tls, app, config.connections, shutdown).await;
     let _ = stop_tx.send(true);
     for task in tasks.drain(..) {
         let _ = task.await;
