@@ -329,3 +329,4 @@ fn many_small_rules_cost_what_their_atoms_cost() {
     assert_eq!(m.omitted(), 2900);
 }
 
+
