@@ -35,7 +35,7 @@
 //! shown; the rest are counted.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::rule::{PolicyRule, go_quote};
 
@@ -46,16 +46,18 @@ pub struct Limits {
     pub max_lines: usize,
     /// Most bytes of listed rules (a line that would pass it is not shown).
     pub max_bytes: usize,
-    /// Most search steps (one step: one class tried in one state).
+    /// Most search steps (one step: one class tried in one state, or one
+    /// value marked by a held `*/sub` or URL prefix), besides four per value
+    /// the request lists (see [`check`]).
     pub max_steps: u64,
 }
 
 impl Default for Limits {
-    /// 100 lines, 32 KiB, 200,000 steps. Issue 12's 18⁴ rule against a
-    /// namespace admin takes under 500 steps (0.6 ms); the budget ends the
-    /// worst case known in about 30 ms (`cargo bench --bench escalation`).
+    /// 100 lines, 32 KiB, 100,000 steps. Issue 12's 18⁴ rule against a
+    /// namespace admin takes under 500 steps (under 1 ms); the budget ends
+    /// the worst case known in about 50 ms (`cargo bench --bench escalation`).
     fn default() -> Self {
-        Self { max_lines: 100, max_bytes: 32 * 1024, max_steps: 200_000 }
+        Self { max_lines: 100, max_bytes: 32 * 1024, max_steps: 100_000 }
     }
 }
 
@@ -102,10 +104,21 @@ impl Missing {
 }
 
 /// Checks that `held` covers `requested` as kube-apiserver's `Covers` does.
+///
+/// The search may take [`Limits::max_steps`] steps, plus four for each value
+/// the requested rules list: however many small rules a request holds, it
+/// costs about what its atoms would, and is never refused for its length.
 pub fn check(held: &[PolicyRule], requested: &[PolicyRule], limits: &Limits) -> Result<(), NotCovered> {
-    let spaces = Spaces::new(held, requested);
-    let budget = Budget(Cell::new(limits.max_steps));
-    let all_held = Bits::full(held.len());
+    let listed: usize = requested
+        .iter()
+        .map(|r| r.verbs.len() + r.api_groups.len() + r.resources.len() + r.resource_names.len() + r.non_resource_urls.len())
+        .sum();
+    let budget = Budget(Cell::new(limits.max_steps.saturating_add(4u64.saturating_mul(listed as u64))));
+    // The same rule held twice (one role, many bindings) covers nothing more.
+    let mut seen = HashSet::new();
+    let held: Vec<&PolicyRule> = held.iter().filter(|rule| seen.insert(*rule)).collect();
+    let spaces = Spaces::new(&held, requested, &budget)?;
+    let all_held = Set::range(held.len());
 
     let resource_dims = [&spaces.groups, &spaces.resources, &spaces.names, &spaces.verbs];
     let mut resources = Search::new(&resource_dims, 3, &budget);
@@ -165,61 +178,93 @@ impl Output<'_> {
 /// A value of one dimension; None is "no resourceNames" (names only).
 type Value<'a> = Option<&'a str>;
 
-/// A fixed-size set of rule indexes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Bits(Box<[u64]>);
+/// A set of rule indexes (held or requested), sorted. Sparse, so that the
+/// requested rules listing each value take memory in proportion to the
+/// request, however many rules it has.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+struct Set(Vec<u32>);
 
-impl Bits {
-    fn empty(len: usize) -> Self {
-        Self(vec![0; len.div_ceil(64)].into_boxed_slice())
+impl Set {
+    /// `0..len`.
+    fn range(len: usize) -> Self {
+        Self((0..len).filter_map(|i| u32::try_from(i).ok()).collect())
     }
 
-    fn full(len: usize) -> Self {
-        Self::from_fn(len, |_| true)
-    }
-
-    fn from_fn(len: usize, f: impl Fn(usize) -> bool) -> Self {
-        let mut bits = Self::empty(len);
-        for i in (0..len).filter(|&i| f(i)) {
-            bits.set(i);
+    /// Adds `i`, which is not below any member (members are added in order).
+    fn push(&mut self, i: usize) {
+        let Ok(i) = u32::try_from(i) else { return };
+        if self.0.last().is_none_or(|&last| last < i) {
+            self.0.push(i);
         }
-        bits
-    }
-
-    fn set(&mut self, i: usize) {
-        if let Some(word) = self.0.get_mut(i / 64) {
-            *word |= 1 << (i % 64);
-        }
-    }
-
-    fn and(&self, other: &Self) -> Self {
-        Self(self.0.iter().zip(other.0.iter()).map(|(a, b)| a & b).collect())
-    }
-
-    fn or(&self, other: &Self) -> Self {
-        Self(self.0.iter().zip(other.0.iter()).map(|(a, b)| a | b).collect())
     }
 
     fn is_empty(&self) -> bool {
-        self.0.iter().all(|w| *w == 0)
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().map(|&i| i as usize)
+    }
+
+    fn and(&self, other: &Self) -> Self {
+        let (small, large) = if self.0.len() <= other.0.len() { (self, other) } else { (other, self) };
+        if small.0.len().saturating_mul(8) < large.0.len() {
+            // Very unequal sizes (all rules in play against one class's):
+            // look each small member up rather than walk the large set.
+            return Self(small.0.iter().copied().filter(|x| large.0.binary_search(x).is_ok()).collect());
+        }
+        let (mut a, mut b) = (small.0.iter().peekable(), large.0.iter().peekable());
+        let mut out = Vec::new();
+        while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
+            match x.cmp(&y) {
+                std::cmp::Ordering::Less => {
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    out.push(x);
+                    a.next();
+                    b.next();
+                }
+            }
+        }
+        Self(out)
+    }
+
+    /// The members that are also in `a` or in `b`.
+    fn and_either(&self, a: &Self, b: &Self) -> Self {
+        match (self.and(a), b.is_empty()) {
+            (in_a, true) => in_a,
+            (in_a, false) => in_a.or(&self.and(b)),
+        }
+    }
+
+    fn or(&self, other: &Self) -> Self {
+        if other.is_empty() {
+            return self.clone();
+        }
+        let mut out: Vec<u32> = self.0.iter().chain(&other.0).copied().collect();
+        out.sort_unstable();
+        out.dedup();
+        Self(out)
     }
 
     fn intersects(&self, other: &Self) -> bool {
-        self.0.iter().zip(other.0.iter()).any(|(a, b)| a & b != 0)
-    }
-
-    fn ones(&self) -> impl Iterator<Item = usize> + '_ {
-        self.0.iter().enumerate().flat_map(|(w, &word)| (0..64).filter(move |b| word & (1 << b) != 0).map(move |b| w * 64 + b))
+        let (small, large) = if self.0.len() <= other.0.len() { (self, other) } else { (other, self) };
+        small.0.iter().any(|x| large.0.binary_search(x).is_ok())
     }
 }
 
 /// Values that the same held rules cover and the same requested rules list.
 #[derive(Debug)]
 struct Class {
-    /// Held rules that cover these values (in this dimension).
-    held: Bits,
+    /// Held rules that cover these values by naming them (besides the
+    /// dimension's [`Dimension::everywhere`]).
+    held: Set,
     /// Requested rules that list these values.
-    rules: Bits,
+    rules: Set,
     /// How many values.
     size: u64,
 }
@@ -233,26 +278,34 @@ struct Dimension<'a> {
     ordered: Vec<(Value<'a>, usize)>,
     /// The classes of each requested rule's values.
     by_rule: Vec<Vec<usize>>,
+    /// Held rules that cover any value here (`*`, or no names): kept once
+    /// rather than with every value.
+    everywhere: Set,
     /// Held rules that cover every value of this dimension.
-    universal: Bits,
+    universal: Set,
 }
 
 impl<'a> Dimension<'a> {
     /// The classes any of `rules` lists.
-    fn candidates(&self, rules: &Bits) -> Vec<usize> {
-        let mut ones = rules.ones();
-        let (Some(first), None) = (ones.next(), ones.next()) else {
-            let mut all: Vec<usize> = rules.ones().flat_map(|r| self.by_rule.get(r).into_iter().flatten().copied()).collect();
-            all.sort_unstable();
-            all.dedup();
-            return all;
-        };
-        self.by_rule.get(first).cloned().unwrap_or_default()
+    fn candidates(&self, rules: &Set) -> Vec<usize> {
+        if let [only] = rules.0.as_slice() {
+            return self.by_rule.get(*only as usize).cloned().unwrap_or_default();
+        }
+        let mut all: Vec<usize> = rules.iter().flat_map(|r| self.by_rule.get(r).into_iter().flatten().copied()).collect();
+        all.sort_unstable();
+        all.dedup();
+        all
     }
 
-    /// The held rules covering `value` (none if it is not a value here).
-    fn held_of(&self, value: Value<'a>) -> Option<&Bits> {
-        self.class_of.get(&value).and_then(|&c| self.classes.get(c)).map(|c| &c.held)
+    /// Of `held`, the rules that also cover the values of class `c`.
+    fn still_covering(&self, held: &Set, c: &Class) -> Set {
+        held.and_either(&c.held, &self.everywhere)
+    }
+
+    /// Whether any of `held` covers `value` (false if it is not a value here).
+    fn covers(&self, held: &Set, value: Value<'a>) -> bool {
+        let named = self.class_of.get(&value).and_then(|&c| self.classes.get(c)).is_some_and(|c| held.intersects(&c.held));
+        named || held.intersects(&self.everywhere)
     }
 }
 
@@ -260,52 +313,51 @@ impl<'a> Dimension<'a> {
 struct Values<'a> {
     list: Vec<Value<'a>>,
     index: HashMap<Value<'a>, usize>,
-    rules: Vec<Bits>,
-    held: Vec<Bits>,
-    held_len: usize,
+    rules: Vec<Set>,
+    held: Vec<Set>,
+    everywhere: Set,
 }
 
 impl<'a> Values<'a> {
     /// The values that the `active` requested rules list in one dimension.
-    fn collect(requested: &'a [PolicyRule], active: &Bits, held_len: usize, values_of: impl Fn(&'a PolicyRule) -> Vec<Value<'a>>) -> Self {
-        let mut values = Self { list: Vec::new(), index: HashMap::new(), rules: Vec::new(), held: Vec::new(), held_len };
-        for i in active.ones() {
+    fn collect(requested: &'a [PolicyRule], active: &Set, values_of: impl Fn(&'a PolicyRule) -> Vec<Value<'a>>) -> Self {
+        let mut values = Self { list: Vec::new(), index: HashMap::new(), rules: Vec::new(), held: Vec::new(), everywhere: Set::default() };
+        for i in active.iter() {
             let Some(rule) = requested.get(i) else { continue };
             for value in values_of(rule) {
                 let at = *values.index.entry(value).or_insert_with(|| {
                     values.list.push(value);
-                    values.rules.push(Bits::empty(requested.len()));
-                    values.held.push(Bits::empty(held_len));
+                    values.rules.push(Set::default());
+                    values.held.push(Set::default());
                     values.list.len() - 1
                 });
-                values.rules[at].set(i);
+                values.rules[at].push(i);
             }
         }
         values
     }
 
     /// Records that held rule `h` covers `value`, if it is one of ours.
+    /// (Held rules are recorded in order.)
     fn covered(&mut self, value: Value<'_>, h: usize) {
         if let Some(&at) = self.index.get(&value) {
-            self.held[at].set(h);
+            self.held[at].push(h);
         }
     }
 
     /// Records that held rule `h` covers every value.
     fn all_covered(&mut self, h: usize) {
-        for held in &mut self.held {
-            held.set(h);
-        }
+        self.everywhere.push(h);
     }
 
     /// Groups the values into classes.
     fn classify(self) -> Dimension<'a> {
         let mut classes: Vec<Class> = Vec::new();
-        let mut class_ids: HashMap<(Bits, Bits), usize> = HashMap::new();
+        let mut class_ids: HashMap<(Set, Set), usize> = HashMap::new();
         let mut class_of = HashMap::with_capacity(self.list.len());
-        let mut universal = Bits::full(self.held_len);
+        let mut named_everywhere: Option<Set> = None;
         for ((value, rules), held) in self.list.iter().zip(self.rules).zip(self.held) {
-            universal = universal.and(&held);
+            named_everywhere = Some(named_everywhere.map_or_else(|| held.clone(), |all| all.and(&held)));
             let id = *class_ids.entry((held.clone(), rules.clone())).or_insert_with(|| {
                 classes.push(Class { held, rules, size: 0 });
                 classes.len() - 1
@@ -315,7 +367,7 @@ impl<'a> Values<'a> {
         }
         let mut by_rule: Vec<Vec<usize>> = Vec::new();
         for (id, class) in classes.iter().enumerate() {
-            for r in class.rules.ones() {
+            for r in class.rules.iter() {
                 if by_rule.len() <= r {
                     by_rule.resize_with(r + 1, Vec::new);
                 }
@@ -324,7 +376,8 @@ impl<'a> Values<'a> {
         }
         let mut ordered: Vec<(Value<'a>, usize)> = self.list.iter().map(|v| (*v, class_of[v])).collect();
         ordered.sort_by_cached_key(|(v, _)| print_key(*v));
-        Dimension { classes, class_of, ordered, by_rule, universal }
+        let universal = named_everywhere.map_or_else(|| self.everywhere.clone(), |named| named.or(&self.everywhere));
+        Dimension { classes, class_of, ordered, by_rule, universal, everywhere: self.everywhere }
     }
 }
 
@@ -346,9 +399,9 @@ struct Spaces<'a> {
     names: Dimension<'a>,
     urls: Dimension<'a>,
     /// Requested rules with verbs, groups and resources.
-    resource_rules: Bits,
+    resource_rules: Set,
     /// Requested rules with verbs and URLs.
-    url_rules: Bits,
+    url_rules: Set,
 }
 
 fn strs(list: &[String]) -> Vec<Value<'_>> {
@@ -357,23 +410,27 @@ fn strs(list: &[String]) -> Vec<Value<'_>> {
 
 impl<'a> Spaces<'a> {
     /// The dimensions, with each value's covering held rules found from the
-    /// held rules' side (so a held wildcard marks every value at once).
-    fn new(held: &[PolicyRule], requested: &'a [PolicyRule]) -> Self {
-        let n = requested.len();
-        let resource_rules = Bits::from_fn(n, |i| {
-            let r = &requested[i];
-            !r.verbs.is_empty() && !r.api_groups.is_empty() && !r.resources.is_empty()
-        });
-        let url_rules = Bits::from_fn(n, |i| !requested[i].verbs.is_empty() && !requested[i].non_resource_urls.is_empty());
+    /// held rules' side. Marks that one held entry makes on many values (a
+    /// held `*/sub` or URL prefix) are paid for from the budget.
+    fn new(held: &[&PolicyRule], requested: &'a [PolicyRule], budget: &Budget) -> Result<Self, NotCovered> {
+        let makes = |f: fn(&PolicyRule) -> bool| {
+            let mut set = Set::default();
+            for (i, _) in requested.iter().enumerate().filter(|(_, r)| f(r)) {
+                set.push(i);
+            }
+            set
+        };
+        let resource_rules = makes(|r| !r.verbs.is_empty() && !r.api_groups.is_empty() && !r.resources.is_empty());
+        let url_rules = makes(|r| !r.verbs.is_empty() && !r.non_resource_urls.is_empty());
         let any_rule = resource_rules.or(&url_rules);
 
-        let mut verbs = Values::collect(requested, &any_rule, held.len(), |r| strs(&r.verbs));
-        let mut groups = Values::collect(requested, &resource_rules, held.len(), |r| strs(&r.api_groups));
-        let mut resources = Values::collect(requested, &resource_rules, held.len(), |r| strs(&r.resources));
-        let mut names = Values::collect(requested, &resource_rules, held.len(), |r| {
+        let mut verbs = Values::collect(requested, &any_rule, |r| strs(&r.verbs));
+        let mut groups = Values::collect(requested, &resource_rules, |r| strs(&r.api_groups));
+        let mut resources = Values::collect(requested, &resource_rules, |r| strs(&r.resources));
+        let mut names = Values::collect(requested, &resource_rules, |r| {
             if r.resource_names.is_empty() { vec![None] } else { strs(&r.resource_names) }
         });
-        let mut urls = Values::collect(requested, &url_rules, held.len(), |r| strs(&r.non_resource_urls));
+        let mut urls = Values::collect(requested, &url_rules, |r| strs(&r.non_resource_urls));
 
         // `base/sub` resources by `sub`, for held `*/sub`.
         let mut by_subresource: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -391,8 +448,10 @@ impl<'a> Spaces<'a> {
             mark_literal_or_all(&mut groups, &rule.api_groups, h);
             mark_literal_or_all(&mut resources, &rule.resources, h);
             for sub in rule.resources.iter().filter_map(|r| r.strip_prefix("*/")) {
-                for &at in by_subresource.get(sub).into_iter().flatten() {
-                    resources.held[at].set(h);
+                let matching = by_subresource.get(sub).map(Vec::as_slice).unwrap_or_default();
+                budget.spend(matching.len())?;
+                for &at in matching {
+                    resources.held[at].push(h);
                 }
             }
             if rule.resource_names.is_empty() {
@@ -406,16 +465,22 @@ impl<'a> Spaces<'a> {
                 continue;
             }
             for pattern in &rule.non_resource_urls {
+                if pattern == "*" {
+                    urls.all_covered(h);
+                    continue;
+                }
                 urls.covered(Some(pattern), h);
                 if let Some(prefix) = pattern.strip_suffix('*').map(|p| p.trim_end_matches('*')) {
                     let start = sorted_urls.partition_point(|(u, _)| *u < prefix);
-                    for &(_, at) in sorted_urls[start..].iter().take_while(|(u, _)| u.starts_with(prefix)) {
-                        urls.held[at].set(h);
+                    let matching: Vec<usize> = sorted_urls[start..].iter().take_while(|(u, _)| u.starts_with(prefix)).map(|(_, at)| *at).collect();
+                    budget.spend(matching.len())?;
+                    for at in matching {
+                        urls.held[at].push(h);
                     }
                 }
             }
         }
-        Self {
+        Ok(Self {
             verbs: verbs.classify(),
             groups: groups.classify(),
             resources: resources.classify(),
@@ -423,14 +488,14 @@ impl<'a> Spaces<'a> {
             urls: urls.classify(),
             resource_rules,
             url_rules,
-        }
+        })
     }
 
     /// `{APIGroups:["g"], Resources:["r"], [ResourceNames:["n"], ]Verbs:[…]}`
     /// for the uncovered key `[g, r, n]`, its verbs merged as kube's
     /// `CompactRules` merges them: in atom order, repeats kept. None if longer
     /// than `max` bytes.
-    fn resource_line(&self, requested: &[PolicyRule], key: &[Value<'_>], rules: &Bits, held: &Bits, max: usize) -> Option<String> {
+    fn resource_line(&self, requested: &[PolicyRule], key: &[Value<'_>], rules: &Set, held: &Set, max: usize) -> Option<String> {
         let &[Some(group), Some(resource), name] = key else { return None };
         let count = |list: &[String], value: &str| list.iter().filter(|x| x.as_str() == value).count();
         let mut line = format!("{{APIGroups:[{}], Resources:[{}], ", go_quote(group), go_quote(resource));
@@ -439,13 +504,8 @@ impl<'a> Spaces<'a> {
         }
         line.push_str("Verbs:[");
         let mut first = true;
-        for rule in rules.ones().filter_map(|i| requested.get(i)) {
-            let uncovered: Vec<String> = rule
-                .verbs
-                .iter()
-                .filter(|v| self.verbs.held_of(Some(v)).is_none_or(|h| !h.intersects(held)))
-                .map(|v| go_quote(v))
-                .collect();
+        for rule in rules.iter().filter_map(|i| requested.get(i)) {
+            let uncovered: Vec<String> = rule.verbs.iter().filter(|v| !self.verbs.covers(held, Some(v))).map(|v| go_quote(v)).collect();
             if uncovered.is_empty() {
                 continue;
             }
@@ -494,19 +554,19 @@ fn url_line(key: &[Value<'_>], max: usize) -> Option<String> {
 
 // === the search ===
 
-/// Steps left, shared by the searches of one check.
+/// Steps left, shared by everything one check does beyond reading its input.
 struct Budget(Cell<u64>);
 
 impl Budget {
-    fn spend(&self) -> Result<(), NotCovered> {
-        let left = self.0.get().checked_sub(1).ok_or(NotCovered::TooComplex)?;
+    fn spend(&self, steps: usize) -> Result<(), NotCovered> {
+        let left = self.0.get().checked_sub(steps as u64).ok_or(NotCovered::TooComplex)?;
         self.0.set(left);
         Ok(())
     }
 }
 
 /// Counted states: (level, requested rules in play, held rules covering).
-type Memo = HashMap<(usize, Bits, Bits), u64>;
+type Memo = HashMap<(usize, Set, Set), u64>;
 
 /// A search over one space: its dimensions, of which the first `key_len`
 /// make a printed rule (the rest, the verbs, are merged into it).
@@ -514,26 +574,26 @@ struct Search<'s, 'a> {
     dims: &'s [&'s Dimension<'a>],
     key_len: usize,
     /// Held rules that cover every value of every dimension from a level on.
-    universal_from: Vec<Bits>,
+    universal_from: Vec<Set>,
     memo: Memo,
     budget: &'s Budget,
 }
 
 impl<'s, 'a> Search<'s, 'a> {
     fn new(dims: &'s [&'s Dimension<'a>], key_len: usize, budget: &'s Budget) -> Self {
-        let mut universal_from = vec![Bits::empty(0); dims.len()];
-        let mut all: Option<Bits> = None;
+        let mut universal_from = vec![Set::default(); dims.len()];
+        let mut below: Option<Set> = None;
         for (level, dim) in dims.iter().enumerate().rev() {
-            let here = all.map_or_else(|| dim.universal.clone(), |below| below.and(&dim.universal));
+            let here = below.map_or_else(|| dim.universal.clone(), |below| below.and(&dim.universal));
             universal_from[level] = here.clone();
-            all = Some(here);
+            below = Some(here);
         }
         Self { dims, key_len, universal_from, memo: Memo::new(), budget }
     }
 
     /// How many distinct uncovered keys lie below this state (for the verb
     /// level: 1 if any verb is uncovered, else 0).
-    fn count(&mut self, level: usize, rules: &Bits, held: &Bits) -> Result<u64, NotCovered> {
+    fn count(&mut self, level: usize, rules: &Set, held: &Set) -> Result<u64, NotCovered> {
         let Some(&dim) = self.dims.get(level) else {
             return Ok(u64::from(held.is_empty()));
         };
@@ -550,13 +610,13 @@ impl<'s, 'a> Search<'s, 'a> {
         }
         let mut total = 0u64;
         for c in dim.candidates(rules) {
-            self.budget.spend()?;
+            self.budget.spend(1)?;
             let Some(class) = dim.classes.get(c) else { continue };
             let rules_below = rules.and(&class.rules);
             if rules_below.is_empty() {
                 continue;
             }
-            let below = self.count(level + 1, &rules_below, &held.and(&class.held))?;
+            let below = self.count(level + 1, &rules_below, &dim.still_covering(held, class))?;
             if level < self.key_len {
                 total = total.saturating_add(class.size.saturating_mul(below));
             } else if below > 0 {
@@ -572,20 +632,20 @@ impl<'s, 'a> Search<'s, 'a> {
     fn walk(
         &mut self,
         level: usize,
-        rules: &Bits,
-        held: &Bits,
+        rules: &Set,
+        held: &Set,
         key: &mut Vec<Value<'a>>,
-        emit: &mut dyn FnMut(&[Value<'a>], &Bits, &Bits) -> bool,
+        emit: &mut dyn FnMut(&[Value<'a>], &Set, &Set) -> bool,
     ) -> Result<bool, NotCovered> {
         let Some(&dim) = self.dims.get(level) else { return Ok(true) };
-        let mut below: HashMap<usize, (Bits, Bits)> = HashMap::new();
+        let mut below: HashMap<usize, (Set, Set)> = HashMap::new();
         for c in dim.candidates(rules) {
             let Some(class) = dim.classes.get(c) else { continue };
             let rules_below = rules.and(&class.rules);
             if rules_below.is_empty() {
                 continue;
             }
-            let held_below = held.and(&class.held);
+            let held_below = dim.still_covering(held, class);
             if self.count(level + 1, &rules_below, &held_below)? > 0 {
                 below.insert(c, (rules_below, held_below));
             }
