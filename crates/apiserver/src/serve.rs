@@ -72,6 +72,10 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client must send a request's headers within this time.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest header list an HTTP/2 request may carry. hyper's default (16 KiB)
+/// is less than a bearer token TokenReview accepts (up to 16 KiB) plus the
+/// other headers; HTTP/1.1's limit is hyper's buffer (about 400 KiB).
+pub const MAX_HEADER_LIST_BYTES: u32 = 32 * 1024;
 
 /// Accepts connections until `shutdown` resolves.
 pub async fn serve(
@@ -124,7 +128,7 @@ async fn serve_connection(acceptor: TlsAcceptor, tcp: tokio::net::TcpStream, rem
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30))).max_header_list_size(MAX_HEADER_LIST_BYTES);
     if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
         tracing::debug!(%remote, error = %e, "connection ended with an error");
     }
