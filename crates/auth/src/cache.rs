@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tessera_token::cache::{BoundedCache, cache_key};
+use tessera_token::cache::{BoundedCache, cache_key, heap_bytes};
 use tokio::time::Instant;
 
 use crate::review::{ReviewError, ReviewOutcome, Reviewer};
@@ -45,14 +45,14 @@ pub struct CachedReviewer<R> {
 
 /// Heap bytes of an outcome (what the cache charges for it).
 fn outcome_bytes(outcome: &ReviewOutcome) -> usize {
-    let strings = |list: &[String]| list.iter().map(|s| s.len() + size_of::<String>()).sum::<usize>();
+    let string = |s: &String| heap_bytes(s.len());
+    let list = |l: &[String]| heap_bytes(size_of_val(l)) + l.iter().map(string).sum::<usize>();
     match outcome {
-        ReviewOutcome::Rejected(why) => why.len(),
+        ReviewOutcome::Rejected(why) => string(why),
         ReviewOutcome::Authenticated(user) => {
-            user.username.len()
-                + user.uid.len()
-                + strings(&user.groups)
-                + user.extra.iter().map(|(k, v)| k.len() + size_of::<String>() + strings(v) + 3 * size_of::<usize>()).sum::<usize>()
+            // A B-tree node per few extras: count one per entry, generously.
+            let extra = user.extra.iter().map(|(k, v)| string(k) + list(v) + 4 * size_of::<String>()).sum::<usize>();
+            string(&user.username) + string(&user.uid) + list(&user.groups) + extra
         }
     }
 }

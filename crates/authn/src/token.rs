@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 use serde_json::Value;
-use tessera_token::cache::{BoundedCache, CacheKey, cache_key};
+use tessera_token::cache::{BoundedCache, CacheKey, cache_key, heap_bytes};
 use tessera_token::jws::{self, Header, MAX_TOKEN_BYTES};
 use tessera_token::verify::{
     BoundClaims, KubernetesClaims, LegacyClaims, NameUid, Rejection, Verified, Verifier, service_account_groups, service_account_username,
@@ -319,18 +319,18 @@ fn service_account_user(namespace: &str, name: &str, uid: &str, extra: BTreeMap<
 
 /// Heap bytes held by a review result (what the review cache charges for it).
 fn review_bytes(review: &Review) -> usize {
-    let strings = |list: &[String]| list.iter().map(|s| s.len() + size_of::<String>()).sum::<usize>();
-    size_of::<Review>()
+    let string = |s: &String| heap_bytes(s.len());
+    let list = |l: &[String]| heap_bytes(size_of_val(l)) + l.iter().map(string).sum::<usize>();
+    // The Arc's block: the review and two counts.
+    heap_bytes(size_of::<Review>() + 16)
         + match review {
             Review::NotOurs => 0,
-            Review::Rejected(why) => why.len(),
+            Review::Rejected(why) => string(why),
             Review::Authenticated(ok) => {
                 let user = &ok.user;
-                user.username.len()
-                    + user.uid.len()
-                    + strings(&user.groups)
-                    + user.extra.iter().map(|(k, v)| k.len() + size_of::<String>() + strings(v) + 3 * size_of::<usize>()).sum::<usize>()
-                    + strings(&ok.audiences)
+                // A B-tree node per few extras: count one per entry, generously.
+                let extra = user.extra.iter().map(|(k, v)| string(k) + list(v) + 4 * size_of::<String>()).sum::<usize>();
+                string(&user.username) + string(&user.uid) + list(&user.groups) + extra + list(&ok.audiences)
             }
         }
 }

@@ -29,13 +29,22 @@ pub fn cache_key<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> CacheKey {
     out
 }
 
-/// Bytes charged for an entry besides its value's heap bytes: the slot in the
-/// hash map (key, value, expiry, charge, with the map's load-factor slack) and
-/// the expiry index entry (with B-tree node slack).
+/// What the allocator takes for a heap block of `len` bytes (glibc: the size
+/// plus an 8-byte header, in 16-byte steps, 32 at least), for callers charging
+/// their values' strings.
+pub fn heap_bytes(len: usize) -> usize {
+    if len == 0 { 0 } else { (len + 8).next_multiple_of(16).max(32) }
+}
+
+/// Bytes charged for an entry besides its value's own heap blocks, in the worst
+/// case: the boxed slot (value, expiry, charge), its bucket in the hash map
+/// (which is at most 7/8 full and may just have doubled), and its entry in
+/// the expiry index (B-tree nodes at least half full).
 pub fn entry_overhead<V, T>() -> usize {
-    let slot = size_of::<CacheKey>() + size_of::<Slot<V, T>>() + 1;
+    let slot = heap_bytes(size_of::<Slot<V, T>>());
+    let bucket = size_of::<CacheKey>() + size_of::<Box<Slot<V, T>>>() + 1;
     let index = size_of::<(T, u64, CacheKey)>();
-    slot * 8 / 7 + index * 3 / 2
+    slot + bucket * 16 / 7 + index * 2
 }
 
 struct Slot<V, T> {
@@ -48,7 +57,8 @@ struct Slot<V, T> {
 }
 
 struct Inner<V, T> {
-    slots: HashMap<CacheKey, Slot<V, T>>,
+    /// Slots are boxed so that the table's spare capacity costs pointers, not values.
+    slots: HashMap<CacheKey, Box<Slot<V, T>>>,
     by_expiry: BTreeSet<(T, u64, CacheKey)>,
     bytes: usize,
     next_seq: u64,
@@ -110,7 +120,7 @@ impl<V: Clone, T: Ord + Copy> BoundedCache<V, T> {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         inner.by_expiry.insert((expires, seq, key));
-        inner.slots.insert(key, Slot { value, expires, seq, charge });
+        inner.slots.insert(key, Box::new(Slot { value, expires, seq, charge }));
         inner.bytes += charge;
     }
 
