@@ -31,8 +31,10 @@ struct Args {
     /// Directory with this service's own `token` and `ca.crt` (set by `tessera agent run`).
     #[arg(long, env = "TESSERA_SA_DIR")]
     sa_dir: PathBuf,
-    /// How long a review result is reused.
-    #[arg(long, env = "DATA_STORE_CACHE_TTL", default_value = "10")]
+    /// How long an accepted token is reused before the API is asked again: the
+    /// revocation window of `--verify tokenreview` (a deleted Pod's token works
+    /// at most this long).
+    #[arg(long, env = "DATA_STORE_CACHE_TTL", default_value = "5")]
     cache_ttl_seconds: u64,
     /// `tokenreview` (ask the API for every new token) or `jwks` (verify offline
     /// from the issuer's keys, falling back to TokenReview; no revocation before expiry).
@@ -65,9 +67,9 @@ async fn main() -> anyhow::Result<()> {
     let ttl = Duration::from_secs(args.cache_ttl_seconds);
     let layer = if args.verify == "jwks" {
         let offline = JwksReviewer::new(client.clone(), &args.issuer, Duration::from_secs(300)).with_fallback(TokenReviewClient::new(client));
-        AuthLayer::new(CachedReviewer::new(offline, ttl, 10_000), &args.audience)
+        AuthLayer::new(CachedReviewer::new(offline).with_revocation_window(ttl), &args.audience)
     } else {
-        AuthLayer::new(CachedReviewer::new(TokenReviewClient::new(client), ttl, 10_000), &args.audience)
+        AuthLayer::new(CachedReviewer::new(TokenReviewClient::new(client)).with_revocation_window(ttl), &args.audience)
     };
     let app = axum::Router::new().fallback(|| async { "Hello from data store. You have been authenticated" }).layer(layer);
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

@@ -181,7 +181,7 @@ pub async fn run(
     let policy = rbac::policy_cache();
     let tokens = tokens::TokenState {
         authority: authority.clone(),
-        cache: Arc::new(tessera_authn::token::ReviewCache::new(10, 100_000)),
+        cache: Arc::new(tessera_authn::token::ReviewCache::new(10, REVIEW_CACHE_BYTES)),
         objects: objects.clone(),
         jwks_uri: format!("{server_url}/openid/v1/jwks"),
     };
@@ -299,24 +299,33 @@ async fn run_controllers(
     }
 }
 
+/// Memory for cached TokenReview results (about 40,000 reviews): bounded in
+/// bytes, so garbage tokens from unauthenticated clients cannot grow it.
+const REVIEW_CACHE_BYTES: usize = 16 << 20;
+
 /// Picks up keys added by `tessera server keys rotate` (and drops expired ones)
-/// without a restart: the key directory is small, so it is re-read every two seconds.
+/// without a restart: the key directory is small, so it is re-read every two
+/// seconds, on the blocking pool (file reads stay off the async threads). A
+/// reload never creates a key (only the first start does); one that finds no
+/// usable key keeps the current set and logs an error.
 async fn reload_keys(config: Config, authority: Arc<tessera_authn::token::TokenAuthority>, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
-    let kids = |set: &tessera_authn::keys::KeySet| set.keys().iter().map(|k| k.kid().to_owned()).collect::<Vec<_>>();
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
         }
-        let now = jiff::Timestamp::now().as_second();
-        match tessera_authn::keys::KeySet::load_or_create(&config.key_dir(), config.signing_alg, now, config.max_token_lifetime_seconds) {
-            Ok(fresh) if kids(&fresh) != kids(&authority.keys()) => {
-                tracing::info!(keys = ?kids(&fresh), "service account signing keys changed");
-                authority.set_keys(fresh);
+        let (dir, reloading) = (config.key_dir(), authority.clone());
+        let reload = tokio::task::spawn_blocking(move || reloading.reload_keys(&dir, jiff::Timestamp::now().as_second()));
+        match reload.await {
+            Ok(Ok(true)) => {
+                let keys = authority.keys();
+                let kids: Vec<&str> = keys.keys().iter().map(|k| k.kid()).collect();
+                tracing::info!(keys = ?kids, "service account signing keys changed");
             }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "reloading signing keys failed; keeping the current ones"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "reloading signing keys failed; keeping the current ones"),
+            Err(e) => tracing::error!(error = %e, "the signing key reload task failed; keeping the current keys"),
         }
     }
 }

@@ -133,6 +133,11 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// Largest header list an HTTP/2 request may carry. hyper's default (16 KiB)
+/// is less than a bearer token TokenReview accepts (up to 16 KiB) plus the
+/// other headers; HTTP/1.1's limit is hyper's buffer (about 400 KiB).
+pub const MAX_HEADER_LIST_BYTES: u32 = 32 * 1024;
+
 /// After a GOAWAY, how long a closing idle connection may take to finish before
 /// it is dropped: h2 waits for the client's PING reply, which a hostile client
 /// never sends. Go's HTTP/2 server allows the same second.
@@ -181,7 +186,7 @@ pub async fn serve(
     // timeout covers it, for both protocols, and closes silently as Go does.
     http.http1().timer(TokioTimer::new()).header_read_timeout(None);
     // PINGs detect dead peers under long watches; they do not keep a connection "busy".
-    http.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+    http.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30))).max_header_list_size(MAX_HEADER_LIST_BYTES);
     let shared = Arc::new(Shared { acceptor: TlsAcceptor::from(Arc::new(tls)), app, http, limits });
     let admission = Admission::new(limits.max_connections, limits.max_connections_per_client);
     let mut refusals = RefusalLog::default();

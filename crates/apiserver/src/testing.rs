@@ -58,7 +58,7 @@ impl InProcess {
             server_address: "127.0.0.1:0".to_owned(),
             tokens: crate::tokens::TokenState {
                 authority,
-                cache: Arc::new(tessera_authn::token::ReviewCache::new(10, 1000)),
+                cache: Arc::new(tessera_authn::token::ReviewCache::new(10, 1 << 20)),
                 objects: objects.clone(),
                 jwks_uri: "https://127.0.0.1/openid/v1/jwks".to_owned(),
             },

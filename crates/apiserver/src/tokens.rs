@@ -9,7 +9,7 @@ use tessera_api::resource::{CORE_PODS, CORE_SECRETS, CORE_SERVICEACCOUNTS};
 use tessera_api::status::{StatusCause, field};
 use tessera_api::{ApiError, Registry};
 use tessera_authn::UserInfo;
-use tessera_authn::token::{BoundObject, BoundTokenSpec, Review, ReviewCache, TokenAuthority};
+use tessera_authn::token::{BoundObject, BoundTokenSpec, IssueError, Review, ReviewCache, TokenAuthority};
 
 use crate::objects::ObjectCache;
 use crate::response::{HandlerResult, json_response};
@@ -92,9 +92,18 @@ impl TokenState {
                 },
                 now(),
             )
-            .map_err(|e| {
-                tracing::error!(error = %e, "signing a token failed");
-                ApiError::internal("failed to sign the token")
+            .map_err(|e| match e {
+                // Only the audiences are unbounded (names are): a token TokenReview
+                // would refuse is not issued at all.
+                IssueError::TooLarge { .. } => invalid_token_request(StatusCause {
+                    reason: "FieldValueTooLong".into(),
+                    message: format!("Too long: {e}"),
+                    field: "spec.audiences".into(),
+                }),
+                IssueError::Key(e) => {
+                    tracing::error!(error = %e, "signing a token failed");
+                    ApiError::internal("failed to sign the token")
+                }
             })?;
         let mut out_spec = spec.clone();
         out_spec["audiences"] = json!(if audiences.is_empty() { self.authority.config().api_audiences.clone() } else { audiences });

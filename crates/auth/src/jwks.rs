@@ -2,77 +2,57 @@
 //! JWKS instead of asking the API for every token.
 //!
 //! # Design
-//! Offline verification checks the signature, issuer, audience and validity
-//! window, but cannot see whether the ServiceAccount or the bound Pod still
-//! exists: a revoked token stays accepted until it expires (tokens of projected
-//! volumes live minutes to an hour). Use it where that trade-off is acceptable;
-//! otherwise use [`crate::TokenReviewClient`]. Tokens this reviewer cannot
-//! decide (unknown key after a refresh, legacy tokens without an audience) go
-//! to the fallback reviewer when one is set. The key decides the algorithm:
-//! `alg: none` and HMAC headers never verify.
+//! Verification is `tessera-token`'s verifier, the very rules the server's
+//! TokenReview applies (signature with the key deciding the algorithm, `crit`,
+//! issuer, audience, `nbf`/`exp`/`iat`, claim shape), minus what needs the
+//! API's object state: whether the ServiceAccount or the bound Pod still
+//! exists. So a revoked token stays accepted until it expires (projected
+//! tokens live minutes to an hour): that is this mode's revocation window. Use
+//! it where that is acceptable; otherwise use [`crate::TokenReviewClient`].
+//!
+//! Tokens of another issuer, and legacy Secret tokens (whose Secret only the
+//! API can see), go to the fallback reviewer when one is set.
+//!
+//! # Key fetches
+//! The JWKS is fetched when first needed, again every `refresh`, and when a
+//! token names a key id the current set lacks, at most once per
+//! [`MIN_FETCH_INTERVAL`] whatever the concurrency: fetches are single-flight
+//! (a request needing a key waits for the fetch in flight instead of starting
+//! another) and rate-limited, so clients sending random key ids cost at most
+//! one fetch a second.
+//!
+//! A token whose key id is absent from a JWKS fetched *after* the token
+//! arrived is refused (`invalid signature, no keys found`), and its key id is
+//! remembered for [`DEFAULT_UNKNOWN_KID_TTL`], during which it triggers no
+//! fetch at all. It does **not** go to the fallback: the JWKS is the issuer's
+//! set of verifying keys, so the API could verify such a token only with a key
+//! it does not publish, and TokenReview would refuse it too; sending it there
+//! would make every forged key id cost a TokenReview. (A key added during a
+//! rotation is published before it signs, so its first token triggers a fetch
+//! that finds it; a client sending a token under a key not yet fetched because
+//! of the rate limit is refused once and succeeds a second later.)
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::Value;
+use tessera_token::cache::{BoundedCache, cache_key};
+use tessera_token::key::PublicKeys;
+use tessera_token::verify::{Rejection, Verified, Verifier};
 use tokio::time::Instant;
 
 use crate::review::{ReviewError, ReviewOutcome, Reviewer, UserInfo};
 
-const LEEWAY_SECONDS: i64 = 60;
-
-/// A public key from the JWKS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum PublicKey {
-    /// P-256 uncompressed point.
-    Es256(Vec<u8>),
-    /// RSA modulus and exponent.
-    Rs256 { n: Vec<u8>, e: Vec<u8> },
-}
-
-impl PublicKey {
-    fn alg(&self) -> &'static str {
-        match self {
-            PublicKey::Es256(_) => "ES256",
-            PublicKey::Rs256 { .. } => "RS256",
-        }
-    }
-
-    fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        use ring::signature;
-        match self {
-            PublicKey::Es256(point) => signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point).verify(message, signature).is_ok(),
-            PublicKey::Rs256 { n, e } => signature::RsaPublicKeyComponents { n, e }.verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, signature).is_ok(),
-        }
-    }
-}
-
-/// Parses a JWKS document into keys by `kid`; keys of other types are skipped.
-fn parse_jwks(doc: &Value) -> BTreeMap<String, PublicKey> {
-    let mut keys = BTreeMap::new();
-    for jwk in doc.get("keys").and_then(Value::as_array).into_iter().flatten() {
-        let s = |k: &str| jwk.get(k).and_then(Value::as_str).and_then(|v| B64.decode(v).ok());
-        let Some(kid) = jwk.get("kid").and_then(Value::as_str) else { continue };
-        let key = match (jwk.get("kty").and_then(Value::as_str), jwk.get("crv").and_then(Value::as_str)) {
-            (Some("EC"), Some("P-256")) => match (s("x"), s("y")) {
-                (Some(x), Some(y)) if x.len() == 32 && y.len() == 32 => PublicKey::Es256([&[4u8][..], &x, &y].concat()),
-                _ => continue,
-            },
-            (Some("RSA"), _) => match (s("n"), s("e")) {
-                (Some(n), Some(e)) => PublicKey::Rs256 { n, e },
-                _ => continue,
-            },
-            _ => continue,
-        };
-        keys.insert(kid.to_owned(), key);
-    }
-    keys
-}
+/// The shortest time between two JWKS fetches, whatever asks for them.
+pub const MIN_FETCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a key id that a fresh JWKS lacked is refused without a fetch, by default.
+pub const DEFAULT_UNKNOWN_KID_TTL: Duration = Duration::from_secs(5);
+/// A fetch taking longer than this fails (requests waiting for it are not held longer).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Memory for remembered unknown key ids (hashed: about 1,500 of them).
+const UNKNOWN_KIDS_BYTES: usize = 256 * 1024;
 
 /// Where the JWKS comes from.
 pub trait JwksSource: Send + Sync + 'static {
@@ -93,17 +73,36 @@ impl JwksSource for kube::Client {
     }
 }
 
-struct Keys {
-    by_kid: BTreeMap<String, PublicKey>,
+/// The keys and when they were fetched.
+#[derive(Default)]
+struct KeyState {
+    keys: Arc<PublicKeys>,
+    /// When the fetch that produced `keys` started (None: never fetched).
     fetched: Option<Instant>,
+    /// When the last fetch, successful or not, started (the rate limit counts from here).
+    attempted: Option<Instant>,
 }
 
-/// Verifies tokens offline from the issuer's JWKS (see the module docs for the trade-off).
+/// Why keys are fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// Only if the set is older than `refresh` (or there is none).
+    Fresh,
+    /// A token names a key id the set lacks.
+    UnknownKid,
+}
+
+/// Verifies tokens offline from the issuer's JWKS (see the module docs).
 pub struct JwksReviewer<S> {
     source: S,
-    issuer: String,
+    verifier: Verifier,
     refresh: Duration,
-    keys: RwLock<Keys>,
+    unknown_kid_ttl: Duration,
+    state: RwLock<KeyState>,
+    /// Held while a fetch is in flight: fetches are single-flight.
+    fetching: tokio::sync::Mutex<()>,
+    /// Key ids a fresh JWKS lacked, by SHA-256.
+    unknown_kids: BoundedCache<(), Instant>,
     fallback: Option<Box<dyn Reviewer>>,
 }
 
@@ -113,110 +112,144 @@ fn now_unix() -> i64 {
 
 impl<S: JwksSource> JwksReviewer<S> {
     /// Verifies tokens of `issuer` with keys from `source`, re-fetched every
-    /// `refresh` and whenever a token names an unknown key (at most once a second).
+    /// `refresh` and when a token names an unknown key (at most once a second).
     pub fn new(source: S, issuer: &str, refresh: Duration) -> Self {
-        Self { source, issuer: issuer.to_owned(), refresh, keys: RwLock::new(Keys { by_kid: BTreeMap::new(), fetched: None }), fallback: None }
+        Self {
+            source,
+            verifier: Verifier { issuer: issuer.to_owned(), accept_legacy: false, api_audiences: Vec::new() },
+            refresh,
+            unknown_kid_ttl: DEFAULT_UNKNOWN_KID_TTL,
+            state: RwLock::new(KeyState::default()),
+            fetching: tokio::sync::Mutex::new(()),
+            unknown_kids: BoundedCache::new(UNKNOWN_KIDS_BYTES),
+            fallback: None,
+        }
     }
 
-    /// Sends tokens it cannot decide to `fallback` (usually a TokenReview client).
+    /// Sends tokens of other issuers and legacy tokens to `fallback` (usually a TokenReview client).
     pub fn with_fallback(mut self, fallback: impl Reviewer) -> Self {
         self.fallback = Some(Box::new(fallback));
         self
     }
 
-    async fn refresh_keys(&self, force: bool) -> Result<(), ReviewError> {
-        let fetched = self.keys.read().unwrap_or_else(|p| p.into_inner()).fetched;
-        let due = match fetched {
-            None => true,
-            Some(at) if force => at.elapsed() >= Duration::from_secs(1),
-            Some(at) => at.elapsed() >= self.refresh,
+    /// Sets how long a key id missing from a fresh JWKS is refused without a fetch.
+    pub fn with_unknown_kid_ttl(mut self, ttl: Duration) -> Self {
+        self.unknown_kid_ttl = ttl;
+        self
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, KeyState> {
+        // The state is replaced field by field with plain values: a panic cannot tear it.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, KeyState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn due(&self, need: Need) -> bool {
+        let state = self.read();
+        let rate_allows = state.attempted.is_none_or(|at| at.elapsed() >= MIN_FETCH_INTERVAL);
+        rate_allows
+            && match need {
+                Need::Fresh => state.fetched.is_none_or(|at| at.elapsed() >= self.refresh),
+                Need::UnknownKid => true,
+            }
+    }
+
+    /// Fetches the JWKS if `need` calls for it and the rate limit allows; one
+    /// fetch at a time. Fails only when there are no keys to verify with.
+    async fn refresh(&self, need: Need) -> Result<(), ReviewError> {
+        let _guard = match self.fetching.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                // A fetch is in flight: its keys are as new as any we could get.
+                // Wait for them when we lack a key; otherwise carry on with ours.
+                if need == Need::UnknownKid || self.read().keys.is_empty() {
+                    drop(self.fetching.lock().await);
+                }
+                return self.usable();
+            }
         };
-        if !due {
-            return Ok(());
+        if !self.due(need) {
+            return self.usable();
         }
-        let doc = self.source.fetch().await?;
-        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        keys.by_kid = parse_jwks(&doc);
-        keys.fetched = Some(Instant::now());
+        let started = Instant::now();
+        self.write().attempted = Some(started);
+        let fetched = match tokio::time::timeout(FETCH_TIMEOUT, self.source.fetch()).await {
+            Ok(result) => result,
+            Err(_) => Err(ReviewError::Unavailable(format!("fetching the JWKS took longer than {FETCH_TIMEOUT:?}"))),
+        };
+        match fetched {
+            Ok(doc) => {
+                let keys = PublicKeys::from_jwks(&doc);
+                tracing::debug!(keys = keys.len(), ?need, "fetched the JWKS");
+                let mut state = self.write();
+                state.keys = Arc::new(keys);
+                state.fetched = Some(started);
+                Ok(())
+            }
+            Err(e) if self.read().keys.is_empty() => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "fetching the JWKS failed; verifying with the keys fetched before");
+                Ok(())
+            }
+        }
+    }
+
+    fn usable(&self) -> Result<(), ReviewError> {
+        if self.read().fetched.is_none() {
+            return Err(ReviewError::Unavailable("the issuer's JWKS has not been fetched yet".to_owned()));
+        }
         Ok(())
     }
 
-    fn key(&self, kid: &str) -> Option<PublicKey> {
-        self.keys.read().unwrap_or_else(|p| p.into_inner()).by_kid.get(kid).cloned()
+    fn verify(&self, token: &str, audience: &[String], now: i64) -> Result<Verified, Rejection> {
+        let keys = self.read().keys.clone();
+        self.verifier.verify(token, &keys, audience, now)
     }
 
     /// Reviews at a given time (unix seconds).
     pub async fn review_at(&self, token: &str, audience: &str, now: i64) -> Result<ReviewOutcome, ReviewError> {
-        let undecided = |why: &str| ReviewOutcome::Rejected(why.to_owned());
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Ok(undecided("malformed token"));
-        };
-        let decode = |s: &str| B64.decode(s).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-        let (Some(header), Some(claims), Ok(signature)) = (decode(h), decode(p), B64.decode(sig)) else {
-            return Ok(undecided("malformed token"));
-        };
-        if claims.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
-            return self.fall_back(token, audience, "token of another issuer (or a legacy token)").await;
-        }
-        let kid = header.get("kid").and_then(Value::as_str).unwrap_or_default();
-        self.refresh_keys(false).await?;
-        let key = match self.key(kid) {
-            Some(k) => k,
-            None => {
-                self.refresh_keys(true).await?;
-                match self.key(kid) {
-                    Some(k) => k,
-                    None => return self.fall_back(token, audience, "signed by a key not in the JWKS").await,
+        let arrived = Instant::now();
+        let audience_list = [audience.to_owned()];
+        self.refresh(Need::Fresh).await?;
+        let verified = match self.verify(token, &audience_list, now) {
+            Err(Rejection::UnknownKey { kid }) => {
+                let kid_key = cache_key([kid.as_deref().unwrap_or_default().as_bytes()]);
+                if self.unknown_kids.get(&kid_key, Instant::now()).is_some() {
+                    return Ok(ReviewOutcome::Rejected(Rejection::UnknownKey { kid }.to_string()));
                 }
+                self.refresh(Need::UnknownKid).await?;
+                let verified = self.verify(token, &audience_list, now);
+                // Remember the key id only when a JWKS fetched after the token
+                // arrived lacks it (not when the rate limit kept us from looking).
+                if matches!(verified, Err(Rejection::UnknownKey { .. })) && self.read().fetched.is_some_and(|at| at >= arrived) {
+                    let now = Instant::now();
+                    self.unknown_kids.insert(kid_key, (), 0, now + self.unknown_kid_ttl, now);
+                }
+                verified
             }
+            other => other,
         };
-        if header.get("alg").and_then(Value::as_str) != Some(key.alg()) || !key.verify(format!("{h}.{p}").as_bytes(), &signature) {
-            return Ok(undecided("invalid signature"));
+        match verified {
+            Ok(Verified::Bound { claims, .. }) => Ok(ReviewOutcome::Authenticated(UserInfo {
+                username: claims.username(),
+                uid: claims.kubernetes.serviceaccount.uid.clone(),
+                groups: claims.groups(),
+                extra: claims.extra(),
+            })),
+            // Not produced: this verifier does not accept legacy tokens (they are not ours).
+            Ok(Verified::Legacy { .. }) => self.fall_back(token, audience).await,
+            Err(Rejection::NotOurs) => self.fall_back(token, audience).await,
+            Err(why) => Ok(ReviewOutcome::Rejected(why.to_string())),
         }
-        let auds: Vec<&str> = match claims.get("aud") {
-            Some(Value::String(a)) => vec![a.as_str()],
-            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
-        };
-        if !auds.contains(&audience) {
-            return Ok(undecided("wrong audience"));
-        }
-        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(i64::MIN);
-        let nbf = claims.get("nbf").and_then(Value::as_i64).unwrap_or(i64::MIN);
-        if now > exp + LEEWAY_SECONDS {
-            return Ok(undecided("expired"));
-        }
-        if now + LEEWAY_SECONDS < nbf {
-            return Ok(undecided("not valid yet"));
-        }
-        let k8s = &claims["kubernetes.io"];
-        let ns = k8s["namespace"].as_str().unwrap_or_default();
-        let name = k8s["serviceaccount"]["name"].as_str().unwrap_or_default();
-        let subject = format!("system:serviceaccount:{ns}:{name}");
-        if ns.is_empty() || name.is_empty() || claims.get("sub").and_then(Value::as_str) != Some(subject.as_str()) {
-            return Ok(undecided("not a ServiceAccount token"));
-        }
-        let mut extra = BTreeMap::new();
-        if let Some(jti) = claims.get("jti").and_then(Value::as_str) {
-            extra.insert("authentication.kubernetes.io/credential-id".to_owned(), vec![format!("JTI={jti}")]);
-        }
-        if let (Some(pod), Some(uid)) = (k8s["pod"]["name"].as_str(), k8s["pod"]["uid"].as_str()) {
-            extra.insert("authentication.kubernetes.io/pod-name".to_owned(), vec![pod.to_owned()]);
-            extra.insert("authentication.kubernetes.io/pod-uid".to_owned(), vec![uid.to_owned()]);
-        }
-        Ok(ReviewOutcome::Authenticated(UserInfo {
-            username: subject,
-            uid: k8s["serviceaccount"]["uid"].as_str().unwrap_or_default().to_owned(),
-            groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), "system:authenticated".into()],
-            extra,
-        }))
     }
 
-    async fn fall_back(&self, token: &str, audience: &str, why: &str) -> Result<ReviewOutcome, ReviewError> {
+    async fn fall_back(&self, token: &str, audience: &str) -> Result<ReviewOutcome, ReviewError> {
         match &self.fallback {
             Some(fallback) => fallback.review(token, audience).await,
-            None => Ok(ReviewOutcome::Rejected(why.to_owned())),
+            None => Ok(ReviewOutcome::Rejected(Rejection::NotOurs.to_string())),
         }
     }
 }
@@ -228,112 +261,4 @@ impl<S: JwksSource> Reviewer for JwksReviewer<S> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use ring::rand::SystemRandom;
-    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
-    use serde_json::json;
-
-    use super::*;
-
-    const NOW: i64 = 1_800_000_000;
-
-    struct Key {
-        pair: EcdsaKeyPair,
-        kid: &'static str,
-    }
-
-    impl Key {
-        fn new(kid: &'static str) -> Self {
-            let rng = SystemRandom::new();
-            let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-            Self { pair: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap(), kid }
-        }
-
-        fn jwk(&self) -> Value {
-            let p = self.pair.public_key().as_ref();
-            json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.kid, "x": B64.encode(&p[1..33]), "y": B64.encode(&p[33..65])})
-        }
-
-        fn sign(&self, header: Value, claims: Value) -> String {
-            let input = format!("{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()));
-            let sig = self.pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
-            format!("{input}.{}", B64.encode(sig.as_ref()))
-        }
-
-        fn token(&self, claims: Value) -> String {
-            self.sign(json!({"alg": "ES256", "kid": self.kid}), claims)
-        }
-    }
-
-    struct Static {
-        doc: Value,
-        fetches: Arc<AtomicUsize>,
-    }
-
-    impl JwksSource for Static {
-        fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Value, ReviewError>> + Send + '_>> {
-            self.fetches.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async move { Ok(self.doc.clone()) })
-        }
-    }
-
-    fn claims(aud: &str) -> Value {
-        json!({"aud": [aud], "exp": NOW + 600, "iat": NOW, "nbf": NOW, "iss": "https://issuer", "jti": "j1", "sub": "system:serviceaccount:api:api",
-               "kubernetes.io": {"namespace": "api", "serviceaccount": {"name": "api", "uid": "u1"}, "pod": {"name": "p", "uid": "pu"}}})
-    }
-
-    fn reviewer(keys: &[&Key]) -> (JwksReviewer<Static>, Arc<AtomicUsize>) {
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let doc = json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
-        (JwksReviewer::new(Static { doc, fetches: fetches.clone() }, "https://issuer", Duration::from_secs(300)), fetches)
-    }
-
-    #[tokio::test]
-    async fn verifies_offline() {
-        let key = Key::new("k1");
-        let (r, fetches) = reviewer(&[&key]);
-        let outcome = r.review_at(&key.token(claims("data-store")), "data-store", NOW).await.unwrap();
-        let ReviewOutcome::Authenticated(user) = outcome else { panic!("{outcome:?}") };
-        assert_eq!(user.username, "system:serviceaccount:api:api");
-        assert_eq!(user.extra["authentication.kubernetes.io/pod-name"], ["p"]);
-        r.review_at(&key.token(claims("data-store")), "data-store", NOW).await.unwrap();
-        assert_eq!(fetches.load(Ordering::SeqCst), 1, "keys are cached");
-    }
-
-    #[tokio::test]
-    async fn refuses_what_it_must() {
-        let key = Key::new("k1");
-        let stranger = Key::new("k1");
-        let (r, _) = reviewer(&[&key]);
-        let rejected = |o: ReviewOutcome| matches!(o, ReviewOutcome::Rejected(_));
-        assert!(rejected(r.review_at(&key.token(claims("api")), "data-store", NOW).await.unwrap()));
-        assert!(rejected(r.review_at(&key.token(claims("data-store")), "data-store", NOW + 700).await.unwrap()));
-        assert!(rejected(r.review_at(&stranger.token(claims("data-store")), "data-store", NOW).await.unwrap()));
-        let none = format!("{}.{}.", B64.encode(r#"{"alg":"none","kid":"k1"}"#), B64.encode(claims("data-store").to_string()));
-        assert!(rejected(r.review_at(&none, "data-store", NOW).await.unwrap()));
-        let hs = key.sign(json!({"alg": "HS256", "kid": "k1"}), claims("data-store"));
-        assert!(rejected(r.review_at(&hs, "data-store", NOW).await.unwrap()));
-        assert!(rejected(r.review_at("garbage", "data-store", NOW).await.unwrap()));
-    }
-
-    #[tokio::test]
-    async fn unknown_keys_fall_back() {
-        let key = Key::new("k1");
-        let other = Key::new("k2");
-        struct Yes;
-        impl Reviewer for Yes {
-            fn review<'a>(&'a self, _: &'a str, _: &'a str) -> Pin<Box<dyn Future<Output = Result<ReviewOutcome, ReviewError>> + Send + 'a>> {
-                Box::pin(async { Ok(ReviewOutcome::Authenticated(UserInfo { username: "via-fallback".into(), ..Default::default() })) })
-            }
-        }
-        let (r, fetches) = reviewer(&[&key]);
-        let r = r.with_fallback(Yes);
-        let outcome = r.review_at(&other.token(claims("data-store")), "data-store", NOW).await.unwrap();
-        assert_eq!(outcome, ReviewOutcome::Authenticated(UserInfo { username: "via-fallback".into(), ..Default::default() }));
-        // One initial fetch; the forced refresh for the unknown kid is rate-limited to once a second.
-        assert_eq!(fetches.load(Ordering::SeqCst), 1);
-    }
-}
+mod tests;

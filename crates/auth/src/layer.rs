@@ -11,8 +11,8 @@ use tower::{Layer, Service};
 
 use crate::review::{ReviewOutcome, Reviewer};
 
-/// Tokens longer than this are refused without a review.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Tokens longer than this are refused without a review (the server's limit too).
+pub const MAX_TOKEN_BYTES: usize = tessera_token::jws::MAX_TOKEN_BYTES;
 /// The header seed 001 uses for the caller's token.
 pub(crate) const CLIENT_ID_HEADER: &str = "x-client-id";
 

@@ -55,6 +55,13 @@ pub trait Reviewer: Send + Sync + 'static {
     fn review<'a>(&'a self, token: &'a str, audience: &'a str) -> Pin<Box<dyn Future<Output = Result<ReviewOutcome, ReviewError>> + Send + 'a>>;
 }
 
+/// A shared reviewer (so that a service can keep a handle on, say, its cache).
+impl<R: Reviewer> Reviewer for std::sync::Arc<R> {
+    fn review<'a>(&'a self, token: &'a str, audience: &'a str) -> Pin<Box<dyn Future<Output = Result<ReviewOutcome, ReviewError>> + Send + 'a>> {
+        (**self).review(token, audience)
+    }
+}
+
 /// Reviews with the TokenReview API (tessera or any Kubernetes cluster).
 #[derive(Clone)]
 pub struct TokenReviewClient {

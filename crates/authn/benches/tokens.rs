@@ -49,7 +49,7 @@ fn bench(c: &mut Criterion) {
         c.bench_function(&format!("{}/review-uncached", alg.as_str()), |b| {
             b.iter(|| assert!(matches!(authority.review(&token, Some(&audiences), &OneAccount, now), Review::Authenticated(_))))
         });
-        let cache = ReviewCache::new(10, 100_000);
+        let cache = ReviewCache::new(10, 16 << 20);
         c.bench_function(&format!("{}/review-cached", alg.as_str()), |b| {
             b.iter(|| assert!(matches!(*cache.review(&authority, &token, Some(&audiences), &OneAccount, now), Review::Authenticated(_))))
         });

@@ -15,7 +15,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
-use serde_json::{Value, json};
+use serde_json::Value;
+use tessera_token::key::{PublicKey, PublicKeys};
 
 use crate::jwt::Algorithm;
 
@@ -61,8 +62,8 @@ pub struct SigningKey {
     kid: String,
     alg: Algorithm,
     pair: Pair,
-    /// Public key bytes in ring's form (EC point, or PKCS#1 RSAPublicKey DER).
-    public: Vec<u8>,
+    /// The public half, as verifiers (and the JWKS) see it.
+    public: PublicKey,
     /// When the key was created (unix seconds).
     pub created: i64,
 }
@@ -145,6 +146,13 @@ impl SigningKey {
         };
         // Like kube-apiserver: the key id is the SHA-256 of the PKIX public key.
         let kid = B64.encode(ring::digest::digest(&ring::digest::SHA256, &spki));
+        let public = match &pair {
+            Pair::Ecdsa(_) => PublicKey::Es256 { point: public },
+            Pair::Rsa(pair) => {
+                let c: ring::rsa::PublicKeyComponents<Vec<u8>> = pair.public().into();
+                PublicKey::Rs256 { n: c.n, e: c.e }
+            }
+        };
         Ok(Self { kid, alg, pair, public, created })
     }
 
@@ -171,33 +179,27 @@ impl SigningKey {
         }
     }
 
+    /// The length of this key's signatures (ES256: 64 bytes; RS256: the modulus length).
+    pub fn signature_len(&self) -> usize {
+        match &self.pair {
+            Pair::Ecdsa(_) => 64,
+            Pair::Rsa(pair) => pair.public().modulus_len(),
+        }
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
     /// Verifies a signature made with this key.
     pub fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
-        let alg: &dyn signature::VerificationAlgorithm = match self.alg {
-            Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
-            Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-        };
-        signature::UnparsedPublicKey::new(alg, &self.public).verify(message, sig).is_ok()
+        self.public.verify(message, sig)
     }
 
     /// The public key as a JWK.
     pub fn jwk(&self) -> Value {
-        match self.alg {
-            Algorithm::ES256 => json!({
-                "use": "sig", "kty": "EC", "kid": self.kid, "crv": "P-256", "alg": "ES256",
-                "x": B64.encode(&self.public[1..33]), "y": B64.encode(&self.public[33..65]),
-            }),
-            Algorithm::RS256 => {
-                let (n, e) = match &self.pair {
-                    Pair::Rsa(pair) => {
-                        let c: ring::rsa::PublicKeyComponents<Vec<u8>> = pair.public().into();
-                        (c.n, c.e)
-                    }
-                    Pair::Ecdsa(_) => (Vec::new(), Vec::new()),
-                };
-                json!({"use": "sig", "kty": "RSA", "kid": self.kid, "alg": "RS256", "n": B64.encode(n), "e": B64.encode(e)})
-            }
-        }
+        self.public.to_jwk(&self.kid)
     }
 }
 
@@ -205,6 +207,8 @@ impl SigningKey {
 #[derive(Debug, Clone)]
 pub struct KeySet {
     keys: Arc<Vec<Arc<SigningKey>>>,
+    /// Their public halves, by key id: what tokens are verified with and the JWKS shows.
+    public: Arc<PublicKeys>,
 }
 
 fn pem_encode(der: &[u8]) -> String {
@@ -240,17 +244,27 @@ impl KeySet {
     /// A key set from keys (any order).
     pub fn new(mut keys: Vec<SigningKey>) -> Self {
         keys.sort_by_key(|k| k.created);
-        Self { keys: Arc::new(keys.into_iter().map(Arc::new).collect()) }
+        let public = PublicKeys::new(keys.iter().map(|k| (k.kid.clone(), k.public.clone())).collect());
+        Self { keys: Arc::new(keys.into_iter().map(Arc::new).collect()), public: Arc::new(public) }
     }
 
-    /// Loads every key in `dir`, creating one with `alg` when there is none.
-    /// Keys retired more than `max_token_lifetime` seconds before `now` are left out.
+    /// First start only: loads every key in `dir`, creating the directory and
+    /// one key with `alg` when there is none. Reloads use [`KeySet::load`],
+    /// which never creates a key.
     pub fn load_or_create(dir: &Path, alg: Algorithm, now: i64, max_token_lifetime: i64) -> Result<Self, KeyError> {
         let io = |source| KeyError::Io { path: dir.to_owned(), source };
         fs::create_dir_all(dir).map_err(io)?;
         if Self::files(dir)?.is_empty() {
             Self::add(dir, alg, now)?;
         }
+        Self::load(dir, now, max_token_lifetime)
+    }
+
+    /// Loads every key in `dir`; creates nothing. Keys retired more than
+    /// `max_token_lifetime` seconds before `now` are left out. A directory
+    /// without a usable key is an error ([`KeyError::Empty`]), never a reason
+    /// to make a key: a reload must not replace the keys tokens are signed with.
+    pub fn load(dir: &Path, now: i64, max_token_lifetime: i64) -> Result<Self, KeyError> {
         let files = Self::files(dir)?;
         let mut keys = Vec::new();
         for (i, (path, created, alg)) in files.iter().enumerate() {
@@ -328,9 +342,19 @@ impl KeySet {
         &self.keys
     }
 
+    /// The public keys, by key id.
+    pub fn public_keys(&self) -> &PublicKeys {
+        &self.public
+    }
+
+    /// Whether both sets hold the same keys.
+    pub fn same_keys(&self, other: &KeySet) -> bool {
+        self.keys.iter().map(|k| &k.kid).eq(other.keys.iter().map(|k| &k.kid))
+    }
+
     /// `/openid/v1/jwks`.
     pub fn jwks(&self) -> Value {
-        json!({"keys": self.keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()})
+        self.public.to_jwks()
     }
 
     /// The algorithms of the keys (for OIDC discovery).
@@ -372,6 +396,20 @@ mod tests {
         let later = KeySet::load_or_create(dir.path(), Algorithm::ES256, 5601, 3600).expect("reload");
         assert!(later.by_kid(&old_kid).is_none());
         assert_eq!(later.keys().len(), 1);
+    }
+
+    #[test]
+    fn load_never_creates_a_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(KeySet::load(dir.path(), 10, 10), Err(KeyError::Empty(_))));
+        assert_eq!(fs::read_dir(dir.path()).expect("dir").count(), 0);
+        let gone = dir.path().join("gone");
+        assert!(matches!(KeySet::load(&gone, 10, 10), Err(KeyError::Io { .. })));
+        assert!(!gone.exists());
+        // Only the first start creates one.
+        let first = KeySet::load_or_create(&gone, Algorithm::ES256, 10, 10).expect("first start");
+        assert_eq!(first.keys().len(), 1);
+        assert_eq!(KeySet::load(&gone, 11, 10).expect("load").signing_key().map(|k| k.kid().to_owned()), first.signing_key().map(|k| k.kid().to_owned()));
     }
 
     #[test]

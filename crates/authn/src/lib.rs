@@ -4,7 +4,8 @@
 //!
 //! Implemented: x509 client certificates (CN = user, O = groups), anonymous,
 //! ServiceAccount tokens (bound and legacy: [`token`]) with their signing keys
-//! ([`keys`]) and a strict JWT codec ([`jwt`]).
+//! ([`keys`]). The JWT codec ([`jwt`]) and the verification rules are
+//! `tessera-token`'s, shared with the `tessera-auth` middleware.
 //!
 //! Must not depend on: HTTP servers (axum, hyper), the store, the API registry.
 
@@ -14,10 +15,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub mod jwt;
 pub mod keys;
 pub mod token;
 pub mod x509;
+
+/// The strict compact JWS codec (shared with the middleware).
+pub use tessera_token::jws as jwt;
 
 /// The group every authenticated user is in.
 pub const AUTHENTICATED_GROUP: &str = "system:authenticated";

@@ -9,23 +9,17 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
+use tessera_token::cache::{BoundedCache, CacheKey, cache_key, heap_bytes};
+use tessera_token::jws::{self, Header, MAX_TOKEN_BYTES};
+use tessera_token::verify::{
+    BoundClaims, KubernetesClaims, LegacyClaims, NameUid, Rejection, Verified, Verifier, service_account_groups, service_account_username,
+};
+pub use tessera_token::verify::{EXTRA_CREDENTIAL_ID, EXTRA_POD_NAME, EXTRA_POD_UID, LEEWAY_SECONDS, LEGACY_ISSUER};
 
-use crate::jwt::{self, Algorithm, Header};
 use crate::keys::{KeyError, KeySet};
-use crate::{AUTHENTICATED_GROUP, UserInfo};
-
-/// The issuer of legacy Secret-based tokens.
-pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
-/// Leeway for `exp`/`nbf`/`iat` checks (go-jose's default, which kube-apiserver uses).
-pub const LEEWAY_SECONDS: i64 = 60;
-/// Extra key: credential id.
-pub const EXTRA_CREDENTIAL_ID: &str = "authentication.kubernetes.io/credential-id";
-/// Extra key: bound pod name.
-pub const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
-/// Extra key: bound pod uid.
-pub const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+use crate::UserInfo;
 
 /// A Secret as token validation needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,49 +98,6 @@ pub struct IssuedToken {
     pub expires_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct NameUid {
-    name: String,
-    uid: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct KubernetesClaims {
-    namespace: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pod: Option<NameUid>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    secret: Option<NameUid>,
-    serviceaccount: NameUid,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct BoundClaims {
-    aud: Vec<String>,
-    exp: i64,
-    iat: i64,
-    iss: String,
-    jti: String,
-    #[serde(rename = "kubernetes.io")]
-    kubernetes: KubernetesClaims,
-    nbf: i64,
-    sub: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct LegacyClaims {
-    iss: String,
-    #[serde(rename = "kubernetes.io/serviceaccount/namespace")]
-    namespace: String,
-    #[serde(rename = "kubernetes.io/serviceaccount/secret.name")]
-    secret_name: String,
-    #[serde(rename = "kubernetes.io/serviceaccount/service-account.name")]
-    service_account_name: String,
-    #[serde(rename = "kubernetes.io/serviceaccount/service-account.uid")]
-    service_account_uid: String,
-    sub: String,
-}
-
 /// A successfully authenticated token. Only this module builds one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
@@ -188,16 +139,28 @@ impl Review {
     }
 }
 
-/// Formats strings like Go's `%q` on a `[]string`: `["a" "b"]`.
-fn go_quote_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| serde_json::to_string(s).unwrap_or_default()).collect();
-    format!("[{}]", quoted.join(" "))
+/// Why a token cannot be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// The token would be larger than TokenReview (and bearer authentication) accepts.
+    #[error("the token would be {bytes} bytes, but tokens must have at most {limit} bytes")]
+    TooLarge {
+        /// The size of the token that was not signed.
+        bytes: usize,
+        /// [`MAX_TOKEN_BYTES`].
+        limit: usize,
+    },
+    /// Signing failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 /// Issues and authenticates ServiceAccount tokens. Cheap to share.
 #[derive(Debug)]
 pub struct TokenAuthority {
     config: TokenConfig,
+    /// The shared verification rules, for this issuer (legacy tokens included).
+    verifier: Verifier,
     keys: RwLock<KeySet>,
 }
 
@@ -206,7 +169,8 @@ pub struct TokenAuthority {
 impl TokenAuthority {
     /// An authority with a key set.
     pub fn new(config: TokenConfig, keys: KeySet) -> Self {
-        Self { config, keys: RwLock::new(keys) }
+        let verifier = Verifier { issuer: config.issuer.clone(), accept_legacy: true, api_audiences: config.api_audiences.clone() };
+        Self { config, verifier, keys: RwLock::new(keys) }
     }
 
     /// Settings.
@@ -225,15 +189,37 @@ impl TokenAuthority {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
     }
 
-    fn sign(&self, claims: &impl Serialize) -> Result<String, KeyError> {
+    /// Re-reads the key directory (new keys from `tessera server keys rotate`,
+    /// expired ones dropped). Never creates a key: when the directory holds no
+    /// usable key the current set stays and the error is returned, for the
+    /// caller to log. Returns whether the set changed. Blocking file I/O: call
+    /// it off the async threads.
+    pub fn reload_keys(&self, dir: &std::path::Path, now: i64) -> Result<bool, KeyError> {
+        let fresh = KeySet::load(dir, now, self.config.max_lifetime_seconds)?;
+        if fresh.same_keys(&self.keys()) {
+            return Ok(false);
+        }
+        self.set_keys(fresh);
+        Ok(true)
+    }
+
+    /// Signs `claims` with the newest key, refusing (before signing) a token
+    /// that TokenReview would refuse for its size.
+    fn sign(&self, claims: &impl Serialize) -> Result<String, IssueError> {
         let keys = self.keys();
         let key = keys.signing_key().ok_or_else(|| KeyError::Crypto("no signing key".into()))?;
         let header = Header { alg: key.alg().as_str().to_owned(), kid: Some(key.kid().to_owned()), crit: None };
-        jwt::encode(&header, claims, |input| key.sign(input))
+        let input = jws::signing_input(&header, claims).map_err(KeyError::from)?;
+        let bytes = jws::encoded_len(input.len(), key.signature_len());
+        if bytes > MAX_TOKEN_BYTES {
+            return Err(IssueError::TooLarge { bytes, limit: MAX_TOKEN_BYTES });
+        }
+        let signature = key.sign(input.as_bytes())?;
+        Ok(jws::finish(input, &signature))
     }
 
     /// Issues a bound token (TokenRequest).
-    pub fn issue_bound(&self, spec: &BoundTokenSpec, now: i64) -> Result<IssuedToken, KeyError> {
+    pub fn issue_bound(&self, spec: &BoundTokenSpec, now: i64) -> Result<IssuedToken, IssueError> {
         let lifetime = spec.expiration_seconds.min(self.config.max_lifetime_seconds);
         let audiences = if spec.audiences.is_empty() { self.config.api_audiences.clone() } else { spec.audiences.clone() };
         let (pod, secret) = match &spec.bound {
@@ -244,23 +230,23 @@ impl TokenAuthority {
         let claims = BoundClaims {
             aud: audiences,
             exp: now + lifetime,
-            iat: now,
+            iat: Some(now),
             iss: self.config.issuer.clone(),
-            jti: uuid::Uuid::new_v4().to_string(),
+            jti: Some(uuid::Uuid::new_v4().to_string()),
             kubernetes: KubernetesClaims {
                 namespace: spec.namespace.clone(),
                 pod,
                 secret,
                 serviceaccount: NameUid { name: spec.service_account.clone(), uid: spec.service_account_uid.clone() },
             },
-            nbf: now,
+            nbf: Some(now),
             sub: format!("system:serviceaccount:{}:{}", spec.namespace, spec.service_account),
         };
         Ok(IssuedToken { token: self.sign(&claims)?, expires_at: now + lifetime })
     }
 
     /// Issues a legacy token for a `kubernetes.io/service-account-token` Secret.
-    pub fn issue_legacy(&self, namespace: &str, service_account: &str, uid: &str, secret: &str) -> Result<String, KeyError> {
+    pub fn issue_legacy(&self, namespace: &str, service_account: &str, uid: &str, secret: &str) -> Result<String, IssueError> {
         self.sign(&LegacyClaims {
             iss: LEGACY_ISSUER.to_owned(),
             namespace: namespace.to_owned(),
@@ -271,23 +257,16 @@ impl TokenAuthority {
         })
     }
 
-    /// Authenticates a token for `audiences` (None: the API audiences) at time `now`.
+    /// Authenticates a token for `audiences` (None: the API audiences) at time
+    /// `now`: the shared verifier's rules, then the objects the token names.
     pub fn review(&self, token: &str, audiences: Option<&[String]>, objects: &dyn ObjectLookup, now: i64) -> Review {
         let token = token.trim();
-        let Ok(parsed) = jwt::decode(token) else { return Review::NotOurs };
-        let issuer = parsed.claims.get("iss").and_then(Value::as_str).unwrap_or_default();
-        let legacy = issuer == LEGACY_ISSUER;
-        if !legacy && issuer != self.config.issuer {
-            return Review::NotOurs;
-        }
-        if let Err(why) = self.verify_signature(&parsed) {
-            return Review::Rejected(why);
-        }
-        let requested: &[String] = audiences.filter(|a| !a.is_empty()).unwrap_or(&self.config.api_audiences);
-        let result = if legacy {
-            self.review_legacy(token, parsed.claims, requested, objects)
-        } else {
-            self.review_bound(parsed.claims, requested, objects, now)
+        let keys = self.keys();
+        let result = match self.verifier.verify(token, keys.public_keys(), audiences.unwrap_or_default(), now) {
+            Err(Rejection::NotOurs) => return Review::NotOurs,
+            Err(why) => Err(why.to_string()),
+            Ok(Verified::Bound { claims, audiences }) => Self::check_bound(claims, audiences, objects),
+            Ok(Verified::Legacy { claims, audiences }) => Self::check_legacy(token, claims, audiences, objects),
         };
         match result {
             Ok(ok) => Review::Authenticated(ok),
@@ -295,65 +274,10 @@ impl TokenAuthority {
         }
     }
 
-    fn verify_signature(&self, parsed: &jwt::Unverified<'_>) -> Result<(), String> {
-        let keys = self.keys();
-        let alg: Algorithm = parsed
-            .header
-            .alg
-            .parse()
-            .map_err(|_| format!("unexpected signature algorithm {:?}; expected [\"ES256\" \"RS256\"]", parsed.header.alg))?;
-        if parsed.header.crit.is_some() {
-            return Err("unsupported critical header".to_owned());
-        }
-        let candidates: Vec<_> = match &parsed.header.kid {
-            Some(kid) => keys.by_kid(kid).into_iter().collect(),
-            None => keys.keys().iter().collect(),
-        };
-        // The key decides the algorithm; a header naming another one never verifies.
-        let verified = candidates
-            .iter()
-            .filter(|k| k.alg() == alg)
-            .any(|k| k.verify(parsed.signing_input.as_bytes(), &parsed.signature));
-        if verified { Ok(()) } else { Err("invalid signature: no trusted key verifies this token".to_owned()) }
-    }
-
-    fn intersect(token_auds: &[String], requested: &[String]) -> Result<Vec<String>, String> {
-        let auds: Vec<String> = requested.iter().filter(|a| token_auds.contains(a)).cloned().collect();
-        if auds.is_empty() {
-            return Err(format!(
-                "token audiences {} is invalid for the target audiences {}",
-                go_quote_list(token_auds),
-                go_quote_list(requested)
-            ));
-        }
-        Ok(auds)
-    }
-
-    fn review_bound(&self, claims: Value, requested: &[String], objects: &dyn ObjectLookup, now: i64) -> Result<Authenticated, String> {
-        // `aud` may be a single string in JWTs; normalise before the typed decode.
-        let mut claims = claims;
-        if let Some(aud) = claims.get("aud").and_then(Value::as_str).map(str::to_owned) {
-            claims["aud"] = Value::Array(vec![Value::String(aud)]);
-        }
-        let claims: BoundClaims = serde_json::from_value(claims)
-            .map_err(|_| "service account token claims could not be validated due to unexpected validation error".to_owned())?;
-        // kube-apiserver checks audiences before times and objects; so do we, so
-        // that the first error reported is the same.
-        let audiences = Self::intersect(&claims.aud, requested)?;
-        if now > claims.exp + LEEWAY_SECONDS {
-            return Err("service account token has expired".to_owned());
-        }
-        if now + LEEWAY_SECONDS < claims.nbf {
-            return Err("service account token is not valid yet".to_owned());
-        }
-        if now + LEEWAY_SECONDS < claims.iat {
-            return Err("service account token claims could not be validated due to unexpected validation error".to_owned());
-        }
+    /// The bound token's ServiceAccount, and its Pod or Secret, must still exist with the same uid.
+    fn check_bound(claims: BoundClaims, audiences: Vec<String>, objects: &dyn ObjectLookup) -> Result<Authenticated, String> {
         let ns = &claims.kubernetes.namespace;
         let sa = &claims.kubernetes.serviceaccount;
-        if claims.sub != format!("system:serviceaccount:{ns}:{}", sa.name) {
-            return Err("service account token claims could not be validated due to unexpected validation error".to_owned());
-        }
         let uid = objects.service_account_uid(ns, &sa.name).ok_or_else(|| format!("serviceaccounts \"{}\" not found", sa.name))?;
         if uid != sa.uid {
             return Err(format!("service account UID ({uid}) does not match claim ({})", sa.uid));
@@ -364,23 +288,17 @@ impl TokenAuthority {
                 return Err(format!("secret UID ({}) does not match service account secret ref claim ({})", found.uid, secret.uid));
             }
         }
-        let mut extra = BTreeMap::new();
-        extra.insert(EXTRA_CREDENTIAL_ID.to_owned(), vec![format!("JTI={}", claims.jti)]);
         if let Some(pod) = &claims.kubernetes.pod {
             let uid = objects.pod_uid(ns, &pod.name).ok_or_else(|| "service account token has been invalidated".to_owned())?;
             if uid != pod.uid {
                 return Err(format!("pod UID ({uid}) does not match service account pod ref claim ({})", pod.uid));
             }
-            extra.insert(EXTRA_POD_NAME.to_owned(), vec![pod.name.clone()]);
-            extra.insert(EXTRA_POD_UID.to_owned(), vec![pod.uid.clone()]);
         }
-        Ok(Authenticated { user: service_account_user(ns, &sa.name, &sa.uid, extra), audiences })
+        Ok(Authenticated { user: service_account_user(ns, &sa.name, &sa.uid, claims.extra()), audiences })
     }
 
-    fn review_legacy(&self, token: &str, claims: Value, requested: &[String], objects: &dyn ObjectLookup) -> Result<Authenticated, String> {
-        let claims: LegacyClaims = serde_json::from_value(claims)
-            .map_err(|_| "service account token claims could not be validated due to unexpected validation error".to_owned())?;
-        let audiences = Self::intersect(&self.config.api_audiences, requested)?;
+    /// A legacy token lives exactly as long as its Secret (holding this very token) and its ServiceAccount.
+    fn check_legacy(token: &str, claims: LegacyClaims, audiences: Vec<String>, objects: &dyn ObjectLookup) -> Result<Authenticated, String> {
         let ns = &claims.namespace;
         let secret = objects.secret(ns, &claims.secret_name).ok_or_else(|| "token has been invalidated".to_owned())?;
         if secret.token.as_deref() != Some(token) {
@@ -396,86 +314,93 @@ impl TokenAuthority {
 }
 
 fn service_account_user(namespace: &str, name: &str, uid: &str, extra: BTreeMap<String, Vec<String>>) -> UserInfo {
-    UserInfo {
-        username: format!("system:serviceaccount:{namespace}:{name}"),
-        uid: uid.to_owned(),
-        groups: vec![
-            "system:serviceaccounts".to_owned(),
-            format!("system:serviceaccounts:{namespace}"),
-            AUTHENTICATED_GROUP.to_owned(),
-        ],
-        extra,
-    }
+    UserInfo { username: service_account_username(namespace, name), uid: uid.to_owned(), groups: service_account_groups(namespace), extra }
 }
 
-/// A short-lived cache of review results keyed by token hash and audiences.
+/// Heap bytes held by a review result (what the review cache charges for it).
+fn review_bytes(review: &Review) -> usize {
+    let string = |s: &String| heap_bytes(s.len());
+    let list = |l: &[String]| heap_bytes(size_of_val(l)) + l.iter().map(string).sum::<usize>();
+    // The Arc's block: the review and two counts.
+    heap_bytes(size_of::<Review>() + 16)
+        + match review {
+            Review::NotOurs => 0,
+            Review::Rejected(why) => string(why),
+            Review::Authenticated(ok) => {
+                let user = &ok.user;
+                // A B-tree node per few extras: count one per entry, generously.
+                let extra = user.extra.iter().map(|(k, v)| string(k) + list(v) + 4 * size_of::<String>()).sum::<usize>();
+                string(&user.username) + string(&user.uid) + list(&user.groups) + extra + list(&ok.audiences)
+            }
+        }
+}
+
+/// A short-lived cache of review results, keyed by the SHA-256 of the token and
+/// the audiences asked for (tokens themselves are never stored) and bounded in
+/// bytes, so that garbage tokens from unauthenticated clients cannot fill
+/// memory: when full, expired entries go first, then those closest to expiry.
 /// Entries die after `ttl_seconds`, at the token's expiry, or as soon as the
 /// object lookup's epoch moves (any ServiceAccount/Pod/Secret change).
 #[derive(Debug)]
 pub struct ReviewCache {
-    entries: RwLock<std::collections::HashMap<[u8; 32], CacheEntry>>,
+    entries: BoundedCache<CacheEntry, i64>,
     ttl_seconds: i64,
-    capacity: usize,
 }
 
 #[derive(Debug, Clone)]
 struct CacheEntry {
     review: Arc<Review>,
     epoch: u64,
-    expires_at: i64,
 }
 
 // === impl ReviewCache ===
 
 impl ReviewCache {
-    /// A cache holding up to `capacity` results for `ttl_seconds`.
-    pub fn new(ttl_seconds: i64, capacity: usize) -> Self {
-        Self { entries: RwLock::new(Default::default()), ttl_seconds, capacity }
+    /// A cache holding results for `ttl_seconds`, in at most `max_bytes`.
+    pub fn new(ttl_seconds: i64, max_bytes: usize) -> Self {
+        Self { entries: BoundedCache::new(max_bytes), ttl_seconds }
     }
 
-    fn key(token: &str, audiences: Option<&[String]>) -> [u8; 32] {
-        // Every part is length-prefixed, so no (token, audiences) pair can
-        // produce the key of another.
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut part = |bytes: &[u8]| {
-            ctx.update(&(bytes.len() as u64).to_be_bytes());
-            ctx.update(bytes);
+    fn key(token: &str, audiences: Option<&[String]>) -> CacheKey {
+        // Length-prefixed parts: no (token, audiences) pair produces the key of another.
+        let count = audiences.map(|list| (list.len() as u64).to_be_bytes());
+        let head: [&[u8]; 2] = match (audiences, &count) {
+            (Some(_), Some(count)) => [token.as_bytes(), count],
+            _ => [token.as_bytes(), b"default"],
         };
-        part(token.as_bytes());
-        match audiences {
-            None => part(b"default"),
-            Some(list) => {
-                part(&(list.len() as u64).to_be_bytes());
-                for a in list {
-                    part(a.as_bytes());
-                }
-            }
-        }
-        let mut out = [0u8; 32];
-        out.copy_from_slice(ctx.finish().as_ref());
-        out
+        cache_key(head.into_iter().chain(audiences.into_iter().flatten().map(String::as_bytes)))
     }
 
     /// Reviews through the cache.
     pub fn review(&self, authority: &TokenAuthority, token: &str, audiences: Option<&[String]>, objects: &dyn ObjectLookup, now: i64) -> Arc<Review> {
         let key = Self::key(token, audiences);
         let epoch = objects.epoch();
-        if let Some(hit) = self.entries.read().unwrap_or_else(|p| p.into_inner()).get(&key)
+        if let Some(hit) = self.entries.get(&key, now)
             && hit.epoch == epoch
-            && now < hit.expires_at
         {
-            return hit.review.clone();
+            return hit.review;
         }
         let review = Arc::new(authority.review(token, audiences, objects, now));
         // Never cache past the token's own expiry.
-        let token_exp = jwt::decode(token).ok().and_then(|t| t.claims.get("exp").and_then(Value::as_i64)).unwrap_or(i64::MAX);
+        let token_exp = jws::decode(token.trim()).ok().and_then(|t| t.claims.get("exp").and_then(Value::as_i64)).unwrap_or(i64::MAX);
         let expires_at = (now + self.ttl_seconds).min(token_exp.saturating_add(LEEWAY_SECONDS));
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= self.capacity {
-            entries.clear();
-        }
-        entries.insert(key, CacheEntry { review: review.clone(), epoch, expires_at });
+        self.entries.insert(key, CacheEntry { review: review.clone(), epoch }, review_bytes(&review), expires_at, now);
         review
+    }
+
+    /// Bytes the cached results take (never more than the budget).
+    pub fn bytes(&self) -> usize {
+        self.entries.bytes()
+    }
+
+    /// Number of cached results.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
 

@@ -7,6 +7,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
 use super::*;
+use tessera_token::jws::Algorithm;
+use crate::jwt;
 use crate::keys::SigningKey;
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -196,7 +198,7 @@ fn unknown_keys_and_tampering_are_rejected() {
     let stranger = authority(Algorithm::ES256);
     let o = objects();
     let t = stranger.issue_bound(&spec(&["x"]), NOW).expect("issue");
-    assert_eq!(rejected(a.review(&t.token, Some(&auds(&["x"])), &o, NOW)), "invalid signature: no trusted key verifies this token");
+    assert_eq!(rejected(a.review(&t.token, Some(&auds(&["x"])), &o, NOW)), "invalid signature, no keys found");
     // Same claims under our kid but the stranger's signature.
     let ours = a.issue_bound(&spec(&["x"]), NOW).expect("issue");
     let (ours_input, _) = ours.token.rsplit_once('.').expect("dot");
@@ -298,14 +300,14 @@ fn rotated_out_key_stops_verifying_once_pruned() {
     // After the old key's tokens can no longer be valid it is dropped; its token fails on both counts.
     let later = NOW + 10 + 3601;
     a.set_keys(KeySet::load_or_create(dir.path(), Algorithm::ES256, later, 3600).expect("reload"));
-    assert_eq!(rejected(a.review(&old.token, Some(&auds(&["x"])), &o, later)), "invalid signature: no trusted key verifies this token");
+    assert_eq!(rejected(a.review(&old.token, Some(&auds(&["x"])), &o, later)), "invalid signature, no keys found");
 }
 
 #[test]
 fn cache_drops_results_when_objects_change() {
     let a = authority(Algorithm::ES256);
     let o = objects();
-    let cache = ReviewCache::new(10, 1000);
+    let cache = ReviewCache::new(10, 1 << 20);
     let t = a.issue_bound(&spec(&["x"]), NOW).expect("issue");
     let aud = auds(&["x"]);
     assert!(matches!(*cache.review(&a, &t.token, Some(&aud), &o, NOW), Review::Authenticated(_)));
@@ -330,10 +332,131 @@ fn lifetime_is_capped() {
 fn cache_keys_do_not_collide_across_audiences() {
     let a = authority(Algorithm::ES256);
     let o = objects();
-    let cache = ReviewCache::new(10, 1000);
+    let cache = ReviewCache::new(10, 1 << 20);
     let t = a.issue_bound(&spec(&["svc"]), NOW).expect("issue");
     // A garbage token shaped like "token NUL audience" must not poison the real (token, [svc]) entry.
     let forged = format!("{}\0svc", t.token);
     assert!(!matches!(*cache.review(&a, &forged, None, &o, NOW), Review::Authenticated(_)));
     assert!(matches!(*cache.review(&a, &t.token, Some(&auds(&["svc"])), &o, NOW), Review::Authenticated(_)));
+}
+
+/// The shared attack list (`tessera_token::attacks`), each with the exact
+/// `status.error` of a TokenReview. The middleware runs the same list.
+#[test]
+fn every_verifier_attack_gets_kube_apiservers_answer() {
+    for alg in [Algorithm::ES256, Algorithm::RS256] {
+        let a = authority(alg);
+        let keys = a.keys();
+        let key = keys.signing_key().expect("key");
+        let sign = |input: &[u8]| key.sign(input).expect("sign");
+        let issuer = tessera_token::attacks::Issuer {
+            issuer: ISSUER,
+            kid: key.kid(),
+            public_key: key.public_key(),
+            sign: &sign,
+            service_account_uid: SA_UID,
+            now: NOW,
+        };
+        let o = objects();
+        let audience = auds(&[tessera_token::attacks::AUDIENCE]);
+        for attack in issuer.attacks() {
+            let expected = match &attack.rejection {
+                Rejection::NotOurs => "invalid bearer token".to_owned(),
+                why => format!("[invalid bearer token, {why}]"),
+            };
+            let review = a.review(&attack.token, Some(&audience), &o, NOW);
+            assert_eq!(review.error_message(), Some(expected), "{alg:?}: {}", attack.name);
+        }
+        for token in [issuer.good_token(), issuer.token_without_iat()] {
+            assert!(matches!(a.review(&token, Some(&audience), &o, NOW), Review::Authenticated(_)), "{alg:?}");
+        }
+    }
+}
+
+#[test]
+fn issued_tokens_are_never_larger_than_reviews_accept() {
+    for alg in [Algorithm::ES256, Algorithm::RS256] {
+        let a = authority(alg);
+        let o = objects();
+        // The longest audience that still gives a token within the limit (the
+        // size grows with the audience): that token is reviewable, one more
+        // character is refused, unsigned.
+        let issue = |len: usize| a.issue_bound(&spec(&[&"a".repeat(len)]), NOW);
+        let (mut fits, mut too_long) = (1, jws::MAX_TOKEN_BYTES);
+        while too_long - fits > 1 {
+            let mid = (fits + too_long) / 2;
+            match issue(mid) {
+                Ok(_) => fits = mid,
+                Err(IssueError::TooLarge { bytes, limit }) => {
+                    assert!(bytes > limit && limit == jws::MAX_TOKEN_BYTES);
+                    too_long = mid;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let len = fits;
+        let largest = issue(len).expect("issue");
+        assert!(matches!(issue(len + 1), Err(IssueError::TooLarge { .. })));
+        assert!(largest.token.len() <= jws::MAX_TOKEN_BYTES && largest.token.len() > jws::MAX_TOKEN_BYTES - 3, "{}", largest.token.len());
+        let audience = auds(&[&"a".repeat(len)]);
+        assert!(matches!(a.review(&largest.token, Some(&audience), &o, NOW), Review::Authenticated(_)), "{alg:?}");
+        // The attack of the security review: 200 audiences made a 29 KB token.
+        let many: Vec<String> = (0..200).map(|i| format!("https://audience-{i:03}.services.example.com/a/rather/long/path/for/this/audience")).collect();
+        match a.issue_bound(&spec(&many.iter().map(String::as_str).collect::<Vec<_>>()), NOW) {
+            Err(IssueError::TooLarge { bytes, limit: 16_384 }) => assert!(bytes > 20_000, "{bytes}"),
+            Err(e) => panic!("{e}"),
+            Ok(t) => panic!("issued a {}-byte token", t.token.len()),
+        }
+    }
+}
+
+#[test]
+fn garbage_floods_stay_within_the_cache_budget() {
+    let a = authority(Algorithm::ES256);
+    let o = objects();
+    let budget = 256 * 1024;
+    let cache = ReviewCache::new(10, budget);
+    let good = a.issue_bound(&spec(&["x"]), NOW).expect("issue");
+    let aud = auds(&["x"]);
+    assert!(matches!(*cache.review(&a, &good.token, Some(&aud), &o, NOW), Review::Authenticated(_)));
+    // 20,000 distinct 8 KiB garbage tokens (160 MB if tokens were stored).
+    let mut token = "A".repeat(8 * 1024);
+    for i in 0..20_000u32 {
+        token.replace_range(..8, &format!("{i:08}"));
+        assert_eq!(*cache.review(&a, &token, Some(&aud), &o, NOW), Review::NotOurs);
+        assert!(cache.bytes() <= budget, "{} > {budget}", cache.bytes());
+    }
+    assert!(cache.len() > 100, "the budget holds many results, not a few tokens: {}", cache.len());
+    // Entries are hash-keyed: a full cache of 8 KiB tokens holds no 8 KiB anything.
+    assert!(cache.bytes() / cache.len() < 512, "{} bytes per entry", cache.bytes() / cache.len());
+}
+
+#[test]
+fn key_reloads_never_create_a_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = TokenConfig { issuer: ISSUER.into(), api_audiences: vec![ISSUER.into()], max_lifetime_seconds: 3600 };
+    let a = TokenAuthority::new(config, KeySet::load_or_create(dir.path(), Algorithm::ES256, NOW, 3600).expect("keys"));
+    let kid = a.keys().signing_key().expect("key").kid().to_owned();
+    let token = a.issue_bound(&spec(&["x"]), NOW).expect("issue");
+    assert!(!a.reload_keys(dir.path(), NOW).expect("reload"), "nothing changed");
+    // The directory is emptied (or replaced by an empty one): the reload fails,
+    // the current key keeps signing and verifying, and no key appears.
+    for file in std::fs::read_dir(dir.path()).expect("dir") {
+        std::fs::remove_file(file.expect("entry").path()).expect("remove");
+    }
+    assert!(matches!(a.reload_keys(dir.path(), NOW + 2), Err(crate::keys::KeyError::Empty(_))));
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0, "a reload created a key");
+    assert_eq!(a.keys().signing_key().expect("key").kid(), kid);
+    assert!(matches!(a.review(&token.token, Some(&auds(&["x"])), &objects(), NOW + 2), Review::Authenticated(_)));
+    // A directory that is gone, or holds only a corrupt key, changes nothing either.
+    assert!(matches!(a.reload_keys(&dir.path().join("gone"), NOW + 4), Err(crate::keys::KeyError::Io { .. })));
+    assert!(!dir.path().join("gone").exists());
+    std::fs::write(dir.path().join("sa-5-ES256.pem"), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").expect("write");
+    assert!(matches!(a.reload_keys(dir.path(), NOW + 6), Err(crate::keys::KeyError::Invalid { .. })));
+    assert_eq!(a.keys().signing_key().expect("key").kid(), kid);
+    // A rotation is picked up.
+    std::fs::remove_file(dir.path().join("sa-5-ES256.pem")).expect("remove");
+    let new_kid = KeySet::add(dir.path(), Algorithm::ES256, NOW + 8).expect("rotate");
+    assert!(a.reload_keys(dir.path(), NOW + 8).expect("reload"));
+    assert_eq!(a.keys().signing_key().expect("key").kid(), new_kid);
 }

@@ -1,13 +1,10 @@
-//! Compact JWS (JWT) encoding and strict decoding, signed and verified with
-//! ring. Only what ServiceAccount tokens use: ES256 and RS256.
+//! Compact JWS (JWT) encoding and strict decoding. Only what ServiceAccount
+//! tokens use: ES256 and RS256.
 //!
 //! # Design
-//! The algorithm a token is verified with comes from the *key*, never from the
-//! token: a header's `alg` must equal the algorithm of the key its `kid` names
-//! (or of some trusted key when there is no `kid`), so `alg: none` and
-//! HMAC-with-a-public-key ("algorithm confusion") have no code path that could
-//! accept them. Parsing is strict (three base64url parts without padding, JSON
-//! objects, no `crit` header) and bounded in size before any work is done.
+//! Parsing is strict (three base64url parts without padding, JSON objects) and
+//! bounded in size before any work is done. Nothing here trusts a token: the
+//! signature and the claims are checked by [`crate::verify`].
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -101,18 +98,36 @@ pub fn decode(token: &str) -> Result<Unverified<'_>, ParseError> {
     Ok(Unverified { header, claims, signing_input: &token[..h.len() + 1 + p.len()], signature })
 }
 
+/// `base64(header).base64(claims)`: the bytes a signature covers.
+pub fn signing_input(header: &Header, claims: &impl Serialize) -> Result<String, serde_json::Error> {
+    let mut out = B64.encode(serde_json::to_vec(header)?);
+    out.push('.');
+    out.push_str(&B64.encode(serde_json::to_vec(claims)?));
+    Ok(out)
+}
+
+/// The length of the compact token made of a signing input of `input_len`
+/// bytes and a signature of `signature_len` bytes (known before signing).
+pub fn encoded_len(input_len: usize, signature_len: usize) -> usize {
+    // Unpadded base64: four characters per three bytes, rounded up.
+    input_len + 1 + (signature_len * 4).div_ceil(3)
+}
+
+/// Appends the signature to a signing input, giving the compact token.
+pub fn finish(mut signing_input: String, signature: &[u8]) -> String {
+    signing_input.push('.');
+    signing_input.push_str(&B64.encode(signature));
+    signing_input
+}
+
 /// Encodes header and claims and signs them with `sign`.
 pub fn encode<E>(header: &Header, claims: &impl Serialize, sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, E>) -> Result<String, E>
 where
     E: From<serde_json::Error>,
 {
-    let mut out = B64.encode(serde_json::to_vec(header)?);
-    out.push('.');
-    out.push_str(&B64.encode(serde_json::to_vec(claims)?));
-    let signature = sign(out.as_bytes())?;
-    out.push('.');
-    out.push_str(&B64.encode(signature));
-    Ok(out)
+    let input = signing_input(header, claims)?;
+    let signature = sign(input.as_bytes())?;
+    Ok(finish(input, &signature))
 }
 
 #[cfg(test)]
@@ -134,6 +149,16 @@ mod tests {
         assert_eq!(parsed.claims["sub"], "x");
         assert_eq!(parsed.signature, vec![1, 2, 3]);
         assert_eq!(parsed.signing_input, token.rsplit_once('.').expect("dot").0);
+    }
+
+    #[test]
+    fn encoded_len_is_exact() {
+        let header = Header { alg: "ES256".into(), kid: Some("k".into()), crit: None };
+        for sig_len in [0, 1, 2, 3, 64, 256, 257] {
+            let input = signing_input(&header, &serde_json::json!({"sub": "x"})).unwrap();
+            let len = encoded_len(input.len(), sig_len);
+            assert_eq!(finish(input, &vec![7; sig_len]).len(), len, "signature of {sig_len} bytes");
+        }
     }
 }
 
