@@ -154,7 +154,12 @@ impl FieldSelector {
     /// The selector `metadata.name=NAME` (a named watch), built without
     /// parsing so that any name is taken literally.
     pub fn name_equals(name: &str) -> Self {
-        Self(vec![("metadata.name".to_owned(), true, name.to_owned())])
+        Self::field_equals("metadata.name", name)
+    }
+
+    /// The selector `FIELD=VALUE`, built without parsing (the value is taken literally).
+    pub fn field_equals(field: &str, value: &str) -> Self {
+        Self(vec![(field.to_owned(), true, value.to_owned())])
     }
 
     /// True when the selector has no requirements.
