@@ -321,8 +321,17 @@ fn decode_json(body: &Bytes, kind: &str) -> Result<Value, ApiError> {
     })
 }
 
+/// Reads a request body of at most [`MAX_BODY_BYTES`]: a longer one is 413;
+/// one that breaks off (or misses the serve layer's deadline, which then
+/// answers 504 instead) is 400.
 async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::too_large(MAX_BODY_BYTES))
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|err| {
+        if err.into_inner().downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            ApiError::too_large(MAX_BODY_BYTES)
+        } else {
+            ApiError::bad_request("the request body could not be read")
+        }
+    })
 }
 
 /// Every `/api/v1/…` and `/apis/G/V/…` resource path: executes exactly the

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tessera_api::Registry;
 use tessera_store::Store;
-use tokio::net::TcpListener;
 
 pub mod authz;
 pub mod discovery;
@@ -60,6 +59,8 @@ pub struct Config {
     pub node_certificate_validity: std::time::Duration,
     /// When a node whose heartbeat stopped loses its pods.
     pub node_lifecycle: tessera_controllers::node_lifecycle::Settings,
+    /// Connection caps and timeouts.
+    pub connections: serve::ConnectionLimits,
 }
 
 /// The store backend.
@@ -89,6 +90,7 @@ impl Config {
             encryption: None,
             node_certificate_validity: node::certificates::DEFAULT_VALIDITY,
             node_lifecycle: tessera_controllers::node_lifecycle::Settings::default(),
+            connections: serve::ConnectionLimits::default(),
         }
     }
 
@@ -144,7 +146,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| pki::PkiError::Io { path: config.data_dir.clone(), source })?;
-    let listener = TcpListener::bind(config.bind).await.map_err(|source| Error::Bind { addr: config.bind, source })?;
+    let listener = serve::listen(config.bind).map_err(|source| Error::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.bind, source })?;
     let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
     let server_url = format!("https://{host}:{}", addr.port());
@@ -241,7 +243,7 @@ pub async fn run(
 
     let started = Started { addr, kubeconfig: kubeconfig_path };
     on_started(&started);
-    serve::serve(listener, tls, app, shutdown).await;
+    serve::serve(listener, tls, app, config.connections, shutdown).await;
     let _ = stop_tx.send(true);
     for task in tasks.drain(..) {
         let _ = task.await;

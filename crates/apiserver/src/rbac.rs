@@ -13,6 +13,8 @@ use tessera_api::status::field;
 use tessera_api::ApiError;
 use tessera_authn::{AUTHENTICATED_GROUP, UserInfo};
 use tessera_rbac::authorizer::{self, Decision};
+use tessera_rbac::escalation::{self, NotCovered};
+use tessera_rbac::rule::{go_quote, go_quote_list};
 use tessera_rbac::policy::{Binding, Role};
 use tessera_rbac::{Policy, PolicyRule, Request};
 
@@ -87,24 +89,40 @@ fn impersonation_denied(requester: &UserInfo, req: &Request) -> ApiError {
     crate::authz::forbidden(requester, req)
 }
 
-/// Applies `Impersonate-*` headers: returns the user to act as, or None when
-/// there are none. Every impersonated attribute needs the `impersonate` verb.
-pub fn impersonate(policy: &PolicyCache, requester: &UserInfo, headers: &HeaderMap) -> Result<Option<UserInfo>, ApiError> {
-    let values = |name: &str| -> Vec<String> {
-        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect()
-    };
-    let users = values("impersonate-user");
-    let groups = values("impersonate-group");
-    let uids = values("impersonate-uid");
+/// Refuses an `Impersonate-*` header that does not decode. Skipping it
+/// instead would run the request as the caller, which the caller did not ask for.
+fn undecodable(header: &str, part: &str) -> ApiError {
+    ApiError::bad_request(format!("invalid {header} header: the {part} is not valid UTF-8"))
+}
+
+/// The values of one `Impersonate-*` header. kube-apiserver takes header
+/// values as bytes, so non-ASCII UTF-8 names work there and here; bytes that
+/// are not UTF-8 cannot name anyone and are refused.
+fn impersonation_values(headers: &HeaderMap, name: &str, header: &str) -> Result<Vec<String>, ApiError> {
+    headers.get_all(name).iter().map(|v| String::from_utf8(v.as_bytes().to_vec()).map_err(|_| undecodable(header, "value"))).collect()
+}
+
+/// `Impersonate-Extra-KEY` headers: KEY percent-unescaped, with every value.
+fn impersonation_extra(headers: &HeaderMap) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
     let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, value) in headers {
-        if let Some(key) = name.as_str().strip_prefix("impersonate-extra-")
-            && let Ok(v) = value.to_str()
-        {
-            let key = percent_decode(key);
-            extra.entry(key).or_default().push(v.to_owned());
-        }
+        let Some(escaped) = name.as_str().strip_prefix("impersonate-extra-") else { continue };
+        let header = format!("Impersonate-Extra-{escaped}");
+        let key = String::from_utf8(path_unescape(escaped)).map_err(|_| undecodable(&header, "key, unescaped,"))?;
+        let value = String::from_utf8(value.as_bytes().to_vec()).map_err(|_| undecodable(&header, "value"))?;
+        extra.entry(key).or_default().push(value);
     }
+    Ok(extra)
+}
+
+/// Applies `Impersonate-*` headers: returns the user to act as, or None when
+/// there are none. Every impersonated attribute needs the `impersonate` verb.
+/// A header that does not decode is a 400, before anything else is decided.
+pub fn impersonate(policy: &PolicyCache, requester: &UserInfo, headers: &HeaderMap) -> Result<Option<UserInfo>, ApiError> {
+    let users = impersonation_values(headers, "impersonate-user", "Impersonate-User")?;
+    let groups = impersonation_values(headers, "impersonate-group", "Impersonate-Group")?;
+    let uids = impersonation_values(headers, "impersonate-uid", "Impersonate-Uid")?;
+    let extra = impersonation_extra(headers)?;
     if users.is_empty() {
         if !groups.is_empty() || !uids.is_empty() || !extra.is_empty() {
             return Err(ApiError::internal("requested impersonation of groups, uid or extra without a user"));
@@ -148,47 +166,72 @@ pub fn impersonate(policy: &PolicyCache, requester: &UserInfo, headers: &HeaderM
     Ok(Some(UserInfo { username, uid: uids.into_iter().next().unwrap_or_default(), groups: all_groups, extra }))
 }
 
-fn percent_decode(s: &str) -> String {
+/// Go's `url.PathUnescape`, as kube-apiserver unescapes extra keys: `%XX`
+/// decoded; on a malformed escape, the key as it was.
+fn path_unescape(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match escaped {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
             Some(b) => {
                 out.push(b);
                 i += 3;
             }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
+            None => return bytes.to_vec(),
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
-fn rules_of_object(obj: &Value) -> Vec<PolicyRule> {
-    serde_json::from_value(obj.get("rules").cloned().unwrap_or(Value::Array(vec![]))).unwrap_or_default()
+/// The rules of a Role or ClusterRole being written. Rules that do not read
+/// as PolicyRules are refused, never taken as no rules (which would pass).
+fn rules_of_object(obj: &Value) -> Result<Vec<PolicyRule>, ApiError> {
+    match obj.get("rules") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(rules) => serde_json::from_value(rules.clone()).map_err(|e| ApiError::bad_request(format!("invalid rules: {e}"))),
+    }
 }
 
-fn escalation_error(resource: &ResourceInfo, name: &str, user: &UserInfo, missing: &[String]) -> ApiError {
-    let groups = tessera_rbac::rule::go_quote_list(&user.groups);
+fn escalation_error(resource: &ResourceInfo, name: &str, user: &UserInfo, why: &NotCovered) -> ApiError {
+    let detail = match why {
+        NotCovered::Missing(missing) => format!("is attempting to grant RBAC permissions not currently held:\n{}", missing.lines().join("\n")),
+        NotCovered::TooComplex => {
+            "is attempting to grant RBAC permissions too numerous to compare with those currently held; split them into smaller rules".to_owned()
+        }
+    };
     ApiError::forbidden(
         resource.plural,
         resource.group,
         name,
         format!(
-            "{} \"{name}\" is forbidden: user \"{}\" (groups={groups}) is attempting to grant RBAC permissions not currently held:\n{}",
+            "{} {} is forbidden: user {} (groups={}) {detail}",
             resource.qualified_plural(),
-            user.username,
-            missing.join("\n")
+            go_quote(name),
+            go_quote(&user.username),
+            go_quote_list(&user.groups),
         ),
     )
+}
+
+/// kube-apiserver's `ConfirmNoEscalation`: whether `held` covers `wanted`.
+/// The check is bounded (see [`escalation::Limits`]) but can still take tens
+/// of milliseconds on hostile input, and it runs inside the registry's
+/// synchronous admission call on an async worker: on the multi-threaded
+/// runtime, the worker's other tasks move to another thread meanwhile, so no
+/// other request waits for it.
+fn confirm_no_escalation(held: &[PolicyRule], wanted: &[PolicyRule]) -> Result<(), NotCovered> {
+    let run = || escalation::check(held, wanted, &escalation::Limits::default());
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+        _ => run(),
+    }
 }
 
 /// Escalation prevention for writes of Roles, ClusterRoles and bindings, as an
@@ -218,9 +261,8 @@ pub fn escalation_check(policy: &PolicyCache, user: &Arc<UserInfo>, resource: &R
                         format!("{} \"{name}\" is forbidden: must have cluster-admin privileges to use the aggregationRule", resource.qualified_plural()),
                     ));
                 }
-                let owned = policy.read(|p| authorizer::rules_for(p, &user, namespace));
-                let missing = tessera_rbac::rule::uncovered(&owned, &rules_of_object(new));
-                if missing.is_empty() { Ok(()) } else { Err(escalation_error(resource, name, &user, &missing)) }
+                let held = policy.read(|p| authorizer::rules_for(p, &user, namespace));
+                confirm_no_escalation(&held, &rules_of_object(new)?).map_err(|why| escalation_error(resource, name, &user, &why))
             }
             "rolebindings" | "clusterrolebindings" => {
                 let role_kind = new.pointer("/roleRef/kind").and_then(Value::as_str).unwrap_or_default();
@@ -230,15 +272,14 @@ pub fn escalation_check(policy: &PolicyCache, user: &Arc<UserInfo>, resource: &R
                 if policy.authorize(&user, &bind).is_allowed() {
                     return Ok(());
                 }
-                let (owned, wanted) = policy.read(|p| {
+                let (held, wanted) = policy.read(|p| {
                     let wanted = if role_kind == "Role" { p.role(role_ns, role_name) } else { p.cluster_role(role_name) };
                     (authorizer::rules_for(p, &user, namespace), wanted.map(|r| r.rules.clone()))
                 });
                 let Some(wanted) = wanted else {
                     return Err(ApiError::not_found(if role_kind == "Role" { &RBAC_ROLES } else { &RBAC_CLUSTERROLES }, role_name));
                 };
-                let missing = tessera_rbac::rule::uncovered(&owned, &wanted);
-                if missing.is_empty() { Ok(()) } else { Err(escalation_error(resource, name, &user, &missing)) }
+                confirm_no_escalation(&held, &wanted).map_err(|why| escalation_error(resource, name, &user, &why))
             }
             _ => Ok(()),
         }
@@ -430,8 +471,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percent_decoding_of_extra_keys() {
-        assert_eq!(percent_decode("scopes"), "scopes");
-        assert_eq!(percent_decode("example.com%2fteam"), "example.com/team");
+    fn unescaping_of_extra_keys() {
+        assert_eq!(path_unescape("scopes"), b"scopes");
+        assert_eq!(path_unescape("example.com%2fteam"), b"example.com/team");
+        // A malformed escape leaves the key as it was (Go's PathUnescape errs; kube keeps the key).
+        assert_eq!(path_unescape("a%2fb%zz"), b"a%2fb%zz");
+        assert_eq!(path_unescape("a%2"), b"a%2");
+        assert_eq!(path_unescape("%ff"), [0xff]);
     }
 }

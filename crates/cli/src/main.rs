@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -80,18 +81,33 @@ struct ServerArgs {
     /// How long the pods of a node whose heartbeat Lease expired stay (marked
     /// not ready) before they are deleted, which revokes their tokens.
     #[arg(long, env = "TESSERA_NODE_EVICTION_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
-    node_eviction_timeout: std::time::Duration,
+    node_eviction_timeout: Duration,
     /// Lifetime of the node client certificates the server signs (nodes renew at 70 %).
     #[arg(long, env = "TESSERA_NODE_CERTIFICATE_VALIDITY", default_value = "24h", value_parser = parse_certificate_validity)]
-    node_certificate_validity: std::time::Duration,
+    node_certificate_validity: Duration,
+    /// Most connections held at once; at the limit the longest-idle one is closed to make room.
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = at_least_one)]
+    max_connections: usize,
+    /// Most connections one client address (IPv4, or IPv6 /64) holds at once; more are closed at once.
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 500, value_parser = at_least_one)]
+    max_connections_per_client: usize,
+    /// A client must finish the TLS handshake within this time.
+    #[arg(long, env = "TESSERA_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    tls_handshake_timeout: Duration,
+    /// A connection with no request in flight (HTTP/1.1 between requests, HTTP/2 with no open stream) is closed after this time.
+    #[arg(long, env = "TESSERA_IDLE_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    idle_timeout: Duration,
+    /// A request body must arrive in full within this time of its headers (else 504 Timeout).
+    #[arg(long, env = "TESSERA_REQUEST_BODY_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    request_body_timeout: Duration,
     #[command(subcommand)]
     action: Option<ServerAction>,
 }
 
 /// At least a minute: a node renews at 70 % of the lifetime.
-fn parse_certificate_validity(value: &str) -> Result<std::time::Duration, String> {
+fn parse_certificate_validity(value: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(value).map_err(|e| e.to_string())?;
-    if duration < std::time::Duration::from_secs(60) {
+    if duration < Duration::from_secs(60) {
         return Err(format!("{value:?} is shorter than a minute"));
     }
     Ok(duration)
@@ -102,6 +118,21 @@ fn parse_certificate_validity(value: &str) -> Result<std::time::Duration, String
 enum StorageArg {
     Sqlite,
     Etcd(Vec<String>),
+}
+
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{value:?} is not a whole number of at least 1")),
+    }
+}
+
+fn positive_duration(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be longer than zero".to_owned()),
+        Err(e) => Err(format!("{value:?}: {e} (e.g. 30s, 1m)")),
+    }
 }
 
 fn parse_storage(value: &str) -> Result<StorageArg, String> {
@@ -237,6 +268,13 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.anonymous_oidc_discovery = args.anonymous_oidc_discovery;
     config.node_lifecycle.eviction_timeout = args.node_eviction_timeout;
     config.node_certificate_validity = args.node_certificate_validity;
+    config.connections = tessera_apiserver::serve::ConnectionLimits {
+        max_connections: args.max_connections,
+        max_connections_per_client: args.max_connections_per_client,
+        handshake_timeout: args.tls_handshake_timeout,
+        idle_timeout: args.idle_timeout,
+        body_timeout: args.request_body_timeout,
+    };
     config.storage = match &args.storage {
         StorageArg::Sqlite if args.etcd_cacert.is_some() => anyhow::bail!("--etcd-cacert needs --storage etcd://…"),
         StorageArg::Sqlite => tessera_apiserver::Storage::Sqlite,
@@ -308,10 +346,32 @@ mod tests {
     #[test]
     fn node_flags() {
         let args = server_args(&[]).expect("defaults");
-        assert_eq!(args.node_eviction_timeout, std::time::Duration::from_secs(60));
-        assert_eq!(args.node_certificate_validity, std::time::Duration::from_secs(24 * 3600));
+        assert_eq!(args.node_eviction_timeout, Duration::from_secs(60));
+        assert_eq!(args.node_certificate_validity, Duration::from_secs(24 * 3600));
         let args = server_args(&["--node-eviction-timeout", "2s", "--node-certificate-validity", "10m"]).expect("set");
         assert_eq!((args.node_eviction_timeout.as_secs(), args.node_certificate_validity.as_secs()), (2, 600));
         assert!(server_args(&["--node-certificate-validity", "5s"]).is_err());
+    }
+
+    #[test]
+    fn connection_flags() {
+        let args = server_args(&[]).expect("defaults");
+        let defaults = tessera_apiserver::serve::ConnectionLimits::default();
+        assert_eq!(
+            (args.max_connections, args.max_connections_per_client, args.tls_handshake_timeout, args.idle_timeout, args.request_body_timeout),
+            (
+                defaults.max_connections,
+                defaults.max_connections_per_client,
+                defaults.handshake_timeout,
+                defaults.idle_timeout,
+                defaults.body_timeout
+            ),
+        );
+        let args = server_args(&["--idle-timeout", "2s", "--tls-handshake-timeout", "1500ms", "--max-connections-per-client", "7"]).expect("set");
+        assert_eq!((args.idle_timeout, args.tls_handshake_timeout), (Duration::from_secs(2), Duration::from_millis(1500)));
+        assert_eq!(args.max_connections_per_client, 7);
+        assert!(server_args(&["--idle-timeout", "0s"]).is_err());
+        assert!(server_args(&["--max-connections", "0"]).is_err());
+        assert!(server_args(&["--request-body-timeout", "soon"]).is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! [`policy::Policy`] indexes Roles, ClusterRoles and bindings by subject;
 //! [`authorizer::authorize`] returns a [`authorizer::Decision`] whose allow
 //! variant carries the exact `RBAC: allowed by …` reason and can only be built
-//! here. [`rule::uncovered`] is the escalation check; [`authorizer::explain`]
+//! here. [`escalation::check`] is the escalation check, bounded in cost; [`authorizer::explain`]
 //! and [`authorizer::who_can`] answer the questions kubectl cannot.
 //! [`bootstrap`] holds the default policy.
 //!
@@ -13,6 +13,7 @@
 
 pub mod authorizer;
 pub mod bootstrap;
+pub mod escalation;
 pub mod policy;
 pub mod rule;
 
