@@ -352,3 +352,170 @@ fn a_node_owns_only_its_node_object_and_lease() {
     assert!(server.kubectl_ok(&["api-resources", "--api-group=coordination.k8s.io"]).contains("leases"));
     assert!(server.kubectl_ok(&["get", "no", "node-a", "-o", "jsonpath={.status.nodeInfo.kubeletVersion}"]).contains("v1.32.0"));
 }
+
+/// `tessera agent --cert-dir DIR join` for node `name`; returns DIR.
+fn agent_join(server: &Server, token: &str, name: &str) -> PathBuf {
+    let dir = server.path(&format!("node-{name}"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["agent", "--cert-dir"])
+        .arg(&dir)
+        .args(["join", "--node", name, "--server", &server.url, "--certificate-authority"])
+        .arg(server.ca_file())
+        .env("TESSERA_BOOTSTRAP_TOKEN", token)
+        .output()
+        .expect("run tessera agent join");
+    assert!(out.status.success(), "join failed: {}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
+/// `tessera agent --cert-dir DIR FLAGS run … -- sh -c 'echo $$; exec sleep 600'`:
+/// the workload prints its pid once its tokens are projected.
+struct RunningAgent {
+    child: std::process::Child,
+    workload_pid: String,
+}
+
+impl RunningAgent {
+    fn start(cert_dir: &std::path::Path, agent_flags: &[&str], run_flags: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["agent", "--cert-dir"])
+            .arg(cert_dir)
+            .args(agent_flags)
+            .arg("run")
+            .args(run_flags)
+            .args(["--", "sh", "-c", "echo $$; exec sleep 600"])
+            .env("TESSERA_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn tessera agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("read the workload's pid");
+        let workload_pid = line.trim().to_owned();
+        assert!(workload_pid.parse::<u32>().is_ok(), "the workload never started: {line:?}");
+        Self { child, workload_pid }
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-KILL", &self.workload_pid]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the server's TokenReview accepts `token`.
+fn authenticated(server: &Server, token: &str) -> bool {
+    let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}).to_string();
+    let (code, body) = server.curl_admin("POST", "/apis/authentication.k8s.io/v1/tokenreviews", &["-H", "Content-Type: application/json", "-d", &review]);
+    assert_eq!(code, 201, "{body}");
+    json(&body)["status"]["authenticated"] == json!(true)
+}
+
+fn namespace_where_nodes_run_pods(server: &Server) {
+    server.kubectl_ok(&["create", "ns", "api"]);
+    server.kubectl_ok(&["create", "sa", "api", "-n", "api"]);
+    server.kubectl_ok(&["create", "rolebinding", "nodes-run-pods", "-n", "api", "--clusterrole=tessera:node-pod-runner", "--group=system:nodes"]);
+}
+
+#[test]
+fn an_agent_cannot_adopt_another_nodes_pod() {
+    let server = Server::start();
+    namespace_where_nodes_run_pods(&server);
+    let token = bootstrap_token(&server);
+    let (a, b) = (agent_join(&server, &token, "node-a"), agent_join(&server, &token, "node-b"));
+    let root = server.path("a-root");
+    let _owner = RunningAgent::start(&a, &[], &["--sa", "api", "-n", "api", "--name", "api-0", "--root", &root.display().to_string()]);
+    let pod_token = std::fs::read_to_string(root.join("var/run/secrets/kubernetes.io/serviceaccount/token")).expect("token");
+    let uid = server.kubectl_ok(&["get", "pod", "api-0", "-n", "api", "-o", "jsonpath={.metadata.uid}"]);
+
+    // The same pod from another node: refused, with the server's reason.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["agent", "--cert-dir"])
+        .arg(&b)
+        .args(["run", "--sa", "api", "-n", "api", "--name", "api-0", "--", "true"])
+        .output()
+        .expect("run the second agent");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Pod api/api-0 exists and is not this node's: pods \"api-0\" is forbidden: User \"system:node:node-b\" cannot get resource \"pods\" in API group \"\" in the namespace \"api\": no relationship found between node 'node-b' and this object"),
+        "{stderr}"
+    );
+    // Nothing of node-a's changed: same pod, its token still good.
+    assert_eq!(server.kubectl_ok(&["get", "pod", "api-0", "-n", "api", "-o", "jsonpath={.metadata.uid} {.spec.nodeName}"]), format!("{uid} node-a"));
+    assert!(authenticated(&server, &pod_token));
+}
+
+#[test]
+fn an_agent_refuses_to_run_with_an_admin_credential() {
+    let server = Server::start();
+    let dir = server.path("not-a-node");
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).expect("dir");
+    }
+    std::fs::copy(&server.kubeconfig, dir.join("node.kubeconfig")).expect("copy the admin kubeconfig");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["agent", "--cert-dir"])
+        .arg(&dir)
+        .args(["run", "--", "true"])
+        .output()
+        .expect("run tessera agent");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the agent runs as a node, but its credential authenticates as \"admin\" (groups [\"system:masters\", \"system:authenticated\"]): run `tessera agent join`"),
+        "{stderr}"
+    );
+    assert!(server.kubectl_ok(&["get", "nodes", "-o", "name"]).trim().is_empty(), "nothing was registered");
+}
+
+/// Lease 4 s (renewed every second) and an eviction timeout of 2 s: the
+/// SIGKILLed agent's pod is marked not ready, then deleted, and its token is
+/// refused within lease + eviction + 5 s of the kill.
+#[test]
+fn a_killed_agents_tokens_are_refused_within_the_grace_period() {
+    const LEASE: u64 = 4;
+    const EVICTION: u64 = 2;
+    let server = Server::start_with(tempfile::tempdir().expect("tempdir"), &["--node-eviction-timeout", &format!("{EVICTION}s")]);
+    namespace_where_nodes_run_pods(&server);
+    let token = bootstrap_token(&server);
+    let dir = agent_join(&server, &token, "node-a");
+    let root = server.path("a-root");
+    let mut agent = RunningAgent::start(
+        &dir,
+        &["--lease-duration", &format!("{LEASE}s")],
+        &["--sa", "api", "-n", "api", "--name", "api-0", "--root", &root.display().to_string()],
+    );
+    let pod_token = std::fs::read_to_string(root.join("var/run/secrets/kubernetes.io/serviceaccount/token")).expect("token");
+    assert!(authenticated(&server, &pod_token));
+    let pod_ready = || {
+        let (code, body) = server.curl_admin("GET", "/api/v1/namespaces/api/pods/api-0", &[]);
+        (code == 200).then(|| {
+            json(&body)["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Ready").map(|c| c["status"].clone())
+        })
+    };
+    server.eventually(10, "the agent reporting its pod ready", || (pod_ready() == Some(Some(json!("True")))).then_some(()));
+
+    agent.child.kill().expect("SIGKILL the agent");
+    let _ = agent.child.wait();
+    let killed = std::time::Instant::now();
+    let deadline = std::time::Duration::from_secs(LEASE + EVICTION + 5);
+    let mut saw_not_ready = false;
+    while authenticated(&server, &pod_token) {
+        assert!(killed.elapsed() < deadline, "the killed agent's token was still accepted after {:?}", killed.elapsed());
+        saw_not_ready |= pod_ready() == Some(Some(json!("False")));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let refused_after = killed.elapsed();
+    assert!(saw_not_ready, "the pod was deleted without first being marked not ready");
+    assert!(refused_after >= std::time::Duration::from_secs(EVICTION), "evicted before the eviction timeout: {refused_after:?}");
+    assert!(server.kubectl_err(&["get", "pod", "api-0", "-n", "api"]).contains("NotFound"));
+    let node = server.kubectl_ok(&["get", "node", "node-a"]);
+    assert!(node.contains("NotReady"), "{node}");
+    eprintln!("token refused {refused_after:?} after SIGKILL (lease {LEASE}s + eviction {EVICTION}s)");
+}
