@@ -4,12 +4,15 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 
 use crate::heartbeat::PodKey;
 use crate::node::NodeCredentials;
+use crate::environment::{EnvVar, PodContext, workload_env};
+use crate::files::OutputRoot;
 use crate::pod::{PodSpec, ProjectedToken};
 use crate::projector::{Agent, Layout};
 
@@ -27,7 +30,8 @@ pub struct AgentArgs {
     /// Refresh tokens this often instead of at 80 % of their lifetime (for testing rotation).
     #[arg(long, env = "TESSERA_AGENT_REFRESH_INTERVAL", value_parser = humantime::parse_duration, global = true)]
     pub refresh_interval: Option<Duration>,
-    /// Directory for per-pod token directories (`ROOT/NAMESPACE/POD/`).
+    /// Directory for per-pod token directories (`ROOT/NAMESPACE/POD/`): created 0700 if missing;
+    /// refused if another user owns it, group or others can write into it, or it is a symbolic link.
     #[arg(long, env = "TESSERA_AGENT_ROOT", default_value = "./tessera-agent")]
     pub root: PathBuf,
     /// Pod spec files (YAML or JSON: namespace, name, serviceAccountName, tokens[]).
@@ -94,9 +98,16 @@ pub struct RunArgs {
     /// Set `automountServiceAccountToken: false` on the pod.
     #[arg(long)]
     pub no_automount: bool,
-    /// Root of the Kubernetes-style file layout (default: a fresh temporary directory).
+    /// Root of the Kubernetes-style file layout (default: a fresh temporary directory);
+    /// refused if another user owns it, group or others can write into it, or it is a symbolic link.
     #[arg(long)]
     pub root: Option<PathBuf>,
+    /// Set a variable in the command's environment (repeatable). The command gets a
+    /// container's environment, not the agent's: PATH, locale, TZ, TERM, HOME (the pod's
+    /// root), TESSERA_TOKEN_DIR, TESSERA_SA_DIR, TESSERA_API_SERVER, TESSERA_NAMESPACE,
+    /// TESSERA_POD_NAME, and these.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<EnvVar>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -113,7 +124,7 @@ fn parse_token(raw: &str) -> Result<ProjectedToken, String> {
             other => return Err(format!("unknown token field {other:?} (audience, expiration, path)")),
         }
     }
-    token.validate()?;
+    // Paths are checked with the whole pod spec (uniqueness needs every token).
     Ok(token)
 }
 
@@ -189,37 +200,38 @@ async fn join_cluster(cert_dir: &std::path::Path, join: &JoinArgs) -> anyhow::Re
 
 async fn run_pods(agent: Agent, root: PathBuf, files: Vec<PathBuf>, running: &tokio::sync::watch::Sender<BTreeSet<PodKey>>) -> anyhow::Result<()> {
     anyhow::ensure!(!files.is_empty(), "no pods to run: pass --pod FILE (or use `tessera agent run`)");
-    let mut pods = Vec::new();
+    let mut specs = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let spec: PodSpec = serde_yaml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
-        spec.validate().map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        pods.push(spec);
+        spec.validate().with_context(|| format!("{}: invalid pod {}/{}", file.display(), spec.namespace, spec.name))?;
+        specs.push(spec);
     }
+    // Checked before any pod is registered: a refused root changes nothing.
+    let root = Arc::new(OutputRoot::open(&root)?);
     // This node runs exactly these pods now: any other pod bound to it is a
     // previous run's, and goes (with its tokens).
-    let keep: BTreeSet<PodKey> = pods.iter().map(|s| (s.namespace.clone(), s.name.clone())).collect();
+    let keep: BTreeSet<PodKey> = specs.iter().map(|s| (s.namespace.clone(), s.name.clone())).collect();
     agent.collect_orphans(&keep).await?;
-    let mut registered = Vec::new();
-    for spec in &pods {
-        registered.push(agent.register(spec).await?);
+    let mut pods = Vec::new();
+    for spec in &specs {
+        pods.push(agent.register(spec).await?);
     }
-    let pods = registered;
     running.send_replace(keep);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for pod in pods.clone() {
         let agent = agent.clone();
-        let layout = Layout::per_pod(&root, &pod.spec.namespace, &pod.spec.name);
+        let layout = Layout::per_pod(root.clone(), &pod.spec.namespace, &pod.spec.name);
         let mut rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            agent.project(&pod, &layout, || tracing::info!(dir = %layout.service_account_dir.display(), "tokens projected"), stop).await
+            agent.project(&pod, &layout, || tracing::info!(dir = %layout.service_account_dir().display(), "tokens projected"), stop).await
         }));
     }
-    println!("tessera agent: {} pod(s) projected under {}", pods.len(), root.display());
+    println!("tessera agent: {} pod(s) projected under {}", pods.len(), root.path().display());
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     for task in tasks {
@@ -245,22 +257,22 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
         automount_service_account_token: run.no_automount.then_some(false),
         tokens: run.tokens.clone(),
     };
+    spec.validate().with_context(|| format!("invalid pod {}/{}", spec.namespace, spec.name))?;
     let (root, _temp) = match &run.root {
         Some(root) => (root.clone(), None),
         None => {
             // A fresh, unpredictable directory that must not exist yet: another
             // local user cannot have prepared it (or symlinks in it).
             let dir = std::env::temp_dir().join(format!("tessera-agent-{}-{:016x}", spec.name, rand::random::<u64>()));
-            std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            #[cfg(unix)]
             {
-                use std::os::unix::fs::PermissionsExt as _;
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+                use std::os::unix::fs::DirBuilderExt as _;
+                std::fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| format!("creating {}", dir.display()))?;
             }
             (dir.clone(), Some(TempDir(dir)))
         }
     };
-    let layout = Layout::kubernetes(&root);
+    // Checked before the pod is registered: a refused root changes nothing.
+    let layout = Layout::kubernetes(Arc::new(OutputRoot::open(&root)?));
     let keep = BTreeSet::from([(spec.namespace.clone(), spec.name.clone())]);
     agent.collect_orphans(&keep).await?;
     let pod = agent.register(&spec).await?;
@@ -289,13 +301,20 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
         };
     }
     let (program, args) = run.command.split_first().context("no command given")?;
+    let (tokens_dir, service_account_dir) = (layout.tokens_dir(), layout.service_account_dir());
+    let pod_context = PodContext {
+        root: layout.root(),
+        tokens_dir: &tokens_dir,
+        service_account_dir: &service_account_dir,
+        api_server: agent.server_url(),
+        namespace: &spec.namespace,
+        pod_name: &spec.name,
+    };
     let mut child = tokio::process::Command::new(program)
         .args(args)
-        .env("TESSERA_TOKEN_DIR", &layout.tokens_dir)
-        .env("TESSERA_SA_DIR", &layout.service_account_dir)
-        .env("TESSERA_API_SERVER", agent.server_url())
-        .env("TESSERA_NAMESPACE", &spec.namespace)
-        .env("TESSERA_POD_NAME", &spec.name)
+        // A container's environment, never the agent's (KUBECONFIG, credentials): see `environment`.
+        .env_clear()
+        .envs(workload_env(std::env::vars_os(), pod_context, &run.env))
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {program}"))?;
@@ -329,9 +348,8 @@ mod tests {
     fn token_flag() {
         let t = parse_token("audience=data-store,expiration=600,path=api-token").unwrap();
         assert_eq!((t.audience.as_str(), t.expiration_seconds, t.path.as_str()), ("data-store", 600, "api-token"));
-        assert!(parse_token("audience=a").is_err());
-        assert!(parse_token("audience=a,path=../../etc/passwd").is_err());
         assert!(parse_token("audience=a,path=x,colour=red").is_err());
+        assert!(parse_token("audience").is_err());
     }
 
     #[derive(Debug, clap::Parser)]

@@ -3,8 +3,11 @@
 //! Node and heartbeats through a Lease ([`heartbeat`]), registers the Pods it runs,
 //! requests Pod-bound ServiceAccount tokens through TokenRequest, writes them
 //! (with `ca.crt` and `namespace`) into a directory per Pod with atomic
-//! replacement, refreshes them at 80 % of their lifetime (or after 24 h), and
-//! deletes the Pod when the workload stops, which revokes its tokens.
+//! replacement below a root only its user can write (never following a
+//! symbolic link there), refreshes them at 80 % of their lifetime (or after 24 h), and
+//! deletes the Pod when the workload stops, which revokes its tokens. A
+//! workload it starts gets a container's environment, not the agent's: no
+//! kubeconfig or other credential of the agent's reaches it.
 //!
 //! Entry points: [`Agent`] (library), [`cli`] (`tessera agent`).
 //!
@@ -14,12 +17,13 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod cli;
+pub mod environment;
 mod files;
 pub mod heartbeat;
 pub mod node;
 mod pod;
 mod projector;
 
-pub use files::write_atomically;
-pub use pod::{PodSpec, ProjectedToken, RegisteredPod};
+pub use files::{FilesError, OutputRoot};
+pub use pod::{InvalidPodSpec, PodSpec, ProjectedToken, RegisteredPod, SERVICE_ACCOUNT_FILES};
 pub use projector::{Agent, AgentError, Layout};

@@ -19,7 +19,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::files::write_atomically;
+use crate::files::{FilesError, OutputRoot};
 
 /// The user-name prefix and group of nodes.
 const NODE_USER_PREFIX: &str = "system:node:";
@@ -44,6 +44,10 @@ pub enum NodeError {
         /// The directory.
         dir: PathBuf,
     },
+    /// The directory was refused (a link, another user's, writable by
+    /// others), or a file in it could not be written.
+    #[error(transparent)]
+    Files(#[from] FilesError),
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -112,35 +116,26 @@ pub fn host_name() -> Option<String> {
 /// The credentials directory, locked for this process.
 #[derive(Debug)]
 pub struct NodeCredentials {
+    root: OutputRoot,
     dir: PathBuf,
     _lock: File,
 }
 
 impl NodeCredentials {
     /// Opens (creating it 0700 if missing) and locks the directory. Refuses
-    /// a symbolic link, a directory another user owns, or one that group or
-    /// others may enter: it holds the node's private key.
+    /// what the agent's output root refuses (a symbolic link, another user's
+    /// directory, one others can write into) and, since it holds the node's
+    /// private key, one that group or others may enter at all.
     pub fn open(dir: &Path) -> Result<Self, NodeError> {
-        let refuse = |why: String| NodeError::Directory { dir: dir.to_owned(), why };
-        match std::fs::symlink_metadata(dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                use std::os::unix::fs::DirBuilderExt as _;
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(|source| NodeError::Io { path: dir.to_owned(), source })?;
-            }
-            Err(source) => return Err(NodeError::Io { path: dir.to_owned(), source }),
-            Ok(meta) if meta.file_type().is_symlink() => return Err(refuse("is a symbolic link".into())),
-            Ok(meta) if !meta.is_dir() => return Err(refuse("is not a directory".into())),
-            Ok(_) => {}
-        }
-        use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let root = OutputRoot::open(dir)?;
         let meta = std::fs::symlink_metadata(dir).map_err(|source| NodeError::Io { path: dir.to_owned(), source })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(refuse(format!("group or others may access it (mode {mode:04o}); it holds the node's key: chmod 700 it")));
+            return Err(NodeError::Directory {
+                dir: dir.to_owned(),
+                why: format!("group or others may access it (mode {mode:04o}); it holds the node's key: chmod 700 it"),
+            });
         }
         let lock_path = dir.join(LOCK_FILE);
         let lock = std::fs::OpenOptions::new()
@@ -148,19 +143,15 @@ impl NodeCredentials {
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&lock_path)
             .map_err(|source| NodeError::Io { path: lock_path.clone(), source })?;
-        // The lock file is ours: its owner is this process's user.
-        let me = lock.metadata().map_err(|source| NodeError::Io { path: lock_path.clone(), source })?.uid();
-        if meta.uid() != me {
-            return Err(refuse(format!("is owned by uid {}, not by this user (uid {me})", meta.uid())));
-        }
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Err(NodeError::Locked { dir: dir.to_owned() }),
             Err(std::fs::TryLockError::Error(source)) => return Err(NodeError::Io { path: lock_path, source }),
         }
-        Ok(Self { dir: dir.to_owned(), _lock: lock })
+        Ok(Self { root, dir: dir.to_owned(), _lock: lock })
     }
 
     /// The directory.
@@ -192,8 +183,7 @@ impl NodeCredentials {
     fn store(&self, server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<(), NodeError> {
         let kubeconfig = kubeconfig(server, ca_pem, Credential::Certificate { cert_pem, key_pem })?;
         for (file, contents) in [(KEY_FILE, key_pem), (CERT_FILE, cert_pem), (CA_FILE, ca_pem), (KUBECONFIG_FILE, kubeconfig.as_str())] {
-            let path = self.dir.join(file);
-            write_atomically(&path, contents.as_bytes(), 0o600).map_err(|source| NodeError::Io { path, source })?;
+            self.root.write_atomically(Path::new(file), contents.as_bytes(), 0o600)?;
         }
         Ok(())
     }
@@ -339,7 +329,7 @@ mod tests {
         assert!(err.ends_with("group or others may access it (mode 0755); it holds the node's key: chmod 700 it"), "{err}");
         let link = base.path().join("link");
         std::os::unix::fs::symlink(&dir, &link).unwrap();
-        assert!(NodeCredentials::open(&link).unwrap_err().to_string().ends_with("is a symbolic link"));
+        assert!(matches!(NodeCredentials::open(&link), Err(NodeError::Files(FilesError::RootSymlink { .. }))));
     }
 
     #[test]

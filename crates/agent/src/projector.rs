@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use tokio::time::Instant;
 
-use crate::files::write_atomically;
-use crate::pod::{PodSpec, RegisteredPod};
+use crate::files::{FilesError, OutputRoot};
+use crate::pod::{InvalidPodSpec, PodSpec, RegisteredPod};
 
 /// Why the agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,14 +26,19 @@ pub enum AgentError {
     /// The kubeconfig could not be loaded.
     #[error("loading the kubeconfig: {0}")]
     Config(String),
-    /// Writing a token file failed.
-    #[error("writing {path}: {source}")]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+    /// The pod spec is invalid (nothing was registered).
+    #[error("invalid pod {namespace}/{name}: {source}")]
+    InvalidSpec {
+        /// Namespace of the pod.
+        namespace: String,
+        /// Name of the pod.
+        name: String,
+        /// Every problem.
+        source: InvalidPodSpec,
     },
+    /// The output root was refused, or a file below it could not be written.
+    #[error(transparent)]
+    Files(#[from] FilesError),
     /// The API answered without a token.
     #[error("TokenRequest for {0} returned no token")]
     NoToken(String),
@@ -63,27 +68,47 @@ fn unreachable_other_node<T>(spec: &PodSpec, refusal: &str) -> Result<T, AgentEr
     Err(AgentError::NotOurs { namespace: spec.namespace.clone(), name: spec.name.clone(), why: refusal.to_owned() })
 }
 
-/// Where a pod's files go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a pod's files go: directories below the agent's checked output root.
+#[derive(Debug, Clone)]
 pub struct Layout {
-    /// The default token, `ca.crt` and `namespace` (like `/var/run/secrets/kubernetes.io/serviceaccount`).
-    pub service_account_dir: PathBuf,
-    /// Extra projected tokens, at their `path` below this directory.
-    pub tokens_dir: PathBuf,
+    root: Arc<OutputRoot>,
+    /// The default token, `ca.crt` and `namespace`, relative to the root.
+    service_account_dir: PathBuf,
+    /// Extra projected tokens, at their `path` below this directory (relative to the root).
+    tokens_dir: PathBuf,
 }
 
 impl Layout {
     /// `<root>/<namespace>/<pod>/` for everything (the agent's per-pod directories).
-    pub fn per_pod(root: &Path, namespace: &str, pod: &str) -> Self {
-        let dir = root.join(namespace).join(pod);
-        Self { service_account_dir: dir.clone(), tokens_dir: dir }
+    pub fn per_pod(root: Arc<OutputRoot>, namespace: &str, pod: &str) -> Self {
+        let dir = Path::new(namespace).join(pod);
+        Self { root, service_account_dir: dir.clone(), tokens_dir: dir }
     }
 
     /// The Kubernetes layout under `root`: `var/run/secrets/kubernetes.io/serviceaccount`
     /// and `var/run/secrets/tokens`.
-    pub fn kubernetes(root: &Path) -> Self {
-        let secrets = root.join("var/run/secrets");
-        Self { service_account_dir: secrets.join("kubernetes.io/serviceaccount"), tokens_dir: secrets.join("tokens") }
+    pub fn kubernetes(root: Arc<OutputRoot>) -> Self {
+        let secrets = Path::new("var/run/secrets");
+        Self { root, service_account_dir: secrets.join("kubernetes.io/serviceaccount"), tokens_dir: secrets.join("tokens") }
+    }
+
+    /// The root all files go below.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Where the default token, `ca.crt` and `namespace` are.
+    pub fn service_account_dir(&self) -> PathBuf {
+        self.root.path().join(&self.service_account_dir)
+    }
+
+    /// Where the extra projected tokens are.
+    pub fn tokens_dir(&self) -> PathBuf {
+        self.root.path().join(&self.tokens_dir)
+    }
+
+    fn write(&self, rel: &Path, contents: &[u8], mode: u32) -> Result<(), AgentError> {
+        Ok(self.root.write_atomically(rel, contents, mode)?)
     }
 }
 
@@ -93,6 +118,7 @@ struct TokenSlot {
     /// None: the API audiences (the default token).
     audience: Option<String>,
     expiration_seconds: i64,
+    /// Relative to the layout's root.
     path: PathBuf,
     /// Explicit state: when the next request is due.
     state: SlotState,
@@ -192,8 +218,10 @@ impl Agent {
     /// Registers a pod bound to this node, or takes over one bound to this
     /// node already (a previous run's, or one an admin scheduled here). A
     /// pod of that name that is another node's is refused: the server lets a
-    /// node neither read nor delete it.
+    /// node neither read nor delete it. An invalid spec is refused before
+    /// anything is sent.
     pub async fn register(&self, spec: &PodSpec) -> Result<RegisteredPod, AgentError> {
+        spec.validate().map_err(|source| AgentError::InvalidSpec { namespace: spec.namespace.clone(), name: spec.name.clone(), source })?;
         let pods: Api<Pod> = Api::namespaced(self.client(), &spec.namespace);
         let pod: Pod = serde_json::from_value(spec.to_pod(&self.node)).map_err(|e| AgentError::Config(e.to_string()))?;
         let (created, fresh) = match pods.create(&PostParams::default(), &pod).await {
@@ -276,8 +304,7 @@ impl Agent {
             .and_then(|d| d.get("ca.crt").cloned())
             .unwrap_or_default();
         for (name, contents) in [("ca.crt", ca.as_str()), ("namespace", pod.spec.namespace.as_str())] {
-            let path = layout.service_account_dir.join(name);
-            write_atomically(&path, contents.as_bytes(), 0o644).map_err(|source| AgentError::Write { path, source })?;
+            layout.write(&layout.service_account_dir.join(name), contents.as_bytes(), 0o644)?;
         }
         Ok(())
     }
@@ -305,20 +332,20 @@ impl Agent {
         }
         let mut slots = Self::slots(pod, layout);
         for slot in &mut slots {
-            self.refresh(pod, slot).await?;
+            self.refresh(pod, layout, slot).await?;
         }
         Ok(slots)
     }
 
-    async fn refresh(&self, pod: &RegisteredPod, slot: &mut TokenSlot) -> Result<(), AgentError> {
+    async fn refresh(&self, pod: &RegisteredPod, layout: &Layout, slot: &mut TokenSlot) -> Result<(), AgentError> {
         let (token, lifetime) = self.request_token(pod, slot.audience.as_deref(), slot.expiration_seconds).await?;
-        write_atomically(&slot.path, token.as_bytes(), 0o600).map_err(|source| AgentError::Write { path: slot.path.clone(), source })?;
+        layout.write(&slot.path, token.as_bytes(), 0o600)?;
         // Like kubelet: refresh at 80 % of the lifetime, and at least daily.
         let after = self.refresh_override.unwrap_or_else(|| {
             Duration::from_secs(u64::try_from(lifetime * 8 / 10).unwrap_or(0)).min(Duration::from_secs(24 * 3600))
         });
         slot.state = SlotState::Projected { refresh_at: Instant::now() + after };
-        tracing::debug!(path = %slot.path.display(), refresh_in = ?after, "token projected");
+        tracing::debug!(path = %layout.root().join(&slot.path).display(), refresh_in = ?after, "token projected");
         Ok(())
     }
 
@@ -342,13 +369,13 @@ impl Agent {
                 _ = tokio::time::sleep_until(next) => {}
             }
             for slot in slots.iter_mut().filter(|s| s.due() <= Instant::now()) {
-                if let Err(e) = self.refresh(pod, slot).await {
+                if let Err(e) = self.refresh(pod, layout, slot).await {
                     // Keep the current file; tokens stay valid well past 80 % of their life.
                     let backoff = match slot.state {
                         SlotState::Retrying { backoff, .. } => (backoff * 2).min(Duration::from_secs(30)),
                         _ => Duration::from_secs(1),
                     };
-                    tracing::warn!(error = %e, path = %slot.path.display(), retry_in = ?backoff, "token refresh failed");
+                    tracing::warn!(error = %e, path = %layout.root().join(&slot.path).display(), retry_in = ?backoff, "token refresh failed");
                     slot.state = SlotState::Retrying { retry_at: Instant::now() + backoff, backoff };
                 }
             }

@@ -18,6 +18,7 @@ use tessera_api::Registry;
 use tessera_store::Store;
 
 pub mod authz;
+pub mod data_dir;
 pub mod discovery;
 pub mod http;
 pub mod metrics;
@@ -61,6 +62,8 @@ pub struct Config {
     pub node_lifecycle: tessera_controllers::node_lifecycle::Settings,
     /// Connection caps and timeouts.
     pub connections: serve::ConnectionLimits,
+    /// Whether a data dir that group or others can reach is refused (the default).
+    pub data_dir_strictness: data_dir::Strictness,
 }
 
 /// The store backend.
@@ -91,6 +94,7 @@ impl Config {
             node_certificate_validity: node::certificates::DEFAULT_VALIDITY,
             node_lifecycle: tessera_controllers::node_lifecycle::Settings::default(),
             connections: serve::ConnectionLimits::default(),
+            data_dir_strictness: data_dir::Strictness::Refuse,
         }
     }
 
@@ -103,6 +107,9 @@ impl Config {
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The data dir is missing and could not be created, or others can reach it.
+    #[error(transparent)]
+    DataDir(#[from] data_dir::DataDirError),
     /// The data dir or PKI could not be prepared.
     #[error("preparing credentials in the data dir: {0}")]
     Pki(#[from] pki::PkiError),
@@ -144,8 +151,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_started: impl FnOnce(&Started),
 ) -> Result<(), Error> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| pki::PkiError::Io { path: config.data_dir.clone(), source })?;
+    data_dir::prepare(&config.data_dir, matches!(config.storage, Storage::Sqlite), config.data_dir_strictness)?;
+    data_dir::create_private_dir(&config.key_dir())?;
     let listener = serve::listen(config.bind).map_err(|source| Error::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.bind, source })?;
     let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };

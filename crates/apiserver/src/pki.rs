@@ -51,18 +51,21 @@ fn read(path: &Path) -> Result<String, PkiError> {
     fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.to_owned(), source })
 }
 
-fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
+/// Writes `contents` to `path` atomically with mode 0600. Certificates are
+/// public, but nothing in the data dir is for other local users, and one mode
+/// for every file leaves nothing to get wrong.
+fn write(path: &Path, contents: &str) -> Result<(), PkiError> {
     use std::io::Write as _;
     let io = |source| PkiError::Io { path: path.to_owned(), source };
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
-    // Private keys are never readable by others, not even for a moment.
+    // Never readable by others, not even for a moment.
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(if private { 0o600 } else { 0o644 });
+        options.mode(0o600);
     }
     let mut file = options.open(&tmp).map_err(io)?;
     file.write_all(contents.as_bytes()).map_err(io)?;
@@ -95,7 +98,14 @@ impl ServerPki {
     /// Loads the PKI from `dir`, creating whatever is missing. `server_url` goes
     /// into the admin kubeconfig.
     pub fn load_or_create(dir: &Path, server_url: &str) -> Result<Self, PkiError> {
-        fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_owned(), source })?;
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            builder.mode(0o700);
+        }
+        builder.create(dir).map_err(|source| PkiError::Io { path: dir.to_owned(), source })?;
         let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
         if !ca_crt.exists() || !ca_key.exists() {
             let key = KeyPair::generate().map_err(cert_err("generating the CA key"))?;
@@ -105,8 +115,8 @@ impl ServerPki {
             params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
             validity(&mut params, 3650);
             let cert = params.self_signed(&key).map_err(cert_err("self-signing the CA"))?;
-            write(&ca_key, &key.serialize_pem(), true)?;
-            write(&ca_crt, &cert.pem(), false)?;
+            write(&ca_key, &key.serialize_pem())?;
+            write(&ca_crt, &cert.pem())?;
         }
         let ca_cert_pem = read(&ca_crt)?;
         let ca_key_pem = read(&ca_key)?;
@@ -120,19 +130,19 @@ impl ServerPki {
         };
         if !srv_crt.exists() || !srv_key.exists() {
             let (cert, key) = pki.issue_serving()?;
-            write(&srv_key, &key, true)?;
-            write(&srv_crt, &cert, false)?;
+            write(&srv_key, &key)?;
+            write(&srv_crt, &cert)?;
         }
         pki.serving_cert_pem = read(&srv_crt)?;
         pki.serving_key_pem = read(&srv_key)?;
         let (adm_crt, adm_key) = (dir.join("admin.crt"), dir.join("admin.key"));
         if !adm_crt.exists() || !adm_key.exists() {
             let (cert, key) = pki.issue_client("admin", Some("system:masters"))?;
-            write(&adm_key, &key, true)?;
-            write(&adm_crt, &cert, false)?;
+            write(&adm_key, &key)?;
+            write(&adm_crt, &cert)?;
         }
         let kubeconfig = kubeconfig(server_url, &pki.ca_cert_pem, &read(&adm_crt)?, &read(&adm_key)?, "admin");
-        write(&pki.admin_kubeconfig, &kubeconfig, true)?;
+        write(&pki.admin_kubeconfig, &kubeconfig)?;
         Ok(pki)
     }
 

@@ -58,6 +58,10 @@ struct ServerArgs {
     /// Let unauthenticated clients read /.well-known/openid-configuration and /openid/v1/jwks.
     #[arg(long, env = "TESSERA_ANONYMOUS_OIDC_DISCOVERY")]
     anonymous_oidc_discovery: bool,
+    /// Start even if group or others can access the data dir or its store, or another user owns them
+    /// (by default the server refuses, as sshd and PostgreSQL do: the store holds every Secret).
+    #[arg(long, env = "TESSERA_ALLOW_INSECURE_DATA_DIR")]
+    allow_insecure_data_dir: bool,
     /// Object store: `sqlite` (embedded, in the data dir) or `etcd://host:port[,host:port…]`
     /// (an etcd cluster that several servers share; each needs the same data-dir `pki/ca.*` and `keys/`).
     #[arg(long, env = "TESSERA_STORAGE", default_value = "sqlite", value_parser = parse_storage)]
@@ -275,6 +279,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         idle_timeout: args.idle_timeout,
         body_timeout: args.request_body_timeout,
     };
+    if args.allow_insecure_data_dir {
+        config.data_dir_strictness = tessera_apiserver::data_dir::Strictness::Allow;
+    }
     config.storage = match &args.storage {
         StorageArg::Sqlite if args.etcd_cacert.is_some() => anyhow::bail!("--etcd-cacert needs --storage etcd://…"),
         StorageArg::Sqlite => tessera_apiserver::Storage::Sqlite,

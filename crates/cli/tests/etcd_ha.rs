@@ -27,6 +27,9 @@ fn start_cluster() -> EtcdCluster {
 /// data dir into a new one.
 fn shared_data_dir(from: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
+    // The server refuses a data dir that others can read (tempdirs are 0755 under umask 022).
+    #[cfg(unix)]
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod 700");
     std::fs::create_dir_all(dir.path().join("pki")).expect("pki dir");
     for file in ["ca.crt", "ca.key"] {
         std::fs::copy(from.join("pki").join(file), dir.path().join("pki").join(file)).expect("copy CA");

@@ -473,3 +473,112 @@ fn bench_certify_smoke() {
     assert_eq!(summary["errors"], serde_json::json!({}), "{summary:#}");
     assert!(identity.metrics().lines().any(|l| l.starts_with("identity_certificates_issued_total") && !l.ends_with(" 0")), "certificates counted");
 }
+
+fn pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+}
+
+/// Issue 19, finding 2, worst case, end to end: a meshed workload (it holds
+/// its leaf and key) that can also write the issuer Secret installs
+/// `[evil CA signed by its leaf key, its leaf, real issuer]`, hoping the CA then
+/// signs every leaf with a key it holds. The chain fails path validation: it
+/// is refused with webpki's reason in a Warning Event, and the real issuer
+/// keeps issuing. The same files are refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evil_issuer_chain_built_from_a_workload_leaf_is_refused() {
+    let server = Server::start();
+    let token = emojivoto(&server);
+    server.kubectl_ok(&["create", "ns", "linkerd"]);
+    let pki = server.path("issuer");
+    bootstrap(&pki, &[]);
+    let anchors_file = pki.join("ca.crt");
+    let args: Vec<String> = vec![
+        "create".into(),
+        "secret".into(),
+        "tls".into(),
+        "linkerd-identity-issuer".into(),
+        "-n".into(),
+        "linkerd".into(),
+        format!("--cert={}", pki.join("crt.pem").display()),
+        format!("--key={}", pki.join("key.pem").display()),
+    ];
+    server.kubectl_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let identity = Identity::start(&server, &anchors_file, &["--issuer-secret", "linkerd/linkerd-identity-issuer"]);
+    let mut client = identity.client().await;
+
+    // The workload's own leaf and key, as any meshed pod has them.
+    let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::new(vec![WEB.to_owned()]).unwrap();
+    params.distinguished_name = DistinguishedName::new();
+    let leaf_csr = params.serialize_request(&leaf_key).unwrap().der().to_vec();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let leaf = loop {
+        match client.certify(request(WEB, &token, &leaf_csr)).await {
+            Ok(r) => break r.into_inner().leaf_certificate,
+            Err(s) => {
+                assert_eq!((s.code(), s.message()), (Code::Unavailable, "cert issuer not ready yet"));
+                assert!(tokio::time::Instant::now() < deadline, "the issuer Secret was never loaded");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    // The evil "issuer": a CA signed with the leaf's key, its key held by the
+    // attacker, named like the real issuer.
+    let leaf_signer = rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(leaf.clone()), leaf_key).unwrap();
+    let evil_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut evil = CertificateParams::default();
+    evil.distinguished_name.push(rcgen::DnType::CommonName, "identity.linkerd.cluster.local");
+    evil.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    evil.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let evil = evil.signed_by(&evil_key, &leaf_signer).unwrap();
+    let evil_dir = server.path("evil");
+    std::fs::create_dir_all(&evil_dir).unwrap();
+    let real_issuer = std::fs::read_to_string(pki.join("crt.pem")).unwrap();
+    std::fs::write(evil_dir.join("crt.pem"), format!("{}{}{real_issuer}", evil.pem(), pem(&leaf))).unwrap();
+    std::fs::write(evil_dir.join("key.pem"), evil_key.serialize_pem()).unwrap();
+    // Named like the real issuer, the evil CA leaves webpki two paths for a leaf
+    // it signs: through the workload's leaf (refused: EndEntityUsedAsCa) or
+    // through the real issuer (refused: its key did not sign the leaf). webpki
+    // reports the more specific of its reasons.
+    let reason = "issuer chain fails X.509 path validation (webpki, verifying a leaf it signed as a TLS server (serverAuth) certificate): InvalidSignatureForPublicKey";
+
+    // Hot reload through the Secret: refused, with an Event saying why.
+    let patch = tls_patch(&evil_dir.join("crt.pem"), &evil_dir.join("key.pem"));
+    server.kubectl_ok(&["patch", "secret", "linkerd-identity-issuer", "-n", "linkerd", "--type=merge", "-p", &patch]);
+    let rejected = server.eventually(15, "the IssuerRejected event", || {
+        let events = json(&server.kubectl_ok(&["get", "events", "-n", "linkerd", "-o", "json"]));
+        events["items"].as_array().unwrap().iter().find(|e| e["reason"] == "IssuerRejected").cloned()
+    });
+    assert_eq!(rejected["type"], "Warning");
+    assert_eq!(rejected["involvedObject"]["name"], "linkerd-identity-issuer");
+    assert_eq!(rejected["message"], format!("Refused new identity issuer: {reason}"));
+
+    // The real issuer is still the one signing, and its leaves verify.
+    let response = client.certify(request(WEB, &token, &csr(WEB))).await.expect("certify after the refusal").into_inner();
+    assert_eq!(response.intermediate_certificates, vec![pem_ders(&pki.join("crt.pem"))[0].to_vec()]);
+    verify(&pem_ders(&anchors_file), &response, WEB).unwrap();
+    let metrics = identity.metrics();
+    assert!(metrics.contains(r#"identity_issuer_updates_total{result="rejected"} 1"#), "{metrics}");
+
+    // The same files at start: the service refuses to start on them.
+    let out = tessera(&[
+        "identity",
+        "--addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--kubeconfig",
+        server.kubeconfig.to_str().unwrap(),
+        "--trust-anchors",
+        anchors_file.to_str().unwrap(),
+        "--issuer-dir",
+        evil_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("issuer from directory {}: {reason}", evil_dir.display())), "{stderr}");
+}

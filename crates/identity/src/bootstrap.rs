@@ -176,7 +176,7 @@ mod tests {
         assert_eq!((done.anchor_not_after - now()).whole_hours(), 87600);
         assert_eq!((done.issuer_not_after - now()).whole_hours(), 8760);
         let anchors = TrustAnchors::from_pem(&std::fs::read(dir.path().join("ca.crt")).unwrap()).unwrap();
-        let issuer = Issuer::load(&read_issuer_dir(dir.path()).unwrap(), &anchors, now()).unwrap();
+        let issuer = Issuer::load(&read_issuer_dir(dir.path()).unwrap(), &anchors, &IdentityNaming::default(), now()).unwrap();
         assert_eq!(issuer.subject(), "CN=identity.linkerd.cluster.local");
         #[cfg(unix)]
         {
@@ -216,6 +216,6 @@ mod tests {
         let first = read_issuer_dir(root.path()).unwrap();
         let second = read_issuer_dir(next.path()).unwrap();
         assert_ne!(first, second);
-        Issuer::load(&second, &anchors, now()).unwrap();
+        Issuer::load(&second, &anchors, &IdentityNaming::default(), now()).unwrap();
     }
 }

@@ -210,6 +210,24 @@ pub enum IssuerError {
         /// The subject of the certificate whose signature failed.
         subject: String,
     },
+    /// RFC 5280 path validation failed: a leaf signed by this issuer, verified
+    /// as a proxy verifies one, did not reach a trust anchor. `reason` is webpki's.
+    #[error("issuer chain fails X.509 path validation (webpki, verifying a leaf it signed as a {usage} certificate): {reason}")]
+    PathValidation {
+        /// The usage the leaf was being verified for.
+        usage: crate::chain::Usage,
+        /// webpki's reason.
+        reason: webpki::Error,
+    },
+    /// A CA of the validated path has a keyUsage without keyCertSign (RFC 5280 §4.2.1.3).
+    #[error("issuer chain: {subject} is a CA whose keyUsage lacks keyCertSign")]
+    NoKeyCertSign {
+        /// The CA certificate's subject.
+        subject: String,
+    },
+    /// Signing or parsing the probe leaf failed (not the issuer's fault as far as is known).
+    #[error("checking the issuer with a probe leaf: {0}")]
+    Probe(String),
 }
 
 /// Why a trust-anchor bundle is unusable.

@@ -1,21 +1,36 @@
 //! The issuer: a validated intermediate CA certificate (chain) and its key,
 //! able to sign leaf certificates. [`Issuer::load`] is the only constructor and
-//! refuses anything the CA must not use; [`Issuer::issue`] signs only for a
-//! [`ValidatedCsr`] together with a matching [`Authenticated`] proof.
+//! refuses anything the CA must not use: beyond quick checks with precise
+//! messages, the issuer signs a probe leaf that must pass RFC 5280 path
+//! validation by webpki as a proxy would verify it ([`crate::chain`]).
+//! [`Issuer::issue`] signs only for a [`ValidatedCsr`] together with a
+//! matching [`Authenticated`] proof.
 
 use std::time::Duration;
 
 use rand::RngCore as _;
-use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber};
+use rcgen::string::Ia5String;
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+    SerialNumber,
+};
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer as _;
 
+use crate::chain;
 use crate::csr::ValidatedCsr;
 use crate::error::{CertifyError, IssuerError};
 use crate::pki::{self, KeyAlgorithm, TrustAnchors};
-use crate::review::Authenticated;
+use crate::review::{Authenticated, IdentityNaming};
+
+/// The ServiceAccount (namespace, name) whose identity the probe leaf of a
+/// new issuer carries: a name of the trust domain like every real leaf's.
+pub const PROBE_SERVICE_ACCOUNT: (&str, &str) = ("tessera-issuer-probe", "tessera-issuer-probe");
+
+/// How long the probe leaf is valid around `now`.
+const PROBE_VALIDITY: Duration = Duration::from_secs(60);
 
 /// The issuer's PEM text as read from files or a Secret, not yet checked.
 #[derive(Clone, PartialEq, Eq)]
@@ -78,8 +93,11 @@ impl std::fmt::Debug for Issuer {
 impl Issuer {
     /// Checks `material` and builds an issuer: the certificate parses, is a CA
     /// with an ECDSA P-256 key, is valid at `now`, chains to one of `anchors`,
-    /// and the key is P-256 and matches the certificate.
-    pub fn load(material: &IssuerMaterial, anchors: &TrustAnchors, now: OffsetDateTime) -> Result<Self, IssuerError> {
+    /// and the key is P-256 and matches the certificate. Then it signs a probe
+    /// leaf for an identity of `naming`'s trust domain, which must pass RFC
+    /// 5280 path validation to `anchors` (webpki, as a proxy verifies leaves);
+    /// the chain handed out with leaves is that verified path.
+    pub fn load(material: &IssuerMaterial, anchors: &TrustAnchors, naming: &IdentityNaming, now: OffsetDateTime) -> Result<Self, IssuerError> {
         let ders = pki::certificates_from_pem(&material.cert_pem).map_err(IssuerError::Certificate)?;
         // A bundle that ends with the root itself (as some tools write it) is fine: drop it.
         let chain: Vec<CertificateDer<'static>> = ders.into_iter().filter(|d| !anchors.contains(d)).collect();
@@ -109,10 +127,20 @@ impl Issuer {
         if now >= not_after {
             return Err(IssuerError::Expired { not_after: pki::rfc3339(not_after) });
         }
+        // Quick check for a precise message when the bundle is unrelated to the anchors.
         pki::verify_chain(&parsed, anchors)?;
         let subject = cert.subject().to_string();
         let signer = rcgen::Issuer::from_ca_cert_der(first, key).map_err(|e| IssuerError::Certificate(e.to_string()))?;
-        Ok(Self { signer, chain: chain.iter().map(|d| d.to_vec()).collect(), subject, not_before, not_after })
+
+        let (namespace, name) = PROBE_SERVICE_ACCOUNT;
+        let identity = naming.identity_for(namespace, name);
+        let dns_name = Ia5String::try_from(identity.as_str()).map_err(|e| IssuerError::Probe(format!("{identity}: {e}")))?;
+        let probe_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| IssuerError::Probe(e.to_string()))?;
+        let probe = leaf_params(&identity, dns_name, now - PROBE_VALIDITY, (now + PROBE_VALIDITY).min(not_after))
+            .signed_by(&probe_key, &signer)
+            .map_err(|e| IssuerError::Probe(format!("signing the probe leaf: {e}")))?;
+        let chain = chain::verify_probe(probe.der(), &identity, first, &chain[1..], anchors, now)?;
+        Ok(Self { signer, chain, subject, not_before, not_after })
     }
 
     /// The issuer certificate's subject (for logs and events).
@@ -156,24 +184,29 @@ impl Issuer {
         }
         let not_before = now - policy.clock_skew;
         let not_after = (now + policy.lifetime + policy.clock_skew).min(self.not_after);
-
-        let mut params = CertificateParams::default();
-        let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, csr.identity());
-        params.distinguished_name = name;
-        params.subject_alt_names = vec![SanType::DnsName(csr.dns_name().clone())];
-        params.serial_number = Some(random_serial());
-        params.not_before = not_before;
-        params.not_after = not_after;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
-        let cert = params
+        let cert = leaf_params(csr.identity(), csr.dns_name().clone(), not_before, not_after)
             .signed_by(csr.public_key(), &self.signer)
             .map_err(|e| CertifyError::Internal(format!("signing leaf for {}: {e}", csr.identity())))?;
         Ok(Leaf { der: cert.der().to_vec(), intermediates: self.chain.clone(), valid_until: not_after })
     }
+}
+
+/// A leaf for `identity`: CN and the one DNS SAN, serverAuth and clientAuth,
+/// not a CA. Every leaf and the probe of a new issuer are built here.
+fn leaf_params(identity: &str, dns_name: Ia5String, not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, identity);
+    params.distinguished_name = name;
+    params.subject_alt_names = vec![SanType::DnsName(dns_name)];
+    params.serial_number = Some(random_serial());
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    params
 }
 
 /// A random 128-bit serial number (rcgen encodes it as a positive INTEGER,
@@ -192,10 +225,14 @@ mod tests {
     use super::*;
     use crate::test_util::{Pki, now};
 
+    fn naming() -> IdentityNaming {
+        IdentityNaming::default()
+    }
+
     #[test]
     fn a_good_issuer_loads() {
         let pki = Pki::new();
-        let issuer = Issuer::load(&pki.issuer_material(), &pki.anchors(), now()).unwrap();
+        let issuer = Issuer::load(&pki.issuer_material(), &pki.anchors(), &naming(), now()).unwrap();
         assert!(issuer.subject().contains("identity.linkerd.cluster.local"), "{}", issuer.subject());
         assert_eq!(issuer.chain().len(), 1);
     }
@@ -205,7 +242,7 @@ mod tests {
         let pki = Pki::new();
         let mut material = pki.issuer_material();
         material.cert_pem.extend_from_slice(pki.anchor_pem.as_bytes());
-        let issuer = Issuer::load(&material, &pki.anchors(), now()).unwrap();
+        let issuer = Issuer::load(&material, &pki.anchors(), &naming(), now()).unwrap();
         assert_eq!(issuer.chain().len(), 1);
     }
 
@@ -214,14 +251,14 @@ mod tests {
         let pki = Pki::new();
         let other = Pki::new();
         let material = IssuerMaterial { cert_pem: pki.issuer_material().cert_pem, key_pem: other.issuer_material().key_pem };
-        assert_eq!(Issuer::load(&material, &pki.anchors(), now()).unwrap_err(), IssuerError::KeyMismatch);
+        assert_eq!(Issuer::load(&material, &pki.anchors(), &naming(), now()).unwrap_err(), IssuerError::KeyMismatch);
     }
 
     #[test]
     fn an_issuer_from_another_anchor_is_refused() {
         let pki = Pki::new();
         let other = Pki::new();
-        let err = Issuer::load(&other.issuer_material(), &pki.anchors(), now()).unwrap_err();
+        let err = Issuer::load(&other.issuer_material(), &pki.anchors(), &naming(), now()).unwrap_err();
         assert!(matches!(err, IssuerError::NotSignedByAnchor { .. }), "{err}");
         assert!(err.to_string().ends_with("is not signed by any trust anchor"), "{err}");
     }
@@ -232,38 +269,38 @@ mod tests {
         let new = Pki::new();
         let bundle = TrustAnchors::from_pem(format!("{}{}", old.anchor_pem, new.anchor_pem).as_bytes()).unwrap();
         assert_eq!(bundle.certificates().len(), 2);
-        Issuer::load(&old.issuer_material(), &bundle, now()).unwrap();
-        Issuer::load(&new.issuer_material(), &bundle, now()).unwrap();
+        Issuer::load(&old.issuer_material(), &bundle, &naming(), now()).unwrap();
+        Issuer::load(&new.issuer_material(), &bundle, &naming(), now()).unwrap();
     }
 
     #[test]
     fn expired_and_future_issuers_are_refused() {
         let pki = Pki::new();
         let expired = pki.issuer_valid(now() - Duration::from_secs(7200), now() - Duration::from_secs(3600));
-        assert!(matches!(Issuer::load(&expired, &pki.anchors(), now()).unwrap_err(), IssuerError::Expired { .. }));
+        assert!(matches!(Issuer::load(&expired, &pki.anchors(), &naming(), now()).unwrap_err(), IssuerError::Expired { .. }));
         let future = pki.issuer_valid(now() + Duration::from_secs(3600), now() + Duration::from_secs(7200));
-        assert!(matches!(Issuer::load(&future, &pki.anchors(), now()).unwrap_err(), IssuerError::NotYetValid { .. }));
+        assert!(matches!(Issuer::load(&future, &pki.anchors(), &naming(), now()).unwrap_err(), IssuerError::NotYetValid { .. }));
     }
 
     #[test]
     fn a_p384_issuer_is_refused() {
         let pki = Pki::new();
         let material = pki.issuer_with_alg(&rcgen::PKCS_ECDSA_P384_SHA384);
-        assert_eq!(Issuer::load(&material, &pki.anchors(), now()).unwrap_err(), IssuerError::UnsupportedAlgorithm);
+        assert_eq!(Issuer::load(&material, &pki.anchors(), &naming(), now()).unwrap_err(), IssuerError::UnsupportedAlgorithm);
     }
 
     #[test]
     fn a_leaf_is_not_a_ca() {
         let pki = Pki::new();
         let material = pki.non_ca_issuer();
-        assert_eq!(Issuer::load(&material, &pki.anchors(), now()).unwrap_err(), IssuerError::NotCa);
+        assert_eq!(Issuer::load(&material, &pki.anchors(), &naming(), now()).unwrap_err(), IssuerError::NotCa);
     }
 
     #[test]
     fn garbage_is_refused() {
         let pki = Pki::new();
         let material = IssuerMaterial { cert_pem: b"nothing here".to_vec(), key_pem: Vec::new() };
-        assert_eq!(Issuer::load(&material, &pki.anchors(), now()).unwrap_err(), IssuerError::NoCertificate);
+        assert_eq!(Issuer::load(&material, &pki.anchors(), &naming(), now()).unwrap_err(), IssuerError::NoCertificate);
     }
 
     #[test]

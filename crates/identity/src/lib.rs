@@ -28,7 +28,8 @@
 //! - **Hot reload.** The issuer lives in a `tokio::sync::watch` channel of
 //!   `Arc<Issuer>`; a reload builds a complete new issuer and swaps it in, so
 //!   an in-flight Certify finishes with the issuer it started with. A bad new
-//!   issuer (wrong key, expired, not signed by an anchor, not P-256) is
+//!   issuer (wrong key, expired, not P-256, or any chain that fails RFC 5280
+//!   path validation by webpki for a probe leaf it signs, see [`chain`]) is
 //!   refused and the old one kept ([`reload`]).
 //! - **Plaintext gRPC.** Like Linkerd's identity container, the service
 //!   speaks h2c; Linkerd puts its own proxy in front for TLS.
@@ -48,6 +49,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub mod bootstrap;
+pub mod chain;
 pub mod check;
 #[cfg(feature = "clap")]
 pub mod cli;
@@ -142,7 +144,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Metrics::default();
     let (issuer_tx, issuer_rx) = watch::channel::<Option<Arc<Issuer>>>(None);
-    let mut updater = IssuerUpdater::new(issuer_tx, anchors, clock.clone(), metrics.clone());
+    let mut updater = IssuerUpdater::new(issuer_tx, anchors, config.naming.clone(), clock.clone(), metrics.clone());
 
     if let IssuerSource::Dir(dir) = &config.issuer {
         let material = reload::read_issuer_dir(dir)?;

@@ -24,6 +24,7 @@ use crate::error::{Error, IssuerError};
 use crate::issuer::{Issuer, IssuerMaterial};
 use crate::metrics::Metrics;
 use crate::pki::{self, TrustAnchors};
+use crate::review::IdentityNaming;
 use crate::service::Clock;
 
 /// Reason of the Event and log line for a new issuer in use.
@@ -94,6 +95,7 @@ pub enum Offer {
 pub struct IssuerUpdater {
     tx: watch::Sender<Option<Arc<Issuer>>>,
     anchors: TrustAnchors,
+    naming: IdentityNaming,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     last_offered: Option<IssuerMaterial>,
@@ -106,9 +108,10 @@ impl std::fmt::Debug for IssuerUpdater {
 }
 
 impl IssuerUpdater {
-    /// An updater writing to `tx`, checking issuers against `anchors`.
-    pub fn new(tx: watch::Sender<Option<Arc<Issuer>>>, anchors: TrustAnchors, clock: Arc<dyn Clock>, metrics: Metrics) -> Self {
-        Self { tx, anchors, clock, metrics, last_offered: None }
+    /// An updater writing to `tx`, checking issuers against `anchors` with a
+    /// probe leaf for an identity of `naming`'s trust domain.
+    pub fn new(tx: watch::Sender<Option<Arc<Issuer>>>, anchors: TrustAnchors, naming: IdentityNaming, clock: Arc<dyn Clock>, metrics: Metrics) -> Self {
+        Self { tx, anchors, naming, clock, metrics, last_offered: None }
     }
 
     /// Checks `material` and, when it is new and good, swaps it in.
@@ -116,7 +119,7 @@ impl IssuerUpdater {
         if self.last_offered.as_ref() == Some(&material) {
             return Offer::Unchanged;
         }
-        let result = Issuer::load(&material, &self.anchors, self.clock.now());
+        let result = Issuer::load(&material, &self.anchors, &self.naming, self.clock.now());
         self.last_offered = Some(material);
         match result {
             Ok(issuer) => {
@@ -262,7 +265,7 @@ mod tests {
 
     fn updater(pki: &Pki) -> (IssuerUpdater, watch::Receiver<Option<Arc<Issuer>>>) {
         let (tx, rx) = watch::channel(None);
-        (IssuerUpdater::new(tx, pki.anchors(), Arc::new(FixedClock(now())), Metrics::default()), rx)
+        (IssuerUpdater::new(tx, pki.anchors(), IdentityNaming::default(), Arc::new(FixedClock(now())), Metrics::default()), rx)
     }
 
     #[test]

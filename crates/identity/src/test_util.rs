@@ -69,6 +69,11 @@ impl Pki {
         )
     }
 
+    /// A certificate for a fresh P-256 key signed by the anchor.
+    pub(crate) fn sign(&self, params: CertificateParams) -> Signed {
+        Signed::new(params, &self.anchor)
+    }
+
     pub(crate) fn non_ca_issuer(&self) -> IssuerMaterial {
         let mut params = ca_params("leaf.example", now() - Duration::from_secs(60), now() + Duration::from_secs(86400));
         params.is_ca = IsCa::ExplicitNoCa;
@@ -83,7 +88,39 @@ impl Pki {
     }
 }
 
-fn ca_params(cn: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertificateParams {
+/// A certificate with its key, able to sign more below it (whether or not it is a CA:
+/// an attacker's signature does not ask).
+pub(crate) struct Signed {
+    pub(crate) der: Vec<u8>,
+    pub(crate) pem: String,
+    pub(crate) key_pem: String,
+    pub(crate) signer: rcgen::Issuer<'static, KeyPair>,
+}
+
+impl Signed {
+    fn new(params: CertificateParams, by: &rcgen::Issuer<'_, KeyPair>) -> Self {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.signed_by(&key, by).unwrap();
+        Self { der: cert.der().to_vec(), pem: cert.pem(), key_pem: key.serialize_pem(), signer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// A certificate for a fresh P-256 key signed by this one.
+    pub(crate) fn sign(&self, params: CertificateParams) -> Signed {
+        Signed::new(params, &self.signer)
+    }
+
+    /// Issuer material: this certificate and key, then `rest` of the chain.
+    pub(crate) fn material(&self, rest: &[&Signed]) -> IssuerMaterial {
+        let mut cert_pem = self.pem.clone();
+        for cert in rest {
+            cert_pem.push_str(&cert.pem);
+        }
+        IssuerMaterial { cert_pem: cert_pem.into_bytes(), key_pem: self.key_pem.clone().into_bytes() }
+    }
+}
+
+/// CA parameters (CA:TRUE pathlen:0, keyCertSign and cRLSign) valid in [not_before, not_after].
+pub(crate) fn ca_params(cn: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, cn);

@@ -55,7 +55,7 @@ fn fixture_with(reviewer: FakeReviewer, issuer: impl FnOnce(&Pki) -> IssuerMater
     let pki = Pki::new();
     let now = now();
     let material = issuer(&pki);
-    let loaded = Issuer::load(&material, &pki.anchors(), now).ok().map(Arc::new);
+    let loaded = Issuer::load(&material, &pki.anchors(), &IdentityNaming::default(), now).ok().map(Arc::new);
     let (tx, rx) = watch::channel(loaded);
     let reviewer = Arc::new(reviewer);
     let metrics = Metrics::default();
