@@ -3,7 +3,10 @@
 //! health and Prometheus metrics. Entry point: [`run`] with a [`Config`].
 //!
 //! Layers, outermost first: observe (request info + metrics) → authenticate
-//! (x509 client certificate or anonymous) → authorize → handler.
+//! (x509 client certificate, bearer token or anonymous) → authorize (the
+//! node authorizer for nodes, then RBAC) → handler, whose writes pass
+//! admission (RBAC escalation checks, NodeRestriction). Nodes are the
+//! [`node`] module's.
 //!
 //! Must not depend on: the identity CA, the proxy, the agent.
 
