@@ -1,12 +1,16 @@
-//! `tessera agent`: run as a node agent for pod spec files, or run one command
-//! as a pod (`tessera agent run --sa api -n api -- CMD…`).
+//! `tessera agent`: join the cluster as a node (`tessera agent join`), then
+//! run as that node for pod spec files, or run one command as a pod
+//! (`tessera agent run --sa api -n api -- CMD…`).
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::heartbeat::PodKey;
+use crate::node::NodeCredentials;
 use crate::environment::{EnvVar, PodContext, workload_env};
 use crate::files::OutputRoot;
 use crate::pod::{PodSpec, ProjectedToken};
@@ -15,12 +19,14 @@ use crate::projector::{Agent, Layout};
 /// `tessera agent` flags.
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Node name the agent registers pods under (`spec.nodeName`).
-    #[arg(long, env = "TESSERA_AGENT_NODE", default_value = "local", global = true)]
-    pub node: String,
-    /// Kubeconfig of the API server (default: KUBECONFIG / ~/.kube/config / in-cluster).
-    #[arg(long, env = "TESSERA_AGENT_KUBECONFIG", global = true)]
-    pub kubeconfig: Option<PathBuf>,
+    /// The node's credentials (key, certificate, kubeconfig) written by `tessera agent join`:
+    /// created 0700 if missing, refused if others may enter it. One agent runs per directory.
+    #[arg(long, env = "TESSERA_AGENT_CERT_DIR", default_value = "./tessera-node", global = true)]
+    pub cert_dir: PathBuf,
+    /// Duration of the node's heartbeat Lease, renewed every quarter of it; when renewals
+    /// stop, the server marks the pods not ready, then deletes them after its eviction timeout.
+    #[arg(long, env = "TESSERA_AGENT_LEASE_DURATION", default_value = "40s", value_parser = parse_lease_duration, global = true)]
+    pub lease_duration: Duration,
     /// Refresh tokens this often instead of at 80 % of their lifetime (for testing rotation).
     #[arg(long, env = "TESSERA_AGENT_REFRESH_INTERVAL", value_parser = humantime::parse_duration, global = true)]
     pub refresh_interval: Option<Duration>,
@@ -41,6 +47,37 @@ pub struct AgentArgs {
 pub enum AgentAction {
     /// Run a command as a pod with projected tokens; the pod is deleted when it exits.
     Run(RunArgs),
+    /// Join the cluster as a node: obtain the node's client certificate with a bootstrap token.
+    Join(JoinArgs),
+}
+
+/// `tessera agent join` flags.
+#[derive(Debug, clap::Args)]
+pub struct JoinArgs {
+    /// Name of the node (a DNS subdomain; default: this host's name).
+    #[arg(long, env = "TESSERA_AGENT_NODE")]
+    pub node: Option<String>,
+    /// URL of the API server, e.g. https://127.0.0.1:6443.
+    #[arg(long, env = "TESSERA_AGENT_SERVER")]
+    pub server: String,
+    /// The cluster CA certificate (PEM), e.g. the server's `pki/ca.crt`.
+    #[arg(long = "certificate-authority", env = "TESSERA_AGENT_CERTIFICATE_AUTHORITY")]
+    pub certificate_authority: PathBuf,
+    /// A short-lived bootstrap token: `kubectl create token node-bootstrapper -n kube-system --duration 10m`.
+    #[arg(long, env = "TESSERA_BOOTSTRAP_TOKEN", required_unless_present = "token_file", conflicts_with = "token_file", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the bootstrap token (keeps it out of the process list).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// A lease shorter than a second cannot be renewed in time.
+fn parse_lease_duration(raw: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if duration < Duration::from_secs(1) {
+        return Err(format!("{raw:?} is shorter than a second"));
+    }
+    Ok(duration)
 }
 
 /// `tessera agent run` flags.
@@ -108,14 +145,60 @@ async fn shutdown_signal() {
 
 /// Runs `tessera agent`.
 pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
-    let agent = Agent::connect(args.kubeconfig.as_deref(), &args.node, args.refresh_interval).await?;
-    match args.action {
-        Some(AgentAction::Run(run)) => run_command(agent, run).await,
-        None => run_pods(agent, args.root, args.pods).await.map(|()| 0),
+    if let Some(AgentAction::Join(join)) = &args.action {
+        return join_cluster(&args.cert_dir, join).await.map(|()| 0);
     }
+    let credentials = NodeCredentials::open(&args.cert_dir)?;
+    let agent = Agent::connect(&credentials, args.refresh_interval).await?;
+    agent.register_node().await?;
+    let (running_tx, running_rx) = tokio::sync::watch::channel(BTreeSet::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let heartbeat = {
+        let (agent, stop) = (agent.clone(), stopped());
+        tokio::spawn(async move { agent.heartbeat(args.lease_duration, running_rx, stop).await })
+    };
+    let renewal = {
+        let (agent, stop) = (agent.clone(), stopped());
+        tokio::spawn(async move { agent.keep_certificate_fresh(&credentials, stop).await })
+    };
+    let result = match args.action {
+        Some(AgentAction::Run(run)) => run_command(agent, run, &running_tx).await,
+        _ => run_pods(agent, args.root, args.pods, &running_tx).await.map(|()| 0),
+    };
+    let _ = stop_tx.send(true);
+    let _ = heartbeat.await;
+    let _ = renewal.await;
+    result
 }
 
-async fn run_pods(agent: Agent, root: PathBuf, files: Vec<PathBuf>) -> anyhow::Result<()> {
+/// `tessera agent join`.
+async fn join_cluster(cert_dir: &std::path::Path, join: &JoinArgs) -> anyhow::Result<()> {
+    let node = match &join.node {
+        Some(node) => node.clone(),
+        None => crate::node::host_name().context("this host's name is not a valid node name: pass --node")?,
+    };
+    let token = match (&join.token, &join.token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
+        (None, None) => anyhow::bail!("pass --token or --token-file"),
+    };
+    let ca = std::fs::read_to_string(&join.certificate_authority)
+        .with_context(|| format!("reading {}", join.certificate_authority.display()))?;
+    let credentials = NodeCredentials::open(cert_dir)?;
+    crate::node::join(&credentials, &node, &join.server, &ca, &token).await?;
+    let (_, not_after) = credentials.certificate_validity()?;
+    let until = jiff::Timestamp::from_second(not_after).map(|t| t.to_string()).unwrap_or_default();
+    println!("tessera agent: joined as node {node}; credentials in {} (certificate valid until {until}, renewed by the running agent)", cert_dir.display());
+    Ok(())
+}
+
+async fn run_pods(agent: Agent, root: PathBuf, files: Vec<PathBuf>, running: &tokio::sync::watch::Sender<BTreeSet<PodKey>>) -> anyhow::Result<()> {
     anyhow::ensure!(!files.is_empty(), "no pods to run: pass --pod FILE (or use `tessera agent run`)");
     let mut specs = Vec::new();
     for file in &files {
@@ -126,10 +209,15 @@ async fn run_pods(agent: Agent, root: PathBuf, files: Vec<PathBuf>) -> anyhow::R
     }
     // Checked before any pod is registered: a refused root changes nothing.
     let root = Arc::new(OutputRoot::open(&root)?);
+    // This node runs exactly these pods now: any other pod bound to it is a
+    // previous run's, and goes (with its tokens).
+    let keep: BTreeSet<PodKey> = specs.iter().map(|s| (s.namespace.clone(), s.name.clone())).collect();
+    agent.collect_orphans(&keep).await?;
     let mut pods = Vec::new();
     for spec in &specs {
         pods.push(agent.register(spec).await?);
     }
+    running.send_replace(keep);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for pod in pods.clone() {
@@ -157,7 +245,7 @@ async fn run_pods(agent: Agent, root: PathBuf, files: Vec<PathBuf>) -> anyhow::R
     Ok(())
 }
 
-async fn run_command(agent: Agent, run: RunArgs) -> anyhow::Result<i32> {
+async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::Sender<BTreeSet<PodKey>>) -> anyhow::Result<i32> {
     let name = run.name.clone().unwrap_or_else(|| {
         let suffix: String = (0..5).map(|_| (b'a' + rand::random::<u8>() % 26) as char).collect();
         format!("{}-{suffix}", run.service_account)
@@ -185,7 +273,10 @@ async fn run_command(agent: Agent, run: RunArgs) -> anyhow::Result<i32> {
     };
     // Checked before the pod is registered: a refused root changes nothing.
     let layout = Layout::kubernetes(Arc::new(OutputRoot::open(&root)?));
+    let keep = BTreeSet::from([(spec.namespace.clone(), spec.name.clone())]);
+    agent.collect_orphans(&keep).await?;
     let pod = agent.register(&spec).await?;
+    running.send_replace(keep);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let projector = {
@@ -259,5 +350,25 @@ mod tests {
         assert_eq!((t.audience.as_str(), t.expiration_seconds, t.path.as_str()), ("data-store", 600, "api-token"));
         assert!(parse_token("audience=a,path=x,colour=red").is_err());
         assert!(parse_token("audience").is_err());
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    #[test]
+    fn join_and_node_flags() {
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(["agent", "--cert-dir", "/n1", "join", "--node", "n1", "--server", "https://s", "--certificate-authority", "ca.crt", "--token", "t"]).unwrap();
+        let Some(AgentAction::Join(join)) = cli.agent.action else { panic!("not join") };
+        assert_eq!((join.node.as_deref(), join.token.as_deref()), (Some("n1"), Some("t")));
+        assert_eq!(cli.agent.cert_dir, PathBuf::from("/n1"));
+        assert_eq!(cli.agent.lease_duration, Duration::from_secs(40));
+        assert!(Cli::try_parse_from(["agent", "join", "--server", "https://s", "--certificate-authority", "ca.crt"]).is_err(), "a token is required");
+        assert!(Cli::try_parse_from(["agent", "--lease-duration", "500ms", "run", "--", "true"]).is_err());
+        let cli = Cli::try_parse_from(["agent", "--lease-duration", "4s", "run", "--sa", "api", "--", "true"]).unwrap();
+        assert_eq!(cli.agent.lease_duration, Duration::from_secs(4));
     }
 }

@@ -1,4 +1,6 @@
-//! The node agent: kubelet's token part. It registers the Pods it runs,
+//! The node agent: kubelet's token part, run as a node. It joins the cluster
+//! as `system:node:NAME` with a bootstrap token ([`node`]), registers its
+//! Node and heartbeats through a Lease ([`heartbeat`]), registers the Pods it runs,
 //! requests Pod-bound ServiceAccount tokens through TokenRequest, writes them
 //! (with `ca.crt` and `namespace`) into a directory per Pod with atomic
 //! replacement below a root only its user can write (never following a
@@ -17,6 +19,8 @@
 pub mod cli;
 pub mod environment;
 mod files;
+pub mod heartbeat;
+pub mod node;
 mod pod;
 mod projector;
 

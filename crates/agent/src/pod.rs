@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The image name registered for the workload's one container.
+pub(crate) const WORKLOAD_IMAGE: &str = "tessera.local/workload";
+
 /// A token projected into the pod's directory (a `serviceAccountToken` projected volume source).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -147,12 +150,24 @@ impl PodSpec {
         if problems.is_empty() { Ok(()) } else { Err(InvalidPodSpec(problems)) }
     }
 
-    /// The Pod object registered with the API server.
+    /// The Pod object registered with the API server, bound to `node`. Its
+    /// projected volume names what the agent writes, as kube's ServiceAccount
+    /// admission adds it: the node may read `kube-root-ca.crt` because its pod
+    /// references it.
     pub fn to_pod(&self, node: &str) -> serde_json::Value {
+        let mut sources = vec![
+            serde_json::json!({"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}),
+            serde_json::json!({"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}),
+            serde_json::json!({"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}),
+        ];
+        sources.extend(self.tokens.iter().map(|t| {
+            serde_json::json!({"serviceAccountToken": {"audience": t.audience, "expirationSeconds": t.expiration_seconds, "path": t.path}})
+        }));
         let mut spec = serde_json::json!({
             "serviceAccountName": self.service_account_name,
             "nodeName": node,
-            "containers": [{"name": "workload", "image": "tessera.local/workload"}],
+            "containers": [{"name": "workload", "image": WORKLOAD_IMAGE}],
+            "volumes": [{"name": "kube-api-access", "projected": {"sources": sources, "defaultMode": 420}}],
         });
         if let Some(automount) = self.automount_service_account_token {
             spec["automountServiceAccountToken"] = serde_json::json!(automount);
@@ -181,6 +196,11 @@ mod tests {
         assert_eq!(pod["spec"]["nodeName"], "node-1");
         assert_eq!(pod["spec"]["serviceAccountName"], "api");
         assert!(pod["spec"].get("automountServiceAccountToken").is_none());
+        let sources = &pod["spec"]["volumes"][0]["projected"]["sources"];
+        assert_eq!(sources[1]["configMap"]["name"], "kube-root-ca.crt");
+        assert_eq!(sources[3]["serviceAccountToken"]["audience"], "data-store");
+        let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).expect("a valid Pod");
+        assert_eq!(typed.spec.and_then(|s| s.node_name).as_deref(), Some("node-1"));
     }
 }
 

@@ -1,7 +1,7 @@
 //! Registering pods and projecting their tokens.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
@@ -42,11 +42,30 @@ pub enum AgentError {
     /// The API answered without a token.
     #[error("TokenRequest for {0} returned no token")]
     NoToken(String),
+    /// The node identity could not be set up or used.
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    /// A pod of that name exists and is not this node's to run.
+    #[error("Pod {namespace}/{name} exists and is not this node's: {why}")]
+    NotOurs {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The server's refusal.
+        why: String,
+    },
 }
 
 fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> AgentError {
     let what = what.into();
     move |source| AgentError::Api { what, source }
+}
+
+/// A pod another node runs was readable: cannot happen with the node
+/// authorizer (a node reads only its own pods), refused all the same.
+fn unreachable_other_node<T>(spec: &PodSpec, refusal: &str) -> Result<T, AgentError> {
+    Err(AgentError::NotOurs { namespace: spec.namespace.clone(), name: spec.name.clone(), why: refusal.to_owned() })
 }
 
 /// Where a pod's files go: directories below the agent's checked output root.
@@ -125,10 +144,11 @@ impl TokenSlot {
     }
 }
 
-/// The agent: one API client and the settings of this node.
+/// The agent: one API client with this node's credential, and its settings.
 #[derive(Clone)]
 pub struct Agent {
-    client: kube::Client,
+    /// Replaced whole when the node's certificate is renewed.
+    client: Arc<RwLock<kube::Client>>,
     node: String,
     refresh_override: Option<Duration>,
     server: String,
@@ -137,20 +157,25 @@ pub struct Agent {
 // === impl Agent ===
 
 impl Agent {
-    /// Connects with a kubeconfig (or the default loading rules when None).
-    pub async fn connect(kubeconfig: Option<&Path>, node: &str, refresh_override: Option<Duration>) -> Result<Self, AgentError> {
-        let config = match kubeconfig {
-            Some(path) => {
-                let file = kube::config::Kubeconfig::read_from(path).map_err(|e| AgentError::Config(e.to_string()))?;
-                kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                    .await
-                    .map_err(|e| AgentError::Config(e.to_string()))?
-            }
-            None => kube::Config::infer().await.map_err(|e| AgentError::Config(e.to_string()))?,
-        };
-        let server = config.cluster_url.to_string().trim_end_matches('/').to_owned();
-        let client = kube::Client::try_from(config).map_err(|e| AgentError::Config(e.to_string()))?;
-        Ok(Self { client, node: node.to_owned(), refresh_override, server })
+    /// Connects with the node's credentials, and refuses to run unless they
+    /// authenticate as a node (`system:node:NAME` in `system:nodes`): the
+    /// agent never runs with an admin's or a workload's credential.
+    pub async fn connect(credentials: &crate::node::NodeCredentials, refresh_override: Option<Duration>) -> Result<Self, AgentError> {
+        let (client, server) = credentials.client().await?;
+        let node = crate::node::whoami(&client).await?;
+        tracing::info!(%node, %server, "authenticated as a node");
+        Ok(Self { client: Arc::new(RwLock::new(client)), node, refresh_override, server })
+    }
+
+    /// The current client.
+    pub(crate) fn client(&self) -> kube::Client {
+        // A poisoned lock still holds a whole client (it is only ever replaced).
+        self.client.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// The API server URL (passed on to workloads).
@@ -158,41 +183,81 @@ impl Agent {
         &self.server
     }
 
-    /// Registers a pod on this node (re-using one this node registered
-    /// before). An invalid spec is refused before anything is sent.
+    /// Renews the node's certificate at 70–80 % of its lifetime, until `stop`.
+    pub async fn keep_certificate_fresh(&self, credentials: &crate::node::NodeCredentials, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            let now = jiff::Timestamp::now().as_second();
+            let delay = match credentials.certificate_validity() {
+                Ok((not_before, not_after)) => crate::node::renewal_delay(not_before, not_after, now),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the node certificate; retrying in a minute");
+                    Duration::from_secs(60)
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match credentials.renew(&self.client(), &self.node).await {
+                Ok(client) => {
+                    *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+                    tracing::info!(node = %self.node, "renewed the node's client certificate");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "renewing the node certificate failed; retrying in 30 s");
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Registers a pod bound to this node, or takes over one bound to this
+    /// node already (a previous run's, or one an admin scheduled here). A
+    /// pod of that name that is another node's is refused: the server lets a
+    /// node neither read nor delete it. An invalid spec is refused before
+    /// anything is sent.
     pub async fn register(&self, spec: &PodSpec) -> Result<RegisteredPod, AgentError> {
         spec.validate().map_err(|source| AgentError::InvalidSpec { namespace: spec.namespace.clone(), name: spec.name.clone(), source })?;
-        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &spec.namespace);
-        let sa = sas
-            .get(&spec.service_account_name)
-            .await
-            .map_err(api_err(format!("reading ServiceAccount {}/{}", spec.namespace, spec.service_account_name)))?;
-        let automount = spec.automount_service_account_token.or(sa.automount_service_account_token).unwrap_or(true);
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &spec.namespace);
+        let pods: Api<Pod> = Api::namespaced(self.client(), &spec.namespace);
         let pod: Pod = serde_json::from_value(spec.to_pod(&self.node)).map_err(|e| AgentError::Config(e.to_string()))?;
-        let created = match pods.create(&PostParams::default(), &pod).await {
-            Ok(p) => p,
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                let existing = pods.get(&spec.name).await.map_err(api_err(format!("reading Pod {}/{}", spec.namespace, spec.name)))?;
-                let ours = existing.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(self.node.as_str());
-                if !ours {
-                    return Err(AgentError::Api {
-                        what: format!("registering Pod {}/{}", spec.namespace, spec.name),
-                        source: kube::Error::Api(status),
-                    });
+        let (created, fresh) = match pods.create(&PostParams::default(), &pod).await {
+            Ok(p) => (p, true),
+            // Exists (409), or this node may not create pods here (403): ours only if it is bound to us.
+            Err(kube::Error::Api(refusal)) if matches!(refusal.code, 403 | 409) => match pods.get(&spec.name).await {
+                Ok(existing) if existing.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(self.node.as_str()) => (existing, false),
+                Ok(_) => unreachable_other_node(spec, &refusal.message)?,
+                Err(kube::Error::Api(get)) if refusal.code == 409 => {
+                    return Err(AgentError::NotOurs { namespace: spec.namespace.clone(), name: spec.name.clone(), why: get.message });
                 }
-                existing
-            }
+                Err(_) => return Err(api_err(format!("registering Pod {}/{}", spec.namespace, spec.name))(kube::Error::Api(refusal))),
+            },
             Err(e) => return Err(api_err(format!("registering Pod {}/{}", spec.namespace, spec.name))(e)),
         };
         let uid = created.metadata.uid.unwrap_or_default();
-        tracing::info!(namespace = %spec.namespace, pod = %spec.name, %uid, automount, "pod registered");
-        Ok(RegisteredPod { spec: spec.clone(), uid, automount })
+        let registered = RegisteredPod { spec: spec.clone(), uid, automount: true };
+        // The ServiceAccount is readable once a pod of this node runs as it.
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client(), &spec.namespace);
+        let sa = match sas.get(&spec.service_account_name).await {
+            Ok(sa) => sa,
+            Err(e) => {
+                if fresh {
+                    let _ = self.unregister(&registered).await;
+                }
+                return Err(api_err(format!("reading ServiceAccount {}/{}", spec.namespace, spec.service_account_name))(e));
+            }
+        };
+        let automount = spec.automount_service_account_token.or(sa.automount_service_account_token).unwrap_or(true);
+        tracing::info!(namespace = %spec.namespace, pod = %spec.name, uid = %registered.uid, automount, "pod registered");
+        Ok(RegisteredPod { automount, ..registered })
     }
 
     /// Deletes the pod (only the incarnation we registered): its tokens stop working.
     pub async fn unregister(&self, pod: &RegisteredPod) -> Result<(), AgentError> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod.spec.namespace);
+        let pods: Api<Pod> = Api::namespaced(self.client(), &pod.spec.namespace);
         let params = DeleteParams { preconditions: Some(Preconditions { uid: Some(pod.uid.clone()), resource_version: None }), ..DeleteParams::default() };
         match pods.delete(&pod.spec.name, &params).await {
             Ok(_) => {
@@ -205,7 +270,7 @@ impl Agent {
     }
 
     async fn request_token(&self, pod: &RegisteredPod, audience: Option<&str>, expiration: i64) -> Result<(String, i64), AgentError> {
-        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &pod.spec.namespace);
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client(), &pod.spec.namespace);
         let request = TokenRequest {
             spec: TokenRequestSpec {
                 audiences: audience.map(|a| vec![a.to_owned()]).unwrap_or_default(),
@@ -230,7 +295,7 @@ impl Agent {
     }
 
     async fn write_static_files(&self, pod: &RegisteredPod, layout: &Layout) -> Result<(), AgentError> {
-        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &pod.spec.namespace);
+        let maps: Api<ConfigMap> = Api::namespaced(self.client(), &pod.spec.namespace);
         let ca = maps
             .get("kube-root-ca.crt")
             .await
@@ -288,6 +353,10 @@ impl Agent {
     /// resolves. `on_ready` runs once, after the first complete projection.
     pub async fn project(&self, pod: &RegisteredPod, layout: &Layout, on_ready: impl FnOnce(), stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
         let mut slots = self.project_once(pod, layout).await?;
+        if let Err(e) = self.mark_ready(&pod.spec.namespace, &pod.spec.name).await {
+            // The tokens work either way; the heartbeat reports it again.
+            tracing::warn!(error = %e, "reporting the pod ready failed");
+        }
         on_ready();
         tokio::pin!(stop);
         loop {

@@ -214,6 +214,19 @@ pub fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Ve
                 }
             }
         }
+        "leases" => {
+            // kube's ValidateLeaseSpec.
+            if let Some(d) = obj.pointer("/spec/leaseDurationSeconds").and_then(Value::as_i64)
+                && d <= 0
+            {
+                causes.push(field::invalid("spec.leaseDurationSeconds", &json!(d), "must be greater than 0"));
+            }
+            if let Some(t) = obj.pointer("/spec/leaseTransitions").and_then(Value::as_i64)
+                && t < 0
+            {
+                causes.push(field::invalid("spec.leaseTransitions", &json!(t), "must be greater than or equal to 0"));
+            }
+        }
         _ => {}
     }
     causes
@@ -225,6 +238,7 @@ pub fn selectable_fields(resource: &ResourceInfo) -> &'static [&'static str] {
         "pods" => &["spec.nodeName", "spec.serviceAccountName", "status.phase", "spec.restartPolicy", "spec.schedulerName", "status.podIP"],
         "secrets" => &["type"],
         "namespaces" => &["status.phase"],
+        "nodes" => &["spec.unschedulable"],
         "events" => &[
             "involvedObject.kind",
             "involvedObject.namespace",
@@ -285,6 +299,22 @@ pub fn columns(resource: &ResourceInfo) -> Vec<Column> {
             Column { name: "ServiceAccounts", type_: "string", format: "", description: "ServiceAccounts in the binding", priority: 1 },
         ],
         "clusterroles" | "roles" => vec![NAME, c("Created At", "date", "Time when the role was created")],
+        "nodes" => {
+            let wide = |name, description| Column { name, type_: "string", format: "", description, priority: 1 };
+            vec![
+                NAME,
+                c("Status", "string", "The status of the node"),
+                c("Roles", "string", "The roles of the node"),
+                AGE,
+                c("Version", "string", "Kubelet Version reported by the node."),
+                wide("Internal-IP", "List of addresses reachable to the node. Queried from cloud provider, if available."),
+                wide("External-IP", "List of addresses reachable to the node. Queried from cloud provider, if available."),
+                wide("OS-Image", "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy))."),
+                wide("Kernel-Version", "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64)."),
+                wide("Container-Runtime", "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2)."),
+            ]
+        }
+        "leases" => vec![NAME, c("Holder", "string", "holderIdentity contains the identity of the holder of a current lease."), AGE],
         "events" => vec![
             c("Last Seen", "string", "Time when last event occurred"),
             c("Type", "string", "Type of this event (Normal, Warning), new types could be added in the future."),
@@ -316,6 +346,43 @@ fn age_of(obj: &Value, field: &str, now: jiff::Timestamp) -> String {
         .and_then(|t| t.parse::<jiff::Timestamp>().ok())
         .map(|t| human_age(now.as_second() - t.as_second()))
         .unwrap_or_else(|| "<unknown>".to_owned())
+}
+
+/// kubectl's node STATUS: `Ready`, `NotReady` (the Ready condition is False
+/// or Unknown) or `Unknown` (no Ready condition), plus `SchedulingDisabled`.
+fn node_status(obj: &Value) -> String {
+    let ready = obj
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+        .map(|c| c.get("status").and_then(Value::as_str) == Some("True"));
+    let mut status = vec![match ready {
+        Some(true) => "Ready",
+        Some(false) => "NotReady",
+        None => "Unknown",
+    }];
+    if obj.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+        status.push("SchedulingDisabled");
+    }
+    status.join(",")
+}
+
+/// kubectl's node ROLES: `node-role.kubernetes.io/ROLE` labels and the
+/// `kubernetes.io/role` label, sorted, or `<none>`.
+fn node_roles(obj: &Value) -> String {
+    let mut roles = std::collections::BTreeSet::new();
+    for (key, value) in obj.pointer("/metadata/labels").and_then(Value::as_object).into_iter().flatten() {
+        if let Some(role) = key.strip_prefix("node-role.kubernetes.io/").filter(|r| !r.is_empty()) {
+            roles.insert(role.to_owned());
+        } else if key == "kubernetes.io/role"
+            && let Some(role) = value.as_str().filter(|r| !r.is_empty())
+        {
+            roles.insert(role.to_owned());
+        }
+    }
+    if roles.is_empty() { "<none>".to_owned() } else { roles.into_iter().collect::<Vec<_>>().join(",") }
 }
 
 /// The cells of one table row.
@@ -364,6 +431,32 @@ pub fn row_cells(resource: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> 
             vec![name, json!(role), age, of_kind("User"), of_kind("Group"), of_kind("ServiceAccount")]
         }
         "clusterroles" | "roles" => vec![name, obj.pointer("/metadata/creationTimestamp").cloned().unwrap_or(json!(""))],
+        "nodes" => {
+            let text = |p: &str, missing: &str| json!(obj.pointer(p).and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or(missing));
+            let address = |kind: &str| {
+                let found = obj
+                    .pointer("/status/addresses")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a.get("type").and_then(Value::as_str) == Some(kind))
+                    .and_then(|a| a.get("address").and_then(Value::as_str));
+                json!(found.unwrap_or("<none>"))
+            };
+            vec![
+                name,
+                json!(node_status(obj)),
+                json!(node_roles(obj)),
+                age,
+                text("/status/nodeInfo/kubeletVersion", ""),
+                address("InternalIP"),
+                address("ExternalIP"),
+                text("/status/nodeInfo/osImage", "<unknown>"),
+                text("/status/nodeInfo/kernelVersion", "<unknown>"),
+                text("/status/nodeInfo/containerRuntimeVersion", "<unknown>"),
+            ]
+        }
+        "leases" => vec![name, json!(obj.pointer("/spec/holderIdentity").and_then(Value::as_str).unwrap_or_default()), age],
         "events" => {
             let last = if obj.pointer("/lastTimestamp").is_some_and(|v| !v.is_null()) { "/lastTimestamp" } else { "/metadata/creationTimestamp" };
             let kind = obj.pointer("/involvedObject/kind").and_then(Value::as_str).unwrap_or_default().to_lowercase();
@@ -400,6 +493,36 @@ mod tests {
         assert_eq!(causes.len(), 1);
         assert_eq!(causes[0].field, "spec.containers");
         assert_eq!(causes[0].message, "Required value");
+    }
+
+    #[test]
+    fn lease_durations_are_positive() {
+        use crate::resource::COORDINATION_LEASES;
+        let lease = json!({"metadata": {"name": "n1"}, "spec": {"leaseDurationSeconds": 0, "leaseTransitions": -1}});
+        let causes = validate(&COORDINATION_LEASES, &lease, None);
+        let messages: Vec<_> = causes.iter().map(|c| (c.field.as_str(), c.message.as_str())).collect();
+        assert_eq!(messages, [
+            ("spec.leaseDurationSeconds", "Invalid value: 0: must be greater than 0"),
+            ("spec.leaseTransitions", "Invalid value: -1: must be greater than or equal to 0"),
+        ]);
+    }
+
+    #[test]
+    fn node_rows_like_kubectl() {
+        use crate::resource::CORE_NODES;
+        let node = json!({
+            "metadata": {"name": "n1", "labels": {"node-role.kubernetes.io/worker": "", "kubernetes.io/role": "edge"}},
+            "spec": {"unschedulable": true},
+            "status": {"conditions": [{"type": "Ready", "status": "Unknown"}], "nodeInfo": {"kubeletVersion": "v1.32.0"}},
+        });
+        let cells = row_cells(&CORE_NODES, &node, jiff::Timestamp::now());
+        assert_eq!(cells[..3], [json!("n1"), json!("NotReady,SchedulingDisabled"), json!("edge,worker")]);
+        assert_eq!(cells[4], json!("v1.32.0"));
+        assert_eq!(cells[5], json!("<none>"));
+        assert_eq!(cells[7], json!("<unknown>"));
+        assert_eq!(columns(&CORE_NODES).len(), cells.len());
+        let bare = json!({"metadata": {"name": "n2"}});
+        assert_eq!(row_cells(&CORE_NODES, &bare, jiff::Timestamp::now())[1..3], [json!("Unknown"), json!("<none>")]);
     }
 
     #[test]

@@ -25,6 +25,10 @@ use crate::status::{ApiError, Result};
 /// such as RBAC escalation prevention.
 pub type Admit = Arc<dyn Fn(&ResourceInfo, Option<&Value>, &Value) -> Result<()> + Send + Sync>;
 
+/// A last check of an object about to be deleted (the stored version the
+/// delete is pinned to), such as a node deleting only its own pods.
+pub type AdmitDelete = Arc<dyn Fn(&ResourceInfo, &Value) -> Result<()> + Send + Sync>;
+
 /// Which part of an object a write may change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WriteScope {
@@ -48,6 +52,8 @@ pub struct WriteOptions {
     pub strict: bool,
     /// Admission check run after validation, before storing.
     pub admit: Option<Admit>,
+    /// Admission check of a delete, run on the version the delete is pinned to.
+    pub admit_delete: Option<AdmitDelete>,
 }
 
 impl std::fmt::Debug for WriteOptions {
@@ -57,6 +63,7 @@ impl std::fmt::Debug for WriteOptions {
             .field("strict", &self.strict)
             .field("scope", &self.scope)
             .field("admit", &self.admit.is_some())
+            .field("admit_delete", &self.admit_delete.is_some())
             .finish()
     }
 }
@@ -496,6 +503,10 @@ impl Registry {
                     kv.mod_revision
                 ),
             ));
+        }
+        // The delete below is pinned to this version, so the check cannot be raced.
+        if let Some(admit) = &options.admit_delete {
+            admit(resource, &current)?;
         }
         if resource.plural == "namespaces" {
             if matches!(name, "default" | "kube-system" | "kube-public") {

@@ -170,6 +170,24 @@ pub static CORE_PODS: ResourceInfo = ResourceInfo {
     storage_version_hash: "xPOwRZ+Yhw8=",
 };
 
+/// `v1` nodes (cluster-scoped; a node agent registers its own).
+pub static CORE_NODES: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Node",
+    plural: "nodes",
+    singular: "node",
+    namespaced: false,
+    short_names: &["no"],
+    categories: &[],
+    verbs: CRUD_VERBS,
+    subresources: &[Subresource { name: "status", group: "", version: "", kind: "Node", verbs: &["get", "patch", "update"] }],
+    storage: Storage::Stored,
+    decode: decode::typed::<k8s_openapi::api::core::v1::Node>,
+    schema: schema_of::<k8s_openapi::api::core::v1::Node>,
+    storage_version_hash: "XwShjMxG9Fs=",
+};
+
 /// `v1` events.
 pub static CORE_EVENTS: ResourceInfo = ResourceInfo {
     group: "",
@@ -186,6 +204,24 @@ pub static CORE_EVENTS: ResourceInfo = ResourceInfo {
     decode: decode::typed::<k8s_openapi::api::core::v1::Event>,
     schema: schema_of::<k8s_openapi::api::core::v1::Event>,
     storage_version_hash: "r2yiGXH7wu8=",
+};
+
+/// `coordination.k8s.io/v1` leases (node heartbeats live in `kube-node-lease`).
+pub static COORDINATION_LEASES: ResourceInfo = ResourceInfo {
+    group: "coordination.k8s.io",
+    version: "v1",
+    kind: "Lease",
+    plural: "leases",
+    singular: "lease",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    verbs: CRUD_VERBS,
+    subresources: &[],
+    storage: Storage::Stored,
+    decode: decode::typed::<k8s_openapi::api::coordination::v1::Lease>,
+    schema: schema_of::<k8s_openapi::api::coordination::v1::Lease>,
+    storage_version_hash: "/sY7hl8ol1U=",
 };
 
 /// A create-only review kind in `group/v1`.
@@ -247,11 +283,13 @@ rbac!(RBAC_CLUSTERROLES, "ClusterRole", "clusterroles", "clusterrole", false, "b
 rbac!(RBAC_ROLEBINDINGS, "RoleBinding", "rolebindings", "rolebinding", true, "eGsCzGH6b1g=", k8s_openapi::api::rbac::v1::RoleBinding);
 rbac!(RBAC_ROLES, "Role", "roles", "role", true, "7FuwZcIIItM=", k8s_openapi::api::rbac::v1::Role);
 
-/// Every resource tessera serves, in discovery order (sorted by plural within a group version).
+/// Every resource tessera serves, in discovery order: groups in kube-apiserver's
+/// order, sorted by plural within a group version.
 pub static RESOURCES: &[&ResourceInfo] = &[
     &CORE_CONFIGMAPS,
     &CORE_EVENTS,
     &CORE_NAMESPACES,
+    &CORE_NODES,
     &CORE_PODS,
     &CORE_SECRETS,
     &CORE_SERVICEACCOUNTS,
@@ -265,6 +303,7 @@ pub static RESOURCES: &[&ResourceInfo] = &[
     &RBAC_CLUSTERROLES,
     &RBAC_ROLEBINDINGS,
     &RBAC_ROLES,
+    &COORDINATION_LEASES,
 ];
 
 // === impl ResourceInfo ===

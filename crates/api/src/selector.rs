@@ -154,7 +154,12 @@ impl FieldSelector {
     /// The selector `metadata.name=NAME` (a named watch), built without
     /// parsing so that any name is taken literally.
     pub fn name_equals(name: &str) -> Self {
-        Self(vec![("metadata.name".to_owned(), true, name.to_owned())])
+        Self::field_equals("metadata.name", name)
+    }
+
+    /// The selector `FIELD=VALUE`, built without parsing (the value is taken literally).
+    pub fn field_equals(field: &str, value: &str) -> Self {
+        Self(vec![(field.to_owned(), true, value.to_owned())])
     }
 
     /// True when the selector has no requirements.
@@ -164,7 +169,13 @@ impl FieldSelector {
 
     /// The value required for `metadata.name`, if the selector pins one.
     pub fn required_name(&self) -> Option<&str> {
-        self.0.iter().find(|(f, eq, _)| f == "metadata.name" && *eq).map(|(_, _, v)| v.as_str())
+        self.required_value("metadata.name")
+    }
+
+    /// The value an equality requirement pins `field` to, if any. Requirements
+    /// are conjunctive, so every object the selector matches has that value.
+    pub fn required_value(&self, field: &str) -> Option<&str> {
+        self.0.iter().find(|(f, eq, _)| f == field && *eq).map(|(_, _, v)| v.as_str())
     }
 
     /// Whether the object satisfies every requirement (missing fields read as "").
@@ -216,6 +227,9 @@ mod tests {
         assert!(FieldSelector::parse("metadata.name=a", &[]).expect("ok").matches(&o));
         assert!(!FieldSelector::parse("metadata.namespace!=ns", &[]).expect("ok").matches(&o));
         assert!(FieldSelector::parse("spec.nodeName=n1", &["spec.nodeName"]).expect("ok").matches(&o));
+        let pinned = FieldSelector::parse("spec.nodeName!=n2,spec.nodeName==n1", &["spec.nodeName"]).expect("ok");
+        assert_eq!(pinned.required_value("spec.nodeName"), Some("n1"));
+        assert_eq!(FieldSelector::parse("spec.nodeName!=n1", &["spec.nodeName"]).expect("ok").required_value("spec.nodeName"), None);
         let err = FieldSelector::parse("spec.foo=x", &[]).unwrap_err();
         assert_eq!(err.message, "field label not supported: spec.foo");
     }

@@ -1,12 +1,16 @@
-//! Request authorization: RBAC decides on the parsed request, and only an
-//! allowed request becomes an [`Authorized`] value, the one thing resource
-//! handlers accept. A denial is kube-apiserver's 403 message.
+//! Request authorization: the node authorizer (for nodes) and then RBAC
+//! decide on the parsed request, and only an allowed request becomes an
+//! [`Authorized`] value, the one thing resource handlers accept. A denial is
+//! kube-apiserver's 403 message, with the node authorizer's reason appended.
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
 use tessera_api::ApiError;
 use tessera_authn::UserInfo;
 
+use crate::node::authorizer::NodeDecision;
+use crate::node::graph::NodeGraph;
+use crate::node::{self, NodeIdentity};
 use crate::rbac::PolicyCache;
 use crate::request::ParsedRequest;
 use crate::response::Failure;
@@ -49,14 +53,47 @@ impl<S: Send + Sync> FromRequestParts<S> for Authorized {
     }
 }
 
-/// Decides whether `user` may make the request: RBAC, plus anonymous OIDC
-/// discovery when configured (kube-apiserver's
+/// What the authorizers decided, with their reason (kube's union authorizer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed; the reason names the grant (empty for the node authorizer).
+    Allow(String),
+    /// Denied; the reason (possibly empty) explains a node's refusal.
+    Deny(String),
+}
+
+/// Decides `attrs` for `user`: the node authorizer first for nodes, then
+/// RBAC. `node_selector` is what the request's field selector pins
+/// `spec.nodeName` to.
+pub fn decide(policy: &PolicyCache, nodes: &NodeGraph, user: &UserInfo, attrs: &tessera_rbac::Request, node_selector: Option<&str>) -> Verdict {
+    let reason = match node::identify(user) {
+        NodeIdentity::NotANode => String::new(),
+        NodeIdentity::Unnamed(name) => format!("unknown node for user {name:?}"),
+        NodeIdentity::Named(name) => match node::authorizer::authorize(nodes, name, attrs, node_selector) {
+            NodeDecision::Allow => return Verdict::Allow(String::new()),
+            NodeDecision::NoOpinion(reason) => reason,
+        },
+    };
+    match policy.authorize(user, attrs) {
+        tessera_rbac::Decision::Allow(allowed) => Verdict::Allow(allowed.reason().to_owned()),
+        tessera_rbac::Decision::Deny => Verdict::Deny(reason),
+    }
+}
+
+/// Decides whether `user` may make the request: the node authorizer and
+/// RBAC, plus anonymous OIDC discovery when configured (kube-apiserver's
 /// `--anonymous-auth` + a binding of system:service-account-issuer-discovery
 /// to system:unauthenticated, as one flag).
-pub fn authorize(config: &AuthzConfig, policy: &PolicyCache, user: &UserInfo, request: ParsedRequest) -> Result<Authorized, ApiError> {
-    if policy.authorize(user, &request.attributes()).is_allowed() {
-        return Ok(Authorized(request));
-    }
+pub fn authorize(config: &AuthzConfig, policy: &PolicyCache, nodes: &NodeGraph, user: &UserInfo, request: ParsedRequest) -> Result<Authorized, ApiError> {
+    let node_selector = match &request {
+        ParsedRequest::Resource(r) => r.options.as_ref().ok().and_then(|o| o.list.fields.required_value("spec.nodeName")),
+        ParsedRequest::NonResource(_) => None,
+    };
+    let attrs = request.attributes();
+    let reason = match decide(policy, nodes, user, &attrs, node_selector) {
+        Verdict::Allow(_) => return Ok(Authorized(request)),
+        Verdict::Deny(reason) => reason,
+    };
     if let ParsedRequest::NonResource(n) = &request
         && config.anonymous_oidc_discovery
         && n.verb == "get"
@@ -64,13 +101,19 @@ pub fn authorize(config: &AuthzConfig, policy: &PolicyCache, user: &UserInfo, re
     {
         return Ok(Authorized(request));
     }
-    Err(forbidden(user, &request.attributes()))
+    Err(forbidden_because(user, &attrs, &reason))
 }
 
 /// The 403 kube-apiserver sends for a denied request.
 pub fn forbidden(user: &UserInfo, req: &tessera_rbac::Request) -> ApiError {
+    forbidden_because(user, req, "")
+}
+
+/// The 403 with an authorizer's reason appended after `: `, as kube-apiserver does.
+pub fn forbidden_because(user: &UserInfo, req: &tessera_rbac::Request, reason: &str) -> ApiError {
+    let because = if reason.is_empty() { String::new() } else { format!(": {reason}") };
     if !req.resource_request {
-        return ApiError::forbidden_plain(format!("forbidden: User \"{}\" cannot {} path \"{}\"", user.username, req.verb, req.path));
+        return ApiError::forbidden_plain(format!("forbidden: User \"{}\" cannot {} path \"{}\"{because}", user.username, req.verb, req.path));
     }
     let resource = if req.subresource.is_empty() { req.resource.clone() } else { format!("{}/{}", req.resource, req.subresource) };
     let qualified = if req.api_group.is_empty() { req.resource.clone() } else { format!("{}.{}", req.resource, req.api_group) };
@@ -78,7 +121,7 @@ pub fn forbidden(user: &UserInfo, req: &tessera_rbac::Request) -> ApiError {
     // Like kube-apiserver, a namespace object counts as being in itself.
     let scope = if req.namespace.is_empty() { "at the cluster scope".to_owned() } else { format!("in the namespace \"{}\"", req.namespace) };
     let message = format!(
-        "{subject} is forbidden: User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
+        "{subject} is forbidden: User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}{because}",
         user.username, req.verb, req.api_group
     );
     ApiError::forbidden(&req.resource, &req.api_group, &req.name, message)
@@ -113,7 +156,7 @@ mod tests {
     }
 
     fn check_with(config: &AuthzConfig, user: &UserInfo, method: Method, path: &str) -> Result<Authorized, ApiError> {
-        authorize(config, &policy(), user, parse(&method, path, None).unwrap())
+        authorize(config, &policy(), &crate::node::graph::node_graph(), user, parse(&method, path, None).unwrap())
     }
 
     fn check(user: &UserInfo, method: Method, path: &str) -> Result<Authorized, ApiError> {
@@ -137,6 +180,36 @@ mod tests {
     fn forbidden_named_namespace_is_in_itself() {
         let status = check(&sa_user(), Method::GET, "/api/v1/namespaces/foo").unwrap_err().to_status();
         assert_eq!(status["message"], "namespaces \"foo\" is forbidden: User \"system:serviceaccount:api:api\" cannot get resource \"namespaces\" in API group \"\" in the namespace \"foo\"");
+    }
+
+    fn node(name: &str) -> UserInfo {
+        UserInfo { username: format!("system:node:{name}"), groups: vec!["system:nodes".into(), "system:authenticated".into()], ..Default::default() }
+    }
+
+    #[test]
+    fn nodes_get_the_node_authorizers_reason() {
+        let nodes = crate::node::graph::node_graph();
+        nodes.write(|g| {
+            let pod = serde_json::json!({"metadata": {"name": "web"}, "spec": {"nodeName": "n1", "serviceAccountName": "web"}});
+            g.apply("/registry/pods/ns/web", Some(&serde_json::to_vec(&pod).unwrap()));
+        });
+        let check = |user: &UserInfo, method: Method, path: &str, query: Option<&str>| {
+            authorize(&AuthzConfig::default(), &policy(), &nodes, user, parse(&method, path, query).unwrap())
+        };
+        assert!(check(&node("n1"), Method::POST, "/api/v1/namespaces/ns/serviceaccounts/web/token", None).is_ok());
+        let status = check(&node("n2"), Method::POST, "/api/v1/namespaces/ns/serviceaccounts/web/token", None).unwrap_err().to_status();
+        assert_eq!(status["message"], "serviceaccounts \"web\" is forbidden: User \"system:node:n2\" cannot create resource \"serviceaccounts/token\" in API group \"\" in the namespace \"ns\": no relationship found between node 'n2' and this object");
+        // The field selector the handler runs with is the one authorized.
+        assert!(check(&node("n1"), Method::GET, "/api/v1/pods", Some("fieldSelector=spec.nodeName%3Dn1")).is_ok());
+        let status = check(&node("n1"), Method::GET, "/api/v1/pods", Some("fieldSelector=spec.nodeName%3Dn2&fieldSelector=spec.nodeName%3Dn1")).unwrap_err().to_status();
+        assert_eq!(status["message"], "pods is forbidden: User \"system:node:n1\" cannot list resource \"pods\" in API group \"\" at the cluster scope: can only list/watch pods with spec.nodeName field selector");
+        // Not in system:nodes: only RBAC, no reason.
+        let impostor = UserInfo { username: "system:node:n1".into(), groups: vec!["system:authenticated".into()], ..Default::default() };
+        let status = check(&impostor, Method::POST, "/api/v1/namespaces/ns/serviceaccounts/web/token", None).unwrap_err().to_status();
+        assert_eq!(status["message"], "serviceaccounts \"web\" is forbidden: User \"system:node:n1\" cannot create resource \"serviceaccounts/token\" in API group \"\" in the namespace \"ns\"");
+        let unnamed = node("");
+        let status = check(&unnamed, Method::GET, "/api/v1/namespaces/ns/secrets/x", None).unwrap_err().to_status();
+        assert_eq!(status["message"], "secrets \"x\" is forbidden: User \"system:node:\" cannot get resource \"secrets\" in API group \"\" in the namespace \"ns\": unknown node for user \"system:node:\"");
     }
 
     #[test]

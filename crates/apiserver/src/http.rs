@@ -62,6 +62,10 @@ pub struct AppState {
     pub rbac: crate::rbac::PolicyCache,
     /// The encrypting store layer, when encryption at rest is configured.
     pub encryption: Option<Arc<tessera_encryption::EncryptedStore>>,
+    /// Which objects each node may touch (the node authorizer's graph).
+    pub nodes: crate::node::graph::NodeGraph,
+    /// Signs node client certificates.
+    pub node_certificates: Arc<crate::node::certificates::NodeCertificates>,
 }
 
 impl AppState {
@@ -77,6 +81,10 @@ impl AppState {
             self.rbac.caught_up(revision).await;
         } else if resource.group.is_empty() && matches!(resource.plural, "serviceaccounts" | "pods" | "secrets") {
             self.tokens.objects.caught_up(revision).await;
+            if resource.plural == "pods" {
+                // A node's next request (its pod's token) is authorized on the graph.
+                self.nodes.caught_up(revision).await;
+            }
         }
     }
 }
@@ -103,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tessera/v1/rbac/explain", axum::routing::post(rbac_explain))
         .route("/tessera/v1/rbac/who-can", axum::routing::post(rbac_who_can))
         .route("/tessera/v1/encryption/rewrite", axum::routing::post(encryption_rewrite))
+        .route(crate::node::certificates::CLIENT_CERTIFICATE_PATH, axum::routing::post(crate::node::certificates::client_certificate))
         .route("/openapi/v3", get(|| async { json_response(StatusCode::OK, crate::openapi::index()) }))
         .route("/openapi/v3/{*path}", get(openapi_document))
         .fallback(resource_request)
@@ -186,7 +195,7 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
         tracing::error!("authorize ran without authentication or a parsed request");
         return Failure(ApiError::internal("authorization failed")).into_response();
     };
-    match crate::authz::authorize(&state.authz, &state.rbac, &user, parsed) {
+    match crate::authz::authorize(&state.authz, &state.rbac, &state.nodes, &user, parsed) {
         Ok(authorized) => {
             req.extensions_mut().insert(authorized);
             next.run(req).await
@@ -363,9 +372,11 @@ async fn resource_request(
         }
         let body = decode_body(&headers, &read_body(body).await?, "TokenRequest")?;
         let ns = namespace.unwrap_or_default();
-        return state.tokens.token_request(&state.registry, ns, name, body).await;
+        let node = crate::node::identify(&user);
+        return state.tokens.token_request(&state.registry, &node, ns, name, body).await;
     }
-    let write_options = WriteOptions { dry_run: options.dry_run, strict: options.strict, ..WriteOptions::default() };
+    let write_options =
+        WriteOptions { dry_run: options.dry_run, strict: options.strict, admit_delete: delete_admission(&user), ..WriteOptions::default() };
     if let tessera_api::resource::Storage::Virtual = resource.storage {
         if verb != Verb::Create || request.target != Target::Collection {
             return Err(ApiError::method_not_supported(resource, verb.as_str()).into());
@@ -375,7 +386,7 @@ async fn resource_request(
         return match resource.plural {
             "tokenreviews" => state.tokens.token_review(body),
             "selfsubjectreviews" => crate::tokens::self_subject_review(&user),
-            plural if resource.group == "authorization.k8s.io" => crate::rbac::access_review(&state.rbac, &user, plural, namespace, body),
+            plural if resource.group == "authorization.k8s.io" => crate::rbac::access_review(&state.rbac, &state.nodes, &user, plural, namespace, body),
             _ => Err(ApiError::no_such_resource().into()),
         };
     }
@@ -390,13 +401,14 @@ async fn resource_request(
         return Err(ApiError::method_not_supported(resource, verb.as_str()).into());
     }
     let registry = &state.registry;
+    let scope = match subresource {
+        Some("status") => WriteScope::Status,
+        Some("finalize") => WriteScope::Finalizers,
+        _ => WriteScope::Object,
+    };
     let admitted = || WriteOptions {
-        admit: crate::rbac::escalation_check(&state.rbac, &user, resource),
-        scope: match subresource {
-            Some("status") => WriteScope::Status,
-            Some("finalize") => WriteScope::Finalizers,
-            _ => WriteScope::Object,
-        },
+        admit: admission(&state, &user, resource, scope),
+        scope,
         ..write_options.clone()
     };
     let accept = accept(&headers).to_owned();
@@ -455,6 +467,34 @@ async fn resource_request(
             Ok(json_response(StatusCode::OK, &list))
         }
     }
+}
+
+/// The admission checks of a create or update by `user`: RBAC escalation
+/// prevention, then NodeRestriction for nodes.
+fn admission(state: &AppState, user: &Arc<UserInfo>, resource: &'static ResourceInfo, scope: WriteScope) -> Option<tessera_api::registry::Admit> {
+    let escalation = crate::rbac::escalation_check(&state.rbac, user, resource);
+    let is_node = crate::node::identify(user) != crate::node::NodeIdentity::NotANode;
+    if !is_node {
+        return escalation;
+    }
+    let user = user.clone();
+    Some(Arc::new(move |resource: &ResourceInfo, old: Option<&Value>, new: &Value| {
+        if let Some(check) = &escalation {
+            check(resource, old, new)?;
+        }
+        crate::node::admission::admit_write(&crate::node::identify(&user), resource, scope, old, new)
+    }))
+}
+
+/// The admission check of a delete by `user`: NodeRestriction for nodes.
+fn delete_admission(user: &Arc<UserInfo>) -> Option<tessera_api::registry::AdmitDelete> {
+    if crate::node::identify(user) == crate::node::NodeIdentity::NotANode {
+        return None;
+    }
+    let user = user.clone();
+    Some(Arc::new(move |resource: &ResourceInfo, current: &Value| {
+        crate::node::admission::admit_delete(&crate::node::identify(&user), resource, current)
+    }))
 }
 
 /// Reads `DeleteOptions` (preconditions and dryRun) from a DELETE body.

@@ -3,7 +3,10 @@
 //! health and Prometheus metrics. Entry point: [`run`] with a [`Config`].
 //!
 //! Layers, outermost first: observe (request info + metrics) → authenticate
-//! (x509 client certificate or anonymous) → authorize → handler.
+//! (x509 client certificate, bearer token or anonymous) → authorize (the
+//! node authorizer for nodes, then RBAC) → handler, whose writes pass
+//! admission (RBAC escalation checks, NodeRestriction). Nodes are the
+//! [`node`] module's.
 //!
 //! Must not depend on: the identity CA, the proxy, the agent.
 
@@ -22,6 +25,7 @@ pub mod data_dir;
 pub mod discovery;
 pub mod http;
 pub mod metrics;
+pub mod node;
 pub mod objects;
 pub mod openapi;
 pub mod pki;
@@ -55,6 +59,10 @@ pub struct Config {
     pub storage: Storage,
     /// Encryption at rest (`--encryption-provider-config`), if configured.
     pub encryption: Option<Arc<tessera_encryption::EncryptionConfig>>,
+    /// Lifetime of the node client certificates the server signs.
+    pub node_certificate_validity: std::time::Duration,
+    /// When a node whose heartbeat stopped loses its pods.
+    pub node_lifecycle: tessera_controllers::node_lifecycle::Settings,
     /// Connection caps and timeouts.
     pub connections: serve::ConnectionLimits,
     /// Whether a data dir that group or others can reach is refused (the default).
@@ -86,6 +94,8 @@ impl Config {
             anonymous_oidc_discovery: false,
             storage: Storage::Sqlite,
             encryption: None,
+            node_certificate_validity: node::certificates::DEFAULT_VALIDITY,
+            node_lifecycle: tessera_controllers::node_lifecycle::Settings::default(),
             connections: serve::ConnectionLimits::default(),
             data_dir_strictness: data_dir::Strictness::Refuse,
         }
@@ -179,6 +189,8 @@ pub async fn run(
     ));
     let objects = objects::object_cache();
     let policy = rbac::policy_cache();
+    let nodes = node::graph::node_graph();
+    let node_certificates = Arc::new(node::certificates::NodeCertificates::new(pki.issuer()?, config.node_certificate_validity));
     let tokens = tokens::TokenState {
         authority: authority.clone(),
         cache: Arc::new(tessera_authn::token::ReviewCache::new(10, REVIEW_CACHE_BYTES)),
@@ -196,6 +208,8 @@ pub async fn run(
         authz: authz::AuthzConfig { anonymous_oidc_discovery: config.anonymous_oidc_discovery },
         rbac: policy.clone(),
         encryption: encrypted,
+        nodes: nodes.clone(),
+        node_certificates,
     };
     let app = http::router(state);
 
@@ -218,13 +232,23 @@ pub async fn run(
         }
     };
     let mut tasks = vec![
-        tokio::spawn(run_controllers(registry.clone(), authority.clone(), pki.ca_cert_pem.clone(), revision, leadership, stopped())),
+        tokio::spawn(run_controllers(
+            registry.clone(),
+            authority.clone(),
+            pki.ca_cert_pem.clone(),
+            config.node_lifecycle,
+            revision,
+            leadership,
+            stopped(),
+        )),
         tokio::spawn(objects.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(policy.clone().run(registry.store().clone(), stopped())),
+        tokio::spawn(nodes.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(reload_keys(config.clone(), authority, stopped())),
     ];
     objects.wait_until_ready().await;
     policy.wait_until_ready().await;
+    nodes.wait_until_ready().await;
     ready.store(true, Ordering::Release);
 
     let started = Started { addr, kubeconfig: kubeconfig_path };
@@ -239,13 +263,14 @@ pub async fn run(
 
 /// Runs the controllers that must run once in a deployment (namespaces with
 /// their default ServiceAccount and `kube-root-ca.crt`, legacy token Secrets,
-/// RBAC aggregation) while this replica leads, until `shutdown`. A single
+/// RBAC aggregation, node lifecycle) while this replica leads, until `shutdown`. A single
 /// server always leads. Each new term starts with a full reconcile pass, so
 /// work the previous leader left undone is picked up.
 async fn run_controllers(
     registry: Registry,
     authority: Arc<tessera_authn::token::TokenAuthority>,
     ca_pem: String,
+    node_lifecycle: tessera_controllers::node_lifecycle::Settings,
     start_revision: tessera_store::Revision,
     mut leadership: tessera_store::leader::Leadership,
     shutdown: impl std::future::Future<Output = ()>,
@@ -271,7 +296,7 @@ async fn run_controllers(
                 }
             }
         };
-        tracing::info!("leading: running the namespace, legacy token and RBAC aggregation controllers");
+        tracing::info!("leading: running the namespace, legacy token, RBAC aggregation and node lifecycle controllers");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = || {
             let mut rx = stop_rx.clone();
@@ -283,6 +308,7 @@ async fn run_controllers(
             tokio::spawn(tessera_controllers::run(registry.clone(), ca_pem.clone(), revision, stopped())),
             tokio::spawn(tessera_controllers::legacy_tokens::run(registry.clone(), authority.clone(), ca_pem.clone(), stopped())),
             tokio::spawn(tessera_controllers::aggregation::run(registry.clone(), stopped())),
+            tokio::spawn(tessera_controllers::node_lifecycle::run(registry.clone(), node_lifecycle, stopped())),
         ];
         let shutting_down = tokio::select! {
             _ = &mut shutdown => true,

@@ -146,7 +146,8 @@ impl ServerPki {
         Ok(pki)
     }
 
-    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
+    /// The cluster CA as an rcgen issuer (signs serving, admin and node certificates).
+    pub fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
         let key = KeyPair::from_pem(&self.ca_key_pem).map_err(cert_err("parsing the CA key"))?;
         Issuer::from_ca_cert_pem(&self.ca_cert_pem, key).map_err(cert_err("parsing the CA certificate"))
     }

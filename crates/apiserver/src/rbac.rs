@@ -18,6 +18,8 @@ use tessera_rbac::rule::{go_quote, go_quote_list};
 use tessera_rbac::policy::{Binding, Role};
 use tessera_rbac::{Policy, PolicyRule, Request};
 
+use crate::authz::{Verdict, decide};
+use crate::node::graph::NodeGraph;
 use crate::reflector::Reflector;
 use crate::response::{HandlerResult, json_response};
 
@@ -310,12 +312,14 @@ fn attributes_of(spec: &Value, namespace_override: Option<&str>) -> Result<Reque
     ))
 }
 
-fn review_response(kind: &str, body: &Value, decision: &Decision) -> HandlerResult {
-    let mut status = json!({"allowed": decision.is_allowed()});
-    if let Decision::Allow(a) = decision
-        && !a.reason().is_empty()
-    {
-        status["reason"] = json!(a.reason());
+fn review_response(kind: &str, body: &Value, verdict: &Verdict) -> HandlerResult {
+    let (allowed, reason) = match verdict {
+        Verdict::Allow(reason) => (true, reason),
+        Verdict::Deny(reason) => (false, reason),
+    };
+    let mut status = json!({"allowed": allowed});
+    if !reason.is_empty() {
+        status["reason"] = json!(reason);
     }
     let mut metadata = json!({"creationTimestamp": null});
     if let Some(ns) = body.pointer("/metadata/namespace") {
@@ -332,7 +336,9 @@ fn review_response(kind: &str, body: &Value, decision: &Decision) -> HandlerResu
 }
 
 /// `subjectaccessreviews`, `localsubjectaccessreviews`, `selfsubjectaccessreviews`, `selfsubjectrulesreviews`.
-pub fn access_review(policy: &PolicyCache, requester: &UserInfo, plural: &str, url_namespace: Option<&str>, body: Value) -> HandlerResult {
+/// Access reviews go through the same authorizers as requests (the node
+/// authorizer, then RBAC); rules reviews list RBAC's rules only.
+pub fn access_review(policy: &PolicyCache, nodes: &NodeGraph, requester: &UserInfo, plural: &str, url_namespace: Option<&str>, body: Value) -> HandlerResult {
     let spec = body.get("spec").cloned().unwrap_or(json!({}));
     match plural {
         "subjectaccessreviews" | "localsubjectaccessreviews" => {
@@ -354,12 +360,12 @@ pub fn access_review(policy: &PolicyCache, requester: &UserInfo, plural: &str, u
                 groups,
                 extra: serde_json::from_value(spec.get("extra").cloned().unwrap_or(json!({}))).unwrap_or_default(),
             };
-            let decision = policy.authorize(&subject, &attributes_of(&spec, None)?);
-            review_response(kind, &body, &decision)
+            let verdict = decide(policy, nodes, &subject, &attributes_of(&spec, None)?, None);
+            review_response(kind, &body, &verdict)
         }
         "selfsubjectaccessreviews" => {
-            let decision = policy.authorize(requester, &attributes_of(&spec, None)?);
-            review_response("SelfSubjectAccessReview", &body, &decision)
+            let verdict = decide(policy, nodes, requester, &attributes_of(&spec, None)?, None);
+            review_response("SelfSubjectAccessReview", &body, &verdict)
         }
         "selfsubjectrulesreviews" => {
             let namespace = spec.get("namespace").and_then(Value::as_str).unwrap_or_default();

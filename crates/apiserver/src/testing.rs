@@ -35,6 +35,17 @@ pub enum StartError {
     /// Bootstrap objects could not be written.
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] ApiError),
+    /// The throwaway CA for node certificates could not be made.
+    #[error("test CA: {0}")]
+    Ca(#[from] rcgen::Error),
+}
+
+/// A throwaway CA: the in-process server signs node certificates with it.
+fn test_issuer() -> Result<rcgen::Issuer<'static, rcgen::KeyPair>, rcgen::Error> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    Ok(rcgen::Issuer::new(params, key))
 }
 
 impl InProcess {
@@ -51,6 +62,7 @@ impl InProcess {
         ));
         let objects = crate::objects::object_cache();
         let policy = crate::rbac::policy_cache();
+        let nodes = crate::node::graph::node_graph();
         let state = crate::http::AppState {
             registry: registry.clone(),
             metrics: crate::metrics::Metrics::default(),
@@ -65,6 +77,8 @@ impl InProcess {
             authz: crate::authz::AuthzConfig::default(),
             rbac: policy.clone(),
             encryption: None,
+            nodes: nodes.clone(),
+            node_certificates: Arc::new(crate::node::certificates::NodeCertificates::new(test_issuer()?, crate::node::certificates::DEFAULT_VALIDITY)),
         };
         tessera_controllers::bootstrap(&registry, "").await?;
         tessera_controllers::aggregation::reconcile_bootstrap_policy(&registry).await?;
@@ -78,9 +92,11 @@ impl InProcess {
         let tasks = vec![
             tokio::spawn(objects.clone().run(registry.store().clone(), stopped())),
             tokio::spawn(policy.clone().run(registry.store().clone(), stopped())),
+            tokio::spawn(nodes.clone().run(registry.store().clone(), stopped())),
         ];
         objects.wait_until_ready().await;
         policy.wait_until_ready().await;
+        nodes.wait_until_ready().await;
         Ok(Self { router: crate::http::router(state), registry, policy, stop, tasks })
     }
 

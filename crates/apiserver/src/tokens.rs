@@ -11,6 +11,7 @@ use tessera_api::{ApiError, Registry};
 use tessera_authn::UserInfo;
 use tessera_authn::token::{BoundObject, BoundTokenSpec, IssueError, Review, ReviewCache, TokenAuthority};
 
+use crate::node::NodeIdentity;
 use crate::objects::ObjectCache;
 use crate::response::{HandlerResult, json_response};
 
@@ -59,8 +60,9 @@ impl TokenState {
         }
     }
 
-    /// `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token`.
-    pub async fn token_request(&self, registry: &Registry, namespace: &str, name: &str, body: Value) -> HandlerResult {
+    /// `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token`. A node's
+    /// request goes through NodeRestriction admission after validation.
+    pub async fn token_request(&self, registry: &Registry, node: &NodeIdentity<'_>, namespace: &str, name: &str, body: Value) -> HandlerResult {
         let spec = body.get("spec").cloned().unwrap_or_default();
         let expiration = match spec.get("expirationSeconds") {
             None | Some(Value::Null) => DEFAULT_EXPIRATION_SECONDS,
@@ -74,6 +76,7 @@ impl TokenState {
         }
         let sa = registry.get(&CORE_SERVICEACCOUNTS, Some(namespace), name).await?;
         let sa_uid = sa.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_owned();
+        crate::node::admission::admit_token_request(registry, node, namespace, name, &spec).await?;
         let bound = match spec.get("boundObjectRef").filter(|v| !v.is_null()) {
             None => None,
             Some(reference) => Some(self.bound_object(registry, namespace, name, reference).await?),

@@ -82,6 +82,13 @@ struct ServerArgs {
     /// (`apiserver.config.k8s.io/v1`; providers aesgcm, secretbox, identity).
     #[arg(long, env = "TESSERA_ENCRYPTION_PROVIDER_CONFIG")]
     encryption_provider_config: Option<PathBuf>,
+    /// How long the pods of a node whose heartbeat Lease expired stay (marked
+    /// not ready) before they are deleted, which revokes their tokens.
+    #[arg(long, env = "TESSERA_NODE_EVICTION_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    node_eviction_timeout: Duration,
+    /// Lifetime of the node client certificates the server signs (nodes renew at 70 %).
+    #[arg(long, env = "TESSERA_NODE_CERTIFICATE_VALIDITY", default_value = "24h", value_parser = parse_certificate_validity)]
+    node_certificate_validity: Duration,
     /// Most connections held at once; at the limit the longest-idle one is closed to make room.
     #[arg(long, env = "TESSERA_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = at_least_one)]
     max_connections: usize,
@@ -99,6 +106,15 @@ struct ServerArgs {
     request_body_timeout: Duration,
     #[command(subcommand)]
     action: Option<ServerAction>,
+}
+
+/// At least a minute: a node renews at 70 % of the lifetime.
+fn parse_certificate_validity(value: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if duration < Duration::from_secs(60) {
+        return Err(format!("{value:?} is shorter than a minute"));
+    }
+    Ok(duration)
 }
 
 /// The `--storage` flag: embedded SQLite or etcd endpoints.
@@ -254,6 +270,8 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.signing_alg = args.service_account_signing_alg;
     config.max_token_lifetime_seconds = args.service_account_max_token_expiration;
     config.anonymous_oidc_discovery = args.anonymous_oidc_discovery;
+    config.node_lifecycle.eviction_timeout = args.node_eviction_timeout;
+    config.node_certificate_validity = args.node_certificate_validity;
     config.connections = tessera_apiserver::serve::ConnectionLimits {
         max_connections: args.max_connections,
         max_connections_per_client: args.max_connections_per_client,
@@ -330,6 +348,16 @@ mod tests {
         let args = server_args(&["--storage", "etcd://h:2379", "--etcd-cacert", "ca.pem", "--etcd-cert", "c.pem", "--etcd-key", "k.pem"])
             .expect("TLS flags");
         assert_eq!(args.etcd_key, Some(PathBuf::from("k.pem")));
+    }
+
+    #[test]
+    fn node_flags() {
+        let args = server_args(&[]).expect("defaults");
+        assert_eq!(args.node_eviction_timeout, Duration::from_secs(60));
+        assert_eq!(args.node_certificate_validity, Duration::from_secs(24 * 3600));
+        let args = server_args(&["--node-eviction-timeout", "2s", "--node-certificate-validity", "10m"]).expect("set");
+        assert_eq!((args.node_eviction_timeout.as_secs(), args.node_certificate_validity.as_secs()), (2, 600));
+        assert!(server_args(&["--node-certificate-validity", "5s"]).is_err());
     }
 
     #[test]

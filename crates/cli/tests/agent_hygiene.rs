@@ -9,24 +9,42 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use support::Server;
 
+/// Namespace `web` with ServiceAccount `web`, where nodes may run pods, and
+/// node `node-1` joined (its credentials in [`cert_dir`]).
 fn setup(server: &Server) {
     server.kubectl_ok(&["create", "ns", "web"]);
     server.kubectl_ok(&["create", "sa", "web", "-n", "web"]);
+    server.kubectl_ok(&["create", "rolebinding", "nodes-run-pods", "-n", "web", "--clusterrole=tessera:node-pod-runner", "--group=system:nodes"]);
+    let token = server.kubectl_ok(&["create", "token", "node-bootstrapper", "-n", "kube-system", "--duration", "10m"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["agent", "--cert-dir"])
+        .arg(cert_dir(server))
+        .args(["join", "--node", "node-1", "--server", &server.url, "--certificate-authority"])
+        .arg(server.ca_file())
+        .env("TESSERA_BOOTSTRAP_TOKEN", token.trim())
+        .output()
+        .expect("run tessera agent join");
+    assert!(out.status.success(), "join: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// `tessera agent --kubeconfig K ARGS…` with only PATH from the test's environment.
+/// The credentials of node `node-1`.
+fn cert_dir(server: &Server) -> PathBuf {
+    server.path("node-1")
+}
+
+/// `tessera agent --cert-dir NODE ARGS…` with only PATH from the test's environment.
 fn agent(server: &Server, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tessera"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("TESSERA_LOG", "error")
-        .args(["agent", "--kubeconfig"])
-        .arg(&server.kubeconfig)
+        .args(["agent", "--cert-dir"])
+        .arg(cert_dir(server))
         .args(args)
         .output()
         .expect("run tessera agent")
@@ -38,9 +56,11 @@ fn text(bytes: &[u8]) -> String {
 
 /// An agent environment the way an admin's shell has it: KUBECONFIG and
 /// `~/.kube/config` both hold cluster-admin, plus an unrelated cloud secret.
+/// The agent runs as its node; none of the shell's credentials reach the workload.
 struct AdminShell {
     home: tempfile::TempDir,
     kubeconfig: String,
+    cert_dir: PathBuf,
 }
 
 impl AdminShell {
@@ -48,10 +68,10 @@ impl AdminShell {
         let home = tempfile::tempdir().expect("home");
         std::fs::create_dir(home.path().join(".kube")).expect(".kube");
         std::fs::copy(&server.kubeconfig, home.path().join(".kube/config")).expect("copy kubeconfig");
-        Self { home, kubeconfig: server.kubeconfig.display().to_string() }
+        Self { home, kubeconfig: server.kubeconfig.display().to_string(), cert_dir: cert_dir(server) }
     }
 
-    /// `tessera agent ARGS…` in this shell: the agent finds its credential through KUBECONFIG.
+    /// `tessera agent ARGS…` in this shell, as node `node-1`.
     fn agent(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_tessera"))
             .env_clear()
@@ -62,7 +82,8 @@ impl AdminShell {
             .env("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI-do-not-leak")
             .env("LANG", "C.UTF-8")
             .env("TESSERA_LOG", "error")
-            .arg("agent")
+            .args(["agent", "--cert-dir"])
+            .arg(&self.cert_dir)
             .args(args)
             .output()
             .expect("run tessera agent")
@@ -96,6 +117,7 @@ fn the_workload_gets_a_containers_environment_not_the_agents() {
     // Nothing points back at the agent's credential or home.
     let all = text(&out.stdout);
     assert!(!all.contains(&shell.kubeconfig) && !all.contains(&shell.home.path().display().to_string()), "{all}");
+    assert!(!all.contains(&shell.cert_dir.display().to_string()), "the node credential leaked: {all}");
     assert!(!all.contains("do-not-leak"));
     assert_eq!(env["GREETING"], "hello world");
     assert_eq!(env["PATH"], std::env::var("PATH").unwrap_or_default());

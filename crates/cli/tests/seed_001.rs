@@ -1,7 +1,8 @@
 //! Seed 001 end to end: the api and data-store services (built with
 //! tessera-auth) run under `tessera agent run`, which projects rotating,
 //! audience-bound, Pod-bound tokens; requests are authenticated with the
-//! TokenReview API of a real `tessera server`.
+//! TokenReview API of a real `tessera server`. Each agent is its own node,
+//! joined with a bootstrap token: no agent ever holds an admin credential.
 
 mod support;
 
@@ -25,11 +26,30 @@ struct Workload {
     url: String,
 }
 
+/// Joins node `name` as the README does; returns its credentials directory.
+fn join(server: &Server, name: &str) -> PathBuf {
+    let token = server.kubectl_ok(&["create", "token", "node-bootstrapper", "-n", "kube-system", "--duration", "10m"]);
+    let dir = server.path(name);
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["agent", "--cert-dir"])
+        .arg(&dir)
+        .args(["join", "--node", name, "--server", &server.url, "--certificate-authority"])
+        .arg(server.ca_file())
+        .env("TESSERA_BOOTSTRAP_TOKEN", token.trim())
+        .output()
+        .expect("run tessera agent join");
+    assert!(out.status.success(), "join failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("joined as node {name}")));
+    dir
+}
+
 impl Workload {
-    fn start(server: &Server, agent_flags: &[&str], service: &Path, service_flags: &[&str], banner: &str) -> Self {
+    /// `tessera agent --cert-dir NODE FLAGS -- SERVICE …` for node `node`, joined first.
+    fn start(server: &Server, node: &str, agent_flags: &[&str], service: &Path, service_flags: &[&str], banner: &str) -> Self {
+        let cert_dir = join(server, node);
         let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["agent", "--kubeconfig"])
-            .arg(&server.kubeconfig)
+            .args(["agent", "--cert-dir"])
+            .arg(&cert_dir)
             .args(agent_flags)
             .arg("--")
             .arg(service)
@@ -85,6 +105,9 @@ fn setup(server: &Server, delegate: bool) {
     for ns in ["api", "data-store"] {
         server.kubectl_ok(&["create", "ns", ns]);
         server.kubectl_ok(&["create", "sa", ns, "-n", ns]);
+        // Node `node-NS` may run pods in NS, and nowhere else.
+        let node = format!("--user=system:node:node-{ns}");
+        server.kubectl_ok(&["create", "rolebinding", "node-runs-pods", "-n", ns, "--clusterrole=tessera:node-pod-runner", &node]);
     }
     if delegate {
         server.kubectl_ok(&["create", "clusterrolebinding", "role-tokenreview-binding", "--clusterrole=system:auth-delegator", "--serviceaccount=data-store:data-store"]);
@@ -94,6 +117,7 @@ fn setup(server: &Server, delegate: bool) {
 fn start_data_store(server: &Server) -> Workload {
     Workload::start(
         server,
+        "node-data-store",
         &["run", "--sa", "data-store", "-n", "data-store", "--name", "data-store-0"],
         &example("data-store"),
         // No client-side result cache: the test checks revocation right after the Pod goes.
@@ -110,6 +134,7 @@ fn walkthrough_rotation_and_revocation() {
     let root = server.path("api-root");
     let api = Workload::start(
         &server,
+        "node-api",
         &["--refresh-interval", "1s", "run", "--sa", "api", "-n", "api", "--name", "api-0", "--root", &root.display().to_string(), "--token", "audience=data-store,expiration=600,path=api-token"],
         &example("api"),
         &["--listen", "127.0.0.1:0", "--data-store-url", &data_store.url],
@@ -125,6 +150,14 @@ fn walkthrough_rotation_and_revocation() {
     assert_eq!(get(&data_store.url, &[&format!("X-Client-Id: {}", for_api.trim())]), (403, "Invalid token\n".into()));
     let for_store = server.kubectl_ok(&["create", "token", "api", "-n", "api", "--audience", "data-store"]);
     assert_eq!(get(&data_store.url, &[&format!("Authorization: Bearer {}", for_store.trim())]).0, 200);
+
+    // Each agent is its own node, and says so.
+    let nodes = server.kubectl_ok(&["get", "nodes"]);
+    assert!(nodes.contains("node-api ") && nodes.contains("node-data-store "), "{nodes}");
+    let pods = server.kubectl_ok(&["get", "pods", "-A", "-o", "wide"]);
+    assert!(pods.lines().any(|l| l.contains("api-0") && l.contains("1/1") && l.contains("Running") && l.contains("node-api")), "{pods}");
+    let leases = server.kubectl_ok(&["get", "leases", "-n", "kube-node-lease"]);
+    assert!(leases.contains("node-api") && leases.contains("node-data-store"), "{leases}");
 
     // The projected files: Kubernetes layout, modes, Pod-bound token.
     let sa_dir = root.join("var/run/secrets/kubernetes.io/serviceaccount");
@@ -162,6 +195,7 @@ fn data_store_verifying_offline_from_the_jwks() {
     setup(&server, true);
     let data_store = Workload::start(
         &server,
+        "node-data-store",
         &["run", "--sa", "data-store", "-n", "data-store", "--name", "data-store-jwks"],
         &example("data-store"),
         &["--listen", "127.0.0.1:0", "--verify", "jwks"],

@@ -1,5 +1,6 @@
 //! The loop every controller runs: a full pass, then the watch events after
-//! it; after a failed watch or reconcile, another full pass.
+//! it (and the controller's own timer, if it keeps one); after a failed
+//! watch or reconcile, another full pass.
 
 use std::future::Future;
 
@@ -18,6 +19,15 @@ pub(crate) trait Controller: Send + Sync {
     fn full_pass(&self) -> impl Future<Output = Result<(), ApiError>> + Send;
     /// Reacts to one change.
     fn on_event(&self, event: WatchEvent) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// When [`Controller::on_timer`] is next due, if ever (asked after every
+    /// full pass, event and timer).
+    fn next_timer(&self) -> Option<tokio::time::Instant> {
+        None
+    }
+    /// Acts on what is due by now.
+    fn on_timer(&self) -> impl Future<Output = Result<(), ApiError>> + Send {
+        std::future::ready(Ok(()))
+    }
 }
 
 /// Runs `controller` until `shutdown`. `done_at` is the revision of a full
@@ -67,9 +77,17 @@ pub(crate) async fn follow<C: Controller>(registry: &Registry, controller: &C, m
         }
         let mut events = futures::stream::select_all(streams);
         loop {
+            let timer = controller.next_timer();
             let event = tokio::select! {
                 _ = &mut shutdown => return,
                 event = events.next() => event,
+                () = sleep_until(timer), if timer.is_some() => {
+                    if let Err(e) = controller.on_timer().await {
+                        tracing::warn!(controller = name, error = %e, "timed reconcile failed; starting over");
+                        break;
+                    }
+                    continue;
+                }
             };
             match event {
                 Some(Ok(event)) => {
@@ -85,5 +103,12 @@ pub(crate) async fn follow<C: Controller>(registry: &Registry, controller: &C, m
                 None => break,
             }
         }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -7,7 +7,9 @@
 //! One reconcile loop: a full pass at start and after any watch failure, then
 //! one namespace at a time as watch events name it.
 //!
-//! The [`legacy_tokens`] controller fills ServiceAccount token Secrets.
+//! The [`legacy_tokens`] controller fills ServiceAccount token Secrets; the
+//! [`node_lifecycle`] controller takes the pods (and so the tokens) of a
+//! node whose heartbeat Lease stopped.
 //!
 //! Must not depend on: HTTP, authorization.
 
@@ -24,13 +26,18 @@ use tessera_store::Revision;
 pub mod aggregation;
 mod follow;
 pub mod legacy_tokens;
+pub mod node_lifecycle;
 
 /// Namespaces that always exist.
 pub const BOOTSTRAP_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 /// Name of the ConfigMap holding the cluster CA.
 pub const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
+/// The ServiceAccount whose short-lived tokens let a new node obtain its
+/// client certificate (bound to ClusterRole `tessera:node-bootstrapper`).
+pub const NODE_BOOTSTRAPPER: (&str, &str) = ("kube-system", "node-bootstrapper");
 
-/// Creates the bootstrap namespaces (idempotent) and reconciles every namespace once.
+/// Creates the bootstrap namespaces and the node bootstrapper ServiceAccount
+/// (idempotent) and reconciles every namespace once.
 pub async fn bootstrap(registry: &Registry, ca_pem: &str) -> Result<Revision, ApiError> {
     for ns in BOOTSTRAP_NAMESPACES {
         let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
@@ -39,6 +46,13 @@ pub async fn bootstrap(registry: &Registry, ca_pem: &str) -> Result<Revision, Ap
             Err(e) if e.code == 409 => {}
             Err(e) => return Err(e),
         }
+    }
+    let (ns, name) = NODE_BOOTSTRAPPER;
+    let body = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
+    match registry.create(&CORE_SERVICEACCOUNTS, Some(ns), body, WriteOptions::default()).await {
+        Ok(_) => tracing::info!(namespace = ns, name, "created the node bootstrapper ServiceAccount"),
+        Err(e) if e.code == 409 => {}
+        Err(e) => return Err(e),
     }
     reconcile_all(registry, ca_pem).await
 }

@@ -257,3 +257,17 @@ async fn status_writes_are_scoped() {
     let out = f.registry.patch(&CORE_PODS, Some("ns"), "p", &patch, WriteOptions::default()).await.expect("patch");
     assert_eq!((out["metadata"]["labels"]["a"].as_str(), out["status"]["phase"].as_str()), (Some("b"), Some("Running")));
 }
+
+#[tokio::test]
+async fn delete_admission_sees_the_stored_object_and_can_refuse() {
+    let f = fixture().await;
+    f.registry.create(&CORE_SERVICEACCOUNTS, Some("ns"), sa("keep"), WriteOptions::default()).await.expect("create");
+    let refuse: AdmitDelete = Arc::new(|resource, current| {
+        let name = current.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        Err(ApiError::forbidden(resource.plural, resource.group, name, format!("no deleting {name}")))
+    });
+    let options = WriteOptions { admit_delete: Some(refuse), ..WriteOptions::default() };
+    let err = f.registry.delete(&CORE_SERVICEACCOUNTS, Some("ns"), "keep", &Preconditions::default(), options).await.unwrap_err();
+    assert_eq!((err.code, err.message.as_str()), (403, "no deleting keep"));
+    assert!(f.registry.get(&CORE_SERVICEACCOUNTS, Some("ns"), "keep").await.is_ok(), "a refused delete deletes nothing");
+}
