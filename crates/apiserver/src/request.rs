@@ -297,11 +297,14 @@ pub fn parse(method: &Method, raw_path: &str, raw_query: Option<&str>) -> Result
     let extra_segments = parts.len() > 2;
     let query = Query::parse(raw_query.unwrap_or_default());
     let kind = resource::lookup(group, version, resource_name);
+    let is_get = matches!(*method, Method::GET | Method::HEAD);
     let verb = match (method, &target) {
-        (&Method::GET | &Method::HEAD, Target::Collection) if watch_prefix || query.flag("watch") => Verb::Watch,
-        (&Method::GET | &Method::HEAD, Target::Collection) => Verb::List,
+        // Under `/watch/` the verb is watch whatever the method, as in
+        // kube-apiserver; only a GET of a collection or an object is served.
         // A named watch is a watch of the collection limited to that name.
-        (&Method::GET | &Method::HEAD, Target::Object(_)) if watch_prefix => Verb::Watch,
+        _ if watch_prefix => Verb::Watch,
+        (&Method::GET | &Method::HEAD, Target::Collection) if query.flag("watch") => Verb::Watch,
+        (&Method::GET | &Method::HEAD, Target::Collection) => Verb::List,
         (&Method::GET | &Method::HEAD, _) => Verb::Get,
         (&Method::POST, _) => Verb::Create,
         (&Method::PUT, _) => Verb::Update,
@@ -338,11 +341,13 @@ pub fn parse(method: &Method, raw_path: &str, raw_query: Option<&str>) -> Result
             _ => {}
         }
     }
-    let unroutable = extra_segments
-        || (verb == Verb::Watch && matches!(target, Target::Subresource(..)))
+    let no_route = extra_segments || (verb == Verb::Watch && matches!(target, Target::Subresource(..)));
+    let wrong_method = (watch_prefix && !is_get)
         || matches!((verb, &target), (Verb::Create, Target::Object(_)) | (Verb::Update | Verb::Patch, Target::Collection));
-    if unroutable {
-        options = Err(if extra_segments { ApiError::no_such_resource() } else { ApiError::method_not_allowed() });
+    if no_route {
+        options = Err(ApiError::no_such_resource());
+    } else if wrong_method {
+        options = Err(ApiError::method_not_allowed());
     }
     Ok(ParsedRequest::Resource(Box::new(ResourceRequest {
         verb,
@@ -495,6 +500,11 @@ mod tests {
             assert_eq!(resource(method, "/api/v1/namespaces/a/configmaps", None).options.unwrap_err().code, 405);
         }
         assert_eq!(resource(Method::GET, "/api/v1/namespaces/a/pods/x/status/y", None).options.unwrap_err().code, 404);
+        // Under /watch/ every method is a watch; only GET is served.
+        let r = resource(Method::POST, "/api/v1/watch/namespaces/a/configmaps", None);
+        assert_eq!((r.verb, r.options.unwrap_err().code), (Verb::Watch, 405));
+        let r = resource(Method::GET, "/api/v1/watch/namespaces/a/secrets/mine/status", None);
+        assert_eq!((r.verb, r.options.unwrap_err().code), (Verb::Watch, 404));
     }
 
     #[test]
