@@ -32,6 +32,7 @@ pub mod response;
 pub mod serve;
 pub mod table;
 pub mod tokens;
+pub mod watch;
 
 /// Server configuration (built by the CLI, checked before any port is opened).
 #[derive(Debug, Clone)]
@@ -52,7 +53,12 @@ pub struct Config {
     pub anonymous_oidc_discovery: bool,
     /// Where objects are stored.
     pub storage: Storage,
+    /// How often the leader compacts the store's history (`None`: never).
+    pub compaction_interval: Option<std::time::Duration>,
 }
+
+/// kube-apiserver's `--etcd-compaction-interval` default.
+pub const DEFAULT_COMPACTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 /// The store backend.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,6 +84,7 @@ impl Config {
             max_token_lifetime_seconds: 48 * 3600,
             anonymous_oidc_discovery: false,
             storage: Storage::Sqlite,
+            compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL),
         }
     }
 
@@ -198,6 +205,7 @@ pub async fn run(
         }
     };
     let mut tasks = vec![
+        tokio::spawn(run_compaction(registry.store().clone(), config.compaction_interval, leadership.clone(), stopped())),
         tokio::spawn(run_controllers(registry.clone(), authority.clone(), pki.ca_cert_pem.clone(), revision, leadership, stopped())),
         tokio::spawn(objects.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(policy.clone().run(registry.store().clone(), stopped())),
@@ -276,6 +284,54 @@ async fn run_controllers(
             return;
         }
         tracing::warn!("lost leadership: controllers stopped until this replica leads again");
+    }
+}
+
+/// Compacts the store's history every `interval` while this replica leads,
+/// as kube-apiserver compacts etcd: each tick compacts to the revision seen at
+/// the previous tick, so the last interval of history stays (watches a little
+/// behind resume) and older resourceVersions answer 410 Expired. On etcd this
+/// is etcd's own (physical) compaction of the whole cluster, run by one
+/// replica. A new term starts afresh: a change of leader delays one
+/// compaction at most.
+async fn run_compaction(
+    store: Arc<dyn Store>,
+    interval: Option<std::time::Duration>,
+    mut leadership: tessera_store::leader::Leadership,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let Some(interval) = interval.filter(|i| !i.is_zero()) else {
+        tracing::info!("history compaction is off (--compaction-interval 0)");
+        return;
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = leadership.acquired() => {}
+        }
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut previous = None;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = leadership.lost() => break,
+                _ = ticks.tick() => {}
+            }
+            if let Some(revision) = previous
+                && let Err(e) = store.compact(revision).await
+            {
+                tracing::warn!(revision, error = %e, "history compaction failed; retrying next interval");
+            }
+            previous = match store.revision().await {
+                Ok(revision) => Some(revision),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the store revision for compaction failed");
+                    None
+                }
+            };
+        }
     }
 }
 
