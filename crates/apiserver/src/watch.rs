@@ -51,7 +51,7 @@ use crate::table;
 pub const MIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Encoded events one watch may have waiting for its client. One event
 /// larger than this is still sent, alone.
-pub const OUTBOX_BYTES: usize = 1024 * 1024;
+pub const OUTBOX_BYTES: usize = 256 * 1024;
 /// How long a full outbox may wait for its client to read before the watch
 /// is cut off.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
