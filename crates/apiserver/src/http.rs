@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -12,7 +11,6 @@ use axum::extract::{Extension, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::StreamExt;
 use http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
 use tessera_api::patch::Patch;
@@ -25,7 +23,7 @@ use tokio::time::Instant;
 use crate::discovery;
 use crate::metrics::Metrics;
 use crate::authz::Authorized;
-use crate::request::{self, Options, ParsedRequest, Target, Verb};
+use crate::request::{self, ParsedRequest, Target, Verb};
 use crate::response::{Failure, HandlerResult, json_response, json_with_type};
 use crate::table;
 
@@ -432,7 +430,7 @@ async fn resource_request(
             }
             Ok(json_response(StatusCode::OK, &list))
         }
-        Verb::Watch => watch(&state, resource, namespace, &options, &accept).await,
+        Verb::Watch => crate::watch::serve(&state, resource, namespace, &options.list, &accept, options.timeout, include_object).await,
         Verb::Create => {
             let body = decode_body(&headers, &read_body(body).await?, resource.kind)?;
             let obj = registry.create(resource, namespace, body, admitted()).await?;
@@ -507,34 +505,4 @@ fn delete_options(headers: &HeaderMap, body: &Bytes) -> Result<(Preconditions, b
     let field = |f: &str| pre.and_then(|p| p.get(f)).and_then(Value::as_str).map(str::to_owned);
     let dry_run = opts.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|v| v == "All"));
     Ok((Preconditions { uid: field("uid"), resource_version: field("resourceVersion") }, dry_run))
-}
-
-/// A watch: newline-delimited JSON events, with periodic bookmarks when asked
-/// for, ending after `timeoutSeconds`.
-async fn watch(state: &AppState, resource: &'static ResourceInfo, namespace: Option<&str>, options: &Options, accept: &str) -> HandlerResult {
-    let events = state.registry.watch(resource, namespace, &options.list).await?;
-    let as_table = table::wants_table(accept);
-    let include = options.include_object.clone();
-    let timeout = options.timeout.unwrap_or(Duration::from_secs(30 * 60));
-    // Bookmarks are optional hints and are not sent: a bookmark must never carry a
-    // revision beyond the last event this watcher received, and events already
-    // carry every revision the client needs to resume.
-    let lines = events.map(move |ev| encode_line(resource, ev.type_, ev.object, as_table, &include));
-    let deadline = tokio::time::sleep(timeout);
-    let body = lines.take_until(deadline).map(Ok::<_, std::convert::Infallible>);
-    let mut response = Response::new(Body::from_stream(body));
-    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    response.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache, private"));
-    Ok(response)
-}
-
-fn encode_line(resource: &ResourceInfo, type_: &str, object: Value, as_table: bool, include: &str) -> Bytes {
-    let object = if as_table && type_ != "ERROR" {
-        table::table(resource, std::slice::from_ref(&object), json!({}), include)
-    } else {
-        object
-    };
-    let mut line = serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap_or_default();
-    line.push(b'\n');
-    Bytes::from(line)
 }

@@ -37,6 +37,7 @@ pub mod serve;
 pub mod table;
 pub mod testing;
 pub mod tokens;
+pub mod watch;
 
 /// Server configuration (built by the CLI, checked before any port is opened).
 #[derive(Debug, Clone)]
@@ -67,7 +68,12 @@ pub struct Config {
     pub connections: serve::ConnectionLimits,
     /// Whether a data dir that group or others can reach is refused (the default).
     pub data_dir_strictness: data_dir::Strictness,
+    /// How often the leader compacts the store's history (`None`: never).
+    pub compaction_interval: Option<std::time::Duration>,
 }
+
+/// kube-apiserver's `--etcd-compaction-interval` default.
+pub const DEFAULT_COMPACTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 /// The store backend.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,6 +104,7 @@ impl Config {
             node_lifecycle: tessera_controllers::node_lifecycle::Settings::default(),
             connections: serve::ConnectionLimits::default(),
             data_dir_strictness: data_dir::Strictness::Refuse,
+            compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL),
         }
     }
 
@@ -232,6 +239,7 @@ pub async fn run(
         }
     };
     let mut tasks = vec![
+        tokio::spawn(run_compaction(registry.store().clone(), config.compaction_interval, leadership.clone(), stopped())),
         tokio::spawn(run_controllers(
             registry.clone(),
             authority.clone(),
@@ -328,6 +336,53 @@ async fn run_controllers(
 /// Memory for cached TokenReview results (about 40,000 reviews): bounded in
 /// bytes, so garbage tokens from unauthenticated clients cannot grow it.
 const REVIEW_CACHE_BYTES: usize = 16 << 20;
+/// Compacts the store's history every `interval` while this replica leads,
+/// as kube-apiserver compacts etcd: each tick compacts to the revision seen at
+/// the previous tick, so the last interval of history stays (watches a little
+/// behind resume) and older resourceVersions answer 410 Expired. On etcd this
+/// is etcd's own (physical) compaction of the whole cluster, run by one
+/// replica. A new term starts afresh: a change of leader delays one
+/// compaction at most.
+async fn run_compaction(
+    store: Arc<dyn Store>,
+    interval: Option<std::time::Duration>,
+    mut leadership: tessera_store::leader::Leadership,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let Some(interval) = interval.filter(|i| !i.is_zero()) else {
+        tracing::info!("history compaction is off (--compaction-interval 0)");
+        return;
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = leadership.acquired() => {}
+        }
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut previous = None;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = leadership.lost() => break,
+                _ = ticks.tick() => {}
+            }
+            if let Some(revision) = previous
+                && let Err(e) = store.compact(revision).await
+            {
+                tracing::warn!(revision, error = %e, "history compaction failed; retrying next interval");
+            }
+            previous = match store.revision().await {
+                Ok(revision) => Some(revision),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the store revision for compaction failed");
+                    None
+                }
+            };
+        }
+    }
+}
 
 /// Picks up keys added by `tessera server keys rotate` (and drops expired ones)
 /// without a restart: the key directory is small, so it is re-read every two

@@ -29,12 +29,20 @@ pub struct LatencyLabels {
     pub resource: String,
 }
 
+/// Labels of `apiserver_terminated_watchers_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    /// Resource plural, with `.group` for named groups (kube's group-resource).
+    pub resource: String,
+}
+
 /// The server's metrics.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
+    terminated_watchers: Family<ResourceLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -52,7 +60,13 @@ impl Default for Metrics {
             "Response latency distribution in seconds for each verb and resource",
             latency.clone(),
         );
-        Self { registry: Arc::new(registry), requests, latency }
+        let terminated_watchers = Family::<ResourceLabels, Counter>::default();
+        registry.register(
+            "apiserver_terminated_watchers",
+            "Counter of watchers closed due to unresponsiveness broken by resource type",
+            terminated_watchers.clone(),
+        );
+        Self { registry: Arc::new(registry), requests, latency, terminated_watchers }
     }
 }
 
@@ -64,6 +78,16 @@ impl Metrics {
             .get_or_create(&RequestLabels { verb: verb.clone(), resource: resource.to_owned(), code: code.to_string() })
             .inc();
         self.latency.get_or_create(&LatencyLabels { verb, resource: resource.to_owned() }).observe(seconds);
+    }
+
+    /// Counts a watch closed because its client stopped reading.
+    pub fn watcher_terminated(&self, resource: &tessera_api::resource::ResourceInfo) {
+        let resource = if resource.group.is_empty() {
+            resource.plural.to_owned()
+        } else {
+            format!("{}.{}", resource.plural, resource.group)
+        };
+        self.terminated_watchers.get_or_create(&ResourceLabels { resource }).inc();
     }
 
     /// The text exposition format.

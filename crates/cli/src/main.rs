@@ -104,6 +104,11 @@ struct ServerArgs {
     /// A request body must arrive in full within this time of its headers (else 504 Timeout).
     #[arg(long, env = "TESSERA_REQUEST_BODY_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
     request_body_timeout: Duration,
+    /// How often the leading server compacts the store's history (as kube-apiserver's
+    /// `--etcd-compaction-interval`): each time to the revision of the previous time, so the
+    /// last interval of history stays; older resourceVersions answer 410 Expired. 0 disables.
+    #[arg(long, env = "TESSERA_COMPACTION_INTERVAL", default_value = "5m", value_parser = parse_interval)]
+    compaction_interval: std::time::Duration,
     #[command(subcommand)]
     action: Option<ServerAction>,
 }
@@ -146,6 +151,14 @@ fn parse_storage(value: &str) -> Result<StorageArg, String> {
     tessera_store::etcd::EtcdConfig::endpoints_from_url(value)
         .map(StorageArg::Etcd)
         .ok_or_else(|| format!("{value:?} is neither `sqlite` nor `etcd://host:port[,host:port…]`"))
+}
+
+/// A duration such as `5m`, `90s` or `1h30m`; `0` alone means zero.
+fn parse_interval(value: &str) -> Result<std::time::Duration, String> {
+    if value.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(value).map_err(|e| format!("{value:?} is not a duration like 5m or 30s: {e}"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -282,6 +295,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     if args.allow_insecure_data_dir {
         config.data_dir_strictness = tessera_apiserver::data_dir::Strictness::Allow;
     }
+    config.compaction_interval = (!args.compaction_interval.is_zero()).then_some(args.compaction_interval);
     config.storage = match &args.storage {
         StorageArg::Sqlite if args.etcd_cacert.is_some() => anyhow::bail!("--etcd-cacert needs --storage etcd://…"),
         StorageArg::Sqlite => tessera_apiserver::Storage::Sqlite,
@@ -380,5 +394,19 @@ mod tests {
         assert!(server_args(&["--idle-timeout", "0s"]).is_err());
         assert!(server_args(&["--max-connections", "0"]).is_err());
         assert!(server_args(&["--request-body-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn compaction_interval_flag() {
+        assert_eq!(server_args(&[]).expect("default").compaction_interval, Duration::from_secs(300));
+        for (flag, want) in [("0", 0), ("0s", 0), ("90s", 90), ("1h30m", 5400), ("10m", 600)] {
+            let args = server_args(&["--compaction-interval", flag]).expect(flag);
+            assert_eq!(args.compaction_interval, Duration::from_secs(want), "{flag}");
+        }
+        let args = server_args(&["--compaction-interval", "250ms"]).expect("ms");
+        assert_eq!(args.compaction_interval, Duration::from_millis(250));
+        for bad in ["5", "often", "-1m", ""] {
+            assert!(server_args(&["--compaction-interval", bad]).is_err(), "{bad}");
+        }
     }
 }

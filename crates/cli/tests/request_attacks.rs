@@ -122,7 +122,9 @@ fn a_post_to_an_object_path_is_405_and_creates_nothing() {
     let (code, response) = server.curl(
         "POST",
         "/api/v1/namespaces/cms/configmaps/allowed",
-        &["-H", &auth, "-H", "Content-Type: application/json", "--data-binary", &body],
+        // HTTP/1.1: over HTTP/2, curl reports an answer that arrives before it
+        // finished sending the body as a stream error (a curl quirk, not ours).
+        &["--http1.1", "-H", &auth, "-H", "Content-Type: application/json", "--data-binary", &body],
     );
     assert_eq!(code, 405, "{response}");
     assert_eq!(
@@ -134,11 +136,11 @@ fn a_post_to_an_object_path_is_405_and_creates_nothing() {
     assert!(err.contains("configmaps \"anything\" not found"), "{err}");
     // A create of the collection is not a create of `allowed`: resourceNames cannot allow it.
     let (code, response) =
-        server.curl("POST", "/api/v1/namespaces/cms/configmaps", &["-H", &auth, "-H", "Content-Type: application/json", "--data-binary", &body]);
+        server.curl("POST", "/api/v1/namespaces/cms/configmaps", &["--http1.1", "-H", &auth, "-H", "Content-Type: application/json", "--data-binary", &body]);
     assert_eq!(code, 403, "{response}");
     // PUT and PATCH of a collection: 405 for someone allowed to write there.
     for method in ["PUT", "PATCH"] {
-        let (code, response) = server.curl_admin(method, "/api/v1/namespaces/cms/configmaps", &["-H", "Content-Type: application/merge-patch+json", "--data-binary", "{}"]);
+        let (code, response) = server.curl_admin(method, "/api/v1/namespaces/cms/configmaps", &["--http1.1", "-H", "Content-Type: application/merge-patch+json", "--data-binary", "{}"]);
         assert_eq!((code, json(&response)["reason"].as_str()), (405, Some("MethodNotAllowed")), "{method}: {response}");
     }
 }

@@ -156,6 +156,11 @@ impl Server {
         self.curl(method, path, &args)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the server and gives back its data dir.
     pub fn stop(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
