@@ -269,7 +269,7 @@ async fn group_resources(authorized: Authorized) -> HandlerResult {
 
 /// Re-encrypts every covered object with the current key (after a key
 /// rotation). Only callers allowed to POST this path (cluster admins) get here.
-async fn encryption_rewrite(State(state): State<AppState>) -> HandlerResult {
+async fn encryption_rewrite(State(state): State<AppState>, _authorized: Authorized) -> HandlerResult {
     let Some(encrypted) = &state.encryption else {
         return Err(ApiError::bad_request("encryption at rest is not configured (--encryption-provider-config)").into());
     };
@@ -319,13 +319,18 @@ fn decode_json(body: &Bytes, kind: &str) -> Result<Value, ApiError> {
     })
 }
 
-/// Reads a request body of at most [`MAX_BODY_BYTES`]: a longer one is 413;
-/// one that breaks off (or misses the serve layer's deadline, which then
-/// answers 504 instead) is 400.
+/// Reads a request body of at most [`MAX_BODY_BYTES`].
 async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|err| {
+    read_body_limited(body, MAX_BODY_BYTES).await
+}
+
+/// Reads a request body of at most `limit` bytes: a longer one is 413; one
+/// that breaks off (or misses the serve layer's deadline, which then answers
+/// 504 instead) is 400.
+pub(crate) async fn read_body_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|err| {
         if err.into_inner().downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            ApiError::too_large(MAX_BODY_BYTES)
+            ApiError::too_large(limit)
         } else {
             ApiError::bad_request("the request body could not be read")
         }

@@ -136,3 +136,29 @@ fn a_bad_configuration_stops_the_server_with_the_reason() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("aesgcm: key \"key1\" is 5 bytes; it must be 16, 24, 32 bytes"), "{stderr}");
 }
+
+#[test]
+fn only_a_cluster_admin_may_start_a_rewrite() {
+    let configs = tempfile::tempdir().expect("tempdir");
+    let config = write_config(configs.path(), "config.yaml", &[("key1", KEY1)], true);
+    let server = Server::start_with(tempfile::tempdir().expect("tempdir"), &["--encryption-provider-config", config.to_str().expect("utf8")]);
+    // Anonymous: kube-apiserver's 403 for a non-resource path.
+    let (code, body) = server.curl("POST", "/tessera/v1/encryption/rewrite", &[]);
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(support::json(&body)["message"], "forbidden: User \"system:anonymous\" cannot post path \"/tessera/v1/encryption/rewrite\"");
+    // A namespace admin's ServiceAccount is not a cluster admin either.
+    server.kubectl_ok(&["create", "ns", "team"]);
+    server.kubectl_ok(&["create", "sa", "boss", "-n", "team"]);
+    server.kubectl_ok(&["create", "rolebinding", "boss", "-n", "team", "--clusterrole=admin", "--serviceaccount=team:boss"]);
+    let token = server.kubectl_ok(&["create", "token", "boss", "-n", "team"]);
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let (code, body) = server.curl("POST", "/tessera/v1/encryption/rewrite", &["-H", &auth]);
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        support::json(&body)["message"],
+        "forbidden: User \"system:serviceaccount:team:boss\" cannot post path \"/tessera/v1/encryption/rewrite\""
+    );
+    // The admin may.
+    let (code, body) = server.curl_admin("POST", "/tessera/v1/encryption/rewrite", &[]);
+    assert_eq!(code, 200, "{body}");
+}

@@ -201,7 +201,7 @@ pub async fn client_certificate(
     _authorized: Authorized,
     body: Body,
 ) -> HandlerResult {
-    let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::too_large(MAX_BODY_BYTES))?;
+    let body = crate::http::read_body_limited(body, MAX_BODY_BYTES).await?;
     let request: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the body must be {{\"csr\": \"<PEM>\"}}: {e}")))?;
     let pem = request.get("csr").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("the body must be {\"csr\": \"<PEM>\"}"))?;
     let csr = ValidatedNodeCsr::parse(pem).map_err(|e| ApiError::bad_request(format!("invalid certificate signing request: {e}")))?;
