@@ -201,7 +201,8 @@ pub fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Ve
                 }
             }
             if let Some(old) = old {
-                for path in ["/spec/serviceAccountName", "/spec/nodeName"] {
+                // The injected token volume and its mounts stay as admission made them.
+                for path in ["/spec/serviceAccountName", "/spec/nodeName", "/spec/volumes", "/spec/automountServiceAccountToken"] {
                     let (now, before) = (obj.pointer(path), old.pointer(path));
                     // nodeName may be set once (binding); otherwise the pod spec is immutable here.
                     if now != before && !(path == "/spec/nodeName" && before.is_none()) {
@@ -288,7 +289,10 @@ pub fn columns(resource: &ResourceInfo) -> Vec<Column> {
             c("Status", "string", "The aggregate status of the containers in this pod."),
             c("Restarts", "string", "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
             AGE,
+            Column { name: "IP", type_: "string", format: "", description: "podIP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.", priority: 1 },
             Column { name: "Node", type_: "string", format: "", description: "Specifies the node that the pod is scheduled on.", priority: 1 },
+            Column { name: "Nominated Node", type_: "string", format: "", description: "nominatedNodeName is set only when this pod preempts other pods on the node, but it cannot schedule right away as preemption victims receive their graceful termination periods.", priority: 1 },
+            Column { name: "Readiness Gates", type_: "string", format: "", description: "If specified, all readiness gates will be evaluated for pod readiness. A pod is ready when all its containers are ready AND all conditions specified in the readiness gates have status equal to \"True\"", priority: 1 },
         ],
         "clusterrolebindings" | "rolebindings" => vec![
             NAME,
@@ -385,6 +389,59 @@ fn node_roles(obj: &Value) -> String {
     if roles.is_empty() { "<none>".to_owned() } else { roles.into_iter().collect::<Vec<_>>().join(",") }
 }
 
+/// A pod's READY, STATUS and RESTARTS cells.
+struct PodSummary {
+    ready: String,
+    status: String,
+    restarts: String,
+}
+
+/// kubectl's pod columns (kube's `printPod`, without init containers'
+/// `Init:` states): STATUS is the phase (or `status.reason`), overridden by a
+/// container's waiting or terminated reason (`ExitCode:N` / `Signal:N` when
+/// it has none); RESTARTS adds up restart counts, with the age of the last
+/// restart when known.
+fn pod_summary(obj: &Value, now: jiff::Timestamp) -> PodSummary {
+    let str_at = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+    let total = obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+    let mut reason = str_at(obj, "/status/reason").or_else(|| str_at(obj, "/status/phase")).unwrap_or_else(|| "Pending".to_owned());
+    let (mut ready, mut restarts, mut has_running) = (0, 0, false);
+    let mut last_restart: Option<jiff::Timestamp> = None;
+    let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    for c in statuses.iter().rev() {
+        restarts += c.get("restartCount").and_then(Value::as_i64).unwrap_or(0);
+        if let Some(finished) = str_at(c, "/lastState/terminated/finishedAt").and_then(|t| t.parse::<jiff::Timestamp>().ok()) {
+            last_restart = Some(last_restart.map_or(finished, |l| l.max(finished)));
+        }
+        if let Some(waiting) = str_at(c, "/state/waiting/reason") {
+            reason = waiting;
+        } else if let Some(terminated) = str_at(c, "/state/terminated/reason") {
+            reason = terminated;
+        } else if let Some(terminated) = c.pointer("/state/terminated").filter(|t| t.is_object()) {
+            let signal = terminated.get("signal").and_then(Value::as_i64).unwrap_or(0);
+            let code = terminated.get("exitCode").and_then(Value::as_i64).unwrap_or(0);
+            reason = if signal != 0 { format!("Signal:{signal}") } else { format!("ExitCode:{code}") };
+        } else if c.get("ready").and_then(Value::as_bool) == Some(true) && c.pointer("/state/running").is_some_and(Value::is_object) {
+            has_running = true;
+            ready += 1;
+        }
+    }
+    if reason == "Completed" && has_running {
+        let pod_ready = obj.pointer("/status/conditions").and_then(Value::as_array).into_iter().flatten().any(|c| {
+            c.get("type").and_then(Value::as_str) == Some("Ready") && c.get("status").and_then(Value::as_str) == Some("True")
+        });
+        reason = if pod_ready { "Running" } else { "NotReady" }.to_owned();
+    }
+    if obj.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+        reason = if str_at(obj, "/status/reason").as_deref() == Some("NodeLost") { "Unknown" } else { "Terminating" }.to_owned();
+    }
+    let restarts = match last_restart {
+        Some(at) => format!("{restarts} ({} ago)", human_age(now.as_second() - at.as_second())),
+        None => restarts.to_string(),
+    };
+    PodSummary { ready: format!("{ready}/{total}"), status: reason, restarts }
+}
+
 /// The cells of one table row.
 pub fn row_cells(resource: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
     let name = json!(obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default());
@@ -396,14 +453,29 @@ pub fn row_cells(resource: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> 
         "secrets" => vec![name, obj.get("type").cloned().unwrap_or(json!("")), json!(count("/data")), age],
         "configmaps" => vec![name, json!(count("/data") + count("/binaryData")), age],
         "pods" => {
-            let total = obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
-            let ready = obj
-                .pointer("/status/containerStatuses")
-                .and_then(Value::as_array)
-                .map_or(0, |l| l.iter().filter(|c| c.get("ready") == Some(&json!(true))).count());
-            let phase = obj.pointer("/status/phase").cloned().unwrap_or(json!("Pending"));
-            let node = obj.pointer("/spec/nodeName").cloned().unwrap_or(json!("<none>"));
-            vec![name, json!(format!("{ready}/{total}")), phase, json!("0"), age, node]
+            let summary = pod_summary(obj, now);
+            let text = |p: &str| json!(obj.pointer(p).and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or("<none>"));
+            let gates = obj.pointer("/spec/readinessGates").and_then(Value::as_array).map_or(0, Vec::len);
+            let gates = if gates == 0 {
+                "<none>".to_owned()
+            } else {
+                let conditions = obj.pointer("/status/conditions").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                let met = obj.pointer("/spec/readinessGates").and_then(Value::as_array).into_iter().flatten().filter(|g| {
+                    conditions.iter().any(|c| c.get("type") == g.get("conditionType") && c.get("status").and_then(Value::as_str) == Some("True"))
+                });
+                format!("{}/{gates}", met.count())
+            };
+            vec![
+                name,
+                json!(summary.ready),
+                json!(summary.status),
+                json!(summary.restarts),
+                age,
+                text("/status/podIP"),
+                text("/spec/nodeName"),
+                text("/status/nominatedNodeName"),
+                json!(gates),
+            ]
         }
         "clusterrolebindings" | "rolebindings" => {
             let role = format!(
@@ -485,6 +557,44 @@ mod tests {
         assert_eq!(s["data"]["a"], "aGVsbG8=");
         assert_eq!(s["type"], "Opaque");
         assert!(s.get("stringData").is_none());
+    }
+
+    #[test]
+    fn pod_rows_like_kubectl() {
+        let now = jiff::Timestamp::now();
+        let running = json!({
+            "metadata": {"name": "web"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "a"}]},
+            "status": {"phase": "Running", "podIP": "127.0.0.1", "containerStatuses": [{"name": "a", "ready": true, "restartCount": 0, "state": {"running": {}}}]},
+        });
+        let cells = row_cells(&CORE_PODS, &running, now);
+        assert_eq!(cells.len(), columns(&CORE_PODS).len());
+        assert_eq!(cells[1..4], [json!("1/1"), json!("Running"), json!("0")]);
+        assert_eq!(cells[5..], [json!("127.0.0.1"), json!("n1"), json!("<none>"), json!("<none>")]);
+        let finished = (now - jiff::SignedDuration::from_secs(30)).to_string();
+        let failed = json!({
+            "metadata": {"name": "web"},
+            "spec": {"containers": [{"name": "a"}]},
+            "status": {"phase": "Failed", "containerStatuses": [{"name": "a", "ready": false, "restartCount": 2,
+                "lastState": {"terminated": {"exitCode": 1, "finishedAt": finished}}, "state": {"terminated": {"exitCode": 3, "reason": "Error"}}}]},
+        });
+        let cells = row_cells(&CORE_PODS, &failed, now);
+        assert_eq!(cells[1..4], [json!("0/1"), json!("Error"), json!("2 (30s ago)")]);
+        assert_eq!(cells[5..7], [json!("<none>"), json!("<none>")]);
+        let mut no_reason = failed.clone();
+        no_reason["status"]["containerStatuses"][0]["state"] = json!({"terminated": {"exitCode": 3}});
+        assert_eq!(row_cells(&CORE_PODS, &no_reason, now)[2], json!("ExitCode:3"));
+    }
+
+    #[test]
+    fn pod_updates_may_not_change_volumes() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x"}], "volumes": [{"name": "kube-api-access-abcde"}]}});
+        let mut changed = pod.clone();
+        changed["spec"]["volumes"] = json!([]);
+        let causes = validate(&CORE_PODS, &changed, Some(&pod));
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].field, "spec");
+        assert!(validate(&CORE_PODS, &pod, Some(&pod)).is_empty());
     }
 
     #[test]

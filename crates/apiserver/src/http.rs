@@ -438,6 +438,7 @@ async fn resource_request(
         Verb::Watch => crate::watch::serve(&state, resource, namespace, &options.list, &accept, options.timeout, include_object).await,
         Verb::Create => {
             let body = decode_body(&headers, &read_body(body).await?, resource.kind)?;
+            let body = crate::admission::service_account::admit_create(registry, resource, namespace, body).await?;
             let obj = registry.create(resource, namespace, body, admitted()).await?;
             state.caught_up(resource, &obj).await;
             Ok(json_response(StatusCode::CREATED, &obj))

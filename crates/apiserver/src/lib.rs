@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tessera_api::Registry;
 use tessera_store::Store;
 
+pub mod admission;
 pub mod authz;
 pub mod data_dir;
 pub mod discovery;
