@@ -15,6 +15,7 @@ use crate::environment::{EnvVar, PodContext, workload_env};
 use crate::files::OutputRoot;
 use crate::pod::{PodSpec, ProjectedToken};
 use crate::projector::{Agent, Layout};
+use crate::status::{self, Exit, Process};
 
 /// `tessera agent` flags.
 #[derive(Debug, clap::Args)]
@@ -30,11 +31,13 @@ pub struct AgentArgs {
     /// Refresh tokens this often instead of at 80 % of their lifetime (for testing rotation).
     #[arg(long, env = "TESSERA_AGENT_REFRESH_INTERVAL", value_parser = humantime::parse_duration, global = true)]
     pub refresh_interval: Option<Duration>,
-    /// Directory for per-pod token directories (`ROOT/NAMESPACE/POD/`): created 0700 if missing;
+    /// Directory for per-pod roots (`ROOT/NAMESPACE/POD/`, each volume at its mount path below):
+    /// created 0700 if missing;
     /// refused if another user owns it, group or others can write into it, or it is a symbolic link.
     #[arg(long, env = "TESSERA_AGENT_ROOT", default_value = "./tessera-agent")]
     pub root: PathBuf,
-    /// Pod spec files (YAML or JSON: namespace, name, serviceAccountName, tokens[]).
+    /// Pod spec files (YAML or JSON): a Pod manifest (`kind: Pod`), or the small format
+    /// (namespace, name, serviceAccountName, automountServiceAccountToken, tokens[]).
     #[arg(long = "pod")]
     pub pods: Vec<PathBuf>,
     /// Run one command as a pod instead.
@@ -203,7 +206,7 @@ async fn run_pods(agent: Agent, root: PathBuf, files: Vec<PathBuf>, running: &to
     let mut specs = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let spec: PodSpec = serde_yaml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+        let spec = PodSpec::parse(&text).map_err(anyhow::Error::msg).with_context(|| format!("parsing {}", file.display()))?;
         spec.validate().with_context(|| format!("{}: invalid pod {}/{}", file.display(), spec.namespace, spec.name))?;
         specs.push(spec);
     }
@@ -220,15 +223,25 @@ async fn run_pods(agent: Agent, root: PathBuf, files: Vec<PathBuf>, running: &to
     running.send_replace(keep);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    // No process runs these pods: the agent itself does, projecting their files.
+    let agent_process = Process { container_id: format!("tessera-agent://{}", std::process::id()), image_id: String::new(), started_at: now() };
     for pod in pods.clone() {
         let agent = agent.clone();
         let layout = Layout::per_pod(root.clone(), &pod.spec.namespace, &pod.spec.name);
         let mut rx = stop_rx.clone();
+        let process = agent_process.clone();
         tasks.push(tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            agent.project(&pod, &layout, || tracing::info!(dir = %layout.service_account_dir().display(), "tokens projected"), stop).await
+            let slots = agent.project_once(&pod, &layout).await?;
+            tracing::info!(dir = %layout.pod_root().display(), "files projected");
+            if let Err(e) = agent.report_status(&pod.spec.namespace, &pod.spec.name, status::running(&pod.object, &process)).await {
+                // The files are there either way; the heartbeat reports it again.
+                tracing::warn!(error = %e, "reporting the pod running failed");
+            }
+            agent.keep_fresh(&pod, &layout, slots, stop).await;
+            Ok::<_, crate::projector::AgentError>(())
         }));
     }
     println!("tessera agent: {} pod(s) projected under {}", pods.len(), root.path().display());
@@ -256,6 +269,7 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
         service_account_name: run.service_account.clone(),
         automount_service_account_token: run.no_automount.then_some(false),
         tokens: run.tokens.clone(),
+        manifest: None,
     };
     spec.validate().with_context(|| format!("invalid pod {}/{}", spec.namespace, spec.name))?;
     let (root, _temp) = match &run.root {
@@ -277,29 +291,13 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
     agent.collect_orphans(&keep).await?;
     let pod = agent.register(&spec).await?;
     running.send_replace(keep);
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let projector = {
-        let agent = agent.clone();
-        let pod = pod.clone();
-        let layout = layout.clone();
-        tokio::spawn(async move {
-            let stop = async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            };
-            agent.project(&pod, &layout, move || {
-                let _ = ready_tx.send(());
-            }, stop).await
-        })
+    let slots = match agent.project_once(&pod, &layout).await {
+        Ok(slots) => slots,
+        Err(e) => {
+            agent.unregister(&pod).await?;
+            return Err(e.into());
+        }
     };
-    if ready_rx.await.is_err() {
-        let result = projector.await;
-        agent.unregister(&pod).await?;
-        return match result {
-            Ok(Err(e)) => Err(e.into()),
-            _ => Err(anyhow::anyhow!("token projection stopped before the first projection")),
-        };
-    }
     let (program, args) = run.command.split_first().context("no command given")?;
     let (tokens_dir, service_account_dir) = (layout.tokens_dir(), layout.service_account_dir());
     let pod_context = PodContext {
@@ -310,25 +308,69 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
         namespace: &spec.namespace,
         pod_name: &spec.name,
     };
-    let mut child = tokio::process::Command::new(program)
+    let env = workload_env(std::env::vars_os(), pod_context, &run.env);
+    let image_id = resolve_program(program, env.get(std::ffi::OsStr::new("PATH"))).map(|p| format!("file://{}", p.display())).unwrap_or_default();
+    let spawned = tokio::process::Command::new(program)
         .args(args)
         // A container's environment, never the agent's (KUBECONFIG, credentials): see `environment`.
         .env_clear()
-        .envs(workload_env(std::env::vars_os(), pod_context, &run.env))
+        .envs(env)
         .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {program}"))?;
-    let code = tokio::select! {
-        status = child.wait() => status.map(|s| s.code().unwrap_or(1)).unwrap_or(1),
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            agent.unregister(&pod).await?;
+            return Err(anyhow::Error::new(e).context(format!("starting {program}")));
+        }
+    };
+    let process = Process { container_id: format!("tessera-agent://{}", child.id().unwrap_or_default()), image_id, started_at: now() };
+    if let Err(e) = agent.report_status(&spec.namespace, &spec.name, status::running(&pod.object, &process)).await {
+        tracing::warn!(error = %e, "reporting the pod running failed; the heartbeat reports it again");
+    }
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let refresher = {
+        let (agent, pod, layout) = (agent.clone(), pod.clone(), layout.clone());
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            };
+            agent.keep_fresh(&pod, &layout, slots, stop).await;
+        })
+    };
+    let exit = tokio::select! {
+        status = child.wait() => status.ok(),
         _ = shutdown_signal() => {
             let _ = child.kill().await;
-            143
+            child.wait().await.ok()
         }
     };
     let _ = stop_tx.send(true);
-    let _ = projector.await;
+    let _ = refresher.await;
+    // The pod no longer runs: heartbeats stop reporting it running, and its
+    // end is reported as kubelet reports it before the pod (and its tokens) go.
+    running.send_replace(BTreeSet::new());
+    let code = exit.map_or(1, |s| s.code().unwrap_or(1));
+    let reported = Exit { code: exit.map_or(1, |s| s.code().or_else(|| std::os::unix::process::ExitStatusExt::signal(&s).map(|sig| 128 + sig)).unwrap_or(1)) };
+    if let Err(e) = agent.report_status(&spec.namespace, &spec.name, status::terminated(&pod.object, &process, reported, &now())).await {
+        tracing::warn!(error = %e, "reporting the pod's end failed");
+    }
     agent.unregister(&pod).await?;
     Ok(code)
+}
+
+/// Now, RFC 3339 to the second (as kubelet's timestamps).
+fn now() -> String {
+    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
+}
+
+/// The file a command runs: itself when it names a path, else the first
+/// match on the workload's PATH.
+fn resolve_program(program: &str, path: Option<&std::ffi::OsString>) -> Option<PathBuf> {
+    if program.contains('/') {
+        return std::path::absolute(program).ok();
+    }
+    std::env::split_paths(path?).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
 }
 
 /// Removes a temporary directory on drop.

@@ -108,22 +108,39 @@ impl Agent {
         Ok(())
     }
 
-    /// Reports a pod the agent runs as running and ready.
-    pub async fn mark_ready(&self, namespace: &str, name: &str) -> Result<(), AgentError> {
+    /// Reports `status` for a pod the agent runs (through `pods/status`) and
+    /// remembers it, so heartbeats can report it again.
+    pub async fn report_status(&self, namespace: &str, name: &str, status: serde_json::Value) -> Result<(), AgentError> {
+        let mut reports = self.reports.lock().await;
+        reports.insert((namespace.to_owned(), name.to_owned()), status.clone());
+        self.patch_status(namespace, name, &status).await
+    }
+
+    /// Stops reporting a pod (it is being deleted).
+    pub(crate) async fn forget_status(&self, namespace: &str, name: &str) {
+        self.reports.lock().await.remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    async fn patch_status(&self, namespace: &str, name: &str, status: &serde_json::Value) -> Result<(), AgentError> {
         let pods: Api<Pod> = Api::namespaced(self.client(), namespace);
-        let now = now();
-        let condition = |type_: &str| json!({"type": type_, "status": "True", "lastTransitionTime": now});
-        let status = json!({"status": {
-            "phase": "Running",
-            "startTime": now,
-            "conditions": [condition("Initialized"), condition("Ready"), condition("ContainersReady"), condition("PodScheduled")],
-            "containerStatuses": [{"name": "workload", "ready": true, "started": true, "restartCount": 0,
-                "image": crate::pod::WORKLOAD_IMAGE, "imageID": "", "state": {"running": {"startedAt": now}}}],
-        }});
-        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
             .await
-            .map_err(api_err(format!("reporting Pod {namespace}/{name} ready")))?;
+            .map_err(api_err(format!("reporting the status of Pod {namespace}/{name}")))?;
         Ok(())
+    }
+
+    /// Reports again what the agent last reported for a pod, if the server's
+    /// copy says otherwise (the node lifecycle controller marked it not
+    /// ready while heartbeats were missing).
+    async fn report_again(&self, namespace: &str, name: &str, server: &serde_json::Value) -> Result<(), AgentError> {
+        let reports = self.reports.lock().await;
+        let Some(reported) = reports.get(&(namespace.to_owned(), name.to_owned())) else { return Ok(()) };
+        let on_server = server.get("status").cloned().unwrap_or_default();
+        if crate::status::agrees(&on_server, reported) {
+            return Ok(());
+        }
+        tracing::info!(namespace, pod = name, "reporting the pod's status again");
+        self.patch_status(namespace, name, reported).await
     }
 
     /// The pods bound to this node (listed as kubelet does, with the
@@ -215,8 +232,7 @@ impl Agent {
             let found = pods.iter().find(|p| p.metadata.namespace.as_deref() == Some(namespace) && p.metadata.name.as_deref() == Some(name));
             match found.map(|p| serde_json::to_value(p).unwrap_or_default()) {
                 None => tracing::error!(namespace = %namespace, pod = %name, "the pod this agent runs was deleted by the control plane: its tokens no longer work"),
-                Some(pod) if ready_status(&pod) != Some("True") => self.mark_ready(namespace, name).await?,
-                Some(_) => {}
+                Some(pod) => self.report_again(namespace, name, &pod).await?,
             }
         }
         Ok(())

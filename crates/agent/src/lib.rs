@@ -1,10 +1,13 @@
 //! The node agent: kubelet's token part, run as a node. It joins the cluster
 //! as `system:node:NAME` with a bootstrap token ([`node`]), registers its
 //! Node and heartbeats through a Lease ([`heartbeat`]), registers the Pods it runs,
-//! requests Pod-bound ServiceAccount tokens through TokenRequest, writes them
-//! (with `ca.crt` and `namespace`) into a directory per Pod with atomic
-//! replacement below a root only its user can write (never following a
-//! symbolic link there), refreshes them at 80 % of their lifetime (or after 24 h), and
+//! and projects what the Pod the server returns says ([`volumes`]): each
+//! `serviceAccountToken` source as a Pod-bound token from TokenRequest with
+//! its audience and expiry, `ca.crt` from `kube-root-ca.crt`, `namespace`
+//! from the downward API, at the mount paths below the pod's root, with
+//! atomic replacement below a root only its user can write (never following a
+//! symbolic link there). It refreshes tokens at 80 % of their lifetime (or after 24 h),
+//! reports pod status as kubelet does ([`status`]), and
 //! deletes the Pod when the workload stops, which revokes its tokens. A
 //! workload it starts gets a container's environment, not the agent's: no
 //! kubeconfig or other credential of the agent's reaches it.
@@ -23,7 +26,9 @@ pub mod heartbeat;
 pub mod node;
 mod pod;
 mod projector;
+pub mod status;
+pub mod volumes;
 
 pub use files::{FilesError, OutputRoot};
-pub use pod::{InvalidPodSpec, PodSpec, ProjectedToken, RegisteredPod, SERVICE_ACCOUNT_FILES};
-pub use projector::{Agent, AgentError, Layout};
+pub use pod::{InvalidPodSpec, PodSpec, ProjectedToken, RegisteredPod, SERVICE_ACCOUNT_FILES, TOKENS_MOUNT_PATH};
+pub use projector::{Agent, AgentError, Layout, TokenSlot};

@@ -22,8 +22,9 @@ fn default_expiration() -> i64 {
     3600
 }
 
-/// A pod to run: the small pod spec file format (YAML or JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A pod to run: the small pod spec file format (YAML or JSON), or a whole
+/// Kubernetes Pod manifest (`apiVersion: v1`, `kind: Pod`; see [`PodSpec::parse`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
     /// Namespace.
@@ -39,6 +40,10 @@ pub struct PodSpec {
     /// Extra audience-bound tokens.
     #[serde(default)]
     pub tokens: Vec<ProjectedToken>,
+    /// The Pod manifest the spec was read from, if it was one: registered as
+    /// it is (bound to the node), its projected volumes projected.
+    #[serde(skip)]
+    pub manifest: Option<serde_json::Value>,
 }
 
 fn default_sa() -> String {
@@ -50,14 +55,18 @@ fn is_below(path: &str, dir: &str) -> bool {
 }
 
 /// A pod the API server knows about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RegisteredPod {
     /// The spec it was registered from.
     pub spec: PodSpec,
     /// Its uid (tokens are bound to it).
     pub uid: String,
-    /// Whether the default API token is mounted (automount of the pod, else of the ServiceAccount).
-    pub automount: bool,
+    /// Its ServiceAccount, as the server admitted it.
+    pub service_account: String,
+    /// The Pod as the server returned it (after admission).
+    pub object: serde_json::Value,
+    /// What its projected volumes put where (read from `object`).
+    pub files: Vec<crate::volumes::ProjectedFile>,
 }
 
 /// The files of the ServiceAccount volume (`token`, `ca.crt`, `namespace`).
@@ -125,11 +134,46 @@ impl ProjectedToken {
     }
 }
 
+/// Where the small format's extra tokens are mounted (kubelet's usual place
+/// for projected tokens; `TESSERA_TOKEN_DIR` of an `agent run` workload).
+pub const TOKENS_MOUNT_PATH: &str = "/var/run/secrets/tokens";
+/// The volume holding the small format's extra tokens.
+const TOKENS_VOLUME: &str = "tessera-tokens";
+
 impl PodSpec {
+    /// Reads a spec file: a Pod manifest when it says `kind: Pod`
+    /// (namespace `default` unless it names one), else the small format.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let value: serde_json::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        if value.get("kind").and_then(serde_json::Value::as_str) != Some("Pod") {
+            return serde_json::from_value(value).map_err(|e| e.to_string());
+        }
+        if value.get("apiVersion").and_then(serde_json::Value::as_str) != Some("v1") {
+            return Err("a Pod manifest must say apiVersion: v1".into());
+        }
+        let _typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(value.clone()).map_err(|e| format!("not a valid Pod: {e}"))?;
+        let text_at = |p: &str| value.pointer(p).and_then(serde_json::Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+        let name = text_at("/metadata/name").ok_or("a Pod manifest needs metadata.name")?;
+        Ok(Self {
+            namespace: text_at("/metadata/namespace").unwrap_or_else(|| "default".to_owned()),
+            name,
+            service_account_name: text_at("/spec/serviceAccountName").or_else(|| text_at("/spec/serviceAccount")).unwrap_or_else(default_sa),
+            automount_service_account_token: value.pointer("/spec/automountServiceAccountToken").and_then(serde_json::Value::as_bool),
+            tokens: Vec::new(),
+            manifest: Some(value),
+        })
+    }
+
     /// Checks every projected token, then that their paths are unique and
-    /// that none is a directory of another (`a` and `a/b`).
+    /// that none is a directory of another (`a` and `a/b`); for a manifest,
+    /// that its projected volumes can be written below the pod's root.
     pub fn validate(&self) -> Result<(), InvalidPodSpec> {
         let mut problems = Vec::new();
+        if self.manifest.is_some()
+            && let Err(unprojectable) = crate::volumes::plan(&self.to_pod(""))
+        {
+            problems.extend(unprojectable.0);
+        }
         let mut seen: Vec<(&str, String)> = Vec::new();
         for (i, token) in self.tokens.iter().enumerate() {
             let field = format!("tokens[{i}]");
@@ -150,34 +194,49 @@ impl PodSpec {
         if problems.is_empty() { Ok(()) } else { Err(InvalidPodSpec(problems)) }
     }
 
-    /// The Pod object registered with the API server, bound to `node`. Its
-    /// projected volume names what the agent writes, as kube's ServiceAccount
-    /// admission adds it: the node may read `kube-root-ca.crt` because its pod
-    /// references it.
+    /// The Pod object registered with the API server, bound to `node`. The
+    /// small format makes one container, `workload`, that mounts the extra
+    /// tokens at [`TOKENS_MOUNT_PATH`]; a manifest is sent as it is. Either
+    /// way the server's ServiceAccount admission adds the ServiceAccount
+    /// volume (`token`, `ca.crt`, `namespace`), and the agent projects what
+    /// the returned Pod says. `restartPolicy` is `Never`: the agent restarts
+    /// nothing.
     pub fn to_pod(&self, node: &str) -> serde_json::Value {
-        let mut sources = vec![
-            serde_json::json!({"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}),
-            serde_json::json!({"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}),
-            serde_json::json!({"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}),
-        ];
-        sources.extend(self.tokens.iter().map(|t| {
-            serde_json::json!({"serviceAccountToken": {"audience": t.audience, "expirationSeconds": t.expiration_seconds, "path": t.path}})
-        }));
-        let mut spec = serde_json::json!({
-            "serviceAccountName": self.service_account_name,
-            "nodeName": node,
-            "containers": [{"name": "workload", "image": WORKLOAD_IMAGE}],
-            "volumes": [{"name": "kube-api-access", "projected": {"sources": sources, "defaultMode": 420}}],
-        });
+        let mut pod = match &self.manifest {
+            Some(manifest) => manifest.clone(),
+            None => self.simple_pod(),
+        };
+        if let Some(map) = pod.as_object_mut() {
+            map.remove("status");
+        }
+        pod["metadata"]["name"] = serde_json::json!(self.name);
+        pod["metadata"]["namespace"] = serde_json::json!(self.namespace);
+        if !pod["metadata"]["labels"].is_object() {
+            pod["metadata"]["labels"] = serde_json::json!({});
+        }
+        pod["metadata"]["labels"]["tessera.dev/agent"] = serde_json::json!(node);
+        pod["spec"]["nodeName"] = serde_json::json!(node);
+        pod["spec"]["restartPolicy"] = serde_json::json!("Never");
+        pod
+    }
+
+    fn simple_pod(&self) -> serde_json::Value {
+        let mut container = serde_json::json!({"name": "workload", "image": WORKLOAD_IMAGE});
+        let mut spec = serde_json::json!({"serviceAccountName": self.service_account_name});
+        if !self.tokens.is_empty() {
+            let sources: Vec<_> = self
+                .tokens
+                .iter()
+                .map(|t| serde_json::json!({"serviceAccountToken": {"audience": t.audience, "expirationSeconds": t.expiration_seconds, "path": t.path}}))
+                .collect();
+            spec["volumes"] = serde_json::json!([{"name": TOKENS_VOLUME, "projected": {"sources": sources, "defaultMode": 420}}]);
+            container["volumeMounts"] = serde_json::json!([{"name": TOKENS_VOLUME, "mountPath": TOKENS_MOUNT_PATH, "readOnly": true}]);
+        }
+        spec["containers"] = serde_json::json!([container]);
         if let Some(automount) = self.automount_service_account_token {
             spec["automountServiceAccountToken"] = serde_json::json!(automount);
         }
-        serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": self.name, "namespace": self.namespace, "labels": {"tessera.dev/agent": node}},
-            "spec": spec,
-        })
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {}, "spec": spec})
     }
 }
 
@@ -195,12 +254,70 @@ mod tests {
         let pod = spec.to_pod("node-1");
         assert_eq!(pod["spec"]["nodeName"], "node-1");
         assert_eq!(pod["spec"]["serviceAccountName"], "api");
+        assert_eq!(pod["spec"]["restartPolicy"], "Never");
         assert!(pod["spec"].get("automountServiceAccountToken").is_none());
+        // The ServiceAccount volume is the server's to add; the extra tokens are ours.
+        assert_eq!(pod["spec"]["volumes"].as_array().map(Vec::len), Some(1));
         let sources = &pod["spec"]["volumes"][0]["projected"]["sources"];
-        assert_eq!(sources[1]["configMap"]["name"], "kube-root-ca.crt");
-        assert_eq!(sources[3]["serviceAccountToken"]["audience"], "data-store");
+        assert_eq!(sources[0]["serviceAccountToken"], serde_json::json!({"audience": "data-store", "expirationSeconds": 600, "path": "api-token"}));
+        assert_eq!(pod["spec"]["containers"][0]["volumeMounts"][0]["mountPath"], "/var/run/secrets/tokens");
+        let files = crate::volumes::plan(&pod).unwrap();
+        assert_eq!(files[0].path, std::path::Path::new("var/run/secrets/tokens/api-token"));
         let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).expect("a valid Pod");
         assert_eq!(typed.spec.and_then(|s| s.node_name).as_deref(), Some("node-1"));
+    }
+}
+
+#[cfg(test)]
+mod manifest_tests {
+    use super::*;
+
+    const SEED_POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: emojivoto
+spec:
+  serviceAccountName: web
+  containers:
+  - name: web
+    image: nginx
+    volumeMounts:
+    - name: tokens
+      mountPath: /var/run/secrets/tokens
+  volumes:
+  - name: tokens
+    projected:
+      sources:
+      - serviceAccountToken:
+          audience: identity.l5d.io
+          expirationSeconds: 86400
+          path: linkerd-identity-token
+status:
+  phase: Running
+";
+
+    #[test]
+    fn a_pod_manifest_is_registered_as_it_is_and_bound_to_the_node() {
+        let spec = PodSpec::parse(SEED_POD).unwrap();
+        assert_eq!((spec.namespace.as_str(), spec.name.as_str(), spec.service_account_name.as_str()), ("emojivoto", "web", "web"));
+        spec.validate().unwrap();
+        let pod = spec.to_pod("n1");
+        assert_eq!(pod["spec"]["nodeName"], "n1");
+        assert_eq!(pod["metadata"]["labels"]["tessera.dev/agent"], "n1");
+        assert!(pod.get("status").is_none());
+        assert_eq!(pod["spec"]["containers"][0]["image"], "nginx");
+        assert_eq!(pod["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"], "identity.l5d.io");
+    }
+
+    #[test]
+    fn a_manifest_whose_volumes_escape_is_refused() {
+        let bad = SEED_POD.replace("path: linkerd-identity-token", "path: ../../etc/cron.d/x");
+        let err = PodSpec::parse(&bad).unwrap().validate().unwrap_err().to_string();
+        assert_eq!(err, r#"spec.volumes[0].projected.sources[0].serviceAccountToken.path: Invalid value: "../../etc/cron.d/x": must not contain '..'"#);
+        assert_eq!(PodSpec::parse("apiVersion: v1\nkind: Pod\nmetadata: {}\nspec: {containers: []}\n").unwrap_err(), "a Pod manifest needs metadata.name");
+        // The small format still reads as before.
+        assert_eq!(PodSpec::parse("namespace: a\nname: b\n").unwrap().manifest, None);
     }
 }
 
@@ -219,6 +336,7 @@ mod validation_tests {
             service_account_name: "default".into(),
             automount_service_account_token: None,
             tokens: paths.iter().map(|p| token(p)).collect(),
+            manifest: None,
         }
     }
 

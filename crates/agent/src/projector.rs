@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::files::{FilesError, OutputRoot};
 use crate::pod::{InvalidPodSpec, PodSpec, RegisteredPod};
+use crate::volumes::{Content, UnprojectablePod};
 
 /// Why the agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,27 @@ pub enum AgentError {
     /// The node identity could not be set up or used.
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),
+    /// The Pod the server returned has volumes the agent cannot write below
+    /// the pod's root (it was deleted again).
+    #[error("Pod {namespace}/{name} cannot be projected: {source}")]
+    Unprojectable {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Every problem.
+        source: UnprojectablePod,
+    },
+    /// A ConfigMap key a projected volume needs (not optional) is missing.
+    #[error("ConfigMap {namespace}/{name} has no key {key:?}, which a projected volume of the pod needs")]
+    MissingConfigMapKey {
+        /// Namespace.
+        namespace: String,
+        /// The ConfigMap.
+        name: String,
+        /// The key.
+        key: String,
+    },
     /// A pod of that name exists and is not this node's to run.
     #[error("Pod {namespace}/{name} exists and is not this node's: {why}")]
     NotOurs {
@@ -68,28 +90,25 @@ fn unreachable_other_node<T>(spec: &PodSpec, refusal: &str) -> Result<T, AgentEr
     Err(AgentError::NotOurs { namespace: spec.namespace.clone(), name: spec.name.clone(), why: refusal.to_owned() })
 }
 
-/// Where a pod's files go: directories below the agent's checked output root.
+/// Where a pod's files go: the pod's root, a directory below the agent's
+/// checked output root, under which each projected volume is written at the
+/// path its container mounts it at.
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: Arc<OutputRoot>,
-    /// The default token, `ca.crt` and `namespace`, relative to the root.
-    service_account_dir: PathBuf,
-    /// Extra projected tokens, at their `path` below this directory (relative to the root).
-    tokens_dir: PathBuf,
+    /// The pod's root, relative to the output root (empty: the output root itself).
+    pod_dir: PathBuf,
 }
 
 impl Layout {
-    /// `<root>/<namespace>/<pod>/` for everything (the agent's per-pod directories).
+    /// `<root>/<namespace>/<pod>/` as the pod's root (the agent's per-pod directories).
     pub fn per_pod(root: Arc<OutputRoot>, namespace: &str, pod: &str) -> Self {
-        let dir = Path::new(namespace).join(pod);
-        Self { root, service_account_dir: dir.clone(), tokens_dir: dir }
+        Self { root, pod_dir: Path::new(namespace).join(pod) }
     }
 
-    /// The Kubernetes layout under `root`: `var/run/secrets/kubernetes.io/serviceaccount`
-    /// and `var/run/secrets/tokens`.
+    /// The output root itself as the pod's root (`agent run`).
     pub fn kubernetes(root: Arc<OutputRoot>) -> Self {
-        let secrets = Path::new("var/run/secrets");
-        Self { root, service_account_dir: secrets.join("kubernetes.io/serviceaccount"), tokens_dir: secrets.join("tokens") }
+        Self { root, pod_dir: PathBuf::new() }
     }
 
     /// The root all files go below.
@@ -97,24 +116,30 @@ impl Layout {
         self.root.path()
     }
 
-    /// Where the default token, `ca.crt` and `namespace` are.
-    pub fn service_account_dir(&self) -> PathBuf {
-        self.root.path().join(&self.service_account_dir)
+    /// The pod's root.
+    pub fn pod_root(&self) -> PathBuf {
+        self.root.path().join(&self.pod_dir)
     }
 
-    /// Where the extra projected tokens are.
+    /// Where the ServiceAccount volume's `token`, `ca.crt` and `namespace` are
+    /// (the mount path ServiceAccount admission gives it).
+    pub fn service_account_dir(&self) -> PathBuf {
+        self.pod_root().join("var/run/secrets/kubernetes.io/serviceaccount")
+    }
+
+    /// Where the small pod format's extra tokens are ([`crate::pod::TOKENS_MOUNT_PATH`]).
     pub fn tokens_dir(&self) -> PathBuf {
-        self.root.path().join(&self.tokens_dir)
+        self.pod_root().join(crate::pod::TOKENS_MOUNT_PATH.trim_start_matches('/'))
     }
 
     fn write(&self, rel: &Path, contents: &[u8], mode: u32) -> Result<(), AgentError> {
-        Ok(self.root.write_atomically(rel, contents, mode)?)
+        Ok(self.root.write_atomically(&self.pod_dir.join(rel), contents, mode)?)
     }
 }
 
-/// One file the agent keeps fresh.
+/// One token file the agent keeps fresh.
 #[derive(Debug, Clone)]
-struct TokenSlot {
+pub struct TokenSlot {
     /// None: the API audiences (the default token).
     audience: Option<String>,
     expiration_seconds: i64,
@@ -152,6 +177,9 @@ pub struct Agent {
     node: String,
     refresh_override: Option<Duration>,
     server: String,
+    /// The status last reported for each pod the agent runs; one writer at a
+    /// time, so a heartbeat never writes an older status over a newer one.
+    pub(crate) reports: Arc<tokio::sync::Mutex<std::collections::HashMap<crate::heartbeat::PodKey, serde_json::Value>>>,
 }
 
 // === impl Agent ===
@@ -164,7 +192,7 @@ impl Agent {
         let (client, server) = credentials.client().await?;
         let node = crate::node::whoami(&client).await?;
         tracing::info!(%node, %server, "authenticated as a node");
-        Ok(Self { client: Arc::new(RwLock::new(client)), node, refresh_override, server })
+        Ok(Self { client: Arc::new(RwLock::new(client)), node, refresh_override, server, reports: Arc::default() })
     }
 
     /// The current client.
@@ -219,7 +247,9 @@ impl Agent {
     /// node already (a previous run's, or one an admin scheduled here). A
     /// pod of that name that is another node's is refused: the server lets a
     /// node neither read nor delete it. An invalid spec is refused before
-    /// anything is sent.
+    /// anything is sent. What is projected is read from the Pod the server
+    /// returns (its admission adds the ServiceAccount volume); a Pod whose
+    /// volumes cannot be written below the pod's root is deleted again.
     pub async fn register(&self, spec: &PodSpec) -> Result<RegisteredPod, AgentError> {
         spec.validate().map_err(|source| AgentError::InvalidSpec { namespace: spec.namespace.clone(), name: spec.name.clone(), source })?;
         let pods: Api<Pod> = Api::namespaced(self.client(), &spec.namespace);
@@ -237,26 +267,26 @@ impl Agent {
             },
             Err(e) => return Err(api_err(format!("registering Pod {}/{}", spec.namespace, spec.name))(e)),
         };
-        let uid = created.metadata.uid.unwrap_or_default();
-        let registered = RegisteredPod { spec: spec.clone(), uid, automount: true };
-        // The ServiceAccount is readable once a pod of this node runs as it.
-        let sas: Api<ServiceAccount> = Api::namespaced(self.client(), &spec.namespace);
-        let sa = match sas.get(&spec.service_account_name).await {
-            Ok(sa) => sa,
-            Err(e) => {
+        let object = serde_json::to_value(&created).map_err(|e| AgentError::Config(e.to_string()))?;
+        let uid = created.metadata.uid.clone().unwrap_or_default();
+        let service_account = created.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| spec.service_account_name.clone());
+        let mut registered = RegisteredPod { spec: spec.clone(), uid, service_account, object, files: Vec::new() };
+        match crate::volumes::plan(&registered.object) {
+            Ok(files) => registered.files = files,
+            Err(source) => {
                 if fresh {
                     let _ = self.unregister(&registered).await;
                 }
-                return Err(api_err(format!("reading ServiceAccount {}/{}", spec.namespace, spec.service_account_name))(e));
+                return Err(AgentError::Unprojectable { namespace: spec.namespace.clone(), name: spec.name.clone(), source });
             }
-        };
-        let automount = spec.automount_service_account_token.or(sa.automount_service_account_token).unwrap_or(true);
-        tracing::info!(namespace = %spec.namespace, pod = %spec.name, uid = %registered.uid, automount, "pod registered");
-        Ok(RegisteredPod { automount, ..registered })
+        }
+        tracing::info!(namespace = %spec.namespace, pod = %spec.name, uid = %registered.uid, files = registered.files.len(), "pod registered");
+        Ok(registered)
     }
 
     /// Deletes the pod (only the incarnation we registered): its tokens stop working.
     pub async fn unregister(&self, pod: &RegisteredPod) -> Result<(), AgentError> {
+        self.forget_status(&pod.spec.namespace, &pod.spec.name).await;
         let pods: Api<Pod> = Api::namespaced(self.client(), &pod.spec.namespace);
         let params = DeleteParams { preconditions: Some(Preconditions { uid: Some(pod.uid.clone()), resource_version: None }), ..DeleteParams::default() };
         match pods.delete(&pod.spec.name, &params).await {
@@ -284,9 +314,9 @@ impl Agent {
             },
             ..TokenRequest::default()
         };
-        let what = format!("requesting a token for {}/{}", pod.spec.namespace, pod.spec.service_account_name);
+        let what = format!("requesting a token for {}/{}", pod.spec.namespace, pod.service_account);
         let answer: TokenRequest = sas
-            .create_subresource("token", &pod.spec.service_account_name, &PostParams::default(), &request)
+            .create_subresource("token", &pod.service_account, &PostParams::default(), &request)
             .await
             .map_err(api_err(what.clone()))?;
         let status = answer.status.ok_or_else(|| AgentError::NoToken(what.clone()))?;
@@ -294,43 +324,52 @@ impl Agent {
         Ok((status.token, lifetime))
     }
 
+    /// Writes the files that are not tokens: ConfigMap keys (each ConfigMap
+    /// read once) and pod fields.
     async fn write_static_files(&self, pod: &RegisteredPod, layout: &Layout) -> Result<(), AgentError> {
         let maps: Api<ConfigMap> = Api::namespaced(self.client(), &pod.spec.namespace);
-        let ca = maps
-            .get("kube-root-ca.crt")
-            .await
-            .map_err(api_err(format!("reading {}/kube-root-ca.crt", pod.spec.namespace)))?
-            .data
-            .and_then(|d| d.get("ca.crt").cloned())
-            .unwrap_or_default();
-        for (name, contents) in [("ca.crt", ca.as_str()), ("namespace", pod.spec.namespace.as_str())] {
-            layout.write(&layout.service_account_dir.join(name), contents.as_bytes(), 0o644)?;
+        let mut read: std::collections::HashMap<String, Option<ConfigMap>> = std::collections::HashMap::new();
+        for file in &pod.files {
+            let contents = match &file.content {
+                Content::Token { .. } => continue,
+                Content::Field(value) => value.clone(),
+                Content::ConfigMap { name, key, optional } => {
+                    if !read.contains_key(name) {
+                        let found = maps.get_opt(name).await.map_err(api_err(format!("reading ConfigMap {}/{name}", pod.spec.namespace)))?;
+                        read.insert(name.clone(), found);
+                    }
+                    let value = read.get(name).and_then(Option::as_ref).and_then(|m| m.data.as_ref()).and_then(|d| d.get(key));
+                    match (value, optional) {
+                        (Some(value), _) => value.clone(),
+                        (None, true) => continue,
+                        (None, false) => return Err(AgentError::MissingConfigMapKey { namespace: pod.spec.namespace.clone(), name: name.clone(), key: key.clone() }),
+                    }
+                }
+            };
+            layout.write(&file.path, contents.as_bytes(), file.mode())?;
         }
         Ok(())
     }
 
-    fn slots(pod: &RegisteredPod, layout: &Layout) -> Vec<TokenSlot> {
-        let mut slots = Vec::new();
-        if pod.automount {
-            slots.push(TokenSlot { audience: None, expiration_seconds: 3607, path: layout.service_account_dir.join("token"), state: SlotState::Pending });
-        }
-        for t in &pod.spec.tokens {
-            slots.push(TokenSlot {
-                audience: Some(t.audience.clone()),
-                expiration_seconds: t.expiration_seconds,
-                path: layout.tokens_dir.join(&t.path),
-                state: SlotState::Pending,
-            });
-        }
-        slots
+    fn slots(pod: &RegisteredPod) -> Vec<TokenSlot> {
+        pod.files
+            .iter()
+            .filter_map(|file| match &file.content {
+                Content::Token { audience, expiration_seconds } => Some(TokenSlot {
+                    audience: audience.clone(),
+                    expiration_seconds: *expiration_seconds,
+                    path: file.path.clone(),
+                    state: SlotState::Pending,
+                }),
+                _ => None,
+            })
+            .collect()
     }
 
-    /// Writes every file once; returns the slots to keep fresh.
-    async fn project_once(&self, pod: &RegisteredPod, layout: &Layout) -> Result<Vec<TokenSlot>, AgentError> {
-        if pod.automount {
-            self.write_static_files(pod, layout).await?;
-        }
-        let mut slots = Self::slots(pod, layout);
+    /// Writes every file once; returns the tokens to keep fresh.
+    pub async fn project_once(&self, pod: &RegisteredPod, layout: &Layout) -> Result<Vec<TokenSlot>, AgentError> {
+        self.write_static_files(pod, layout).await?;
+        let mut slots = Self::slots(pod);
         for slot in &mut slots {
             self.refresh(pod, layout, slot).await?;
         }
@@ -345,27 +384,20 @@ impl Agent {
             Duration::from_secs(u64::try_from(lifetime * 8 / 10).unwrap_or(0)).min(Duration::from_secs(24 * 3600))
         });
         slot.state = SlotState::Projected { refresh_at: Instant::now() + after };
-        tracing::debug!(path = %layout.root().join(&slot.path).display(), refresh_in = ?after, "token projected");
+        tracing::debug!(path = %layout.pod_root().join(&slot.path).display(), refresh_in = ?after, "token projected");
         Ok(())
     }
 
-    /// Projects the pod's files now, then keeps them fresh until `stop`
-    /// resolves. `on_ready` runs once, after the first complete projection.
-    pub async fn project(&self, pod: &RegisteredPod, layout: &Layout, on_ready: impl FnOnce(), stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
-        let mut slots = self.project_once(pod, layout).await?;
-        if let Err(e) = self.mark_ready(&pod.spec.namespace, &pod.spec.name).await {
-            // The tokens work either way; the heartbeat reports it again.
-            tracing::warn!(error = %e, "reporting the pod ready failed");
-        }
-        on_ready();
+    /// Keeps the tokens of a projected pod fresh until `stop` resolves.
+    pub async fn keep_fresh(&self, pod: &RegisteredPod, layout: &Layout, mut slots: Vec<TokenSlot>, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         loop {
             let Some(next) = slots.iter().map(TokenSlot::due).min() else {
                 stop.await;
-                return Ok(());
+                return;
             };
             tokio::select! {
-                _ = &mut stop => return Ok(()),
+                _ = &mut stop => return,
                 _ = tokio::time::sleep_until(next) => {}
             }
             for slot in slots.iter_mut().filter(|s| s.due() <= Instant::now()) {
@@ -375,7 +407,7 @@ impl Agent {
                         SlotState::Retrying { backoff, .. } => (backoff * 2).min(Duration::from_secs(30)),
                         _ => Duration::from_secs(1),
                     };
-                    tracing::warn!(error = %e, path = %layout.root().join(&slot.path).display(), retry_in = ?backoff, "token refresh failed");
+                    tracing::warn!(error = %e, path = %layout.pod_root().join(&slot.path).display(), retry_in = ?backoff, "token refresh failed");
                     slot.state = SlotState::Retrying { retry_at: Instant::now() + backoff, backoff };
                 }
             }
