@@ -91,8 +91,9 @@ fn cluster_with_a_pod_on_node_a(server: &Server) -> String {
     for secret in ["api-secret", "other"] {
         server.kubectl_ok(&["create", "secret", "generic", secret, "-n", "api", &format!("--from-literal=k={secret}-value")]);
     }
+    // No automounted ServiceAccount volume: the pod references kube-root-ca.crt only if admission adds it.
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "api-0", "namespace": "api"}, "spec": {
-        "nodeName": "node-a", "serviceAccountName": "api", "containers": [{"name": "c", "image": "i"}],
+        "nodeName": "node-a", "serviceAccountName": "api", "automountServiceAccountToken": false, "containers": [{"name": "c", "image": "i"}],
         "volumes": [{"name": "s", "secret": {"secretName": "api-secret"}}]}});
     let out = server.kubectl_stdin(&["create", "-f", "-", "-o", "json"], &pod.to_string());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -292,6 +293,14 @@ fn a_node_reads_only_what_its_pods_reference() {
     assert_eq!(node_a.curl(&server, "GET", "/api/v1/namespaces/api/serviceaccounts/api", None).0, 200);
     assert_eq!(node_a.curl(&server, "GET", "/api/v1/namespaces/api/serviceaccounts/web", None).0, 403);
     assert_eq!(node_a.curl(&server, "GET", "/api/v1/namespaces/api/configmaps/kube-root-ca.crt", None).0, 403);
+    // A pod with the automounted volume (ServiceAccount admission) references it.
+    let mounted = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "api-1", "namespace": "api"}, "spec": {
+        "nodeName": "node-a", "serviceAccountName": "api", "containers": [{"name": "c", "image": "i"}]}});
+    let out = server.kubectl_stdin(&["create", "-f", "-"], &mounted.to_string());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    server.eventually(5, "the node graph to see the mount", || {
+        (node_a.curl(&server, "GET", "/api/v1/namespaces/api/configmaps/kube-root-ca.crt", None).0 == 200).then_some(())
+    });
     // An access review agrees with the authorizer.
     let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
         "user": "system:node:node-b", "groups": ["system:nodes"],
