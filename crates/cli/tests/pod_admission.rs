@@ -102,6 +102,12 @@ fn seed_000s_pod_comes_back_with_the_projected_service_account_volume() {
     let err = server.kubectl_err(&["patch", "pod", "web", "--type=json", "-p", r#"[{"op":"remove","path":"/spec/volumes/1"}]"#]);
     assert!(err.contains("pod updates may not change fields other than"), "{err}");
 
+    // pods/status changes the status only, and the pod itself never its status.
+    server.kubectl_ok(&["patch", "pod", "web", "--subresource=status", "--type=merge", "-p", r#"{"spec":{"nodeName":"elsewhere"},"status":{"phase":"Running"}}"#]);
+    server.kubectl_ok(&["patch", "pod", "web", "--type=merge", "-p", r#"{"metadata":{"labels":{"app":"web"}},"status":{"phase":"Failed"}}"#]);
+    let pod = json(&server.kubectl_ok(&["get", "pod", "web", "-o", "json"]));
+    assert_eq!((&pod["status"]["phase"], &pod["spec"]["nodeName"], &pod["metadata"]["labels"]["app"]), (&json!("Running"), &Value::Null, &json!("web")));
+
     // automountServiceAccountToken: false on the pod: nothing is injected.
     let quiet = SEED_POD.replace("name: web\nspec:\n", "name: quiet\nspec:\n  automountServiceAccountToken: false\n");
     server.kubectl_stdin(&["apply", "-f", "-"], &quiet);
