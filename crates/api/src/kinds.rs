@@ -66,6 +66,20 @@ pub fn default_object(resource: &ResourceInfo, obj: &mut Value) {
                     c.entry("imagePullPolicy").or_insert_with(|| json!(if latest { "Always" } else { "IfNotPresent" }));
                 }
             }
+            // kube's v1 volume defaults: file modes 0644, projected tokens for an hour.
+            if let Some(Value::Array(volumes)) = spec.get_mut("volumes") {
+                for volume in volumes.iter_mut().filter_map(Value::as_object_mut) {
+                    for kind in ["projected", "configMap", "secret", "downwardAPI"] {
+                        if let Some(Value::Object(source)) = volume.get_mut(kind) {
+                            source.entry("defaultMode").or_insert_with(|| json!(420));
+                        }
+                    }
+                    let sources = volume.get_mut("projected").and_then(|p| p.get_mut("sources")).and_then(Value::as_array_mut);
+                    for token in sources.into_iter().flatten().filter_map(|s| s.get_mut("serviceAccountToken")).filter_map(Value::as_object_mut) {
+                        token.entry("expirationSeconds").or_insert_with(|| json!(3600));
+                    }
+                }
+            }
             let status = object_at(map, "status");
             status.entry("phase").or_insert_with(|| json!("Pending"));
         }
@@ -201,6 +215,10 @@ pub fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Ve
                 }
             }
             if let Some(old) = old {
+                // Compared as defaulted today: a pod stored before a default was added still updates.
+                let mut defaulted = old.clone();
+                default_object(resource, &mut defaulted);
+                let old = &defaulted;
                 // The injected token volume and its mounts stay as admission made them.
                 for path in ["/spec/serviceAccountName", "/spec/nodeName", "/spec/volumes", "/spec/automountServiceAccountToken"] {
                     let (now, before) = (obj.pointer(path), old.pointer(path));
@@ -587,14 +605,32 @@ mod tests {
     }
 
     #[test]
+    fn pod_volumes_get_kubes_defaults() {
+        let mut pod = json!({"spec": {"volumes": [
+            {"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}, {"configMap": {"name": "c"}}]}},
+            {"name": "c", "configMap": {"name": "c", "defaultMode": 256}},
+            {"name": "e", "emptyDir": {}},
+        ]}});
+        default_object(&CORE_PODS, &mut pod);
+        assert_eq!(pod["spec"]["volumes"], json!([
+            {"name": "t", "projected": {"defaultMode": 420, "sources": [{"serviceAccountToken": {"path": "t", "expirationSeconds": 3600}}, {"configMap": {"name": "c"}}]}},
+            {"name": "c", "configMap": {"name": "c", "defaultMode": 256}},
+            {"name": "e", "emptyDir": {}},
+        ]));
+    }
+
+    #[test]
     fn pod_updates_may_not_change_volumes() {
-        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x"}], "volumes": [{"name": "kube-api-access-abcde"}]}});
-        let mut changed = pod.clone();
+        // As stored before volume defaults existed; updates are validated after defaulting.
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x"}], "volumes": [{"name": "kube-api-access-abcde", "projected": {"sources": []}}]}});
+        let mut same = pod.clone();
+        default_object(&CORE_PODS, &mut same);
+        assert!(validate(&CORE_PODS, &same, Some(&pod)).is_empty(), "{:?}", validate(&CORE_PODS, &same, Some(&pod)));
+        let mut changed = same.clone();
         changed["spec"]["volumes"] = json!([]);
         let causes = validate(&CORE_PODS, &changed, Some(&pod));
         assert_eq!(causes.len(), 1);
         assert_eq!(causes[0].field, "spec");
-        assert!(validate(&CORE_PODS, &pod, Some(&pod)).is_empty());
     }
 
     #[test]
