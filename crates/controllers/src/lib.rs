@@ -25,6 +25,7 @@ use tessera_store::Revision;
 
 pub mod aggregation;
 mod follow;
+pub mod garbage_collector;
 pub mod legacy_tokens;
 pub mod node_lifecycle;
 
