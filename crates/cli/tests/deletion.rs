@@ -249,3 +249,28 @@ fn immutable_secrets_and_configmaps_refuse_changes() {
             "code": 422})
     );
 }
+
+#[test]
+fn namespace_deletion_waits_for_finalizers_of_its_content() {
+    let server = Server::start();
+    server.kubectl_ok(&["create", "ns", "hold"]);
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "keep", "namespace": "hold", "finalizers": ["example.com/hold"]}});
+    assert!(server.kubectl_stdin(&["apply", "-f", "-"], &cm.to_string()).status.success());
+    let (code, ns) = admin_json(&server, "DELETE", "/api/v1/namespaces/hold", None);
+    assert_eq!(code, 200);
+    assert_eq!((ns["kind"].as_str(), ns["status"]["phase"].as_str()), (Some("Namespace"), Some("Terminating")));
+    assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
+    // The content goes, except what its finalizer holds; the namespace waits for it.
+    server.eventually(10, "the held ConfigMap marked deleting", || {
+        let cm = json(&server.kubectl_ok(&["get", "cm", "keep", "-n", "hold", "-o", "json"]));
+        cm["metadata"]["deletionTimestamp"].is_string().then_some(())
+    });
+    server.eventually(10, "the default ServiceAccount deleted", || {
+        (!server.kubectl(&["get", "sa", "default", "-n", "hold"]).status.success()).then_some(())
+    });
+    assert_eq!(server.kubectl_ok(&["get", "ns", "hold", "-o", "jsonpath={.status.phase}"]), "Terminating");
+    server.kubectl_ok(&["patch", "cm", "keep", "-n", "hold", "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#]);
+    server.eventually(10, "the namespace gone after its last object", || {
+        (server.curl_admin("GET", "/api/v1/namespaces/hold", &[]).0 == 404).then_some(())
+    });
+}

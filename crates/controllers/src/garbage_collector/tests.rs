@@ -122,3 +122,14 @@ async fn foreground_waits_for_blocking_dependents() {
     f.registry.patch(&CORE_SECRETS, Some("ns"), "held", &patch, WriteOptions::default()).await.expect("release");
     eventually("owner gone after its dependent", async || !exists(&f, &CORE_CONFIGMAPS, "a").await).await;
 }
+
+#[test]
+fn store_keys_map_to_kinds() {
+    let (r, ns, name) = parse_key("/registry/secrets/ns/a").expect("secret");
+    assert_eq!((r.plural, ns, name), ("secrets", Some("ns"), "a"));
+    let (r, ns, name) = parse_key("/registry/rbac.authorization.k8s.io/clusterroles/system:x").expect("clusterrole");
+    assert_eq!((r.plural, ns, name), ("clusterroles", None, "system:x"));
+    assert!(parse_key("/registry/events/ns/e").is_none(), "events are not collected");
+    assert!(parse_key("/registry/secrets/ns").is_none());
+    assert!(parse_key("/elsewhere/x").is_none());
+}
