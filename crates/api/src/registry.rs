@@ -660,13 +660,26 @@ impl Registry {
         params: &ListParams,
         options: WriteOptions,
     ) -> Result<Value> {
+        self.delete_collection_with(resource, namespace, params, &DeleteOptions::default(), options).await
+    }
+
+    /// [`Registry::delete_collection`] with `DeleteOptions` (propagation) for every delete.
+    pub async fn delete_collection_with(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        params: &ListParams,
+        delete: &DeleteOptions,
+        options: WriteOptions,
+    ) -> Result<Value> {
         let list = self.list(resource, namespace, &ListParams { limit: 0, continue_token: None, ..params.clone() }).await?;
         let mut deleted = Vec::new();
         for item in list.get("items").and_then(Value::as_array).into_iter().flatten() {
             let name = meta_str(item, "name").unwrap_or_default();
             let ns = meta_str(item, "namespace");
-            match self.delete(resource, ns, name, &Preconditions::default(), options.clone()).await {
-                Ok(obj) => deleted.push(obj),
+            let each = DeleteOptions { preconditions: Preconditions::default(), ..delete.clone() };
+            match self.delete_with(resource, ns, name, &each, options.clone()).await {
+                Ok(deletion) => deleted.push(deletion.into_object()),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }

@@ -469,7 +469,11 @@ async fn resource_request(
             Ok(json_response(code, &deletion.response_body(resource)))
         }
         Verb::DeleteCollection => {
-            let list = registry.delete_collection(resource, namespace, &options.list, write_options).await?;
+            let body = read_body(body).await?;
+            let delete = delete_options(&headers, &body, &options)?;
+            let mut write_options = write_options;
+            write_options.dry_run |= delete.dry_run;
+            let list = registry.delete_collection_with(resource, namespace, &options.list, &delete, write_options).await?;
             state.caught_up(resource, &list).await;
             Ok(json_response(StatusCode::OK, &list))
         }

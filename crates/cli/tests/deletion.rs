@@ -93,7 +93,8 @@ fn delete_answers_as_kube_apiserver() {
             "message": "Unsupported value: \"Bogus\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\"", "field": "propagationPolicy"}]},
         "code": 422});
     assert_eq!(admin_json(&server, "DELETE", &format!("{NS}/configmaps/dry?propagationPolicy=Bogus"), None), (422, want.clone()));
-    assert_eq!(admin_json(&server, "DELETE", &format!("{NS}/configmaps/dry"), Some(&json!({"propagationPolicy": "Bogus"}))), (422, want));
+    assert_eq!(admin_json(&server, "DELETE", &format!("{NS}/configmaps/dry"), Some(&json!({"propagationPolicy": "Bogus"}))), (422, want.clone()));
+    assert_eq!(admin_json(&server, "DELETE", &format!("{NS}/configmaps?propagationPolicy=Bogus"), None), (422, want));
     assert_eq!(server.curl_admin("GET", &format!("{NS}/configmaps/dry"), &[]).0, 200);
 }
 
