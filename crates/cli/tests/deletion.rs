@@ -270,6 +270,17 @@ fn namespace_deletion_waits_for_finalizers_of_its_content() {
         (!server.kubectl(&["get", "sa", "default", "-n", "hold"]).status.success()).then_some(())
     });
     assert_eq!(server.kubectl_ok(&["get", "ns", "hold", "-o", "jsonpath={.status.phase}"]), "Terminating");
+    // kube's namespace controller conditions say what is left and why.
+    let conditions = server.eventually(10, "the namespace's conditions", || {
+        let ns = json(&server.kubectl_ok(&["get", "ns", "hold", "-o", "json"]));
+        let conditions = ns["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        (conditions.len() == 5).then_some(conditions)
+    });
+    let by_type = |t: &str| conditions.iter().find(|c| c["type"] == t).cloned().unwrap_or_default();
+    assert_eq!(by_type("NamespaceContentRemaining")["message"], "Some resources are remaining: configmaps. has 1 resource instances");
+    assert_eq!(by_type("NamespaceFinalizersRemaining")["message"], "Some content in the namespace has finalizers remaining: example.com/hold in 1 resource instances");
+    assert_eq!((by_type("NamespaceFinalizersRemaining")["status"].as_str(), by_type("NamespaceFinalizersRemaining")["reason"].as_str()), (Some("True"), Some("SomeFinalizersRemain")));
+    assert_eq!(by_type("NamespaceDeletionContentFailure")["reason"], "ContentDeleted");
     server.kubectl_ok(&["patch", "cm", "keep", "-n", "hold", "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#]);
     server.eventually(10, "the namespace gone after its last object", || {
         (server.curl_admin("GET", "/api/v1/namespaces/hold", &[]).0 == 404).then_some(())

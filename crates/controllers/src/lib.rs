@@ -31,6 +31,7 @@ pub mod aggregation;
 mod follow;
 pub mod garbage_collector;
 pub mod legacy_tokens;
+mod namespace_conditions;
 pub mod node_lifecycle;
 
 /// Namespaces that always exist.
@@ -231,27 +232,49 @@ async fn ensure_root_ca(registry: &Registry, ca_pem: &str, namespace: &str) -> R
 /// then the `kubernetes` finalizer leaves `spec.finalizers` and the
 /// namespace goes once no `metadata.finalizers` hold it either.
 async fn finish_deletion(registry: &Registry, namespace: &str) -> Result<(), ApiError> {
-    let mut remaining = 0usize;
+    let mut remaining = namespace_conditions::Remaining::default();
     for resource in RESOURCES.iter().filter(|r| r.namespaced && r.storage == Storage::Stored) {
         let list = registry.list(resource, Some(namespace), &ListParams::default()).await?;
         for item in list.get("items").and_then(Value::as_array).into_iter().flatten() {
             let Some(name) = item.pointer("/metadata/name").and_then(Value::as_str) else { continue };
-            if deletion::is_deleting(item) {
-                remaining += 1;
-                continue;
-            }
-            let options = DeleteOptions::propagate(Propagation::Background);
-            match registry.delete_with(resource, Some(namespace), name, &options, WriteOptions::default()).await {
-                Ok(Deletion::Deleted(_)) => {}
-                Ok(Deletion::Pending(_)) => remaining += 1,
-                Err(e) if e.code == 404 => {}
-                Err(e) if e.code == 409 => remaining += 1,
-                Err(e) => return Err(e),
+            let left = if deletion::is_deleting(item) {
+                Some(item.clone())
+            } else {
+                let options = DeleteOptions::propagate(Propagation::Background);
+                match registry.delete_with(resource, Some(namespace), name, &options, WriteOptions::default()).await {
+                    Ok(Deletion::Deleted(_)) => None,
+                    Ok(Deletion::Pending(obj)) => Some(obj),
+                    Err(e) if e.code == 404 => None,
+                    Err(e) if e.code == 409 => Some(item.clone()),
+                    Err(e) => return Err(e),
+                }
+            };
+            if let Some(obj) = left {
+                *remaining.resources.entry(format!("{}.{}", resource.plural, resource.group)).or_default() += 1;
+                for f in deletion::finalizers(&obj) {
+                    *remaining.finalizers.entry(f).or_default() += 1;
+                }
             }
         }
     }
-    if remaining > 0 {
-        tracing::debug!(namespace, remaining, "namespace content waits for finalizers");
+    let ns = match registry.get(&CORE_NAMESPACES, None, namespace).await {
+        Ok(ns) => ns,
+        Err(e) if e.code == 404 => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut with_conditions = ns.clone();
+    let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string();
+    if namespace_conditions::update(&mut with_conditions, &remaining, &now) {
+        let options = WriteOptions { scope: WriteScope::Status, ..WriteOptions::default() };
+        match registry.update(&CORE_NAMESPACES, None, namespace, with_conditions, options).await {
+            Ok(_) => {}
+            // A concurrent change: its watch event brings us back.
+            Err(e) if matches!(e.code, 404 | 409) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    if !remaining.is_empty() {
+        tracing::debug!(namespace, ?remaining, "namespace content waits for finalizers");
         return Ok(());
     }
     let ns = match registry.get(&CORE_NAMESPACES, None, namespace).await {
