@@ -131,10 +131,17 @@ pub fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Ve
     } else {
         validation::push_invalid(&mut causes, "metadata.name", name, validation::dns1123_subdomain(name));
     }
+    if let Some(old_meta) = old.and_then(|o| o.get("metadata")) {
+        validation::no_new_finalizers(&meta, old_meta, &mut causes);
+    }
     validation::labels_and_annotations(&meta, &mut causes);
+    validation::owners_and_finalizers(&meta, &mut causes);
 
     match resource.plural {
         "configmaps" => {
+            if let Some(old) = old {
+                validation::immutable_data(obj, old, &["data", "binaryData"], &mut causes);
+            }
             for section in ["data", "binaryData"] {
                 if let Some(data) = obj.get(section).and_then(Value::as_object) {
                     for k in data.keys() {
@@ -154,6 +161,9 @@ pub fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Ve
                 && old_ty != ty
             {
                 causes.push(field::invalid("type", &json!(ty), "field is immutable"));
+            }
+            if let Some(old) = old {
+                validation::immutable_data(obj, old, &["data"], &mut causes);
             }
             if ty == "kubernetes.io/service-account-token"
                 && meta.pointer("/annotations/kubernetes.io~1service-account.name").and_then(Value::as_str).is_none_or(str::is_empty)

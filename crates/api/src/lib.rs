@@ -1,6 +1,7 @@
 //! The tessera resource registry: which kinds exist ([`resource`]), how a
 //! request body becomes a valid object ([`decode`], [`kinds`], [`validation`]),
 //! how objects are stored, listed, patched and watched ([`registry::Registry`]),
+//! how a delete is planned (finalizers, propagation policy: [`deletion`]),
 //! and the Kubernetes `Status` errors all of that can fail with ([`status`]).
 //!
 //! Objects are handled as JSON values normalised through the typed
@@ -11,6 +12,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod decode;
+pub mod deletion;
 pub mod kinds;
 pub mod patch;
 pub mod protobuf;

@@ -14,6 +14,7 @@ use futures::{Stream, StreamExt};
 use serde_json::{Map, Value, json};
 use tessera_store::{self as store, EventKind, ListOptions, Revision, Store};
 
+use crate::deletion::{self, DeleteOptions, Deletion, Plan};
 use crate::kinds;
 use crate::patch::Patch;
 use crate::resource::{CORE_NAMESPACES, ResourceInfo};
@@ -309,6 +310,7 @@ impl Registry {
             meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
             meta.remove("resourceVersion");
             meta.remove("deletionTimestamp");
+            meta.remove("deletionGracePeriodSeconds");
             meta.remove("managedFields");
             if resource.plural == "pods" {
                 meta.insert("generation".into(), json!(1));
@@ -426,7 +428,7 @@ impl Registry {
             {
                 let cur_meta = current.get("metadata").cloned().unwrap_or_default();
                 let meta = meta_mut(&mut next)?;
-                for immutable in ["uid", "creationTimestamp", "deletionTimestamp", "namespace", "name", "generation"] {
+                for immutable in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name", "generation"] {
                     match cur_meta.get(immutable) {
                         Some(v) => meta.insert(immutable.into(), v.clone()),
                         None => meta.remove(immutable),
@@ -455,6 +457,19 @@ impl Registry {
             if options.dry_run {
                 return Ok(next);
             }
+            if deletion::should_delete_during_update(resource, &current, &next) {
+                // The last finalizer is gone: the object goes (kube answers with it).
+                match self.store.delete(&key, Some(kv.mod_revision)).await {
+                    Ok(deleted) => {
+                        meta_mut(&mut next)?.insert("resourceVersion".into(), Value::String(deleted.mod_revision.to_string()));
+                        return Ok(next);
+                    }
+                    Err(store::Error::Conflict { .. }) if expected.is_none() => continue,
+                    Err(store::Error::Conflict { .. }) => return Err(ApiError::conflict(resource, name)),
+                    Err(store::Error::NotFound(_)) => return Err(ApiError::not_found(resource, name)),
+                    Err(e) => return Err(storage_error(e)),
+                }
+            }
             match self.store.update(&key, to_store(&next)?, kv.mod_revision).await {
                 Ok(kv) => return from_store(&kv.value, kv.mod_revision),
                 Err(store::Error::Conflict { .. }) if expected.is_none() => continue,
@@ -466,8 +481,8 @@ impl Registry {
         Err(ApiError::conflict(resource, name))
     }
 
-    /// Deletes an object. Namespaces only move to `Terminating`; the namespace
-    /// controller removes their content and then the namespace itself.
+    /// Deletes an object with the default (background) propagation and
+    /// returns it, deleted or pending (see [`Registry::delete_with`]).
     pub async fn delete(
         &self,
         resource: &ResourceInfo,
@@ -476,40 +491,43 @@ impl Registry {
         preconditions: &Preconditions,
         options: WriteOptions,
     ) -> Result<Value> {
+        let delete = DeleteOptions { preconditions: preconditions.clone(), ..DeleteOptions::default() };
+        self.delete_with(resource, namespace, name, &delete, options).await.map(Deletion::into_object)
+    }
+
+    /// Deletes an object as kube-apiserver's registry does: an object with
+    /// finalizers (or given the `orphan` / `foregroundDeletion` finalizer by
+    /// the propagation policy) only gets a `deletionTimestamp` and stays
+    /// until an update removes its last finalizer; a namespace first moves
+    /// to `Terminating` (the namespace controller empties it). Planned by
+    /// [`crate::deletion`], executed against the version read, retried on a
+    /// concurrent change.
+    pub async fn delete_with(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        delete: &DeleteOptions,
+        options: WriteOptions,
+    ) -> Result<Deletion> {
         let ns = Self::namespace_of(resource, namespace);
         let key = resource.key(ns, name);
-        let Some(kv) = self.store.get(&key).await.map_err(storage_error)? else {
-            return Err(ApiError::not_found(resource, name));
-        };
-        let current = from_store(&kv.value, kv.mod_revision)?;
-        if let Some(uid) = &preconditions.uid
-            && meta_str(&current, "uid") != Some(uid.as_str())
-        {
-            let have = meta_str(&current, "uid").unwrap_or_default();
-            return Err(ApiError::conflict_because(
-                resource,
-                name,
-                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"),
-            ));
-        }
-        if let Some(rv) = &preconditions.resource_version
-            && *rv != kv.mod_revision.to_string()
-        {
-            return Err(ApiError::conflict_because(
-                resource,
-                name,
-                &format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    kv.mod_revision
-                ),
-            ));
-        }
-        // The delete below is pinned to this version, so the check cannot be raced.
-        if let Some(admit) = &options.admit_delete {
-            admit(resource, &current)?;
-        }
-        if resource.plural == "namespaces" {
-            if matches!(name, "default" | "kube-system" | "kube-public") {
+        let is_namespace = resource.group.is_empty() && resource.plural == "namespaces";
+        for _attempt in 0..16 {
+            let Some(kv) = self.store.get(&key).await.map_err(storage_error)? else {
+                return Err(ApiError::not_found(resource, name));
+            };
+            let current = from_store(&kv.value, kv.mod_revision)?;
+            if is_namespace {
+                Self::check_namespace_preconditions(resource, name, &current, &delete.preconditions)?;
+            } else {
+                deletion::check_preconditions(resource, name, &current, &delete.preconditions)?;
+            }
+            // The write below is pinned to this version, so the check cannot be raced.
+            if let Some(admit) = &options.admit_delete {
+                admit(resource, &current)?;
+            }
+            if is_namespace && matches!(name, "default" | "kube-system" | "kube-public") {
                 return Err(ApiError::forbidden(
                     "namespaces",
                     "",
@@ -517,29 +535,57 @@ impl Registry {
                     format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
                 ));
             }
-            let mut next = current.clone();
-            if let Some(map) = next.as_object_mut() {
-                map.insert("status".into(), json!({"phase": "Terminating"}));
-            }
-            meta_mut(&mut next)?.entry("deletionTimestamp").or_insert_with(|| Value::String(now_rfc3339()));
-            if options.dry_run || next == current {
-                return Ok(next);
-            }
-            return match self.store.update(&key, to_store(&next)?, kv.mod_revision).await {
-                Ok(kv) => from_store(&kv.value, kv.mod_revision),
-                Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(resource, name)),
-                Err(e) => Err(storage_error(e)),
+            let now = now_rfc3339();
+            let plan = if is_namespace {
+                deletion::plan_namespace(&current, delete, &now)
+            } else {
+                deletion::plan(&current, delete, &now)
             };
+            match plan {
+                Plan::Keep => return Ok(Deletion::Pending(current)),
+                Plan::Update(next) if options.dry_run => return Ok(Deletion::Pending(next)),
+                Plan::Update(next) => match self.store.update(&key, to_store(&next)?, kv.mod_revision).await {
+                    Ok(kv) => return from_store(&kv.value, kv.mod_revision).map(Deletion::Pending),
+                    Err(store::Error::Conflict { .. }) => continue,
+                    Err(store::Error::NotFound(_)) => return Err(ApiError::not_found(resource, name)),
+                    Err(e) => return Err(storage_error(e)),
+                },
+                Plan::DeleteNow if options.dry_run => return Ok(Deletion::Deleted(current)),
+                Plan::DeleteNow => match self.store.delete(&key, Some(kv.mod_revision)).await {
+                    Ok(deleted) => return from_store(&kv.value, deleted.mod_revision).map(Deletion::Deleted),
+                    Err(store::Error::Conflict { .. }) => continue,
+                    Err(store::Error::NotFound(_)) => return Err(ApiError::not_found(resource, name)),
+                    Err(e) => return Err(storage_error(e)),
+                },
+            }
         }
-        if options.dry_run {
-            return Ok(current);
+        Err(ApiError::conflict(resource, name))
+    }
+
+    /// The namespace registry checks preconditions itself, with the storage
+    /// layer's wording.
+    fn check_namespace_preconditions(resource: &ResourceInfo, name: &str, current: &Value, pre: &Preconditions) -> Result<()> {
+        if let Some(uid) = &pre.uid
+            && meta_str(current, "uid") != Some(uid.as_str())
+        {
+            let have = meta_str(current, "uid").unwrap_or_default();
+            return Err(ApiError::conflict_because(
+                resource,
+                name,
+                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"),
+            ));
         }
-        match self.store.delete(&key, Some(kv.mod_revision)).await {
-            Ok(deleted) => from_store(&kv.value, deleted.mod_revision),
-            Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(resource, name)),
-            Err(store::Error::NotFound(_)) => Err(ApiError::not_found(resource, name)),
-            Err(e) => Err(storage_error(e)),
+        let have = meta_str(current, "resourceVersion").unwrap_or_default();
+        if let Some(rv) = &pre.resource_version
+            && rv != have
+        {
+            return Err(ApiError::conflict_because(
+                resource,
+                name,
+                &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {have}"),
+            ));
         }
+        Ok(())
     }
 
     /// Removes an object unconditionally (controllers finishing a namespace deletion).
@@ -614,13 +660,26 @@ impl Registry {
         params: &ListParams,
         options: WriteOptions,
     ) -> Result<Value> {
+        self.delete_collection_with(resource, namespace, params, &DeleteOptions::default(), options).await
+    }
+
+    /// [`Registry::delete_collection`] with `DeleteOptions` (propagation) for every delete.
+    pub async fn delete_collection_with(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        params: &ListParams,
+        delete: &DeleteOptions,
+        options: WriteOptions,
+    ) -> Result<Value> {
         let list = self.list(resource, namespace, &ListParams { limit: 0, continue_token: None, ..params.clone() }).await?;
         let mut deleted = Vec::new();
         for item in list.get("items").and_then(Value::as_array).into_iter().flatten() {
             let name = meta_str(item, "name").unwrap_or_default();
             let ns = meta_str(item, "namespace");
-            match self.delete(resource, ns, name, &Preconditions::default(), options.clone()).await {
-                Ok(obj) => deleted.push(obj),
+            let each = DeleteOptions { preconditions: Preconditions::default(), ..delete.clone() };
+            match self.delete_with(resource, ns, name, &each, options.clone()).await {
+                Ok(deletion) => deleted.push(deletion.into_object()),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }

@@ -238,12 +238,17 @@ impl ApiError {
 
 /// A `Status` with `status: Success` (returned by some deletes).
 pub fn success_status(resource: &ResourceInfo, name: &str, uid: &str) -> serde_json::Value {
+    let mut details = serde_json::json!({"name": name, "group": resource.group, "kind": resource.plural, "uid": uid});
+    // Go's `omitempty`: the core group is left out.
+    if let Some(map) = details.as_object_mut() {
+        map.retain(|_, v| v.as_str() != Some(""));
+    }
     serde_json::json!({
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
         "status": "Success",
-        "details": {"name": name, "group": resource.group, "kind": resource.plural, "uid": uid},
+        "details": details,
     })
 }
 

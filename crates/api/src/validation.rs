@@ -152,6 +152,85 @@ pub fn labels_and_annotations(meta: &Value, causes: &mut Vec<StatusCause>) {
     }
 }
 
+/// Go's `%#v` of a `[]string`: `[]string{"a", "b"}`.
+fn go_strings(list: &[&str]) -> String {
+    let items = list.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+    format!("[]string{{{items}}}")
+}
+
+fn string_list<'a>(meta: &'a Value, field: &str) -> Vec<&'a str> {
+    meta.get(field).and_then(Value::as_array).map(|l| l.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
+}
+
+/// kube's `ValidateNoNewFinalizers`: an object being deleted may lose
+/// finalizers but never gain one.
+pub fn no_new_finalizers(meta: &Value, old_meta: &Value, causes: &mut Vec<StatusCause>) {
+    if old_meta.get("deletionTimestamp").is_none_or(Value::is_null) {
+        return;
+    }
+    let old = string_list(old_meta, "finalizers");
+    let mut extra: Vec<&str> = string_list(meta, "finalizers").into_iter().filter(|f| !old.contains(f)).collect();
+    extra.sort_unstable();
+    extra.dedup();
+    if !extra.is_empty() {
+        causes.push(field::forbidden(
+            "metadata.finalizers",
+            &format!("no new finalizers can be added if the object is being deleted, found new finalizers {}", go_strings(&extra)),
+        ));
+    }
+}
+
+/// kube's `ValidateOwnerReferences` (fields only) and `ValidateFinalizers`.
+pub fn owners_and_finalizers(meta: &Value, causes: &mut Vec<StatusCause>) {
+    for owner in meta.get("ownerReferences").and_then(Value::as_array).into_iter().flatten() {
+        let text = |f: &str| owner.get(f).and_then(Value::as_str).unwrap_or_default();
+        // schema.FromAPIVersionAndKind: "v1" or "group/version"; anything else has no version.
+        let version = match text("apiVersion").split('/').collect::<Vec<_>>().as_slice() {
+            [v] | [_, v] => (*v).to_owned(),
+            _ => String::new(),
+        };
+        let path = "metadata.ownerReferences";
+        if version.is_empty() {
+            causes.push(field::invalid(&format!("{path}.apiVersion"), &Value::String(text("apiVersion").to_owned()), "version must not be empty"));
+        }
+        for f in ["kind", "name", "uid"] {
+            if text(f).is_empty() {
+                causes.push(field::invalid(&format!("{path}.{f}"), &Value::String(String::new()), "must not be empty"));
+            }
+        }
+    }
+    let finalizers = string_list(meta, "finalizers");
+    for f in &finalizers {
+        push_invalid(causes, "metadata.finalizers", f, qualified_name(f));
+    }
+    if finalizers.contains(&"orphan") && finalizers.contains(&"foregroundDeletion") {
+        causes.push(StatusCause {
+            reason: "FieldValueInvalid".into(),
+            message: format!("Invalid value: {}: finalizer orphan and foregroundDeletion cannot be both set", go_strings(&finalizers)),
+            field: "metadata.finalizers".into(),
+        });
+    }
+}
+
+/// kube's checks of an `immutable: true` Secret or ConfigMap on update:
+/// `immutable` stays set and the listed data sections do not change.
+pub fn immutable_data(obj: &Value, old: &Value, sections: &[&str], causes: &mut Vec<StatusCause>) {
+    if old.get("immutable").and_then(Value::as_bool) != Some(true) {
+        return;
+    }
+    const MSG: &str = "field is immutable when `immutable` is set";
+    if obj.get("immutable").and_then(Value::as_bool) != Some(true) {
+        causes.push(field::forbidden("immutable", MSG));
+    }
+    // An absent section and an empty one are the same data.
+    let section = |o: &Value, s: &str| o.get(s).filter(|v| v.as_object().is_some_and(|m| !m.is_empty())).cloned();
+    for s in sections {
+        if section(obj, s) != section(old, s) {
+            causes.push(field::forbidden(s, MSG));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
+use tessera_api::deletion::DeleteOptions;
 use tessera_api::patch::Patch;
-use tessera_api::registry::{Preconditions, WriteOptions, WriteScope};
+use tessera_api::registry::{WriteOptions, WriteScope};
 use tessera_api::resource::ResourceInfo;
 use tessera_api::{ApiError, Registry};
 use tessera_authn::UserInfo;
@@ -23,7 +24,7 @@ use tokio::time::Instant;
 use crate::discovery;
 use crate::metrics::Metrics;
 use crate::authz::Authorized;
-use crate::request::{self, ParsedRequest, Target, Verb};
+use crate::request::{self, Options, ParsedRequest, Target, Verb};
 use crate::response::{Failure, HandlerResult, json_response, json_with_type};
 use crate::table;
 
@@ -458,15 +459,22 @@ async fn resource_request(
         }
         Verb::Delete => {
             let body = read_body(body).await?;
-            let (preconditions, dry_run_body) = delete_options(&headers, &body)?;
-            let mut options = write_options;
-            options.dry_run |= dry_run_body;
-            let obj = registry.delete(resource, namespace, name, &preconditions, options).await?;
-            state.caught_up(resource, &obj).await;
-            Ok(json_response(StatusCode::OK, &obj))
+            let delete = delete_options(&headers, &body, &options)?;
+            let mut write_options = write_options;
+            write_options.dry_run |= delete.dry_run;
+            let deletion = registry.delete_with(resource, namespace, name, &delete, write_options).await?;
+            state.caught_up(resource, deletion.object()).await;
+            // kube answers 202 only for a pending delete asked with `orphanDependents: false`.
+            let pending = matches!(deletion, tessera_api::deletion::Deletion::Pending(_));
+            let code = if pending && delete.accepted_when_pending() { StatusCode::ACCEPTED } else { StatusCode::OK };
+            Ok(json_response(code, &deletion.response_body(resource)))
         }
         Verb::DeleteCollection => {
-            let list = registry.delete_collection(resource, namespace, &options.list, write_options).await?;
+            let body = read_body(body).await?;
+            let delete = delete_options(&headers, &body, &options)?;
+            let mut write_options = write_options;
+            write_options.dry_run |= delete.dry_run;
+            let list = registry.delete_collection_with(resource, namespace, &options.list, &delete, write_options).await?;
             state.caught_up(resource, &list).await;
             Ok(json_response(StatusCode::OK, &list))
         }
@@ -501,14 +509,13 @@ fn delete_admission(user: &Arc<UserInfo>) -> Option<tessera_api::registry::Admit
     }))
 }
 
-/// Reads `DeleteOptions` (preconditions and dryRun) from a DELETE body.
-fn delete_options(headers: &HeaderMap, body: &Bytes) -> Result<(Preconditions, bool), ApiError> {
+/// Reads `DeleteOptions` from a DELETE body, or from the query when there is
+/// no body (kube-apiserver reads one or the other, never both).
+fn delete_options(headers: &HeaderMap, body: &Bytes, options: &Options) -> Result<DeleteOptions, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok((Preconditions::default(), false));
+        let (propagation, orphan) = &options.delete_query;
+        return DeleteOptions::from_query(propagation.as_deref(), orphan.as_deref(), false);
     }
     let opts: Value = decode_body(headers, body, "DeleteOptions")?;
-    let pre = opts.get("preconditions");
-    let field = |f: &str| pre.and_then(|p| p.get(f)).and_then(Value::as_str).map(str::to_owned);
-    let dry_run = opts.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|v| v == "All"));
-    Ok((Preconditions { uid: field("uid"), resource_version: field("resourceVersion") }, dry_run))
+    DeleteOptions::from_body(&opts)
 }

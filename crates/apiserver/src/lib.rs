@@ -272,7 +272,7 @@ pub async fn run(
 
 /// Runs the controllers that must run once in a deployment (namespaces with
 /// their default ServiceAccount and `kube-root-ca.crt`, legacy token Secrets,
-/// RBAC aggregation, node lifecycle) while this replica leads, until `shutdown`. A single
+/// RBAC aggregation, node lifecycle, garbage collection) while this replica leads, until `shutdown`. A single
 /// server always leads. Each new term starts with a full reconcile pass, so
 /// work the previous leader left undone is picked up.
 async fn run_controllers(
@@ -305,7 +305,7 @@ async fn run_controllers(
                 }
             }
         };
-        tracing::info!("leading: running the namespace, legacy token, RBAC aggregation and node lifecycle controllers");
+        tracing::info!("leading: running the namespace, legacy token, RBAC aggregation, node lifecycle and garbage collector controllers");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = || {
             let mut rx = stop_rx.clone();
@@ -318,6 +318,7 @@ async fn run_controllers(
             tokio::spawn(tessera_controllers::legacy_tokens::run(registry.clone(), authority.clone(), ca_pem.clone(), stopped())),
             tokio::spawn(tessera_controllers::aggregation::run(registry.clone(), stopped())),
             tokio::spawn(tessera_controllers::node_lifecycle::run(registry.clone(), node_lifecycle, stopped())),
+            tokio::spawn(tessera_controllers::garbage_collector::run(registry.clone(), stopped())),
         ];
         let shutting_down = tokio::select! {
             _ = &mut shutdown => true,

@@ -165,6 +165,9 @@ pub struct Options {
     pub strict: bool,
     /// `includeObject` of Table output.
     pub include_object: String,
+    /// `propagationPolicy` and `orphanDependents` of a delete, as sent:
+    /// kube-apiserver reads (and validates) them only when the DELETE has no body.
+    pub delete_query: (Option<String>, Option<String>),
 }
 
 /// A request for an API resource, parsed.
@@ -400,7 +403,8 @@ fn decode_options(query: &Query, kind: Option<&'static ResourceInfo>, verb: Verb
     } else {
         ListParams::default()
     };
-    Ok(Options { list, timeout, dry_run, strict, include_object: query.first("includeObject").unwrap_or_default().to_owned() })
+    let delete_query = (query.first("propagationPolicy").map(str::to_owned), query.first("orphanDependents").map(str::to_owned));
+    Ok(Options { list, timeout, dry_run, strict, include_object: query.first("includeObject").unwrap_or_default().to_owned(), delete_query })
 }
 
 #[cfg(test)]

@@ -90,7 +90,11 @@ fn deleted_secret_is_expired_not_replayed(server: &Server) {
     ]);
     let (code, deleted) = server.curl_admin("DELETE", "/api/v1/namespaces/vault/secrets/db", &[]);
     assert_eq!(code, 200, "{deleted}");
-    let deleted_at: i64 = json(&deleted)["metadata"]["resourceVersion"]
+    // A deleted Secret is answered with a Success Status (no resourceVersion):
+    // a list after it is at least at the delete's revision.
+    assert_eq!(json(&deleted)["status"], "Success", "{deleted}");
+    let (_, list) = server.curl_admin("GET", "/api/v1/namespaces/vault/secrets", &[]);
+    let deleted_at: i64 = json(&list)["metadata"]["resourceVersion"]
         .as_str()
         .expect("rv")
         .parse()

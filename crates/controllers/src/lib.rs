@@ -1,31 +1,37 @@
 //! Controllers that keep the object model the way Kubernetes keeps it:
 //! the four bootstrap namespaces exist; every active namespace has a
 //! `default` ServiceAccount and a `kube-root-ca.crt` ConfigMap (recreated when
-//! deleted, restored when edited); a terminating namespace loses its content and
-//! then disappears.
+//! deleted, restored when edited); a terminating namespace loses its content
+//! (objects held by finalizers are waited for), then its `kubernetes`
+//! finalizer, and then disappears.
 //!
 //! One reconcile loop: a full pass at start and after any watch failure, then
 //! one namespace at a time as watch events name it.
 //!
 //! The [`legacy_tokens`] controller fills ServiceAccount token Secrets; the
 //! [`node_lifecycle`] controller takes the pods (and so the tokens) of a
-//! node whose heartbeat Lease stopped.
+//! node whose heartbeat Lease stopped; the [`garbage_collector`] deletes or
+//! orphans dependents through their `ownerReferences`.
 //!
 //! Must not depend on: HTTP, authorization.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
+use std::sync::Mutex;
 
 use serde_json::{Value, json};
-use tessera_api::registry::{ListParams, WriteOptions};
+use tessera_api::deletion::{self, DeleteOptions, Deletion, Propagation};
+use tessera_api::registry::{ListParams, Preconditions, WriteOptions, WriteScope};
 use tessera_api::resource::{CORE_CONFIGMAPS, CORE_NAMESPACES, CORE_SERVICEACCOUNTS, RESOURCES, Storage};
 use tessera_api::{ApiError, Registry};
 use tessera_store::Revision;
 
 pub mod aggregation;
 mod follow;
+pub mod garbage_collector;
 pub mod legacy_tokens;
+mod namespace_conditions;
 pub mod node_lifecycle;
 
 /// Namespaces that always exist.
@@ -76,34 +82,65 @@ async fn reconcile_all(registry: &Registry, ca_pem: &str) -> Result<Revision, Ap
 /// Runs the controller until `shutdown` resolves; `after` is the revision
 /// of the full pass [`bootstrap`] made.
 pub async fn run(registry: Registry, ca_pem: String, after: Revision, shutdown: impl std::future::Future<Output = ()>) {
-    let controller = NamespaceController { registry: registry.clone(), ca_pem };
+    let controller = NamespaceController { registry: registry.clone(), ca_pem, terminating: Mutex::default() };
     follow::follow(&registry, &controller, Some(after), shutdown).await;
 }
 
 struct NamespaceController {
     registry: Registry,
     ca_pem: String,
+    /// Namespaces seen terminating: the deletion of anything in them may
+    /// be the last one their finalization waits for.
+    terminating: Mutex<HashSet<String>>,
+}
+
+impl NamespaceController {
+    fn terminating(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // One insert or remove at a time; a panic cannot tear it.
+        self.terminating.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn reconcile(&self, namespace: &str) -> Result<(), ApiError> {
+        let ns = match self.registry.get(&CORE_NAMESPACES, None, namespace).await {
+            Ok(ns) => ns,
+            Err(e) if e.code == 404 => {
+                self.terminating().remove(namespace);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
+            self.terminating().insert(namespace.to_owned());
+        }
+        reconcile_namespace(&self.registry, &self.ca_pem, namespace).await
+    }
 }
 
 impl follow::Controller for NamespaceController {
     const NAME: &'static str = "namespaces";
 
     fn prefixes(&self) -> Vec<String> {
-        [&CORE_NAMESPACES, &CORE_SERVICEACCOUNTS, &CORE_CONFIGMAPS].iter().map(|r| r.key_prefix(None)).collect()
+        let content = RESOURCES.iter().copied().filter(|r| r.namespaced && r.storage == Storage::Stored);
+        std::iter::once(&CORE_NAMESPACES).chain(content).map(|r| r.key_prefix(None)).collect()
     }
 
     async fn full_pass(&self) -> Result<(), ApiError> {
-        reconcile_all(&self.registry, &self.ca_pem).await.map(|_| ())
+        let list = self.registry.list(&CORE_NAMESPACES, None, &ListParams::default()).await?;
+        for ns in list.get("items").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str) {
+                self.reconcile(name).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn on_event(&self, event: tessera_store::WatchEvent) -> Result<(), ApiError> {
-        if !concerns_namespace_controller(&event) {
+        let Some(namespace) = namespace_of_key(&event.kv.key) else { return Ok(()) };
+        let last_content = event.kind == tessera_store::EventKind::Delete && self.terminating().contains(&namespace);
+        if !last_content && !concerns_namespace_controller(&event) {
             return Ok(());
         }
-        match namespace_of_key(&event.kv.key) {
-            Some(namespace) => reconcile_namespace(&self.registry, &self.ca_pem, &namespace).await,
-            None => Ok(()),
-        }
+        self.reconcile(&namespace).await
     }
 }
 
@@ -189,22 +226,89 @@ async fn ensure_root_ca(registry: &Registry, ca_pem: &str, namespace: &str) -> R
     }
 }
 
-/// Deletes everything in a terminating namespace, then the namespace.
+/// Empties a terminating namespace as kube's namespace controller does:
+/// every object in it is deleted (background propagation), objects held by
+/// finalizers are waited for (their deletion brings the controller back),
+/// then the `kubernetes` finalizer leaves `spec.finalizers` and the
+/// namespace goes once no `metadata.finalizers` hold it either.
 async fn finish_deletion(registry: &Registry, namespace: &str) -> Result<(), ApiError> {
+    let mut remaining = namespace_conditions::Remaining::default();
     for resource in RESOURCES.iter().filter(|r| r.namespaced && r.storage == Storage::Stored) {
         let list = registry.list(resource, Some(namespace), &ListParams::default()).await?;
-        let names: BTreeSet<String> = list
-            .get("items")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o.pointer("/metadata/name").and_then(Value::as_str).map(str::to_owned))
-            .collect();
-        for name in names {
-            registry.purge(resource, Some(namespace), &name).await?;
+        for item in list.get("items").and_then(Value::as_array).into_iter().flatten() {
+            let Some(name) = item.pointer("/metadata/name").and_then(Value::as_str) else { continue };
+            let left = if deletion::is_deleting(item) {
+                Some(item.clone())
+            } else {
+                let options = DeleteOptions::propagate(Propagation::Background);
+                match registry.delete_with(resource, Some(namespace), name, &options, WriteOptions::default()).await {
+                    Ok(Deletion::Deleted(_)) => None,
+                    Ok(Deletion::Pending(obj)) => Some(obj),
+                    Err(e) if e.code == 404 => None,
+                    Err(e) if e.code == 409 => Some(item.clone()),
+                    Err(e) => return Err(e),
+                }
+            };
+            if let Some(obj) = left {
+                *remaining.resources.entry(format!("{}.{}", resource.plural, resource.group)).or_default() += 1;
+                for f in deletion::finalizers(&obj) {
+                    *remaining.finalizers.entry(f).or_default() += 1;
+                }
+            }
         }
     }
-    registry.purge(&CORE_NAMESPACES, None, namespace).await?;
+    let ns = match registry.get(&CORE_NAMESPACES, None, namespace).await {
+        Ok(ns) => ns,
+        Err(e) if e.code == 404 => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut with_conditions = ns.clone();
+    let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string();
+    if namespace_conditions::update(&mut with_conditions, &remaining, &now) {
+        let options = WriteOptions { scope: WriteScope::Status, ..WriteOptions::default() };
+        match registry.update(&CORE_NAMESPACES, None, namespace, with_conditions, options).await {
+            Ok(_) => {}
+            // A concurrent change: its watch event brings us back.
+            Err(e) if matches!(e.code, 404 | 409) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    if !remaining.is_empty() {
+        tracing::debug!(namespace, ?remaining, "namespace content waits for finalizers");
+        return Ok(());
+    }
+    let ns = match registry.get(&CORE_NAMESPACES, None, namespace).await {
+        Ok(ns) => ns,
+        Err(e) if e.code == 404 => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let spec_finalizers: Vec<Value> = ns.pointer("/spec/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+    if spec_finalizers.iter().any(|f| f == "kubernetes") {
+        let mut finalized = ns.clone();
+        let rest: Vec<Value> = spec_finalizers.into_iter().filter(|f| f != "kubernetes").collect();
+        finalized["spec"]["finalizers"] = Value::Array(rest);
+        let options = WriteOptions { scope: WriteScope::Finalizers, ..WriteOptions::default() };
+        match registry.update(&CORE_NAMESPACES, None, namespace, finalized, options).await {
+            Ok(_) => {}
+            // A concurrent change: its watch event brings us back.
+            Err(e) if matches!(e.code, 404 | 409) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    // With no finalizers left the update above removed it; a namespace that
+    // never had the finalizer goes with an ordinary delete.
+    match registry.get(&CORE_NAMESPACES, None, namespace).await {
+        Ok(ns) if deletion::finalizers(&ns).is_empty() && ns.pointer("/spec/finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty) => {
+            match registry.delete(&CORE_NAMESPACES, None, namespace, &Preconditions::default(), WriteOptions::default()).await {
+                Ok(_) => {}
+                Err(e) if matches!(e.code, 404 | 409) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(_) => return Ok(()),
+        Err(e) if e.code == 404 => {}
+        Err(e) => return Err(e),
+    }
     tracing::info!(namespace, "namespace deleted");
     Ok(())
 }

@@ -50,3 +50,23 @@ async fn edited_root_ca_is_restored_and_terminating_namespace_is_emptied() {
     assert_eq!(registry.get(&CORE_NAMESPACES, None, "gone").await.unwrap_err().code, 404);
     assert_eq!(registry.get(&CORE_SERVICEACCOUNTS, Some("gone"), "default").await.unwrap_err().code, 404);
 }
+
+#[tokio::test]
+async fn terminating_namespace_waits_for_finalizers_of_its_content() {
+    let (registry, _dir) = registry().await;
+    bootstrap(&registry, "CA").await.expect("bootstrap");
+    registry.create(&CORE_NAMESPACES, None, json!({"metadata": {"name": "held"}}), WriteOptions::default()).await.expect("ns");
+    let cm = json!({"metadata": {"name": "keep", "finalizers": ["example.com/hold"]}});
+    registry.create(&CORE_CONFIGMAPS, Some("held"), cm, WriteOptions::default()).await.expect("cm");
+    let ns = registry.delete(&CORE_NAMESPACES, None, "held", &Preconditions::default(), WriteOptions::default()).await.expect("delete");
+    assert_eq!(ns["status"]["phase"], "Terminating");
+    assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
+    reconcile_namespace(&registry, "CA", "held").await.expect("reconcile");
+    let cm = registry.get(&CORE_CONFIGMAPS, Some("held"), "keep").await.expect("held by its finalizer");
+    assert!(cm["metadata"]["deletionTimestamp"].is_string());
+    registry.get(&CORE_NAMESPACES, None, "held").await.expect("namespace waits");
+    let release = tessera_api::patch::Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    registry.patch(&CORE_CONFIGMAPS, Some("held"), "keep", &release, WriteOptions::default()).await.expect("release");
+    reconcile_namespace(&registry, "CA", "held").await.expect("finish");
+    assert_eq!(registry.get(&CORE_NAMESPACES, None, "held").await.unwrap_err().code, 404);
+}

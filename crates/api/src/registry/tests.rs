@@ -4,6 +4,7 @@ use serde_json::json;
 use tessera_store::sqlite::SqliteStore;
 
 use super::*;
+use crate::deletion::{DeleteOptions, Deletion};
 use crate::registry::WriteScope;
 use crate::resource::{CORE_CONFIGMAPS, CORE_NAMESPACES, CORE_PODS, CORE_SECRETS, CORE_SERVICEACCOUNTS};
 
@@ -270,4 +271,54 @@ async fn delete_admission_sees_the_stored_object_and_can_refuse() {
     let err = f.registry.delete(&CORE_SERVICEACCOUNTS, Some("ns"), "keep", &Preconditions::default(), options).await.unwrap_err();
     assert_eq!((err.code, err.message.as_str()), (403, "no deleting keep"));
     assert!(f.registry.get(&CORE_SERVICEACCOUNTS, Some("ns"), "keep").await.is_ok(), "a refused delete deletes nothing");
+}
+
+#[tokio::test]
+async fn finalizers_hold_a_delete_until_an_update_removes_the_last_one() {
+    let f = fixture().await;
+    let body = json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}, "data": {"a": "1"}});
+    f.registry.create(&CORE_CONFIGMAPS, Some("ns"), body, WriteOptions::default()).await.expect("create");
+    let pending = f
+        .registry
+        .delete_with(&CORE_CONFIGMAPS, Some("ns"), "held", &DeleteOptions::default(), WriteOptions::default())
+        .await
+        .expect("delete");
+    let Deletion::Pending(obj) = pending else { panic!("deleted at once") };
+    assert!(obj["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(obj["metadata"]["deletionGracePeriodSeconds"], 0);
+    // A second delete changes nothing.
+    let again = f.registry.delete_with(&CORE_CONFIGMAPS, Some("ns"), "held", &DeleteOptions::default(), WriteOptions::default()).await.expect("again");
+    assert_eq!(again, Deletion::Pending(obj.clone()));
+    // New finalizers are refused while deleting.
+    let mut more = obj.clone();
+    more["metadata"]["finalizers"] = json!(["example.com/hold", "example.com/more"]);
+    let err = f.registry.update(&CORE_CONFIGMAPS, Some("ns"), "held", more, WriteOptions::default()).await.unwrap_err();
+    assert_eq!(err.message, "ConfigMap \"held\" is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{\"example.com/more\"}");
+    // Other changes are fine; removing the last finalizer deletes.
+    let mut release = obj.clone();
+    release["metadata"]["finalizers"] = json!([]);
+    f.registry.update(&CORE_CONFIGMAPS, Some("ns"), "held", release, WriteOptions::default()).await.expect("release");
+    assert_eq!(f.registry.get(&CORE_CONFIGMAPS, Some("ns"), "held").await.unwrap_err().code, 404);
+}
+
+#[tokio::test]
+async fn immutable_secrets_and_configmaps_refuse_data_changes() {
+    let f = fixture().await;
+    let secret = json!({"metadata": {"name": "s"}, "immutable": true, "stringData": {"k": "v"}});
+    f.registry.create(&CORE_SECRETS, Some("ns"), secret, WriteOptions::default()).await.expect("secret");
+    let patch = crate::patch::Patch::Merge(json!({"stringData": {"k": "w"}}));
+    let err = f.registry.patch(&CORE_SECRETS, Some("ns"), "s", &patch, WriteOptions::default()).await.unwrap_err();
+    assert_eq!((err.code, err.message.as_str()), (422, "Secret \"s\" is invalid: data: Forbidden: field is immutable when `immutable` is set"));
+    let patch = crate::patch::Patch::Merge(json!({"immutable": false}));
+    let err = f.registry.patch(&CORE_SECRETS, Some("ns"), "s", &patch, WriteOptions::default()).await.unwrap_err();
+    assert_eq!(err.message, "Secret \"s\" is invalid: immutable: Forbidden: field is immutable when `immutable` is set");
+    // Labels may still change.
+    let patch = crate::patch::Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}}));
+    f.registry.patch(&CORE_SECRETS, Some("ns"), "s", &patch, WriteOptions::default()).await.expect("label");
+
+    let cm = json!({"metadata": {"name": "c"}, "immutable": true, "data": {"k": "v"}});
+    f.registry.create(&CORE_CONFIGMAPS, Some("ns"), cm, WriteOptions::default()).await.expect("cm");
+    let patch = crate::patch::Patch::Merge(json!({"data": {"k": null}, "binaryData": {"b": "AA=="}, "immutable": null}));
+    let err = f.registry.patch(&CORE_CONFIGMAPS, Some("ns"), "c", &patch, WriteOptions::default()).await.unwrap_err();
+    assert_eq!(err.message, "ConfigMap \"c\" is invalid: [immutable: Forbidden: field is immutable when `immutable` is set, data: Forbidden: field is immutable when `immutable` is set, binaryData: Forbidden: field is immutable when `immutable` is set]");
 }
