@@ -242,8 +242,7 @@ pub fn record_update(
         Some(m) if writer.part == Part::Object => decode(Some(m)).filter(|e| !e.is_empty()).unwrap_or(live_managed),
         _ => live_managed,
     };
-    let empty = json!({});
-    let old = live.map_or(empty, without_managed);
+    let old = live.map_or_else(|| zero_object(&schema), without_managed);
     let new = without_managed(next);
     let cmp = match typed::compare(&schema, &old, &new) {
         Ok(c) => c,
@@ -284,6 +283,34 @@ pub fn record_update(
     }
     set_managed(next, managers);
     Ok(())
+}
+
+/// The object a create starts from, as kube's Go zero value serializes:
+/// metadata, `spec` and `status` present, and their required fields null
+/// (so a create owns the new maps under them, not the always-present ones).
+fn zero_object(schema: &Schema) -> Value {
+    fn zero_struct(schema: &Schema, ty: schema::Ty<'_>, depth: usize) -> Value {
+        let schema::Ty::Struct { def, props, .. } = ty else { return Value::Null };
+        let mut out = Map::new();
+        let required = |name: &str| def.is_some_and(|d| schema.required(d).contains(&name));
+        for name in props.keys() {
+            if required(name) && depth < 4 {
+                let field = schema.field(def, props, name);
+                out.insert(name.clone(), if matches!(field, schema::Ty::Struct { .. }) { zero_struct(schema, field, depth + 1) } else { Value::Null });
+            }
+        }
+        Value::Object(out)
+    }
+    let mut obj = json!({"metadata": {"creationTimestamp": null}});
+    if let schema::Ty::Struct { def, props, .. } = schema.root() {
+        for part in ["spec", "status"] {
+            let field = schema.field(def, props, part);
+            if matches!(field, schema::Ty::Struct { .. }) {
+                obj[part] = zero_struct(schema, field, 0);
+            }
+        }
+    }
+    obj
 }
 
 /// Server-side apply of `config` (decoded, of the kind's apiVersion) by
@@ -401,6 +428,44 @@ fn conflict_error(mut conflicts: Vec<(String, Vec<Path>)>) -> ApiError {
         message,
         details: Some(Box::new(StatusDetails { causes, ..StatusDetails::default() })),
     }
+}
+
+/// Checks and normalises an applied configuration for the object `name`
+/// (kube's apply patch checks), through the kind's typed struct.
+pub fn check_config(
+    registry: &crate::Registry,
+    resource: &ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    config: &Value,
+    strict: bool,
+) -> Result<Value, ApiError> {
+    if !config.is_object() {
+        return Err(ApiError::bad_request(format!("error decoding YAML: the apply patch must be an object, got {config}")));
+    }
+    if config.pointer("/metadata/managedFields").is_some_and(|m| !m.is_null()) {
+        return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+    }
+    let expected = resource.api_version();
+    let version = config.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    if version != expected {
+        return Err(ApiError::bad_request(format!(
+            "Incorrect version specified in apply patch. Specified patch version: {version}, expected: {expected}"
+        )));
+    }
+    let config = registry.normalise(resource, config.clone(), strict)?;
+    let meta = |f: &str| config.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).filter(|s| !s.is_empty());
+    if let Some(n) = meta("name")
+        && n != name
+    {
+        return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
+    }
+    if let (Some(ns), Some(url_ns)) = (meta("namespace"), namespace.filter(|_| resource.namespaced))
+        && ns != url_ns
+    {
+        return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+    }
+    Ok(config)
 }
 
 /// The manager of a write that names none: the User-Agent up to its first `/` (kube's `prefixFromUserAgent`).

@@ -158,6 +158,16 @@ impl Schema {
         self.classify(node, relation)
     }
 
+    /// The required fields of definition `def`.
+    pub fn required(&self, def: &str) -> Vec<&str> {
+        self.defs
+            .get(def)
+            .and_then(|d| d.get("required"))
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
+    }
+
     /// The type of the elements of a map or list.
     pub fn elem<'s>(&'s self, elem: &'s Value) -> Ty<'s> {
         self.classify(elem, None)

@@ -81,6 +81,10 @@ fn walk_set(schema: &Schema, ty: Ty<'_>, value: &Value, path: &mut Path, out: &m
         },
         Ty::Struct { def, props, .. } => {
             let Some(map) = value.as_object() else { return Err(type_error(path, format!("expected map, got {value}"))) };
+            if map.is_empty() {
+                // An empty struct or map is a leaf (structured-merge-diff's emptyPromoteToLeaf).
+                out.insert(path.clone());
+            }
             for (k, v) in map {
                 path.push(PathElement::Field(k.clone()));
                 walk_set(schema, schema.field(def, props, k), v, path, out, unique)?;
@@ -89,6 +93,9 @@ fn walk_set(schema: &Schema, ty: Ty<'_>, value: &Value, path: &mut Path, out: &m
         }
         Ty::Map { elem, .. } => {
             let Some(map) = value.as_object() else { return Err(type_error(path, format!("expected map, got {value}"))) };
+            if map.is_empty() {
+                out.insert(path.clone());
+            }
             let elem = schema.elem(elem);
             for (k, v) in map {
                 path.push(PathElement::Field(k.clone()));
@@ -98,6 +105,9 @@ fn walk_set(schema: &Schema, ty: Ty<'_>, value: &Value, path: &mut Path, out: &m
         }
         Ty::List { elem, relation } => {
             let Some(items) = value.as_array() else { return Err(type_error(path, format!("expected list, got {value}"))) };
+            if items.is_empty() {
+                out.insert(path.clone());
+            }
             let elem = schema.elem(elem);
             for (i, item) in items.iter().enumerate() {
                 let Some(pe) = item_element(relation, item, path, i)? else { continue };
@@ -315,10 +325,27 @@ impl Comparison {
     }
 }
 
+/// The fields holding non-empty maps, structs and lists: the proper prefixes
+/// of a set's paths that end in a field. A comparison reports one of them as
+/// added or removed when it appears or goes as a whole, as structured-merge-diff's
+/// post-item hook does.
+fn nodes(set: &Set) -> Set {
+    let mut out = Set::new();
+    for path in set {
+        for len in 1..path.len() {
+            if matches!(path[len - 1], PathElement::Field(_)) {
+                out.insert(path[..len].to_vec());
+            }
+        }
+    }
+    out
+}
+
 /// Compares two objects field by field.
 pub fn compare(schema: &Schema, old: &Value, new: &Value) -> Result<Comparison, TypeError> {
     let old_set = field_set(schema, old, false)?;
     let new_set = field_set(schema, new, false)?;
+    let (old_nodes, new_nodes) = (nodes(&old_set), nodes(&new_set));
     let is_leaf = |set: &Set, p: &Path| {
         set.range::<Path, _>((std::ops::Bound::Excluded(p), std::ops::Bound::Unbounded)).next().is_none_or(|next| !next.starts_with(p))
     };
@@ -327,11 +354,11 @@ pub fn compare(schema: &Schema, old: &Value, new: &Value) -> Result<Comparison, 
         .filter(|p| is_leaf(&old_set, p) && is_leaf(&new_set, p) && value_at(old, p) != value_at(new, p))
         .cloned()
         .collect();
-    Ok(Comparison {
-        added: new_set.difference(&old_set).cloned().collect(),
-        removed: old_set.difference(&new_set).cloned().collect(),
-        modified,
-    })
+    let mut added: Set = new_set.difference(&old_set).cloned().collect();
+    added.extend(new_nodes.iter().filter(|p| !old_nodes.contains(*p) && !old_set.contains(*p)).cloned());
+    let mut removed: Set = old_set.difference(&new_set).cloned().collect();
+    removed.extend(old_nodes.iter().filter(|p| !new_nodes.contains(*p) && !new_set.contains(*p)).cloned());
+    Ok(Comparison { added, removed, modified })
 }
 
 /// Removes empty maps left behind at `path`'s parents after a removal.
