@@ -386,7 +386,7 @@ impl Registry {
         options: WriteOptions,
     ) -> Result<Value> {
         if let Patch::Apply(config) = patch {
-            return self.apply(resource, namespace, name, config, options).await;
+            return self.apply(resource, namespace, name, config, options).await.map(|(obj, _)| obj);
         }
         let strict = options.strict;
         self.replace_with(resource, namespace, name, options, None, |current| {
@@ -397,8 +397,15 @@ impl Registry {
     }
 
     /// Server-side apply (see [`crate::apply`]): merges `config` into the
-    /// object, or creates it from `config` when it does not exist.
-    async fn apply(&self, resource: &ResourceInfo, namespace: Option<&str>, name: &str, config: &Value, options: WriteOptions) -> Result<Value> {
+    /// object, or creates it from `config` when it does not exist (then `true`).
+    pub async fn apply(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        config: &Value,
+        options: WriteOptions,
+    ) -> Result<(Value, bool)> {
         let manager = options.field_manager.clone().unwrap_or_default();
         let config = crate::apply::check_config(self, resource, namespace, name, config, options.strict)?;
         let now = now_rfc3339();
@@ -413,7 +420,7 @@ impl Registry {
                 .await;
             match updated {
                 Err(e) if e.code == 404 => {}
-                other => return other,
+                other => return other.map(|obj| (obj, false)),
             }
             let mut live = json!({"metadata": {"name": name}});
             if let Some(ns) = Self::namespace_of(resource, namespace) {
@@ -422,7 +429,7 @@ impl Registry {
             let obj = crate::apply::apply(resource, &writer, &live, &config, options.force)?;
             match self.create(resource, namespace, obj, options.clone()).await {
                 Err(e) if e.reason == "AlreadyExists" => continue,
-                other => return other,
+                other => return other.map(|obj| (obj, true)),
             }
         }
         Err(ApiError::conflict(resource, name))
@@ -501,6 +508,8 @@ impl Registry {
                 meta.insert("generation".into(), json!(generation + 1));
             }
             if options.dry_run {
+                // A dry run answers with the version it was computed from (kubectl diff compares it).
+                meta_mut(&mut next)?.insert("resourceVersion".into(), Value::String(kv.mod_revision.to_string()));
                 return Ok(next);
             }
             match self.store.update(&key, to_store(&next)?, kv.mod_revision).await {

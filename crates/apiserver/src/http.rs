@@ -458,6 +458,12 @@ async fn resource_request(
             let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
             let patch = Patch::decode(content_type, &read_body(body).await?)?;
             check_patch_options(&patch, field_manager.as_deref(), options.force)?;
+            if let Patch::Apply(config) = &patch {
+                // An apply that creates the object answers 201, as kube-apiserver does.
+                let (obj, created) = registry.apply(resource, namespace, name, config, admitted()).await?;
+                state.caught_up(resource, &obj).await;
+                return Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &obj));
+            }
             let obj = registry.patch(resource, namespace, name, &patch, admitted()).await?;
             state.caught_up(resource, &obj).await;
             Ok(json_response(StatusCode::OK, &obj))
