@@ -338,11 +338,15 @@ pub fn apply(resource: &ResourceInfo, writer: &Writer<'_>, live: &Value, config:
     // Prune: fields the applier owned and no longer applies, that nobody owns now.
     if let Some(last) = &previous {
         let owned: Set = managers.iter().flat_map(|m| m.set.iter().cloned()).chain(me.set.iter().cloned()).collect();
-        for path in last.set.iter().rev() {
-            if !fieldpath::has_at_or_below(&owned, path) {
-                typed::remove_at(&mut merged, path);
-                typed::remove_empty_parents(&mut merged, path, &|p| fieldpath::has_at_or_below(&owned, p));
-            }
+        let gone: Vec<&Path> = last.set.iter().filter(|p| !fieldpath::has_at_or_below(&owned, p)).collect();
+        // List items go in one pass per list (a config may drop thousands at once).
+        let (items, fields): (Vec<&Path>, Vec<&Path>) =
+            gone.into_iter().partition(|p| matches!(p.last(), Some(PathElement::Key(_) | PathElement::Value(_))));
+        let items: Vec<Path> = items.into_iter().cloned().collect();
+        typed::remove_items(&mut merged, &items);
+        for path in fields.into_iter().rev() {
+            typed::remove_at(&mut merged, path);
+            typed::remove_empty_parents(&mut merged, path, &|p| fieldpath::has_at_or_below(&owned, p));
         }
     }
     let cmp = typed::compare(&schema, &live_plain, &merged).map_err(|e| typed_error(resource, live, &e))?;

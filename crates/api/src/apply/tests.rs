@@ -108,3 +108,42 @@ fn user_agent_prefix_names_the_manager() {
     assert_eq!(manager_from_user_agent("kubectl/v1.32.0 (linux/amd64) kubernetes/abc"), "kubectl");
     assert_eq!(manager_from_user_agent("curl/8.5.0"), "curl");
 }
+
+#[test]
+fn long_keyed_lists_apply_and_prune_in_linear_time() {
+    use crate::resource::CORE_SERVICEACCOUNTS;
+    let sa = |n: usize, from: usize| {
+        let secrets: Vec<Value> = (from..from + n).map(|i| json!({"name": format!("s{i}")})).collect();
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "robot"}, "secrets": secrets})
+    };
+    let live = json!({"metadata": {"name": "robot", "namespace": "default"}});
+    let started = std::time::Instant::now();
+    let live = apply(&CORE_SERVICEACCOUNTS, &writer("a"), &live, &sa(20_000, 0), false).unwrap();
+    let out = apply(&CORE_SERVICEACCOUNTS, &writer("a"), &live, &sa(10, 50_000), false).unwrap();
+    assert_eq!(out["secrets"].as_array().map(Vec::len), Some(10));
+    let mut next = out.clone();
+    next["secrets"] = sa(20_000, 0)["secrets"].clone();
+    record_update(&CORE_SERVICEACCOUNTS, &writer("u"), Some(&out), None, &mut next).unwrap();
+    // Minutes if quadratic; well under that in a debug build.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+}
+
+#[test]
+fn hostile_configs_are_refused_without_panics() {
+    use crate::resource::CORE_PODS;
+    let live = json!({"metadata": {"name": "p", "namespace": "default"}});
+    for config in [
+        json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"image": "x"}]}}),
+        json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": "a"}, {"name": "a"}]}}),
+        json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": "nope"}}),
+        json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [1, 2]}}),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": []}}),
+    ] {
+        let err = apply(&CORE_PODS, &writer("a"), &live, &config, false).unwrap_err();
+        assert_eq!(err.code, 400, "{config}: {err:?}");
+    }
+    // Garbage managedFields in a stored object are ignored, not trusted.
+    let mut bad = live.clone();
+    bad["metadata"]["managedFields"] = json!([{"manager": "x", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"q:": 1}}]);
+    assert!(apply(&CORE_PODS, &writer("a"), &bad, &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"a": "b"}}}), false).is_ok());
+}

@@ -54,59 +54,82 @@ fn item_element(relation: Option<Relation>, item: &Value, path: &[PathElement], 
 /// `unique` refuses duplicate list items (an applied configuration must not have any).
 pub fn field_set(schema: &Schema, value: &Value, unique: bool) -> Result<Set, TypeError> {
     let mut out = Set::new();
-    walk_set(schema, schema.root(), value, &mut Vec::new(), &mut out, unique)?;
+    walk_set(schema, schema.root(), value, &mut Vec::new(), &mut out, &mut None, unique)?;
     Ok(out)
 }
 
-fn walk_set(schema: &Schema, ty: Ty<'_>, value: &Value, path: &mut Path, out: &mut Set, unique: bool) -> Result<(), TypeError> {
+/// The field set of `value` and its leaves' values (scalars, atomic values, set items).
+fn field_set_with_leaves<'v>(schema: &Schema, value: &'v Value) -> Result<(Set, std::collections::BTreeMap<Path, &'v Value>), TypeError> {
+    let mut out = Set::new();
+    let mut leaves = Some(Vec::new());
+    walk_set(schema, schema.root(), value, &mut Vec::new(), &mut out, &mut leaves, false)?;
+    Ok((out, leaves.unwrap_or_default().into_iter().collect()))
+}
+
+fn leaf<'v>(out: &mut Set, leaves: &mut Option<Vec<(Path, &'v Value)>>, path: &Path, value: &'v Value) {
+    out.insert(path.clone());
+    if let Some(leaves) = leaves {
+        leaves.push((path.clone(), value));
+    }
+}
+
+fn walk_set<'v>(
+    schema: &Schema,
+    ty: Ty<'_>,
+    value: &'v Value,
+    path: &mut Path,
+    out: &mut Set,
+    leaves: &mut Option<Vec<(Path, &'v Value)>>,
+    unique: bool,
+) -> Result<(), TypeError> {
     if value.is_null() {
-        out.insert(path.clone());
+        leaf(out, leaves, path, value);
         return Ok(());
     }
     match ty {
         Ty::Scalar | Ty::Struct { atomic: true, .. } | Ty::Map { atomic: true, .. } | Ty::List { relation: None | Some(Relation::AtomicMap), .. } => {
-            out.insert(path.clone());
+            leaf(out, leaves, path, value);
         }
         Ty::Untyped => match value {
             Value::Object(map) => {
                 for (k, v) in map {
                     path.push(PathElement::Field(k.clone()));
-                    walk_set(schema, Ty::Untyped, v, path, out, unique)?;
+                    walk_set(schema, Ty::Untyped, v, path, out, leaves, unique)?;
                     path.pop();
                 }
             }
             _ => {
-                out.insert(path.clone());
+                leaf(out, leaves, path, value);
             }
         },
         Ty::Struct { def, props, .. } => {
             let Some(map) = value.as_object() else { return Err(type_error(path, format!("expected map, got {value}"))) };
             if map.is_empty() {
                 // An empty struct or map is a leaf (structured-merge-diff's emptyPromoteToLeaf).
-                out.insert(path.clone());
+                leaf(out, leaves, path, value);
             }
             for (k, v) in map {
                 path.push(PathElement::Field(k.clone()));
-                walk_set(schema, schema.field(def, props, k), v, path, out, unique)?;
+                walk_set(schema, schema.field(def, props, k), v, path, out, leaves, unique)?;
                 path.pop();
             }
         }
         Ty::Map { elem, .. } => {
             let Some(map) = value.as_object() else { return Err(type_error(path, format!("expected map, got {value}"))) };
             if map.is_empty() {
-                out.insert(path.clone());
+                leaf(out, leaves, path, value);
             }
             let elem = schema.elem(elem);
             for (k, v) in map {
                 path.push(PathElement::Field(k.clone()));
-                walk_set(schema, elem, v, path, out, unique)?;
+                walk_set(schema, elem, v, path, out, leaves, unique)?;
                 path.pop();
             }
         }
         Ty::List { elem, relation } => {
             let Some(items) = value.as_array() else { return Err(type_error(path, format!("expected list, got {value}"))) };
             if items.is_empty() {
-                out.insert(path.clone());
+                leaf(out, leaves, path, value);
             }
             let elem = schema.elem(elem);
             for (i, item) in items.iter().enumerate() {
@@ -117,8 +140,12 @@ fn walk_set(schema: &Schema, ty: Ty<'_>, value: &Value, path: &mut Path, out: &m
                     path.pop();
                     return Err(type_error(path, format!("duplicate entries for key {shown}")));
                 }
-                if relation != Some(Relation::Set) {
-                    walk_set(schema, elem, item, path, out, unique)?;
+                if relation == Some(Relation::Set) {
+                    if let Some(leaves) = leaves {
+                        leaves.push((path.clone(), item));
+                    }
+                } else {
+                    walk_set(schema, elem, item, path, out, leaves, unique)?;
                 }
                 path.pop();
             }
@@ -307,6 +334,53 @@ pub fn remove_at(value: &mut Value, path: &[PathElement]) {
     }
 }
 
+/// Removes many list items at once: each path's parent list loses the items
+/// named by the paths (one pass per list, not one per item).
+pub fn remove_items(value: &mut Value, paths: &[Path]) {
+    let mut by_parent: std::collections::BTreeMap<&[PathElement], HashSet<String>> = std::collections::BTreeMap::new();
+    let mut key_names: std::collections::BTreeMap<&[PathElement], Vec<String>> = std::collections::BTreeMap::new();
+    for path in paths {
+        let Some((last, parent)) = path.split_last() else { continue };
+        if let PathElement::Key(fields) = last {
+            key_names.entry(parent).or_insert_with(|| fields.iter().map(|(k, _)| k.clone()).collect());
+        }
+        by_parent.entry(parent).or_default().insert(last.to_fields_key());
+    }
+    // Deepest lists first, so outer removals do not move inner ones.
+    for (parent, gone) in by_parent.into_iter().rev() {
+        let names = key_names.get(parent).cloned().unwrap_or_default();
+        let Some(Value::Array(items)) = value_at_mut(value, parent) else { continue };
+        items.retain(|item| {
+            let pe = if names.is_empty() {
+                PathElement::Value(item.clone())
+            } else {
+                let mut fields: Vec<(String, Value)> = names
+                    .iter()
+                    .map(|k| (k.clone(), item.get(k).cloned().filter(|x| !x.is_null()).or_else(|| key_default(k)).unwrap_or(Value::Null)))
+                    .collect();
+                fields.sort_by(|a, b| a.0.cmp(&b.0));
+                PathElement::Key(fields)
+            };
+            !gone.contains(&pe.to_fields_key())
+        });
+    }
+}
+
+fn value_at_mut<'v>(value: &'v mut Value, path: &[PathElement]) -> Option<&'v mut Value> {
+    let mut cur = value;
+    for pe in path {
+        cur = match pe {
+            PathElement::Field(f) => cur.get_mut(f)?,
+            PathElement::Key(fields) => cur.as_array_mut()?.iter_mut().find(|item| {
+                fields.iter().all(|(k, v)| item.get(k).cloned().filter(|x| !x.is_null()).or_else(|| key_default(k)).as_ref() == Some(v))
+            })?,
+            PathElement::Value(v) => cur.as_array_mut()?.iter_mut().find(|item| *item == v)?,
+            PathElement::Index(i) => cur.as_array_mut()?.get_mut(*i)?,
+        };
+    }
+    Some(cur)
+}
+
 /// What changed from one object to another, by field.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Comparison {
@@ -343,16 +417,14 @@ fn nodes(set: &Set) -> Set {
 
 /// Compares two objects field by field.
 pub fn compare(schema: &Schema, old: &Value, new: &Value) -> Result<Comparison, TypeError> {
-    let old_set = field_set(schema, old, false)?;
-    let new_set = field_set(schema, new, false)?;
+    let (old_set, old_leaves) = field_set_with_leaves(schema, old)?;
+    let (new_set, new_leaves) = field_set_with_leaves(schema, new)?;
     let (old_nodes, new_nodes) = (nodes(&old_set), nodes(&new_set));
-    let is_leaf = |set: &Set, p: &Path| {
-        set.range::<Path, _>((std::ops::Bound::Excluded(p), std::ops::Bound::Unbounded)).next().is_none_or(|next| !next.starts_with(p))
-    };
-    let modified = old_set
-        .intersection(&new_set)
-        .filter(|p| is_leaf(&old_set, p) && is_leaf(&new_set, p) && value_at(old, p) != value_at(new, p))
-        .cloned()
+    // Leaves in both whose values differ (a map-list item is not a leaf: its fields are).
+    let modified = old_leaves
+        .iter()
+        .filter(|(p, v)| new_leaves.get(*p).is_some_and(|n| n != *v))
+        .map(|(p, _)| p.clone())
         .collect();
     let mut added: Set = new_set.difference(&old_set).cloned().collect();
     added.extend(new_nodes.iter().filter(|p| !old_nodes.contains(*p) && !old_set.contains(*p)).cloned());
