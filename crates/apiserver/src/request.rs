@@ -168,6 +168,10 @@ pub struct Options {
     /// `propagationPolicy` and `orphanDependents` of a delete, as sent:
     /// kube-apiserver reads (and validates) them only when the DELETE has no body.
     pub delete_query: (Option<String>, Option<String>),
+    /// `fieldManager` of a write.
+    pub field_manager: Option<String>,
+    /// `force` of a patch (`None` when absent).
+    pub force: Option<bool>,
 }
 
 /// A request for an API resource, parsed.
@@ -404,7 +408,22 @@ fn decode_options(query: &Query, kind: Option<&'static ResourceInfo>, verb: Verb
         ListParams::default()
     };
     let delete_query = (query.first("propagationPolicy").map(str::to_owned), query.first("orphanDependents").map(str::to_owned));
-    Ok(Options { list, timeout, dry_run, strict, include_object: query.first("includeObject").unwrap_or_default().to_owned(), delete_query })
+    let force = match query.first("force") {
+        None => None,
+        Some("true" | "1" | "True" | "TRUE" | "t" | "T") => Some(true),
+        Some("false" | "0" | "False" | "FALSE" | "f" | "F" | "") => Some(false),
+        Some(other) => return Err(ApiError::bad_request(format!("invalid force: {other:?}"))),
+    };
+    Ok(Options {
+        list,
+        timeout,
+        dry_run,
+        strict,
+        include_object: query.first("includeObject").unwrap_or_default().to_owned(),
+        field_manager: query.first("fieldManager").map(str::to_owned),
+        force,
+        delete_query,
+    })
 }
 
 #[cfg(test)]

@@ -358,3 +358,32 @@ fn an_agent_run_workload_is_running_then_its_exit_shows() {
     // Then the pod and its tokens are gone, as before.
     server.eventually(10, "the pod deleted", || server.kubectl_ok(&["get", "pods", "-n", "web", "-o", "name"]).is_empty().then_some(()));
 }
+
+/// Server-side apply creates objects through the same admitted path as a POST:
+/// a pod it creates is refused for a missing ServiceAccount and otherwise gets
+/// the projected token volume.
+#[test]
+fn a_pod_created_by_server_side_apply_is_admitted_like_a_post() {
+    let server = Server::start();
+    let lost = SEED_POD.replace("name: web\nspec:\n", "name: lost\nspec:\n  serviceAccountName: ghost\n");
+    let out = server.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &lost);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("pods \"lost\" is forbidden: error looking up service account default/ghost: serviceaccount \"ghost\" not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.kubectl_ok(&["get", "pods", "-o", "name"]), "");
+
+    let out = server.kubectl_stdin(&["apply", "--server-side", "-f", "-"], SEED_POD);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pod = json(&server.kubectl_ok(&["get", "pod", "web", "-o", "json"]));
+    assert_eq!(pod["spec"]["serviceAccountName"], "default");
+    let volumes = pod["spec"]["volumes"].as_array().expect("volumes");
+    assert!(
+        volumes.iter().any(|v| v["name"].as_str().is_some_and(|n| n.starts_with("kube-api-access-"))
+            && v["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"] == 3607),
+        "{volumes:?}"
+    );
+}

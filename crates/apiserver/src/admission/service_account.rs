@@ -207,6 +207,14 @@ async fn service_account(registry: &Registry, namespace: &str, name: &str) -> Re
     Ok(None)
 }
 
+/// [`admit_create`] as the registry's create hook, so a pod created by a POST
+/// and one created by a server-side apply are admitted alike.
+pub fn mutate_create() -> tessera_api::registry::MutateCreate {
+    std::sync::Arc::new(|registry, resource, namespace, body| {
+        Box::pin(async move { admit_create(&registry, &resource, namespace.as_deref(), body).await })
+    })
+}
+
 /// Admits a create of `body` for `resource` in `namespace`: pods get the
 /// treatment described in the module docs; anything else passes unchanged.
 /// A body that is not a pod object is left for decoding to refuse.
