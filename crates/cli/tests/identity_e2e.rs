@@ -388,7 +388,7 @@ fn check_reports_good_expired_foreign_mismatched_and_expiring_issuers() {
     assert_eq!(code, 0, "{out}");
     for line in [
         "kubernetes-api\n--------------\n✔ can initialize the client\n✔ can query the Kubernetes API\n",
-        "tessera-identity\n----------------\n✔ trust anchors are readable and well-formed\n✔ trust anchors are using supported crypto algorithm\n✔ trust anchors are within their validity period\n✔ trust anchors are valid for at least 60 days\n✔ issuer cert is readable and well-formed\n✔ issuer cert is using supported crypto algorithm\n✔ issuer cert is a CA certificate\n✔ issuer cert is within its validity period\n✔ issuer cert is valid for at least 60 days\n✔ issuer cert is issued by the trust anchor\n✔ issuer key matches the issuer cert\n",
+        "tessera-identity\n----------------\n✔ trust anchors are readable and well-formed\n✔ trust anchors are using supported crypto algorithm\n✔ trust anchors are within their validity period\n✔ trust anchors are valid for at least 60 days\n✔ issuer cert is readable and well-formed\n✔ issuer cert is a CA certificate\n✔ issuer cert is using supported crypto algorithm\n✔ issuer key matches the issuer cert\n✔ issuer cert is within its validity period\n✔ issuer cert is issued by the trust anchor\n✔ issuer cert is valid for at least 60 days\n",
         "tessera-identity-service\n------------------------\n✔ identity service is serving Certify\n",
         "Status check results are ✔\n",
     ] {
@@ -407,7 +407,7 @@ fn check_reports_good_expired_foreign_mismatched_and_expiring_issuers() {
     let (code, out) = check(&server, &identity.addr, &anchors, &expired, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("× issuer cert is within its validity period\n    issuer certificate CN=identity.linkerd.cluster.local expired at "),
+        out.contains("× issuer cert is within its validity period\n    issuer certificate expired at "),
         "{out}"
     );
     assert!(out.ends_with("Status check results are ×\n"), "{out}");

@@ -82,7 +82,11 @@ impl Pki {
     }
 
     fn issuer_from(&self, alg: &'static SignatureAlgorithm, params: CertificateParams) -> IssuerMaterial {
-        let key = KeyPair::generate_for(alg).unwrap();
+        self.issuer_with_key(params, KeyPair::generate_for(alg).unwrap())
+    }
+
+    /// An issuer for `key` (any algorithm, e.g. an RSA key ring cannot generate) signed by the anchor.
+    pub(crate) fn issuer_with_key(&self, params: CertificateParams, key: KeyPair) -> IssuerMaterial {
         let cert = params.signed_by(&key, &self.anchor).unwrap();
         IssuerMaterial { cert_pem: cert.pem().into_bytes(), key_pem: key.serialize_pem().into_bytes() }
     }
