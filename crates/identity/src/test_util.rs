@@ -137,6 +137,13 @@ pub(crate) fn ca_params(cn: &str, not_before: OffsetDateTime, not_after: OffsetD
     params
 }
 
+/// CA parameters valid for a year around now with pathLenConstraint `pathlen` (None: unconstrained).
+pub(crate) fn ca_cert(cn: &str, pathlen: Option<u8>) -> CertificateParams {
+    let mut params = ca_params(cn, now() - Duration::from_secs(60), now() + Duration::from_secs(86400 * 365));
+    params.is_ca = IsCa::Ca(pathlen.map_or(BasicConstraints::Unconstrained, BasicConstraints::Constrained));
+    params
+}
+
 /// CSR parameters for `identity`: one DNS SAN, empty subject.
 pub(crate) fn csr_params(identity: &str) -> CertificateParams {
     let mut params = CertificateParams::new(vec![identity.to_owned()]).unwrap();

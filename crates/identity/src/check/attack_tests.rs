@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, KeyPair, KeyUsagePurpose,
+    CertificateParams, CustomExtension, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, KeyPair, KeyUsagePurpose,
     NameConstraints,
 };
-use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::{Category, ISSUER_LINES, Outcome, Report, identity_checks};
@@ -22,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::pki;
 use crate::reload::{IssuerSource, IssuerUpdater, Offer};
 use crate::review::IdentityNaming;
-use crate::test_util::{FixedClock, Pki, ca_params, now};
+use crate::test_util::{FixedClock, Pki, ca_cert as ca, now};
 
 const ISSUER_CN: &str = "identity.linkerd.cluster.local";
 const CA_LINE: &str = "issuer cert is a CA certificate";
@@ -62,16 +61,10 @@ i/QWvK32hwJSiLkGj25TWIoVzg==
 -----END PRIVATE KEY-----
 ";
 
-fn year() -> (OffsetDateTime, OffsetDateTime) {
-    (now() - Duration::from_secs(60), now() + Duration::from_secs(86400 * 365))
-}
-
-/// CA parameters valid for a year with pathLenConstraint `pathlen` (None: unconstrained).
-fn ca(cn: &str, pathlen: Option<u8>) -> CertificateParams {
-    let (not_before, not_after) = year();
-    let mut params = ca_params(cn, not_before, not_after);
-    params.is_ca = IsCa::Ca(pathlen.map_or(BasicConstraints::Unconstrained, BasicConstraints::Constrained));
-    params
+/// The issuer under an intermediate made from `mid` (signed by the anchor): the chain [issuer, intermediate].
+fn under(pki: &Pki, mid: CertificateParams) -> IssuerMaterial {
+    let mid = pki.sign(mid);
+    mid.sign(ca(ISSUER_CN, Some(0))).material(&[&mid])
 }
 
 /// The identity CA's verdict: `material` offered as a reload offers it.
@@ -131,9 +124,7 @@ fn accepted(pki: &Pki, material: &IssuerMaterial, naming: &IdentityNaming) {
 #[test]
 fn a_good_chain_through_an_intermediate_passes() {
     let pki = Pki::new();
-    let mid = pki.sign(ca("intermediate.example", Some(1)));
-    let issuer = mid.sign(ca(ISSUER_CN, Some(0)));
-    accepted(&pki, &issuer.material(&[&mid]), &IdentityNaming::default());
+    accepted(&pki, &under(&pki, ca("intermediate.example", Some(1))), &IdentityNaming::default());
     accepted(&pki, &pki.issuer_material(), &IdentityNaming::default());
 }
 
@@ -163,10 +154,8 @@ fn an_intermediate_without_key_cert_sign_is_refused() {
     let pki = Pki::new();
     let mut params = ca("no-keycertsign.example", Some(1));
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let mid = pki.sign(params);
-    let issuer = mid.sign(ca(ISSUER_CN, Some(0)));
     assert_eq!(
-        default_refused_on(&pki, &issuer.material(&[&mid]), ANCHOR_LINE),
+        default_refused_on(&pki, &under(&pki, params), ANCHOR_LINE),
         "issuer chain: CN=no-keycertsign.example is a CA whose keyUsage lacks keyCertSign"
     );
 }
@@ -176,17 +165,14 @@ fn an_intermediate_with_ca_false_is_refused() {
     let pki = Pki::new();
     let mut params = ca("not-a-ca.example", None);
     params.is_ca = IsCa::ExplicitNoCa;
-    let mid = pki.sign(params);
-    let issuer = mid.sign(ca(ISSUER_CN, Some(0)));
-    assert_eq!(default_refused_on(&pki, &issuer.material(&[&mid]), ANCHOR_LINE), format!("{SERVER_AUTH}EndEntityUsedAsCa"));
+    assert_eq!(default_refused_on(&pki, &under(&pki, params), ANCHOR_LINE), format!("{SERVER_AUTH}EndEntityUsedAsCa"));
 }
 
 #[test]
 fn a_violated_path_len_is_refused() {
     let pki = Pki::new();
-    let mid = pki.sign(ca("pathlen-0.example", Some(0)));
-    let issuer = mid.sign(ca(ISSUER_CN, Some(0)));
-    assert_eq!(default_refused_on(&pki, &issuer.material(&[&mid]), ANCHOR_LINE), format!("{SERVER_AUTH}PathLenConstraintViolated"));
+    let material = under(&pki, ca("pathlen-0.example", Some(0)));
+    assert_eq!(default_refused_on(&pki, &material, ANCHOR_LINE), format!("{SERVER_AUTH}PathLenConstraintViolated"));
 }
 
 #[test]
@@ -198,10 +184,8 @@ fn an_issuer_of_another_anchor_is_refused() {
         "issuer certificate (CN=identity.linkerd.cluster.local) is not signed by any trust anchor"
     );
     // Through an intermediate of the other anchor, too.
-    let mid = other.sign(ca("intermediate.example", Some(1)));
-    let issuer = mid.sign(ca(ISSUER_CN, Some(0)));
     assert_eq!(
-        default_refused_on(&pki, &issuer.material(&[&mid]), ANCHOR_LINE),
+        default_refused_on(&pki, &under(&other, ca("intermediate.example", Some(1))), ANCHOR_LINE),
         "issuer certificate (CN=intermediate.example) is not signed by any trust anchor"
     );
 }
@@ -227,9 +211,7 @@ fn an_expired_intermediate_is_refused() {
     let mut params = ca("expired.example", Some(1));
     params.not_before = now() - Duration::from_secs(2 * 86400);
     params.not_after = now() - Duration::from_secs(86400);
-    let mid = pki.sign(params);
-    let issuer = mid.sign(ca(ISSUER_CN, Some(0)));
-    let refusal = default_refused_on(&pki, &issuer.material(&[&mid]), ANCHOR_LINE);
+    let refusal = default_refused_on(&pki, &under(&pki, params), ANCHOR_LINE);
     assert!(refusal.starts_with(&format!("{SERVER_AUTH}CertExpired")), "{refusal}");
 }
 
