@@ -2,8 +2,9 @@
 //! like `linkerd check` (✔ success, ‼ warning, × error), also as JSON.
 //!
 //! Categories: `kubernetes-api` (client, `GET /version`), `tessera-identity`
-//! (trust anchors and issuer: algorithm, validity, expiry within 60 days,
-//! signed by an anchor, key matches) and `tessera-identity-service` (a Certify
+//! (trust anchors: algorithm, validity, expiry within 60 days; the issuer:
+//! validated by the identity CA's own [`Issuer::load`], then expiry within 60
+//! days) and `tessera-identity-service` (a Certify
 //! call with an empty request must answer `InvalidArgument`).
 
 use std::path::PathBuf;
@@ -19,9 +20,11 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer as _;
 
 use crate::KubeSource;
-use crate::issuer::IssuerMaterial;
+use crate::error::IssuerError;
+use crate::issuer::{Issuer, IssuerMaterial};
 use crate::pki::{self, KeyAlgorithm, TrustAnchors};
 use crate::reload::{self, IssuerSource};
+use crate::review::IdentityNaming;
 
 /// How long before expiry a certificate is warned about.
 pub const WARN_WITHIN: Duration = Duration::from_secs(60 * 86400);
@@ -39,6 +42,8 @@ pub struct CheckConfig {
     pub kube: KubeSource,
     /// `host:port` of the identity service's gRPC listener.
     pub identity_addr: String,
+    /// The identities' naming, for the probe leaf the issuer is validated with (as the CA does).
+    pub naming: IdentityNaming,
 }
 
 /// A check's outcome.
@@ -196,7 +201,7 @@ pub async fn run_checks(config: &CheckConfig, now: OffsetDateTime) -> Report {
     let (api, client) = kubernetes_checks(&config.kube).await;
     let anchors_pem = std::fs::read(&config.trust_anchors).map_err(|e| format!("{}: {e}", config.trust_anchors.display()));
     let issuer = read_issuer(&config.issuer, client).await;
-    let identity = identity_checks(anchors_pem, issuer, now);
+    let identity = identity_checks(anchors_pem, issuer, &config.naming, now);
     let service = service_checks(&config.identity_addr).await;
     Report { categories: vec![api, identity, service] }
 }
@@ -236,7 +241,12 @@ async fn read_issuer(source: &IssuerSource, client: Option<kube::Client>) -> Res
 }
 
 /// The trust-anchor and issuer checks, on material already read.
-pub fn identity_checks(anchors_pem: Result<Vec<u8>, String>, issuer: Result<IssuerMaterial, String>, now: OffsetDateTime) -> Category {
+pub fn identity_checks(
+    anchors_pem: Result<Vec<u8>, String>,
+    issuer: Result<IssuerMaterial, String>,
+    naming: &IdentityNaming,
+    now: OffsetDateTime,
+) -> Category {
     let mut category = Category::new("tessera-identity");
     let anchors = anchors_pem.and_then(|pem| TrustAnchors::from_pem(&pem).map_err(|e| e.to_string()));
     let anchors = match anchors {
@@ -265,73 +275,73 @@ pub fn identity_checks(anchors_pem: Result<Vec<u8>, String>, issuer: Result<Issu
             "trust anchors are within their validity period",
             joined(parsed.iter().filter_map(|c| validity_problem("trust anchor", c, now)).collect()),
         );
-        let expiring: Vec<String> = parsed.iter().filter_map(|c| expiry_warning("trust anchor", c, now)).collect();
+        let expiring: Vec<String> =
+            parsed.iter().filter_map(|c| expiry_warning("trust anchor", &c.subject().to_string(), pki::not_after(c), now)).collect();
         category.push("trust anchors are valid for at least 60 days", warn_if_any(expiring));
     }
 
     let material = match issuer {
         Ok(m) => m,
         Err(e) => {
-            category.push("issuer cert is readable and well-formed", Outcome::Error(e));
+            category.push(ISSUER_LINES[0], Outcome::Error(e));
             return category;
         }
     };
-    let chain = pki::certificates_from_pem(&material.cert_pem).and_then(|ders| {
-        let chain: Vec<_> = ders.into_iter().filter(|d| anchors.as_ref().is_none_or(|a| !a.contains(d))).collect();
-        if chain.is_empty() {
-            return Err("no PEM certificate found".to_owned());
-        }
-        Ok(chain)
-    });
-    let chain = match chain {
-        Ok(c) => c,
-        Err(e) => {
-            category.push("issuer cert is readable and well-formed", Outcome::Error(format!("issuer certificate: {e}")));
-            return category;
-        }
-    };
-    let mut parsed = Vec::new();
-    for der in &chain {
-        match X509Certificate::from_der(der) {
-            Ok((_, c)) => parsed.push(c),
-            Err(e) => {
-                category.push("issuer cert is readable and well-formed", Outcome::Error(format!("issuer certificate does not parse: {e}")));
-                return category;
-            }
-        }
-    }
-    category.push("issuer cert is readable and well-formed", Outcome::Success);
-    let cert = &parsed[0];
-    let alg = KeyAlgorithm::of(cert.public_key());
-    category.result(
-        "issuer cert is using supported crypto algorithm",
-        if alg == KeyAlgorithm::EcdsaP256 {
-            Ok(())
-        } else {
-            Err(format!("issuer certificate {} uses {alg}; want ECDSA P-256", cert.subject()))
-        },
-    );
-    category.result(
-        "issuer cert is a CA certificate",
-        if pki::is_signing_ca(cert) { Ok(()) } else { Err("issuer certificate needs basicConstraints CA:TRUE and keyCertSign".to_owned()) },
-    );
-    category.result("issuer cert is within its validity period", validity_problem("issuer certificate", cert, now).map_or(Ok(()), Err));
-    category.push(
-        "issuer cert is valid for at least 60 days",
-        warn_if_any(expiry_warning("issuer certificate", cert, now).into_iter().collect()),
-    );
+    // Without anchors the CA would not start; there is nothing to validate against.
     if let Some(anchors) = &anchors {
-        category.result("issuer cert is issued by the trust anchor", pki::verify_chain(&parsed, anchors).map_err(|e| e.to_string()));
+        issuer_lines(&mut category, &material, anchors, naming, now);
     }
-    let key = pki::p256_key_from_pem(&material.key_pem).map_err(|e| e.to_string()).and_then(|key| {
-        if key.public_key_raw() == cert.public_key().subject_public_key.data.as_ref() {
-            Ok(())
-        } else {
-            Err("issuer key does not match the issuer certificate".to_owned())
-        }
-    });
-    category.result("issuer key matches the issuer cert", key);
     category
+}
+
+/// The issuer lines, in the order [`Issuer::load`] decides them.
+const ISSUER_LINES: [&str; 6] = [
+    "issuer cert is readable and well-formed",
+    "issuer cert is a CA certificate",
+    "issuer cert is using supported crypto algorithm",
+    "issuer key matches the issuer cert",
+    "issuer cert is within its validity period",
+    "issuer cert is issued by the trust anchor",
+];
+
+/// Which of [`ISSUER_LINES`] a refusal of [`Issuer::load`] belongs to.
+fn failed_line(e: &IssuerError) -> usize {
+    match e {
+        IssuerError::NoCertificate | IssuerError::Certificate(_) => 0,
+        IssuerError::NotCa => 1,
+        IssuerError::UnsupportedAlgorithm => 2,
+        IssuerError::Key(_) | IssuerError::KeyNotP256 | IssuerError::KeyMismatch => 3,
+        IssuerError::NotYetValid { .. } | IssuerError::Expired { .. } => 4,
+        IssuerError::NotSignedByAnchor { .. }
+        | IssuerError::ChainBroken { .. }
+        | IssuerError::PathValidation { .. }
+        | IssuerError::NoKeyCertSign { .. }
+        | IssuerError::Probe(_) => 5,
+    }
+}
+
+/// The issuer is validated by [`Issuer::load`], the very function the CA runs
+/// at start and on every reload (probe leaf, webpki path validation), so the
+/// verdict and the message are the CA's. Its refusal is shown on the line it
+/// belongs to; the lines before it passed, those after it were not reached
+/// (the CA stops at the first refusal too).
+fn issuer_lines(category: &mut Category, material: &IssuerMaterial, anchors: &TrustAnchors, naming: &IdentityNaming, now: OffsetDateTime) {
+    match Issuer::load(material, anchors, naming, now) {
+        Ok(issuer) => {
+            for line in ISSUER_LINES {
+                category.push(line, Outcome::Success);
+            }
+            let warning = expiry_warning("issuer certificate", issuer.subject(), issuer.not_after(), now);
+            category.push("issuer cert is valid for at least 60 days", warn_if_any(warning.into_iter().collect()));
+        }
+        Err(e) => {
+            let failed = failed_line(&e);
+            for line in &ISSUER_LINES[..failed] {
+                category.push(*line, Outcome::Success);
+            }
+            category.push(ISSUER_LINES[failed], Outcome::Error(e.to_string()));
+        }
+    }
 }
 
 async fn service_checks(addr: &str) -> Category {
@@ -380,11 +390,9 @@ fn validity_problem(what: &str, cert: &X509Certificate<'_>, now: OffsetDateTime)
     }
 }
 
-fn expiry_warning(what: &str, cert: &X509Certificate<'_>, now: OffsetDateTime) -> Option<String> {
-    let na = pki::not_after(cert);
+fn expiry_warning(what: &str, subject: &str, na: OffsetDateTime, now: OffsetDateTime) -> Option<String> {
     let left = na - now;
-    (now < na && left < WARN_WITHIN)
-        .then(|| format!("{what} {} expires in {} days, at {}", cert.subject(), left.whole_days(), pki::rfc3339(na)))
+    (now < na && left < WARN_WITHIN).then(|| format!("{what} {subject} expires in {} days, at {}", left.whole_days(), pki::rfc3339(na)))
 }
 
 fn joined(problems: Vec<String>) -> Result<(), String> {
@@ -394,6 +402,9 @@ fn joined(problems: Vec<String>) -> Result<(), String> {
 fn warn_if_any(warnings: Vec<String>) -> Outcome {
     if warnings.is_empty() { Outcome::Success } else { Outcome::Warning(warnings.join("\n")) }
 }
+
+#[cfg(test)]
+mod attack_tests;
 
 #[cfg(test)]
 mod tests {
@@ -411,7 +422,7 @@ mod tests {
     #[test]
     fn a_good_setup_passes_every_check() {
         let pki = Pki::new();
-        let c = identity_checks(Ok(pki.anchor_pem.clone().into_bytes()), Ok(pki.issuer_material()), now());
+        let c = identity_checks(Ok(pki.anchor_pem.clone().into_bytes()), Ok(pki.issuer_material()), &IdentityNaming::default(), now());
         assert_eq!(c.checks.len(), 11, "{c:?}");
         assert!(c.checks.iter().all(|l| l.outcome == Outcome::Success), "{c:?}");
         let report = Report { categories: vec![c] };
@@ -428,14 +439,14 @@ mod tests {
     fn an_expired_issuer_fails() {
         let pki = Pki::new();
         let expired = pki.issuer_valid(now() - day(10), now() - day(1));
-        let c = identity_checks(Ok(pki.anchor_pem.clone().into_bytes()), Ok(expired), now());
+        let c = identity_checks(Ok(pki.anchor_pem.clone().into_bytes()), Ok(expired), &IdentityNaming::default(), now());
         let Outcome::Error(e) = outcome(&c, "issuer cert is within its validity period") else { panic!("{c:?}") };
-        assert!(e.starts_with("issuer certificate CN=identity.linkerd.cluster.local expired at "), "{e}");
+        assert!(e.starts_with("issuer certificate expired at "), "{e}");
         let report = Report { categories: vec![c] };
         assert_eq!(report.failures(), 1);
         assert!(
             report.render_text().contains(
-                "× issuer cert is within its validity period\n    issuer certificate CN=identity.linkerd.cluster.local expired at "
+                "× issuer cert is within its validity period\n    issuer certificate expired at "
             )
         );
         assert!(report.render_text().ends_with("Status check results are ×\n"));
@@ -445,7 +456,7 @@ mod tests {
     fn an_issuer_from_another_anchor_fails() {
         let pki = Pki::new();
         let other = Pki::new();
-        let c = identity_checks(Ok(pki.anchor_pem.clone().into_bytes()), Ok(other.issuer_material()), now());
+        let c = identity_checks(Ok(pki.anchor_pem.clone().into_bytes()), Ok(other.issuer_material()), &IdentityNaming::default(), now());
         assert_eq!(
             outcome(&c, "issuer cert is issued by the trust anchor"),
             &Outcome::Error("issuer certificate (CN=identity.linkerd.cluster.local) is not signed by any trust anchor".to_owned())
@@ -456,7 +467,7 @@ mod tests {
     fn a_mismatched_key_fails() {
         let pki = Pki::new();
         let material = IssuerMaterial { cert_pem: pki.issuer_material().cert_pem, key_pem: pki.issuer_material().key_pem };
-        let c = identity_checks(Ok(pki.anchor_pem.clone().into_bytes()), Ok(material), now());
+        let c = identity_checks(Ok(pki.anchor_pem.clone().into_bytes()), Ok(material), &IdentityNaming::default(), now());
         assert_eq!(
             outcome(&c, "issuer key matches the issuer cert"),
             &Outcome::Error("issuer key does not match the issuer certificate".to_owned())
@@ -468,7 +479,7 @@ mod tests {
         let pki = Pki::new();
         let t = now();
         let soon = pki.issuer_valid(t - day(1), t + day(30));
-        let c = identity_checks(Ok(pki.anchor_pem.clone().into_bytes()), Ok(soon), t);
+        let c = identity_checks(Ok(pki.anchor_pem.clone().into_bytes()), Ok(soon), &IdentityNaming::default(), t);
         let Outcome::Warning(w) = outcome(&c, "issuer cert is valid for at least 60 days") else { panic!("{c:?}") };
         assert!(w.starts_with("issuer certificate CN=identity.linkerd.cluster.local expires in 30 days, at "), "{w}");
         let report = Report { categories: vec![c] };
@@ -481,7 +492,7 @@ mod tests {
     #[test]
     fn unreadable_anchors_fail_and_skip_the_anchor_checks() {
         let pki = Pki::new();
-        let c = identity_checks(Err("/nope: No such file or directory".to_owned()), Ok(pki.issuer_material()), now());
+        let c = identity_checks(Err("/nope: No such file or directory".to_owned()), Ok(pki.issuer_material()), &IdentityNaming::default(), now());
         assert_eq!(
             outcome(&c, "trust anchors are readable and well-formed"),
             &Outcome::Error("/nope: No such file or directory".to_owned())

@@ -113,6 +113,9 @@ pub struct CheckArgs {
     /// host:port of the identity service's gRPC listener.
     #[arg(long, env = "TESSERA_IDENTITY_ADDR", default_value = "127.0.0.1:8080")]
     identity_addr: String,
+    /// The identity service's naming: the issuer is validated with a probe leaf of its trust domain, as the CA does.
+    #[command(flatten)]
+    naming: NamingArgs,
     /// Output format.
     #[arg(long, short = 'o', env = "TESSERA_CHECK_OUTPUT", value_enum, default_value = "text")]
     output: Output,
@@ -236,7 +239,7 @@ impl CheckArgs {
 
     async fn run_inner(self) -> Result<i32> {
         let (trust_anchors, issuer, kube) = self.sources.resolve()?;
-        let config = CheckConfig { trust_anchors, issuer, kube, identity_addr: self.identity_addr };
+        let config = CheckConfig { trust_anchors, issuer, kube, identity_addr: self.identity_addr, naming: self.naming.naming() };
         let report = check::run_checks(&config, OffsetDateTime::now_utc()).await;
         match self.output {
             Output::Text => print!("{}", report.render_text()),

@@ -97,6 +97,9 @@ impl Issuer {
     /// leaf for an identity of `naming`'s trust domain, which must pass RFC
     /// 5280 path validation to `anchors` (webpki, as a proxy verifies leaves);
     /// the chain handed out with leaves is that verified path.
+    ///
+    /// `tessera check` runs this same function and shows its refusal on the
+    /// line of the step that refused (`check::failed_line`), so the steps keep this order.
     pub fn load(material: &IssuerMaterial, anchors: &TrustAnchors, naming: &IdentityNaming, now: OffsetDateTime) -> Result<Self, IssuerError> {
         let ders = pki::certificates_from_pem(&material.cert_pem).map_err(IssuerError::Certificate)?;
         // A bundle that ends with the root itself (as some tools write it) is fine: drop it.

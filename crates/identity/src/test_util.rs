@@ -82,7 +82,11 @@ impl Pki {
     }
 
     fn issuer_from(&self, alg: &'static SignatureAlgorithm, params: CertificateParams) -> IssuerMaterial {
-        let key = KeyPair::generate_for(alg).unwrap();
+        self.issuer_with_key(params, KeyPair::generate_for(alg).unwrap())
+    }
+
+    /// An issuer for `key` (any algorithm, e.g. an RSA key ring cannot generate) signed by the anchor.
+    pub(crate) fn issuer_with_key(&self, params: CertificateParams, key: KeyPair) -> IssuerMaterial {
         let cert = params.signed_by(&key, &self.anchor).unwrap();
         IssuerMaterial { cert_pem: cert.pem().into_bytes(), key_pem: key.serialize_pem().into_bytes() }
     }
@@ -130,6 +134,13 @@ pub(crate) fn ca_params(cn: &str, not_before: OffsetDateTime, not_after: OffsetD
     params.not_before = not_before;
     params.not_after = not_after;
     params.serial_number = Some(crate::issuer::random_serial());
+    params
+}
+
+/// CA parameters valid for a year around now with pathLenConstraint `pathlen` (None: unconstrained).
+pub(crate) fn ca_cert(cn: &str, pathlen: Option<u8>) -> CertificateParams {
+    let mut params = ca_params(cn, now() - Duration::from_secs(60), now() + Duration::from_secs(86400 * 365));
+    params.is_ca = IsCa::Ca(pathlen.map_or(BasicConstraints::Unconstrained, BasicConstraints::Constrained));
     params
 }
 

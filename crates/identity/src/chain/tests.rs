@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use linkerd2_proxy_api::identity::{CertifyRequest, CertifyResponse};
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, KeyPair, KeyUsagePurpose,
+    CustomExtension, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, KeyPair, KeyUsagePurpose,
     NameConstraints,
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -21,22 +21,10 @@ use crate::metrics::Metrics;
 use crate::reload::{IssuerSource, IssuerUpdater, Offer};
 use crate::review::IdentityNaming;
 use crate::service::CertifyService;
-use crate::test_util::{FakeReviewer, FixedClock, Pki, Signed, WEB, ca_params, csr_with_key, now};
+use crate::test_util::{FakeReviewer, FixedClock, Pki, Signed, WEB, ca_cert, csr_with_key, now};
 
 const WEB_TOKEN: &str = "web-token";
 const ISSUER_CN: &str = "identity.linkerd.cluster.local";
-
-fn year() -> (time::OffsetDateTime, time::OffsetDateTime) {
-    (now() - Duration::from_secs(60), now() + Duration::from_secs(86400 * 365))
-}
-
-/// CA parameters valid for a year with pathLenConstraint `pathlen` (None: unconstrained).
-fn ca_cert(cn: &str, pathlen: Option<u8>) -> CertificateParams {
-    let (not_before, not_after) = year();
-    let mut params = ca_params(cn, not_before, not_after);
-    params.is_ca = IsCa::Ca(pathlen.map_or(BasicConstraints::Unconstrained, BasicConstraints::Constrained));
-    params
-}
 
 /// An identity CA with a good issuer in use: the updater a reload (files or
 /// Secret) feeds, and a Certify service reading the same channel.
