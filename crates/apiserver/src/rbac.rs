@@ -369,7 +369,16 @@ pub fn access_review(policy: &PolicyCache, nodes: &NodeGraph, requester: &UserIn
         }
         "selfsubjectrulesreviews" => {
             let namespace = spec.get("namespace").and_then(Value::as_str).unwrap_or_default();
-            let rules = policy.read(|p| authorizer::rules_for(p, requester, namespace));
+            let mut rules = policy.read(|p| authorizer::rules_for(p, requester, namespace));
+            // The same rule reached through several bindings (or roles) is listed once.
+            let mut seen = Vec::with_capacity(rules.len());
+            rules.retain(|rule| {
+                if seen.contains(rule) {
+                    return false;
+                }
+                seen.push(rule.clone());
+                true
+            });
             let (resource, non_resource): (Vec<_>, Vec<_>) = rules.into_iter().partition(|r| r.non_resource_urls.is_empty());
             let resource_rules: Vec<Value> = resource
                 .into_iter()
