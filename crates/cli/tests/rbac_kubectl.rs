@@ -293,4 +293,29 @@ fn explain_and_who_can_on_a_large_policy() {
     assert_eq!(lines.iter().filter(|l| l.starts_with("User")).count(), 20, "{who}");
     assert!(lines.iter().all(|l| !l.contains("team-a/")), "{who}");
     assert!(lines.iter().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Group", "system:masters", "ClusterRoleBinding", "\"cluster-admin\"", "ClusterRole", "\"cluster-admin\""]), "{who}");
+
+    // Resource names resolve through discovery, as kubectl resolves them:
+    // `tokenreviews` is `tokenreviews.authentication.k8s.io`, `sa` and the
+    // singular work, and an unknown name is an error, not an empty table.
+    server.kubectl_ok(&["create", "clusterrolebinding", "reviewer", "--clusterrole=system:auth-delegator", "--serviceaccount=team-a:sa-0"]);
+    for resource in ["tokenreviews", "tokenreview", "tokenreviews.authentication.k8s.io"] {
+        let out = tessera(&["who-can", "create", resource]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let who = stdout(&out);
+        assert!(who.lines().any(|l| l.starts_with("ServiceAccount") && l.contains("\"reviewer\"")), "{resource}: {who}");
+    }
+    let explained = tessera(&["explain", "--as", "system:serviceaccount:team-a:sa-0", "create", "tokenreviews"]);
+    assert_eq!(explained.status.code(), Some(0), "{}", stdout(&explained));
+    assert!(stdout(&explained).starts_with("ALLOWED  RBAC: allowed by ClusterRoleBinding \"reviewer\" of ClusterRole \"system:auth-delegator\" to ServiceAccount \"sa-0/team-a\"\n"), "{}", stdout(&explained));
+    let sa = stdout(&tessera(&["who-can", "get", "sa", "-n", "team-a"]));
+    assert_eq!(sa.lines().filter(|l| l.starts_with("ServiceAccount")).count(), 100, "{sa}");
+    for (resource, message) in [
+        ("deployments", "the server doesn't have a resource type \"deployments\""),
+        ("tokenreviews.rbac.authorization.k8s.io", "the server doesn't have a resource type \"tokenreviews.rbac.authorization.k8s.io\""),
+    ] {
+        let out = tessera(&["who-can", "create", resource]);
+        assert_ne!(out.status.code(), Some(0), "{resource}");
+        assert!(stderr(&out).contains(message), "{resource}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty(), "{resource}: no table");
+    }
 }
