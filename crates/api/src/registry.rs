@@ -234,7 +234,14 @@ impl Registry {
                 )));
             }
         }
-        resource.decode(body, strict).map_err(|e| ApiError::bad_request(e.to_string()))
+        // kube-apiserver's transformDecodeError wording.
+        resource.decode(body, strict).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{kind} in version {version:?} cannot be handled as a {kind}: {e}",
+                kind = resource.kind,
+                version = resource.version
+            ))
+        })
     }
 
     async fn check_namespace_open(&self, resource: &ResourceInfo, namespace: Option<&str>, name: &str) -> Result<()> {
@@ -444,6 +451,8 @@ impl Registry {
                 meta.insert("generation".into(), json!(generation + 1));
             }
             if options.dry_run {
+                // Nothing is written, so the object keeps the version it has.
+                meta_mut(&mut next)?.insert("resourceVersion".into(), Value::String(kv.mod_revision.to_string()));
                 return Ok(next);
             }
             match self.store.update(&key, to_store(&next)?, kv.mod_revision).await {

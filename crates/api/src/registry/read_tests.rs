@@ -1,4 +1,5 @@
-//! List and watch semantics through a registry on a real (SQLite) store.
+//! List and watch semantics, and the exact answers issue 13 lists (dry-run
+//! patches, strict decoding), through a registry on a real (SQLite) store.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,4 +152,29 @@ async fn pages_share_one_snapshot_and_an_expired_continue_token_gets_a_fresh_one
     let page = r.list(&CORE_CONFIGMAPS, Some("ns"), &rest).await.expect("inconsistent continue");
     let names: Vec<_> = page["items"].as_array().expect("items").iter().map(|i| i["metadata"]["name"].clone()).collect();
     assert_eq!(names, vec![json!("c")]);
+}
+
+#[tokio::test]
+async fn a_dry_run_patch_keeps_the_resource_version() {
+    let (r, _dir) = registry().await;
+    let created = cm(&r, "a", "web").await;
+    let patch = Patch::Merge(json!({"data": {"k": "changed"}}));
+    let dry = WriteOptions { dry_run: true, ..WriteOptions::default() };
+    let out = r.patch(&CORE_CONFIGMAPS, Some("ns"), "a", &patch, dry).await.expect("dry-run patch");
+    assert_eq!(out["data"]["k"], "changed");
+    assert_eq!(rv(&out), rv(&created));
+    let stored = r.get(&CORE_CONFIGMAPS, Some("ns"), "a").await.expect("get");
+    assert_eq!(stored, created);
+}
+
+#[tokio::test]
+async fn unknown_fields_under_strict_validation_are_worded_as_kube() {
+    let (r, _dir) = registry().await;
+    let strict = WriteOptions { strict: true, ..WriteOptions::default() };
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "x": 1});
+    let err = r.create(&CORE_CONFIGMAPS, Some("ns"), body, strict).await.unwrap_err();
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (400, "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"x\"")
+    );
 }
