@@ -1205,6 +1205,38 @@ mod tests {
         assert_eq!(store.get("/k").await.expect("get"), Some(kv));
     }
 
+    /// A schema-1 store (no previous revisions in `events`) opens, keeps its
+    /// history (whose updates have no previous value) and records previous
+    /// values for new writes.
+    #[tokio::test]
+    async fn a_schema_1_store_gains_previous_values() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let path = dir.path().join("store.db");
+        {
+            let conn = Connection::open(&path).expect("open raw");
+            conn.execute_batch(
+                "CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL, create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL);
+                 CREATE TABLE events (rev INTEGER PRIMARY KEY NOT NULL, key TEXT NOT NULL, kind INTEGER NOT NULL, value BLOB NOT NULL, create_rev INTEGER NOT NULL);
+                 CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+                 INSERT INTO meta VALUES ('revision', 2), ('compacted', 0);
+                 INSERT INTO kv VALUES ('/k', CAST('two' AS BLOB), 1, 2);
+                 INSERT INTO events VALUES (1, '/k', 0, CAST('one' AS BLOB), 1), (2, '/k', 1, CAST('two' AS BLOB), 1);
+                 PRAGMA user_version = 1;",
+            )
+            .expect("schema 1");
+        }
+        let store = SqliteStore::open(&path).expect("open schema 1 store");
+        let current = store.get("/k").await.expect("get").expect("exists");
+        store.update("/k", b("three"), 2).await.expect("update");
+        let mut watch = store.watch("/k", 0).await.expect("watch");
+        let mut prevs = Vec::new();
+        for _ in 0..3 {
+            let event = next_item(&mut watch).await.expect("event").expect("ok");
+            prevs.push(event.prev);
+        }
+        assert_eq!(prevs, vec![None, None, Some(current)]);
+    }
+
     #[tokio::test]
     async fn compaction_gives_the_space_back() {
         let dir = tempfile::tempdir().expect("create temp dir");
