@@ -319,3 +319,44 @@ fn explain_and_who_can_on_a_large_policy() {
         assert!(stdout(&out).is_empty(), "{resource}: no table");
     }
 }
+
+#[test]
+fn rules_reviews_list_each_rule_once_and_x509_users_carry_a_credential_id() {
+    let server = Server::start();
+    service_account(&server, "dup", "sa");
+    // The same role reached through two bindings.
+    for binding in ["view-1", "view-2"] {
+        server.kubectl_ok(&["create", "rolebinding", binding, "-n", "dup", "--clusterrole=view", "--serviceaccount=dup:sa"]);
+    }
+    let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview", "spec": {"namespace": "dup"}});
+    let (code, body) = server.curl_admin(
+        "POST",
+        "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+        &["-H", "Content-Type: application/json", "-H", "Impersonate-User: system:serviceaccount:dup:sa", "-d", &review.to_string()],
+    );
+    assert_eq!(code, 201, "{body}");
+    let status = json(&body)["status"].clone();
+    for list in ["resourceRules", "nonResourceRules"] {
+        let rules = status[list].as_array().cloned().unwrap_or_default();
+        assert!(!rules.is_empty(), "{list}: {status}");
+        for (i, rule) in rules.iter().enumerate() {
+            assert!(!rules[..i].contains(rule), "{list} lists {rule} twice: {status}");
+        }
+    }
+
+    // kube-apiserver 1.32 names an x509 credential by the certificate's SHA-256.
+    let whoami = json(&server.kubectl_ok(&["auth", "whoami", "-o", "json"]));
+    let (cert, _) = server.admin_cert();
+    let digest = std::process::Command::new("python3")
+        .args(["-c", "import hashlib,ssl,sys; print(hashlib.sha256(ssl.PEM_cert_to_DER_cert(open(sys.argv[1]).read())).hexdigest())"])
+        .arg(&cert)
+        .output()
+        .expect("python3");
+    let digest = String::from_utf8_lossy(&digest.stdout).trim().to_owned();
+    assert_eq!(digest.len(), 64, "sha256 of the admin certificate");
+    assert_eq!(
+        whoami["status"]["userInfo"]["extra"]["authentication.kubernetes.io/credential-id"],
+        json!([format!("X509SHA256={digest}")]),
+        "{whoami}"
+    );
+}

@@ -112,6 +112,9 @@ fn watch_list_and_filtered_watches_as_kube_apiserver_sends_them() {
             status(400, "BadRequest", "invalid resource version: resourceVersion: Invalid value: \"abc\": strconv.ParseUint: parsing \"abc\": invalid syntax")
         );
     }
+    let (code, body) = server.curl_admin("GET", "/api/v1/namespaces/ws/configmaps?labelSelector=app%20web", &[]);
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(json(&body), status(400, "BadRequest", "unable to parse requirement: found 'web', expected: in, notin, =, ==, !=, gt, lt"));
     let (code, body) = server.curl_admin("GET", "/api/v1/namespaces/ws/configmaps?limit=1&continue=bm90LWpzb24", &[]);
     assert_eq!(code, 400, "{body}");
     assert!(
