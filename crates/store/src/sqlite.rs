@@ -96,6 +96,7 @@ CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY NOT NULL,
     value INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_key_rev ON events (key, rev);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0), ('compacted', 0);
 ";
 
@@ -615,11 +616,15 @@ impl Store for SqliteStore {
         // In steps, each its own transaction under the write lock, so writes
         // wait for one step at most, not for the whole history.
         let mut removed = 0;
+        // The first step also revisits the events earlier compactions kept;
+        // later steps only their own batch.
+        let mut first = true;
         while let Step::Removed(rows) = self
-            .with_writer(move |writer| compact_step(&mut writer.conn, revision))
+            .with_writer(move |writer| compact_step(&mut writer.conn, revision, first))
             .await?
         {
             removed += rows;
+            first = false;
         }
         if removed == 0 {
             return Ok(());
@@ -669,7 +674,7 @@ enum Step {
 
 /// Deletes the next batch of at most [`COMPACT_BATCH`] revisions of history
 /// up to `revision` and records the new compacted revision.
-fn compact_step(conn: &mut Connection, revision: Revision) -> Result<Step> {
+fn compact_step(conn: &mut Connection, revision: Revision, revisit_kept: bool) -> Result<Step> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let current = meta(&tx, META_REVISION)?;
     if revision > current {
@@ -687,10 +692,13 @@ fn compact_step(conn: &mut Connection, revision: Revision) -> Result<Step> {
     // unless it is a delete: a later update of the key points to it for its
     // previous value. A later compaction past such an update removes it
     // (every pass deletes from the start of the table).
+    // A batch costs its own rows (and, in a compaction's first step, the
+    // events kept before), each checked through `events_key_rev`.
+    let from = if revisit_kept { 0 } else { compacted };
     let removed = tx.execute(
-        "DELETE FROM events WHERE rev <= ?1 AND (kind = 2 OR rev NOT IN \
-         (SELECT MAX(rev) FROM events WHERE rev <= ?2 GROUP BY key))",
-        [through, revision],
+        "DELETE FROM events WHERE rev > ?1 AND rev <= ?2 AND (kind = 2 OR EXISTS \
+         (SELECT 1 FROM events later WHERE later.key = events.key AND later.rev > events.rev AND later.rev <= ?3))",
+        [from, through, revision],
     )?;
     tx.execute(
         "UPDATE meta SET value = ?1 WHERE name = 'compacted'",
