@@ -373,6 +373,7 @@ pub fn check_preconditions(resource: &ResourceInfo, name: &str, current: &Value,
                 kind: resource.kind.to_owned(),
                 ..StatusDetails::default()
             })),
+            list_continue: None,
         }
     };
     if let Some(uid) = &pre.uid

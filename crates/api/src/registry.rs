@@ -5,14 +5,12 @@
 //! and termination, defaulting, validation, optimistic concurrency, list paging
 //! with selectors, and watch event conversion.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use serde_json::{Map, Value, json};
-use tessera_store::{self as store, EventKind, ListOptions, Revision, Store};
+use tessera_store::{self as store, Revision, Store};
 
 use crate::deletion::{self, DeleteOptions, Deletion, Plan};
 use crate::kinds;
@@ -109,6 +107,13 @@ pub struct ListParams {
     pub continue_token: Option<String>,
     /// `resourceVersion` (for watch: start after it).
     pub resource_version: Option<String>,
+    /// `resourceVersionMatch` (`Exact` or `NotOlderThan`), checked by the
+    /// request parser.
+    pub resource_version_match: Option<String>,
+    /// `allowWatchBookmarks`: a watch gets BOOKMARK events.
+    pub allow_watch_bookmarks: bool,
+    /// `sendInitialEvents` of a watch (`None` when absent).
+    pub send_initial_events: Option<bool>,
 }
 
 /// One event of a watch, as sent on the wire.
@@ -124,6 +129,8 @@ pub struct WatchEvent {
 #[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn Store>,
+    /// How often a watch with `allowWatchBookmarks` gets a BOOKMARK.
+    bookmark_interval: std::time::Duration,
 }
 
 fn now_rfc3339() -> String {
@@ -176,28 +183,6 @@ fn parse_rv(rv: &str) -> Result<Revision> {
         .ok_or_else(|| ApiError::bad_request(format!("invalid resource version: {rv:?}")))
 }
 
-/// The continue token kube-apiserver uses: base64 of `{"v":"meta.k8s.io/v1","rv":N,"start":"key-after-prefix"}`.
-fn encode_continue(revision: Revision, start: &str) -> String {
-    let token = json!({"v": "meta.k8s.io/v1", "rv": revision, "start": format!("{start}\u{0}")});
-    base64::engine::general_purpose::URL_SAFE.encode(token.to_string())
-}
-
-fn decode_continue(token: &str) -> Result<String> {
-    let bad = || ApiError::bad_request("continue key is not valid: the format of the continue token is unrecognized");
-    let raw = base64::engine::general_purpose::URL_SAFE.decode(token).map_err(|_| bad())?;
-    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    if v.get("v").and_then(Value::as_str) != Some("meta.k8s.io/v1") {
-        return Err(bad());
-    }
-    let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?;
-    // The token's start key is the next key to return; we page with "strictly after".
-    let start = start.strip_suffix('\u{0}').unwrap_or(start);
-    if start.contains("..") || start.starts_with('/') {
-        return Err(bad());
-    }
-    Ok(start.to_owned())
-}
-
 const GENERATE_NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 fn generate_suffix() -> String {
@@ -211,7 +196,13 @@ fn generate_suffix() -> String {
 impl Registry {
     /// A registry over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self { store, bookmark_interval: read::BOOKMARK_INTERVAL }
+    }
+
+    /// The same registry with another bookmark interval (tests use a short one).
+    pub fn with_bookmark_interval(mut self, interval: std::time::Duration) -> Self {
+        self.bookmark_interval = interval;
+        self
     }
 
     /// The underlying store.
@@ -262,7 +253,14 @@ impl Registry {
                 )));
             }
         }
-        resource.decode(body, strict).map_err(|e| ApiError::bad_request(e.to_string()))
+        // kube-apiserver's transformDecodeError wording.
+        resource.decode(body, strict).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{kind} in version {version:?} cannot be handled as a {kind}: {e}",
+                kind = resource.kind,
+                version = resource.version
+            ))
+        })
     }
 
     async fn check_namespace_open(&self, resource: &ResourceInfo, namespace: Option<&str>, name: &str) -> Result<()> {
@@ -667,59 +665,10 @@ impl Registry {
         }
     }
 
-    /// Lists objects as a `…List` object.
+    /// Lists objects as a `…List` object, at the revision the parameters
+    /// ask for (see [`read`]).
     pub async fn list(&self, resource: &ResourceInfo, namespace: Option<&str>, params: &ListParams) -> Result<Value> {
-        let ns = Self::namespace_of(resource, namespace);
-        let prefix = resource.key_prefix(ns);
-        let mut start_after = match &params.continue_token {
-            Some(token) => Some(format!("{prefix}{}", decode_continue(token)?)),
-            None => None,
-        };
-        // A name pinned by the field selector is one key: no scan.
-        if let Some(name) = params.fields.required_name()
-            && ns.is_some() == resource.namespaced
-            && start_after.is_none()
-        {
-            let key = resource.key(ns, name);
-            let revision = self.store.revision().await.map_err(storage_error)?;
-            let mut items = Vec::new();
-            if let Some(kv) = self.store.get(&key).await.map_err(storage_error)? {
-                let obj = from_store(&kv.value, kv.mod_revision)?;
-                if params.labels.matches(&obj) && params.fields.matches(&obj) {
-                    items.push(obj);
-                }
-            }
-            return Ok(list_object(resource, items, revision, None));
-        }
-        let mut items = Vec::new();
-        let mut revision = None;
-        let mut next_token = None;
-        loop {
-            let want = if params.limit == 0 { 0 } else { params.limit - items.len() };
-            let page = self
-                .store
-                .list(&prefix, ListOptions { limit: want, start_after: start_after.clone() })
-                .await
-                .map_err(storage_error)?;
-            let rev = *revision.get_or_insert(page.revision);
-            let last_key = page.items.last().map(|kv| kv.key.clone());
-            for kv in &page.items {
-                let obj = from_store(&kv.value, kv.mod_revision)?;
-                if params.labels.matches(&obj) && params.fields.matches(&obj) {
-                    items.push(obj);
-                }
-            }
-            if !page.more {
-                break;
-            }
-            let Some(last) = last_key else { break };
-            if params.limit != 0 && items.len() >= params.limit {
-                next_token = Some(encode_continue(rev, last.strip_prefix(&prefix).unwrap_or(&last)));
-                break;
-            }
-            start_after = Some(last);
-        }
-        Ok(list_object(resource, items, revision.unwrap_or(0), next_token))
+        self.list_objects(resource, namespace, params).await
     }
 
     /// Deletes every object matching the selectors; returns the list of deleted objects.
@@ -758,63 +707,16 @@ impl Registry {
         Ok(list_object(resource, deleted, revision, None))
     }
 
-    /// Watches objects. With no resourceVersion (or `0`), the current objects
-    /// come first as `ADDED` events; otherwise changes after that version.
+    /// Watches objects: with no resourceVersion (or `0`) the current objects
+    /// come first as `ADDED` events; otherwise changes after that version
+    /// (see [`read`] for selectors, bookmarks and `sendInitialEvents`).
     pub async fn watch(
         &self,
         resource: &ResourceInfo,
         namespace: Option<&str>,
         params: &ListParams,
     ) -> Result<impl Stream<Item = WatchEvent> + Send + 'static> {
-        let ns = Self::namespace_of(resource, namespace);
-        let prefix = resource.key_prefix(ns);
-        let filtered = !params.labels.is_empty() || params.fields != FieldSelector::default();
-        let (initial, after) = match params.resource_version.as_deref().filter(|rv| !rv.is_empty() && *rv != "0") {
-            Some(rv) => (Vec::new(), parse_rv(rv)?),
-            None => {
-                let list = self.list(resource, namespace, &ListParams { limit: 0, continue_token: None, ..params.clone() }).await?;
-                let rv = list.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("0");
-                let rev = parse_rv(rv)?;
-                let items = match list {
-                    Value::Object(mut m) => match m.remove("items") {
-                        Some(Value::Array(items)) => items,
-                        _ => Vec::new(),
-                    },
-                    _ => Vec::new(),
-                };
-                (items, rev)
-            }
-        };
-        let mut known: HashSet<String> = initial.iter().map(object_key).collect();
-        let initial_events = initial.into_iter().map(|object| WatchEvent { type_: "ADDED", object });
-        let live = match self.store.watch(&prefix, after).await {
-            Ok(stream) => stream,
-            Err(e @ (store::Error::Compacted { .. } | store::Error::FutureRevision { .. })) => {
-                let err = match e {
-                    store::Error::Compacted { requested, compacted } => {
-                        ApiError::gone(format!("too old resource version: {requested} ({compacted})"))
-                    }
-                    other => ApiError::gone(format!("too large resource version: {other}")),
-                };
-                let event = WatchEvent { type_: "ERROR", object: err.to_status() };
-                return Ok(futures::stream::iter(vec![event]).left_stream());
-            }
-            Err(e) => return Err(storage_error(e)),
-        };
-        let labels = params.labels.clone();
-        let fields = params.fields.clone();
-        let live = live.filter_map(move |item| {
-            let event = match item {
-                Ok(ev) => convert_event(ev, filtered, &labels, &fields, &mut known),
-                Err(e) => {
-                    tracing::warn!(error = %e, "watch ended by the store");
-                    let status = ApiError::gone(format!("watch closed: {e}")).to_status();
-                    Some(WatchEvent { type_: "ERROR", object: status })
-                }
-            };
-            futures::future::ready(event)
-        });
-        Ok(futures::stream::iter(initial_events).chain(live).right_stream())
+        self.watch_objects(resource, namespace, params).await
     }
 
     /// The store's current revision as a resourceVersion string.
@@ -849,11 +751,6 @@ fn track_fields(
     let part = if options.scope == WriteScope::Status { crate::apply::Part::Status } else { crate::apply::Part::Object };
     let writer = crate::apply::Writer { manager, part, now: &now };
     crate::apply::record_update(resource, &writer, live, client_managed, obj)
-}
-
-/// `namespace/name` (or `name`), unique within one watch.
-fn object_key(obj: &Value) -> String {
-    format!("{}/{}", meta_str(obj, "namespace").unwrap_or_default(), meta_str(obj, "name").unwrap_or_default())
 }
 
 /// Keeps a write within its scope: a status write changes only `status`, a
@@ -894,50 +791,6 @@ fn strip_rv(obj: &Value) -> Value {
     obj
 }
 
-/// Turns a store event into a wire event, applying selector transitions: an
-/// object that stops matching is `DELETED` for this watcher, one that starts
-/// matching is `ADDED`.
-fn convert_event(
-    ev: store::WatchEvent,
-    filtered: bool,
-    labels: &LabelSelector,
-    fields: &FieldSelector,
-    known: &mut HashSet<String>,
-) -> Option<WatchEvent> {
-    let object = match from_store(&ev.kv.value, ev.kv.mod_revision) {
-        Ok(o) => o,
-        Err(e) => return Some(WatchEvent { type_: "ERROR", object: e.to_status() }),
-    };
-    if !filtered {
-        let type_ = match ev.kind {
-            EventKind::Create => "ADDED",
-            EventKind::Update => "MODIFIED",
-            EventKind::Delete => "DELETED",
-        };
-        return Some(WatchEvent { type_, object });
-    }
-    let key = object_key(&object);
-    let matches = labels.matches(&object) && fields.matches(&object);
-    let type_ = match (ev.kind, matches, known.contains(&key)) {
-        (EventKind::Delete, true, _) | (EventKind::Delete, _, true) => {
-            known.remove(&key);
-            "DELETED"
-        }
-        (EventKind::Delete, false, false) => return None,
-        (_, true, true) => "MODIFIED",
-        (_, true, false) => {
-            known.insert(key);
-            "ADDED"
-        }
-        (_, false, true) => {
-            known.remove(&key);
-            "DELETED"
-        }
-        (_, false, false) => return None,
-    };
-    Some(WatchEvent { type_, object })
-}
-
 fn list_object(resource: &ResourceInfo, items: Vec<Value>, revision: Revision, next: Option<String>) -> Value {
     let mut metadata = Map::new();
     metadata.insert("resourceVersion".into(), Value::String(revision.to_string()));
@@ -952,5 +805,6 @@ fn list_object(resource: &ResourceInfo, items: Vec<Value>, revision: Revision, n
     })
 }
 
+pub mod read;
 #[cfg(test)]
 mod tests;

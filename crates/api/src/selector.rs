@@ -65,6 +65,28 @@ fn check_key(key: &str) -> Result<String, ApiError> {
     Ok(key.to_owned())
 }
 
+/// The two errors of kube's label selector parser that a split on operators
+/// would word differently: a requirement that starts with an operator, and a
+/// key followed by something that is not one.
+fn reject_as_kubes_lexer(part: &str) -> Result<(), ApiError> {
+    for op in ["!=", "==", "="] {
+        if part.starts_with(op) {
+            return Err(ApiError::bad_request(format!("found '{op}', expected: !, identifier, or 'end of string'")));
+        }
+    }
+    let mut words = part.split_whitespace();
+    if let (Some(_key), Some(next)) = (words.next(), words.next()) {
+        let operator = ["in", "notin"].contains(&next)
+            || ["in(", "notin(", "=", "!=", "("].iter().any(|op| next.starts_with(op));
+        if !operator && !part.contains('=') {
+            return Err(ApiError::bad_request(format!(
+                "unable to parse requirement: found '{next}', expected: in, notin, =, ==, !=, gt, lt"
+            )));
+        }
+    }
+    Ok(())
+}
+
 // === impl LabelSelector ===
 
 impl LabelSelector {
@@ -79,6 +101,7 @@ impl LabelSelector {
             if part.is_empty() {
                 continue;
             }
+            reject_as_kubes_lexer(part)?;
             let req = if let Some(key) = part.strip_prefix('!') {
                 LabelRequirement::NotExists(check_key(key.trim())?)
             } else if let Some((k, v)) = part.split_once("!=") {
@@ -187,6 +210,15 @@ impl FieldSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unparsable_label_selectors_get_kubes_messages() {
+        let msg = |raw: &str| LabelSelector::parse(raw).unwrap_err();
+        let err = msg("app web");
+        assert_eq!((err.code, err.message.as_str()), (400, "unable to parse requirement: found 'web', expected: in, notin, =, ==, !=, gt, lt"));
+        assert_eq!(msg("=web").message, "found '=', expected: !, identifier, or 'end of string'");
+        assert!(LabelSelector::parse("app in (a, b),tier notin (x),!legacy,env=prod").is_ok());
+    }
     use serde_json::json;
 
     fn obj(labels: Value) -> Value {

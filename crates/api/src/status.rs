@@ -15,7 +15,8 @@ pub struct StatusCause {
     pub reason: String,
     /// The message without the field prefix.
     pub message: String,
-    /// The field path, e.g. `metadata.name`.
+    /// The field path, e.g. `metadata.name` (omitted when empty, as kube).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub field: String,
 }
 
@@ -51,6 +52,9 @@ pub struct ApiError {
     pub message: String,
     /// Optional details; `None` omits the `details` field entirely (boxed: errors stay small).
     pub details: Option<Box<StatusDetails>>,
+    /// `metadata.continue` of the Status: the fresh token of a 410 for an
+    /// expired continue token.
+    pub list_continue: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -71,7 +75,7 @@ struct StatusBody<'a> {
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None }
+        Self { code, reason, message: message.into(), details: None, list_continue: None }
     }
 
     fn with_details(mut self, details: StatusDetails) -> Self {
@@ -178,6 +182,22 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    /// 504 `Too large resource version`: a read at a revision the store has
+    /// not reached (kube-apiserver's `NewTooLargeResourceVersionError`).
+    pub fn too_large_resource_version(requested: i64, current: i64) -> Self {
+        Self::new(504, "Timeout", format!("Timeout: Too large resource version: {requested}, current: {current}")).with_details(
+            StatusDetails {
+                causes: vec![StatusCause {
+                    reason: "ResourceVersionTooLarge".into(),
+                    message: "Too large resource version".into(),
+                    field: String::new(),
+                }],
+                retry_after_seconds: Some(1),
+                ..StatusDetails::default()
+            },
+        )
+    }
+
     /// 413: the body is larger than the limit.
     pub fn too_large(limit: usize) -> Self {
         Self::new(413, "RequestEntityTooLarge", format!("Request entity too large: limit is {limit}"))
@@ -222,10 +242,14 @@ impl ApiError {
 
     /// The Status object as JSON.
     pub fn to_status(&self) -> serde_json::Value {
+        let mut metadata = serde_json::Map::new();
+        if let Some(token) = &self.list_continue {
+            metadata.insert("continue".into(), serde_json::Value::String(token.clone()));
+        }
         let body = StatusBody {
             kind: "Status",
             api_version: "v1",
-            metadata: serde_json::Map::new(),
+            metadata,
             status: "Failure",
             message: &self.message,
             reason: self.reason,

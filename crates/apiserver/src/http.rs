@@ -279,12 +279,12 @@ async fn encryption_rewrite(State(state): State<AppState>, _authorized: Authoriz
     Ok(json_response(StatusCode::OK, &json!({"rewritten": report.rewritten, "current": report.current})))
 }
 
-async fn rbac_explain(State(state): State<AppState>, axum::Json(query): axum::Json<crate::rbac::RbacQuery>) -> Response {
-    json_response(StatusCode::OK, &crate::rbac::explain(&state.rbac, &query))
+async fn rbac_explain(State(state): State<AppState>, axum::Json(query): axum::Json<crate::rbac::RbacQuery>) -> HandlerResult {
+    Ok(json_response(StatusCode::OK, &crate::rbac::explain(&state.rbac, &query)?))
 }
 
-async fn rbac_who_can(State(state): State<AppState>, axum::Json(query): axum::Json<crate::rbac::RbacQuery>) -> Response {
-    json_response(StatusCode::OK, &crate::rbac::who_can(&state.rbac, &query))
+async fn rbac_who_can(State(state): State<AppState>, axum::Json(query): axum::Json<crate::rbac::RbacQuery>) -> HandlerResult {
+    Ok(json_response(StatusCode::OK, &crate::rbac::who_can(&state.rbac, &query)?))
 }
 
 async fn openapi_document(authorized: Authorized) -> HandlerResult {

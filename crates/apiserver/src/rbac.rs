@@ -369,7 +369,16 @@ pub fn access_review(policy: &PolicyCache, nodes: &NodeGraph, requester: &UserIn
         }
         "selfsubjectrulesreviews" => {
             let namespace = spec.get("namespace").and_then(Value::as_str).unwrap_or_default();
-            let rules = policy.read(|p| authorizer::rules_for(p, requester, namespace));
+            let mut rules = policy.read(|p| authorizer::rules_for(p, requester, namespace));
+            // The same rule reached through several bindings (or roles) is listed once.
+            let mut seen = Vec::with_capacity(rules.len());
+            rules.retain(|rule| {
+                if seen.contains(rule) {
+                    return false;
+                }
+                seen.push(rule.clone());
+                true
+            });
             let (resource, non_resource): (Vec<_>, Vec<_>) = rules.into_iter().partition(|r| r.non_resource_urls.is_empty());
             let resource_rules: Vec<Value> = resource
                 .into_iter()
@@ -454,21 +463,101 @@ impl RbacQuery {
     }
 }
 
-/// `tessera rbac explain` over the API.
-pub fn explain(policy: &PolicyCache, query: &RbacQuery) -> Value {
+/// `tessera rbac explain` over the API, for the resource as discovery names it.
+pub fn explain(policy: &PolicyCache, query: &RbacQuery) -> Result<Value, ApiError> {
+    let query = resolve_resource(query)?;
     let explanation = policy.read(|p| authorizer::explain(p, &query.subject(), &query.request(), 5));
-    serde_json::to_value(explanation).unwrap_or_default()
+    Ok(serde_json::to_value(explanation).unwrap_or_default())
 }
 
-/// `tessera rbac who-can` over the API.
-pub fn who_can(policy: &PolicyCache, query: &RbacQuery) -> Value {
+/// `tessera rbac who-can` over the API, for the resource as discovery names it.
+pub fn who_can(policy: &PolicyCache, query: &RbacQuery) -> Result<Value, ApiError> {
+    let query = resolve_resource(query)?;
     let grants = policy.read(|p| authorizer::who_can(p, &query.request()));
-    json!({"grants": grants})
+    Ok(json!({"grants": grants}))
+}
+
+/// Resolves the query's resource through the served kinds, as kubectl's
+/// RESTMapper does for `kubectl auth can-i`: a plural, singular or short
+/// name, in the query's group when it names one, else in any group, the
+/// core group first (`tokenreviews` is `tokenreviews.authentication.k8s.io`,
+/// `sa` is `serviceaccounts`). An unknown resource, or one that several
+/// groups serve, none of them core, is a 400 that says so: an answer about
+/// a resource nobody serves would be silently empty. Paths (`/healthz`) and
+/// `*` pass through unchanged.
+fn resolve_resource(query: &RbacQuery) -> Result<RbacQuery, ApiError> {
+    if query.resource.starts_with('/') || query.resource.is_empty() {
+        return Ok(query.clone());
+    }
+    let (name, sub) = match query.resource.split_once('/') {
+        Some((name, sub)) => (name, Some(sub)),
+        None => (query.resource.as_str(), None),
+    };
+    if name == "*" {
+        return Ok(query.clone());
+    }
+    let wanted = name.to_ascii_lowercase();
+    let mut found: Vec<&'static tessera_api::ResourceInfo> = Vec::new();
+    for r in tessera_api::resource::RESOURCES.iter().copied() {
+        let names = r.plural == wanted || r.singular == wanted || r.short_names.contains(&wanted.as_str());
+        let group = query.group.is_empty() || query.group == "*" || r.group == query.group;
+        if names && group && !found.iter().any(|f| f.group == r.group && f.plural == r.plural) {
+            found.push(r);
+        }
+    }
+    let asked = if query.group.is_empty() { name.to_owned() } else { format!("{name}.{}", query.group) };
+    let chosen = match found.as_slice() {
+        [] => return Err(ApiError::bad_request(format!("the server doesn't have a resource type \"{asked}\""))),
+        [one] => *one,
+        many => match many.iter().find(|r| r.group.is_empty()) {
+            Some(core) => *core,
+            None => {
+                let names: Vec<String> = many.iter().map(|r| format!("{}.{}", r.plural, r.group)).collect();
+                return Err(ApiError::bad_request(format!(
+                    "resource type \"{asked}\" is ambiguous: it matches {}; name one as RESOURCE.GROUP",
+                    names.join(", ")
+                )));
+            }
+        },
+    };
+    let mut resolved = query.clone();
+    resolved.resource = match sub {
+        Some(sub) => format!("{}/{sub}", chosen.plural),
+        None => chosen.plural.to_owned(),
+    };
+    if query.group != "*" {
+        resolved.group = chosen.group.to_owned();
+    }
+    Ok(resolved)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resolved(resource: &str, group: &str) -> Result<(String, String), String> {
+        let query = RbacQuery { verb: "create".into(), resource: resource.into(), group: group.into(), ..RbacQuery::default() };
+        resolve_resource(&query).map(|q| (q.resource, q.group)).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn resources_resolve_through_discovery_as_kubectl_resolves_them() {
+        let pair = |r: &str, g: &str| Ok((r.to_owned(), g.to_owned()));
+        assert_eq!(resolved("tokenreviews", ""), pair("tokenreviews", "authentication.k8s.io"));
+        assert_eq!(resolved("tokenreview", ""), pair("tokenreviews", "authentication.k8s.io"));
+        assert_eq!(resolved("tokenreviews", "authentication.k8s.io"), pair("tokenreviews", "authentication.k8s.io"));
+        assert_eq!(resolved("sa", ""), pair("serviceaccounts", ""));
+        assert_eq!(resolved("ServiceAccount", ""), pair("serviceaccounts", ""));
+        assert_eq!(resolved("serviceaccounts/token", ""), pair("serviceaccounts/token", ""));
+        assert_eq!(resolved("clusterroles", ""), pair("clusterroles", "rbac.authorization.k8s.io"));
+        assert_eq!(resolved("*", ""), pair("*", ""));
+        assert_eq!(resolved("/healthz", ""), pair("/healthz", ""));
+        assert_eq!(resolved("deployments", "").unwrap_err(), "the server doesn't have a resource type \"deployments\"");
+        assert_eq!(
+            resolved("tokenreviews", "rbac.authorization.k8s.io").unwrap_err(),
+            "the server doesn't have a resource type \"tokenreviews.rbac.authorization.k8s.io\""
+        );
+    }
 
     #[test]
     fn unescaping_of_extra_keys() {

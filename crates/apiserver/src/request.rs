@@ -397,13 +397,18 @@ fn decode_options(query: &Query, kind: Option<&'static ResourceInfo>, verb: Verb
     let list = if collection {
         let fields = query.first("fieldSelector").unwrap_or_default();
         let allowed = kind.map(kinds::selectable_fields).unwrap_or_default();
-        ListParams {
+        let params = ListParams {
             labels: LabelSelector::parse(query.first("labelSelector").unwrap_or_default())?,
             fields: FieldSelector::parse(fields, allowed)?,
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
             continue_token: query.first("continue").filter(|c| !c.is_empty()).map(str::to_owned),
             resource_version: query.first("resourceVersion").map(str::to_owned),
-        }
+            resource_version_match: query.first("resourceVersionMatch").filter(|m| !m.is_empty()).map(str::to_owned),
+            allow_watch_bookmarks: query.flag("allowWatchBookmarks"),
+            send_initial_events: query.first("sendInitialEvents").map(|_| query.flag("sendInitialEvents")),
+        };
+        validate_list_options(&params, verb)?;
+        params
     } else {
         ListParams::default()
     };
@@ -426,9 +431,94 @@ fn decode_options(query: &Query, kind: Option<&'static ResourceInfo>, verb: Verb
     })
 }
 
+/// kube-apiserver's `ValidateListOptions` (1.32, WatchList enabled): 422
+/// `ListOptions.meta.k8s.io "" is invalid: …` for combinations of
+/// `resourceVersionMatch`, `continue` and `sendInitialEvents` it refuses.
+fn validate_list_options(params: &ListParams, verb: Verb) -> Result<(), ApiError> {
+    use tessera_api::status::field;
+    const MATCH: &str = "resourceVersionMatch";
+    let mut causes = Vec::new();
+    let rvm = params.resource_version_match.as_deref();
+    let rv = params.resource_version.as_deref().unwrap_or_default();
+    match verb {
+        Verb::Watch => {
+            if params.send_initial_events.is_some() && rvm != Some("NotOlderThan") {
+                causes.push(field::forbidden(MATCH, "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"));
+            }
+            if let Some(rvm) = rvm {
+                if params.send_initial_events.is_none() {
+                    causes.push(field::forbidden(MATCH, "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"));
+                }
+                if rvm != "NotOlderThan" {
+                    causes.push(field::not_supported(MATCH, &serde_json::json!(rvm), &["NotOlderThan"]));
+                }
+                if params.continue_token.is_some() {
+                    causes.push(field::forbidden(MATCH, "resourceVersionMatch is forbidden when continue is provided"));
+                }
+            }
+        }
+        Verb::List => {
+            if let Some(rvm) = rvm {
+                if rv.is_empty() {
+                    causes.push(field::forbidden(MATCH, "resourceVersionMatch is forbidden unless resourceVersion is provided"));
+                }
+                if params.continue_token.is_some() {
+                    causes.push(field::forbidden(MATCH, "resourceVersionMatch is forbidden when continue is provided"));
+                }
+                if rvm != "Exact" && rvm != "NotOlderThan" {
+                    causes.push(field::not_supported(MATCH, &serde_json::json!(rvm), &["Exact", "NotOlderThan", ""]));
+                }
+                if rvm == "Exact" && rv == "0" {
+                    causes.push(field::forbidden(MATCH, "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""));
+                }
+            }
+            if params.send_initial_events.is_some() {
+                causes.push(field::forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list"));
+            }
+        }
+        _ => {}
+    }
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid("ListOptions", "meta.k8s.io", "", causes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_options_are_validated_as_kube_validates_them() {
+        let message = |path: &str, query: &str| resource(Method::GET, path, Some(query)).options.unwrap_err().message;
+        let cms = "/api/v1/namespaces/a/configmaps";
+        assert_eq!(
+            message(cms, "watch=1&sendInitialEvents=true&allowWatchBookmarks=true"),
+            "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"
+        );
+        assert_eq!(
+            message(cms, "watch=1&resourceVersionMatch=Exact&resourceVersion=5"),
+            "ListOptions.meta.k8s.io \"\" is invalid: [resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided, resourceVersionMatch: Unsupported value: \"Exact\": supported values: \"NotOlderThan\"]"
+        );
+        assert_eq!(
+            message(cms, "resourceVersionMatch=Exact"),
+            "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
+        );
+        assert_eq!(
+            message(cms, "resourceVersionMatch=Exact&resourceVersion=0"),
+            "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""
+        );
+        assert_eq!(
+            message(cms, "sendInitialEvents=true"),
+            "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list"
+        );
+        let err = resource(Method::GET, cms, Some("resourceVersionMatch=Newest&resourceVersion=3")).options.unwrap_err();
+        assert_eq!(err.code, 422);
+        assert_eq!(err.message, "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Unsupported value: \"Newest\": supported values: \"Exact\", \"NotOlderThan\", \"\"");
+        let ok = resource(Method::GET, cms, Some("watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=1"));
+        let list = ok.options.expect("valid").list;
+        assert_eq!((list.send_initial_events, list.allow_watch_bookmarks), (Some(true), true));
+    }
 
     fn resource(method: Method, path: &str, query: Option<&str>) -> ResourceRequest {
         match parse(&method, path, query).expect("parses") {

@@ -22,9 +22,10 @@
 //! watches opened together do not all end together), or sooner when the
 //! client asks for a shorter `timeoutSeconds`.
 //!
-//! Bookmarks are optional hints and are not sent: a bookmark must never carry
-//! a revision beyond the last event this watcher received, and events already
-//! carry every revision the client needs to resume.
+//! Events, BOOKMARKs (`allowWatchBookmarks`, and the end of a watch-list's
+//! initial events) and selector transitions come from the registry
+//! (`tessera_api::registry::read`); this module only encodes and delivers
+//! them.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

@@ -33,7 +33,11 @@ pub fn user_from_certificate(der: &[u8]) -> Result<UserInfo, X509Error> {
     if !groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
         groups.push(AUTHENTICATED_GROUP.to_owned());
     }
-    Ok(UserInfo { username, groups, ..UserInfo::default() })
+    // kube-apiserver 1.32 names the credential by the certificate's SHA-256.
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let extra = [(crate::token::EXTRA_CREDENTIAL_ID.to_owned(), vec![format!("X509SHA256={hex}")])].into();
+    Ok(UserInfo { username, groups, extra, ..UserInfo::default() })
 }
 
 #[cfg(test)]
@@ -54,6 +58,15 @@ mod tests {
         params.distinguished_name = dn;
         let key = KeyPair::generate().expect("key");
         params.self_signed(&key).expect("cert").der().to_vec()
+    }
+
+    #[test]
+    fn the_credential_id_is_the_certificates_sha256() {
+        let der = cert(Some("jane"), &[]);
+        let user = user_from_certificate(&der).expect("user");
+        let want = ring::digest::digest(&ring::digest::SHA256, &der);
+        let hex: String = want.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(user.extra["authentication.kubernetes.io/credential-id"], vec![format!("X509SHA256={hex}")]);
     }
 
     #[test]

@@ -77,7 +77,11 @@ async fn call(args: &RbacArgs, path: &str, body: Value) -> anyhow::Result<Value>
     };
     let client = kube::Client::try_from(config)?;
     let request = http::Request::post(path).header("content-type", "application/json").body(serde_json::to_vec(&body)?)?;
-    let text = client.request_text(request).await.with_context(|| format!("POST {path}"))?;
+    // The server's refusal (an unknown or ambiguous resource) is the message to show.
+    let text = client.request_text(request).await.map_err(|err| match err {
+        kube::Error::Api(status) => anyhow::anyhow!("{}", status.message),
+        other => anyhow::Error::new(other).context(format!("POST {path}")),
+    })?;
     Ok(serde_json::from_str(&text)?)
 }
 

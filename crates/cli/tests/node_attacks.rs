@@ -140,7 +140,11 @@ fn only_a_bootstrapper_or_the_node_itself_gets_a_node_certificate() {
     // The certificate authenticates as the node.
     let (code, body) = n1.curl(&server, "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", Some(&json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})));
     assert_eq!(code, 201, "{body}");
-    assert_eq!(json(&body)["status"]["userInfo"], json!({"username": "system:node:n1", "groups": ["system:nodes", "system:authenticated"]}));
+    let user = json(&body)["status"]["userInfo"].clone();
+    assert_eq!((&user["username"], &user["groups"]), (&json!("system:node:n1"), &json!(["system:nodes", "system:authenticated"])), "{user}");
+    // kube-apiserver 1.32 names an x509 credential by its SHA-256.
+    let id = user["extra"]["authentication.kubernetes.io/credential-id"][0].as_str().unwrap_or_default();
+    assert!(id.strip_prefix("X509SHA256=").is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())), "{user}");
 }
 
 #[test]

@@ -277,7 +277,7 @@ fn explain_and_who_can_on_a_large_policy() {
     let allowed = tessera(&["explain", "--as", "system:serviceaccount:team-a:sa-4", "list", "pods", "-n", "team-a"]);
     assert_eq!(allowed.status.code(), Some(0));
     let text = stdout(&allowed);
-    assert!(text.starts_with("ALLOWED  RBAC: allowed by RoleBinding \"view-4/team-a\" of ClusterRole \"view\" to ServiceAccount \"team-a/sa-4\"\n"), "{text}");
+    assert!(text.starts_with("ALLOWED  RBAC: allowed by RoleBinding \"view-4/team-a\" of ClusterRole \"view\" to ServiceAccount \"sa-4/team-a\"\n"), "{text}");
     assert!(text.contains("✔ RoleBinding \"view-4/team-a\" → ClusterRole \"view\""), "{text}");
 
     let denied = tessera(&["explain", "--as", "system:serviceaccount:team-a:sa-4", "delete", "pods", "-n", "team-b"]);
@@ -293,4 +293,70 @@ fn explain_and_who_can_on_a_large_policy() {
     assert_eq!(lines.iter().filter(|l| l.starts_with("User")).count(), 20, "{who}");
     assert!(lines.iter().all(|l| !l.contains("team-a/")), "{who}");
     assert!(lines.iter().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Group", "system:masters", "ClusterRoleBinding", "\"cluster-admin\"", "ClusterRole", "\"cluster-admin\""]), "{who}");
+
+    // Resource names resolve through discovery, as kubectl resolves them:
+    // `tokenreviews` is `tokenreviews.authentication.k8s.io`, `sa` and the
+    // singular work, and an unknown name is an error, not an empty table.
+    server.kubectl_ok(&["create", "clusterrolebinding", "reviewer", "--clusterrole=system:auth-delegator", "--serviceaccount=team-a:sa-0"]);
+    for resource in ["tokenreviews", "tokenreview", "tokenreviews.authentication.k8s.io"] {
+        let out = tessera(&["who-can", "create", resource]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let who = stdout(&out);
+        assert!(who.lines().any(|l| l.starts_with("ServiceAccount") && l.contains("\"reviewer\"")), "{resource}: {who}");
+    }
+    let explained = tessera(&["explain", "--as", "system:serviceaccount:team-a:sa-0", "create", "tokenreviews"]);
+    assert_eq!(explained.status.code(), Some(0), "{}", stdout(&explained));
+    assert!(stdout(&explained).starts_with("ALLOWED  RBAC: allowed by ClusterRoleBinding \"reviewer\" of ClusterRole \"system:auth-delegator\" to ServiceAccount \"sa-0/team-a\"\n"), "{}", stdout(&explained));
+    let sa = stdout(&tessera(&["who-can", "get", "sa", "-n", "team-a"]));
+    assert_eq!(sa.lines().filter(|l| l.starts_with("ServiceAccount")).count(), 100, "{sa}");
+    for (resource, message) in [
+        ("deployments", "the server doesn't have a resource type \"deployments\""),
+        ("tokenreviews.rbac.authorization.k8s.io", "the server doesn't have a resource type \"tokenreviews.rbac.authorization.k8s.io\""),
+    ] {
+        let out = tessera(&["who-can", "create", resource]);
+        assert_ne!(out.status.code(), Some(0), "{resource}");
+        assert!(stderr(&out).contains(message), "{resource}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty(), "{resource}: no table");
+    }
+}
+
+#[test]
+fn rules_reviews_list_each_rule_once_and_x509_users_carry_a_credential_id() {
+    let server = Server::start();
+    service_account(&server, "dup", "sa");
+    // The same role reached through two bindings.
+    for binding in ["view-1", "view-2"] {
+        server.kubectl_ok(&["create", "rolebinding", binding, "-n", "dup", "--clusterrole=view", "--serviceaccount=dup:sa"]);
+    }
+    let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview", "spec": {"namespace": "dup"}});
+    let (code, body) = server.curl_admin(
+        "POST",
+        "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+        &["-H", "Content-Type: application/json", "-H", "Impersonate-User: system:serviceaccount:dup:sa", "-d", &review.to_string()],
+    );
+    assert_eq!(code, 201, "{body}");
+    let status = json(&body)["status"].clone();
+    for list in ["resourceRules", "nonResourceRules"] {
+        let rules = status[list].as_array().cloned().unwrap_or_default();
+        assert!(!rules.is_empty(), "{list}: {status}");
+        for (i, rule) in rules.iter().enumerate() {
+            assert!(!rules[..i].contains(rule), "{list} lists {rule} twice: {status}");
+        }
+    }
+
+    // kube-apiserver 1.32 names an x509 credential by the certificate's SHA-256.
+    let whoami = json(&server.kubectl_ok(&["auth", "whoami", "-o", "json"]));
+    let (cert, _) = server.admin_cert();
+    let digest = std::process::Command::new("python3")
+        .args(["-c", "import hashlib,ssl,sys; print(hashlib.sha256(ssl.PEM_cert_to_DER_cert(open(sys.argv[1]).read())).hexdigest())"])
+        .arg(&cert)
+        .output()
+        .expect("python3");
+    let digest = String::from_utf8_lossy(&digest.stdout).trim().to_owned();
+    assert_eq!(digest.len(), 64, "sha256 of the admin certificate");
+    assert_eq!(
+        whoami["status"]["userInfo"]["extra"]["authentication.kubernetes.io/credential-id"],
+        json!([format!("X509SHA256={digest}")]),
+        "{whoami}"
+    );
 }

@@ -41,7 +41,7 @@ impl EncryptedStore {
         for prefix in prefixes {
             let mut start_after = None;
             loop {
-                let page = self.inner.list(prefix, ListOptions { limit: 500, start_after: start_after.clone() }).await?;
+                let page = self.inner.list(prefix, ListOptions { limit: 500, start_after: start_after.clone(), ..ListOptions::default() }).await?;
                 for kv in &page.items {
                     let Some(current) = self.config.providers_for(&kv.key).and_then(|p| p.first()) else { continue };
                     if current.wrote(&kv.value) {
@@ -113,7 +113,7 @@ impl Store for EncryptedStore {
         let events = self.inner.watch(prefix, after).await?;
         Ok(Box::pin(events.map(move |event| {
             let event = event?;
-            Ok(WatchEvent { kind: event.kind, kv: Self::open(&config, event.kv)? })
+            Ok(WatchEvent { kind: event.kind, kv: Self::open(&config, event.kv)?, prev: event.prev.map(|prev| Self::open(&config, prev)).transpose()? })
         })))
     }
 

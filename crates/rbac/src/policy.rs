@@ -157,11 +157,12 @@ impl Binding {
             .collect()
     }
 
-    /// The `to ServiceAccount "ns/name"` part of a reason, for the subject that matched `user`.
+    /// The `to ServiceAccount "name/ns"` part of a reason, for the subject that matched `user`.
     pub fn matched_subject(&self, user: &UserInfo) -> Option<String> {
         let keys = user_keys(user);
         self.subjects.iter().zip(self.keys()).find(|(_, k)| keys.contains(k)).map(|(s, k)| match k {
-            SubjectKey::ServiceAccount(ns, name) => format!("ServiceAccount \"{ns}/{name}\""),
+            // kube's describeSubject: NAME/NAMESPACE.
+            SubjectKey::ServiceAccount(ns, name) => format!("ServiceAccount \"{name}/{ns}\""),
             _ => format!("{} \"{}\"", s.kind, s.name),
         })
     }

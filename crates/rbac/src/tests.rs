@@ -126,7 +126,7 @@ fn who_can_and_explain_on_a_large_policy() {
 
     let allowed = explain(&p, &sa("ns3", "sa3"), &list_pods_ns3, 5);
     assert!(allowed.allowed);
-    assert_eq!(allowed.reason, "RBAC: allowed by RoleBinding \"view-3/ns3\" of ClusterRole \"view\" to ServiceAccount \"ns3/sa3\"");
+    assert_eq!(allowed.reason, "RBAC: allowed by RoleBinding \"view-3/ns3\" of ClusterRole \"view\" to ServiceAccount \"sa3/ns3\"");
     assert!(!allowed.matches.is_empty());
     let denied = explain(&p, &sa("ns3", "sa3"), &res("delete", "", "pods", "ns3"), 5);
     assert!(!denied.allowed);

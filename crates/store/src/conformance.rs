@@ -162,6 +162,10 @@ macro_rules! store_conformance_suite {
             compaction_concurrent_with_writes_loses_nothing,
             compact_to_future_revision_fails,
             watch_from_future_revision_fails,
+            watch_events_carry_the_previous_value,
+            list_at_a_past_revision,
+            list_at_a_compacted_or_future_revision_fails,
+            previous_values_survive_compaction,
         );
     };
     (@cases ($make:expr) $($case:ident),* $(,)?) => {
@@ -528,7 +532,7 @@ pub async fn list_paging_visits_every_key_once(store: Arc<dyn Store>) {
         let mut pages = 0;
         loop {
             let page = store
-                .list("/p/", ListOptions { limit, start_after })
+                .list("/p/", ListOptions { limit, start_after, ..ListOptions::default() })
                 .await
                 .expect("list page");
             pages += 1;
@@ -562,6 +566,7 @@ pub async fn list_paging_visits_every_key_once(store: Arc<dyn Store>) {
             ListOptions {
                 limit: 0,
                 start_after: Some(expected[20].clone()),
+                ..ListOptions::default()
             },
         )
         .await
@@ -1085,4 +1090,131 @@ pub async fn watch_from_future_revision_fails(store: Arc<dyn Store>) {
         .expect("watch from current revision");
     let deleted = s.delete("/k", None).await.expect("delete");
     assert_event(&next_event(&mut watch).await, EventKind::Delete, &deleted);
+}
+
+/// Every event carries the key as it was before the change, in history and
+/// live: nothing for a create, the replaced value for an update, the last
+/// value for a delete.
+pub async fn watch_events_carry_the_previous_value(store: Arc<dyn Store>) {
+    let s = &*store;
+    let base = revision(s).await;
+    let mut live = s.watch("/prev/", base).await.expect("live watch");
+    let created = create(s, "/prev/a", "one").await;
+    let updated = s
+        .update("/prev/a", bytes("two"), created.mod_revision)
+        .await
+        .expect("update");
+    let deleted = s.delete("/prev/a", None).await.expect("delete");
+    let mut history = s.watch("/prev/", base).await.expect("history watch");
+    for (what, stream) in [("live", &mut live), ("history", &mut history)] {
+        let event = next_event(stream).await;
+        assert_eq!((&event.kind, &event.prev), (&EventKind::Create, &None), "{what}");
+        let event = next_event(stream).await;
+        assert_eq!(event.kind, EventKind::Update, "{what}");
+        assert_eq!(event.prev.as_ref(), Some(&created), "{what}: an update's previous value");
+        let event = next_event(stream).await;
+        assert_eq!(event.kind, EventKind::Delete, "{what}");
+        assert_eq!(event.kv.mod_revision, deleted.mod_revision, "{what}");
+        assert_eq!(event.prev.as_ref(), Some(&updated), "{what}: a delete's previous value");
+    }
+}
+
+/// A list at a past revision shows the keys, values and revisions as they
+/// were then, in pages too; revision 0 and the current revision read now.
+pub async fn list_at_a_past_revision(store: Arc<dyn Store>) {
+    let s = &*store;
+    let a = create(s, "/at/a", "a1").await;
+    let b = create(s, "/at/b", "b1").await;
+    let c = create(s, "/at/c", "c1").await;
+    let then = revision(s).await;
+    s.update("/at/a", bytes("a2"), a.mod_revision).await.expect("update");
+    s.delete("/at/b", None).await.expect("delete");
+    let d = create(s, "/at/d", "d1").await;
+    create(s, "/other/x", "x").await;
+    let at = |limit, start_after: Option<&str>, revision| ListOptions {
+        limit,
+        start_after: start_after.map(str::to_owned),
+        revision,
+    };
+    let past = s.list("/at/", at(0, None, then)).await.expect("list at past revision");
+    assert_eq!(past.items, vec![a.clone(), b.clone(), c.clone()]);
+    assert_eq!((past.revision, past.more), (then, false));
+    let page = s.list("/at/", at(2, None, then)).await.expect("first page");
+    assert_eq!((page.items, page.more), (vec![a, b.clone()], true));
+    let page = s
+        .list("/at/", at(2, Some("/at/a"), then))
+        .await
+        .expect("second page");
+    assert_eq!((page.items, page.more, page.revision), (vec![b, c.clone()], false, then));
+    let now = revision(s).await;
+    let current = s.list("/at/", at(0, None, now)).await.expect("list at current");
+    let latest = s.list("/at/", ListOptions::default()).await.expect("list");
+    assert_eq!(current, latest);
+    assert_eq!(
+        latest.items.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(),
+        ["/at/a", "/at/c", "/at/d"]
+    );
+    assert_eq!(latest.items[1], c);
+    assert_eq!(latest.items[2], d);
+}
+
+/// A list at a compacted revision fails with `Compacted`, one past the
+/// current revision with `FutureRevision`; the compacted revision itself
+/// can still be read.
+pub async fn list_at_a_compacted_or_future_revision_fails(store: Arc<dyn Store>) {
+    let s = &*store;
+    let base = revision(s).await;
+    for i in 1..=4 {
+        create(s, &format!("/lc/{i}"), "v").await;
+    }
+    s.compact(base + 2).await.expect("compact");
+    let at = |revision| ListOptions {
+        revision,
+        ..ListOptions::default()
+    };
+    match s.list("/lc/", at(base + 1)).await {
+        Err(Error::Compacted {
+            requested,
+            compacted,
+        }) => assert_eq!((requested, compacted), (base + 1, base + 2)),
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    let kept = s.list("/lc/", at(base + 2)).await.expect("list at the compacted revision");
+    assert_eq!(kept.items.len(), 2);
+    let current = revision(s).await;
+    assert!(
+        matches!(
+            s.list("/lc/", at(current + 1)).await,
+            Err(Error::FutureRevision { requested, .. }) if requested == current + 1
+        ),
+        "a list past the current revision fails"
+    );
+}
+
+/// Compaction keeps what later events need: an update after the compacted
+/// revision still carries the value it replaced, written before it, and a
+/// list at the compacted revision still sees it.
+pub async fn previous_values_survive_compaction(store: Arc<dyn Store>) {
+    let s = &*store;
+    let old = create(s, "/pc/a", "old").await;
+    create(s, "/pc/b", "b").await;
+    let compacted = revision(s).await;
+    s.compact(compacted).await.expect("compact");
+    let mut watch = s.watch("/pc/", compacted).await.expect("watch");
+    s.update("/pc/a", bytes("new"), old.mod_revision).await.expect("update");
+    let event = next_event(&mut watch).await;
+    assert_eq!(event.prev.as_ref(), Some(&old));
+    let mut replay = s.watch("/pc/", compacted).await.expect("replay");
+    assert_eq!(next_event(&mut replay).await.prev.as_ref(), Some(&old));
+    let then = s
+        .list("/pc/", ListOptions { revision: compacted, ..ListOptions::default() })
+        .await
+        .expect("list at the compacted revision");
+    assert_eq!(then.items.first(), Some(&old));
+    // Once a later compaction passes the update, nothing needs the old value.
+    let now = revision(s).await;
+    create(s, "/pc/c", "c").await;
+    s.compact(now).await.expect("compact again");
+    let latest = s.list("/pc/", ListOptions::default()).await.expect("list");
+    assert_eq!(latest.items.len(), 3);
 }

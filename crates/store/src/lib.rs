@@ -66,6 +66,11 @@ pub struct ListOptions {
     pub limit: usize,
     /// Only keys strictly greater than this one (used for paging with `continue`).
     pub start_after: Option<String>,
+    /// Read the keys as they were at this revision (0 = the current one), so
+    /// that every page of one paged list shows the same snapshot. Fails with
+    /// [`Error::Compacted`] when that history is gone and with
+    /// [`Error::FutureRevision`] when the store has not reached it.
+    pub revision: Revision,
 }
 
 /// The result of [`Store::list`].
@@ -98,6 +103,11 @@ pub struct WatchEvent {
     pub kind: EventKind,
     /// The key after the change (for deletes: the value before it, at the delete revision).
     pub kv: KeyValue,
+    /// The key as it was just before the change (with its own revisions):
+    /// `None` for a create. A filtered watch needs it to tell that an object
+    /// stopped matching (kube-apiserver's watch cache keeps it for the same
+    /// reason). `None` too for history written before the store kept it.
+    pub prev: Option<KeyValue>,
 }
 
 impl WatchEvent {

@@ -3,8 +3,14 @@
 //!
 //! Layout:
 //! - `kv`: the current value of every key with its create and modification revisions;
-//! - `events`: one row per write (the history that watches replay), trimmed by
-//!   [`Store::compact`];
+//! - `events`: one row per write (the history that watches replay), with the
+//!   key's previous revisions, trimmed by [`Store::compact`]. The previous
+//!   value is not copied: an update's is the value of the event at its
+//!   `prev_mod_rev`, a delete's is its own value, and compaction keeps each
+//!   live key's last event (as etcd keeps each key's last version). The previous values let a
+//!   filtered watch see an object stop matching, and let a list read the keys
+//!   as they were at a past revision (the current rows with the later events
+//!   undone);
 //! - `meta`: the current revision and the compacted revision. The current
 //!   revision is stored explicitly so that it never goes backwards, even when
 //!   compaction has removed every event.
@@ -65,7 +71,7 @@ const VACUUM_BATCH_PAGES: i64 = 2048;
 /// (checkpoints, recovery) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const META_REVISION: &str = "revision";
 const META_COMPACTED: &str = "compacted";
@@ -82,12 +88,15 @@ CREATE TABLE IF NOT EXISTS events (
     key        TEXT NOT NULL,
     kind       INTEGER NOT NULL,
     value      BLOB NOT NULL,
-    create_rev INTEGER NOT NULL
+    create_rev INTEGER NOT NULL,
+    prev_create_rev INTEGER,
+    prev_mod_rev    INTEGER
 );
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY NOT NULL,
     value INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_key_rev ON events (key, rev);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0), ('compacted', 0);
 ";
 
@@ -174,6 +183,7 @@ impl SqliteStore {
         }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(SCHEMA)?;
+        add_previous_value_columns(&tx)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let revision = meta(&tx, META_REVISION)?;
         let compacted = meta(&tx, META_COMPACTED)?;
@@ -323,6 +333,42 @@ fn load(tx: &Transaction<'_>, key: &str) -> Result<Option<KeyValue>> {
     Ok(kv)
 }
 
+/// Schema 1 kept no previous revisions in `events`: add the columns (its
+/// existing rows keep NULL, read as "not known").
+fn add_previous_value_columns(tx: &Transaction<'_>) -> Result<()> {
+    let has: bool = tx
+        .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'prev_mod_rev'")?
+        .exists([])?;
+    if !has {
+        tx.execute_batch(
+            "ALTER TABLE events ADD COLUMN prev_create_rev INTEGER;
+             ALTER TABLE events ADD COLUMN prev_mod_rev INTEGER;",
+        )?;
+    }
+    Ok(())
+}
+
+/// The history columns of an event with its previous value (see the module
+/// doc), for `FROM events e` queries.
+const EVENT_COLUMNS: &str = "e.rev, e.key, e.kind, e.value, e.create_rev, e.prev_create_rev, e.prev_mod_rev, \
+     CASE e.kind WHEN 2 THEN e.value ELSE (SELECT p.value FROM events p WHERE p.rev = e.prev_mod_rev) END";
+
+/// Reads a row selected with [`EVENT_COLUMNS`].
+fn event_from_row(row: &rusqlite::Row<'_>) -> Result<WatchEvent> {
+    let key: String = row.get(1)?;
+    let prev = previous(&key, row.get(7)?, row.get(5)?, row.get(6)?);
+    Ok(WatchEvent {
+        kind: kind_from_code(row.get(2)?)?,
+        kv: KeyValue {
+            mod_revision: row.get(0)?,
+            key,
+            value: Bytes::from(row.get::<_, Vec<u8>>(3)?),
+            create_revision: row.get(4)?,
+        },
+        prev,
+    })
+}
+
 fn kind_code(kind: &EventKind) -> i64 {
     match kind {
         EventKind::Create => 0,
@@ -346,7 +392,8 @@ fn kind_from_code(code: i64) -> Result<EventKind> {
 /// and commits `tx`.
 fn append_and_commit(tx: Transaction<'_>, event: &WatchEvent) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO events (rev, key, kind, value, create_rev) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO events (rev, key, kind, value, create_rev, prev_create_rev, prev_mod_rev) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(rusqlite::params![
         event.kv.mod_revision,
@@ -354,6 +401,8 @@ fn append_and_commit(tx: Transaction<'_>, event: &WatchEvent) -> Result<()> {
         kind_code(&event.kind),
         &event.kv.value[..],
         event.kv.create_revision,
+        event.prev.as_ref().map(|prev| prev.create_revision),
+        event.prev.as_ref().map(|prev| prev.mod_revision),
     ])?;
     tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'revision'")?
         .execute([event.kv.mod_revision])?;
@@ -392,7 +441,11 @@ impl Store for SqliteStore {
         let prefix = prefix.to_owned();
         self.readers
             .read(move |tx| {
-                let revision = meta(tx, META_REVISION)?;
+                let current = meta(tx, META_REVISION)?;
+                if options.revision != 0 && options.revision != current {
+                    return list_at(tx, &prefix, options, current);
+                }
+                let revision = current;
                 let mut sql =
                     String::from("SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ?1");
                 let mut params = vec![Value::Text(prefix.clone())];
@@ -458,6 +511,7 @@ impl Store for SqliteStore {
                     create_revision: revision,
                     mod_revision: revision,
                 },
+                prev: None,
             };
             append_and_commit(tx, &event)?;
             Ok(event)
@@ -489,6 +543,7 @@ impl Store for SqliteStore {
                     create_revision: current.create_revision,
                     mod_revision: revision,
                 },
+                prev: Some(current),
             };
             append_and_commit(tx, &event)?;
             Ok(event)
@@ -518,8 +573,9 @@ impl Store for SqliteStore {
                 kind: EventKind::Delete,
                 kv: KeyValue {
                     mod_revision: revision,
-                    ..current
+                    ..current.clone()
                 },
+                prev: Some(current),
             };
             append_and_commit(tx, &event)?;
             Ok(event)
@@ -560,11 +616,15 @@ impl Store for SqliteStore {
         // In steps, each its own transaction under the write lock, so writes
         // wait for one step at most, not for the whole history.
         let mut removed = 0;
+        // The first step also revisits the events earlier compactions kept;
+        // later steps only their own batch.
+        let mut first = true;
         while let Step::Removed(rows) = self
-            .with_writer(move |writer| compact_step(&mut writer.conn, revision))
+            .with_writer(move |writer| compact_step(&mut writer.conn, revision, first))
             .await?
         {
             removed += rows;
+            first = false;
         }
         if removed == 0 {
             return Ok(());
@@ -614,7 +674,7 @@ enum Step {
 
 /// Deletes the next batch of at most [`COMPACT_BATCH`] revisions of history
 /// up to `revision` and records the new compacted revision.
-fn compact_step(conn: &mut Connection, revision: Revision) -> Result<Step> {
+fn compact_step(conn: &mut Connection, revision: Revision, revisit_kept: bool) -> Result<Step> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let current = meta(&tx, META_REVISION)?;
     if revision > current {
@@ -628,7 +688,18 @@ fn compact_step(conn: &mut Connection, revision: Revision) -> Result<Step> {
         return Ok(Step::Done);
     }
     let through = revision.min(compacted.saturating_add(COMPACT_BATCH));
-    let removed = tx.execute("DELETE FROM events WHERE rev <= ?1", [through])?;
+    // Keeps, as etcd does, each key's last event at or before `revision`
+    // unless it is a delete: a later update of the key points to it for its
+    // previous value. A later compaction past such an update removes it
+    // (every pass deletes from the start of the table).
+    // A batch costs its own rows (and, in a compaction's first step, the
+    // events kept before), each checked through `events_key_rev`.
+    let from = if revisit_kept { 0 } else { compacted };
+    let removed = tx.execute(
+        "DELETE FROM events WHERE rev > ?1 AND rev <= ?2 AND (kind = 2 OR EXISTS \
+         (SELECT 1 FROM events later WHERE later.key = events.key AND later.rev > events.rev AND later.rev <= ?3))",
+        [from, through, revision],
+    )?;
     tx.execute(
         "UPDATE meta SET value = ?1 WHERE name = 'compacted'",
         [through],
@@ -782,6 +853,118 @@ impl Watch {
     }
 }
 
+/// The previous key-value stored with an event, when it was kept.
+fn previous(
+    key: &str,
+    value: Option<Vec<u8>>,
+    create_revision: Option<Revision>,
+    mod_revision: Option<Revision>,
+) -> Option<KeyValue> {
+    Some(KeyValue {
+        key: key.to_owned(),
+        value: Bytes::from(value?),
+        create_revision: create_revision?,
+        mod_revision: mod_revision?,
+    })
+}
+
+/// Lists `prefix` as it was at `options.revision`: the current rows with
+/// every later event undone, newest first (a create removes the key, an
+/// update or delete puts its previous value back). Costs a scan of the
+/// range and of the history since that revision, whatever the limit.
+fn list_at(
+    tx: &Transaction<'_>,
+    prefix: &str,
+    options: ListOptions,
+    current: Revision,
+) -> Result<ListResult> {
+    let revision = options.revision;
+    let compacted = meta(tx, META_COMPACTED)?;
+    if revision < compacted {
+        return Err(Error::Compacted {
+            requested: revision,
+            compacted,
+        });
+    }
+    if revision > current {
+        return Err(Error::FutureRevision {
+            requested: revision,
+            current,
+        });
+    }
+    let upper = prefix_upper_bound(prefix);
+    let lower = match &options.start_after {
+        Some(after) if after.as_str() >= prefix => after.clone(),
+        _ => prefix.to_owned(),
+    };
+    let in_range = |key: &str| {
+        key.starts_with(prefix) && options.start_after.as_deref().is_none_or(|after| key > after)
+    };
+    let mut keys = std::collections::BTreeMap::new();
+    {
+        let mut sql = String::from("SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ?1");
+        let mut params = vec![Value::Text(lower.clone())];
+        if let Some(upper) = &upper {
+            params.push(Value::Text(upper.clone()));
+            sql.push_str(" AND key < ?2");
+        }
+        let mut stmt = tx.prepare_cached(&sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+        while let Some(row) = rows.next()? {
+            let key: String = row.get(0)?;
+            if in_range(&key) {
+                let kv = KeyValue {
+                    key: key.clone(),
+                    value: Bytes::from(row.get::<_, Vec<u8>>(1)?),
+                    create_revision: row.get(2)?,
+                    mod_revision: row.get(3)?,
+                };
+                keys.insert(key, kv);
+            }
+        }
+    }
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.rev > ?1 AND e.key >= ?2");
+    let mut params = vec![Value::Integer(revision), Value::Text(lower)];
+    if let Some(upper) = upper {
+        params.push(Value::Text(upper));
+        sql.push_str(" AND e.key < ?3");
+    }
+    sql.push_str(" ORDER BY e.rev DESC");
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    while let Some(row) = rows.next()? {
+        let event = event_from_row(row)?;
+        let key = event.kv.key;
+        if !in_range(&key) {
+            continue;
+        }
+        match event.kind {
+            EventKind::Create => {
+                keys.remove(&key);
+            }
+            EventKind::Update | EventKind::Delete => {
+                let prev = event.prev.ok_or_else(|| {
+                    Error::Backend(format!(
+                        "the history after revision {revision} was written without previous values; \
+                         it cannot be read at that revision"
+                    ))
+                })?;
+                keys.insert(key, prev);
+            }
+        }
+    }
+    let mut items: Vec<KeyValue> = keys.into_values().collect();
+    let more = options.limit != 0 && items.len() > options.limit;
+    if options.limit != 0 {
+        items.truncate(options.limit);
+    }
+    Ok(ListResult {
+        items,
+        revision,
+        more,
+    })
+}
+
 /// Up to one page of history events.
 struct HistoryPage {
     events: Vec<WatchEvent>,
@@ -797,32 +980,21 @@ fn history_page(
     prefix: String,
     upper: Option<String>,
 ) -> Result<HistoryPage> {
-    let mut sql = String::from(
-        "SELECT rev, key, kind, value, create_rev FROM events \
-         WHERE rev > ?1 AND key >= ?2",
-    );
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.rev > ?1 AND e.key >= ?2");
     let mut params = vec![Value::Integer(cursor), Value::Text(prefix)];
     if let Some(upper) = upper {
         params.push(Value::Text(upper));
-        sql.push_str(" AND key < ?3");
+        sql.push_str(" AND e.key < ?3");
     }
-    sql.push_str(&format!(" ORDER BY rev LIMIT {HISTORY_PAGE}"));
+    sql.push_str(&format!(" ORDER BY e.rev LIMIT {HISTORY_PAGE}"));
     let mut stmt = tx.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     let mut events = Vec::new();
     let mut bytes = 0;
     while let Some(row) = rows.next()? {
-        let value = Bytes::from(row.get::<_, Vec<u8>>(3)?);
-        bytes += value.len();
-        events.push(WatchEvent {
-            kind: kind_from_code(row.get(2)?)?,
-            kv: KeyValue {
-                mod_revision: row.get(0)?,
-                key: row.get(1)?,
-                value,
-                create_revision: row.get(4)?,
-            },
-        });
+        let event = event_from_row(row)?;
+        bytes += event.kv.value.len() + event.prev.as_ref().map_or(0, |prev| prev.value.len());
+        events.push(event);
         if events.len() == HISTORY_PAGE || bytes >= HISTORY_PAGE_BYTES {
             return Ok(HistoryPage {
                 events,
@@ -1039,6 +1211,38 @@ mod tests {
         let store = SqliteStore::open(&path).expect("reopen");
         assert_eq!(auto_vacuum(&store), 2);
         assert_eq!(store.get("/k").await.expect("get"), Some(kv));
+    }
+
+    /// A schema-1 store (no previous revisions in `events`) opens, keeps its
+    /// history (whose updates have no previous value) and records previous
+    /// values for new writes.
+    #[tokio::test]
+    async fn a_schema_1_store_gains_previous_values() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let path = dir.path().join("store.db");
+        {
+            let conn = Connection::open(&path).expect("open raw");
+            conn.execute_batch(
+                "CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL, create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL);
+                 CREATE TABLE events (rev INTEGER PRIMARY KEY NOT NULL, key TEXT NOT NULL, kind INTEGER NOT NULL, value BLOB NOT NULL, create_rev INTEGER NOT NULL);
+                 CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+                 INSERT INTO meta VALUES ('revision', 2), ('compacted', 0);
+                 INSERT INTO kv VALUES ('/k', CAST('two' AS BLOB), 1, 2);
+                 INSERT INTO events VALUES (1, '/k', 0, CAST('one' AS BLOB), 1), (2, '/k', 1, CAST('two' AS BLOB), 1);
+                 PRAGMA user_version = 1;",
+            )
+            .expect("schema 1");
+        }
+        let store = SqliteStore::open(&path).expect("open schema 1 store");
+        let current = store.get("/k").await.expect("get").expect("exists");
+        store.update("/k", b("three"), 2).await.expect("update");
+        let mut watch = store.watch("/k", 0).await.expect("watch");
+        let mut prevs = Vec::new();
+        for _ in 0..3 {
+            let event = next_item(&mut watch).await.expect("event").expect("ok");
+            prevs.push(event.prev);
+        }
+        assert_eq!(prevs, vec![None, None, Some(current)]);
     }
 
     #[tokio::test]

@@ -431,6 +431,7 @@ fn conflict_error(mut conflicts: Vec<(String, Vec<Path>)>) -> ApiError {
         reason: "Conflict",
         message,
         details: Some(Box::new(StatusDetails { causes, ..StatusDetails::default() })),
+        list_continue: None,
     }
 }
 

@@ -106,6 +106,7 @@ pub(crate) fn body_timeout_response() -> Response {
         reason: "Timeout",
         message: "Timeout: request did not complete within requested timeout - context deadline exceeded".to_owned(),
         details: Some(Box::new(StatusDetails::default())),
+        list_continue: None,
     })
     .into_response()
 }

@@ -291,6 +291,18 @@ impl EtcdStore {
         .map(|_| ())
     }
 
+    /// The compacted revision, learnt from a watch from `at` (which etcd
+    /// cancels with it); `at` itself when etcd does not say.
+    async fn compacted_before(&self, at: Revision) -> Revision {
+        let Some((start, end)) = self.keys.range(&self.keys.root) else {
+            return at;
+        };
+        match self.open_watch(start, end, at.max(1)).await {
+            Ok(mut stream) => self.compacted_revision(&mut stream).await.unwrap_or(at),
+            Err(_) => at,
+        }
+    }
+
     /// Opens an etcd watch on `[start, end)` from revision `from` (inclusive).
     async fn open_watch(
         &self,
@@ -419,7 +431,7 @@ impl Store for EtcdStore {
     async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListResult> {
         let empty = |revision| ListResult {
             items: Vec::new(),
-            revision,
+            revision: if options.revision != 0 { options.revision } else { revision },
             more: false,
         };
         let Some((mut start, end)) = self.keys.range(prefix) else {
@@ -436,6 +448,7 @@ impl Store for EtcdStore {
             return Ok(empty(self.revision().await?));
         }
         let limit = i64::try_from(options.limit).unwrap_or(i64::MAX);
+        let at = options.revision;
         let response = self
             .call(Op::Read, || {
                 let mut kv = self.kv();
@@ -443,13 +456,33 @@ impl Store for EtcdStore {
                 async move {
                     kv.get(
                         start,
-                        Some(GetOptions::new().with_range(end).with_limit(limit)),
+                        Some(
+                            GetOptions::new()
+                                .with_range(end)
+                                .with_limit(limit)
+                                .with_revision(at),
+                        ),
                     )
                     .await
                 }
             })
-            .await
-            .map_err(|failure| failure.into_error("list"))?;
+            .await;
+        let response = match response {
+            Ok(response) => response,
+            Err(failure) if failure.is_compacted() => {
+                return Err(Error::Compacted {
+                    requested: at,
+                    compacted: self.compacted_before(at).await,
+                });
+            }
+            Err(failure) if failure.is_future_revision() => {
+                return Err(Error::FutureRevision {
+                    requested: at,
+                    current: self.revision().await?,
+                });
+            }
+            Err(failure) => return Err(failure.into_error("list")),
+        };
         let items = response
             .kvs()
             .iter()
@@ -457,7 +490,7 @@ impl Store for EtcdStore {
             .collect::<Result<Vec<_>>>()?;
         Ok(ListResult {
             items,
-            revision: header_revision(response.header())?,
+            revision: if at != 0 { at } else { header_revision(response.header())? },
             more: options.limit != 0 && response.more(),
         })
     }
@@ -723,6 +756,12 @@ impl Watch {
             .kv()
             .ok_or_else(|| Error::Backend("etcd watch event without a key".to_owned()))?;
         let key = self.keys.store_key_of(kv.key())?;
+        let prev = event.prev_kv().map(|prev| KeyValue {
+            key: key.clone(),
+            value: Bytes::copy_from_slice(prev.value()),
+            create_revision: prev.create_revision(),
+            mod_revision: prev.mod_revision(),
+        });
         Ok(match event.event_type() {
             EventType::Put => WatchEvent {
                 kind: if kv.create_revision() == kv.mod_revision() {
@@ -736,6 +775,7 @@ impl Watch {
                     create_revision: kv.create_revision(),
                     mod_revision: kv.mod_revision(),
                 },
+                prev,
             },
             EventType::Delete => {
                 let (value, create_revision) = match event.prev_kv() {
@@ -759,6 +799,7 @@ impl Watch {
                         create_revision,
                         mod_revision: kv.mod_revision(),
                     },
+                    prev,
                 }
             }
         })

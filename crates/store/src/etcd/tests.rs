@@ -147,6 +147,7 @@ async fn prefix_replaces_the_registry_root() {
     let from_before = ListOptions {
         limit: 0,
         start_after: Some("/a".to_owned()),
+        ..ListOptions::default()
     };
     assert_eq!(
         store.list("", from_before).await.expect("list").items.len(),
@@ -155,6 +156,7 @@ async fn prefix_replaces_the_registry_root() {
     let from_after = ListOptions {
         limit: 0,
         start_after: Some("/z".to_owned()),
+        ..ListOptions::default()
     };
     assert!(
         store

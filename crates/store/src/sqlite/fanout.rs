@@ -88,7 +88,10 @@ pub(crate) struct Receiver {
 
 /// What an event costs a queue: its key and value plus a fixed overhead.
 fn cost(event: &WatchEvent) -> usize {
-    event.kv.key.len() + event.kv.value.len() + std::mem::size_of::<WatchEvent>()
+    event.kv.key.len()
+        + event.kv.value.len()
+        + event.prev.as_ref().map_or(0, |prev| prev.value.len())
+        + std::mem::size_of::<WatchEvent>()
 }
 
 impl Fanout {
@@ -213,6 +216,7 @@ mod tests {
                 create_revision: revision,
                 mod_revision: revision,
             },
+            prev: None,
         }
     }
 
