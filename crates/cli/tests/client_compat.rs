@@ -8,12 +8,23 @@ mod support;
 use std::process::Command;
 
 use support::Server;
+use tessera_store::etcd::testing::EtcdCluster;
 
 #[test]
-fn python_kubernetes_client_suite_passes() {
+fn python_kubernetes_client_suite_passes_on_sqlite() {
+    run_suite(&Server::start());
+}
+
+/// The same on etcd, where resourceVersions are etcd revisions.
+#[test]
+fn python_kubernetes_client_suite_passes_on_etcd() {
+    let etcd = EtcdCluster::start(1).unwrap_or_else(|err| panic!("{err}"));
+    run_suite(&Server::start_with(tempfile::tempdir().expect("tempdir"), &["--storage", &etcd.storage_url()]));
+}
+
+fn run_suite(server: &Server) {
     let importable = Command::new("python3").args(["-c", "import kubernetes"]).status().is_ok_and(|s| s.success());
     assert!(importable, "the Python `kubernetes` client is required (scripts/test.sh installs it)");
-    let server = Server::start();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/compat_client.py");
     let out = Command::new("python3")
         .arg(script)
