@@ -354,6 +354,18 @@ def test_lease_crud_microtime_and_transitions():
         details={"name": "leader", "group": "coordination.k8s.io", "kind": "leases"},
     )
 
+    # Leases refuse an update without a resourceVersion (no blind overwrite).
+    blind = COORD.read_namespaced_lease("leader", NS)
+    blind.metadata.resource_version = None
+    blind.spec.holder_identity = "blind"
+    body = expect_status(
+        COORD.replace_namespaced_lease, "leader", NS, blind,
+        status=422, http_reason="Unprocessable Entity", reason="Invalid",
+        message='leases.coordination.k8s.io "leader" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update',
+    )
+    eq(body["details"], {"name": "leader", "group": "coordination.k8s.io", "kind": "leases", "causes": [
+        {"reason": "FieldValueInvalid", "message": "Invalid value: 0x0: must be specified for an update", "field": "metadata.resourceVersion"}]}, "details")
+
     # Take-over after expiry: new holder, acquireTime, transitions + 1.
     latest = COORD.read_namespaced_lease("leader", NS)
     eq(latest.spec.holder_identity, "a", "holder unchanged by the lost race")
