@@ -14,6 +14,8 @@ pub enum Patch {
     Merge(Value),
     /// `application/strategic-merge-patch+json`.
     Strategic(Value),
+    /// `application/apply-patch+yaml` (YAML, or JSON): server-side apply of this configuration.
+    Apply(Value),
 }
 
 /// How a list field merges in a strategic merge patch.
@@ -58,17 +60,24 @@ impl Patch {
                 .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}"))),
             "application/merge-patch+json" => Ok(Patch::Merge(parse()?)),
             "application/strategic-merge-patch+json" => Ok(Patch::Strategic(parse()?)),
-            "application/apply-patch+yaml" => Err(ApiError::unsupported_media_type(
-                "application/apply-patch+yaml (server-side apply is not supported yet; use client-side kubectl apply)",
-            )),
+            "application/apply-patch+yaml" => serde_yaml::from_slice::<Value>(body)
+                .map(Patch::Apply)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}"))),
             other => Err(ApiError::unsupported_media_type(other)),
         }
     }
 
-    /// Applies the patch to `original` and returns the patched object.
+    /// Whether this is a server-side apply.
+    pub fn is_apply(&self) -> bool {
+        matches!(self, Patch::Apply(_))
+    }
+
+    /// Applies the patch to `original` and returns the patched object
+    /// (server-side apply goes through [`crate::apply`] instead).
     pub fn apply(&self, original: &Value) -> Result<Value, ApiError> {
         let mut doc = original.clone();
         match self {
+            Patch::Apply(_) => return Err(ApiError::internal("server-side apply is not a plain patch")),
             Patch::Json(p) => {
                 apply_json_patch(&mut doc, p)?;
             }

@@ -54,6 +54,13 @@ pub struct WriteOptions {
     pub admit: Option<Admit>,
     /// Admission check of a delete, run on the version the delete is pinned to.
     pub admit_delete: Option<AdmitDelete>,
+    /// The field manager recorded in `metadata.managedFields` (`None`: not tracked).
+    pub field_manager: Option<String>,
+    /// `force` of an apply: take conflicting fields from their managers.
+    pub force: bool,
+    /// The write carries managedFields computed by server-side apply (set by
+    /// the registry's apply itself; callers leave it `false`).
+    pub applied: bool,
 }
 
 impl std::fmt::Debug for WriteOptions {
@@ -64,6 +71,8 @@ impl std::fmt::Debug for WriteOptions {
             .field("scope", &self.scope)
             .field("admit", &self.admit.is_some())
             .field("admit_delete", &self.admit_delete.is_some())
+            .field("field_manager", &self.field_manager)
+            .field("force", &self.force)
             .finish()
     }
 }
@@ -284,6 +293,7 @@ impl Registry {
     ) -> Result<Value> {
         let namespace = Self::namespace_of(resource, namespace);
         let mut obj = self.normalise(resource, body, options.strict)?;
+        let client_managed;
         {
             let meta = meta_mut(&mut obj)?;
             match (meta.get("namespace").and_then(Value::as_str), namespace) {
@@ -309,12 +319,13 @@ impl Registry {
             meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
             meta.remove("resourceVersion");
             meta.remove("deletionTimestamp");
-            meta.remove("managedFields");
+            client_managed = meta.remove("managedFields");
             if resource.plural == "pods" {
                 meta.insert("generation".into(), json!(1));
             }
         }
         kinds::default_object(resource, &mut obj);
+        track_fields(resource, &options, None, client_managed.as_ref(), &mut obj)?;
         Self::reject_invalid(resource, &obj, None)?;
         if let Some(admit) = &options.admit {
             admit(resource, None, &obj)?;
@@ -382,12 +393,54 @@ impl Registry {
         patch: &Patch,
         options: WriteOptions,
     ) -> Result<Value> {
+        if let Patch::Apply(config) = patch {
+            return self.apply(resource, namespace, name, config, options).await.map(|(obj, _)| obj);
+        }
         let strict = options.strict;
         self.replace_with(resource, namespace, name, options, None, |current| {
             let patched = patch.apply(current)?;
             self.normalise(resource, patched, strict)
         })
         .await
+    }
+
+    /// Server-side apply (see [`crate::apply`]): merges `config` into the
+    /// object, or creates it from `config` when it does not exist (then `true`).
+    pub async fn apply(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        config: &Value,
+        options: WriteOptions,
+    ) -> Result<(Value, bool)> {
+        let manager = options.field_manager.clone().unwrap_or_default();
+        let config = crate::apply::check_config(self, resource, namespace, name, config, options.strict)?;
+        let now = now_rfc3339();
+        let part = if options.scope == WriteScope::Status { crate::apply::Part::Status } else { crate::apply::Part::Object };
+        let writer = crate::apply::Writer { manager: &manager, part, now: &now };
+        let options = WriteOptions { applied: true, ..options };
+        for _attempt in 0..4 {
+            let updated = self
+                .replace_with(resource, namespace, name, options.clone(), None, |current| {
+                    crate::apply::apply(resource, &writer, current, &config, options.force)
+                })
+                .await;
+            match updated {
+                Err(e) if e.code == 404 => {}
+                other => return other.map(|obj| (obj, false)),
+            }
+            let mut live = json!({"metadata": {"name": name}});
+            if let Some(ns) = Self::namespace_of(resource, namespace) {
+                live["metadata"]["namespace"] = json!(ns);
+            }
+            let obj = crate::apply::apply(resource, &writer, &live, &config, options.force)?;
+            match self.create(resource, namespace, obj, options.clone()).await {
+                Err(e) if e.reason == "AlreadyExists" => continue,
+                other => return other.map(|obj| (obj, true)),
+            }
+        }
+        Err(ApiError::conflict(resource, name))
     }
 
     /// Read-modify-write with optimistic concurrency. `expected` pins the
@@ -431,6 +484,7 @@ impl Registry {
                     &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {cur_uid}"),
                 ));
             }
+            let client_managed;
             {
                 let cur_meta = current.get("metadata").cloned().unwrap_or_default();
                 let meta = meta_mut(&mut next)?;
@@ -440,11 +494,12 @@ impl Registry {
                         None => meta.remove(immutable),
                     };
                 }
-                meta.remove("managedFields");
+                client_managed = meta.remove("managedFields");
                 meta.remove("resourceVersion");
             }
             next = scoped(resource, options.scope, &current, next);
             kinds::default_object(resource, &mut next);
+            track_fields(resource, &options, Some(&current), client_managed.as_ref(), &mut next)?;
             Self::reject_invalid(resource, &next, Some(&current))?;
             if let Some(admit) = &options.admit {
                 admit(resource, Some(&current), &next)?;
@@ -461,6 +516,8 @@ impl Registry {
                 meta.insert("generation".into(), json!(generation + 1));
             }
             if options.dry_run {
+                // A dry run answers with the version it was computed from (kubectl diff compares it).
+                meta_mut(&mut next)?.insert("resourceVersion".into(), Value::String(kv.mod_revision.to_string()));
                 return Ok(next);
             }
             match self.store.update(&key, to_store(&next)?, kv.mod_revision).await {
@@ -700,6 +757,34 @@ impl Registry {
     pub async fn resource_version(&self) -> Result<String> {
         Ok(self.store.revision().await.map_err(storage_error)?.to_string())
     }
+}
+
+/// Records the write in `metadata.managedFields` (server-side apply has
+/// already put them in `obj`; they were taken out as `client_managed`).
+fn track_fields(
+    resource: &ResourceInfo,
+    options: &WriteOptions,
+    live: Option<&Value>,
+    client_managed: Option<&Value>,
+    obj: &mut Value,
+) -> Result<()> {
+    if options.applied {
+        if let Some(managed) = client_managed {
+            meta_mut(obj)?.insert("managedFields".into(), managed.clone());
+        }
+        return Ok(());
+    }
+    let Some(manager) = &options.field_manager else {
+        // Untracked (internal) writes keep what the object had.
+        if let Some(managed) = live.and_then(|l| l.pointer("/metadata/managedFields")) {
+            meta_mut(obj)?.insert("managedFields".into(), managed.clone());
+        }
+        return Ok(());
+    };
+    let now = now_rfc3339();
+    let part = if options.scope == WriteScope::Status { crate::apply::Part::Status } else { crate::apply::Part::Object };
+    let writer = crate::apply::Writer { manager, part, now: &now };
+    crate::apply::record_update(resource, &writer, live, client_managed, obj)
 }
 
 /// `namespace/name` (or `name`), unique within one watch.

@@ -409,9 +409,13 @@ async fn resource_request(
         Some("finalize") => WriteScope::Finalizers,
         _ => WriteScope::Object,
     };
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let field_manager = options.field_manager.clone().filter(|m| !m.is_empty());
     let admitted = || WriteOptions {
         admit: admission(&state, &user, resource, scope),
         scope,
+        field_manager: Some(field_manager.clone().unwrap_or_else(|| tessera_api::apply::manager_from_user_agent(user_agent))),
+        force: options.force == Some(true),
         ..write_options.clone()
     };
     let accept = accept(&headers).to_owned();
@@ -437,12 +441,14 @@ async fn resource_request(
         }
         Verb::Watch => crate::watch::serve(&state, resource, namespace, &options.list, &accept, options.timeout, include_object).await,
         Verb::Create => {
+            check_field_manager("CreateOptions", field_manager.as_deref())?;
             let body = decode_body(&headers, &read_body(body).await?, resource.kind)?;
             let obj = registry.create(resource, namespace, body, admitted()).await?;
             state.caught_up(resource, &obj).await;
             Ok(json_response(StatusCode::CREATED, &obj))
         }
         Verb::Update => {
+            check_field_manager("UpdateOptions", field_manager.as_deref())?;
             let body = decode_body(&headers, &read_body(body).await?, resource.kind)?;
             let obj = registry.update(resource, namespace, name, body, admitted()).await?;
             state.caught_up(resource, &obj).await;
@@ -451,6 +457,13 @@ async fn resource_request(
         Verb::Patch => {
             let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
             let patch = Patch::decode(content_type, &read_body(body).await?)?;
+            check_patch_options(&patch, field_manager.as_deref(), options.force)?;
+            if let Patch::Apply(config) = &patch {
+                // An apply that creates the object answers 201, as kube-apiserver does.
+                let (obj, created) = registry.apply(resource, namespace, name, config, admitted()).await?;
+                state.caught_up(resource, &obj).await;
+                return Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &obj));
+            }
             let obj = registry.patch(resource, namespace, name, &patch, admitted()).await?;
             state.caught_up(resource, &obj).await;
             Ok(json_response(StatusCode::OK, &obj))
@@ -470,6 +483,44 @@ async fn resource_request(
             Ok(json_response(StatusCode::OK, &list))
         }
     }
+}
+
+/// kube's `ValidateFieldManager`: at most 128 printable characters.
+fn field_manager_causes(field_manager: Option<&str>) -> Vec<tessera_api::status::StatusCause> {
+    let mut causes = Vec::new();
+    let Some(m) = field_manager else { return causes };
+    if m.len() > 128 {
+        causes.push(tessera_api::status::field::too_long("fieldManager", 128));
+    }
+    for (i, c) in m.chars().enumerate() {
+        if c.is_control() {
+            causes.push(tessera_api::status::field::invalid(
+                "fieldManager",
+                &json!(m),
+                &format!("invalid character U+{:04X} (at position {i})", u32::from(c)),
+            ));
+        }
+    }
+    causes
+}
+
+fn check_field_manager(options_kind: &str, field_manager: Option<&str>) -> Result<(), ApiError> {
+    let causes = field_manager_causes(field_manager);
+    if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid(options_kind, "meta.k8s.io", "", causes)) }
+}
+
+/// kube's `ValidatePatchOptions`: apply needs a field manager; only apply takes `force`.
+fn check_patch_options(patch: &Patch, field_manager: Option<&str>, force: Option<bool>) -> Result<(), ApiError> {
+    let mut causes = Vec::new();
+    if patch.is_apply() {
+        if field_manager.is_none() {
+            causes.push(tessera_api::status::field::required("fieldManager", "is required for apply patch"));
+        }
+    } else if force.is_some() {
+        causes.push(tessera_api::status::field::forbidden("force", "may not be specified for non-apply patch"));
+    }
+    causes.extend(field_manager_causes(field_manager));
+    if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid("PatchOptions", "meta.k8s.io", "", causes)) }
 }
 
 /// The admission checks of a create or update by `user`: RBAC escalation

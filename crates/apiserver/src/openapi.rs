@@ -41,7 +41,7 @@ fn operation(resource: &ResourceInfo, action: &str, schema_ref: &str, params: Ve
     });
     if matches!(action, "post" | "put" | "patch") {
         let content_types: &[&str] = if action == "patch" {
-            &["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json"]
+            &["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json", "application/apply-patch+yaml"]
         } else {
             &["application/json"]
         };

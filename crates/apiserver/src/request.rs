@@ -165,6 +165,10 @@ pub struct Options {
     pub strict: bool,
     /// `includeObject` of Table output.
     pub include_object: String,
+    /// `fieldManager` of a write.
+    pub field_manager: Option<String>,
+    /// `force` of a patch (`None` when absent).
+    pub force: Option<bool>,
 }
 
 /// A request for an API resource, parsed.
@@ -400,7 +404,21 @@ fn decode_options(query: &Query, kind: Option<&'static ResourceInfo>, verb: Verb
     } else {
         ListParams::default()
     };
-    Ok(Options { list, timeout, dry_run, strict, include_object: query.first("includeObject").unwrap_or_default().to_owned() })
+    let force = match query.first("force") {
+        None => None,
+        Some("true" | "1" | "True" | "TRUE" | "t" | "T") => Some(true),
+        Some("false" | "0" | "False" | "FALSE" | "f" | "F" | "") => Some(false),
+        Some(other) => return Err(ApiError::bad_request(format!("invalid force: {other:?}"))),
+    };
+    Ok(Options {
+        list,
+        timeout,
+        dry_run,
+        strict,
+        include_object: query.first("includeObject").unwrap_or_default().to_owned(),
+        field_manager: query.first("fieldManager").map(str::to_owned),
+        force,
+    })
 }
 
 #[cfg(test)]
