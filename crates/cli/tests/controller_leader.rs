@@ -148,7 +148,6 @@ fn exactly_one_instance_leads_and_the_other_takes_over_when_it_dies() {
 }
 
 #[test]
-#[ignore = "needs server-side apply (branch wt-apply)"]
 fn the_leader_mirrors_labelled_configmaps_by_server_side_apply() {
     let (server, mut leader, follower) = elected();
     server.kubectl_ok(&["create", "configmap", "src", "-n", NS, "--from-literal=k=v1"]);
@@ -156,7 +155,7 @@ fn the_leader_mirrors_labelled_configmaps_by_server_side_apply() {
     let uid = server.kubectl_ok(&["get", "configmap", "src", "-n", NS, "-o", "jsonpath={.metadata.uid}"]);
 
     let mirror = |server: &Server| -> Option<Value> {
-        let out = server.kubectl(&["get", "configmap", "src-mirror", "-n", NS, "-o", "json"]);
+        let out = server.kubectl(&["get", "configmap", "src-mirror", "-n", NS, "-o", "json", "--show-managed-fields"]);
         out.status.success().then(|| json(&String::from_utf8_lossy(&out.stdout)))
     };
     let by = |m: &Value| m["metadata"]["annotations"]["tessera.dev/mirrored-by"].as_str().map(str::to_owned);
