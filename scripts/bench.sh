@@ -11,7 +11,7 @@
 #
 # Knobs (environment): DURATION (10s), WARMUP (2s), CONCURRENCY (8), SCENARIOS
 # (all), TOKENS (tokens minted for tokenreview-uncached, 150000), OBJECTS
-# (list-sa, 100), WATCHERS (watch-fanout, 10), OUT (target/bench/<UTC time>).
+# (list-sa, lease-renew: 100), WATCHERS (watch-fanout, 10), OUT (target/bench/<UTC time>).
 # Results: $OUT/<scenario>.json (the bench's summaries), $OUT/results.md (the
 # table), $OUT/server.log. The load generator and the server share this
 # machine's cores: the table says how much CPU each used.
@@ -24,7 +24,7 @@ CONCURRENCY=${CONCURRENCY:-8}
 TOKENS=${TOKENS:-150000}
 OBJECTS=${OBJECTS:-100}
 WATCHERS=${WATCHERS:-10}
-SCENARIOS=${SCENARIOS:-"tokenreview tokenreview-uncached tokenreview-bad-audience tokenrequest sar create-sa list-sa watch-fanout"}
+SCENARIOS=${SCENARIOS:-"tokenreview tokenreview-uncached tokenreview-bad-audience tokenrequest sar create-sa list-sa lease-renew watch-fanout"}
 OUT=${OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -78,7 +78,7 @@ for scenario in $SCENARIOS; do
   extra=()
   case $scenario in
     tokenreview-uncached) extra=(--tokens "$TOKENS") ;;
-    list-sa) extra=(--objects "$OBJECTS") ;;
+    list-sa | lease-renew) extra=(--objects "$OBJECTS") ;;
     watch-fanout) extra=(--watchers "$WATCHERS") ;;
   esac
   timing=()

@@ -45,6 +45,8 @@ echo "etcd for the tests: $TESSERA_ETCD_BIN ($("$TESSERA_ETCD_BIN" --version | h
 command -v kubectl >/dev/null 2>&1 || { echo "kubectl is required on PATH for the end-to-end tests" >&2; exit 1; }
 # PyJWT checks our tokens against the published JWKS with an independent JWT library.
 python3 -c 'import jwt, cryptography' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check 'PyJWT[crypto]>=2.9,<3'
+# The client-compatibility suite runs the official Python `kubernetes` client.
+python3 -c 'import kubernetes' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check 'kubernetes>=31,<38'
 
 
 # Seed 001's services are examples of tessera-auth; the end-to-end tests run them.

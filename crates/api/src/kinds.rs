@@ -261,6 +261,23 @@ pub fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Ve
     causes
 }
 
+/// Whether a PUT without `metadata.resourceVersion` may overwrite the stored
+/// object (kube's `AllowUnconditionalUpdate`). Leases refuse it so that no
+/// candidate in a leader election can clobber another's renewal.
+pub fn allows_unconditional_update(resource: &ResourceInfo) -> bool {
+    !matches!((resource.group, resource.plural), ("coordination.k8s.io", "leases"))
+}
+
+/// kube's refusal of an update without a resourceVersion where
+/// [`allows_unconditional_update`] is false (the value is Go's `%#v` of 0).
+pub fn unconditional_update_refused() -> StatusCause {
+    StatusCause {
+        reason: "FieldValueInvalid".into(),
+        message: "Invalid value: 0x0: must be specified for an update".into(),
+        field: "metadata.resourceVersion".into(),
+    }
+}
+
 /// Fields usable in a `fieldSelector` besides `metadata.name`/`metadata.namespace`.
 pub fn selectable_fields(resource: &ResourceInfo) -> &'static [&'static str] {
     match resource.plural {

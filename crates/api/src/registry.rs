@@ -385,7 +385,15 @@ impl Registry {
             Some(rv) => Some(parse_rv(rv).map_err(|_| ApiError::conflict(resource, name))?),
             None => None,
         };
-        self.replace_with(resource, namespace, name, options, expected, |_| Ok(obj.clone())).await
+        let unconditional = expected.is_none();
+        self.replace_with(resource, namespace, name, options, expected, |_| {
+            // Checked once the object is known to exist, as kube does.
+            if unconditional && !kinds::allows_unconditional_update(resource) {
+                return Err(ApiError::invalid(resource.plural, resource.group, name, vec![kinds::unconditional_update_refused()]));
+            }
+            Ok(obj.clone())
+        })
+        .await
     }
 
     /// Applies a PATCH, retrying on concurrent modification when the patch

@@ -69,6 +69,7 @@ clean_scenarios! {
     sar => "sar";
     create_sa => "create-sa";
     list_sa => "list-sa", "--objects", "50";
+    lease_renew => "lease-renew", "--objects", "20";
     watch_fanout => "watch-fanout", "--watchers", "5";
 }
 

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 
 mod certify;
 mod create_sa;
+mod lease_renew;
 mod list_sa;
 mod sar;
 mod tokenrequest;
@@ -33,6 +34,7 @@ static REGISTRY: &[ScenarioInfo] = &[
     sar::INFO,
     create_sa::INFO,
     list_sa::INFO,
+    lease_renew::INFO,
     watch_fanout::INFO,
     certify::INFO,
 ];
