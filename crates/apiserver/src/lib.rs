@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod node;
 pub mod objects;
 pub mod openapi;
+pub mod openapi_v2;
 pub mod pki;
 pub mod rbac;
 pub mod reflector;

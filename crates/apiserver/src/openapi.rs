@@ -60,7 +60,7 @@ fn write_params() -> Vec<Value> {
     ]
 }
 
-fn paths_for(resource: &ResourceInfo, schema_ref: &str, paths: &mut Map<String, Value>) {
+pub(crate) fn paths_for(resource: &ResourceInfo, schema_ref: &str, paths: &mut Map<String, Value>) {
     let base = format!("/{}", gv_path(resource.group, resource.version));
     let collection = if resource.namespaced {
         format!("{base}/namespaces/{{namespace}}/{}", resource.plural)
