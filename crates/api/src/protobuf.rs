@@ -505,7 +505,8 @@ fn message(bytes: &[u8], schema: &[Field]) -> Result<Map<String, Value>, Protobu
     Ok(out)
 }
 
-/// Decodes a `k8s\0`-prefixed protobuf body into a JSON object with apiVersion and kind.
+/// Decodes a `k8s\0`-prefixed protobuf body (an object, or a list of a kind
+/// served as protobuf) into a JSON object with apiVersion and kind.
 pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
     let envelope = body.strip_prefix(MAGIC).ok_or(ProtobufError::Malformed("missing k8s protobuf magic"))?;
     let mut r = Reader { buf: envelope };
@@ -526,11 +527,40 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
             _ => {}
         }
     }
+    if let Some(item_schema) = kind.strip_suffix("List").filter(|k| encodes(&api_version, k)).and_then(|k| schema(&api_version, k)) {
+        let mut list = message(raw, &[f(1, "metadata", Ty::Msg(LIST_META)), list(2, "items", Ty::Msg(item_schema))])?;
+        list.entry("items").or_insert_with(|| Value::Array(Vec::new()));
+        list.insert("apiVersion".into(), Value::String(api_version));
+        list.insert("kind".into(), Value::String(kind));
+        return Ok(Value::Object(list));
+    }
     let schema = schema(&api_version, &kind).ok_or_else(|| ProtobufError::UnknownKind { api_version: api_version.clone(), kind: kind.clone() })?;
     let mut object = message(raw, schema)?;
     object.insert("apiVersion".into(), Value::String(api_version));
     object.insert("kind".into(), Value::String(kind));
     Ok(Value::Object(object))
+}
+
+/// Decodes one watch frame's `WatchEvent` (without its 4-byte length) into
+/// its type and object: the inverse of [`encode_watch_event`].
+pub fn decode_watch_event(event: &[u8]) -> Result<(String, Value), ProtobufError> {
+    let mut r = Reader { buf: event };
+    let (mut type_, mut object) = (String::new(), None);
+    while let Some((tag, value)) = r.next()? {
+        match (tag, value) {
+            (1, WireValue::Bytes(t)) => type_ = utf8(t)?,
+            (2, WireValue::Bytes(ext)) => {
+                let mut er = Reader { buf: ext };
+                while let Some((t, v)) = er.next()? {
+                    if let (1, WireValue::Bytes(raw)) = (t, v) {
+                        object = Some(decode(raw)?);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((type_, object.ok_or(ProtobufError::Malformed("watch event without an object"))?))
 }
 
 // === encoding ===
@@ -907,22 +937,14 @@ mod encoder_tests {
             ],
         });
         let bytes = encode(&sa_list).expect("encodes");
-        let mut r = Reader { buf: bytes.strip_prefix(MAGIC).expect("magic") };
-        let (mut raw, mut kind) = (&[][..], String::new());
-        while let Some((tag, v)) = r.next().expect("envelope") {
-            match (tag, v) {
-                (1, WireValue::Bytes(tm)) => kind = message(tm, &[f(2, "kind", Ty::Str)]).expect("type meta")["kind"].to_string(),
-                (2, WireValue::Bytes(b)) => raw = b,
-                _ => {}
-            }
-        }
-        assert_eq!(kind, "\"ServiceAccountList\"");
-        let decoded = message(raw, &[f(1, "metadata", Ty::Msg(LIST_META)), list(2, "items", Ty::Msg(SERVICE_ACCOUNT))]).expect("list");
         assert_eq!(
-            Value::Object(decoded),
-            json!({"metadata": {"resourceVersion": "9", "continue": "tok", "remainingItemCount": 3},
+            decode(&bytes).expect("decodes"),
+            json!({"apiVersion": "v1", "kind": "ServiceAccountList",
+                   "metadata": {"resourceVersion": "9", "continue": "tok", "remainingItemCount": 3},
                    "items": [{"metadata": {"name": "a", "namespace": "n"}}, {"metadata": {"name": "b", "namespace": "n"}}]})
         );
+        let empty = json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {"resourceVersion": "3"}, "items": []});
+        assert_eq!(decode(&encode(&empty).expect("encodes")).expect("decodes"), empty);
     }
 
     #[test]
@@ -931,21 +953,7 @@ mod encoder_tests {
         let frame = encode_watch_event("ADDED", &cm).expect("encodes");
         let len = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
         assert_eq!(len, frame.len() - 4);
-        let mut r = Reader { buf: &frame[4..] };
-        let mut seen = (String::new(), Value::Null);
-        while let Some((tag, v)) = r.next().expect("event") {
-            match (tag, v) {
-                (1, WireValue::Bytes(t)) => seen.0 = utf8(t).expect("type"),
-                (2, WireValue::Bytes(ext)) => {
-                    let mut er = Reader { buf: ext };
-                    if let Some((1, WireValue::Bytes(raw))) = er.next().expect("raw extension") {
-                        seen.1 = decode(raw).expect("object");
-                    }
-                }
-                _ => {}
-            }
-        }
-        assert_eq!(seen, ("ADDED".to_owned(), cm));
+        assert_eq!(decode_watch_event(&frame[4..]).expect("decodes"), ("ADDED".to_owned(), cm));
     }
 
     #[test]

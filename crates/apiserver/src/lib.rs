@@ -25,6 +25,7 @@ pub mod data_dir;
 pub mod discovery;
 pub mod http;
 pub mod metrics;
+pub mod negotiate;
 pub mod node;
 pub mod objects;
 pub mod openapi;
