@@ -206,6 +206,29 @@ pub static CORE_EVENTS: ResourceInfo = ResourceInfo {
     storage_version_hash: "r2yiGXH7wu8=",
 };
 
+/// `v1` services, read-only: tessera runs no service network (no cluster IPs,
+/// no proxy), so it serves Services as a cluster without any: discovery lists
+/// them (kubectl's RESTMapper needs them, e.g. `kubectl cluster-info`, which
+/// lists `kube-system` Services labelled `kubernetes.io/cluster-service=true`),
+/// and get, list and watch answer from an always-empty collection; writes are
+/// 405 (MethodNotAllowed), never accepted and then ignored.
+pub static CORE_SERVICES: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Service",
+    plural: "services",
+    singular: "service",
+    namespaced: true,
+    short_names: &["svc"],
+    categories: &["all"],
+    verbs: &["get", "list", "watch"],
+    subresources: &[],
+    storage: Storage::Stored,
+    decode: decode::typed::<k8s_openapi::api::core::v1::Service>,
+    schema: schema_of::<k8s_openapi::api::core::v1::Service>,
+    storage_version_hash: "0/CO1lhkEBI=",
+};
+
 /// `coordination.k8s.io/v1` leases (node heartbeats live in `kube-node-lease`).
 pub static COORDINATION_LEASES: ResourceInfo = ResourceInfo {
     group: "coordination.k8s.io",
@@ -293,6 +316,7 @@ pub static RESOURCES: &[&ResourceInfo] = &[
     &CORE_PODS,
     &CORE_SECRETS,
     &CORE_SERVICEACCOUNTS,
+    &CORE_SERVICES,
     &AUTHN_SELFSUBJECTREVIEWS,
     &AUTHN_TOKENREVIEWS,
     &AUTHZ_LOCALSUBJECTACCESSREVIEWS,

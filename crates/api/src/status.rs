@@ -208,6 +208,11 @@ impl ApiError {
         Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"))
     }
 
+    /// 406: no media type of the `Accept` header can be produced (kube's negotiation error).
+    pub fn not_acceptable(accepted: &[&str]) -> Self {
+        Self::new(406, "NotAcceptable", format!("only the following media types are accepted: {}", accepted.join(", ")))
+    }
+
     /// 422 Invalid with field errors; `kind` is the object's Kind (`ServiceAccount`).
     pub fn invalid(kind: &str, group: &str, name: &str, causes: Vec<StatusCause>) -> Self {
         let qualified_kind = if group.is_empty() { kind.to_owned() } else { format!("{kind}.{group}") };

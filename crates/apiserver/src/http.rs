@@ -111,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tessera/v1/rbac/who-can", axum::routing::post(rbac_who_can))
         .route("/tessera/v1/encryption/rewrite", axum::routing::post(encryption_rewrite))
         .route(crate::node::certificates::CLIENT_CERTIFICATE_PATH, axum::routing::post(crate::node::certificates::client_certificate))
+        .route("/openapi/v2", get(|headers: HeaderMap| async move { crate::openapi_v2::respond(&headers) }))
         .route("/openapi/v3", get(|| async { json_response(StatusCode::OK, crate::openapi::index()) }))
         .route("/openapi/v3/{*path}", get(openapi_document))
         .fallback(resource_request)
@@ -339,14 +340,28 @@ pub(crate) async fn read_body_limited(body: Body, limit: usize) -> Result<Bytes,
 }
 
 /// Every `/api/v1/…` and `/apis/G/V/…` resource path: executes exactly the
-/// request the authorizer allowed.
+/// request the authorizer allowed. Failures are `Status` objects in the
+/// encoding the client prefers (protobuf when it asks for it).
 async fn resource_request(
     State(state): State<AppState>,
     Extension(user): Extension<Arc<UserInfo>>,
     authorized: Authorized,
     headers: HeaderMap,
     body: Body,
-) -> HandlerResult {
+) -> Response {
+    let errors = crate::negotiate::encoding(accept(&headers), true).unwrap_or(crate::negotiate::Encoding::Json);
+    match execute(&state, user, authorized, headers, body).await {
+        Ok(response) => response,
+        Err(Failure(err)) => crate::response::failure_in(err, errors),
+    }
+}
+
+/// The encoding of a get, list or watch response of `resource`.
+fn response_encoding(resource: &ResourceInfo, accept: &str) -> Result<crate::negotiate::Encoding, ApiError> {
+    crate::negotiate::encoding(accept, tessera_api::protobuf::encodes(&resource.api_version(), resource.kind))
+}
+
+async fn execute(state: &AppState, user: Arc<UserInfo>, authorized: Authorized, headers: HeaderMap, body: Body) -> HandlerResult {
     let ParsedRequest::Resource(request) = authorized.request() else {
         return Err(ApiError::no_such_resource().into());
     };
@@ -429,7 +444,7 @@ async fn resource_request(
                 let t = table::table(resource, std::slice::from_ref(&obj), json!({}), include_object);
                 return Ok(json_response(StatusCode::OK, &t));
             }
-            Ok(json_response(StatusCode::OK, &obj))
+            Ok(crate::response::encoded(StatusCode::OK, &obj, response_encoding(resource, &accept)?))
         }
         Verb::List => {
             let list = registry.list(resource, namespace, &options.list).await?;
@@ -439,9 +454,12 @@ async fn resource_request(
                 let t = table::table(resource, items, meta, include_object);
                 return Ok(json_response(StatusCode::OK, &t));
             }
-            Ok(json_response(StatusCode::OK, &list))
+            Ok(crate::response::encoded(StatusCode::OK, &list, response_encoding(resource, &accept)?))
         }
-        Verb::Watch => crate::watch::serve(&state, resource, namespace, &options.list, &accept, options.timeout, include_object).await,
+        Verb::Watch => {
+            let encoding = if table::wants_table(&accept) { crate::negotiate::Encoding::Json } else { response_encoding(resource, &accept)? };
+            crate::watch::serve(state, resource, namespace, &options.list, &accept, encoding, options.timeout, include_object).await
+        }
         Verb::Create => {
             check_field_manager("CreateOptions", field_manager.as_deref())?;
             let body = decode_body(&headers, &read_body(body).await?, resource.kind)?;

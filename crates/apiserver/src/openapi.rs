@@ -60,7 +60,7 @@ fn write_params() -> Vec<Value> {
     ]
 }
 
-fn paths_for(resource: &ResourceInfo, schema_ref: &str, paths: &mut Map<String, Value>) {
+pub(crate) fn paths_for(resource: &ResourceInfo, schema_ref: &str, paths: &mut Map<String, Value>) {
     let base = format!("/{}", gv_path(resource.group, resource.version));
     let collection = if resource.namespaced {
         format!("{base}/namespaces/{{namespace}}/{}", resource.plural)
@@ -78,8 +78,8 @@ fn paths_for(resource: &ResourceInfo, schema_ref: &str, paths: &mut Map<String, 
     }
     if resource.storage == Storage::Virtual {
         // kubectl decides between server-side field validation and its own
-        // (which needs the protobuf OpenAPI v2 document tessera does not serve)
-        // by looking for `fieldValidation` on a PATCH operation of the kind.
+        // (against the OpenAPI v2 document, `crate::openapi_v2`) by looking
+        // for `fieldValidation` on a PATCH operation of the kind.
         // Reviews are create-only: this operation documents that POST honours
         // `fieldValidation`; PATCH itself answers 405.
         let mut op = operation(resource, "patch", schema_ref, write_params());

@@ -39,3 +39,27 @@ pub fn json_with_type(code: StatusCode, body: &Value, content_type: &'static str
 
 /// The result type of handlers.
 pub type HandlerResult = Result<Response, Failure>;
+
+/// `body` (an object, a list or a Status) in `encoding`. An object the
+/// protobuf tables cannot carry whole is answered in JSON rather than cut
+/// down (clients that ask for protobuf also accept JSON).
+pub fn encoded(code: StatusCode, body: &Value, encoding: crate::negotiate::Encoding) -> Response {
+    if encoding == crate::negotiate::Encoding::Protobuf {
+        match tessera_api::protobuf::encode(body) {
+            Ok(bytes) => {
+                let mut response = Response::new(Body::from(bytes));
+                *response.status_mut() = code;
+                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::negotiate::PROTOBUF));
+                return response;
+            }
+            Err(e) => tracing::debug!(error = %e, "answering JSON instead of protobuf"),
+        }
+    }
+    json_response(code, body)
+}
+
+/// A failure as a protobuf `Status` when the client asked for protobuf.
+pub fn failure_in(err: ApiError, encoding: crate::negotiate::Encoding) -> Response {
+    let code = StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    encoded(code, &err.to_status(), encoding)
+}

@@ -65,11 +65,13 @@ enum Format {
     /// Each object as a one-row Table (`kubectl get -w`), with the object
     /// included as `includeObject` says.
     Table { include_object: String },
+    /// Length-prefixed protobuf `WatchEvent` frames (`;stream=watch`).
+    Protobuf,
 }
 
 /// Serves a watch of `resource` (in `namespace`, if any) with `list`'s
 /// selectors and resourceVersion. `accept` picks the format (objects or
-/// Table); `timeout_seconds` and `include_object` are the query parameters of
+/// Table), `encoding` JSON or protobuf objects; `timeout_seconds` and `include_object` are the query parameters of
 /// those names.
 pub async fn serve(
     state: &AppState,
@@ -77,6 +79,7 @@ pub async fn serve(
     namespace: Option<&str>,
     list: &ListParams,
     accept: &str,
+    encoding: crate::negotiate::Encoding,
     timeout_seconds: Option<Duration>,
     include_object: &str,
 ) -> HandlerResult {
@@ -85,9 +88,12 @@ pub async fn serve(
         Format::Table {
             include_object: include_object.to_owned(),
         }
+    } else if encoding == crate::negotiate::Encoding::Protobuf {
+        Format::Protobuf
     } else {
         Format::Objects
     };
+    let content_type = if format == Format::Protobuf { crate::negotiate::PROTOBUF_WATCH } else { "application/json" };
     let timeout = watch_timeout(
         client_timeout(timeout_seconds),
         rand::random_range(1.0..2.0),
@@ -104,7 +110,7 @@ pub async fn serve(
     let mut response = Response::new(Body::from_stream(OutboxReader(outbox).into_stream()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
+        http::HeaderValue::from_static(content_type),
     );
     response.headers_mut().insert(
         header::CACHE_CONTROL,
@@ -126,8 +132,20 @@ fn watch_timeout(client: Option<Duration>, jitter: f64) -> Duration {
     client.map_or(server, |client| client.min(server))
 }
 
-/// One event as a line of the response.
+/// One event as a line (or protobuf frame) of the response.
 fn encode_line(resource: &ResourceInfo, type_: &str, object: Value, format: &Format) -> Bytes {
+    if *format == Format::Protobuf {
+        match tessera_api::protobuf::encode_watch_event(type_, &object) {
+            Ok(frame) => return Bytes::from(frame),
+            // Only an object the tables cannot carry whole gets here; the
+            // stream cannot switch to JSON, so the event becomes an ERROR.
+            Err(e) => {
+                tracing::warn!(error = %e, "watch event not encodable as protobuf");
+                let status = tessera_api::ApiError::internal("the object could not be encoded as protobuf").to_status();
+                return Bytes::from(tessera_api::protobuf::encode_watch_event("ERROR", &status).unwrap_or_default());
+            }
+        }
+    }
     let object = match format {
         Format::Table { include_object } if type_ != "ERROR" => table::table(
             resource,

@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// Worker threads of the load generator (default: one per CPU).
     #[arg(long, env = "TESSERA_BENCH_CLIENT_THREADS")]
     pub client_threads: Option<usize>,
+    /// list-sa, watch-fanout: read lists and watch events as Kubernetes protobuf
+    /// (`application/vnd.kubernetes.protobuf`, client-go's default) instead of JSON.
+    #[arg(long, env = "TESSERA_BENCH_PROTOBUF")]
+    pub protobuf: bool,
     /// Keep the namespace and its objects afterwards (e.g. `create-sa --keep` populates a store).
     #[arg(long, env = "TESSERA_BENCH_KEEP")]
     pub keep: bool,
@@ -102,6 +106,7 @@ impl BenchArgs {
                 watchers: self.watchers,
                 tokens: self.tokens,
                 keep: self.keep,
+                protobuf: self.protobuf,
                 identity_addr: self.identity_addr.clone(),
                 trust_domain: self.trust_domain.clone(),
                 ..ScenarioOptions::default()
@@ -160,7 +165,7 @@ mod tests {
         let args = parse(&[
             "list-sa", "--kubeconfig", "k", "--context", "kind", "--concurrency", "3", "--requests", "300", "--warmup", "250ms",
             "--rate", "1000", "--output", "json", "--objects", "5", "--watchers", "2", "--tokens", "9", "--client-threads", "1",
-            "--no-progress",
+            "--no-progress", "--protobuf",
         ])
         .unwrap();
         let config = args.config();
@@ -170,7 +175,7 @@ mod tests {
         assert_eq!(config.warmup, Duration::from_millis(250));
         assert_eq!(config.rate, Some(1000.0));
         assert_eq!((config.options.objects, config.options.watchers, config.options.tokens), (5, 2, Some(9)));
-        assert_eq!((config.client_threads, config.progress), (Some(1), false));
+        assert_eq!((config.client_threads, config.progress, config.options.protobuf), (Some(1), false, true));
         assert_eq!(args.output, OutputFormat::Json);
         let timed = parse(&["sar", "--kubeconfig", "k", "--duration", "1m"]).unwrap();
         assert_eq!(timed.config().limit, Limit::Duration(Duration::from_secs(60)));

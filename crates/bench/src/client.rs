@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// What client-go sends for built-in kinds: protobuf, JSON as a fallback.
+pub(crate) const PROTOBUF_ACCEPT: HeaderValue = HeaderValue::from_static("application/vnd.kubernetes.protobuf, application/json");
 
 /// The audience of every token the bench mints and reviews.
 pub(crate) const AUDIENCE: &str = "tessera-bench";
@@ -108,9 +110,26 @@ impl Api {
         Ok(Reply { status, body })
     }
 
+    /// A GET with its own `Accept` header, read whole.
+    pub(crate) async fn get_accepting(&self, uri: &Uri, accept: HeaderValue) -> Result<Reply, kube::Error> {
+        let mut req = request(Method::GET, uri, None);
+        req.headers_mut().insert(ACCEPT, accept);
+        let response = self.client.send(req).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Reply { status, body })
+    }
+
     /// Sends a request and returns the response with its body unread (watches).
     pub(crate) async fn stream(&self, uri: &Uri) -> Result<http::Response<Body>, kube::Error> {
         self.client.send(request(Method::GET, uri, None)).await
+    }
+
+    /// A watch with its own `Accept` header, body unread.
+    pub(crate) async fn stream_accepting(&self, uri: &Uri, accept: HeaderValue) -> Result<http::Response<Body>, kube::Error> {
+        let mut req = request(Method::GET, uri, None);
+        req.headers_mut().insert(ACCEPT, accept);
+        self.client.send(req).await
     }
 
     /// A setup step: any status in `ok` passes, everything else is an [`Error`].

@@ -61,6 +61,9 @@ pub struct ScenarioOptions {
     pub identity_addr: Option<String>,
     /// `certify`: the identity's trust domain (`cluster.local`).
     pub trust_domain: String,
+    /// `list-sa`, `watch-fanout`: ask for `application/vnd.kubernetes.protobuf`
+    /// (as client-go does) instead of JSON.
+    pub protobuf: bool,
 }
 
 // === impl BenchConfig ===
@@ -124,6 +127,7 @@ impl Default for ScenarioOptions {
             keep: false,
             identity_addr: None,
             trust_domain: "cluster.local".to_owned(),
+            protobuf: false,
         }
     }
 }

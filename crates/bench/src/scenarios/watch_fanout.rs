@@ -4,6 +4,9 @@
 //! includes the write and the slowest delivery; req/s × watchers is the event
 //! delivery rate.
 //!
+//! With `--protobuf` the watches ask for `application/vnd.kubernetes.protobuf`
+//! and read length-prefixed `WatchEvent` frames, as client-go does.
+//!
 //! The watches start at the resourceVersion of a list taken before them, so no
 //! event is missed however slowly they connect. A watcher whose stream ends makes
 //! later requests time out (counted as `timeout`), rather than stopping the run.
@@ -23,7 +26,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::{Cause, Outcome, Scenario, ScenarioInfo, Setup, Ticket};
-use crate::client::{Api, parse_uri, service_account, snippet};
+use crate::client::{Api, PROTOBUF_ACCEPT, parse_uri, service_account, snippet};
 use crate::error::{Error, Result};
 
 pub(crate) const INFO: ScenarioInfo = ScenarioInfo {
@@ -101,14 +104,23 @@ impl Scenario for WatchFanout {
         for i in 0..self.watchers {
             setup.progress.set_message(format!("starting watchers: {i}/{}", self.watchers));
             let what = format!("starting watcher {i}");
-            let response = api.stream(&watch).await.map_err(|source| Error::Transport { what: what.clone(), source })?;
+            let response = if setup.options.protobuf {
+                api.stream_accepting(&watch, PROTOBUF_ACCEPT).await
+            } else {
+                api.stream(&watch).await
+            };
+            let response = response.map_err(|source| Error::Transport { what: what.clone(), source })?;
             if response.status() != StatusCode::OK {
                 let status = response.status().as_u16();
                 let body = response.into_body().collect().await.map(|b| snippet(&b.to_bytes())).unwrap_or_default();
                 return Err(Error::Status { what, status, body });
             }
             let pending = Arc::clone(&self.pending);
-            self.tasks.push(tokio::spawn(watcher(i, response.into_body(), pending)));
+            let protobuf = response
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|t| t.as_bytes().starts_with(b"application/vnd.kubernetes.protobuf"));
+            self.tasks.push(tokio::spawn(watcher(i, response.into_body(), pending, protobuf)));
         }
         self.uri = parse_uri(&path)?;
         Ok(())
@@ -174,14 +186,28 @@ impl Pending {
     }
 }
 
-/// Reads one watch stream, newline-delimited JSON events, until it ends.
-async fn watcher(index: usize, mut body: kube::client::Body, pending: Arc<Pending>) {
+/// Reads one watch stream until it ends: newline-delimited JSON events, or
+/// length-prefixed protobuf `WatchEvent` frames.
+async fn watcher(index: usize, mut body: kube::client::Body, pending: Arc<Pending>, protobuf: bool) {
     let mut buffer = BytesMut::new();
     loop {
         match body.frame().await {
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else { continue };
                 buffer.extend_from_slice(&data);
+                if protobuf {
+                    while buffer.len() >= 4 {
+                        let len = u32::from_be_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]) as usize;
+                        if buffer.len() < 4 + len {
+                            break;
+                        }
+                        let event = buffer.split_to(4 + len);
+                        if let Some(name) = added_name(&event[4..]) {
+                            pending.seen(name);
+                        }
+                    }
+                    continue;
+                }
                 while let Some(end) = memchr::memchr(b'\n', &buffer) {
                     let line = buffer.split_to(end + 1);
                     dispatch(index, &line[..end], &pending);
@@ -211,6 +237,57 @@ fn dispatch(index: usize, line: &[u8], pending: &Pending) {
     }
 }
 
+/// The object name of an `ADDED` protobuf `WatchEvent{type = 1, object = 2}`,
+/// whose object is `RawExtension{raw = 1}` = `k8s\0` + `Unknown{raw = 2}` =
+/// the object, whose field 1 is its ObjectMeta, whose field 1 is the name.
+/// Walks only those fields, as a client that needs only the name would.
+fn added_name(event: &[u8]) -> Option<&str> {
+    if field(event, 1)? != b"ADDED" {
+        return None;
+    }
+    let unknown = field(field(event, 2)?, 1)?.strip_prefix(b"k8s\0")?;
+    let name = field(field(field(unknown, 2)?, 1)?, 1)?;
+    std::str::from_utf8(name).ok()
+}
+
+/// The first length-delimited field `tag` of a protobuf message.
+fn field(message: &[u8], tag: u64) -> Option<&[u8]> {
+    let mut rest = message;
+    while !rest.is_empty() {
+        let key = varint(&mut rest)?;
+        match key & 7 {
+            0 => {
+                varint(&mut rest)?;
+            }
+            1 => rest = rest.get(8..)?,
+            2 => {
+                let len = usize::try_from(varint(&mut rest)?).ok()?;
+                let (value, after) = (rest.get(..len)?, rest.get(len..)?);
+                if key >> 3 == tag {
+                    return Some(value);
+                }
+                rest = after;
+            }
+            5 => rest = rest.get(4..)?,
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn varint(rest: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, tail) = rest.split_first()?;
+        *rest = tail;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +306,21 @@ mod tests {
         dispatch(1, added, &pending);
         tokio::time::timeout(Duration::from_secs(1), waiter.done.notified()).await.unwrap();
         assert!(pending.by_name.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn reads_the_name_of_an_added_protobuf_event() {
+        // ObjectMeta{name: "sa-1"} in a ServiceAccount in an Unknown in a RawExtension in a WatchEvent.
+        let meta = [&[0x0a, 0x04][..], b"sa-1"].concat();
+        let object = [&[0x0a, meta.len() as u8][..], &meta].concat();
+        let unknown = [&b"k8s\0"[..], &[0x0a, 0x00, 0x12, object.len() as u8], &object, &[0x1a, 0x00, 0x22, 0x00]].concat();
+        let ext = [&[0x0a, unknown.len() as u8][..], &unknown].concat();
+        let event = |t: &[u8]| [&[0x0a, t.len() as u8][..], t, &[0x12, ext.len() as u8], &ext].concat();
+        assert_eq!(added_name(&event(b"ADDED")), Some("sa-1"));
+        assert_eq!(added_name(&event(b"MODIFIED")), None);
+        let added = event(b"ADDED");
+        for n in 0..added.len() {
+            let _ = added_name(&added[..n]);
+        }
     }
 }
