@@ -92,12 +92,22 @@ pub(super) struct Continue {
 
 /// Decodes a continue token as kube's `storage.DecodeContinue`, with its
 /// messages (`invalid continue token: …`, 400).
+/// Go's `base64.RawURLEncoding`, which (unlike the crate's default engines)
+/// ignores set bits after the last full byte.
+const GO_RAW_URL_ENCODING: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone),
+);
+
 pub(super) fn decode_continue(token: &str) -> Result<Continue> {
     let invalid = |why: String| ApiError::bad_request(format!("invalid continue token: {why}"));
     let generic = "continue key is not valid";
     // Go's RawURLEncoding refuses padding; tessera's own older tokens were
     // padded, so padding is stripped first (it carries no data).
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+    let raw = GO_RAW_URL_ENCODING
         .decode(token.trim_end_matches('='))
         .map_err(|e| invalid(format!("{generic}: {}", go_base64_error(&e))))?;
     let v: Value = serde_json::from_slice(&raw).map_err(|e| invalid(format!("{generic}: {e}")))?;
@@ -494,6 +504,10 @@ mod tests {
         let enc = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
         let msg = |t: &str| decode_continue(t).unwrap_err().message;
         assert_eq!(msg("!!!"), "invalid continue token: continue key is not valid: illegal base64 data at input byte 0");
+        // Go ignores set bits after the last full byte: "not-a-token" decodes,
+        // and it is its JSON that is refused.
+        assert!(msg("not-a-token").starts_with("invalid continue token: continue key is not valid: "));
+        assert!(!msg("not-a-token").contains("base64"), "{}", msg("not-a-token"));
         assert_eq!(
             msg(&enc(json!({"v": "meta.k8s.io/v1", "rv": 0, "start": "a"}))),
             "invalid continue token: continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"
