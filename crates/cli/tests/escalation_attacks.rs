@@ -233,3 +233,47 @@ fn undecodable_impersonation_headers_are_refused() {
     assert_eq!(code, 403, "{answer}");
     assert_eq!(json(&answer)["message"], "users \"jöhn\" is forbidden: User \"system:serviceaccount:imp:writer\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope");
 }
+
+/// PATCHes an apply configuration with a bearer token.
+fn apply_as(server: &Server, token: &str, path: &str, body: &Value) -> (u16, String) {
+    server.curl("PATCH", path, &["--http1.1", "-H", &format!("Authorization: Bearer {token}"), "-H", "Content-Type: application/apply-patch+yaml", "-d", &body.to_string()])
+}
+
+/// Server-side apply is a write like any other: a Role it would create, and a
+/// Role it would widen, pass the same escalation check as a POST or a PUT.
+#[test]
+fn server_side_apply_cannot_grant_what_the_applier_does_not_hold() {
+    let server = Server::start();
+    let mallory = service_account(&server, "ssa", "mallory");
+    apply(&server, &[
+        role("ssa", "role-writer", json!([
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["create", "get", "patch", "update"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
+        ])),
+        bind_sa("ssa", "mallory-writes-roles", "Role", "role-writer", "mallory"),
+    ]);
+    let path = |name: &str| format!("/apis/rbac.authorization.k8s.io/v1/namespaces/ssa/roles/{name}?fieldManager=mallory");
+    let prefix = format!("is forbidden: user \"system:serviceaccount:ssa:mallory\" {} is attempting to grant RBAC permissions not currently held:\n", sa_groups("ssa"));
+
+    // Create by apply: secrets are not held.
+    let grab = role("ssa", "grab", json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]));
+    let (code, body) = apply_as(&server, &mallory, &path("grab"), &grab);
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(json(&body), forbidden_role("grab", &format!(
+        "roles.rbac.authorization.k8s.io \"grab\" {prefix}{{APIGroups:[\"\"], Resources:[\"secrets\"], Verbs:[\"get\"]}}"
+    )));
+    assert!(server.kubectl_err(&["get", "role", "grab", "-n", "ssa"]).contains("NotFound"));
+
+    // A Role of what mallory holds is fine; widening it by apply is not.
+    let reader = role("ssa", "reader", json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]));
+    let (code, body) = apply_as(&server, &mallory, &path("reader"), &reader);
+    assert_eq!(code, 201, "{body}");
+    let wider = role("ssa", "reader", json!([{"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["get"]}]));
+    let (code, body) = apply_as(&server, &mallory, &path("reader"), &wider);
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(json(&body), forbidden_role("reader", &format!(
+        "roles.rbac.authorization.k8s.io \"reader\" {prefix}{{APIGroups:[\"\"], Resources:[\"secrets\"], Verbs:[\"get\"]}}"
+    )));
+    let stored = json(&server.kubectl_ok(&["get", "role", "reader", "-n", "ssa", "-o", "json"]));
+    assert_eq!(stored["rules"], json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]));
+}
