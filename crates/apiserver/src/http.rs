@@ -470,9 +470,9 @@ async fn execute(state: &AppState, user: Arc<UserInfo>, authorized: Authorized, 
         Verb::Update => {
             check_field_manager("UpdateOptions", field_manager.as_deref())?;
             let body = decode_body(&headers, &read_body(body).await?, resource.kind)?;
-            let obj = registry.update(resource, namespace, name, body, admitted()).await?;
+            let (obj, created) = registry.update_or_create(resource, namespace, name, body, admitted()).await?;
             state.caught_up(resource, &obj).await;
-            Ok(json_response(StatusCode::OK, &obj))
+            Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &obj))
         }
         Verb::Patch => {
             let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();

@@ -1,0 +1,44 @@
+//! PUT to a missing object, as kube-apiserver 1.32 answers it: kinds whose
+//! strategy has `AllowCreateOnUpdate() == true` (Leases, core Events, the RBAC
+//! kinds) are created (201); the others (e.g. ConfigMaps) answer 404.
+
+mod support;
+
+use support::{Server, json};
+
+fn put(server: &Server, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let (code, out) = server.curl_admin("PUT", path, &["-H", "Content-Type: application/json", "--data-binary", body]);
+    (code, json(&out))
+}
+
+#[test]
+fn put_creates_a_missing_lease_but_not_a_missing_configmap() {
+    let server = Server::start();
+    let lease = "/apis/coordination.k8s.io/v1/namespaces/default/leases/leader";
+    let body = r#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"leader"},"spec":{"holderIdentity":"a","leaseDurationSeconds":15}}"#;
+    let (code, created) = put(&server, lease, body);
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["spec"]["holderIdentity"], "a");
+    assert_eq!(created["metadata"]["namespace"], "default");
+    // Once it exists, a PUT without a resourceVersion is refused (Leases
+    // do not allow unconditional updates) and one with it updates: 200.
+    let (code, _) = put(&server, lease, &body.replace(r#""a""#, r#""b""#));
+    assert_eq!(code, 422);
+    let rv = created["metadata"]["resourceVersion"].as_str().expect("resourceVersion");
+    let next = body.replace(r#""a""#, r#""b""#).replace(r#""name":"leader""#, &format!(r#""name":"leader","resourceVersion":"{rv}""#));
+    let (code, updated) = put(&server, lease, &next);
+    assert_eq!(code, 200, "{updated}");
+    assert_eq!(updated["spec"]["holderIdentity"], "b");
+    assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
+
+    let role = "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/reader";
+    let (code, out) = put(&server, role, r#"{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"Role","metadata":{"name":"reader"},"rules":[]}"#);
+    assert_eq!(code, 201, "{out}");
+
+    let cm = "/api/v1/namespaces/default/configmaps/missing";
+    let (code, status) = put(&server, cm, r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"missing"},"data":{"a":"1"}}"#);
+    assert_eq!(code, 404, "{status}");
+    assert_eq!(status["reason"], "NotFound");
+    assert_eq!(status["message"], r#"configmaps "missing" not found"#);
+    assert_eq!(server.curl_admin("GET", cm, &[]).0, 404);
+}
