@@ -153,14 +153,15 @@ def test_list_label_selectors_and_paging():
 
     # remainingItemCount only without selectors (with one, kube cannot know it).
     eq(CORE.list_namespaced_config_map(NS, label_selector="set=paging", limit=2).metadata.remaining_item_count, None, "no count with a selector")
-    # Without a selector kube also counts the rest (remainingItemCount); tessera
-    # does not yet, so that is not asserted here.
+    # Without a selector kube also counts the rest.
+    total = len(CORE.list_namespaced_config_map(NS).items)
+    eq(CORE.list_namespaced_config_map(NS, limit=2).metadata.remaining_item_count, total - 2, "remainingItemCount")
 
     # The wording after the prefix depends on the decoder's error (exact
     # continue-token strings are checked where they are implemented).
     e, body = api_error(CORE.list_namespaced_config_map, NS, _continue="not-a-token")
     eq((e.status, e.reason, body["reason"]), (400, "Bad Request", "BadRequest"), "bad continue token")
-    assert body["message"].startswith("continue key is not valid: "), body["message"]
+    assert body["message"].startswith("invalid continue token: continue key is not valid: "), body["message"]
     CORE.delete_collection_namespaced_config_map(NS, label_selector="set=paging")
     eq(CORE.list_namespaced_config_map(NS, label_selector="set=paging").items, [], "deletecollection")
 

@@ -221,12 +221,14 @@ impl Registry {
         }
         let mut items = Vec::new();
         let mut next_token = None;
+        let mut remaining: Option<u64>;
         loop {
             let want = if params.limit == 0 { 0 } else { params.limit - items.len() };
             let options = ListOptions { limit: want, start_after: start_after.clone(), revision };
             let page = self.store.list(&prefix, options).await.map_err(expired)?;
             // Later pages read at the first page's revision.
             revision = page.revision;
+            remaining = page.remaining;
             let last_key = page.items.last().map(|kv| kv.key.clone());
             for kv in &page.items {
                 let obj = from_store(&kv.value, kv.mod_revision)?;
@@ -244,7 +246,18 @@ impl Registry {
             }
             start_after = Some(last);
         }
-        Ok(list_object(resource, items, revision, next_token))
+        let cut = next_token.is_some();
+        let mut list = list_object(resource, items, revision, next_token);
+        // kube counts what follows only without selectors (the store's count
+        // includes objects a selector would drop).
+        if cut
+            && params.labels.is_empty()
+            && params.fields.is_empty()
+            && let Some(count) = remaining
+        {
+            list["metadata"]["remainingItemCount"] = json!(count);
+        }
+        Ok(list)
     }
 
     /// Watches objects (see the module doc).
