@@ -1,6 +1,8 @@
 //! PUT to a missing object, as kube-apiserver 1.32 answers it: kinds whose
 //! strategy has `AllowCreateOnUpdate() == true` (Leases, core Events, the RBAC
-//! kinds) are created (201); the others (e.g. ConfigMaps) answer 404.
+//! kinds) are created (201); the others (e.g. ConfigMaps) answer 404. And a
+//! Lease's `MicroTime` without six fractional digits is refused, as kube's
+//! `MicroTime.UnmarshalJSON` (Go's `time.Parse(RFC3339Micro, …)`) does.
 
 mod support;
 
@@ -41,4 +43,23 @@ fn put_creates_a_missing_lease_but_not_a_missing_configmap() {
     assert_eq!(status["reason"], "NotFound");
     assert_eq!(status["message"], r#"configmaps "missing" not found"#);
     assert_eq!(server.curl_admin("GET", cm, &[]).0, 404);
+}
+
+#[test]
+fn a_micro_time_without_microseconds_is_refused_as_kube_does() {
+    let server = Server::start();
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
+    let body = |renew: &str| {
+        format!(r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{{"name":"l"}},"spec":{{"holderIdentity":"a","renewTime":"{renew}"}}}}"#)
+    };
+    let (code, out) = server.curl_admin("POST", leases, &["-H", "Content-Type: application/json", "--data-binary", &body("2026-12-05T23:00:02Z")]);
+    let status = json(&out);
+    assert_eq!((code, status["reason"].as_str()), (400, Some("BadRequest")), "{out}");
+    assert_eq!(
+        status["message"],
+        r#"Lease in version "v1" cannot be handled as a Lease: parsing time "2026-12-05T23:00:02Z" as "2006-01-02T15:04:05.000000Z07:00": cannot parse "Z" as ".000000""#
+    );
+    let (code, out) = server.curl_admin("POST", leases, &["-H", "Content-Type: application/json", "--data-binary", &body("2026-12-05T23:00:02.000001Z")]);
+    assert_eq!(code, 201, "{out}");
+    assert_eq!(json(&out)["spec"]["renewTime"], "2026-12-05T23:00:02.000001Z");
 }
