@@ -757,7 +757,19 @@ impl Registry {
         namespace: Option<&str>,
         params: &ListParams,
     ) -> Result<impl Stream<Item = WatchEvent> + Send + 'static> {
-        self.watch_objects(resource, namespace, params).await
+        self.watch_objects(resource, namespace, params, None).await
+    }
+
+    /// [`Self::watch`] for a watch that ends at `deadline`: with
+    /// `allowWatchBookmarks` it gets a BOOKMARK shortly before (kube: 2 s).
+    pub async fn watch_until(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        params: &ListParams,
+        deadline: tokio::time::Instant,
+    ) -> Result<impl Stream<Item = WatchEvent> + Send + 'static> {
+        self.watch_objects(resource, namespace, params, Some(deadline)).await
     }
 
     /// The store's current revision as a resourceVersion string.

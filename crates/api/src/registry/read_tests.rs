@@ -189,3 +189,23 @@ async fn unknown_fields_under_strict_validation_are_worded_as_kube() {
         (400, "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"x\"")
     );
 }
+
+#[tokio::test]
+async fn a_bookmark_goes_out_two_seconds_before_the_deadline() {
+    let (r, _dir) = registry().await;
+    let r = r.with_bookmark_interval(Duration::from_secs(60));
+    cm(&r, "a", "web").await;
+    let rv = r.resource_version().await.expect("rv");
+    let params = ListParams { resource_version: Some(rv.clone()), allow_watch_bookmarks: true, ..ListParams::default() };
+    let start = tokio::time::Instant::now();
+    let deadline = start + Duration::from_millis(2_500);
+    let mut events = Box::pin(r.watch_until(&CORE_CONFIGMAPS, Some("ns"), &params, deadline).await.expect("watch"));
+    let event = tokio::time::timeout(Duration::from_secs(2), events.next()).await.expect("a bookmark before the deadline").expect("event");
+    assert_eq!(event.type_, "BOOKMARK");
+    assert_eq!(event.object["metadata"]["resourceVersion"], rv.as_str());
+    // Due at deadline − 2 s, not a bookmark period after the start.
+    let at = start.elapsed();
+    assert!(at >= Duration::from_millis(450) && at < Duration::from_millis(1_500), "{at:?}");
+    // Only one: the next would be past the deadline.
+    assert!(tokio::time::timeout(Duration::from_millis(1_500), events.next()).await.is_err());
+}
