@@ -43,6 +43,24 @@ fn put_creates_a_missing_lease_but_not_a_missing_configmap() {
     assert_eq!(status["reason"], "NotFound");
     assert_eq!(status["message"], r#"configmaps "missing" not found"#);
     assert_eq!(server.curl_admin("GET", cm, &[]).0, 404);
+
+    // Creating by PUT also needs `create` (kube's withAuthorization): a
+    // ServiceAccount that may only get and update Leases is refused.
+    server.kubectl_ok(&["create", "sa", "renewer"]);
+    server.kubectl_ok(&["create", "role", "renew", "--verb=get,update", "--resource=leases.coordination.k8s.io"]);
+    server.kubectl_ok(&["create", "rolebinding", "renew", "--role=renew", "--serviceaccount=default:renewer"]);
+    let token = server.kubectl_ok(&["create", "token", "renewer"]);
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    let other = "/apis/coordination.k8s.io/v1/namespaces/default/leases/other";
+    let (code, out) = server.curl("PUT", other, &["-H", &bearer, "-H", "Content-Type: application/json", "--data-binary", &body.replace("leader", "other")]);
+    let status = json(&out);
+    assert_eq!((code, status["reason"].as_str()), (403, Some("Forbidden")), "{out}");
+    assert_eq!(status["message"], r#"leases.coordination.k8s.io "other" is forbidden: "#);
+    assert_eq!(server.curl_admin("GET", other, &[]).0, 404);
+    // Updating the existing one is allowed.
+    let current = json(&server.curl_admin("GET", lease, &[]).1);
+    let (code, out) = server.curl("PUT", lease, &["-H", &bearer, "-H", "Content-Type: application/json", "--data-binary", &current.to_string()]);
+    assert_eq!(code, 200, "{out}");
 }
 
 #[test]
