@@ -159,8 +159,9 @@ def test_list_label_selectors_and_paging():
 
     # remainingItemCount only without selectors (with one, kube cannot know it).
     eq(CORE.list_namespaced_config_map(NS, label_selector="set=paging", limit=2).metadata.remaining_item_count, None, "no count with a selector")
-    # Without a selector kube also counts the rest (remainingItemCount); tessera
-    # does not yet, so that is not asserted here.
+    # Without a selector kube also counts the rest.
+    total = len(CORE.list_namespaced_config_map(NS).items)
+    eq(CORE.list_namespaced_config_map(NS, limit=2).metadata.remaining_item_count, total - 2, "remainingItemCount")
 
     # kube's wording up to the JSON decoder's own error text (Go's and serde's
     # differ; the exact continue-token strings are checked in registry/read.rs).

@@ -38,6 +38,62 @@ pub fn typed<T: DeserializeOwned + Serialize>(body: Value, strict: bool) -> Resu
     serde_json::to_value(typed).map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 
+/// The layout kube parses `metav1.MicroTime` with (`RFC3339Micro`).
+const RFC3339_MICRO: &str = "2006-01-02T15:04:05.000000Z07:00";
+
+/// Checks a `MicroTime` the way kube's `MicroTime.UnmarshalJSON` does: Go's
+/// `time.Parse(RFC3339Micro, s)` wants exactly six fractional digits
+/// (`stdFracSecond0`), so `…:05Z` and `…:05.123Z` are refused. The date
+/// and time before the fraction are left to the typed decode. The message
+/// is Go's `ParseError`.
+fn check_micro_time(value: &str) -> Result<(), DecodeError> {
+    let refuse = |rest: &str, elem: &str| {
+        Err(DecodeError::Malformed(format!("parsing time {value:?} as {RFC3339_MICRO:?}: cannot parse {rest:?} as {elem:?}")))
+    };
+    // `2006-01-02T15:04:05` is 19 ASCII bytes; a shorter or non-ASCII head
+    // is the typed decode's to refuse.
+    let Some(rest) = value.get(19..) else { return Ok(()) };
+    let b = rest.as_bytes();
+    let fraction_ok = b.len() >= 7 && matches!(b[0], b'.' | b',') && b[1..7].iter().all(u8::is_ascii_digit);
+    if !fraction_ok {
+        return refuse(rest, ".000000");
+    }
+    let zone = &rest[7..];
+    let zb = zone.as_bytes();
+    let offset_ok = zb.len() == 6
+        && matches!(zb[0], b'+' | b'-')
+        && zb[1..3].iter().all(u8::is_ascii_digit)
+        && zb[3] == b':'
+        && zb[4..6].iter().all(u8::is_ascii_digit);
+    if zone != "Z" && !offset_ok {
+        return refuse(zone, "Z07:00");
+    }
+    Ok(())
+}
+
+/// Checks the `MicroTime` fields at `paths` (JSON pointers) of `body`.
+fn check_micro_times(body: &Value, paths: &[&str]) -> Result<(), DecodeError> {
+    for path in paths {
+        if let Some(Value::String(s)) = body.pointer(path) {
+            check_micro_time(s)?;
+        }
+    }
+    Ok(())
+}
+
+/// [`typed`] for a Lease, whose `acquireTime`/`renewTime` are `MicroTime`s.
+pub fn lease(body: Value, strict: bool) -> Result<Value, DecodeError> {
+    check_micro_times(&body, &["/spec/acquireTime", "/spec/renewTime"])?;
+    typed::<k8s_openapi::api::coordination::v1::Lease>(body, strict)
+}
+
+/// [`typed`] for a core Event, whose `eventTime` and
+/// `series.lastObservedTime` are `MicroTime`s.
+pub fn event(body: Value, strict: bool) -> Result<Value, DecodeError> {
+    check_micro_times(&body, &["/eventTime", "/series/lastObservedTime"])?;
+    typed::<k8s_openapi::api::core::v1::Event>(body, strict)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +115,28 @@ mod tests {
     fn wrong_types_are_malformed() {
         let body = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": 5}});
         assert!(matches!(typed::<ServiceAccount>(body, false), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn micro_times_need_six_fractional_digits_as_in_go() {
+        let lease = |renew: &str| json!({"metadata": {"name": "l"}, "spec": {"renewTime": renew}});
+        let ok = super::lease(lease("2026-12-05T23:00:02.123456Z"), false).expect("six digits");
+        assert_eq!(ok["spec"]["renewTime"], "2026-12-05T23:00:02.123456Z");
+        super::lease(lease("2026-12-05T23:00:02.123456+01:00"), false).expect("offset");
+        let err = |renew: &str| super::lease(lease(renew), false).unwrap_err().to_string();
+        assert_eq!(
+            err("2026-12-05T23:00:02Z"),
+            r#"parsing time "2026-12-05T23:00:02Z" as "2006-01-02T15:04:05.000000Z07:00": cannot parse "Z" as ".000000""#
+        );
+        assert_eq!(
+            err("2026-12-05T23:00:02.123Z"),
+            r#"parsing time "2026-12-05T23:00:02.123Z" as "2006-01-02T15:04:05.000000Z07:00": cannot parse ".123Z" as ".000000""#
+        );
+        assert_eq!(
+            err("2026-12-05T23:00:02.123456789Z"),
+            r#"parsing time "2026-12-05T23:00:02.123456789Z" as "2006-01-02T15:04:05.000000Z07:00": cannot parse "789Z" as "Z07:00""#
+        );
+        let event = json!({"metadata": {"name": "e"}, "involvedObject": {}, "eventTime": "2026-12-05T23:00:02Z"});
+        assert!(super::event(event, false).is_err());
     }
 }

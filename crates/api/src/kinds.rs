@@ -268,6 +268,18 @@ pub fn allows_unconditional_update(resource: &ResourceInfo) -> bool {
     !matches!((resource.group, resource.plural), ("coordination.k8s.io", "leases"))
 }
 
+/// Whether a PUT to a missing object creates it: kube's
+/// `AllowCreateOnUpdate()`, true for Leases, core Events and the RBAC kinds,
+/// false for the other kinds tessera stores.
+pub fn allows_create_on_update(resource: &ResourceInfo) -> bool {
+    matches!(
+        (resource.group, resource.plural),
+        ("coordination.k8s.io", "leases")
+            | ("", "events")
+            | ("rbac.authorization.k8s.io", "roles" | "rolebindings" | "clusterroles" | "clusterrolebindings")
+    )
+}
+
 /// kube's refusal of an update without a resourceVersion where
 /// [`allows_unconditional_update`] is false (the value is Go's `%#v` of 0).
 pub fn unconditional_update_refused() -> StatusCause {

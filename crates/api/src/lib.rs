@@ -15,6 +15,7 @@ pub mod apply;
 pub mod decode;
 pub mod deletion;
 pub mod kinds;
+pub mod openapi_ext;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;

@@ -28,20 +28,51 @@ enum ListStrategy {
     Replace,
 }
 
-/// Merge strategies for the list fields of the kinds tessera serves, by field
-/// name (the same as the `patchMergeKey` tags in the Kubernetes Go types).
+/// kube's `patchStrategy`/`patchMergeKey` struct tags on the list fields of
+/// the kinds tessera serves: `(definition, field, merge key, strategy)`. The
+/// strategic merge below and the OpenAPI documents'
+/// `x-kubernetes-patch-strategy`/`-merge-key` both come from this table.
+pub static PATCH_STRATEGIES: &[(&str, &str, Option<&str>, &str)] = &[
+    ("io.k8s.api.core.v1.Container", "env", Some("name"), "merge"),
+    ("io.k8s.api.core.v1.Container", "ports", Some("containerPort"), "merge"),
+    ("io.k8s.api.core.v1.Container", "volumeDevices", Some("devicePath"), "merge"),
+    ("io.k8s.api.core.v1.Container", "volumeMounts", Some("mountPath"), "merge"),
+    ("io.k8s.api.core.v1.ContainerStatus", "allocatedResourcesStatus", Some("name"), "merge"),
+    ("io.k8s.api.core.v1.ContainerStatus", "volumeMounts", Some("mountPath"), "merge"),
+    ("io.k8s.api.core.v1.EphemeralContainer", "env", Some("name"), "merge"),
+    ("io.k8s.api.core.v1.EphemeralContainer", "ports", Some("containerPort"), "merge"),
+    ("io.k8s.api.core.v1.EphemeralContainer", "volumeDevices", Some("devicePath"), "merge"),
+    ("io.k8s.api.core.v1.EphemeralContainer", "volumeMounts", Some("mountPath"), "merge"),
+    ("io.k8s.api.core.v1.NamespaceStatus", "conditions", Some("type"), "merge"),
+    ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", None, "merge"),
+    ("io.k8s.api.core.v1.NodeStatus", "addresses", Some("type"), "merge"),
+    ("io.k8s.api.core.v1.NodeStatus", "conditions", Some("type"), "merge"),
+    ("io.k8s.api.core.v1.PodSpec", "containers", Some("name"), "merge"),
+    ("io.k8s.api.core.v1.PodSpec", "ephemeralContainers", Some("name"), "merge"),
+    ("io.k8s.api.core.v1.PodSpec", "hostAliases", Some("ip"), "merge"),
+    ("io.k8s.api.core.v1.PodSpec", "imagePullSecrets", Some("name"), "merge"),
+    ("io.k8s.api.core.v1.PodSpec", "initContainers", Some("name"), "merge"),
+    ("io.k8s.api.core.v1.PodSpec", "resourceClaims", Some("name"), "merge,retainKeys"),
+    ("io.k8s.api.core.v1.PodSpec", "schedulingGates", Some("name"), "merge"),
+    ("io.k8s.api.core.v1.PodSpec", "topologySpreadConstraints", Some("topologyKey"), "merge"),
+    ("io.k8s.api.core.v1.PodSpec", "volumes", Some("name"), "merge,retainKeys"),
+    ("io.k8s.api.core.v1.PodStatus", "conditions", Some("type"), "merge"),
+    ("io.k8s.api.core.v1.PodStatus", "hostIPs", Some("ip"), "merge"),
+    ("io.k8s.api.core.v1.PodStatus", "podIPs", Some("ip"), "merge"),
+    ("io.k8s.api.core.v1.PodStatus", "resourceClaimStatuses", Some("name"), "merge,retainKeys"),
+    ("io.k8s.api.core.v1.ServiceAccount", "secrets", Some("name"), "merge"),
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", None, "merge"),
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", Some("uid"), "merge"),
+];
+
+/// The merge strategy of a list field. The patch is untyped here, so fields
+/// are looked up by name; within the served kinds a field name has one
+/// strategy wherever it appears.
 fn list_strategy(field: &str) -> ListStrategy {
-    match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets"
-        | "secrets" | "resourceClaims" => ListStrategy::MergeByKey("name"),
-        "ports" => ListStrategy::MergeByKey("containerPort"),
-        "volumeMounts" => ListStrategy::MergeByKey("mountPath"),
-        "volumeDevices" => ListStrategy::MergeByKey("devicePath"),
-        "ownerReferences" => ListStrategy::MergeByKey("uid"),
-        "conditions" => ListStrategy::MergeByKey("type"),
-        "hostAliases" => ListStrategy::MergeByKey("ip"),
-        "finalizers" => ListStrategy::MergePrimitives,
-        _ => ListStrategy::Replace,
+    match PATCH_STRATEGIES.iter().find(|(_, f, _, _)| *f == field) {
+        Some((_, _, Some(key), _)) => ListStrategy::MergeByKey(key),
+        Some((_, _, None, _)) => ListStrategy::MergePrimitives,
+        None => ListStrategy::Replace,
     }
 }
 

@@ -396,6 +396,39 @@ impl Registry {
         .await
     }
 
+    /// PUT: [`Self::update`], or for kinds kube lets create on update
+    /// ([`kinds::allows_create_on_update`]) a create when the object does
+    /// not exist (then `true`). As kube, the body's resourceVersion is not
+    /// checked against a missing object.
+    pub async fn update_or_create(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        body: Value,
+        options: WriteOptions,
+    ) -> Result<(Value, bool)> {
+        if !kinds::allows_create_on_update(resource) {
+            return self.update(resource, namespace, name, body, options).await.map(|obj| (obj, false));
+        }
+        for _attempt in 0..4 {
+            match self.update(resource, namespace, name, body.clone(), options.clone()).await {
+                Err(e) if e.code == 404 => {}
+                other => return other.map(|obj| (obj, false)),
+            }
+            let mut fresh = body.clone();
+            if let Some(meta) = fresh.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.remove("resourceVersion");
+            }
+            match self.create(resource, namespace, fresh, options.clone()).await {
+                // Created by someone else meanwhile: update it instead.
+                Err(e) if e.reason == "AlreadyExists" => continue,
+                other => return other.map(|obj| (obj, true)),
+            }
+        }
+        Err(ApiError::conflict(resource, name))
+    }
+
     /// Applies a PATCH, retrying on concurrent modification when the patch
     /// does not pin a resourceVersion itself.
     pub async fn patch(
@@ -724,7 +757,19 @@ impl Registry {
         namespace: Option<&str>,
         params: &ListParams,
     ) -> Result<impl Stream<Item = WatchEvent> + Send + 'static> {
-        self.watch_objects(resource, namespace, params).await
+        self.watch_objects(resource, namespace, params, None).await
+    }
+
+    /// [`Self::watch`] for a watch that ends at `deadline`: with
+    /// `allowWatchBookmarks` it gets a BOOKMARK shortly before (kube: 2 s).
+    pub async fn watch_until(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        params: &ListParams,
+        deadline: tokio::time::Instant,
+    ) -> Result<impl Stream<Item = WatchEvent> + Send + 'static> {
+        self.watch_objects(resource, namespace, params, Some(deadline)).await
     }
 
     /// The store's current revision as a resourceVersion string.

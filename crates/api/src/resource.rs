@@ -201,7 +201,7 @@ pub static CORE_EVENTS: ResourceInfo = ResourceInfo {
     verbs: CRUD_VERBS,
     subresources: &[],
     storage: Storage::Stored,
-    decode: decode::typed::<k8s_openapi::api::core::v1::Event>,
+    decode: decode::event,
     schema: schema_of::<k8s_openapi::api::core::v1::Event>,
     storage_version_hash: "r2yiGXH7wu8=",
 };
@@ -242,7 +242,7 @@ pub static COORDINATION_LEASES: ResourceInfo = ResourceInfo {
     verbs: CRUD_VERBS,
     subresources: &[],
     storage: Storage::Stored,
-    decode: decode::typed::<k8s_openapi::api::coordination::v1::Lease>,
+    decode: decode::lease,
     schema: schema_of::<k8s_openapi::api::coordination::v1::Lease>,
     storage_version_hash: "/sY7hl8ol1U=",
 };

@@ -470,9 +470,14 @@ async fn execute(state: &AppState, user: Arc<UserInfo>, authorized: Authorized, 
         Verb::Update => {
             check_field_manager("UpdateOptions", field_manager.as_deref())?;
             let body = decode_body(&headers, &read_body(body).await?, resource.kind)?;
-            let obj = registry.update(resource, namespace, name, body, admitted()).await?;
+            let mut write = admitted();
+            if tessera_api::kinds::allows_create_on_update(resource) {
+                let attrs = tessera_rbac::Request { verb: "create".into(), ..authorized.request().attributes() };
+                write.admit = authorize_create_on_update(state, &user, attrs, write.admit.take());
+            }
+            let (obj, created) = registry.update_or_create(resource, namespace, name, body, write).await?;
             state.caught_up(resource, &obj).await;
-            Ok(json_response(StatusCode::OK, &obj))
+            Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &obj))
         }
         Verb::Patch => {
             let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
@@ -564,6 +569,32 @@ fn admission(state: &AppState, user: &Arc<UserInfo>, resource: &'static Resource
             check(resource, old, new)?;
         }
         crate::node::admission::admit_write(&crate::node::identify(&user), resource, scope, old, new)
+    }))
+}
+
+/// kube's `withAuthorization` on a PUT that creates: the user must also be
+/// allowed to `create` (`attrs`), checked when the object turns out not to
+/// exist (admission of a create is the one called without an old object);
+/// refused with `NewForbidden(resource, name, reason)`.
+fn authorize_create_on_update(
+    state: &AppState,
+    user: &Arc<UserInfo>,
+    attrs: tessera_rbac::Request,
+    admit: Option<tessera_api::registry::Admit>,
+) -> Option<tessera_api::registry::Admit> {
+    let verdict = crate::authz::decide(&state.rbac, &state.nodes, user, &attrs, None);
+    Some(Arc::new(move |resource: &ResourceInfo, old: Option<&Value>, new: &Value| {
+        if old.is_none()
+            && let crate::authz::Verdict::Deny(reason) = &verdict
+        {
+            let qualified = if attrs.api_group.is_empty() { attrs.resource.clone() } else { format!("{}.{}", attrs.resource, attrs.api_group) };
+            let message = format!("{qualified} {:?} is forbidden: {reason}", attrs.name);
+            return Err(ApiError::forbidden(&attrs.resource, &attrs.api_group, &attrs.name, message));
+        }
+        match &admit {
+            Some(check) => check(resource, old, new),
+            None => Ok(()),
+        }
     }))
 }
 

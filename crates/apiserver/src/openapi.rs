@@ -122,6 +122,7 @@ fn document(group: &str, version: &str) -> Value {
         kinds.push((schema_ref, resource));
     }
     let mut schemas = generator.take_definitions(true);
+    tessera_api::openapi_ext::annotate(&mut schemas);
     for (schema_ref, resource) in kinds {
         let name = schema_ref.rsplit('/').next().unwrap_or_default();
         if let Some(Value::Object(schema)) = schemas.get_mut(name) {
@@ -192,7 +193,17 @@ mod tests {
         assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "ServiceAccount");
         assert!(patch["parameters"].as_array().expect("params").iter().any(|p| p["name"] == "fieldValidation"));
         let schema = &doc["components"]["schemas"]["io.k8s.api.core.v1.ServiceAccount"];
+        assert_eq!(schema["properties"]["secrets"]["x-kubernetes-patch-merge-key"], "name");
         assert_eq!(schema["x-kubernetes-group-version-kind"][0]["kind"], "ServiceAccount");
         assert!(schema["properties"]["metadata"]["allOf"][0]["$ref"].as_str().is_some_and(|r| r.ends_with("ObjectMeta")));
+    }
+
+    #[test]
+    fn pod_containers_carry_patch_and_list_extensions() {
+        let doc = group_version("api/v1").expect("core doc");
+        let containers = &doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+        for (key, value) in json!({"x-kubernetes-list-map-keys": ["name"], "x-kubernetes-list-type": "map", "x-kubernetes-patch-merge-key": "name", "x-kubernetes-patch-strategy": "merge"}).as_object().expect("object") {
+            assert_eq!(&containers[key], value, "{key}");
+        }
     }
 }

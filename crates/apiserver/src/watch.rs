@@ -83,7 +83,12 @@ pub async fn serve(
     timeout_seconds: Option<Duration>,
     include_object: &str,
 ) -> HandlerResult {
-    let events = state.registry.watch(resource, namespace, list).await?;
+    let timeout = watch_timeout(
+        client_timeout(timeout_seconds),
+        rand::random_range(1.0..2.0),
+    );
+    let deadline = Instant::now() + timeout;
+    let events = state.registry.watch_until(resource, namespace, list, deadline).await?;
     let format = if table::wants_table(accept) {
         Format::Table {
             include_object: include_object.to_owned(),
@@ -94,10 +99,6 @@ pub async fn serve(
         Format::Objects
     };
     let content_type = if format == Format::Protobuf { crate::negotiate::PROTOBUF_WATCH } else { "application/json" };
-    let timeout = watch_timeout(
-        client_timeout(timeout_seconds),
-        rand::random_range(1.0..2.0),
-    );
     let outbox = Arc::new(Outbox::default());
     let pump = Pump {
         outbox: Arc::clone(&outbox),
@@ -106,7 +107,7 @@ pub async fn serve(
         format,
         metrics: state.metrics.clone(),
     };
-    tokio::spawn(pump.run(events, Instant::now() + timeout));
+    tokio::spawn(pump.run(events, deadline));
     let mut response = Response::new(Body::from_stream(OutboxReader(outbox).into_stream()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -92,11 +92,24 @@ fn seed_000s_pod_comes_back_with_the_projected_service_account_volume() {
     let mount_yaml = format!("    - mountPath: /var/run/secrets/kubernetes.io/serviceaccount\n      name: {name}\n      readOnly: true\n");
     assert_eq!(yaml.matches(&mount_yaml).count(), 3, "{yaml}");
 
-    // Applying the same file again keeps the volume, and adds no second one.
-    // (kubectl says "configured", not kube's "unchanged": without the OpenAPI
-    // patch-merge keys it sends whole lists, which the server merges by name.)
+    // Applying the same file again changes nothing. The OpenAPI patch-merge
+    // keys let kubectl's three-way merge leave the injected volume and mounts
+    // alone; it still sends `$setElementOrder` directives for `volumes` and
+    // `proxy`'s mounts (kube's `diffLists` emits them whenever the live
+    // list's length differs from the file's, as the injected entries make
+    // it), so kubectl says "configured" here against kube-apiserver too.
+    // Nothing is written.
+    let version = server.kubectl_ok(&["get", "pod", "web", "-o", "jsonpath={.metadata.resourceVersion}"]);
     let out = server.kubectl_stdin(&["apply", "-f", "-"], SEED_POD);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "pod/web configured\n");
+    assert_eq!(server.kubectl_ok(&["get", "pod", "web", "-o", "jsonpath={.metadata.resourceVersion}"]), version);
+    // A pod that declares no volumes or mounts re-applies as "unchanged".
+    let plain = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: plain\nspec:\n  containers:\n  - name: web\n    image: nginx\n";
+    for expected in ["pod/plain created\n", "pod/plain unchanged\n"] {
+        let out = server.kubectl_stdin(&["apply", "-f", "-"], plain);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{}", String::from_utf8_lossy(&out.stderr));
+    }
     assert_eq!(server.kubectl_ok(&["get", "pod", "web", "-o", "jsonpath={.spec.volumes[*].name}"]), format!("scratch {name}"));
     // And an update may not take it away.
     let err = server.kubectl_err(&["patch", "pod", "web", "--type=json", "-p", r#"[{"op":"remove","path":"/spec/volumes/1"}]"#]);

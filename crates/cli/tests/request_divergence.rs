@@ -341,6 +341,9 @@ async fn run(server: &InProcess, seed: u64, cases: usize, idle: Duration) -> usi
             let verb = match (case.method, before.contains_key(key), after.contains_key(key)) {
                 ("POST", false, true) => "create",
                 ("PUT", true, true) => "update",
+                // Leases, Events and RBAC kinds are created by PUT (kube's
+                // AllowCreateOnUpdate), which also needs `create`.
+                ("PUT", false, true) => "create",
                 ("PATCH", true, true) => "patch",
                 ("DELETE", true, false) => "delete",
                 (method, existed, exists) => panic!("{method} changed {key} (existed {existed}, exists {exists}): {what}"),

@@ -179,3 +179,23 @@ fn rand_suffix() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed).to_string()
 }
+
+#[test]
+fn a_watch_gets_a_bookmark_two_seconds_before_it_times_out() {
+    let server = Server::start();
+    let cm = create_cm(&server, "default", "marker", "web");
+    // The watch ends after timeoutSeconds=3; kube sends its last BOOKMARK
+    // 2 s before that, with the latest resourceVersion.
+    let started = std::time::Instant::now();
+    let (code, body) = server.curl_admin(
+        "GET",
+        &format!("/api/v1/namespaces/default/configmaps?watch=1&allowWatchBookmarks=true&timeoutSeconds=3&resourceVersion={}", rv(&cm)),
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3), "the watch lasts its timeout");
+    let events = events(&body);
+    assert_eq!(events.len(), 1, "{body}");
+    assert_eq!(events[0]["type"], "BOOKMARK");
+    assert_eq!(events[0]["object"]["metadata"]["resourceVersion"], rv(&cm).as_str());
+}

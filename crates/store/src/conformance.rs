@@ -539,8 +539,11 @@ pub async fn list_paging_visits_every_key_once(store: Arc<dyn Store>) {
             assert!(page.items.len() <= limit, "page longer than limit {limit}");
             seen.extend(page.items.iter().map(|kv| kv.key.clone()));
             if !page.more {
+                assert_eq!(page.remaining, None);
                 break;
             }
+            // What follows this page within the prefix (kube's remainingItemCount).
+            assert_eq!(page.remaining, Some((expected.len() - seen.len()) as u64), "remaining with limit {limit}");
             assert_eq!(page.items.len(), limit, "a page with more is full");
             start_after = page.items.last().map(|kv| kv.key.clone());
             assert!(pages <= expected.len(), "paging does not terminate");
@@ -1140,7 +1143,7 @@ pub async fn list_at_a_past_revision(store: Arc<dyn Store>) {
     assert_eq!(past.items, vec![a.clone(), b.clone(), c.clone()]);
     assert_eq!((past.revision, past.more), (then, false));
     let page = s.list("/at/", at(2, None, then)).await.expect("first page");
-    assert_eq!((page.items, page.more), (vec![a, b.clone()], true));
+    assert_eq!((page.items, page.more, page.remaining), (vec![a, b.clone()], true, Some(1)));
     let page = s
         .list("/at/", at(2, Some("/at/a"), then))
         .await

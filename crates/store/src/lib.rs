@@ -82,6 +82,9 @@ pub struct ListResult {
     pub revision: Revision,
     /// True when more keys match beyond `limit`.
     pub more: bool,
+    /// When `more`: how many keys in the range follow the returned ones
+    /// (kube's `remainingItemCount`; etcd's range `count` minus the page).
+    pub remaining: Option<u64>,
 }
 
 /// What happened to a key.

@@ -446,17 +446,18 @@ impl Store for SqliteStore {
                     return list_at(tx, &prefix, options, current);
                 }
                 let revision = current;
-                let mut sql =
-                    String::from("SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ?1");
+                let mut range = String::from(" WHERE key >= ?1");
                 let mut params = vec![Value::Text(prefix.clone())];
                 if let Some(upper) = prefix_upper_bound(&prefix) {
                     params.push(Value::Text(upper));
-                    sql.push_str(&format!(" AND key < ?{}", params.len()));
+                    range.push_str(&format!(" AND key < ?{}", params.len()));
                 }
                 if let Some(after) = options.start_after {
                     params.push(Value::Text(after));
-                    sql.push_str(&format!(" AND key > ?{}", params.len()));
+                    range.push_str(&format!(" AND key > ?{}", params.len()));
                 }
+                let range_params = params.clone();
+                let mut sql = format!("SELECT key, value, create_rev, mod_rev FROM kv{range}");
                 // One row past the limit tells whether there are more.
                 let fetch = if options.limit == 0 {
                     -1
@@ -483,10 +484,20 @@ impl Store for SqliteStore {
                 } else {
                     options.limit
                 });
+                // Counting keys on the primary-key index reads no values.
+                let remaining = if more {
+                    let total: i64 = tx
+                        .prepare_cached(&format!("SELECT COUNT(*) FROM kv{range}"))?
+                        .query_row(rusqlite::params_from_iter(range_params), |row| row.get(0))?;
+                    Some(u64::try_from(total).unwrap_or(0).saturating_sub(items.len() as u64))
+                } else {
+                    None
+                };
                 Ok(ListResult {
                     items,
                     revision,
                     more,
+                    remaining,
                 })
             })
             .await
@@ -954,11 +965,13 @@ fn list_at(
         }
     }
     let mut items: Vec<KeyValue> = keys.into_values().collect();
-    let more = options.limit != 0 && items.len() > options.limit;
+    let total = items.len();
+    let more = options.limit != 0 && total > options.limit;
     if options.limit != 0 {
         items.truncate(options.limit);
     }
     Ok(ListResult {
+        remaining: more.then(|| (total - items.len()) as u64),
         items,
         revision,
         more,

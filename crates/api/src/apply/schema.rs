@@ -20,6 +20,17 @@ pub enum Relation {
     AtomicMap,
 }
 
+/// The list or map type kube gives field `field` of definition `def`, if it is
+/// not an atomic list or a granular map.
+pub fn relation(def: &str, field: &str) -> Option<Relation> {
+    super::relations::RELATIONS.iter().find(|(t, f, _)| *t == def && *f == field).map(|(_, _, r)| *r)
+}
+
+/// Whether kube marks definition `def` `x-kubernetes-map-type: atomic`.
+pub fn is_atomic_struct(def: &str) -> bool {
+    ATOMIC_STRUCTS.contains(&def)
+}
+
 /// Structs kube marks `x-kubernetes-map-type: atomic` (`+structType=atomic`)
 /// that the served kinds reach: references and selectors, replaced whole.
 /// Hand-kept from kube's OpenAPI (k8s-openapi does not carry this marker).
@@ -152,9 +163,7 @@ impl Schema {
     /// The type of field `name` of a struct.
     pub fn field<'s>(&'s self, def: Option<&str>, props: &'s Map<String, Value>, name: &str) -> Ty<'s> {
         let Some(node) = props.get(name) else { return Ty::Untyped };
-        let relation = def.and_then(|d| {
-            super::relations::RELATIONS.iter().find(|(t, f, _)| *t == d && *f == name).map(|(_, _, r)| *r)
-        });
+        let relation = def.and_then(|d| relation(d, name));
         self.classify(node, relation)
     }
 

@@ -231,12 +231,14 @@ impl Registry {
         }
         let mut items = Vec::new();
         let mut next_token = None;
+        let mut remaining: Option<u64>;
         loop {
             let want = if params.limit == 0 { 0 } else { params.limit - items.len() };
             let options = ListOptions { limit: want, start_after: start_after.clone(), revision };
             let page = self.store.list(&prefix, options).await.map_err(expired)?;
             // Later pages read at the first page's revision.
             revision = page.revision;
+            remaining = page.remaining;
             let last_key = page.items.last().map(|kv| kv.key.clone());
             for kv in &page.items {
                 let obj = from_store(&kv.value, kv.mod_revision)?;
@@ -254,7 +256,18 @@ impl Registry {
             }
             start_after = Some(last);
         }
-        Ok(list_object(resource, items, revision, next_token))
+        let cut = next_token.is_some();
+        let mut list = list_object(resource, items, revision, next_token);
+        // kube counts what follows only without selectors (the store's count
+        // includes objects a selector would drop).
+        if cut
+            && params.labels.is_empty()
+            && params.fields.is_empty()
+            && let Some(count) = remaining
+        {
+            list["metadata"]["remainingItemCount"] = json!(count);
+        }
+        Ok(list)
     }
 
     /// Watches objects (see the module doc).
@@ -263,6 +276,7 @@ impl Registry {
         resource: &ResourceInfo,
         namespace: Option<&str>,
         params: &ListParams,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<impl Stream<Item = WatchEvent> + Send + 'static> {
         let ns = Self::namespace_of(resource, namespace);
         let prefix = resource.key_prefix(ns);
@@ -318,10 +332,7 @@ impl Registry {
             live,
             filter,
             progress: after,
-            bookmarks: bookmarks.then(|| {
-                let period = self.bookmark_interval;
-                tokio::time::interval_at(tokio::time::Instant::now() + period, period)
-            }),
+            bookmarks: bookmarks.then(|| Bookmarks::new(self.bookmark_interval, deadline)),
             kind,
             api_version,
             ended: false,
@@ -351,13 +362,45 @@ impl Filter {
     }
 }
 
+/// When a watch's next BOOKMARK is due, as kube's cacher schedules them
+/// (`cacheWatcher.nextBookmarkTime`): every period, and once
+/// [`PRE_TIMEOUT`] before the watch's deadline, so that a client resumes
+/// from a fresh resourceVersion.
+struct Bookmarks {
+    period: std::time::Duration,
+    deadline: Option<tokio::time::Instant>,
+    next: Option<tokio::time::Instant>,
+}
+
+/// How long before a watch's deadline its last BOOKMARK goes out (kube: 2 s).
+pub const PRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Bookmarks {
+    fn new(period: std::time::Duration, deadline: Option<tokio::time::Instant>) -> Self {
+        let mut b = Self { period, deadline, next: None };
+        b.schedule();
+        b
+    }
+
+    /// The next bookmark: a period from now or just before the deadline,
+    /// whichever is first; none when that moment has passed.
+    fn schedule(&mut self) {
+        let now = tokio::time::Instant::now();
+        let mut next = now + self.period;
+        if let Some(pre) = self.deadline.and_then(|d| d.checked_sub(PRE_TIMEOUT)) {
+            next = next.min(pre);
+        }
+        self.next = (next > now).then_some(next);
+    }
+}
+
 /// The live part of a watch: store events in, wire events and bookmarks out.
 struct LiveWatch {
     live: WatchStream,
     filter: Filter,
     /// Every store event up to this revision has been seen.
     progress: Revision,
-    bookmarks: Option<tokio::time::Interval>,
+    bookmarks: Option<Bookmarks>,
     kind: String,
     api_version: String,
     ended: bool,
@@ -370,15 +413,19 @@ impl LiveWatch {
             return None;
         }
         loop {
-            let item = match &mut self.bookmarks {
-                Some(ticks) => tokio::select! {
+            let due = self.bookmarks.as_ref().and_then(|b| b.next);
+            let item = match due {
+                Some(at) => tokio::select! {
                     item = self.live.next() => Some(item),
-                    _ = ticks.tick() => None,
+                    _ = tokio::time::sleep_until(at) => None,
                 },
                 None => Some(self.live.next().await),
             };
             match item {
                 None => {
+                    if let Some(b) = &mut self.bookmarks {
+                        b.schedule();
+                    }
                     return Some(WatchEvent { type_: "BOOKMARK", object: bookmark(&self.kind, &self.api_version, self.progress, false) });
                 }
                 Some(None) => return None,

@@ -133,13 +133,24 @@ async fn pages_share_one_snapshot_and_an_expired_continue_token_gets_a_fresh_one
     let first = ListParams { limit: 1, ..ListParams::default() };
     let page = r.list(&CORE_CONFIGMAPS, Some("ns"), &first).await.expect("first page");
     let snapshot = page["metadata"]["resourceVersion"].clone();
+    // Cut by `limit` without a selector: kube counts what follows.
+    assert_eq!(page["metadata"]["remainingItemCount"], 2);
     let token = page["metadata"]["continue"].as_str().expect("continue").to_owned();
+    // With a selector it does not (the count would include non-matches).
+    let filtered = ListParams { limit: 1, labels: LabelSelector::parse("app=web").expect("selector"), ..ListParams::default() };
+    let cut = r.list(&CORE_CONFIGMAPS, Some("ns"), &filtered).await.expect("filtered page");
+    assert!(cut["metadata"]["continue"].is_string());
+    assert!(cut["metadata"].get("remainingItemCount").is_none(), "{cut}");
     // A change after the first page is not in the later pages.
     r.delete(&CORE_CONFIGMAPS, Some("ns"), "b", &Preconditions::default(), WriteOptions::default()).await.expect("delete");
     let second = ListParams { limit: 1, continue_token: Some(token.clone()), ..ListParams::default() };
     let page = r.list(&CORE_CONFIGMAPS, Some("ns"), &second).await.expect("second page");
     assert_eq!(page["items"][0]["metadata"]["name"], "b");
     assert_eq!(page["metadata"]["resourceVersion"], snapshot);
+    assert_eq!(page["metadata"]["remainingItemCount"], 1);
+    let last = ListParams { limit: 1, continue_token: page["metadata"]["continue"].as_str().map(str::to_owned), ..ListParams::default() };
+    let page = r.list(&CORE_CONFIGMAPS, Some("ns"), &last).await.expect("last page");
+    assert!(page["metadata"].get("remainingItemCount").is_none(), "{page}");
 
     let now: i64 = r.resource_version().await.expect("rv").parse().expect("number");
     r.store().compact(now).await.expect("compact");
@@ -177,4 +188,24 @@ async fn unknown_fields_under_strict_validation_are_worded_as_kube() {
         (err.code, err.message.as_str()),
         (400, "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"x\"")
     );
+}
+
+#[tokio::test]
+async fn a_bookmark_goes_out_two_seconds_before_the_deadline() {
+    let (r, _dir) = registry().await;
+    let r = r.with_bookmark_interval(Duration::from_secs(60));
+    cm(&r, "a", "web").await;
+    let rv = r.resource_version().await.expect("rv");
+    let params = ListParams { resource_version: Some(rv.clone()), allow_watch_bookmarks: true, ..ListParams::default() };
+    let start = tokio::time::Instant::now();
+    let deadline = start + Duration::from_millis(2_500);
+    let mut events = Box::pin(r.watch_until(&CORE_CONFIGMAPS, Some("ns"), &params, deadline).await.expect("watch"));
+    let event = tokio::time::timeout(Duration::from_secs(2), events.next()).await.expect("a bookmark before the deadline").expect("event");
+    assert_eq!(event.type_, "BOOKMARK");
+    assert_eq!(event.object["metadata"]["resourceVersion"], rv.as_str());
+    // Due at deadline − 2 s, not a bookmark period after the start.
+    let at = start.elapsed();
+    assert!(at >= Duration::from_millis(450) && at < Duration::from_millis(1_500), "{at:?}");
+    // Only one: the next would be past the deadline.
+    assert!(tokio::time::timeout(Duration::from_millis(1_500), events.next()).await.is_err());
 }

@@ -97,6 +97,7 @@ fn swagger() -> Value {
         kinds.push((schema_ref, resource));
     }
     let mut definitions: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    tessera_api::openapi_ext::annotate(&mut definitions);
     for (name, schema) in &mut definitions {
         to_v2_schema(schema);
         if name == "io.k8s.apimachinery.pkg.api.resource.Quantity" {
@@ -473,6 +474,10 @@ mod tests {
         let post = &doc["paths"]["/api/v1/namespaces/{namespace}/configmaps"]["post"];
         assert_eq!(post["parameters"][0]["in"], "body");
         assert_eq!(post["responses"]["200"]["schema"]["$ref"], "#/definitions/io.k8s.api.core.v1.ConfigMap");
+        let containers = &doc["definitions"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+        for (key, value) in json!({"x-kubernetes-list-map-keys": ["name"], "x-kubernetes-list-type": "map", "x-kubernetes-patch-merge-key": "name", "x-kubernetes-patch-strategy": "merge"}).as_object().expect("object") {
+            assert_eq!(&containers[key], value, "{key}");
+        }
     }
 
     #[test]

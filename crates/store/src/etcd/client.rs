@@ -433,6 +433,7 @@ impl Store for EtcdStore {
             items: Vec::new(),
             revision: if options.revision != 0 { options.revision } else { revision },
             more: false,
+            remaining: None,
         };
         let Some((mut start, end)) = self.keys.range(prefix) else {
             return Ok(empty(self.revision().await?));
@@ -488,10 +489,14 @@ impl Store for EtcdStore {
             .iter()
             .map(|kv| self.convert(kv))
             .collect::<Result<Vec<_>>>()?;
+        let more = options.limit != 0 && response.more();
+        // `count` is every key in the range at that revision, not just this page.
+        let remaining = more.then(|| u64::try_from(response.count()).unwrap_or(0).saturating_sub(items.len() as u64));
         Ok(ListResult {
             items,
             revision: if at != 0 { at } else { header_revision(response.header())? },
-            more: options.limit != 0 && response.more(),
+            more,
+            remaining,
         })
     }
 
