@@ -147,3 +147,27 @@ fn hostile_configs_are_refused_without_panics() {
     bad["metadata"]["managedFields"] = json!([{"manager": "x", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"q:": 1}}]);
     assert!(apply(&CORE_PODS, &writer("a"), &bad, &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"a": "b"}}}), false).is_ok());
 }
+
+/// kube's encoding order: operation, then the second of `time`, then manager;
+/// so two managers writing in the same second are ordered by name.
+#[test]
+fn entries_are_ordered_by_operation_then_second_then_manager() {
+    let entry = |manager: &str, operation: &str, time: &str| {
+        json!({"manager": manager, "operation": operation, "apiVersion": "v1", "time": time, "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:data": {"f:x": {}}}})
+    };
+    let managed = json!([
+        entry("kubectl", "Apply", "2026-01-01T00:00:01Z"),
+        entry("b", "Apply", "2026-01-01T00:00:02Z"),
+        entry("z", "Apply", "2026-01-01T00:00:01Z"),
+        entry("a-update", "Update", "2026-01-01T00:00:00Z"),
+    ]);
+    let order = |managed: &Value| -> Vec<String> {
+        let entries = decode(Some(managed)).expect("decodes");
+        encode(entries).as_array().expect("array").iter().map(|e| e["manager"].as_str().unwrap_or_default().to_owned()).collect()
+    };
+    assert_eq!(order(&managed), ["kubectl", "z", "b", "a-update"]);
+    // The same second: by name.
+    let same = json!([entry("kubectl", "Apply", "2026-01-01T00:00:01.9Z"), entry("b", "Apply", "2026-01-01T00:00:01Z")]);
+    assert_eq!(order(&same), ["b", "kubectl"]);
+}
