@@ -411,22 +411,18 @@ impl Registry {
         if !kinds::allows_create_on_update(resource) {
             return self.update(resource, namespace, name, body, options).await.map(|obj| (obj, false));
         }
-        for _attempt in 0..4 {
-            match self.update(resource, namespace, name, body.clone(), options.clone()).await {
-                Err(e) if e.code == 404 => {}
-                other => return other.map(|obj| (obj, false)),
-            }
-            let mut fresh = body.clone();
-            if let Some(meta) = fresh.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.remove("resourceVersion");
-            }
-            match self.create(resource, namespace, fresh, options.clone()).await {
-                // Created by someone else meanwhile: update it instead.
-                Err(e) if e.reason == "AlreadyExists" => continue,
-                other => return other.map(|obj| (obj, true)),
-            }
+        let mut fresh = body.clone();
+        if let Some(meta) = fresh.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
         }
-        Err(ApiError::conflict(resource, name))
+        let (body, fresh, options) = (&body, &fresh, &options);
+        write_or_create(
+            resource,
+            name,
+            move || self.update(resource, namespace, name, body.clone(), options.clone()),
+            move || self.create(resource, namespace, fresh.clone(), options.clone()),
+        )
+        .await
     }
 
     /// Applies a PATCH, retrying on concurrent modification when the patch
@@ -466,27 +462,25 @@ impl Registry {
         let part = if options.scope == WriteScope::Status { crate::apply::Part::Status } else { crate::apply::Part::Object };
         let writer = crate::apply::Writer { manager: &manager, part, now: &now };
         let options = WriteOptions { applied: true, ..options };
-        for _attempt in 0..4 {
-            let updated = self
-                .replace_with(resource, namespace, name, options.clone(), None, |current| {
-                    crate::apply::apply(resource, &writer, current, &config, options.force)
-                })
-                .await;
-            match updated {
-                Err(e) if e.code == 404 => {}
-                other => return other.map(|obj| (obj, false)),
-            }
-            let mut live = json!({"metadata": {"name": name}});
-            if let Some(ns) = Self::namespace_of(resource, namespace) {
-                live["metadata"]["namespace"] = json!(ns);
-            }
-            let obj = crate::apply::apply(resource, &writer, &live, &config, options.force)?;
-            match self.create(resource, namespace, obj, options.clone()).await {
-                Err(e) if e.reason == "AlreadyExists" => continue,
-                other => return other.map(|obj| (obj, true)),
-            }
+        let mut live = json!({"metadata": {"name": name}});
+        if let Some(ns) = Self::namespace_of(resource, namespace) {
+            live["metadata"]["namespace"] = json!(ns);
         }
-        Err(ApiError::conflict(resource, name))
+        let (writer, config, live, options, force) = (&writer, &config, &live, &options, options.force);
+        write_or_create(
+            resource,
+            name,
+            move || {
+                self.replace_with(resource, namespace, name, options.clone(), None, move |current| {
+                    crate::apply::apply(resource, writer, current, config, force)
+                })
+            },
+            move || async move {
+                let obj = crate::apply::apply(resource, writer, live, config, force)?;
+                self.create(resource, namespace, obj, options.clone()).await
+            },
+        )
+        .await
     }
 
     /// Read-modify-write with optimistic concurrency. `expected` pins the
@@ -776,6 +770,32 @@ impl Registry {
     pub async fn resource_version(&self) -> Result<String> {
         Ok(self.store.revision().await.map_err(storage_error)?.to_string())
     }
+}
+
+/// A write that may create (a PUT of a kind kube lets create on update, an
+/// apply): `write` the object; when it does not exist, `create` it; when
+/// someone else created it meanwhile, write again. `true` when created.
+async fn write_or_create<Write, Create>(
+    resource: &ResourceInfo,
+    name: &str,
+    write: impl Fn() -> Write,
+    create: impl Fn() -> Create,
+) -> Result<(Value, bool)>
+where
+    Write: Future<Output = Result<Value>>,
+    Create: Future<Output = Result<Value>>,
+{
+    for _attempt in 0..4 {
+        match write().await {
+            Err(e) if e.code == 404 => {}
+            other => return other.map(|obj| (obj, false)),
+        }
+        match create().await {
+            Err(e) if e.reason == "AlreadyExists" => continue,
+            other => return other.map(|obj| (obj, true)),
+        }
+    }
+    Err(ApiError::conflict(resource, name))
 }
 
 /// Records the write in `metadata.managedFields` (server-side apply has

@@ -111,7 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tessera/v1/rbac/who-can", axum::routing::post(rbac_who_can))
         .route("/tessera/v1/encryption/rewrite", axum::routing::post(encryption_rewrite))
         .route(crate::node::certificates::CLIENT_CERTIFICATE_PATH, axum::routing::post(crate::node::certificates::client_certificate))
-        .route("/openapi/v2", get(|headers: HeaderMap| async move { crate::openapi_v2::respond(&headers) }))
+        .route("/openapi/v2", get(|_authorized: Authorized, headers: HeaderMap| async move { crate::openapi_v2::respond(&headers) }))
         .route("/openapi/v3", get(|| async { json_response(StatusCode::OK, crate::openapi::index()) }))
         .route("/openapi/v3/{*path}", get(openapi_document))
         .fallback(resource_request)

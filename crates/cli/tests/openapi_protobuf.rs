@@ -210,3 +210,22 @@ fn kubectl_reads_protobuf_responses() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("Content-Type: application/vnd.kubernetes.protobuf"), "kubectl got protobuf:\n{log}");
 }
+
+/// The OpenAPI documents are for authenticated users (kube binds
+/// `system:discovery` to `system:authenticated` only): an anonymous client
+/// gets kube's 403 and no document, whatever it asks for.
+#[test]
+fn anonymous_clients_get_no_openapi_document() {
+    let server = Server::start();
+    for (path, accept) in [("/openapi/v2", "application/json"), ("/openapi/v2", OPENAPI_PROTOBUF), ("/openapi/v3", "application/json")] {
+        let (code, body) = server.curl("GET", path, &["-H", &format!("Accept: {accept}")]);
+        assert_eq!(code, 403, "{path} {accept}: {body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).expect("a Status"),
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("forbidden: User \"system:anonymous\" cannot get path \"{path}\""),
+                "reason": "Forbidden", "details": {}, "code": 403}),
+            "{path} {accept}"
+        );
+    }
+}
