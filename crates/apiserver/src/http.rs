@@ -109,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .route("/apis/{group}/{version}", get(group_resources))
         .route("/tessera/v1/rbac/explain", axum::routing::post(rbac_explain))
         .route("/tessera/v1/rbac/who-can", axum::routing::post(rbac_who_can))
+        .route("/tessera/v1/rbac/rules", axum::routing::post(rbac_rules))
         .route("/tessera/v1/encryption/rewrite", axum::routing::post(encryption_rewrite))
         .route(crate::node::certificates::CLIENT_CERTIFICATE_PATH, axum::routing::post(crate::node::certificates::client_certificate))
         .route("/openapi/v2", get(|_authorized: Authorized, headers: HeaderMap| async move { crate::openapi_v2::respond(&headers) }))
@@ -119,6 +120,9 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+        // Added after the layers, so outside them: static files anyone may
+        // fetch; the page's data calls go through the layers like any client's.
+        .merge(crate::ui::routes())
 }
 
 /// Metric labels come from fixed sets only: arbitrary paths must not create series.
@@ -286,6 +290,10 @@ async fn rbac_explain(State(state): State<AppState>, axum::Json(query): axum::Js
 
 async fn rbac_who_can(State(state): State<AppState>, axum::Json(query): axum::Json<crate::rbac::RbacQuery>) -> HandlerResult {
     Ok(json_response(StatusCode::OK, &crate::rbac::who_can(&state.rbac, &query)?))
+}
+
+async fn rbac_rules(State(state): State<AppState>, axum::Json(query): axum::Json<crate::rbac::RulesQuery>) -> HandlerResult {
+    Ok(json_response(StatusCode::OK, &crate::rbac::rules(&state.rbac, &query)))
 }
 
 async fn openapi_document(authorized: Authorized) -> HandlerResult {

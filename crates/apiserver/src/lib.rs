@@ -40,6 +40,7 @@ pub mod serve;
 pub mod table;
 pub mod testing;
 pub mod tokens;
+pub mod ui;
 pub mod watch;
 
 /// Server configuration (built by the CLI, checked before any port is opened).

@@ -470,6 +470,43 @@ pub fn explain(policy: &PolicyCache, query: &RbacQuery) -> Result<Value, ApiErro
     Ok(serde_json::to_value(explanation).unwrap_or_default())
 }
 
+/// The body of `POST /tessera/v1/rbac/rules`: whose permissions, where.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+pub struct RulesQuery {
+    /// The user: a name, or `system:serviceaccount:NS:NAME` (which implies its groups).
+    pub user: String,
+    /// Extra groups of the user.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Namespace (empty: cluster-wide grants only).
+    #[serde(default)]
+    pub namespace: String,
+}
+
+/// The effective permissions of any subject in a namespace, binding by
+/// binding: what SelfSubjectRulesReview answers for oneself (which cannot
+/// ask about someone else), with where each rule comes from.
+pub fn rules(policy: &PolicyCache, query: &RulesQuery) -> Value {
+    let subject = RbacQuery { user: query.user.clone(), groups: query.groups.clone(), ..RbacQuery::default() }.subject();
+    policy.read(|p| {
+        let bindings: Vec<Value> = p
+            .bindings_for(&subject, &query.namespace)
+            .iter()
+            .map(|b| {
+                let rules: Vec<String> = p.rules_of(b).iter().map(PolicyRule::compact_string).collect();
+                json!({
+                    "binding": b.describe(),
+                    "role": format!("{} {}", b.role_ref.kind, go_quote(&b.role_ref.name)),
+                    "subject": b.matched_subject(&subject).unwrap_or_default(),
+                    "roleFound": p.role_of(b).is_some(),
+                    "rules": rules,
+                })
+            })
+            .collect();
+        json!({"user": subject.username, "groups": subject.groups, "namespace": query.namespace, "bindings": bindings})
+    })
+}
+
 /// `tessera rbac who-can` over the API, for the resource as discovery names it.
 pub fn who_can(policy: &PolicyCache, query: &RbacQuery) -> Result<Value, ApiError> {
     let query = resolve_resource(query)?;
