@@ -49,6 +49,24 @@ python3 -c 'import jwt, cryptography' 2>/dev/null || python3 -m pip install --qu
 python3 -c 'import kubernetes' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check 'kubernetes>=31,<38'
 
 
+# The dashboard's browser tests (crates/cli/tests/dashboard.rs): Debian's
+# Chromium driven by Playwright from npm (no Playwright browser download).
+# Node.js 20+ (this machine kind ships it; Playwright needs >= 20, Vite 6 >= 18).
+need_ui=()
+[ -x /usr/bin/chromium ] || need_ui+=(chromium)
+command -v node >/dev/null 2>&1 || need_ui+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_ui+=(npm)
+if [ ${#need_ui[@]} -gt 0 ]; then
+  echo "installing: ${need_ui[*]}"
+  [ -n "$apt_updated" ] || $sudo_cmd apt-get update -qq
+  apt_updated=1
+  $sudo_cmd apt-get install -y -qq "${need_ui[@]}"
+fi
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+[ "$node_major" -ge 20 ] || { echo "Node.js >= 20 is required for the dashboard tests (found $(node --version))" >&2; exit 1; }
+(cd ui && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+export TESSERA_REQUIRE_BROWSER=1
+
 # Seed 001's services are examples of tessera-auth; the end-to-end tests run them.
 cargo build --examples -p tessera-auth
 

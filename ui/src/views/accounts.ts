@@ -203,12 +203,15 @@ export function mountAccounts(root: HTMLElement): () => void {
         whoSection,
       );
       renderExplainForm(ns, name);
+      fill(rulesSection, h("h3", { id: "rules-h" }, "Effective permissions"), h("p", { class: "muted", role: "status" }, "Loading…"));
+      fill(whoSection, h("h3", { id: "who-h" }, "Who can act as or on it"), h("p", { class: "muted", role: "status" }, "Loading…"));
     }
     renderBindings(ns, name);
-    // Server calls: debounced, and dropped when the selection moved on.
+    // Server calls: debounced (arrowing through the list asks nothing until
+    // it rests on an account), and dropped when the selection moved on.
     window.clearTimeout(fetchTimer);
     const mine = ++generation;
-    fetchTimer = window.setTimeout(() => void fetchServerViews(ns, name, mine), newSelection ? 0 : 150);
+    fetchTimer = window.setTimeout(() => void fetchServerViews(ns, name, mine), newSelection ? 120 : 150);
   }
 
   function renderBindings(ns: string, name: string): void {

@@ -1,0 +1,152 @@
+//! The dashboard at `/ui/` end to end: the real `tessera server`, data made
+//! with the real kubectl, and the Playwright suite in `ui/tests` driving
+//! Debian's headless Chromium (never a browser Playwright downloads).
+//!
+//! Skipped, with a message, only when Chromium is missing and
+//! `TESSERA_REQUIRE_BROWSER` is unset; `scripts/test.sh` installs Chromium
+//! and sets it, so CI never skips. `TESSERA_UPDATE_SCREENSHOTS=1` writes the
+//! screenshots to `docs/ui/` (committed, shown in the README); otherwise
+//! they go to `ui/test-results/screenshots`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::Server;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn chromium() -> Option<PathBuf> {
+    let candidate = std::env::var_os("TESSERA_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    candidate.exists().then_some(candidate)
+}
+
+/// `npm ci` in `ui/` when its packages are missing (a fresh clone).
+fn ensure_node_modules(ui: &Path) {
+    if ui.join("node_modules/@playwright/test").exists() {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(ui)
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+        .status()
+        .expect("npm is required for the dashboard tests (scripts/test.sh installs it)");
+    assert!(status.success(), "npm ci in ui/ failed");
+}
+
+fn create_token(server: &Server, sa: &str) -> String {
+    server.kubectl_ok(&["create", "token", sa, "-n", "shop", "--duration", "1h"]).trim().to_owned()
+}
+
+const LEGACY_TOKEN: &str = "apiVersion: v1
+kind: Secret
+metadata:
+  name: web-legacy-token
+  namespace: shop
+  annotations:
+    kubernetes.io/service-account.name: web
+type: kubernetes.io/service-account-token
+";
+
+const MESHED_POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  namespace: shop
+  annotations:
+    linkerd.io/inject: enabled
+spec:
+  serviceAccountName: web
+  automountServiceAccountToken: false
+  containers:
+  - name: web
+    image: web
+";
+
+/// The static files need no credentials, and serving them opens nothing else.
+fn static_files_bypass_nothing(server: &Server) {
+    let (code, body) = server.curl("GET", "/ui/", &[]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("<script type=\"module\" crossorigin src=\"/ui/assets/app.js\"></script>"), "{body}");
+    let headers = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-D", "-", "--cacert"])
+        .arg(server.ca_file())
+        .arg(format!("{}/ui/assets/app.js", server.url))
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&headers.stdout).to_ascii_lowercase();
+    assert!(headers.contains("content-type: text/javascript; charset=utf-8"), "{headers}");
+    assert!(headers.contains("x-content-type-options: nosniff"), "{headers}");
+    assert!(headers.contains("content-security-policy: default-src 'none'; script-src 'self';"), "{headers}");
+    // Raw `..` and encoded traversal reach no API path and no file.
+    for path in ["/ui/../api/v1/secrets", "/ui/%2e%2e/api/v1/secrets", "/ui/assets/../../openid/v1/jwks"] {
+        let (code, body) = server.curl("GET", path, &["--path-as-is"]);
+        assert_eq!((code, body.as_str()), (404, "404 page not found\n"), "{path}");
+    }
+    // The API itself still refuses anonymous clients, under kube's message.
+    let (code, body) = server.curl("GET", "/api/v1/secrets", &["--http1.1"]);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains(r#"secrets is forbidden: User \"system:anonymous\" cannot list resource \"secrets\" in API group \"\" at the cluster scope"#), "{body}");
+}
+
+#[test]
+fn dashboard_in_chromium() {
+    let Some(chromium) = chromium() else {
+        assert!(
+            std::env::var_os("TESSERA_REQUIRE_BROWSER").is_none(),
+            "TESSERA_REQUIRE_BROWSER is set but /usr/bin/chromium (or TESSERA_CHROMIUM) is missing: apt-get install chromium"
+        );
+        eprintln!("SKIPPED dashboard_in_chromium: no Chromium at /usr/bin/chromium (apt-get install chromium, or run scripts/test.sh)");
+        return;
+    };
+    let ui = repo().join("ui");
+    ensure_node_modules(&ui);
+
+    let server = Server::start();
+    static_files_bypass_nothing(&server);
+    server.kubectl_ok(&["create", "namespace", "shop"]);
+    for sa in ["web", "dashboard-admin", "nobody"] {
+        server.kubectl_ok(&["create", "serviceaccount", sa, "-n", "shop"]);
+    }
+    server.kubectl_ok(&["create", "clusterrolebinding", "dashboard-admin", "--clusterrole=cluster-admin", "--serviceaccount=shop:dashboard-admin"]);
+    server.kubectl_ok(&["create", "rolebinding", "web-view", "-n", "shop", "--clusterrole=view", "--serviceaccount=shop:web"]);
+    for manifest in [LEGACY_TOKEN, MESHED_POD] {
+        let out = server.kubectl_stdin(&["create", "-f", "-"], manifest);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let admin_token = create_token(&server, "dashboard-admin");
+    let nobody_token = create_token(&server, "nobody");
+
+    let screenshots = if std::env::var_os("TESSERA_UPDATE_SCREENSHOTS").is_some() {
+        repo().join("docs/ui")
+    } else {
+        ui.join("test-results/screenshots")
+    };
+    let bench_out = ui.join("test-results/load.json");
+    let _ = std::fs::remove_file(&bench_out);
+    let out = Command::new("npx")
+        .args(["playwright", "test"])
+        .current_dir(&ui)
+        .env("TESSERA_UI_URL", &server.url)
+        .env("TESSERA_KUBECONFIG", &server.kubeconfig)
+        .env("TESSERA_ADMIN_TOKEN", &admin_token)
+        .env("TESSERA_NOBODY_TOKEN", &nobody_token)
+        .env("TESSERA_CHROMIUM", &chromium)
+        .env("TESSERA_SCREENSHOT_DIR", &screenshots)
+        .env("TESSERA_BENCH_OUT", &bench_out)
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+        .env("CI", "1")
+        .output()
+        .expect("run npx playwright test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}\n{stderr}");
+    assert!(out.status.success(), "the Playwright suite failed (output above)");
+    assert!(stdout.contains("6 passed"), "expected all 6 browser tests to run and pass:\n{stdout}");
+    let bench = std::fs::read_to_string(&bench_out).expect("the load test wrote its measurements");
+    eprintln!("dashboard load test (1,000 ServiceAccounts): {bench}");
+}
