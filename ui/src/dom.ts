@@ -31,7 +31,7 @@ export function fill(el: Element, ...children: (Child | Child[])[]): void {
 
 /** A status shown as a word and a symbol, never as colour alone. */
 export function badge(kind: "allowed" | "denied" | "forbidden" | "warning" | "ok" | "info", text: string): HTMLElement {
-  const symbol = { allowed: "✔", denied: "✘", forbidden: "⛔", warning: "⚠", ok: "●", info: "ℹ" }[kind];
+  const symbol = { allowed: "✔", denied: "✘", forbidden: "✘", warning: "⚠", ok: "●", info: "ℹ" }[kind];
   return h("span", { class: `badge badge-${kind}` }, h("span", { "aria-hidden": "true" }, symbol), " ", text);
 }
 

@@ -93,6 +93,25 @@ fn static_files_bypass_nothing(server: &Server) {
     assert!(body.contains(r#"secrets is forbidden: User \"system:anonymous\" cannot list resource \"secrets\" in API group \"\" at the cluster scope"#), "{body}");
 }
 
+/// `/tessera/v1/rbac/rules`, which the accounts view shows: RBAC decides who may ask.
+fn rules_api(server: &Server, admin_token: &str, nobody_token: &str) {
+    let ask = |token: &str| {
+        let auth = format!("Authorization: Bearer {token}");
+        let body = r#"{"user":"system:serviceaccount:shop:web","namespace":"shop"}"#;
+        server.curl("POST", "/tessera/v1/rbac/rules", &["--http1.1", "-H", &auth, "-H", "Content-Type: application/json", "-d", body])
+    };
+    let (code, body) = ask(admin_token);
+    assert_eq!(code, 200, "{body}");
+    let answer = support::json(&body);
+    let web_view = answer["bindings"].as_array().and_then(|b| b.iter().find(|b| b["binding"] == r#"RoleBinding "web-view/shop""#)).cloned();
+    let web_view = web_view.unwrap_or_else(|| panic!("no web-view binding in {body}"));
+    assert_eq!((web_view["role"].as_str(), web_view["subject"].as_str()), (Some(r#"ClusterRole "view""#), Some(r#"ServiceAccount "web/shop""#)));
+    assert!(web_view["rules"].as_array().is_some_and(|r| !r.is_empty()), "{body}");
+    let (code, body) = ask(nobody_token);
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(support::json(&body)["message"], r#"forbidden: User "system:serviceaccount:shop:nobody" cannot post path "/tessera/v1/rbac/rules""#);
+}
+
 #[test]
 fn dashboard_in_chromium() {
     let Some(chromium) = chromium() else {
@@ -120,6 +139,8 @@ fn dashboard_in_chromium() {
     }
     let admin_token = create_token(&server, "dashboard-admin");
     let nobody_token = create_token(&server, "nobody");
+
+    rules_api(&server, &admin_token, &nobody_token);
 
     let screenshots = if std::env::var_os("TESSERA_UPDATE_SCREENSHOTS").is_some() {
         repo().join("docs/ui")

@@ -99,7 +99,8 @@ export function mountAccounts(root: HTMLElement): () => void {
   const filter = h("input", { id: "sa-filter", type: "search", placeholder: "name contains…", autocomplete: "off", onInput: () => refreshList() });
   const count = h("span", { class: "muted", role: "status", "aria-live": "polite", id: "sa-count" });
   const listHost = h("div", { class: "list-host" });
-  const details = h("section", { class: "details", id: "sa-details", "aria-label": "ServiceAccount details", tabindex: -1 });
+  // Scrolls on its own (and so takes focus) while the list stays in view.
+  const details = h("section", { class: "details", id: "sa-details", "aria-label": "ServiceAccount details", tabindex: 0 });
 
   const list = new VirtualList<KubeObject>({
     label: "ServiceAccounts",
@@ -198,9 +199,9 @@ export function mountAccounts(root: HTMLElement): () => void {
           `user system:serviceaccount:${ns}:${name} · mesh identity ${identityOf(ns, name)} · age ${age(selected.metadata.creationTimestamp)}`,
         ),
         bindingsSection,
-        rulesSection,
         explainSection,
         whoSection,
+        rulesSection,
       );
       renderExplainForm(ns, name);
       fill(rulesSection, h("h3", { id: "rules-h" }, "Effective permissions"), h("p", { class: "muted", role: "status" }, "Loading…"));
@@ -277,10 +278,19 @@ export function mountAccounts(root: HTMLElement): () => void {
           h(
             "li",
             {},
-            h("strong", {}, b.binding),
-            ` → ${b.role}`,
-            b.roleFound ? null : [" ", badge("warning", "role does not exist")],
-            h("ul", {}, b.rules.map((r) => h("li", {}, h("code", {}, r)))),
+            // Collapsed: the bootstrap roles alone are pages of rules.
+            h(
+              "details",
+              {},
+              h(
+                "summary",
+                {},
+                h("strong", {}, b.binding),
+                ` → ${b.role} · ${b.rules.length === 1 ? "1 rule" : `${b.rules.length} rules`} · subject ${b.subject}`,
+                b.roleFound ? null : [" ", badge("warning", "role does not exist")],
+              ),
+              h("ul", {}, b.rules.map((r) => h("li", {}, h("code", {}, r)))),
+            ),
           ),
         ),
       ),
