@@ -148,6 +148,7 @@ fn dashboard_in_chromium() {
         ui.join("test-results/screenshots")
     };
     let bench_out = ui.join("test-results/load.json");
+    let (admin_cert, admin_key) = server.admin_cert();
     let _ = std::fs::remove_file(&bench_out);
     let out = Command::new("npx")
         .args(["playwright", "test"])
@@ -156,6 +157,8 @@ fn dashboard_in_chromium() {
         .env("TESSERA_KUBECONFIG", &server.kubeconfig)
         .env("TESSERA_ADMIN_TOKEN", &admin_token)
         .env("TESSERA_NOBODY_TOKEN", &nobody_token)
+        .env("TESSERA_ADMIN_CERT", &admin_cert)
+        .env("TESSERA_ADMIN_KEY", &admin_key)
         .env("TESSERA_CHROMIUM", &chromium)
         .env("TESSERA_SCREENSHOT_DIR", &screenshots)
         .env("TESSERA_BENCH_OUT", &bench_out)
@@ -167,7 +170,7 @@ fn dashboard_in_chromium() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}\n{stderr}");
     assert!(out.status.success(), "the Playwright suite failed (output above)");
-    assert!(stdout.contains("6 passed"), "expected all 6 browser tests to run and pass:\n{stdout}");
+    assert!(stdout.contains("7 passed"), "expected all 7 browser tests to run and pass:\n{stdout}");
     let bench = std::fs::read_to_string(&bench_out).expect("the load test wrote its measurements");
     eprintln!("dashboard load test (1,000 ServiceAccounts): {bench}");
 }
