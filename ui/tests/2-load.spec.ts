@@ -85,8 +85,8 @@ test("1,000 ServiceAccounts: interaction latency", async ({ page }) => {
   if (process.env.TESSERA_BENCH_OUT) writeFileSync(process.env.TESSERA_BENCH_OUT, JSON.stringify(out, null, 2));
   // A regression guard, not the benchmark (BENCHMARKS.md has the numbers):
   // generous, as the 2-core machine is shared with builds.
-  expect(out.keyboardSelect.p95).toBeLessThan(250);
-  expect(out.filterKeystroke.p95).toBeLessThan(250);
+  expect(out.keyboardSelect.p95).toBeLessThan(400);
+  expect(out.filterKeystroke.p95).toBeLessThan(400);
   await page.getByLabel("Filter").fill("");
   await screenshot(page, "load-1000");
   await api.dispose();
