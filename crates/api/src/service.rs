@@ -35,10 +35,22 @@ const PORT_RANGE_MSG: &str = "must be between 1 and 65535, inclusive";
 pub fn default_service(map: &mut Map<String, Value>) {
     let selector_set = map.get("spec").and_then(|s| s.get("selector")).and_then(Value::as_object).is_some_and(|s| !s.is_empty());
     let spec = object_at(map, "spec");
+    // Go's `omitempty`: zero values (as protobuf bodies carry them) are not part of the object.
+    for key in ["publishNotReadyAddresses", "healthCheckNodePort", "loadBalancerIP", "externalName", "externalTrafficPolicy"] {
+        if matches!(spec.get(key), Some(Value::Bool(false) | Value::Null)) || spec.get(key).is_some_and(|v| v == &json!(0) || v == &json!("")) {
+            spec.remove(key);
+        }
+    }
     spec.entry("type").or_insert_with(|| json!("ClusterIP"));
     spec.entry("sessionAffinity").or_insert_with(|| json!("None"));
     if let Some(Value::Array(ports)) = spec.get_mut("ports") {
         for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+            if port.get("nodePort").is_some_and(|n| n == &json!(0)) {
+                port.remove("nodePort");
+            }
+            if port.get("name").is_some_and(|n| n == &json!("")) {
+                port.remove("name");
+            }
             port.entry("protocol").or_insert_with(|| json!("TCP"));
             let number = port.get("port").cloned().unwrap_or(json!(0));
             let unset = match port.get("targetPort") {
