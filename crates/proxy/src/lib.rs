@@ -15,5 +15,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod certify;
 pub mod metrics;
 pub mod tls;
+pub mod trust;
