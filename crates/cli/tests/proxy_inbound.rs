@@ -330,6 +330,27 @@ async fn mtls_clients_get_l5d_client_id_plain_clients_none_foreign_anchors_refus
     };
     assert!(refused.contains("alert") || refused.contains("reset") || refused.contains("no HTTP response"), "{refused}");
 
+    // openssl s_client without a client certificate: the handshake is
+    // refused (certificate required), no application data comes back.
+    let mut s_client = Command::new("openssl")
+        .args(["s_client", "-connect", &proxy.inbound.to_string(), "-servername", VOTING, "-CAfile"])
+        .arg(&anchors)
+        .args(["-tls1_3", "-ign_eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    {
+        use std::io::Write as _;
+        let mut stdin = s_client.stdin.take().unwrap();
+        stdin.write_all(b"GET / HTTP/1.1\r\nHost: voting\r\nConnection: close\r\n\r\n").unwrap();
+    }
+    let out = s_client.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("HTTP/1.1"), "{stdout}");
+    assert!(stderr.contains("certificate required"), "{stderr}");
+
     let metrics = proxy.metrics();
     let target = proxy.inbound;
     let mtls = format!(r#"direction="inbound",target_addr="{target}",tls="true",client_id="{WEB}""#);
