@@ -277,11 +277,14 @@ async fn eventually_ready(proxy: &Proxy, seconds: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtls_clients_get_l5d_client_id_plain_clients_none_foreign_anchors_refused() {
+async fn mtls_sets_l5d_client_id_plain_has_none_other_tls_clients_are_refused_until_the_bundle_trusts_them() {
     let m = mesh().await;
     let (_identity, identity_addr) = identity(&m.server, &m.pki, "127.0.0.1:0", &[]);
     let anchors = m.pki.join("ca.crt");
-    let proxy = Proxy::start(&identity_addr, &m.voting_token_file, &anchors, m.app);
+    // The proxy's own copy of the trust bundle (rewritten below to add a root).
+    let proxy_anchors = m.server.path("proxy-ca.crt");
+    std::fs::copy(&anchors, &proxy_anchors).unwrap();
+    let proxy = Proxy::start(&identity_addr, &m.voting_token_file, &proxy_anchors, m.app);
     assert_eq!(proxy.get("/live"), (200, "live\n".to_owned()));
     eventually_ready(&proxy, 15).await;
     assert_eq!(proxy.get("/ready"), (200, "ready\n".to_owned()));
@@ -363,6 +366,23 @@ async fn mtls_clients_get_l5d_client_id_plain_clients_none_foreign_anchors_refus
     ] {
         assert!(metrics.lines().any(|l| l == line), "missing {line}\n{metrics}");
     }
+    // The trust bundle is reloaded: with the foreign root added, the foreign client is accepted.
+    let bundle = format!("{}{}", std::fs::read_to_string(&anchors).unwrap(), std::fs::read_to_string(foreign.join("ca.crt")).unwrap());
+    std::fs::write(&proxy_anchors, bundle).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let attempt = match connect_mtls(&foreign_config, proxy.inbound).await {
+            Ok(tls) => http1(tls).await.ok(),
+            Err(_) => None,
+        };
+        if let Some((_, body)) = attempt {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the new trust bundle was never used");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["headers"]["l5d-client-id"], WEB, "{body}");
+
     let expiry: i64 = metrics.lines().find_map(|l| l.strip_prefix("identity_cert_expiration_timestamp_seconds ")).unwrap().parse().unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     assert!((now + 23 * 3600..=now + 25 * 3600).contains(&expiry), "expiry {expiry}, now {now}");
@@ -391,11 +411,17 @@ async fn identity_down_at_start_fails_closed_until_it_comes_up() {
     assert!(proxy.metrics().lines().any(|l| l.starts_with("identity_cert_refresh_failures_total ") && !l.ends_with(" 0")));
 
     // The identity service comes up on the configured address: the proxy becomes ready and serves mTLS.
-    let (_identity, _) = identity(&m.server, &m.pki, &identity_addr, &[]);
+    let (identity_proc, _) = identity(&m.server, &m.pki, &identity_addr, &[]);
     eventually_ready(&proxy, 20).await;
     let (status, body) = http1(connect_mtls(&config, proxy.inbound).await.unwrap()).await.unwrap();
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(body["headers"]["l5d-client-id"], WEB);
+
+    // The identity service going away later changes nothing: the certificate keeps serving.
+    drop(identity_proc);
+    let (status, body) = http1(connect_mtls(&config, proxy.inbound).await.unwrap()).await.unwrap();
+    assert_eq!((status.as_str(), &body["headers"]["l5d-client-id"]), ("HTTP/1.1 200 OK", &serde_json::json!(WEB)));
+    assert_eq!(proxy.get("/ready").0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
