@@ -125,15 +125,10 @@ impl GrpcCertifier {
 
 impl Certifier for GrpcCertifier {
     async fn certify(&self, csr: &[u8]) -> Result<Issued, CertifyError> {
-        let token = tokio::fs::read(&self.token_file)
-            .await
-            .map_err(|source| CertifyError::Token { path: self.token_file.clone(), source })?;
+        let token =
+            tokio::fs::read(&self.token_file).await.map_err(|source| CertifyError::Token { path: self.token_file.clone(), source })?;
         let token = token.trim_ascii().to_vec();
-        let request = CertifyRequest {
-            identity: self.identity.as_str().to_owned(),
-            token,
-            certificate_signing_request: csr.to_vec(),
-        };
+        let request = CertifyRequest { identity: self.identity.as_str().to_owned(), token, certificate_signing_request: csr.to_vec() };
         let mut client = self.client.clone();
         let response = tokio::time::timeout(self.timeout, client.certify(request))
             .await
@@ -163,8 +158,8 @@ impl Certifier for GrpcCertifier {
 fn leaf_not_after(leaf: &CertificateDer<'_>) -> Result<SystemTime, CertifyError> {
     use x509_parser::prelude::{FromDer as _, X509Certificate};
     let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| CertifyError::Response(format!("leaf: {e}")))?;
-    let seconds = u64::try_from(cert.validity().not_after.timestamp())
-        .map_err(|_| CertifyError::Response("leaf expires before 1970".to_owned()))?;
+    let seconds =
+        u64::try_from(cert.validity().not_after.timestamp()).map_err(|_| CertifyError::Response("leaf expires before 1970".to_owned()))?;
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
@@ -329,14 +324,7 @@ mod tests {
             params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
             let root = params.self_signed(&key).unwrap().der().clone();
             let issuer = rcgen::Issuer::new(params, key);
-            Arc::new(Self {
-                issuer,
-                root,
-                lifetime,
-                calls: Mutex::default(),
-                fail: Mutex::new(0),
-                fail_forever: Default::default(),
-            })
+            Arc::new(Self { issuer, root, lifetime, calls: Mutex::default(), fail: Mutex::new(0), fail_forever: Default::default() })
         }
 
         fn roots(&self) -> Arc<RootCertStore> {

@@ -189,6 +189,8 @@ mod tests {
         assert_eq!(out, "hello world");
         let metrics = Metrics::new();
         counts.attach(metrics.tcp_open(PeerLabels::inbound("a:1", Tls::NoTlsFromRemote, None)));
-        assert!(metrics.encode().contains("tcp_read_bytes_total{direction=\"inbound\",target_addr=\"a:1\",tls=\"no_identity\",no_tls_reason=\"no_tls_from_remote\"} 5"));
+        assert!(metrics.encode().contains(
+            "tcp_read_bytes_total{direction=\"inbound\",target_addr=\"a:1\",tls=\"no_identity\",no_tls_reason=\"no_tls_from_remote\"} 5"
+        ));
     }
 }

@@ -117,10 +117,7 @@ impl Forward {
         });
         let io = TokioIo::new(io);
         if h2 {
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .serve_connection(io, service)
-                .await
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new()).timer(TokioTimer::new()).serve_connection(io, service).await
         } else {
             hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
