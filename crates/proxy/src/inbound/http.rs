@@ -98,10 +98,6 @@ pub(crate) struct Conn {
     pub(crate) h2: bool,
     /// HTTP/1 request headers must arrive within this time.
     pub(crate) header_timeout: Duration,
-    /// The client's address (tap's `src`).
-    pub(crate) peer: SocketAddr,
-    /// The public address it connected to (tap's `dst`).
-    pub(crate) listen: SocketAddr,
 }
 
 impl Forward {
@@ -145,8 +141,7 @@ impl Forward {
         let (mut parts, body) = request.into_parts();
         let authority = authority(&parts.uri, &parts.headers).unwrap_or_else(|| self.app.to_string());
         let record = self.metrics.request(conn.labels.clone(), authority.clone());
-        // TAP (mesh helper): publish the request event here (`conn.peer` → `conn.listen`,
-        // `conn.labels.tls`, `conn.client_id`, `parts`), and the response next to `record.response*`.
+        // TAP (mesh helper): publish the request event here.
         let to_h2 = app_speaks_h2(conn.h2, &mut parts.headers);
         strip_hop_by_hop(&mut parts.headers);
         strip_identity_headers(&mut parts.headers);
@@ -178,7 +173,7 @@ impl Forward {
                 Response::from_parts(parts, body.boxed())
             }
             Err(error) => {
-                tracing::debug!(app = %self.app, client = %conn.peer, port = %conn.listen, %error, "forwarding to the app");
+                tracing::debug!(app = %self.app, error = %error, "forwarding to the app");
                 record.response(502);
                 let reason = if error.is_connect() { "connection to the app failed" } else { "the app's response failed" };
                 proxy_error(StatusCode::BAD_GATEWAY, reason)

@@ -142,14 +142,7 @@ impl Shared {
         match protocol {
             Protocol::Opaque => self.opaque(io).await,
             Protocol::Http1 | Protocol::Http2 => {
-                let conn = http::Conn {
-                    client_id,
-                    labels,
-                    h2: protocol == Protocol::Http2,
-                    header_timeout: timeout,
-                    peer,
-                    listen: self.config.listen,
-                };
+                let conn = http::Conn { client_id, labels, h2: protocol == Protocol::Http2, header_timeout: timeout };
                 self.forward.serve(io, conn).await.map_err(ConnError::Http)
             }
         }
