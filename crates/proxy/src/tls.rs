@@ -65,8 +65,8 @@ pub enum TlsError {
 }
 
 /// The proxy's current identity: leaf chain, key and trust anchors, built
-/// once into the server configuration (inbound: presents the leaf, verifies
-/// client certificates when offered) and the client configuration
+/// once into the server configuration (inbound: presents the leaf, requires
+/// and verifies a client certificate) and the client configuration
 /// (outbound: presents the leaf, verifies the server against the anchors and
 /// the SNI it is given).
 #[derive(Debug)]
@@ -92,14 +92,20 @@ impl Credentials {
             return Err(TlsError::TrustAnchors("no trust anchors".into()));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // A TLS client must present a certificate chaining to the anchors:
+        // meshed clients always do, and a TLS client without one (openssl
+        // s_client, a misconfigured peer) is refused in the handshake rather
+        // than let through as an anonymous "tls=true" peer. Plain text is a
+        // separate path (inbound accepts it for now; policy decides later).
         let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .allow_unauthenticated()
             .build()
             .map_err(|e| TlsError::TrustAnchors(e.to_string()))?;
-        let server = ServerConfig::builder_with_provider(provider.clone())
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(chain.clone(), key.clone_key())?;
+        // Proxy-to-proxy HTTP negotiates h2; opaque TCP offers no ALPN at all.
+        server.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
         let server_verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
             .map_err(|e| TlsError::TrustAnchors(e.to_string()))?;
@@ -135,6 +141,22 @@ impl Credentials {
     pub fn not_after(&self) -> SystemTime {
         self.not_after
     }
+}
+
+/// ALPN protocols the inbound server accepts, in preference order.
+pub const SERVER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// The identity a verified peer certificate names: its first DNS SAN (a
+/// Linkerd leaf has exactly one). Call only on a chain rustls verified.
+pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Option<Identity> {
+    use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+    let leaf = chain.first()?;
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        GeneralName::DNSName(dns) => Identity::parse(dns).ok(),
+        _ => None,
+    })
 }
 
 /// Where the current credentials are published; `None` until the first
