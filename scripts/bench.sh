@@ -21,7 +21,8 @@
 # (ServiceAccounts stored before the rows, 10000), TOKENS (tokens minted for
 # tokenreview-uncached, 150000), WATCHERS (10), ROWS (all rows, below), NGINX
 # (1; 0 skips the ceiling), COMPARE_KUBECONFIG, COMPARE_NAME (kube-apiserver),
-# TESSERA_BIN (use this binary instead of building one), OUT
+# TESSERA_BIN (use this binary instead of building one), FEATURES (cargo
+# features of the build, e.g. `jemalloc` or `mimalloc` for the allocator), OUT
 # (target/bench/<UTC time>).
 # Results: $OUT/results.md (the tables), $OUT/<target>/<row>.json (the bench's
 # summaries), $OUT/rss.tsv (every RSS sample), $OUT/server.log.
@@ -47,7 +48,7 @@ if [ -n "${TESSERA_BIN:-}" ]; then
   TESSERA=$TESSERA_BIN
 else
   echo "building tessera (release)…" >&2
-  cargo build --release -p tessera >&2
+  cargo build --release -p tessera ${FEATURES:+--features "$FEATURES"} >&2
   TESSERA=$PWD/target/release/tessera
 fi
 
