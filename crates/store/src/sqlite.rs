@@ -61,6 +61,12 @@ mod fanout;
 
 /// Read connections kept open between reads.
 const MAX_IDLE_READERS: usize = 4;
+/// Reads running at once (more wait for a turn): with [`PAGE_CACHE_KIB`] this
+/// bounds the memory SQLite holds, whatever the number of concurrent requests.
+const MAX_READERS: usize = 8;
+/// Each connection's page cache, in KiB (SQLite's default, 2 MiB, made explicit
+/// as a bound: at most `MAX_READERS + 1` connections × 2 MiB).
+const PAGE_CACHE_KIB: i64 = 2048;
 /// History events read per query while a watch replays history (small in
 /// tests so that paging is exercised by every watch test).
 const HISTORY_PAGE: usize = if cfg!(test) { 16 } else { 512 };
@@ -141,6 +147,8 @@ struct Writer {
 struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// One permit per read running ([`MAX_READERS`]).
+    turns: tokio::sync::Semaphore,
 }
 
 impl SqliteStore {
@@ -179,6 +187,7 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "secure_delete", "ON")?;
+        conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)?;
         enable_incremental_vacuum(&conn, path)?;
 
         let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
@@ -213,6 +222,7 @@ impl SqliteStore {
             readers: Arc::new(ReadPool {
                 path,
                 idle: Mutex::new(Vec::new()),
+                turns: tokio::sync::Semaphore::new(MAX_READERS),
             }),
             fanout,
         })
@@ -240,6 +250,7 @@ impl ReadPool {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)?;
         Ok(conn)
     }
 
@@ -258,6 +269,11 @@ impl ReadPool {
         F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     {
         let pool = Arc::clone(self);
+        let _turn = self
+            .turns
+            .acquire()
+            .await
+            .map_err(|_| Error::Backend("the store was closed".to_owned()))?;
         blocking(move || {
             let mut conn = pool.take()?;
             let result = read_tx(&mut conn, f);
