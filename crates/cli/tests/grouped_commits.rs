@@ -55,7 +55,7 @@ fn kill_9_under_concurrent_writers_loses_no_acknowledged_write() {
                     }
                     // Every fourth round, a write that must fail its precondition
                     // while the others' writes commit around it.
-                    if i % 4 == 0 && code == 201 {
+                    if i.is_multiple_of(4) && code == 201 {
                         let (code, body) = create(&server, &name, i);
                         if code != 0 {
                             assert_eq!(code, 409, "{body}");
