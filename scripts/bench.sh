@@ -1,157 +1,345 @@
 #!/usr/bin/env bash
-# Reproduces the tables of BENCHMARKS.md: builds tessera in release mode, starts
-# a fresh `tessera server` (temporary data dir, port 0), runs every `tessera
-# bench` scenario against it, and records throughput, latency, errors, server
-# CPU and memory (VmRSS idle, peak under load, idle again afterwards).
+# The benchmark table of BENCHMARKS.md from one run (issue 14): builds tessera
+# in release mode, starts a fresh `tessera server` (temporary data dir, port 0),
+# stores STORED ServiceAccounts in it, then runs every row below with the same
+# `tessera bench` settings against
+#   - tessera,
+#   - a second API server when COMPARE_KUBECONFIG is given (e.g. kube-apiserver
+#     1.32 on etcd): a side-by-side column and the ratio,
+#   - nginx answering a fixed JSON over HTTPS (Debian `nginx-light`, installed
+#     by this script when missing and run as root): the machine's ceiling,
+#     measured with the same client (`tessera bench https-ceiling`) and, when
+#     Debian's `wrk` is there, with wrk too,
+# while sampling the tessera server's VmRSS every 200 ms (peak per row, and
+# idle after the whole run).
 #
-#   scripts/bench.sh                       # every scenario, 10 s each, concurrency 8
-#   DURATION=30s SCENARIOS="tokenreview sar" scripts/bench.sh
-#   BENCH_KUBECONFIG=~/.kube/config scripts/bench.sh   # measure another API server
-#                                                      # (e.g. kube-apiserver) instead
+#   scripts/bench.sh                                   # the whole table
+#   COMPARE_KUBECONFIG=~/kube.kubeconfig scripts/bench.sh
+#   DURATION=1s WARMUP=0s STORED=0 ROWS="tokenreview get-sa" scripts/bench.sh   # a smoke run
 #
-# Knobs (environment): DURATION (10s), WARMUP (2s), CONCURRENCY (8), SCENARIOS
-# (all), TOKENS (tokens minted for tokenreview-uncached, 150000), OBJECTS
-# (list-sa, lease-renew: 100), WATCHERS (watch-fanout, 10), OUT (target/bench/<UTC time>).
-# Results: $OUT/<scenario>.json (the bench's summaries), $OUT/results.md (the
-# table), $OUT/server.log. The load generator and the server share this
-# machine's cores: the table says how much CPU each used.
+# Knobs (environment): DURATION (10s), WARMUP (2s), CONCURRENCY (8), STORED
+# (ServiceAccounts stored before the rows, 10000), TOKENS (tokens minted for
+# tokenreview-uncached, 150000), WATCHERS (10), ROWS (all rows, below), NGINX
+# (1; 0 skips the ceiling), COMPARE_KUBECONFIG, COMPARE_NAME (kube-apiserver),
+# TESSERA_BIN (use this binary instead of building one), FEATURES (cargo
+# features of the build, e.g. `jemalloc` or `mimalloc` for the allocator), OUT
+# (target/bench/<UTC time>).
+# Results: $OUT/results.md (the tables), $OUT/<target>/<row>.json (the bench's
+# summaries), $OUT/rss.tsv (every RSS sample), $OUT/server.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONCURRENCY=${CONCURRENCY:-8}
+STORED=${STORED:-10000}
 TOKENS=${TOKENS:-150000}
-OBJECTS=${OBJECTS:-100}
 WATCHERS=${WATCHERS:-10}
-SCENARIOS=${SCENARIOS:-"tokenreview tokenreview-uncached tokenreview-bad-audience tokenrequest sar create-sa list-sa lease-renew watch-fanout"}
+NGINX=${NGINX:-1}
+COMPARE_NAME=${COMPARE_NAME:-kube-apiserver}
+# A row is `scenario` or `scenario:objects`.
+ROWS=${ROWS:-"tokenreview tokenreview-uncached sar tokenrequest get-sa:1000 list-sa:100 list-sa:1000 create-sa watch-fanout"}
 OUT=${OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-
-echo "building tessera (release)…" >&2
-cargo build --release -p tessera >&2
-TESSERA=$PWD/target/release/tessera
 command -v python3 >/dev/null || { echo "python3 is needed to tabulate the results" >&2; exit 1; }
+
+if [ -n "${TESSERA_BIN:-}" ]; then
+  TESSERA=$TESSERA_BIN
+else
+  echo "building tessera (release)…" >&2
+  cargo build --release -p tessera ${FEATURES:+--features "$FEATURES"} >&2
+  TESSERA=$PWD/target/release/tessera
+fi
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 TICKS=$(getconf CLK_TCK)
 
 SERVER_PID=""
-DATA=""
+NGINX_PID=""
+DATA=$(mktemp -d)
 cleanup() {
   if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-  if [ -n "$DATA" ]; then rm -rf "$DATA"; fi
+  if [ -n "$NGINX_PID" ]; then kill "$NGINX_PID" 2>/dev/null || true; wait "$NGINX_PID" 2>/dev/null || true; fi
+  rm -rf "$DATA"
 }
 trap cleanup EXIT
 
-if [ -n "${BENCH_KUBECONFIG:-}" ]; then
-  KUBECONFIG_FILE=$BENCH_KUBECONFIG
-  TARGET="the API server of $BENCH_KUBECONFIG"
-else
-  DATA=$(mktemp -d)
-  FIFO=$DATA/stdout
-  mkfifo "$FIFO"
-  start_ns=$(date +%s%N)
-  TESSERA_LOG=warn "$TESSERA" server --bind 127.0.0.1:0 --data-dir "$DATA/data" >"$FIFO" 2>"$OUT/server.log" &
-  SERVER_PID=$!
-  KUBECONFIG_FILE=""
-  exec 3<"$FIFO"
-  while IFS= read -r line <&3; do
-    echo "$line" >>"$OUT/server.stdout"
-    case $line in kubeconfig:\ *) KUBECONFIG_FILE=${line#kubeconfig: }; break ;; esac
-  done
-  ready_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
-  # Keep draining the server's stdout so it never blocks on a full pipe.
-  cat <&3 >>"$OUT/server.stdout" &
-  [ -n "$KUBECONFIG_FILE" ] || { echo "the server did not print its kubeconfig; see $OUT/server.log" >&2; exit 1; }
-  TARGET="tessera (pid $SERVER_PID), fresh data dir, ready in ${ready_ms} ms"
-  sleep 2
-  IDLE_RSS=$(rss_kb "$SERVER_PID")
-  echo "server ready in ${ready_ms} ms, idle RSS ${IDLE_RSS} kB" >&2
-fi
+# --- tessera --------------------------------------------------------------
+FIFO=$DATA/stdout
+mkfifo "$FIFO"
+start_ns=$(date +%s%N)
+TESSERA_LOG=warn "$TESSERA" server --bind 127.0.0.1:0 --data-dir "$DATA/data" >"$FIFO" 2>"$OUT/server.log" &
+SERVER_PID=$!
+TESSERA_KUBECONFIG=""
+exec 3<"$FIFO"
+while IFS= read -r line <&3; do
+  echo "$line" >>"$OUT/server.stdout"
+  case $line in kubeconfig:\ *) TESSERA_KUBECONFIG=${line#kubeconfig: }; break ;; esac
+done
+READY_MS=$(( ($(date +%s%N) - start_ns) / 1000000 ))
+# Keep draining the server's stdout so it never blocks on a full pipe.
+cat <&3 >>"$OUT/server.stdout" &
+[ -n "$TESSERA_KUBECONFIG" ] || { echo "the server did not print its kubeconfig; see $OUT/server.log" >&2; exit 1; }
+sleep 2
+IDLE_RSS=$(rss_kb "$SERVER_PID")
+echo "tessera ready in ${READY_MS} ms, idle RSS ${IDLE_RSS} kB" >&2
 
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-for scenario in $SCENARIOS; do
-  echo "== $scenario" >&2
-  extra=()
-  case $scenario in
-    tokenreview-uncached) extra=(--tokens "$TOKENS") ;;
-    list-sa | lease-renew) extra=(--objects "$OBJECTS") ;;
-    watch-fanout) extra=(--watchers "$WATCHERS") ;;
-  esac
-  timing=()
-  if [ -x /usr/bin/time ]; then timing=(/usr/bin/time -f '%e %U %S %M' -o "$OUT/$scenario.time"); fi
-  peak=0
-  cpu0=0
-  if [ -n "$SERVER_PID" ]; then cpu0=$(cpu_ticks "$SERVER_PID"); fi
-  "${timing[@]}" "$TESSERA" bench "$scenario" --kubeconfig "$KUBECONFIG_FILE" \
-      --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" --output json "${extra[@]}" \
-      >"$OUT/$scenario.json" 2>"$OUT/$scenario.log" &
-  bench_pid=$!
-  while kill -0 "$bench_pid" 2>/dev/null; do
-    if [ -n "$SERVER_PID" ]; then
-      rss=$(rss_kb "$SERVER_PID"); [ "${rss:-0}" -gt "$peak" ] && peak=$rss
-    fi
+# Samples the server's RSS every 200 ms into rss.tsv until the file $1 is gone.
+sample_rss() {
+  local flag=$1 label=$2
+  while [ -e "$flag" ]; do
+    printf '%s\t%s\t%s\n' "$(date +%s.%N)" "$label" "$(rss_kb "$SERVER_PID")" >>"$OUT/rss.tsv"
     sleep 0.2
   done
-  wait "$bench_pid" || { echo "tessera bench $scenario failed: see $OUT/$scenario.log" >&2; cat "$OUT/$scenario.log" >&2; }
-  if [ -n "$SERVER_PID" ]; then
-    echo "$peak $(( $(cpu_ticks "$SERVER_PID") - cpu0 )) $TICKS" >"$OUT/$scenario.server"
-  fi
-done
+}
 
-if [ -n "$SERVER_PID" ]; then
-  sleep 2
-  AFTER_RSS=$(rss_kb "$SERVER_PID")
-  echo "idle ${IDLE_RSS} after ${AFTER_RSS}" >"$OUT/server.rss"
+# bench TARGET KUBECONFIG NAME SCENARIO [ARGS…]: one run, summary in $OUT/TARGET/NAME.json.
+bench() {
+  local target=$1 kubeconfig=$2 name=$3 scenario=$4
+  shift 4
+  mkdir -p "$OUT/$target"
+  echo "== $target: $name" >&2
+  local timing=() cpu0 flag
+  if [ -x /usr/bin/time ]; then timing=(/usr/bin/time -f '%e %U %S %M' -o "$OUT/$target/$name.time"); fi
+  cpu0=$(cpu_ticks "$SERVER_PID")
+  local sampler=""
+  flag=$(mktemp)
+  if [ "$target" = tessera ]; then sample_rss "$flag" "$name" & sampler=$!; fi
+  "${timing[@]}" "$TESSERA" bench "$scenario" --kubeconfig "$kubeconfig" --concurrency "$CONCURRENCY" \
+      --duration "$DURATION" --warmup "$WARMUP" --output json --no-progress "$@" \
+      >"$OUT/$target/$name.json" 2>"$OUT/$target/$name.log" \
+    || { echo "tessera bench $scenario against $target failed: see $OUT/$target/$name.log" >&2; tail -3 "$OUT/$target/$name.log" >&2; }
+  rm -f "$flag"
+  if [ -n "$sampler" ]; then wait "$sampler" 2>/dev/null || true; fi
+  if [ "$target" = tessera ]; then
+    local peak
+    peak=$(awk -F'\t' -v n="$name" '$2 == n && $3 > p {p = $3} END {print p + 0}' "$OUT/rss.tsv")
+    echo "$peak $(( $(cpu_ticks "$SERVER_PID") - cpu0 )) $TICKS" >"$OUT/$target/$name.server"
+  fi
+}
+
+# populate TARGET KUBECONFIG: STORED ServiceAccounts kept in a namespace of their own.
+populate() {
+  [ "$STORED" -gt 0 ] || return 0
+  echo "== $1: storing $STORED ServiceAccounts" >&2
+  "$TESSERA" bench create-sa --kubeconfig "$2" --concurrency "$CONCURRENCY" --requests "$STORED" \
+      --warmup 0s --keep --output json --no-progress >"$OUT/$1-populate.json" 2>"$OUT/$1-populate.log"
+}
+
+# rows TARGET KUBECONFIG: every row of ROWS.
+rows() {
+  local target=$1 kubeconfig=$2 row scenario objects extra
+  for row in $ROWS; do
+    scenario=${row%%:*}
+    objects=""
+    [ "$scenario" != "$row" ] && objects=${row#*:}
+    extra=()
+    case $scenario in
+      tokenreview-uncached) extra=(--tokens "$TOKENS") ;;
+      list-sa | get-sa | lease-renew) extra=(--objects "${objects:-100}") ;;
+      watch-fanout) extra=(--watchers "$WATCHERS") ;;
+    esac
+    bench "$target" "$kubeconfig" "$row" "$scenario" "${extra[@]}"
+  done
+}
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+flag=$(mktemp); sample_rss "$flag" populate & sampler=$!
+populate tessera "$TESSERA_KUBECONFIG"
+rm -f "$flag"; wait "$sampler" 2>/dev/null || true
+STORED_RSS=$(rss_kb "$SERVER_PID")
+rows tessera "$TESSERA_KUBECONFIG"
+sleep 5
+AFTER_RSS=$(rss_kb "$SERVER_PID")
+echo "idle $IDLE_RSS stored $STORED_RSS after $AFTER_RSS ready_ms $READY_MS" >"$OUT/server.rss"
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- the second API server ------------------------------------------------
+if [ -n "${COMPARE_KUBECONFIG:-}" ]; then
+  before_ns=$(kubectl --kubeconfig "$COMPARE_KUBECONFIG" get ns -o name 2>/dev/null || true)
+  populate compare "$COMPARE_KUBECONFIG"
+  rows compare "$COMPARE_KUBECONFIG"
+  # Remove what populate kept there (only namespaces this run created).
+  for ns in $(kubectl --kubeconfig "$COMPARE_KUBECONFIG" get ns -o name 2>/dev/null | grep '^namespace/tessera-bench-' || true); do
+    grep -qx "$ns" <<<"$before_ns" || kubectl --kubeconfig "$COMPARE_KUBECONFIG" delete "$ns" --wait=false >&2 || true
+  done
 fi
 
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
-TARGET="$TARGET; load average before ${LOAD_BEFORE}, after ${LOAD_AFTER}"
-python3 - "$OUT" "$TARGET" "$CONCURRENCY" "$DURATION" $SCENARIOS >"$OUT/results.md" <<'PY'
-import json, os, sys
-out, target, concurrency, duration, scenarios = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
-def read(name):
+# --- the ceiling: nginx answering a fixed JSON over HTTPS -------------------
+if [ "$NGINX" = 1 ]; then
+  if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "installing nginx-light and wrk (Debian)…" >&2
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light wrk >&2 \
+        || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light wrk >&2; } || true
+    fi
+  fi
+  if command -v nginx >/dev/null; then
+    N=$DATA/nginx
+    mkdir -p "$N/logs"
+    # A CA and a serving certificate for 127.0.0.1 (P-256, as tessera's).
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=bench-ca \
+      -keyout "$N/ca.key" -out "$N/ca.crt" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
+      -keyout "$N/tls.key" -out "$N/tls.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$N/ext"
+    openssl x509 -req -in "$N/tls.csr" -CA "$N/ca.crt" -CAkey "$N/ca.key" -CAcreateserial -days 1 \
+      -extfile "$N/ext" -out "$N/tls.crt" 2>/dev/null
+    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # Two workers: one per core, as tessera's runtime. It answers the
+    # bench's namespace create (201) and delete like an API server.
+    cat >"$N/nginx.conf" <<EOF
+worker_processes 2;
+pid $N/nginx.pid;
+error_log $N/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $N/body;
+  server {
+    listen 127.0.0.1:$PORT ssl;
+    ssl_certificate $N/tls.crt;
+    ssl_certificate_key $N/tls.key;
+    default_type application/json;
+    location = /api/v1/namespaces { return 201 '{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"bench"}}'; }
+    location / { return 200 '{"major":"1","minor":"32","gitVersion":"v1.32.0","platform":"linux/amd64"}'; }
+  }
+}
+EOF
+    nginx -p "$N" -c "$N/nginx.conf" -g 'daemon off;' 2>"$OUT/nginx.log" &
+    NGINX_PID=$!
+    python3 - "$PORT" <<'PY'
+import socket, sys, time
+deadline = time.time() + 10
+while time.time() < deadline:
     try:
-        with open(os.path.join(out, name)) as f:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.05)
+sys.exit("nginx did not start")
+PY
+    cat >"$N/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: nginx
+  cluster: {server: "https://127.0.0.1:$PORT", certificate-authority: "$N/ca.crt"}
+users:
+- name: nginx
+  user: {token: ceiling}
+contexts:
+- name: nginx
+  context: {cluster: nginx, user: nginx}
+current-context: nginx
+EOF
+    bench nginx "$N/kubeconfig" https-ceiling https-ceiling
+    if command -v wrk >/dev/null; then
+      echo "== nginx: wrk" >&2
+      wrk -t2 -c"$CONCURRENCY" -d"$DURATION" "https://127.0.0.1:$PORT/version" >"$OUT/nginx/wrk.txt" 2>&1 || true
+    fi
+  else
+    echo "no nginx (run as root on Debian to have it installed): no ceiling row" >&2
+  fi
+fi
+
+# --- the table ------------------------------------------------------------
+python3 - "$OUT" "$COMPARE_NAME" "$CONCURRENCY" "$DURATION" "$STORED" "$LOAD_BEFORE" "$LOAD_AFTER" $ROWS >"$OUT/results.md" <<'PY'
+import json, os, re, sys
+out, compare_name, concurrency, duration, stored, load_before, load_after, rows = (
+    sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6], sys.argv[7], sys.argv[8:])
+
+def summary(target, name):
+    try:
+        with open(os.path.join(out, target, name + ".json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+def words(path):
+    try:
+        with open(os.path.join(out, path)) as f:
             return f.read().split()
     except OSError:
         return None
-print(f"Target: {target}; concurrency {concurrency}, {duration} per scenario, closed loop.\n")
-print("CPU columns: average cores used over the whole `tessera bench` command (preparation and warm-up included).\n")
-print("| scenario | requests | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | server CPU | bench CPU | server peak RSS |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
-notes = []
-for s in scenarios:
-    try:
-        with open(os.path.join(out, s + ".json")) as f:
-            r = json.load(f)
-    except (OSError, ValueError):
-        print(f"| {s} | failed: see {s}.log | | | | | | | | | | |")
-        continue
-    l = r["latency_ms"]
-    errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
-    server = read(s + ".server")
-    timing = read(s + ".time")
-    wall = r["elapsed_seconds"]
-    # CPU over the whole command (prepare + warm-up + measure), in cores.
-    server_cpu = bench_cpu = ""
-    if timing:
-        e, u, sy, _ = (float(x) for x in timing[-4:])
-        bench_cpu = f"{(u + sy) / e:.2f} cores" if e > 0 else ""
-        if server:
-            server_cpu = f"{int(server[1]) / int(server[2]) / e:.2f} cores" if e > 0 else ""
-    rss = f"{int(server[0]) / 1024:.1f} MB" if server else ""
-    print(f"| {s} | {r['count']} | {r['requests_per_second']:,.0f} | {l['p50']:.3f} | {l['p90']:.3f} | {l['p99']:.3f} | {l['p999']:.3f} | {l['max']:.3f} | {errors} | {server_cpu} | {bench_cpu} | {rss} |")
-    if r.get("stopped_early"):
-        notes.append(f"- {s}: stopped early after {wall:.1f} s: {r['stopped_early']}")
-    for k, v in r.get("error_samples", {}).items():
-        notes.append(f"- {s}: error `{k}`, e.g. {v[:200]}")
-rss = read("server.rss")
+
+def rps(s):
+    return s["requests_per_second"] if s and s["count"] and not s["errors"] else None
+
+def cell(s):
+    if s is None:
+        return "failed | "
+    errors = sum(s["errors"].values())
+    note = f" ({errors} errors)" if errors else ""
+    return f"{s['requests_per_second']:,.0f}{note} | {s['latency_ms']['p99']:.2f}"
+
+def label(row):
+    scenario, _, objects = row.partition(":")
+    if scenario == "list-sa":
+        return f"list-sa ({objects or 100} objects)"
+    if scenario == "get-sa":
+        return f"get-sa (of {objects or 100})"
+    return scenario
+
+ceiling = summary("nginx", "https-ceiling")
+wrk = None
+try:
+    with open(os.path.join(out, "nginx", "wrk.txt")) as f:
+        m = re.search(r"Requests/sec:\s*([\d.]+)", f.read())
+        wrk = float(m.group(1)) if m else None
+except OSError:
+    pass
+has_compare = os.path.isdir(os.path.join(out, "compare"))
+
+head = "| row | tessera req/s | p99 ms |"
+rule = "|---|---:|---:|"
+if has_compare:
+    head += f" {compare_name} req/s | p99 ms | tessera ÷ {compare_name} |"
+    rule += "---:|---:|---:|"
+if ceiling:
+    head += " % of ceiling |"
+    rule += "---:|"
+head += " server peak RSS |"
+rule += "---:|"
+print(f"Concurrency {concurrency}, {duration} measured per row after the warm-up, closed loop; "
+      f"{stored:,} ServiceAccounts stored before the rows; load average before {load_before}, after {load_after}.\n")
+print(head)
+print(rule)
+for row in rows:
+    t = summary("tessera", row)
+    line = f"| {label(row)} | {cell(t)} |"
+    if has_compare:
+        c = summary("compare", row)
+        ratio = f"{rps(t) / rps(c):.1f}×" if rps(t) and rps(c) else ""
+        line += f" {cell(c)} | {ratio} |"
+    if ceiling:
+        line += f" {100 * rps(t) / rps(ceiling):.0f} % |" if rps(t) and rps(ceiling) else " |"
+    server = words(os.path.join("tessera", row + ".server"))
+    line += f" {int(server[0]) / 1024:.1f} MB |" if server else " |"
+    print(line)
+if ceiling:
+    print(f"| **ceiling**: nginx, fixed JSON, same client | {cell(ceiling)} |" + " |" * (3 if has_compare else 0) + " 100 % | |")
+if wrk:
+    print(f"\nThe same nginx under wrk (`wrk -t2 -c{concurrency} -d{duration}`): {wrk:,.0f} req/s (a lighter client than `tessera bench`).")
+rss = words("server.rss")
 if rss:
-    print(f"\nServer RSS: idle after start {int(rss[1]) / 1024:.1f} MB, idle after the runs {int(rss[3]) / 1024:.1f} MB (peaks per scenario above).")
+    d = dict(zip(rss[::2], rss[1::2]))
+    print(f"\ntessera: ready in {d['ready_ms']} ms; VmRSS idle after start {int(d['idle']) / 1024:.1f} MB, "
+          f"with the {stored:,} ServiceAccounts stored {int(d['stored']) / 1024:.1f} MB, "
+          f"idle 5 s after the last row {int(d['after']) / 1024:.1f} MB; peak of the whole run "
+          f"{max([int(d['after'])] + [int(l.split()[2]) for l in open(os.path.join(out, 'rss.tsv'))]) / 1024:.1f} MB.")
+notes = []
+for target in ("tessera", "compare", "nginx"):
+    for row in rows + ["https-ceiling"]:
+        s = summary(target, row)
+        if not s:
+            continue
+        if s.get("stopped_early"):
+            notes.append(f"- {target} {row}: stopped early after {s['elapsed_seconds']:.1f} s: {s['stopped_early']}")
+        for k, v in s.get("error_samples", {}).items():
+            notes.append(f"- {target} {row}: error `{k}`, e.g. {v[:200]}")
 if notes:
     print("\nNotes:\n" + "\n".join(notes))
 PY

@@ -43,7 +43,7 @@ pub struct BenchArgs {
     /// Summary format.
     #[arg(long, env = "TESSERA_BENCH_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
-    /// list-sa: ServiceAccounts to create before measuring; lease-renew: Leases, one per holder.
+    /// list-sa, get-sa: ServiceAccounts to create before measuring; lease-renew: Leases, one per holder.
     #[arg(long, env = "TESSERA_BENCH_OBJECTS", default_value_t = 100)]
     pub objects: usize,
     /// watch-fanout: concurrent watchers that must each receive every event.

@@ -43,7 +43,7 @@ pub enum Limit {
 /// Scenario-specific knobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScenarioOptions {
-    /// `list-sa`: ServiceAccounts created before measuring; `lease-renew`:
+    /// `list-sa`, `get-sa`: ServiceAccounts created before measuring; `lease-renew`:
     /// Leases, one per holder.
     pub objects: usize,
     /// `watch-fanout`: concurrent watchers that must each receive every event.

@@ -11,6 +11,16 @@ use clap::{Parser, Subcommand};
 
 mod rbac;
 
+// The allocator decides whether memory freed after a load peak goes back to the
+// system (BENCHMARKS.md, "Memory"). Declaring one needs no unsafe code.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Workload identity in one binary.
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, about)]

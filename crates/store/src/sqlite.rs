@@ -15,9 +15,11 @@
 //!   revision is stored explicitly so that it never goes backwards, even when
 //!   compaction has removed every event.
 //!
-//! Writes go through a single connection behind a mutex, each in one
-//! `IMMEDIATE` transaction that updates `kv`, appends the event and bumps the
-//! revision. Reads use a small pool of read-only connections, so they see a
+//! Writes go through a single connection behind a mutex. Creates, updates
+//! and deletes are sent to one writer thread that commits every write waiting
+//! at that moment in one `IMMEDIATE` transaction (one fsync for the group),
+//! each checked against its own precondition, and acknowledges each only
+//! after the commit ([`commit`]). Reads use a small pool of read-only connections, so they see a
 //! consistent snapshot and never wait for a write in progress.
 //!
 //! After a write commits, the writer hands its event to the [`fanout`] while
@@ -46,6 +48,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 use tracing::{debug, info, warn};
 
+use self::commit::{GroupCommit, Op};
 use self::fanout::{End, Fanout, QueueLimits};
 
 use crate::{
@@ -53,10 +56,17 @@ use crate::{
     WatchStream,
 };
 
+mod commit;
 mod fanout;
 
 /// Read connections kept open between reads.
 const MAX_IDLE_READERS: usize = 4;
+/// Reads running at once (more wait for a turn): with [`PAGE_CACHE_KIB`] this
+/// bounds the memory SQLite holds, whatever the number of concurrent requests.
+const MAX_READERS: usize = 8;
+/// Each connection's page cache, in KiB (SQLite's default, 2 MiB, made explicit
+/// as a bound: at most `MAX_READERS + 1` connections × 2 MiB).
+const PAGE_CACHE_KIB: i64 = 2048;
 /// History events read per query while a watch replays history (small in
 /// tests so that paging is exercised by every watch test).
 const HISTORY_PAGE: usize = if cfg!(test) { 16 } else { 512 };
@@ -106,6 +116,9 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0), ('compacted', 0
 /// Dropping the store ends every open watch stream with an error item.
 pub struct SqliteStore {
     writer: Arc<Mutex<Writer>>,
+    /// Where create, update and delete go: one writer thread that commits
+    /// them in groups (see [`commit`]).
+    commit: GroupCommit,
     readers: Arc<ReadPool>,
     fanout: Arc<Fanout>,
 }
@@ -134,6 +147,8 @@ struct Writer {
 struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// One permit per read running ([`MAX_READERS`]).
+    turns: tokio::sync::Semaphore,
 }
 
 impl SqliteStore {
@@ -172,6 +187,7 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "secure_delete", "ON")?;
+        conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)?;
         enable_incremental_vacuum(&conn, path)?;
 
         let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
@@ -196,14 +212,17 @@ impl SqliteStore {
         info!(path = %path.display(), revision, compacted, "opened sqlite store");
 
         let fanout = Arc::new(Fanout::new(watch_limits));
+        let writer = Arc::new(Mutex::new(Writer {
+            conn,
+            fanout: Arc::clone(&fanout),
+        }));
         Ok(SqliteStore {
-            writer: Arc::new(Mutex::new(Writer {
-                conn,
-                fanout: Arc::clone(&fanout),
-            })),
+            commit: GroupCommit::start(Arc::clone(&writer))?,
+            writer,
             readers: Arc::new(ReadPool {
                 path,
                 idle: Mutex::new(Vec::new()),
+                turns: tokio::sync::Semaphore::new(MAX_READERS),
             }),
             fanout,
         })
@@ -218,26 +237,6 @@ impl SqliteStore {
         let writer = Arc::clone(&self.writer);
         blocking(move || f(&mut lock(&writer))).await
     }
-
-    /// Runs one write transaction that produces `event`, then publishes the
-    /// event. Returns the event's key-value.
-    async fn write_event<F>(&self, f: F) -> Result<KeyValue>
-    where
-        F: FnOnce(Transaction<'_>) -> Result<WatchEvent> + Send + 'static,
-    {
-        self.with_writer(move |writer| {
-            let tx = writer
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let event = f(tx)?;
-            let kv = event.kv.clone();
-            // Published under the write lock so events go out in revision
-            // order.
-            writer.fanout.publish(&event);
-            Ok(kv)
-        })
-        .await
-    }
 }
 
 impl ReadPool {
@@ -251,6 +250,7 @@ impl ReadPool {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)?;
         Ok(conn)
     }
 
@@ -269,6 +269,11 @@ impl ReadPool {
         F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     {
         let pool = Arc::clone(self);
+        let _turn = self
+            .turns
+            .acquire()
+            .await
+            .map_err(|_| Error::Backend("the store was closed".to_owned()))?;
         blocking(move || {
             let mut conn = pool.take()?;
             let result = read_tx(&mut conn, f);
@@ -310,7 +315,7 @@ where
         .map_err(|err| Error::Backend(format!("storage task failed: {err}")))?
 }
 
-fn meta(tx: &Transaction<'_>, name: &str) -> Result<Revision> {
+fn meta(tx: &Connection, name: &str) -> Result<Revision> {
     tx.query_row("SELECT value FROM meta WHERE name = ?1", [name], |row| {
         row.get(0)
     })
@@ -318,7 +323,7 @@ fn meta(tx: &Transaction<'_>, name: &str) -> Result<Revision> {
     .ok_or_else(|| Error::Backend(format!("meta row {name:?} is missing")))
 }
 
-fn load(tx: &Transaction<'_>, key: &str) -> Result<Option<KeyValue>> {
+fn load(tx: &Connection, key: &str) -> Result<Option<KeyValue>> {
     let mut stmt = tx.prepare_cached("SELECT value, create_rev, mod_rev FROM kv WHERE key = ?1")?;
     let kv = stmt
         .query_row([key], |row| {
@@ -388,9 +393,8 @@ fn kind_from_code(code: i64) -> Result<EventKind> {
     }
 }
 
-/// Appends `event` to the history, records its revision as the current one
-/// and commits `tx`.
-fn append_and_commit(tx: Transaction<'_>, event: &WatchEvent) -> Result<()> {
+/// Appends `event` to the history (the caller records the revision and commits).
+fn append_event(tx: &Connection, event: &WatchEvent) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO events (rev, key, kind, value, create_rev, prev_create_rev, prev_mod_rev) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -404,9 +408,6 @@ fn append_and_commit(tx: Transaction<'_>, event: &WatchEvent) -> Result<()> {
         event.prev.as_ref().map(|prev| prev.create_revision),
         event.prev.as_ref().map(|prev| prev.mod_revision),
     ])?;
-    tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'revision'")?
-        .execute([event.kv.mod_revision])?;
-    tx.commit()?;
     Ok(())
 }
 
@@ -505,93 +506,23 @@ impl Store for SqliteStore {
 
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {
         let key = key.to_owned();
-        self.write_event(move |tx| {
-            if load(&tx, &key)?.is_some() {
-                return Err(Error::AlreadyExists(key));
-            }
-            let revision = meta(&tx, META_REVISION)? + 1;
-            tx.prepare_cached(
-                "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?1, ?2, ?3, ?3)",
-            )?
-            .execute(rusqlite::params![key, &value[..], revision])?;
-            let event = WatchEvent {
-                kind: EventKind::Create,
-                kv: KeyValue {
-                    key,
-                    value,
-                    create_revision: revision,
-                    mod_revision: revision,
-                },
-                prev: None,
-            };
-            append_and_commit(tx, &event)?;
-            Ok(event)
-        })
-        .await
+        self.commit.write(Op::Create { key, value }).await
     }
 
     async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue> {
         let key = key.to_owned();
-        self.write_event(move |tx| {
-            let Some(current) = load(&tx, &key)? else {
-                return Err(Error::NotFound(key));
-            };
-            if current.mod_revision != expected {
-                return Err(Error::Conflict {
-                    key,
-                    expected,
-                    current: current.mod_revision,
-                });
-            }
-            let revision = meta(&tx, META_REVISION)? + 1;
-            tx.prepare_cached("UPDATE kv SET value = ?2, mod_rev = ?3 WHERE key = ?1")?
-                .execute(rusqlite::params![key, &value[..], revision])?;
-            let event = WatchEvent {
-                kind: EventKind::Update,
-                kv: KeyValue {
-                    key,
-                    value,
-                    create_revision: current.create_revision,
-                    mod_revision: revision,
-                },
-                prev: Some(current),
-            };
-            append_and_commit(tx, &event)?;
-            Ok(event)
-        })
-        .await
+        self.commit
+            .write(Op::Update {
+                key,
+                value,
+                expected,
+            })
+            .await
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue> {
         let key = key.to_owned();
-        self.write_event(move |tx| {
-            let Some(current) = load(&tx, &key)? else {
-                return Err(Error::NotFound(key));
-            };
-            if let Some(expected) = expected
-                && expected != current.mod_revision
-            {
-                return Err(Error::Conflict {
-                    key,
-                    expected,
-                    current: current.mod_revision,
-                });
-            }
-            let revision = meta(&tx, META_REVISION)? + 1;
-            tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?
-                .execute([&key])?;
-            let event = WatchEvent {
-                kind: EventKind::Delete,
-                kv: KeyValue {
-                    mod_revision: revision,
-                    ..current.clone()
-                },
-                prev: Some(current),
-            };
-            append_and_commit(tx, &event)?;
-            Ok(event)
-        })
-        .await
+        self.commit.write(Op::Delete { key, expected }).await
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
@@ -1043,6 +974,119 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), stream.next())
             .await
             .expect("watch stream stalled")
+    }
+
+    /// Writes that arrive while a commit is in progress are committed together,
+    /// each checked against its own precondition: the ones that fail, fail
+    /// alone and take no revision; the others commit in arrival order with
+    /// consecutive revisions, and the watch sees exactly them, in order.
+    // Holding the write lock across awaits is the point: it stalls the writer thread.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_one_commit_and_fail_alone() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let path = dir.path().join("store.db");
+        let store = Arc::new(SqliteStore::open(&path).expect("open store"));
+        let existing = store.create("/g/existing", b("old")).await.expect("create");
+        let mut watch = store.watch("/g/", existing.mod_revision).await.expect("watch");
+        let batches_before = store.commit.batches.load(std::sync::atomic::Ordering::SeqCst);
+
+        // Hold the write connection: the writer thread takes the first write
+        // and waits for it; every other write queues behind it.
+        let held = lock(&store.writer);
+        let first = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.create("/g/first", b("1")).await })
+        };
+        let batches = || store.commit.batches.load(std::sync::atomic::Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while batches() == batches_before {
+            assert!(std::time::Instant::now() < deadline, "the first write was never taken");
+            tokio::task::yield_now().await;
+        }
+        // Sent one after the other, so the queue order is known.
+        let mut handles = Vec::new();
+        let ops: Vec<(&str, Option<Revision>)> = vec![
+            ("/g/a", None),
+            ("/g/existing", None),               // create of an existing key: AlreadyExists
+            ("/g/b", None),
+            ("/g/existing", Some(999)),          // update at a wrong revision: Conflict
+            ("/g/existing", Some(existing.mod_revision)), // update at the right one
+            ("/g/c", None),
+        ];
+        for (i, (key, expected)) in ops.iter().cloned().enumerate() {
+            let writer = Arc::clone(&store);
+            let handle = tokio::spawn(async move {
+                match expected {
+                    None => writer.create(key, b(&format!("v{i}"))).await,
+                    Some(rev) => writer.update(key, b(&format!("v{i}")), rev).await,
+                }
+            });
+            // Wait until this write is queued before sending the next one.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while store.commit.queued() < i + 1 {
+                assert!(std::time::Instant::now() < deadline, "write {i} never queued");
+                tokio::task::yield_now().await;
+            }
+            handles.push(handle);
+        }
+        drop(held);
+
+        let first = first.await.expect("join").expect("first write");
+        let mut results = Vec::new();
+        for handle in handles {
+            results.push(handle.await.expect("join"));
+        }
+        let r = first.mod_revision;
+        let kv = |result: &Result<KeyValue>| result.as_ref().expect("committed").clone();
+        assert_eq!(kv(&results[0]).mod_revision, r + 1);
+        assert_eq!(
+            results[1].as_ref().expect_err("exists").to_string(),
+            "key \"/g/existing\" already exists"
+        );
+        assert_eq!(kv(&results[2]).mod_revision, r + 2);
+        assert_eq!(
+            results[3].as_ref().expect_err("conflict").to_string(),
+            format!("key \"/g/existing\" was modified: expected revision 999, current {}", existing.mod_revision)
+        );
+        assert_eq!(kv(&results[4]).mod_revision, r + 3);
+        assert_eq!(kv(&results[4]).value, b("v4"));
+        assert_eq!(kv(&results[5]).mod_revision, r + 4);
+        // The first write alone, then the six queued ones together.
+        assert_eq!(batches() - batches_before, 2);
+        assert_eq!(store.revision().await.expect("revision"), r + 4);
+
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let event = next_item(&mut watch).await.expect("event").expect("ok");
+            seen.push((event.kind, event.kv.key, event.kv.mod_revision));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (EventKind::Create, "/g/first".to_owned(), r),
+                (EventKind::Create, "/g/a".to_owned(), r + 1),
+                (EventKind::Create, "/g/b".to_owned(), r + 2),
+                (EventKind::Update, "/g/existing".to_owned(), r + 3),
+                (EventKind::Create, "/g/c".to_owned(), r + 4),
+            ]
+        );
+        drop(watch);
+
+        // And all of it is on disk.
+        let store = Arc::try_unwrap(store).unwrap_or_else(|_| panic!("tasks are done"));
+        drop(store);
+        let store = SqliteStore::open(&path).expect("reopen");
+        let keys: Vec<String> = store
+            .list("/g/", ListOptions::default())
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(keys, ["/g/a", "/g/b", "/g/c", "/g/existing", "/g/first"]);
+        assert_eq!(store.get("/g/existing").await.expect("get").expect("kv").value, b("v4"));
     }
 
     #[test]

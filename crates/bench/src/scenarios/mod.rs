@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 
 mod certify;
 mod create_sa;
+mod get_sa;
+mod https_ceiling;
 mod lease_renew;
 mod list_sa;
 mod sar;
@@ -33,10 +35,12 @@ static REGISTRY: &[ScenarioInfo] = &[
     tokenrequest::INFO,
     sar::INFO,
     create_sa::INFO,
+    get_sa::INFO,
     list_sa::INFO,
     lease_renew::INFO,
     watch_fanout::INFO,
     certify::INFO,
+    https_ceiling::INFO,
 ];
 
 /// A registered scenario.

@@ -189,6 +189,11 @@ impl EtcdStore {
         }
     }
 
+    /// A KV client on the store's one `Client`: every clone shares its tonic
+    /// channel, so concurrent requests are pipelined as HTTP/2 streams over
+    /// one connection per endpoint (no lock, no connection per request), and
+    /// etcd groups the writes that arrive together into one raft batch and
+    /// one fsync: the grouped commits the SQLite backend does itself.
     fn kv(&self) -> KvClient {
         self.client
             .kv_client()
