@@ -15,4 +15,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod balance;
+pub mod destination;
+pub mod outbound;
 pub mod tls;
