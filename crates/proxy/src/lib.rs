@@ -16,6 +16,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod balance;
+pub mod certify;
 pub mod destination;
+pub mod metrics;
 pub mod outbound;
 pub mod tls;
+pub mod trust;
