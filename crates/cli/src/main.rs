@@ -33,6 +33,8 @@ enum Command {
     Identity(tessera_identity::cli::IdentityArgs),
     /// Check trust anchors, issuer, Kubernetes API and identity service, like `linkerd check`.
     Check(tessera_identity::cli::CheckArgs),
+    /// Mesh sidecar: identity certificate over Certify, mutual TLS inbound with l5d-client-id, Linkerd metrics.
+    Proxy(tessera_proxy::config::ProxyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -236,6 +238,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Rbac(args) => rbac::run(args).await,
         Command::Identity(args) => Ok(args.run(shutdown_signal()).await?),
         Command::Check(args) => Ok(args.run().await?),
+        Command::Proxy(args) => Ok(args.run(shutdown_signal()).await?),
     }
 }
 
