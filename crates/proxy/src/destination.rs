@@ -322,10 +322,18 @@ async fn run_watch(inner: Arc<ApiInner>, authority: String, tx: Arc<watch::Sende
             r = stream_once(&inner, &authority, &tx) => r,
             () = idle(&inner, &authority, &tx) => return,
         };
+        // An unknown authority is asked again every few seconds at most,
+        // so a Service created later is found soon.
+        let mut cap = inner.config.max_backoff;
         match result {
             Ok(()) => backoff = inner.config.min_backoff,
             Err(DestinationError::Status(http::StatusCode::NOT_FOUND)) => {
-                tx.send_replace(Resolution::NotFound);
+                tx.send_if_modified(|r| {
+                    let changed = *r != Resolution::NotFound;
+                    *r = Resolution::NotFound;
+                    changed
+                });
+                cap = cap.min(NOT_FOUND_RETRY);
             }
             Err(e) => {
                 warn!(%authority, error = %e, "destination watch failed; retrying");
@@ -345,9 +353,12 @@ async fn run_watch(inner: Arc<ApiInner>, authority: String, tx: Arc<watch::Sende
             () = tokio::time::sleep(backoff) => {}
             () = idle(&inner, &authority, &tx) => return,
         }
-        backoff = (backoff * 2).min(inner.config.max_backoff);
+        backoff = (backoff * 2).min(cap);
     }
 }
+
+/// Longest wait before asking again about an unknown authority.
+const NOT_FOUND_RETRY: Duration = Duration::from_secs(2);
 
 /// Resolves once nobody has watched the authority for the idle time, after
 /// removing it from the map (under the lock `watch` subscribes with).
@@ -449,8 +460,7 @@ async fn stream_once(
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let snapshot: Snapshot =
-                serde_json::from_slice(line).map_err(DestinationError::Decode)?;
+            let snapshot = decode_line(line)?;
             debug!(%authority, endpoints = snapshot.endpoints.len(), "destination snapshot");
             publish(tx, snapshot);
             answered = true;
@@ -462,8 +472,7 @@ async fn stream_once(
         }
     }
     if buf.has_remaining() && !buf.iter().all(u8::is_ascii_whitespace) {
-        let snapshot: Snapshot = serde_json::from_slice(&buf).map_err(DestinationError::Decode)?;
-        publish(tx, snapshot);
+        publish(tx, decode_line(&buf)?);
         answered = true;
     }
     // A watch the server ended after answering (its timeout) is normal:
@@ -475,6 +484,26 @@ async fn stream_once(
             "stream ended without an answer".into(),
         ))
     }
+}
+
+/// One line of the stream: a snapshot, or the kube Status the server sends
+/// before ending a watch whose authority stopped resolving (e.g. the
+/// Service was deleted: 404, so requests stop using the old endpoints).
+fn decode_line(line: &[u8]) -> Result<Snapshot, DestinationError> {
+    #[derive(Deserialize)]
+    struct Status {
+        kind: String,
+        #[serde(default)]
+        code: u16,
+    }
+    if let Ok(status) = serde_json::from_slice::<Status>(line)
+        && status.kind == "Status"
+    {
+        let code = http::StatusCode::from_u16(status.code)
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        return Err(DestinationError::Status(code));
+    }
+    serde_json::from_slice(line).map_err(DestinationError::Decode)
 }
 
 fn publish(tx: &watch::Sender<Resolution>, snapshot: Snapshot) {
@@ -548,6 +577,19 @@ mod tests {
         );
         assert!(s.endpoints[0].meshed);
         assert_eq!(s.endpoints[1].identity, None);
+    }
+
+    #[test]
+    fn a_status_line_ends_the_answer() {
+        let line = br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"services \"x\" not found","reason":"NotFound","code":404}"#;
+        assert!(matches!(
+            decode_line(line),
+            Err(DestinationError::Status(http::StatusCode::NOT_FOUND))
+        ));
+        assert!(matches!(
+            decode_line(b"{}"),
+            Err(DestinationError::Decode(_))
+        ));
     }
 
     #[test]
