@@ -244,7 +244,10 @@ impl Client {
 
     async fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, String) {
         let uri: http::Uri = url.parse().unwrap();
-        let mut req = http::Request::get(url).header("host", uri.authority().unwrap().as_str());
+        let mut req = http::Request::get(url);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req = req.header("host", uri.authority().unwrap().as_str());
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -392,7 +395,13 @@ async fn non_meshed_endpoint_is_plain_text() {
         .set(auth, found(auth, vec![endpoint(addr, None, "web-1")]));
     let mut client = Client::new(p.http).await;
     for _ in 0..3 {
-        let (status, _, body) = client.get("http://web.ns.svc.cluster.local/p?q", &[]).await;
+        // The target's authority replaces a stale Host (RFC 9112 §3.2.2).
+        let (status, _, body) = client
+            .get(
+                "http://web.ns.svc.cluster.local/p?q",
+                &[("host", "stale.example")],
+            )
+            .await;
         assert_eq!(status, 200);
         assert_eq!(
             body,
