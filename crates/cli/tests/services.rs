@@ -225,6 +225,18 @@ fn endpoint_slices_follow_pods_and_the_destination_api_answers() {
     assert_eq!(changed["endpoints"].as_array().map(|e| e.iter().map(|e| e["pod"].clone()).collect::<Vec<_>>()), Some(vec![json!("ds-2")]));
     set_ready(&server, "data-store", "ds-1", "127.1.0.2", true);
     assert_eq!(next(), want("data-store.data-store.svc.cluster.local:8081"));
+    // A pod joins and leaves by its labels; writes that change nothing in the
+    // answer (the pod's status patch) send nothing; the Service going away ends
+    // the stream with the Status.
+    running_pod(&server, "data-store", "other", "127.1.0.9", true);
+    let joined = next();
+    assert_eq!(joined["endpoints"].as_array().map(Vec::len), Some(3), "{joined}");
+    server.kubectl_ok(&["label", "pod", "other", "-n", "data-store", "app=other", "--overwrite"]);
+    assert_eq!(next(), want("data-store.data-store.svc.cluster.local:8081"));
+    server.kubectl_ok(&["delete", "svc", "data-store", "-n", "data-store"]);
+    let last = next();
+    assert_eq!((&last["kind"], &last["code"], &last["message"]), (&json!("Status"), &json!(404), &json!("services \"data-store\" not found")), "{last}");
+    assert!(rx.recv_timeout(Duration::from_secs(10)).is_err(), "the stream ends");
     let _ = child.kill();
     let _ = child.wait();
 }
