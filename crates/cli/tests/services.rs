@@ -121,6 +121,14 @@ fn cluster_ips_are_exclusive_and_immutable() {
     let (code, headless) = post(&server, path, &service("headless", json!({"clusterIP": "None", "selector": {"app": "web"}})));
     assert_eq!((code, &headless["spec"]["clusterIPs"], &headless["spec"]["ipFamilyPolicy"]), (201, &json!(["None"]), &json!("SingleStack")), "{headless}");
 
+    // A Service that stops being ExternalName gets a cluster IP.
+    let (code, _) = post(&server, path, &service("external", json!({"type": "ExternalName", "externalName": "example.com"})));
+    assert_eq!(code, 201);
+    server.kubectl_ok(&["patch", "svc", "external", "--type=merge", "-p", r#"{"spec":{"type":"ClusterIP","externalName":null,"ports":[{"port":80}]}}"#]);
+    let svc = json(&server.kubectl_ok(&["get", "svc", "external", "-o", "json"]));
+    assert!(svc["spec"]["clusterIP"].as_str().is_some_and(|ip| ip.starts_with("10.")), "{svc}");
+    assert_eq!(svc["spec"]["clusterIPs"], json!([svc["spec"]["clusterIP"].clone()]));
+
     // Deleting a Service gives its IP back (the leader releases it).
     server.kubectl_ok(&["delete", "svc", "first"]);
     server.eventually(10, "the IP to be released", || {
