@@ -15,4 +15,5 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod tap;
 pub mod tls;
