@@ -38,6 +38,8 @@ enum Command {
     Edges(mesh::EdgesArgs),
     /// Stream the requests through meshed pods' proxies (as `linkerd viz tap`).
     Tap(mesh::TapArgs),
+    /// Mesh sidecar: identity certificate over Certify, mutual TLS inbound with l5d-client-id, Linkerd metrics.
+    Proxy(tessera_proxy::config::ProxyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -243,6 +245,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Check(args) => Ok(args.run().await?),
         Command::Edges(args) => mesh::edges(args).await,
         Command::Tap(args) => mesh::tap(args).await,
+        Command::Proxy(args) => Ok(args.run(shutdown_signal()).await?),
     }
 }
 

@@ -15,5 +15,163 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod admin;
+pub mod certify;
+pub mod config;
+pub mod detect;
+pub mod inbound;
+pub mod io;
+pub mod metrics;
 pub mod tap;
 pub mod tls;
+pub mod trust;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use crate::config::{InboundSpec, ProxyConfig};
+use crate::certify::{Backoff, CertifyError, GrpcCertifier, LocalKey, Renewer};
+use crate::inbound::InboundConfig;
+use crate::metrics::Metrics;
+use crate::tls::{CredentialsRx, Identity, TlsError};
+use crate::trust::{TrustBundle, TrustError};
+
+/// Why the proxy could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A flag is invalid (exit status 64).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The trust anchors could not be loaded at start.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// The key, CSR or identity client could not be set up.
+    #[error(transparent)]
+    Certify(#[from] CertifyError),
+    /// A listener could not be bound.
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Serving the admin port failed.
+    #[error("serving admin on {addr}: {source}")]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl From<TlsError> for ProxyError {
+    fn from(error: TlsError) -> Self {
+        Self::Config(error.to_string())
+    }
+}
+
+/// The addresses actually bound (port 0 resolved).
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The admin listener.
+    pub admin_addr: SocketAddr,
+    /// Each inbound port: (public, app).
+    pub inbound: Vec<(SocketAddr, SocketAddr)>,
+    /// The outbound listener, when the outbound module serves one.
+    pub outbound: Option<SocketAddr>,
+}
+
+/// What the proxy's parts share: the credentials, the metrics and the
+/// configuration. The outbound module takes this too.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The current credentials (`None` until the first certificate).
+    pub credentials: CredentialsRx,
+    /// The metrics every part records into.
+    pub metrics: Metrics,
+    /// The configuration.
+    pub config: ProxyConfig,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr).await.map_err(|source| ProxyError::Bind { what, addr, source })
+}
+
+fn local_addr(listener: &TcpListener, what: &'static str, addr: SocketAddr) -> Result<SocketAddr, ProxyError> {
+    listener.local_addr().map_err(|source| ProxyError::Bind { what, addr, source })
+}
+
+/// Resolves when `stop` flips to true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Runs the proxy until `shutdown`: the certificate renewal, the trust
+/// bundle reload, the admin port and every inbound port (and the outbound
+/// listener, see the hook below). Listeners are bound before `on_started`
+/// is called; the proxy is not ready until the first certificate arrives.
+pub async fn run(
+    config: ProxyConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_started: impl FnOnce(&Started),
+) -> Result<(), ProxyError> {
+    let identity = Identity::parse(&config.identity)?;
+    let (bundle, roots) = TrustBundle::load(config.trust_anchors.clone())?;
+    let key = LocalKey::generate(&identity)?;
+    let certifier = GrpcCertifier::new(&config.identity_addr, identity.clone(), config.token_file.clone(), config.certify_timeout)?;
+    let metrics = Metrics::new();
+    let (credentials_tx, credentials) = watch::channel(None);
+    let shared = Shared { credentials: credentials.clone(), metrics: metrics.clone(), config: config.clone() };
+
+    let admin = bind("admin", config.admin_addr).await?;
+    let admin_addr = local_addr(&admin, "admin", config.admin_addr)?;
+    let mut inbound = Vec::new();
+    for spec in &config.inbound {
+        let listener = bind("inbound", spec.listen).await?;
+        let listen = local_addr(&listener, "inbound", spec.listen)?;
+        inbound.push((listener, InboundConfig {
+            listen,
+            app: spec.app,
+            detect_timeout: config.detect_timeout,
+            handshake_timeout: config.handshake_timeout,
+            connect_timeout: config.connect_timeout,
+        }));
+    }
+
+    // OUTBOUND HOOK (proxy-out): bind the outbound listener here from
+    // `config.outbound_addr` and report its address in `Started::outbound`;
+    // start serving it below, next to the inbound ports, with `shared`.
+    let outbound: Option<SocketAddr> = None;
+
+    let started = Started { admin_addr, inbound: inbound.iter().map(|(_, c)| (c.listen, c.app)).collect(), outbound };
+    tracing::info!(identity = %identity, admin = %admin_addr, inbound = ?started.inbound, "proxy listening");
+    on_started(&started);
+
+    tokio::spawn(bundle.run());
+    let renewer = Renewer::new(certifier, identity, key, roots, credentials_tx, metrics.clone(), Backoff::default());
+    tokio::spawn(renewer.run());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for (listener, inbound_config) in inbound {
+        tasks.spawn(inbound::serve(listener, inbound_config, credentials.clone(), metrics.clone(), stopped(stop_rx.clone())));
+    }
+    // OUTBOUND HOOK (proxy-out): `tasks.spawn(outbound::serve(listener, shared.clone(), stopped(stop_rx.clone())));`
+    let _ = &shared;
+
+    let admin_app = admin::router(metrics, credentials);
+    let result = axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx)).await;
+    tasks.shutdown().await;
+    result.map_err(|source| ProxyError::Admin { addr: admin_addr, source })
+}

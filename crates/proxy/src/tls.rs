@@ -96,10 +96,12 @@ impl Credentials {
             .allow_unauthenticated()
             .build()
             .map_err(|e| TlsError::TrustAnchors(e.to_string()))?;
-        let server = ServerConfig::builder_with_provider(provider.clone())
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(chain.clone(), key.clone_key())?;
+        // Proxy-to-proxy HTTP negotiates h2; opaque TCP offers no ALPN at all.
+        server.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
         let server_verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
             .map_err(|e| TlsError::TrustAnchors(e.to_string()))?;
@@ -135,6 +137,22 @@ impl Credentials {
     pub fn not_after(&self) -> SystemTime {
         self.not_after
     }
+}
+
+/// ALPN protocols the inbound server accepts, in preference order.
+pub const SERVER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// The identity a verified peer certificate names: its first DNS SAN (a
+/// Linkerd leaf has exactly one). Call only on a chain rustls verified.
+pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Option<Identity> {
+    use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+    let leaf = chain.first()?;
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        GeneralName::DNSName(dns) => Identity::parse(dns).ok(),
+        _ => None,
+    })
 }
 
 /// Where the current credentials are published; `None` until the first

@@ -1,0 +1,233 @@
+//! The proxy's configuration, and (feature `clap`) the `tessera proxy`
+//! arguments that build it. Every flag has a `TESSERA_PROXY_*` variable.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// One inbound port: the public address and the app's private address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundSpec {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Where the app listens (loopback).
+    pub app: SocketAddr,
+}
+
+impl FromStr for InboundSpec {
+    type Err = String;
+
+    /// `LISTEN=APP`: two `ip:port` addresses; APP may be a bare port (on 127.0.0.1).
+    fn from_str(value: &str) -> Result<Self, String> {
+        let (listen, app) = value.split_once('=').ok_or_else(|| format!("{value:?} is not LISTEN=APP (e.g. 127.1.0.2:8080=127.0.0.1:18080)"))?;
+        let listen = listen.parse().map_err(|_| format!("{listen:?} is not an ip:port address"))?;
+        let app = match app.parse::<u16>() {
+            Ok(port) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            Err(_) => app.parse().map_err(|_| format!("{app:?} is not an ip:port address or a port"))?,
+        };
+        Ok(Self { listen, app })
+    }
+}
+
+/// How the destination client (outbound) reaches the API server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// The API server's URL.
+    pub server: Option<String>,
+    /// The pod's projected ServiceAccount token (re-read: it rotates).
+    pub token_file: Option<PathBuf>,
+    /// CA bundle of the API server's certificate.
+    pub ca: Option<PathBuf>,
+}
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The identity service's Certify address (`host:port` or `http://host:port`).
+    pub identity_addr: String,
+    /// The local identity (`SA.NS.serviceaccount.identity.<control-ns>.<trust-domain>`).
+    pub identity: String,
+    /// The token for audience `identity.l5d.io` (re-read on every Certify).
+    pub token_file: PathBuf,
+    /// PEM trust anchors (re-read every second).
+    pub trust_anchors: PathBuf,
+    /// Inbound ports.
+    pub inbound: Vec<InboundSpec>,
+    /// Outbound listener (HTTP forward proxy / TCP forward), served by the outbound module.
+    pub outbound_addr: Option<SocketAddr>,
+    /// Admin listener (`/ready`, `/live`, `/metrics`).
+    pub admin_addr: SocketAddr,
+    /// The API server, for the destination client.
+    pub api: ApiConfig,
+    /// Protocol detection timeout.
+    pub detect_timeout: Duration,
+    /// TLS handshake timeout.
+    pub handshake_timeout: Duration,
+    /// Connect timeout to apps and peers.
+    pub connect_timeout: Duration,
+    /// Timeout of one Certify call.
+    pub certify_timeout: Duration,
+}
+
+#[cfg(feature = "clap")]
+pub use self::args::ProxyArgs;
+
+#[cfg(feature = "clap")]
+mod args {
+    use std::future::Future;
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::{ApiConfig, InboundSpec, ProxyConfig};
+    use crate::ProxyError;
+
+    /// `tessera proxy`: the mesh sidecar.
+    #[derive(Debug, clap::Args)]
+    pub struct ProxyArgs {
+        /// Address of `tessera identity` (Certify, gRPC over h2c).
+        #[arg(long, env = "TESSERA_PROXY_IDENTITY_ADDR", default_value = "127.0.0.1:8080")]
+        identity_addr: String,
+        /// This workload's identity, e.g. web.emojivoto.serviceaccount.identity.linkerd.cluster.local.
+        #[arg(long, env = "TESSERA_PROXY_IDENTITY")]
+        identity: String,
+        /// File with the ServiceAccount token for audience identity.l5d.io (re-read on every renewal).
+        #[arg(long, env = "TESSERA_PROXY_TOKEN_FILE")]
+        token_file: PathBuf,
+        /// PEM trust anchors (re-read every second; several roots allowed during a rotation).
+        #[arg(long, env = "TESSERA_PROXY_TRUST_ANCHORS")]
+        trust_anchors: PathBuf,
+        /// Inbound port as LISTEN=APP (public ip:port = app ip:port or port); repeatable.
+        #[arg(long, env = "TESSERA_PROXY_INBOUND", value_delimiter = ',')]
+        inbound: Vec<InboundSpec>,
+        /// Outbound listener for the app (HTTP_PROXY); port 0 picks a free port.
+        #[arg(long, env = "TESSERA_PROXY_OUTBOUND_ADDR")]
+        outbound_addr: Option<SocketAddr>,
+        /// Admin listener: /ready, /live, /metrics; port 0 picks a free port.
+        #[arg(long, env = "TESSERA_PROXY_ADMIN_ADDR", default_value = "127.0.0.1:4191")]
+        admin_addr: SocketAddr,
+        /// API server URL for destination lookups.
+        #[arg(long, env = "TESSERA_PROXY_API_SERVER")]
+        api_server: Option<String>,
+        /// The pod's ServiceAccount token for the API server.
+        #[arg(long, env = "TESSERA_PROXY_API_TOKEN_FILE")]
+        api_token_file: Option<PathBuf>,
+        /// CA bundle of the API server.
+        #[arg(long, env = "TESSERA_PROXY_API_CA")]
+        api_ca: Option<PathBuf>,
+        /// Protocol detection must finish within this time (a silent client is then forwarded as opaque TCP).
+        #[arg(long, env = "TESSERA_PROXY_DETECT_TIMEOUT", default_value = "10s", value_parser = positive)]
+        detect_timeout: Duration,
+        /// A TLS handshake must finish within this time.
+        #[arg(long, env = "TESSERA_PROXY_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive)]
+        tls_handshake_timeout: Duration,
+        /// Connecting to the app or a peer must succeed within this time.
+        #[arg(long, env = "TESSERA_PROXY_CONNECT_TIMEOUT", default_value = "5s", value_parser = positive)]
+        connect_timeout: Duration,
+    }
+
+    fn positive(value: &str) -> Result<Duration, String> {
+        match humantime::parse_duration(value) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err("must be longer than zero".to_owned()),
+            Err(e) => Err(format!("{value:?}: {e} (e.g. 10s)")),
+        }
+    }
+
+    /// Exit status for invalid configuration (EX_USAGE).
+    const EXIT_USAGE: i32 = 64;
+
+    impl ProxyArgs {
+        /// The typed configuration.
+        pub fn config(self) -> ProxyConfig {
+            ProxyConfig {
+                identity_addr: self.identity_addr,
+                identity: self.identity,
+                token_file: self.token_file,
+                trust_anchors: self.trust_anchors,
+                inbound: self.inbound,
+                outbound_addr: self.outbound_addr,
+                admin_addr: self.admin_addr,
+                api: ApiConfig { server: self.api_server, token_file: self.api_token_file, ca: self.api_ca },
+                detect_timeout: self.detect_timeout,
+                handshake_timeout: self.tls_handshake_timeout,
+                connect_timeout: self.connect_timeout,
+                certify_timeout: Duration::from_secs(10),
+            }
+        }
+
+        /// Runs the proxy until `shutdown`; prints the bound addresses
+        /// (`tessera proxy admin on http://ADDR`, `tessera proxy inbound on
+        /// LISTEN -> APP`, `tessera proxy outbound on ADDR`). Returns the exit status.
+        pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<i32, ProxyError> {
+            let result = crate::run(self.config(), shutdown, |started| {
+                println!("tessera proxy admin on http://{}", started.admin_addr);
+                for (listen, app) in &started.inbound {
+                    println!("tessera proxy inbound on {listen} -> {app}");
+                }
+                if let Some(outbound) = started.outbound {
+                    println!("tessera proxy outbound on {outbound}");
+                }
+            })
+            .await;
+            match result {
+                Err(ProxyError::Config(message)) => {
+                    eprintln!("error: invalid configuration: {message}");
+                    Ok(EXIT_USAGE)
+                }
+                other => other.map(|()| 0),
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use clap::Parser;
+
+        use super::*;
+
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ProxyArgs,
+        }
+
+        #[test]
+        fn flags_become_a_config() {
+            let cli = Cli::try_parse_from([
+                "proxy",
+                "--identity",
+                "web.ns.serviceaccount.identity.linkerd.cluster.local",
+                "--token-file",
+                "t",
+                "--trust-anchors",
+                "ca.crt",
+                "--inbound",
+                "127.1.0.2:8080=18080",
+                "--inbound",
+                "127.1.0.2:9090=127.0.0.1:19090",
+            ])
+            .unwrap();
+            let config = cli.args.config();
+            assert_eq!(config.admin_addr, "127.0.0.1:4191".parse().unwrap());
+            assert_eq!(config.identity_addr, "127.0.0.1:8080");
+            assert_eq!(
+                config.inbound,
+                vec![
+                    InboundSpec { listen: "127.1.0.2:8080".parse().unwrap(), app: "127.0.0.1:18080".parse().unwrap() },
+                    InboundSpec { listen: "127.1.0.2:9090".parse().unwrap(), app: "127.0.0.1:19090".parse().unwrap() },
+                ]
+            );
+            assert_eq!(config.detect_timeout, Duration::from_secs(10));
+        }
+
+        #[test]
+        fn bad_inbound_specs_are_refused() {
+            assert_eq!("x".parse::<InboundSpec>().unwrap_err(), r#""x" is not LISTEN=APP (e.g. 127.1.0.2:8080=127.0.0.1:18080)"#);
+            assert_eq!("a=1".parse::<InboundSpec>().unwrap_err(), r#""a" is not an ip:port address"#);
+            assert_eq!("127.0.0.1:1=b".parse::<InboundSpec>().unwrap_err(), r#""b" is not an ip:port address or a port"#);
+            assert!(Cli::try_parse_from(["proxy", "--identity", "a", "--token-file", "t", "--trust-anchors", "c", "--detect-timeout", "0s"]).is_err());
+        }
+    }
+}

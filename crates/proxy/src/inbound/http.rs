@@ -1,0 +1,294 @@
+//! Inbound HTTP: serve HTTP/1.1 or HTTP/2 to the client (hyper), forward
+//! each request to the app over pooled connections, rewriting only the
+//! identity headers: client-sent `l5d-client-id` / `l5d-server-id` are
+//! removed and, for an mTLS client, `l5d-client-id` is set to its verified
+//! identity. `l5d-orig-proto: HTTP/1.1` (set by the client's proxy when its
+//! app spoke HTTP/1.1) makes the request go to the app as HTTP/1.1. Bodies
+//! stream both ways; upgrades are not forwarded.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::io::BoxIo;
+use crate::metrics::{Classification, Metrics, PeerLabels};
+use crate::tls::Identity;
+
+/// The header naming the verified client identity.
+pub const L5D_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
+/// The header naming the verified server identity (set by outbound; never trusted inbound).
+pub const L5D_SERVER_ID: HeaderName = HeaderName::from_static("l5d-server-id");
+/// The HTTP version the client's app spoke, when proxies upgraded it to HTTP/2.
+pub const L5D_ORIG_PROTO: HeaderName = HeaderName::from_static("l5d-orig-proto");
+/// Why the proxy answered instead of the app.
+pub const L5D_PROXY_ERROR: HeaderName = HeaderName::from_static("l5d-proxy-error");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+type Body = BoxBody<Bytes, hyper::Error>;
+type AppClient = Client<AppConnector, Incoming>;
+
+/// Always connects to the app, whatever the request's authority says (the
+/// authority is kept for the app to see).
+#[derive(Clone, Debug)]
+pub(crate) struct AppConnector {
+    app: SocketAddr,
+    timeout: Duration,
+}
+
+impl tower::Service<Uri> for AppConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let (app, timeout) = (self.app, self.timeout);
+        Box::pin(async move {
+            let stream = tokio::time::timeout(timeout, TcpStream::connect(app))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            let _ = stream.set_nodelay(true);
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// Per-port forwarding state: pooled HTTP/1.1 and HTTP/2 clients to the app.
+pub(crate) struct Forward {
+    app: SocketAddr,
+    h1: AppClient,
+    h2: AppClient,
+    metrics: Metrics,
+}
+
+/// Per-connection facts.
+pub(crate) struct Conn {
+    /// The verified client identity (mTLS), if any.
+    pub(crate) client_id: Option<Identity>,
+    /// The connection's metric labels.
+    pub(crate) labels: Arc<PeerLabels>,
+    /// The client speaks HTTP/2.
+    pub(crate) h2: bool,
+    /// HTTP/1 request headers must arrive within this time.
+    pub(crate) header_timeout: Duration,
+}
+
+impl Forward {
+    pub(crate) fn new(app: SocketAddr, connect_timeout: Duration, metrics: Metrics) -> Self {
+        let connector = AppConnector { app, timeout: connect_timeout };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.timer(TokioTimer::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(90));
+        let h1 = builder.build(connector.clone());
+        let h2 = builder.http2_only(true).build(connector);
+        Self { app, h1, h2, metrics }
+    }
+
+    /// Serves one client connection.
+    pub(crate) async fn serve(self: &Arc<Self>, io: BoxIo, conn: Conn) -> Result<(), hyper::Error> {
+        let (h2, header_timeout) = (conn.h2, conn.header_timeout);
+        let conn = Arc::new(conn);
+        let forward = self.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let (forward, conn) = (forward.clone(), conn.clone());
+            async move { Ok::<_, Infallible>(forward.forward(request, &conn).await) }
+        });
+        let io = TokioIo::new(io);
+        if h2 {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(io, service)
+                .await
+        } else {
+            hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(io, service)
+                .await
+        }
+    }
+
+    async fn forward(&self, request: Request<Incoming>, conn: &Conn) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        let authority = authority(&parts.uri, &parts.headers).unwrap_or_else(|| self.app.to_string());
+        let record = self.metrics.request(conn.labels.clone(), authority.clone());
+        // TAP (mesh helper): publish the request event here.
+        let to_h2 = app_speaks_h2(conn.h2, &mut parts.headers);
+        strip_hop_by_hop(&mut parts.headers);
+        strip_identity_headers(&mut parts.headers);
+        if let Some(id) = &conn.client_id
+            && let Ok(value) = HeaderValue::from_str(id.as_str())
+        {
+            parts.headers.insert(L5D_CLIENT_ID, value);
+        }
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = match Uri::try_from(format!("http://{authority}{path}")) {
+            Ok(uri) => uri,
+            Err(_) => {
+                record.response(400);
+                return proxy_error(StatusCode::BAD_REQUEST, "invalid request authority");
+            }
+        };
+        parts.version = if to_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        if to_h2 {
+            // HTTP/2 carries the authority as `:authority` (from the URI).
+            parts.headers.remove(header::HOST);
+        }
+        let client = if to_h2 { &self.h2 } else { &self.h1 };
+        match client.request(Request::from_parts(parts, body)).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                record.response_classified(status, classify(&response));
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(error) => {
+                tracing::debug!(app = %self.app, error = %error, "forwarding to the app");
+                record.response(502);
+                let reason = if error.is_connect() { "connection to the app failed" } else { "the app's response failed" };
+                proxy_error(StatusCode::BAD_GATEWAY, reason)
+            }
+        }
+    }
+}
+
+/// Linkerd's classification: 5xx, or a gRPC status other than OK in the
+/// response headers (trailers-only), is a failure.
+fn classify<B>(response: &Response<B>) -> Classification {
+    if let Some(grpc) = response.headers().get("grpc-status") {
+        return if grpc.as_bytes() == b"0" { Classification::Success } else { Classification::Failure };
+    }
+    Classification::from_status(response.status().as_u16())
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form) or `Host`.
+fn authority(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    if let Some(authority) = uri.authority() {
+        return Some(authority.as_str().to_owned());
+    }
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    http::uri::Authority::try_from(host).ok().map(|a| a.as_str().to_owned())
+}
+
+/// Whether to speak HTTP/2 to the app: only when the client spoke HTTP/2
+/// and no `l5d-orig-proto` says its app spoke HTTP/1. The header is removed.
+fn app_speaks_h2(client_h2: bool, headers: &mut HeaderMap) -> bool {
+    let orig = headers.remove(L5D_ORIG_PROTO);
+    client_h2 && !orig.is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1"))
+}
+
+/// Removes the identity headers a client must never be able to set.
+pub fn strip_identity_headers(headers: &mut HeaderMap) {
+    // `remove` drops every value of a repeated header.
+    headers.remove(L5D_CLIENT_ID);
+    headers.remove(L5D_SERVER_ID);
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+    if headers.get(header::TE).is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+        headers.remove(header::TE);
+    }
+}
+
+fn proxy_error(status: StatusCode, reason: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{reason}\n"))).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(L5D_PROXY_ERROR, HeaderValue::from_static(reason));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_headers_are_stripped_in_every_case_and_repetition() {
+        let mut headers = HeaderMap::new();
+        headers.append("L5D-Client-Id", HeaderValue::from_static("spoofed"));
+        headers.append("l5d-client-id", HeaderValue::from_static("spoofed-again"));
+        headers.append("l5d-server-id", HeaderValue::from_static("spoofed"));
+        headers.append("x-keep", HeaderValue::from_static("1"));
+        strip_identity_headers(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["x-keep"], "1");
+    }
+
+    #[test]
+    fn orig_proto_picks_http1_and_is_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(L5D_ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+        assert!(!app_speaks_h2(true, &mut headers));
+        assert!(headers.is_empty());
+        assert!(app_speaks_h2(true, &mut HeaderMap::new()));
+        assert!(!app_speaks_h2(false, &mut HeaderMap::new()));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert("x-end", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        let mut names: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["te", "x-end"]);
+    }
+
+    #[test]
+    fn authority_comes_from_the_uri_or_host() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(authority(&Uri::from_static("http://a.b:80/x"), &headers).as_deref(), Some("a.b:80"));
+        headers.insert(header::HOST, HeaderValue::from_static("web:8080"));
+        assert_eq!(authority(&Uri::from_static("/x"), &headers).as_deref(), Some("web:8080"));
+        headers.insert(header::HOST, HeaderValue::from_static("bad host"));
+        assert_eq!(authority(&Uri::from_static("/x"), &headers), None);
+    }
+
+    #[test]
+    fn grpc_status_classifies() {
+        let mut response = Response::new(());
+        assert_eq!(classify(&response), Classification::Success);
+        response.headers_mut().insert("grpc-status", HeaderValue::from_static("14"));
+        assert_eq!(classify(&response), Classification::Failure);
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        response.headers_mut().remove("grpc-status");
+        assert_eq!(classify(&response), Classification::Failure);
+    }
+}
