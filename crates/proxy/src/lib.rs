@@ -16,12 +16,15 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod admin;
+pub mod balance;
 pub mod certify;
 pub mod config;
+pub mod destination;
 pub mod detect;
 pub mod inbound;
 pub mod io;
 pub mod metrics;
+pub mod outbound;
 pub mod tap;
 pub mod tls;
 pub mod trust;

@@ -1,0 +1,565 @@
+//! Client of the destination API (`GET /tessera/v1/destinations`).
+//!
+//! The outbound proxy learns each authority's endpoints and their *expected*
+//! identities from the control plane, as Linkerd's destination service
+//! works: never from what a peer claims. One watch per authority is shared by
+//! every request to it; the latest answer lives in a `watch` channel, the
+//! stream is re-established with backoff when it breaks, and it is dropped
+//! once no request has asked for the authority for [`ApiConfig::idle`].
+//!
+//! [`Discover`] is the seam tests use to feed snapshots without a server
+//! ([`StaticDiscover`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// The Service an answer belongs to (`null` when the authority is a pod IP).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ServiceRef {
+    /// Namespace of the Service.
+    pub namespace: String,
+    /// Name of the Service.
+    pub name: String,
+}
+
+/// One ready endpoint of an authority.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// The pod's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The pod's name.
+    #[serde(default)]
+    pub pod: Option<String>,
+    /// The pod's ServiceAccount.
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// Whether the pod runs a proxy.
+    #[serde(default)]
+    pub meshed: bool,
+    /// The identity the endpoint must present; `None` means plain text.
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+/// One answer of the destination API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Snapshot {
+    /// The authority as the server canonicalised it.
+    pub authority: String,
+    /// The Service, if the authority named one.
+    #[serde(default)]
+    pub service: Option<ServiceRef>,
+    /// Ready endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// What is currently known about an authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// No answer yet.
+    Pending,
+    /// The latest snapshot (possibly with no endpoints).
+    Found(Arc<Snapshot>),
+    /// The control plane does not know the authority (404).
+    NotFound,
+    /// The control plane could not be asked; the message says why.
+    Failed(String),
+}
+
+/// Source of resolutions: the destination API, or a fake in tests.
+pub trait Discover: Send + Sync + 'static {
+    /// A receiver of the authority's resolution. The value is `Pending`
+    /// until the first answer.
+    fn watch(&self, authority: &str) -> watch::Receiver<Resolution>;
+}
+
+/// Lower-cases the host and adds the port a URL scheme implies, so that
+/// `Foo.ns:80` and `foo.ns:80` share one watch.
+pub fn normalize_authority(authority: &str, default_port: u16) -> Option<String> {
+    let auth: http::uri::Authority = authority.parse().ok()?;
+    if auth.as_str().contains('@') {
+        return None;
+    }
+    let host = auth.host().to_ascii_lowercase();
+    let port = auth.port_u16().unwrap_or(default_port);
+    Some(format!("{host}:{port}"))
+}
+
+/// Test and static-configuration source: authorities set by hand.
+#[derive(Debug, Default)]
+pub struct StaticDiscover {
+    entries: Mutex<HashMap<String, watch::Sender<Resolution>>>,
+}
+
+impl StaticDiscover {
+    /// An empty source: every authority is `NotFound` until set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Publishes a resolution for an authority (watchers see the change).
+    pub fn set(&self, authority: &str, resolution: Resolution) {
+        let mut map = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        match map.get(authority) {
+            Some(tx) => {
+                tx.send_replace(resolution);
+            }
+            None => {
+                map.insert(authority.to_owned(), watch::channel(resolution).0);
+            }
+        }
+    }
+}
+
+impl Discover for StaticDiscover {
+    fn watch(&self, authority: &str) -> watch::Receiver<Resolution> {
+        let mut map = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(authority.to_owned()).or_insert_with(|| watch::channel(Resolution::NotFound).0).subscribe()
+    }
+}
+
+/// How to reach the destination API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Base URL of the API server (`TESSERA_API_SERVER`), `https://` or `http://`.
+    pub server: http::Uri,
+    /// The projected ServiceAccount token; re-read for every stream because
+    /// the agent rotates it.
+    pub token_file: PathBuf,
+    /// The cluster CA bundle (PEM) that signs the API server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Drop a watch nobody asked for in this long.
+    pub idle: Duration,
+    /// First retry delay; doubles up to [`ApiConfig::max_backoff`].
+    pub min_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+}
+
+impl ApiConfig {
+    /// Defaults: one-minute idle (Linkerd's cache idle age), 100 ms to 10 s backoff.
+    pub fn new(server: http::Uri, token_file: PathBuf, ca_file: Option<PathBuf>) -> Self {
+        Self {
+            server,
+            token_file,
+            ca_file,
+            idle: Duration::from_secs(60),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the destination client could not be built or a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    /// The server URL is unusable.
+    #[error("destination API URL {0:?}: {1}")]
+    Url(String, &'static str),
+    /// A file could not be read.
+    #[error("{0}: {1}")]
+    File(PathBuf, std::io::Error),
+    /// The CA bundle holds no usable certificate.
+    #[error("cluster CA {0}: {1}")]
+    Ca(PathBuf, String),
+    /// Connecting or talking to the server failed.
+    #[error("destination API: {0}")]
+    Transport(String),
+    /// The server answered with an unexpected status.
+    #[error("destination API answered {0}")]
+    Status(http::StatusCode),
+    /// A snapshot line did not parse.
+    #[error("destination API sent a bad snapshot: {0}")]
+    Decode(serde_json::Error),
+}
+
+struct Entry {
+    tx: Arc<watch::Sender<Resolution>>,
+    last_used: Instant,
+}
+
+struct ApiInner {
+    config: ApiConfig,
+    host: String,
+    port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+/// [`Discover`] over the destination API with the pod's ServiceAccount token.
+#[derive(Clone)]
+pub struct ApiDiscover {
+    inner: Arc<ApiInner>,
+}
+
+impl std::fmt::Debug for ApiDiscover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiDiscover").field("server", &self.inner.config.server).finish()
+    }
+}
+
+impl ApiDiscover {
+    /// Builds the client (reads the CA bundle now; the token on every stream).
+    pub fn new(config: ApiConfig) -> Result<Self, DestinationError> {
+        let url = config.server.to_string();
+        let https = match config.server.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(DestinationError::Url(url, "scheme must be http or https")),
+        };
+        let host = config.server.host().ok_or_else(|| DestinationError::Url(url.clone(), "no host"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let port = config.server.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https { Some(Arc::new(api_tls(config.ca_file.as_ref())?)) } else { None };
+        Ok(Self { inner: Arc::new(ApiInner { config, host, port, tls, entries: Mutex::new(HashMap::new()) }) })
+    }
+
+    /// How many authorities are watched now (tests check idle dropping).
+    pub fn active(&self) -> usize {
+        self.inner.entries.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+fn api_tls(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, DestinationError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| DestinationError::File(path.clone(), e))?;
+        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            let cert: rustls_pki_types::CertificateDer<'static> =
+                cert.map_err(|e| DestinationError::Ca(path.clone(), e.to_string()))?;
+            roots.add(cert).map_err(|e| DestinationError::Ca(path.clone(), e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(DestinationError::Ca(path.clone(), "no certificate".into()));
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DestinationError::Transport(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+impl Discover for ApiDiscover {
+    fn watch(&self, authority: &str) -> watch::Receiver<Resolution> {
+        let mut map = self.inner.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = map.get_mut(authority) {
+            entry.last_used = Instant::now();
+            return entry.tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(Resolution::Pending);
+        let tx = Arc::new(tx);
+        map.insert(authority.to_owned(), Entry { tx: tx.clone(), last_used: Instant::now() });
+        tokio::spawn(run_watch(self.inner.clone(), authority.to_owned(), tx));
+        rx
+    }
+}
+
+/// Keeps one authority's resolution current until it goes idle.
+async fn run_watch(inner: Arc<ApiInner>, authority: String, tx: Arc<watch::Sender<Resolution>>) {
+    let mut backoff = inner.config.min_backoff;
+    loop {
+        let result = tokio::select! {
+            r = stream_once(&inner, &authority, &tx) => r,
+            () = idle(&inner, &authority, &tx) => return,
+        };
+        match result {
+            Ok(()) => backoff = inner.config.min_backoff,
+            Err(DestinationError::Status(http::StatusCode::NOT_FOUND)) => {
+                tx.send_replace(Resolution::NotFound);
+            }
+            Err(e) => {
+                warn!(%authority, error = %e, "destination watch failed; retrying");
+                // Keep the last good snapshot (as Linkerd does when the
+                // control plane is unreachable); only an unanswered
+                // authority becomes Failed.
+                tx.send_if_modified(|r| match r {
+                    Resolution::Found(_) => false,
+                    other => {
+                        *other = Resolution::Failed(e.to_string());
+                        true
+                    }
+                });
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = idle(&inner, &authority, &tx) => return,
+        }
+        backoff = (backoff * 2).min(inner.config.max_backoff);
+    }
+}
+
+/// Resolves once nobody has watched the authority for the idle time, after
+/// removing it from the map (under the lock `watch` subscribes with).
+async fn idle(inner: &ApiInner, authority: &str, tx: &watch::Sender<Resolution>) {
+    loop {
+        tx.closed().await;
+        let since = {
+            let map = inner.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            map.get(authority).map(|e| e.last_used.elapsed()).unwrap_or(inner.config.idle)
+        };
+        if since < inner.config.idle {
+            tokio::time::sleep(inner.config.idle - since).await;
+            continue;
+        }
+        let dropped = {
+            let mut map = inner.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            let idle = map.get(authority).is_none_or(|e| e.last_used.elapsed() >= inner.config.idle);
+            let dropped = tx.receiver_count() == 0 && idle;
+            if dropped {
+                map.remove(authority);
+            }
+            dropped
+        };
+        if dropped {
+            debug!(%authority, "destination watch idle; dropped");
+            return;
+        }
+        if tx.receiver_count() == 0 {
+            // Used recently but not now: check again after a tick.
+            tokio::time::sleep(inner.config.idle / 4 + Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// One streaming request; returns when the server ends the stream.
+async fn stream_once(inner: &ApiInner, authority: &str, tx: &watch::Sender<Resolution>) -> Result<(), DestinationError> {
+    let transport = |e: &dyn std::fmt::Display| DestinationError::Transport(e.to_string());
+    let token = tokio::fs::read_to_string(&inner.config.token_file)
+        .await
+        .map_err(|e| DestinationError::File(inner.config.token_file.clone(), e))?;
+    let path = format!(
+        "/tessera/v1/destinations?authority={}&watch=true",
+        percent_encode(authority)
+    );
+    let host_header = if inner.host.contains(':') { format!("[{}]:{}", inner.host, inner.port) } else { format!("{}:{}", inner.host, inner.port) };
+    let request = http::Request::get(path)
+        .header(http::header::HOST, host_header)
+        .header(http::header::AUTHORIZATION, format!("Bearer {}", token.trim()))
+        .header(http::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| transport(&e))?;
+
+    let tcp = TcpStream::connect((inner.host.as_str(), inner.port)).await.map_err(|e| transport(&e))?;
+    let _ = tcp.set_nodelay(true);
+    let response = match &inner.tls {
+        Some(config) => {
+            let name = rustls_pki_types::ServerName::try_from(inner.host.clone())
+                .map_err(|_| DestinationError::Url(inner.config.server.to_string(), "bad host"))?;
+            let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| transport(&e))?;
+            send(TokioIo::new(tls), request).await?
+        }
+        None => send(TokioIo::new(tcp), request).await?,
+    };
+    if response.status() != http::StatusCode::OK {
+        return Err(DestinationError::Status(response.status()));
+    }
+    let mut body = response.into_body();
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| transport(&e))?;
+        let Ok(data) = frame.into_data() else { continue };
+        buf.extend_from_slice(&data);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line = buf.split_to(pos + 1);
+            let line = &line[..pos];
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let snapshot: Snapshot = serde_json::from_slice(line).map_err(DestinationError::Decode)?;
+            debug!(%authority, endpoints = snapshot.endpoints.len(), "destination snapshot");
+            publish(tx, snapshot);
+        }
+        if buf.len() > 4 << 20 {
+            return Err(DestinationError::Transport("snapshot line longer than 4 MiB".into()));
+        }
+    }
+    if buf.has_remaining() && !buf.iter().all(u8::is_ascii_whitespace) {
+        let snapshot: Snapshot = serde_json::from_slice(&buf).map_err(DestinationError::Decode)?;
+        publish(tx, snapshot);
+    }
+    Err(DestinationError::Transport("stream ended".into()))
+}
+
+fn publish(tx: &watch::Sender<Resolution>, snapshot: Snapshot) {
+    tx.send_if_modified(|r| match r {
+        Resolution::Found(current) if **current == snapshot => false,
+        other => {
+            *other = Resolution::Found(Arc::new(snapshot));
+            true
+        }
+    });
+}
+
+async fn send<T>(
+    io: TokioIo<T>,
+    request: http::Request<Empty<Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, DestinationError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(io).await.map_err(|e| DestinationError::Transport(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "destination API connection ended");
+        }
+    });
+    sender.send_request(request).await.map_err(|e| DestinationError::Transport(e.to_string()))
+}
+
+/// Query-component encoding for an authority (host:port, IPv6 brackets).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_contract_snapshot() {
+        let line = r#"{"authority":"data-store.data-store.svc.cluster.local:8081",
+ "service":{"namespace":"data-store","name":"data-store"},
+ "endpoints":[{"address":"127.1.0.2:8081","namespace":"data-store",
+   "pod":"data-store-7d9","serviceAccount":"data-store","meshed":true,
+   "identity":"data-store.data-store.serviceaccount.identity.linkerd.cluster.local"},
+   {"address":"127.0.0.1:9000","namespace":"x","pod":"p","serviceAccount":"default","meshed":false,"identity":null}]}"#;
+        let s: Snapshot = serde_json::from_str(line).unwrap();
+        assert_eq!(s.service, Some(ServiceRef { namespace: "data-store".into(), name: "data-store".into() }));
+        assert_eq!(s.endpoints[0].address, "127.1.0.2:8081".parse().unwrap());
+        assert_eq!(s.endpoints[0].service_account.as_deref(), Some("data-store"));
+        assert!(s.endpoints[0].meshed);
+        assert_eq!(s.endpoints[1].identity, None);
+    }
+
+    #[test]
+    fn normalizes_authorities() {
+        assert_eq!(normalize_authority("Foo.NS.svc.cluster.local:8081", 80).as_deref(), Some("foo.ns.svc.cluster.local:8081"));
+        assert_eq!(normalize_authority("foo.ns", 80).as_deref(), Some("foo.ns:80"));
+        assert_eq!(normalize_authority("[::1]:9", 80).as_deref(), Some("[::1]:9"));
+        assert_eq!(normalize_authority("user@foo:1", 80), None);
+        assert_eq!(normalize_authority("", 80), None);
+    }
+
+    #[test]
+    fn encodes_the_query() {
+        assert_eq!(percent_encode("a.b:80"), "a.b%3A80");
+        assert_eq!(percent_encode("[::1]:9"), "%5B%3A%3A1%5D%3A9");
+    }
+
+    #[tokio::test]
+    async fn static_discover_publishes_changes() {
+        let d = StaticDiscover::new();
+        let mut rx = d.watch("a:1");
+        assert_eq!(*rx.borrow_and_update(), Resolution::NotFound);
+        d.set("a:1", Resolution::Failed("x".into()));
+        rx.changed().await.unwrap();
+        assert_eq!(*rx.borrow(), Resolution::Failed("x".into()));
+    }
+
+    /// A one-connection-at-a-time fake API server speaking HTTP/1.1 over
+    /// plain TCP: checks the bearer token, streams the given lines.
+    async fn fake_api(status: u16, lines: Vec<String>) -> (SocketAddr, tokio::sync::mpsc::Receiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen_tx, seen_rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let mut req = Vec::new();
+                let mut byte = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = sock.read(&mut byte).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&byte[..n]);
+                }
+                let _ = seen_tx.send(String::from_utf8_lossy(&req).into_owned()).await;
+                let mut out = format!("HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n\r\n");
+                for l in &lines {
+                    let chunk = format!("{l}\n");
+                    out.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+                }
+                sock.write_all(out.as_bytes()).await.unwrap();
+                // Keep the stream open, as a watch does.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        });
+        (addr, seen_rx)
+    }
+
+    #[tokio::test]
+    async fn api_discover_streams_snapshots_with_the_token() {
+        let dir = tempfile_dir();
+        let token = dir.join("token");
+        std::fs::write(&token, "tok-1\n").unwrap();
+        let snap = r#"{"authority":"s.ns.svc.cluster.local:80","service":null,"endpoints":[{"address":"127.0.0.9:80","meshed":false,"identity":null}]}"#;
+        let (addr, mut seen) = fake_api(200, vec![snap.to_owned()]).await;
+        let d = ApiDiscover::new(ApiConfig::new(format!("http://{addr}").parse().unwrap(), token, None)).unwrap();
+        let mut rx = d.watch("s.ns.svc.cluster.local:80");
+        let req = seen.recv().await.unwrap();
+        assert!(req.starts_with("GET /tessera/v1/destinations?authority=s.ns.svc.cluster.local%3A80&watch=true HTTP/1.1\r\n"), "{req}");
+        assert!(req.to_ascii_lowercase().contains("authorization: bearer tok-1\r\n"), "{req}");
+        let got = rx.wait_for(|r| matches!(r, Resolution::Found(_))).await.unwrap().clone();
+        let Resolution::Found(s) = got else { unreachable!() };
+        assert_eq!(s.endpoints[0].address, "127.0.0.9:80".parse().unwrap());
+        // A second watcher shares the one stream.
+        let _rx2 = d.watch("s.ns.svc.cluster.local:80");
+        assert_eq!(d.active(), 1);
+    }
+
+    #[tokio::test]
+    async fn api_discover_reports_not_found_and_drops_idle_watches() {
+        let dir = tempfile_dir();
+        let token = dir.join("token");
+        std::fs::write(&token, "t").unwrap();
+        let (addr, _seen) = fake_api(404, vec![]).await;
+        let mut config = ApiConfig::new(format!("http://{addr}").parse().unwrap(), token, None);
+        config.idle = Duration::from_millis(50);
+        let d = ApiDiscover::new(config).unwrap();
+        let mut rx = d.watch("nope.ns:80");
+        rx.wait_for(|r| *r == Resolution::NotFound).await.unwrap();
+        drop(rx);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while d.active() != 0 {
+            assert!(Instant::now() < deadline, "idle watch not dropped");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tessera-dst-{}-{}", std::process::id(), rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

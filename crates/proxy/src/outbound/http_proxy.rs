@@ -1,0 +1,215 @@
+//! The HTTP forward-proxy port.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::error::ProxyError;
+use super::observe::DstLabels;
+use super::pool::Ctx;
+use super::{Body, Outbound, Route};
+use crate::destination::normalize_authority;
+
+/// Set on requests upgraded from HTTP/1 to HTTP/2 between proxies; the
+/// inbound proxy speaks the original protocol to its app.
+pub(crate) const L5D_ORIG_PROTO: &str = "l5d-orig-proto";
+
+/// Identity headers an app must not send through its proxy (Linkerd's
+/// outbound strips `l5d-client-id` from requests, and `l5d-require-id`
+/// after checking it).
+const STRIP_REQUEST: [&str; 2] = ["l5d-client-id", "l5d-require-id"];
+/// Headers a peer's answer must not leak to the app (Linkerd strips these
+/// from responses on the outbound side).
+const STRIP_RESPONSE: [&str; 2] = ["l5d-server-id", "l5d-remote-ip"];
+
+pub(super) async fn serve_connection(out: Arc<Outbound>, stream: TcpStream, peer: SocketAddr) {
+    let svc = service_fn(move |req| {
+        let out = out.clone();
+        async move { Ok::<_, Infallible>(handle(out, req).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
+        debug!(%peer, error = %e, "outbound client connection ended");
+    }
+}
+
+async fn handle(out: Arc<Outbound>, req: Request<Incoming>) -> Response<Body> {
+    if req.method() == Method::CONNECT {
+        return connect_tunnel(out, req).await;
+    }
+    match forward(&out, req).await {
+        Ok(rsp) => rsp,
+        Err(e) => {
+            debug!(error = %e, "outbound request failed");
+            e.response()
+        }
+    }
+}
+
+/// The authority the app addressed: the absolute-form URI's, else `Host`.
+fn target_authority(req: &Request<Incoming>) -> Option<(String, String)> {
+    let (raw, default_port) = match req.uri().authority() {
+        Some(a) => (a.as_str().to_owned(), if req.uri().scheme_str() == Some("https") { 443 } else { 80 }),
+        None => (req.headers().get(header::HOST)?.to_str().ok()?.to_owned(), 80),
+    };
+    let normalized = normalize_authority(&raw, default_port)?;
+    Some((raw, normalized))
+}
+
+async fn forward(out: &Outbound, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    let (raw_authority, authority) = target_authority(&req).ok_or(ProxyError::NoAuthority)?;
+    let route = out.route(&authority).await?;
+    let (snapshot_eps, direct);
+    let endpoints = match &route {
+        Route::Balanced(s) => {
+            snapshot_eps = s;
+            &snapshot_eps.endpoints[..]
+        }
+        Route::Direct(ep) => {
+            direct = [ep.clone()];
+            &direct[..]
+        }
+    };
+    let (ep, in_flight) = out.balancer.pick(endpoints).ok_or_else(|| ProxyError::FailFast(authority.clone()))?;
+    let labels = DstLabels::new(&authority, ep);
+
+    let app_version = req.version();
+    strip_hop_by_hop(req.headers_mut());
+    for h in STRIP_REQUEST {
+        req.headers_mut().remove(h);
+    }
+    if !req.headers().contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&raw_authority)
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+
+    out.metrics.request(&labels);
+    // Tap: publish the request event here once tap.rs lands (mesh helper).
+    let started = Instant::now();
+    let ctx = Ctx { creds: &out.creds, metrics: &*out.metrics, labels: &labels, timeout: out.config.connect_timeout };
+    let result = match &ep.identity {
+        Some(identity) => {
+            // Between proxies: HTTP/2, :authority as the app addressed it.
+            *req.uri_mut() = Uri::try_from(format!("http://{raw_authority}{path}"))
+                .map_err(|_| ProxyError::NoAuthority)?;
+            if app_version != Version::HTTP_2 {
+                let orig = if app_version == Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };
+                req.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static(orig));
+            }
+            *req.version_mut() = Version::HTTP_2;
+            out.pool.send_h2(ep, identity, req, ctx).await
+        }
+        None => {
+            *req.uri_mut() = Uri::try_from(path).map_err(|_| ProxyError::NoAuthority)?;
+            *req.version_mut() = Version::HTTP_11;
+            out.pool.send_h1(ep, req, ctx).await
+        }
+    };
+    drop(in_flight);
+    let latency = started.elapsed();
+    match result {
+        Ok(mut rsp) => {
+            out.metrics.response(&labels, rsp.status().as_u16(), latency);
+            strip_hop_by_hop(rsp.headers_mut());
+            for h in STRIP_RESPONSE {
+                rsp.headers_mut().remove(h);
+            }
+            if ep.identity.is_some() {
+                rsp.headers_mut().remove(L5D_ORIG_PROTO);
+            }
+            Ok(rsp.map(|b| b.boxed()))
+        }
+        Err(e) => {
+            out.metrics.response(&labels, e.status().as_u16(), latency);
+            Err(e)
+        }
+    }
+}
+
+/// `CONNECT host:port`: answer 200 once the endpoint is connected (mTLS
+/// without ALPN for a meshed one), then splice the bytes.
+async fn connect_tunnel(out: Arc<Outbound>, req: Request<Incoming>) -> Response<Body> {
+    let Some(authority) = req.uri().authority().and_then(|a| normalize_authority(a.as_str(), 443)) else {
+        return ProxyError::NoAuthority.response();
+    };
+    let (conn, guard) = match super::tcp::open(&out, &authority).await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "CONNECT failed");
+            return e.response();
+        }
+    };
+    tokio::spawn(async move {
+        let _in_flight = guard;
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let mut client = TokioIo::new(upgraded);
+                let mut conn = conn;
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut conn).await {
+                    debug!(%authority, error = %e, "CONNECT tunnel ended");
+                }
+            }
+            Err(e) => debug!(%authority, error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    let mut rsp = Response::new(super::full(bytes::Bytes::new()));
+    *rsp.status_mut() = StatusCode::OK;
+    rsp
+}
+
+/// Connection-level headers never cross a proxy (RFC 9110 §7.6.1), and
+/// HTTP/2 forbids them.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::TE,
+        header::TRAILER,
+        header::PROXY_AUTHORIZATION,
+        HeaderName::from_static("proxy-connection"),
+        HeaderName::from_static("keep-alive"),
+    ] {
+        headers.remove(h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("5"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,45 @@
+//! Opaque TCP to an authority: TCP forward ports and `CONNECT` tunnels.
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::connect::{Conn, connect};
+use super::error::ProxyError;
+use super::observe::DstLabels;
+use super::{Outbound, Route};
+use crate::balance::InFlight;
+
+/// Opens a connection to one endpoint of `authority`: mTLS without ALPN
+/// for a meshed endpoint (the inbound proxy detects the protocol on the
+/// decrypted bytes), plain TCP otherwise. The in-flight slot lasts as long
+/// as the caller keeps it.
+pub(super) async fn open(out: &Outbound, authority: &str) -> Result<(Conn, InFlight), ProxyError> {
+    let route = out.route(authority).await?;
+    let direct;
+    let endpoints = match &route {
+        Route::Balanced(s) => &s.endpoints[..],
+        Route::Direct(ep) => {
+            direct = [ep.clone()];
+            &direct[..]
+        }
+    };
+    let (ep, in_flight) = out.balancer.pick(endpoints).ok_or_else(|| ProxyError::FailFast(authority.to_owned()))?;
+    let labels = DstLabels::new(authority, ep);
+    let (conn, _) = connect(ep, &out.creds, &[], out.config.connect_timeout, out.metrics.tcp_open(&labels)).await?;
+    Ok((conn, in_flight))
+}
+
+/// One accepted connection of a TCP forward port. Any failure (unknown
+/// authority, identity mismatch, ...) closes the client connection.
+pub(super) async fn forward(out: Arc<Outbound>, mut client: TcpStream, authority: &str) {
+    match open(&out, authority).await {
+        Ok((mut conn, _in_flight)) => {
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut conn).await {
+                debug!(%authority, error = %e, "TCP forward ended");
+            }
+        }
+        Err(e) => debug!(%authority, error = %e, "TCP forward refused; closing"),
+    }
+}
