@@ -179,33 +179,27 @@ impl ProxyLaunch {
     /// Arguments of `tessera proxy`.
     pub fn args(&self) -> Vec<String> {
         let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned()).display().to_string();
-        vec![
-            "proxy".into(),
-            "--identity-addr".into(),
-            self.identity_addr.clone(),
-            "--trust-anchors".into(),
-            abs(&self.trust_anchors),
-            "--token-file".into(),
-            abs(&self.token_file),
-            "--identity".into(),
-            self.identity.clone(),
-            "--inbound-addr".into(),
-            SocketAddr::from((self.pod_ip, self.port)).to_string(),
-            "--app-addr".into(),
-            SocketAddr::from((Ipv4Addr::LOCALHOST, self.app_port)).to_string(),
-            "--admin-addr".into(),
-            SocketAddr::from((self.pod_ip, self.admin_port)).to_string(),
-            "--outbound-addr".into(),
-            SocketAddr::from((Ipv4Addr::LOCALHOST, self.outbound_port)).to_string(),
-            "--api-server".into(),
-            self.api_server.clone(),
-            "--service-account-dir".into(),
-            abs(&self.service_account_dir),
-            "--namespace".into(),
-            self.namespace.clone(),
-            "--pod".into(),
-            self.pod.clone(),
+        let inbound = format!("{}={}", SocketAddr::from((self.pod_ip, self.port)), SocketAddr::from((Ipv4Addr::LOCALHOST, self.app_port)));
+        [
+            ("--identity-addr", self.identity_addr.clone()),
+            ("--identity", self.identity.clone()),
+            ("--token-file", abs(&self.token_file)),
+            ("--trust-anchors", abs(&self.trust_anchors)),
+            ("--inbound", inbound),
+            ("--admin-addr", SocketAddr::from((self.pod_ip, self.admin_port)).to_string()),
+            ("--outbound-addr", SocketAddr::from((Ipv4Addr::LOCALHOST, self.outbound_port)).to_string()),
+            ("--api-server", self.api_server.clone()),
+            ("--api-token-file", abs(&self.service_account_dir.join("token"))),
+            ("--api-ca", abs(&self.service_account_dir.join("ca.crt"))),
+            ("--namespace", self.namespace.clone()),
+            ("--pod", self.pod.clone()),
         ]
+        .into_iter()
+        .fold(vec!["proxy".to_owned()], |mut args, (flag, value)| {
+            args.push(flag.to_owned());
+            args.push(value);
+            args
+        })
     }
 
     /// The variables the app gets: its port, its proxy, and the API server's host kept direct.
@@ -302,8 +296,9 @@ mod tests {
         assert!(env.contains(&("no_proxy".into(), "127.0.0.1".into())));
         let args = launch.args();
         let after = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
-        assert_eq!(after("--inbound-addr").as_deref(), Some("127.9.8.7:8080"));
+        assert_eq!(after("--inbound").as_deref(), Some("127.9.8.7:8080=127.0.0.1:18080"));
         assert_eq!(after("--admin-addr").as_deref(), Some("127.9.8.7:4191"));
-        assert_eq!(after("--app-addr").as_deref(), Some("127.0.0.1:18080"));
+        assert_eq!(after("--api-ca").as_deref(), Some("/r/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"));
+        assert_eq!(after("--pod").as_deref(), Some("api-0"));
     }
 }

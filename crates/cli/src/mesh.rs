@@ -415,6 +415,35 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_starts_the_proxy_with_flags_the_proxy_takes() {
+        use clap::Parser as _;
+        let launch = tessera_agent::mesh::ProxyLaunch {
+            namespace: "api".into(),
+            pod: "api-0".into(),
+            identity: "api.api.serviceaccount.identity.linkerd.cluster.local".into(),
+            pod_ip: std::net::Ipv4Addr::new(127, 9, 8, 7),
+            port: 8080,
+            app_port: 18080,
+            admin_port: 4191,
+            outbound_port: 40001,
+            identity_addr: "127.0.0.1:8443".into(),
+            trust_anchors: "/a/ca.crt".into(),
+            token_file: "/r/var/run/secrets/tokens/linkerd-identity-token".into(),
+            service_account_dir: "/r/var/run/secrets/kubernetes.io/serviceaccount".into(),
+            api_server: "https://127.0.0.1:6443".into(),
+        };
+        let argv = std::iter::once("tessera".to_owned()).chain(launch.args());
+        let crate::Command::Proxy(args) = crate::Cli::try_parse_from(argv).expect("the proxy's flags").command else { panic!("not proxy") };
+        let config = args.config();
+        assert_eq!(config.inbound[0].listen, "127.9.8.7:8080".parse().unwrap());
+        assert_eq!(config.inbound[0].app, "127.0.0.1:18080".parse().unwrap());
+        assert_eq!(config.admin_addr, "127.9.8.7:4191".parse().unwrap());
+        assert_eq!(config.outbound_addr, Some("127.0.0.1:40001".parse().unwrap()));
+        assert_eq!((config.namespace.as_deref(), config.pod.as_deref()), (Some("api"), Some("api-0")));
+        assert_eq!(config.api.token_file, Some("/r/var/run/secrets/kubernetes.io/serviceaccount/token".into()));
+    }
+
+    #[test]
     fn prometheus_samples() {
         let (name, labels, value) = parse_sample(r#"request_total{direction="outbound",authority="a\"b",dst_pod="x"} 3"#).unwrap();
         assert_eq!((name, value), ("request_total", 3.0));

@@ -173,7 +173,7 @@ pub async fn run(
     // OUTBOUND HOOK (proxy-out): `tasks.spawn(outbound::serve(listener, shared.clone(), stopped(stop_rx.clone())));`
     let _ = &shared;
 
-    let admin_app = admin::router(metrics, credentials);
+    let admin_app = admin::router(metrics, credentials).merge(tap::router(tap::TapServer::from_config(&config)));
     let result = axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx)).await;
     tasks.shutdown().await;
     result.map_err(|source| ProxyError::Admin { addr: admin_addr, source })

@@ -21,4 +21,15 @@ mod server;
 
 pub use authz::{ApiEndpoint, ApiError, Authorization, TapAuthorizer};
 pub use hub::{TapDirection, TapEvent, TapHub, TapKind, TapRequest, TapSpan};
-pub use server::{TapBody, TapServer};
+pub use server::{TapBody, TapServer, router};
+
+/// The `tls` of a tap event: `true`, or why not, as the metrics' `no_tls_reason`.
+pub fn tls_label(tls: crate::metrics::Tls) -> &'static str {
+    use crate::metrics::Tls;
+    match tls {
+        Tls::Established => "true",
+        Tls::NoTlsFromRemote => "no_tls_from_remote",
+        Tls::NotProvidedByServiceDiscovery => "not_provided_by_service_discovery",
+        Tls::NoIdentityYet => "no_identity_yet",
+    }
+}

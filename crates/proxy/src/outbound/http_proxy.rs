@@ -35,7 +35,7 @@ const STRIP_RESPONSE: [&str; 2] = ["l5d-server-id", "l5d-remote-ip"];
 pub(super) async fn serve_connection(out: Arc<Outbound>, stream: TcpStream, peer: SocketAddr) {
     let svc = service_fn(move |req| {
         let out = out.clone();
-        async move { Ok::<_, Infallible>(handle(out, req).await) }
+        async move { Ok::<_, Infallible>(handle(out, req, peer).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
@@ -43,11 +43,11 @@ pub(super) async fn serve_connection(out: Arc<Outbound>, stream: TcpStream, peer
     }
 }
 
-async fn handle(out: Arc<Outbound>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(out: Arc<Outbound>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if req.method() == Method::CONNECT {
         return connect_tunnel(out, req).await;
     }
-    match forward(&out, req).await {
+    match forward(&out, req, peer).await {
         Ok(rsp) => rsp,
         Err(e) => {
             debug!(error = %e, "outbound request failed");
@@ -66,7 +66,7 @@ fn target_authority(req: &Request<Incoming>) -> Option<(String, String)> {
     Some((raw, normalized))
 }
 
-async fn forward(out: &Outbound, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, ProxyError> {
     let (raw_authority, authority) = target_authority(&req).ok_or(ProxyError::NoAuthority)?;
     let route = out.route(&authority).await?;
     let (snapshot_eps, direct);
@@ -96,7 +96,16 @@ async fn forward(out: &Outbound, mut req: Request<Incoming>) -> Result<Response<
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
 
     out.metrics.request(&labels);
-    // Tap: publish the request event here once tap.rs lands (mesh helper).
+    let tap = crate::tap::TapHub::global().request(&crate::tap::TapRequest {
+        direction: crate::tap::TapDirection::Outbound,
+        src: peer,
+        dst: ep.address,
+        tls: if ep.identity.is_some() { "true" } else { "not_provided_by_service_discovery" },
+        identity: ep.identity.as_ref().map(|i| i.as_str()),
+        method: req.method(),
+        uri: req.uri(),
+        headers: req.headers(),
+    });
     let started = Instant::now();
     let ctx = Ctx { creds: &out.creds, metrics: &*out.metrics, labels: &labels, timeout: out.config.connect_timeout };
     let result = match &ep.identity {
@@ -119,6 +128,9 @@ async fn forward(out: &Outbound, mut req: Request<Incoming>) -> Result<Response<
     };
     drop(in_flight);
     let latency = started.elapsed();
+    if let Some(tap) = tap {
+        tap.response(result.as_ref().map_or_else(|e| e.status(), |rsp| rsp.status()));
+    }
     match result {
         Ok(mut rsp) => {
             out.metrics.response(&labels, rsp.status().as_u16(), latency);

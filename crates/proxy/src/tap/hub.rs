@@ -84,23 +84,26 @@ pub struct TapRequest<'a> {
     pub tls: &'a str,
     /// The peer's identity, if authenticated.
     pub identity: Option<&'a str>,
-    /// The request's method, URI and headers.
-    pub parts: &'a http::request::Parts,
+    /// The request's method.
+    pub method: &'a http::Method,
+    /// The request's URI.
+    pub uri: &'a http::Uri,
+    /// The request's headers (for `Host`).
+    pub headers: &'a http::HeaderMap,
 }
 
 impl TapRequest<'_> {
     /// The authority: the URI's (HTTP/2, absolute-form) or the `Host` header.
     fn authority(&self) -> String {
-        self.parts
-            .uri
+        self.uri
             .authority()
             .map(|a| a.as_str().to_owned())
-            .or_else(|| self.parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+            .or_else(|| self.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
             .unwrap_or_default()
     }
 
     fn path(&self) -> String {
-        self.parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned())
+        self.uri.path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned())
     }
 }
 
@@ -121,6 +124,14 @@ impl TapHub {
     /// A hub with no subscribers.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// The process's hub. A `tessera proxy` process is one proxy, so its
+    /// inbound and outbound publish here and its admin `/tap` reads here,
+    /// without threading the hub through every connection's state.
+    pub fn global() -> &'static Arc<Self> {
+        static HUB: std::sync::OnceLock<Arc<TapHub>> = std::sync::OnceLock::new();
+        HUB.get_or_init(Self::new)
     }
 
     /// A new tap stream: every event published from now on.
@@ -149,7 +160,7 @@ impl TapHub {
             dst: request.dst,
             tls: request.tls.to_owned(),
             identity: request.identity.map(str::to_owned),
-            method: Some(request.parts.method.as_str().to_owned()),
+            method: Some(request.method.as_str().to_owned()),
             authority: Some(request.authority()),
             path: Some(request.path()),
             status: None,
@@ -205,7 +216,9 @@ mod tests {
             dst: "127.1.0.3:8080".parse().unwrap(),
             tls: "true",
             identity: Some("web.emojivoto.serviceaccount.identity.linkerd.cluster.local"),
-            parts: &parts,
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
         };
         assert!(hub.request(&request).is_none());
         let mut rx = hub.subscribe();

@@ -105,6 +105,53 @@ impl TapServer {
     }
 }
 
+/// Why `/tap` cannot be served (it then answers 503 saying so).
+fn unconfigured() -> http::Response<TapBody> {
+    status(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        "tap is not configured: the proxy needs --api-server, --api-ca, --namespace and --pod to check callers with the API",
+        None,
+    )
+}
+
+impl TapServer {
+    /// The tap server of a proxy started with `config`, publishing from the
+    /// process's hub; `None` when the API or the pod is not configured.
+    pub fn from_config(config: &crate::config::ProxyConfig) -> Option<Self> {
+        let (Some(url), Some(ca), Some(namespace), Some(pod)) = (&config.api.server, &config.api.ca, &config.namespace, &config.pod) else {
+            tracing::info!("tap disabled: no API server, CA, namespace or pod configured");
+            return None;
+        };
+        let endpoint = std::fs::read(ca)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| super::ApiEndpoint::new(url, &pem).map_err(|e| e.to_string()));
+        match endpoint {
+            Ok(api) => Some(Self::new(TapHub::global().clone(), TapAuthorizer::new(api, namespace.clone(), pod.clone()))),
+            Err(e) => {
+                tracing::warn!(error = %e, "tap disabled: the API server cannot be reached");
+                None
+            }
+        }
+    }
+}
+
+/// The admin route `GET /tap` (merged into the admin router).
+pub fn router(server: Option<TapServer>) -> axum::Router {
+    axum::Router::new().route(
+        "/tap",
+        axum::routing::get(move |headers: http::HeaderMap| {
+            let server = server.clone();
+            async move {
+                match server {
+                    Some(server) => server.serve(&headers).await,
+                    None => unconfigured(),
+                }
+            }
+        }),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
