@@ -65,8 +65,8 @@ pub enum TlsError {
 }
 
 /// The proxy's current identity: leaf chain, key and trust anchors, built
-/// once into the server configuration (inbound: presents the leaf, verifies
-/// client certificates when offered) and the client configuration
+/// once into the server configuration (inbound: presents the leaf, requires
+/// and verifies a client certificate) and the client configuration
 /// (outbound: presents the leaf, verifies the server against the anchors and
 /// the SNI it is given).
 #[derive(Debug)]
@@ -92,8 +92,12 @@ impl Credentials {
             return Err(TlsError::TrustAnchors("no trust anchors".into()));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // A TLS client must present a certificate chaining to the anchors:
+        // meshed clients always do, and a TLS client without one (openssl
+        // s_client, a misconfigured peer) is refused in the handshake rather
+        // than let through as an anonymous "tls=true" peer. Plain text is a
+        // separate path (inbound accepts it for now; policy decides later).
         let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .allow_unauthenticated()
             .build()
             .map_err(|e| TlsError::TrustAnchors(e.to_string()))?;
         let mut server = ServerConfig::builder_with_provider(provider.clone())

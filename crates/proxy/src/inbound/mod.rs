@@ -179,3 +179,140 @@ impl Shared {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use tokio::io::AsyncWriteExt as _;
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::tls::Credentials;
+
+    const SERVER: &str = "voting.emojivoto.serviceaccount.identity.linkerd.cluster.local";
+
+    /// An in-memory CA issuing leaves for any name.
+    struct Ca {
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+        roots: Arc<rustls::RootCertStore>,
+    }
+
+    impl Ca {
+        fn new() -> Self {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let root = params.self_signed(&key).unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(root.der().clone()).unwrap();
+            Self { issuer: rcgen::Issuer::new(params, key), roots: Arc::new(roots) }
+        }
+
+        fn credentials(&self, name: &str) -> Credentials {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let leaf = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &self.issuer).unwrap();
+            let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+            Credentials::new(Identity::parse(name).unwrap(), vec![leaf.der().clone()], key, self.roots.clone(), SystemTime::now())
+                .unwrap()
+        }
+    }
+
+    /// A TCP echo app.
+    async fn echo_app() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut read, mut write) = stream.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn inbound(credentials: Option<Credentials>, detect_timeout: Duration) -> (SocketAddr, Metrics, watch::Sender<Option<Arc<Credentials>>>) {
+        let app = echo_app().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listen = listener.local_addr().unwrap();
+        let (tx, rx) = watch::channel(credentials.map(Arc::new));
+        let metrics = Metrics::new();
+        let config = InboundConfig {
+            listen,
+            app,
+            detect_timeout,
+            handshake_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        };
+        tokio::spawn(serve(listener, config, rx, metrics.clone(), std::future::pending()));
+        (listen, metrics, tx)
+    }
+
+    async fn roundtrip<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(io: &mut I, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+        io.write_all(bytes).await?;
+        let mut back = vec![0; bytes.len()];
+        io.read_exact(&mut back).await?;
+        Ok(back)
+    }
+
+    #[tokio::test]
+    async fn opaque_plain_and_mtls_bytes_reach_the_app_and_are_counted() {
+        let ca = Ca::new();
+        let (addr, metrics, _tx) = inbound(Some(ca.credentials(SERVER)), Duration::from_secs(5)).await;
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(roundtrip(&mut plain, b"\x00\x01binary").await.unwrap(), b"\x00\x01binary");
+
+        let client = ca.credentials("web.emojivoto.serviceaccount.identity.linkerd.cluster.local");
+        let connector = tokio_rustls::TlsConnector::from(client.client_config());
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector.connect(Identity::parse(SERVER).unwrap().server_name(), tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+        assert_eq!(roundtrip(&mut tls, b"*1\r\n$4\r\nPING\r\n").await.unwrap(), b"*1\r\n$4\r\nPING\r\n");
+        drop((plain, tls));
+        let text = metrics.encode();
+        let mtls = format!(
+            r#"direction="inbound",target_addr="{addr}",tls="true",client_id="web.emojivoto.serviceaccount.identity.linkerd.cluster.local""#
+        );
+        assert!(text.contains(&format!("tcp_open_total{{{mtls}}} 1")), "{text}");
+        let plain = format!(r#"direction="inbound",target_addr="{addr}",tls="no_identity",no_tls_reason="no_tls_from_remote""#);
+        assert!(text.contains(&format!("tcp_read_bytes_total{{{plain}}} 8")), "{text}");
+    }
+
+    #[tokio::test]
+    async fn tls_is_refused_without_credentials_or_without_a_client_certificate() {
+        let ca = Ca::new();
+        let (addr, _metrics, tx) = inbound(None, Duration::from_secs(5)).await;
+        let client = ca.credentials("web.emojivoto.serviceaccount.identity.linkerd.cluster.local");
+        let connector = tokio_rustls::TlsConnector::from(client.client_config());
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        assert!(connector.connect(Identity::parse(SERVER).unwrap().server_name(), tcp).await.is_err(), "no credentials: fail closed");
+
+        tx.send_replace(Some(Arc::new(ca.credentials(SERVER))));
+        let anonymous = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(ca.roots.clone())
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(anonymous));
+        // TLS 1.3: the client finishes first; the refusal arrives as an alert on the first read.
+        let result = match connector.connect(Identity::parse(SERVER).unwrap().server_name(), tcp).await {
+            Ok(mut tls) => roundtrip(&mut tls, b"hello").await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("CertificateRequired"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_request_line_that_never_completes_is_closed() {
+        let (addr, _metrics, _tx) = inbound(None, Duration::from_millis(200)).await;
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"PROPFIND /").await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await.expect("closed by the proxy");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+}
