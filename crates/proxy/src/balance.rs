@@ -60,8 +60,15 @@ impl Balancer {
                 if b >= a {
                     b += 1;
                 }
-                let (la, lb) = (self.load(endpoints[a].address), self.load(endpoints[b].address));
-                if lb.load(Ordering::Relaxed) < la.load(Ordering::Relaxed) { &endpoints[b] } else { &endpoints[a] }
+                let (la, lb) = (
+                    self.load(endpoints[a].address),
+                    self.load(endpoints[b].address),
+                );
+                if lb.load(Ordering::Relaxed) < la.load(Ordering::Relaxed) {
+                    &endpoints[b]
+                } else {
+                    &endpoints[a]
+                }
             }
         };
         let load = self.load(chosen.address);
@@ -71,7 +78,11 @@ impl Balancer {
 
     /// Requests in flight to an address (for tests and debugging).
     pub fn in_flight(&self, addr: SocketAddr) -> usize {
-        self.loads.lock().unwrap_or_else(PoisonError::into_inner).get(&addr).map_or(0, |l| l.load(Ordering::Relaxed))
+        self.loads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&addr)
+            .map_or(0, |l| l.load(Ordering::Relaxed))
     }
 }
 

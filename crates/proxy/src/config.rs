@@ -56,6 +56,8 @@ pub struct ProxyConfig {
     pub inbound: Vec<InboundSpec>,
     /// Outbound listener (HTTP forward proxy / TCP forward), served by the outbound module.
     pub outbound_addr: Option<SocketAddr>,
+    /// TCP forward ports (proxy-out): every connection to LISTEN goes to AUTHORITY.
+    pub outbound_tcp: Vec<(SocketAddr, String)>,
     /// Admin listener (`/ready`, `/live`, `/metrics`).
     pub admin_addr: SocketAddr,
     /// The API server, for the destination client.
@@ -108,10 +110,13 @@ mod args {
         /// Outbound listener for the app (HTTP_PROXY); port 0 picks a free port.
         #[arg(long, env = "TESSERA_PROXY_OUTBOUND_ADDR")]
         outbound_addr: Option<SocketAddr>,
+        /// TCP forward port as LISTEN=AUTHORITY (e.g. 127.0.0.1:5432=db.ns.svc.cluster.local:5432): every connection to LISTEN goes to AUTHORITY over mTLS; repeatable; needs --outbound-addr.
+        #[arg(long, env = "TESSERA_PROXY_OUTBOUND_TCP", value_delimiter = ',', value_parser = crate::outbound::parse_tcp_forward)]
+        outbound_tcp: Vec<(SocketAddr, String)>,
         /// Admin listener: /ready, /live, /metrics; port 0 picks a free port.
         #[arg(long, env = "TESSERA_PROXY_ADMIN_ADDR", default_value = "127.0.0.1:4191")]
         admin_addr: SocketAddr,
-        /// API server URL for destination lookups.
+        /// API server URL for destination lookups (default: $TESSERA_API_SERVER).
         #[arg(long, env = "TESSERA_PROXY_API_SERVER")]
         api_server: Option<String>,
         /// The pod's ServiceAccount token for the API server.
@@ -158,6 +163,7 @@ mod args {
                 trust_anchors: self.trust_anchors,
                 inbound: self.inbound,
                 outbound_addr: self.outbound_addr,
+                outbound_tcp: self.outbound_tcp,
                 admin_addr: self.admin_addr,
                 api: ApiConfig { server: self.api_server, token_file: self.api_token_file, ca: self.api_ca },
                 detect_timeout: self.detect_timeout,

@@ -130,7 +130,9 @@ impl StaticDiscover {
 impl Discover for StaticDiscover {
     fn watch(&self, authority: &str) -> watch::Receiver<Resolution> {
         let mut map = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(authority.to_owned()).or_insert_with(|| watch::channel(Resolution::NotFound).0).subscribe()
+        map.entry(authority.to_owned())
+            .or_insert_with(|| watch::channel(Resolution::NotFound).0)
+            .subscribe()
     }
 }
 
@@ -210,7 +212,9 @@ pub struct ApiDiscover {
 
 impl std::fmt::Debug for ApiDiscover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiDiscover").field("server", &self.inner.config.server).finish()
+        f.debug_struct("ApiDiscover")
+            .field("server", &self.inner.config.server)
+            .finish()
     }
 }
 
@@ -223,16 +227,41 @@ impl ApiDiscover {
             Some("http") => false,
             _ => return Err(DestinationError::Url(url, "scheme must be http or https")),
         };
-        let host = config.server.host().ok_or_else(|| DestinationError::Url(url.clone(), "no host"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-        let port = config.server.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tls = if https { Some(Arc::new(api_tls(config.ca_file.as_ref())?)) } else { None };
-        Ok(Self { inner: Arc::new(ApiInner { config, host, port, tls, entries: Mutex::new(HashMap::new()) }) })
+        let host = config
+            .server
+            .host()
+            .ok_or_else(|| DestinationError::Url(url.clone(), "no host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = config
+            .server
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
+        let tls = if https {
+            Some(Arc::new(api_tls(config.ca_file.as_ref())?))
+        } else {
+            None
+        };
+        Ok(Self {
+            inner: Arc::new(ApiInner {
+                config,
+                host,
+                port,
+                tls,
+                entries: Mutex::new(HashMap::new()),
+            }),
+        })
     }
 
     /// How many authorities are watched now (tests check idle dropping).
     pub fn active(&self) -> usize {
-        self.inner.entries.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.inner
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -243,7 +272,9 @@ fn api_tls(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, Destinatio
         for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
             let cert: rustls_pki_types::CertificateDer<'static> =
                 cert.map_err(|e| DestinationError::Ca(path.clone(), e.to_string()))?;
-            roots.add(cert).map_err(|e| DestinationError::Ca(path.clone(), e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| DestinationError::Ca(path.clone(), e.to_string()))?;
         }
         if roots.is_empty() {
             return Err(DestinationError::Ca(path.clone(), "no certificate".into()));
@@ -260,14 +291,24 @@ fn api_tls(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, Destinatio
 
 impl Discover for ApiDiscover {
     fn watch(&self, authority: &str) -> watch::Receiver<Resolution> {
-        let mut map = self.inner.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .inner
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = map.get_mut(authority) {
             entry.last_used = Instant::now();
             return entry.tx.subscribe();
         }
         let (tx, rx) = watch::channel(Resolution::Pending);
         let tx = Arc::new(tx);
-        map.insert(authority.to_owned(), Entry { tx: tx.clone(), last_used: Instant::now() });
+        map.insert(
+            authority.to_owned(),
+            Entry {
+                tx: tx.clone(),
+                last_used: Instant::now(),
+            },
+        );
         tokio::spawn(run_watch(self.inner.clone(), authority.to_owned(), tx));
         rx
     }
@@ -315,7 +356,9 @@ async fn idle(inner: &ApiInner, authority: &str, tx: &watch::Sender<Resolution>)
         tx.closed().await;
         let since = {
             let map = inner.entries.lock().unwrap_or_else(PoisonError::into_inner);
-            map.get(authority).map(|e| e.last_used.elapsed()).unwrap_or(inner.config.idle)
+            map.get(authority)
+                .map(|e| e.last_used.elapsed())
+                .unwrap_or(inner.config.idle)
         };
         if since < inner.config.idle {
             tokio::time::sleep(inner.config.idle - since).await;
@@ -323,7 +366,9 @@ async fn idle(inner: &ApiInner, authority: &str, tx: &watch::Sender<Resolution>)
         }
         let dropped = {
             let mut map = inner.entries.lock().unwrap_or_else(PoisonError::into_inner);
-            let idle = map.get(authority).is_none_or(|e| e.last_used.elapsed() >= inner.config.idle);
+            let idle = map
+                .get(authority)
+                .is_none_or(|e| e.last_used.elapsed() >= inner.config.idle);
             let dropped = tx.receiver_count() == 0 && idle;
             if dropped {
                 map.remove(authority);
@@ -342,7 +387,11 @@ async fn idle(inner: &ApiInner, authority: &str, tx: &watch::Sender<Resolution>)
 }
 
 /// One streaming request; returns when the server ends the stream.
-async fn stream_once(inner: &ApiInner, authority: &str, tx: &watch::Sender<Resolution>) -> Result<(), DestinationError> {
+async fn stream_once(
+    inner: &ApiInner,
+    authority: &str,
+    tx: &watch::Sender<Resolution>,
+) -> Result<(), DestinationError> {
     let transport = |e: &dyn std::fmt::Display| DestinationError::Transport(e.to_string());
     let token = tokio::fs::read_to_string(&inner.config.token_file)
         .await
@@ -351,21 +400,33 @@ async fn stream_once(inner: &ApiInner, authority: &str, tx: &watch::Sender<Resol
         "/tessera/v1/destinations?authority={}&watch=true",
         percent_encode(authority)
     );
-    let host_header = if inner.host.contains(':') { format!("[{}]:{}", inner.host, inner.port) } else { format!("{}:{}", inner.host, inner.port) };
+    let host_header = if inner.host.contains(':') {
+        format!("[{}]:{}", inner.host, inner.port)
+    } else {
+        format!("{}:{}", inner.host, inner.port)
+    };
     let request = http::Request::get(path)
         .header(http::header::HOST, host_header)
-        .header(http::header::AUTHORIZATION, format!("Bearer {}", token.trim()))
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token.trim()),
+        )
         .header(http::header::ACCEPT, "application/json")
         .body(Empty::<Bytes>::new())
         .map_err(|e| transport(&e))?;
 
-    let tcp = TcpStream::connect((inner.host.as_str(), inner.port)).await.map_err(|e| transport(&e))?;
+    let tcp = TcpStream::connect((inner.host.as_str(), inner.port))
+        .await
+        .map_err(|e| transport(&e))?;
     let _ = tcp.set_nodelay(true);
     let response = match &inner.tls {
         Some(config) => {
             let name = rustls_pki_types::ServerName::try_from(inner.host.clone())
                 .map_err(|_| DestinationError::Url(inner.config.server.to_string(), "bad host"))?;
-            let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| transport(&e))?;
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| transport(&e))?;
             send(TokioIo::new(tls), request).await?
         }
         None => send(TokioIo::new(tcp), request).await?,
@@ -377,7 +438,9 @@ async fn stream_once(inner: &ApiInner, authority: &str, tx: &watch::Sender<Resol
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| transport(&e))?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         buf.extend_from_slice(&data);
         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             let line = buf.split_to(pos + 1);
@@ -385,12 +448,15 @@ async fn stream_once(inner: &ApiInner, authority: &str, tx: &watch::Sender<Resol
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let snapshot: Snapshot = serde_json::from_slice(line).map_err(DestinationError::Decode)?;
+            let snapshot: Snapshot =
+                serde_json::from_slice(line).map_err(DestinationError::Decode)?;
             debug!(%authority, endpoints = snapshot.endpoints.len(), "destination snapshot");
             publish(tx, snapshot);
         }
         if buf.len() > 4 << 20 {
-            return Err(DestinationError::Transport("snapshot line longer than 4 MiB".into()));
+            return Err(DestinationError::Transport(
+                "snapshot line longer than 4 MiB".into(),
+            ));
         }
     }
     if buf.has_remaining() && !buf.iter().all(u8::is_ascii_whitespace) {
@@ -417,14 +483,18 @@ async fn send<T>(
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(io).await.map_err(|e| DestinationError::Transport(e.to_string()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| DestinationError::Transport(e.to_string()))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             debug!(error = %e, "destination API connection ended");
         }
     });
-    sender.send_request(request).await.map_err(|e| DestinationError::Transport(e.to_string()))
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| DestinationError::Transport(e.to_string()))
 }
 
 /// Query-component encoding for an authority (host:port, IPv6 brackets).
@@ -453,18 +523,36 @@ mod tests {
    "identity":"data-store.data-store.serviceaccount.identity.linkerd.cluster.local"},
    {"address":"127.0.0.1:9000","namespace":"x","pod":"p","serviceAccount":"default","meshed":false,"identity":null}]}"#;
         let s: Snapshot = serde_json::from_str(line).unwrap();
-        assert_eq!(s.service, Some(ServiceRef { namespace: "data-store".into(), name: "data-store".into() }));
+        assert_eq!(
+            s.service,
+            Some(ServiceRef {
+                namespace: "data-store".into(),
+                name: "data-store".into()
+            })
+        );
         assert_eq!(s.endpoints[0].address, "127.1.0.2:8081".parse().unwrap());
-        assert_eq!(s.endpoints[0].service_account.as_deref(), Some("data-store"));
+        assert_eq!(
+            s.endpoints[0].service_account.as_deref(),
+            Some("data-store")
+        );
         assert!(s.endpoints[0].meshed);
         assert_eq!(s.endpoints[1].identity, None);
     }
 
     #[test]
     fn normalizes_authorities() {
-        assert_eq!(normalize_authority("Foo.NS.svc.cluster.local:8081", 80).as_deref(), Some("foo.ns.svc.cluster.local:8081"));
-        assert_eq!(normalize_authority("foo.ns", 80).as_deref(), Some("foo.ns:80"));
-        assert_eq!(normalize_authority("[::1]:9", 80).as_deref(), Some("[::1]:9"));
+        assert_eq!(
+            normalize_authority("Foo.NS.svc.cluster.local:8081", 80).as_deref(),
+            Some("foo.ns.svc.cluster.local:8081")
+        );
+        assert_eq!(
+            normalize_authority("foo.ns", 80).as_deref(),
+            Some("foo.ns:80")
+        );
+        assert_eq!(
+            normalize_authority("[::1]:9", 80).as_deref(),
+            Some("[::1]:9")
+        );
         assert_eq!(normalize_authority("user@foo:1", 80), None);
         assert_eq!(normalize_authority("", 80), None);
     }
@@ -487,14 +575,19 @@ mod tests {
 
     /// A one-connection-at-a-time fake API server speaking HTTP/1.1 over
     /// plain TCP: checks the bearer token, streams the given lines.
-    async fn fake_api(status: u16, lines: Vec<String>) -> (SocketAddr, tokio::sync::mpsc::Receiver<String>) {
+    async fn fake_api(
+        status: u16,
+        lines: Vec<String>,
+    ) -> (SocketAddr, tokio::sync::mpsc::Receiver<String>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (seen_tx, seen_rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let mut req = Vec::new();
                 let mut byte = [0u8; 1024];
                 while !req.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -504,8 +597,12 @@ mod tests {
                     }
                     req.extend_from_slice(&byte[..n]);
                 }
-                let _ = seen_tx.send(String::from_utf8_lossy(&req).into_owned()).await;
-                let mut out = format!("HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n\r\n");
+                let _ = seen_tx
+                    .send(String::from_utf8_lossy(&req).into_owned())
+                    .await;
+                let mut out = format!(
+                    "HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n\r\n"
+                );
                 for l in &lines {
                     let chunk = format!("{l}\n");
                     out.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
@@ -525,13 +622,28 @@ mod tests {
         std::fs::write(&token, "tok-1\n").unwrap();
         let snap = r#"{"authority":"s.ns.svc.cluster.local:80","service":null,"endpoints":[{"address":"127.0.0.9:80","meshed":false,"identity":null}]}"#;
         let (addr, mut seen) = fake_api(200, vec![snap.to_owned()]).await;
-        let d = ApiDiscover::new(ApiConfig::new(format!("http://{addr}").parse().unwrap(), token, None)).unwrap();
+        let d = ApiDiscover::new(ApiConfig::new(
+            format!("http://{addr}").parse().unwrap(),
+            token,
+            None,
+        ))
+        .unwrap();
         let mut rx = d.watch("s.ns.svc.cluster.local:80");
         let req = seen.recv().await.unwrap();
         assert!(req.starts_with("GET /tessera/v1/destinations?authority=s.ns.svc.cluster.local%3A80&watch=true HTTP/1.1\r\n"), "{req}");
-        assert!(req.to_ascii_lowercase().contains("authorization: bearer tok-1\r\n"), "{req}");
-        let got = rx.wait_for(|r| matches!(r, Resolution::Found(_))).await.unwrap().clone();
-        let Resolution::Found(s) = got else { unreachable!() };
+        assert!(
+            req.to_ascii_lowercase()
+                .contains("authorization: bearer tok-1\r\n"),
+            "{req}"
+        );
+        let got = rx
+            .wait_for(|r| matches!(r, Resolution::Found(_)))
+            .await
+            .unwrap()
+            .clone();
+        let Resolution::Found(s) = got else {
+            unreachable!()
+        };
         assert_eq!(s.endpoints[0].address, "127.0.0.9:80".parse().unwrap());
         // A second watcher shares the one stream.
         let _rx2 = d.watch("s.ns.svc.cluster.local:80");
@@ -558,7 +670,11 @@ mod tests {
     }
 
     fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tessera-dst-{}-{}", std::process::id(), rand::random::<u64>()));
+        let dir = std::env::temp_dir().join(format!(
+            "tessera-dst-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }

@@ -148,10 +148,26 @@ pub async fn run(
         }));
     }
 
-    // OUTBOUND HOOK (proxy-out): bind the outbound listener here from
-    // `config.outbound_addr` and report its address in `Started::outbound`;
-    // start serving it below, next to the inbound ports, with `shared`.
-    let outbound: Option<SocketAddr> = None;
+    // OUTBOUND (proxy-out): the HTTP forward-proxy listener and the TCP
+    // forward listeners, bound with the others so `on_started` reports them.
+    let outbound_listeners = match config.outbound_addr {
+        Some(addr) => {
+            let listener = bind("outbound", addr).await?;
+            let local = local_addr(&listener, "outbound", addr)?;
+            let mut tcp = Vec::new();
+            for (listen, authority) in &config.outbound_tcp {
+                let l = bind("outbound TCP forward", *listen).await?;
+                tcp.push((l, authority.clone()));
+            }
+            Some((local, listener, tcp))
+        }
+        None => None,
+    };
+    let outbound: Option<SocketAddr> = outbound_listeners.as_ref().map(|(local, _, _)| *local);
+    let discover = match &outbound_listeners {
+        Some(_) => Some(outbound::discover_from_config(&config.api).map_err(|e| ProxyError::Config(e.to_string()))?),
+        None => None,
+    };
 
     let started = Started { admin_addr, inbound: inbound.iter().map(|(_, c)| (c.listen, c.app)).collect(), outbound };
     tracing::info!(identity = %identity, admin = %admin_addr, inbound = ?started.inbound, "proxy listening");
@@ -170,8 +186,10 @@ pub async fn run(
     for (listener, inbound_config) in inbound {
         tasks.spawn(inbound::serve(listener, inbound_config, credentials.clone(), metrics.clone(), stopped(stop_rx.clone())));
     }
-    // OUTBOUND HOOK (proxy-out): `tasks.spawn(outbound::serve(listener, shared.clone(), stopped(stop_rx.clone())));`
-    let _ = &shared;
+    // OUTBOUND (proxy-out): serve the outbound listeners beside the inbound ports.
+    if let (Some((_, listener, tcp)), Some(discover)) = (outbound_listeners, discover) {
+        tasks.spawn(outbound::serve(listener, tcp, discover, shared.clone(), stopped(stop_rx.clone())));
+    }
 
     let admin_app = admin::router(metrics, credentials).merge(tap::router(tap::TapServer::from_config(&config)));
     let result = axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx)).await;

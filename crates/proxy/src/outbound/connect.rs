@@ -14,8 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::error::{ProxyError, tls_error};
-use super::observe::TcpMetrics;
 use crate::destination::Endpoint;
+use crate::metrics::TcpConn;
 use crate::tls::{CredentialsRx, Identity};
 
 /// A byte stream to an endpoint.
@@ -26,25 +26,24 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 pub(crate) type Conn = Box<dyn Io>;
 
 /// Counts wire bytes into the connection's metrics and records the close.
+/// (`tcp_close_total` is counted when the [`TcpConn`] drops with it.)
 pub(crate) struct Counted<T> {
     inner: T,
-    metrics: Box<dyn TcpMetrics>,
+    metrics: TcpConn,
 }
 
 impl<T> Counted<T> {
-    pub(crate) fn new(inner: T, metrics: Box<dyn TcpMetrics>) -> Self {
+    pub(crate) fn new(inner: T, metrics: TcpConn) -> Self {
         Self { inner, metrics }
     }
 }
 
-impl<T> Drop for Counted<T> {
-    fn drop(&mut self) {
-        self.metrics.close();
-    }
-}
-
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len().saturating_sub(before);
@@ -56,10 +55,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
-            self.metrics.write(*n as u64);
+            self.metrics.wrote(*n as u64);
         }
         r
     }
@@ -79,7 +82,7 @@ pub(crate) async fn connect(
     creds: &CredentialsRx,
     alpn: &[&[u8]],
     timeout: Duration,
-    metrics: Box<dyn TcpMetrics>,
+    metrics: impl FnOnce() -> TcpConn,
 ) -> Result<(Conn, bool), ProxyError> {
     let addr = ep.address;
     // Fail closed before touching the network: a meshed endpoint needs our
@@ -88,23 +91,27 @@ pub(crate) async fn connect(
         None => None,
         Some(expected) => {
             let creds = creds.borrow().clone().ok_or(ProxyError::NoIdentity(addr))?;
-            let identity = Identity::parse(expected)
-                .map_err(|e| ProxyError::Tls(addr, format!("destination gave an unusable identity: {e}")))?;
+            let identity = Identity::parse(expected).map_err(|e| {
+                ProxyError::Tls(addr, format!("destination gave an unusable identity: {e}"))
+            })?;
             let mut config = (*creds.client_config()).clone();
             config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             Some((identity, Arc::new(config)))
         }
     };
     let tcp = tcp_connect(addr, timeout).await?;
-    let tcp = Counted::new(tcp, metrics);
+    let tcp = Counted::new(tcp, metrics());
     match tls {
         None => Ok((Box::new(tcp), false)),
         Some((identity, config)) => {
             let connector = tokio_rustls::TlsConnector::from(config);
-            let stream = tokio::time::timeout(timeout, connector.connect(identity.server_name(), tcp))
-                .await
-                .map_err(|_| ProxyError::Tls(addr, format!("handshake timed out after {timeout:?}")))?
-                .map_err(|e| tls_error(addr, identity.as_str(), &e))?;
+            let stream =
+                tokio::time::timeout(timeout, connector.connect(identity.server_name(), tcp))
+                    .await
+                    .map_err(|_| {
+                        ProxyError::Tls(addr, format!("handshake timed out after {timeout:?}"))
+                    })?
+                    .map_err(|e| tls_error(addr, identity.as_str(), &e))?;
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             Ok((Box::new(stream), h2))
         }

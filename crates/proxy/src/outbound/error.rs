@@ -50,7 +50,11 @@ pub enum ProxyError {
 }
 
 fn presented_suffix(p: &[String]) -> String {
-    if p.is_empty() { String::new() } else { format!(", presented {}", p.join(",")) }
+    if p.is_empty() {
+        String::new()
+    } else {
+        format!(", presented {}", p.join(","))
+    }
 }
 
 impl ProxyError {
@@ -58,8 +62,12 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoAuthority => StatusCode::BAD_REQUEST,
-            Self::FailFast(_) | Self::NoIdentity(_) | Self::DiscoveryRejected(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::IdentityMismatch { .. } | Self::Tls(..) | Self::Connect(..) | Self::Http(..) => StatusCode::BAD_GATEWAY,
+            Self::FailFast(_) | Self::NoIdentity(_) | Self::DiscoveryRejected(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::IdentityMismatch { .. } | Self::Tls(..) | Self::Connect(..) | Self::Http(..) => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
@@ -67,12 +75,16 @@ impl ProxyError {
     /// the body, and `connection: close` for HTTP/1 as Linkerd does.
     pub fn response(&self) -> Response<Body> {
         let message = self.to_string();
-        let header = HeaderValue::from_str(&message).unwrap_or_else(|_| HeaderValue::from_static("unexpected error"));
+        let header = HeaderValue::from_str(&message)
+            .unwrap_or_else(|_| HeaderValue::from_static("unexpected error"));
         let mut rsp = Response::new(super::full(Bytes::from(format!("{message}\n"))));
         *rsp.status_mut() = self.status();
         let h = rsp.headers_mut();
         h.insert(L5D_PROXY_ERROR, header);
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         rsp
     }
 }
@@ -84,14 +96,34 @@ pub(crate) fn tls_error(addr: SocketAddr, expected: &str, e: &std::io::Error) ->
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<R>());
     match inner {
         Some(R::InvalidCertificate(CertificateError::NotValidForName)) => {
-            ProxyError::IdentityMismatch { addr, expected: expected.to_owned(), presented: vec![] }
+            ProxyError::IdentityMismatch {
+                addr,
+                expected: expected.to_owned(),
+                presented: vec![],
+            }
         }
-        Some(R::InvalidCertificate(CertificateError::NotValidForNameContext { presented, .. })) => {
-            ProxyError::IdentityMismatch { addr, expected: expected.to_owned(), presented: presented.clone() }
+        Some(R::InvalidCertificate(CertificateError::NotValidForNameContext {
+            presented, ..
+        })) => {
+            let presented = presented.iter().map(|p| bare_name(p)).collect();
+            ProxyError::IdentityMismatch {
+                addr,
+                expected: expected.to_owned(),
+                presented,
+            }
         }
         Some(other) => ProxyError::Tls(addr, other.to_string()),
         None => ProxyError::Tls(addr, e.to_string()),
     }
+}
+
+/// rustls reports presented names in their Debug form (`DnsName("x")`);
+/// the app is told the bare name.
+fn bare_name(p: &str) -> String {
+    p.strip_prefix("DnsName(\"")
+        .and_then(|r| r.strip_suffix("\")"))
+        .unwrap_or(p)
+        .to_owned()
 }
 
 #[cfg(test)]
@@ -101,13 +133,29 @@ mod tests {
     #[test]
     fn statuses_and_texts() {
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let e = ProxyError::IdentityMismatch { addr: a, expected: "b.ns".into(), presented: vec!["c.ns".into()] };
+        let e = ProxyError::IdentityMismatch {
+            addr: a,
+            expected: "b.ns".into(),
+            presented: vec!["c.ns".into()],
+        };
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(e.to_string(), "endpoint 127.0.0.1:1: peer identity mismatch: expected b.ns, presented c.ns");
+        assert_eq!(
+            e.to_string(),
+            "endpoint 127.0.0.1:1: peer identity mismatch: expected b.ns, presented c.ns"
+        );
         let e = ProxyError::FailFast("s.ns.svc.cluster.local:80".into());
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         let rsp = e.response();
-        assert_eq!(rsp.headers()[L5D_PROXY_ERROR], "logical service s.ns.svc.cluster.local:80: service in fail-fast");
+        assert_eq!(
+            rsp.headers()[L5D_PROXY_ERROR],
+            "logical service s.ns.svc.cluster.local:80: service in fail-fast"
+        );
+    }
+
+    #[test]
+    fn presented_names_are_bare() {
+        assert_eq!(bare_name("DnsName(\"c.ns\")"), "c.ns");
+        assert_eq!(bare_name("127.0.0.1"), "127.0.0.1");
     }
 
     #[test]
@@ -117,7 +165,10 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName),
         );
-        assert!(matches!(tls_error(a, "b", &io), ProxyError::IdentityMismatch { .. }));
+        assert!(matches!(
+            tls_error(a, "b", &io),
+            ProxyError::IdentityMismatch { .. }
+        ));
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::DecryptError);
         assert!(matches!(tls_error(a, "b", &io), ProxyError::Tls(..)));
     }

@@ -11,11 +11,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tracing::debug;
 
 use super::error::ProxyError;
-use super::observe::DstLabels;
+use super::observe::peer_labels;
 use super::pool::Ctx;
 use super::{Body, Outbound, Route};
 use crate::destination::normalize_authority;
@@ -38,7 +37,10 @@ pub(super) async fn serve_connection(out: Arc<Outbound>, stream: TcpStream, peer
         async move { Ok::<_, Infallible>(handle(out, req, peer).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .await
+    {
         debug!(%peer, error = %e, "outbound client connection ended");
     }
 }
@@ -59,8 +61,18 @@ async fn handle(out: Arc<Outbound>, req: Request<Incoming>, peer: SocketAddr) ->
 /// The authority the app addressed: the absolute-form URI's, else `Host`.
 fn target_authority(req: &Request<Incoming>) -> Option<(String, String)> {
     let (raw, default_port) = match req.uri().authority() {
-        Some(a) => (a.as_str().to_owned(), if req.uri().scheme_str() == Some("https") { 443 } else { 80 }),
-        None => (req.headers().get(header::HOST)?.to_str().ok()?.to_owned(), 80),
+        Some(a) => (
+            a.as_str().to_owned(),
+            if req.uri().scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            },
+        ),
+        None => (
+            req.headers().get(header::HOST)?.to_str().ok()?.to_owned(),
+            80,
+        ),
     };
     let normalized = normalize_authority(&raw, default_port)?;
     Some((raw, normalized))
@@ -69,19 +81,19 @@ fn target_authority(req: &Request<Incoming>) -> Option<(String, String)> {
 async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, ProxyError> {
     let (raw_authority, authority) = target_authority(&req).ok_or(ProxyError::NoAuthority)?;
     let route = out.route(&authority).await?;
-    let (snapshot_eps, direct);
-    let endpoints = match &route {
-        Route::Balanced(s) => {
-            snapshot_eps = s;
-            &snapshot_eps.endpoints[..]
-        }
+    let direct;
+    let (endpoints, service) = match &route {
+        Route::Balanced(s) => (&s.endpoints[..], s.service.as_ref()),
         Route::Direct(ep) => {
             direct = [ep.clone()];
-            &direct[..]
+            (&direct[..], None)
         }
     };
-    let (ep, in_flight) = out.balancer.pick(endpoints).ok_or_else(|| ProxyError::FailFast(authority.clone()))?;
-    let labels = DstLabels::new(&authority, ep);
+    let (ep, in_flight) = out
+        .balancer
+        .pick(endpoints)
+        .ok_or_else(|| ProxyError::FailFast(authority.clone()))?;
+    let labels = Arc::new(peer_labels(ep, service));
 
     let app_version = req.version();
     strip_hop_by_hop(req.headers_mut());
@@ -93,9 +105,14 @@ async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr) -
     {
         req.headers_mut().insert(header::HOST, v);
     }
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
 
-    out.metrics.request(&labels);
+    // `authority` as the app addressed it, like Linkerd's label.
+    let record = out.metrics.request(labels.clone(), raw_authority.clone());
     let tap = crate::tap::TapHub::global().request(&crate::tap::TapRequest {
         direction: crate::tap::TapDirection::Outbound,
         src: peer,
@@ -106,16 +123,25 @@ async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr) -
         uri: req.uri(),
         headers: req.headers(),
     });
-    let started = Instant::now();
-    let ctx = Ctx { creds: &out.creds, metrics: &*out.metrics, labels: &labels, timeout: out.config.connect_timeout };
+    let ctx = Ctx {
+        creds: &out.creds,
+        metrics: &out.metrics,
+        labels: &labels,
+        timeout: out.config.connect_timeout,
+    };
     let result = match &ep.identity {
         Some(identity) => {
             // Between proxies: HTTP/2, :authority as the app addressed it.
             *req.uri_mut() = Uri::try_from(format!("http://{raw_authority}{path}"))
                 .map_err(|_| ProxyError::NoAuthority)?;
             if app_version != Version::HTTP_2 {
-                let orig = if app_version == Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };
-                req.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static(orig));
+                let orig = if app_version == Version::HTTP_10 {
+                    "HTTP/1.0"
+                } else {
+                    "HTTP/1.1"
+                };
+                req.headers_mut()
+                    .insert(L5D_ORIG_PROTO, HeaderValue::from_static(orig));
             }
             *req.version_mut() = Version::HTTP_2;
             out.pool.send_h2(ep, identity, req, ctx).await
@@ -127,13 +153,12 @@ async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr) -
         }
     };
     drop(in_flight);
-    let latency = started.elapsed();
     if let Some(tap) = tap {
         tap.response(result.as_ref().map_or_else(|e| e.status(), |rsp| rsp.status()));
     }
     match result {
         Ok(mut rsp) => {
-            out.metrics.response(&labels, rsp.status().as_u16(), latency);
+            record.response(rsp.status().as_u16());
             strip_hop_by_hop(rsp.headers_mut());
             for h in STRIP_RESPONSE {
                 rsp.headers_mut().remove(h);
@@ -144,7 +169,8 @@ async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr) -
             Ok(rsp.map(|b| b.boxed()))
         }
         Err(e) => {
-            out.metrics.response(&labels, e.status().as_u16(), latency);
+            // Linkerd's endpoint metrics see the synthesised answer.
+            record.response(e.status().as_u16());
             Err(e)
         }
     }
@@ -153,7 +179,11 @@ async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr) -
 /// `CONNECT host:port`: answer 200 once the endpoint is connected (mTLS
 /// without ALPN for a meshed one), then splice the bytes.
 async fn connect_tunnel(out: Arc<Outbound>, req: Request<Incoming>) -> Response<Body> {
-    let Some(authority) = req.uri().authority().and_then(|a| normalize_authority(a.as_str(), 443)) else {
+    let Some(authority) = req
+        .uri()
+        .authority()
+        .and_then(|a| normalize_authority(a.as_str(), 443))
+    else {
         return ProxyError::NoAuthority.response();
     };
     let (conn, guard) = match super::tcp::open(&out, &authority).await {
@@ -215,7 +245,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-private"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("5"));
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));

@@ -15,7 +15,7 @@
 mod connect;
 pub mod error;
 mod http_proxy;
-pub mod observe;
+mod observe;
 mod pool;
 mod tcp;
 
@@ -32,15 +32,17 @@ use tracing::{debug, warn};
 
 use crate::balance::Balancer;
 use crate::destination::{Discover, Endpoint, Resolution, Snapshot};
+use crate::metrics::Metrics;
 use crate::tls::CredentialsRx;
 use error::ProxyError;
-use observe::OutboundMetrics;
 
 /// Response body of the outbound proxy (the endpoint's, or our own text).
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
 fn full(b: Bytes) -> Body {
-    http_body_util::Full::new(b).map_err(|never| match never {}).boxed()
+    http_body_util::Full::new(b)
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Tunables of the outbound side.
@@ -55,7 +57,10 @@ pub struct OutboundConfig {
 
 impl Default for OutboundConfig {
     fn default() -> Self {
-        Self { failfast_timeout: Duration::from_secs(3), connect_timeout: Duration::from_secs(1) }
+        Self {
+            failfast_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(1),
+        }
     }
 }
 
@@ -74,27 +79,36 @@ pub struct Outbound {
     config: OutboundConfig,
     discover: Arc<dyn Discover>,
     creds: CredentialsRx,
-    metrics: Arc<dyn OutboundMetrics>,
+    metrics: Metrics,
     balancer: Balancer,
     pool: pool::Pool,
 }
 
 impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbound").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Outbound")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl Outbound {
     /// Outbound state over a destination source, this proxy's credentials
-    /// and a metrics sink.
+    /// and the proxy's metrics.
     pub fn new(
         config: OutboundConfig,
         discover: Arc<dyn Discover>,
         creds: CredentialsRx,
-        metrics: Arc<dyn OutboundMetrics>,
+        metrics: Metrics,
     ) -> Arc<Self> {
-        Arc::new(Self { config, discover, creds, metrics, balancer: Balancer::new(), pool: pool::Pool::default() })
+        Arc::new(Self {
+            config,
+            discover,
+            creds,
+            metrics,
+            balancer: Balancer::new(),
+            pool: pool::Pool::default(),
+        })
     }
 
     /// Serves the HTTP forward-proxy port until the task is dropped.
@@ -107,7 +121,11 @@ impl Outbound {
     }
 
     /// Serves a TCP forward port: every connection goes to `authority`.
-    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener, authority: String) -> std::io::Result<()> {
+    pub async fn serve_tcp(
+        self: Arc<Self>,
+        listener: TcpListener,
+        authority: String,
+    ) -> std::io::Result<()> {
         loop {
             let (stream, _) = accept(&listener).await;
             let out = self.clone();
@@ -155,7 +173,9 @@ async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
 
 /// Names that only the control plane can resolve: never sent to DNS.
 fn is_cluster_name(host: &str) -> bool {
-    host.ends_with(".svc") || host.ends_with(".svc.cluster.local") || host.ends_with(".cluster.local")
+    host.ends_with(".svc")
+        || host.ends_with(".svc.cluster.local")
+        || host.ends_with(".cluster.local")
 }
 
 /// An authority the control plane does not know: an IP address (or a
@@ -171,7 +191,11 @@ async fn fallback(authority: &str) -> Result<Route, ProxyError> {
         Ok(ip) => SocketAddr::new(ip, port),
         Err(_) if is_cluster_name(host) => return Err(rejected()),
         Err(_) => {
-            let lookup = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((host, port))).await;
+            let lookup = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::net::lookup_host((host, port)),
+            )
+            .await;
             match lookup {
                 Ok(Ok(mut addrs)) => addrs.next().ok_or_else(rejected)?,
                 _ => {
@@ -193,9 +217,12 @@ async fn fallback(authority: &str) -> Result<Route, ProxyError> {
 
 /// Parses `--outbound-tcp LISTEN=AUTHORITY` (e.g. `127.0.0.1:5432=db.ns.svc.cluster.local:5432`).
 pub fn parse_tcp_forward(spec: &str) -> Result<(SocketAddr, String), String> {
-    let (listen, authority) =
-        spec.split_once('=').ok_or_else(|| format!("{spec:?}: expected LISTEN=AUTHORITY"))?;
-    let listen: SocketAddr = listen.parse().map_err(|e| format!("{spec:?}: listen address: {e}"))?;
+    let (listen, authority) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("{spec:?}: expected LISTEN=AUTHORITY"))?;
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("{spec:?}: listen address: {e}"))?;
     let authority = crate::destination::normalize_authority(authority, 0)
         .filter(|a| !a.ends_with(":0"))
         .ok_or_else(|| format!("{spec:?}: authority must be HOST:PORT"))?;
@@ -224,6 +251,49 @@ pub async fn serve_outbound(
     Ok(())
 }
 
+/// Where the agent projects the pod's ServiceAccount token and cluster CA.
+const SERVICEACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The destination client from the proxy configuration: the API server
+/// from `--api-server` or `TESSERA_API_SERVER`, the token and CA from the
+/// flags or the projected ServiceAccount directory. Without an API server
+/// every authority is unknown (only addresses are reached, in plain text).
+pub fn discover_from_config(
+    api: &crate::config::ApiConfig,
+) -> Result<Arc<dyn Discover>, crate::destination::DestinationError> {
+    use crate::destination::{ApiConfig, ApiDiscover, DestinationError, StaticDiscover};
+    let server = api.server.clone().or_else(|| std::env::var("TESSERA_API_SERVER").ok()).filter(|s| !s.is_empty());
+    let Some(server) = server else {
+        warn!("no API server configured (--api-server / TESSERA_API_SERVER): outbound resolves no services");
+        return Ok(Arc::new(StaticDiscover::new()));
+    };
+    let uri: http::Uri = server.parse().map_err(|_| DestinationError::Url(server.clone(), "not a URL"))?;
+    let dir = std::path::Path::new(SERVICEACCOUNT_DIR);
+    let token_file = api.token_file.clone().unwrap_or_else(|| dir.join("token"));
+    let ca_file = api.ca.clone().or_else(|| Some(dir.join("ca.crt")).filter(|p| p.exists()));
+    Ok(Arc::new(ApiDiscover::new(ApiConfig::new(uri, token_file, ca_file))?))
+}
+
+/// Serves the outbound listeners of `tessera proxy` until `shutdown`.
+pub async fn serve(
+    http: TcpListener,
+    tcp: Vec<(TcpListener, String)>,
+    discover: Arc<dyn Discover>,
+    shared: crate::Shared,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let config = OutboundConfig { connect_timeout: shared.config.connect_timeout, ..OutboundConfig::default() };
+    let outbound = Outbound::new(config, discover, shared.credentials.clone(), shared.metrics.clone());
+    tokio::select! {
+        r = serve_outbound(outbound, http, tcp) => {
+            if let Err(e) = r {
+                warn!(error = %e, "outbound listener failed");
+            }
+        }
+        () = shutdown => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,7 +302,10 @@ mod tests {
     fn tcp_forward_specs() {
         assert_eq!(
             parse_tcp_forward("127.0.0.1:5432=DB.ns.svc.cluster.local:5432").unwrap(),
-            ("127.0.0.1:5432".parse().unwrap(), "db.ns.svc.cluster.local:5432".into())
+            (
+                "127.0.0.1:5432".parse().unwrap(),
+                "db.ns.svc.cluster.local:5432".into()
+            )
         );
         assert!(parse_tcp_forward("127.0.0.1:5432").is_err());
         assert!(parse_tcp_forward("127.0.0.1:5432=db.ns").is_err());
@@ -241,10 +314,18 @@ mod tests {
 
     #[tokio::test]
     async fn fallback_rules() {
-        assert!(matches!(fallback("127.0.0.5:80").await, Ok(Route::Direct(e)) if e.address == "127.0.0.5:80".parse().unwrap()));
+        assert!(
+            matches!(fallback("127.0.0.5:80").await, Ok(Route::Direct(e)) if e.address == "127.0.0.5:80".parse().unwrap())
+        );
         assert!(matches!(fallback("[::1]:80").await, Ok(Route::Direct(_))));
         let e = fallback("nope.ns.svc.cluster.local:80").await.unwrap_err();
-        assert_eq!(e.to_string(), "logical service nope.ns.svc.cluster.local:80: discovery rejected");
-        assert!(matches!(fallback("localhost:80").await, Ok(Route::Direct(_))));
+        assert_eq!(
+            e.to_string(),
+            "logical service nope.ns.svc.cluster.local:80: discovery rejected"
+        );
+        assert!(matches!(
+            fallback("localhost:80").await,
+            Ok(Route::Direct(_))
+        ));
     }
 }

@@ -18,8 +18,8 @@ use tracing::debug;
 
 use super::connect::connect;
 use super::error::ProxyError;
-use super::observe::{DstLabels, OutboundMetrics};
 use crate::destination::Endpoint;
+use crate::metrics::{Metrics, PeerLabels};
 use crate::tls::CredentialsRx;
 
 /// Idle HTTP/1.1 connections kept per plain-text endpoint.
@@ -46,13 +46,16 @@ pub(crate) struct Pool {
 
 pub(crate) struct Ctx<'a> {
     pub creds: &'a CredentialsRx,
-    pub metrics: &'a dyn OutboundMetrics,
-    pub labels: &'a DstLabels,
+    pub metrics: &'a Metrics,
+    pub labels: &'a PeerLabels,
     pub timeout: Duration,
 }
 
 fn creds_id(creds: &CredentialsRx) -> usize {
-    creds.borrow().as_ref().map_or(0, |c| Arc::as_ptr(c) as usize)
+    creds
+        .borrow()
+        .as_ref()
+        .map_or(0, |c| Arc::as_ptr(c) as usize)
 }
 
 impl Pool {
@@ -64,8 +67,17 @@ impl Pool {
         mut req: http::Request<Incoming>,
         ctx: Ctx<'_>,
     ) -> Result<http::Response<Incoming>, ProxyError> {
-        let key = H2Key { addr: ep.address, identity: identity.to_owned() };
-        let slot = self.h2.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default().clone();
+        let key = H2Key {
+            addr: ep.address,
+            identity: identity.to_owned(),
+        };
+        let slot = self
+            .h2
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_default()
+            .clone();
         // One retry: a pooled connection the peer just closed (GOAWAY,
         // restart) hands the unsent request back.
         for attempt in 0..2 {
@@ -75,19 +87,29 @@ impl Pool {
                 match guard.as_ref() {
                     Some(c) if !c.sender.is_closed() && c.creds == current => c.sender.clone(),
                     _ => {
-                        let (io, _) =
-                            connect(ep, ctx.creds, &[b"h2"], ctx.timeout, ctx.metrics.tcp_open(ctx.labels)).await?;
+                        let (io, _) = connect(ep, ctx.creds, &[b"h2"], ctx.timeout, || {
+                            ctx.metrics.tcp_open(ctx.labels.clone())
+                        })
+                        .await?;
                         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                             .handshake(TokioIo::new(io))
                             .await
-                            .map_err(|e| ProxyError::Http(ep.address, format!("HTTP/2 handshake failed: {e}")))?;
+                            .map_err(|e| {
+                                ProxyError::Http(
+                                    ep.address,
+                                    format!("HTTP/2 handshake failed: {e}"),
+                                )
+                            })?;
                         let addr = ep.address;
                         tokio::spawn(async move {
                             if let Err(e) = conn.await {
                                 debug!(%addr, error = %e, "HTTP/2 connection to endpoint ended");
                             }
                         });
-                        *guard = Some(H2Conn { sender: sender.clone(), creds: current });
+                        *guard = Some(H2Conn {
+                            sender: sender.clone(),
+                            creds: current,
+                        });
                         sender
                     }
                 }
@@ -122,16 +144,23 @@ impl Pool {
                 let mut map = self.h1.lock().unwrap_or_else(PoisonError::into_inner);
                 let list = map.entry(ep.address).or_default();
                 list.retain(|s| !s.is_closed());
-                list.iter().position(http1::SendRequest::is_ready).map(|i| list.swap_remove(i))
+                list.iter()
+                    .position(http1::SendRequest::is_ready)
+                    .map(|i| list.swap_remove(i))
             };
             let mut sender = match idle {
                 Some(s) => s,
                 None => {
-                    let (io, _) = connect(ep, ctx.creds, &[], ctx.timeout, ctx.metrics.tcp_open(ctx.labels)).await?;
+                    let (io, _) = connect(ep, ctx.creds, &[], ctx.timeout, || {
+                        ctx.metrics.tcp_open(ctx.labels.clone())
+                    })
+                    .await?;
                     let (sender, conn) = http1::Builder::new()
                         .handshake(TokioIo::new(io))
                         .await
-                        .map_err(|e| ProxyError::Http(ep.address, format!("HTTP/1.1 handshake failed: {e}")))?;
+                        .map_err(|e| {
+                            ProxyError::Http(ep.address, format!("HTTP/1.1 handshake failed: {e}"))
+                        })?;
                     let addr = ep.address;
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {

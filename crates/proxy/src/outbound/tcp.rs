@@ -7,7 +7,7 @@ use tracing::debug;
 
 use super::connect::{Conn, connect};
 use super::error::ProxyError;
-use super::observe::DstLabels;
+use super::observe::peer_labels;
 use super::{Outbound, Route};
 use crate::balance::InFlight;
 
@@ -18,16 +18,22 @@ use crate::balance::InFlight;
 pub(super) async fn open(out: &Outbound, authority: &str) -> Result<(Conn, InFlight), ProxyError> {
     let route = out.route(authority).await?;
     let direct;
-    let endpoints = match &route {
-        Route::Balanced(s) => &s.endpoints[..],
+    let (endpoints, service) = match &route {
+        Route::Balanced(s) => (&s.endpoints[..], s.service.as_ref()),
         Route::Direct(ep) => {
             direct = [ep.clone()];
-            &direct[..]
+            (&direct[..], None)
         }
     };
-    let (ep, in_flight) = out.balancer.pick(endpoints).ok_or_else(|| ProxyError::FailFast(authority.to_owned()))?;
-    let labels = DstLabels::new(authority, ep);
-    let (conn, _) = connect(ep, &out.creds, &[], out.config.connect_timeout, out.metrics.tcp_open(&labels)).await?;
+    let (ep, in_flight) = out
+        .balancer
+        .pick(endpoints)
+        .ok_or_else(|| ProxyError::FailFast(authority.to_owned()))?;
+    let labels = peer_labels(ep, service);
+    let (conn, _) = connect(ep, &out.creds, &[], out.config.connect_timeout, || {
+        out.metrics.tcp_open(labels)
+    })
+    .await?;
     Ok((conn, in_flight))
 }
 

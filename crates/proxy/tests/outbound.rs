@@ -1,0 +1,600 @@
+//! The outbound proxy end to end, in process: a fake destination source,
+//! credentials from one test CA, fake meshed endpoints (TLS servers that
+//! present a chosen identity and speak HTTP/2 or echo opaque bytes) and a
+//! plain-text HTTP/1.1 endpoint.
+
+#![allow(clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tessera_proxy::destination::{Endpoint, Resolution, ServiceRef, Snapshot, StaticDiscover};
+use tessera_proxy::metrics::Metrics;
+use tessera_proxy::outbound::{Outbound, OutboundConfig};
+use tessera_proxy::tls::{Credentials, CredentialsTx, Identity};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+const A: &str = "a.ns.serviceaccount.identity.linkerd.cluster.local";
+const B: &str = "b.ns.serviceaccount.identity.linkerd.cluster.local";
+const C: &str = "c.ns.serviceaccount.identity.linkerd.cluster.local";
+
+struct Ca {
+    issuer: rcgen::Issuer<'static, KeyPair>,
+    roots: Arc<rustls::RootCertStore>,
+}
+
+impl Ca {
+    fn new() -> Self {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        Self {
+            issuer: rcgen::Issuer::new(params, key),
+            roots: Arc::new(roots),
+        }
+    }
+
+    fn creds(&self, identity: &str) -> Arc<Credentials> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = CertificateParams::new(vec![identity.to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone()];
+        let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        Arc::new(
+            Credentials::new(
+                Identity::parse(identity).unwrap(),
+                chain,
+                key,
+                self.roots.clone(),
+                SystemTime::now() + Duration::from_secs(3600),
+            )
+            .unwrap(),
+        )
+    }
+}
+
+/// A fake meshed endpoint: TLS with `creds`; ALPN h2 → HTTP/2 server that
+/// describes what it saw; no ALPN → opaque echo. Counts handshakes.
+struct Meshed {
+    addr: SocketAddr,
+    handshakes: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+}
+
+async fn meshed(creds: Arc<Credentials>) -> Meshed {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (h, r) = (handshakes.clone(), requests.clone());
+    let name = creds.identity().to_string();
+    tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(creds.server_config());
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, h, r, name) = (acceptor.clone(), h.clone(), r.clone(), name.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                h.fetch_add(1, Ordering::SeqCst);
+                let (_, conn) = tls.get_ref();
+                let client = conn
+                    .peer_certificates()
+                    .and_then(tessera_proxy::tls::peer_identity)
+                    .map_or("-".to_owned(), |i| i.to_string());
+                if conn.alpn_protocol() != Some(b"h2") {
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if tls.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                                let _ = tls.flush().await;
+                            }
+                        }
+                    }
+                }
+                let svc = service_fn(move |req: http::Request<Incoming>| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let header = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned())
+                    };
+                    let body = format!(
+                        "server={name} client={client} version={:?} authority={} path={} orig-proto={} l5d-client-id={}",
+                        req.version(),
+                        req.uri().authority().map_or("-", |a| a.as_str()),
+                        req.uri().path(),
+                        header("l5d-orig-proto"),
+                        header("l5d-client-id"),
+                    );
+                    async move {
+                        let mut rsp = http::Response::new(Full::new(Bytes::from(body)));
+                        rsp.headers_mut()
+                            .insert("l5d-server-id", http::HeaderValue::from_static("spoofed"));
+                        Ok::<_, Infallible>(rsp)
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Meshed {
+        addr,
+        handshakes,
+        requests,
+    }
+}
+
+/// A plain-text HTTP/1.1 endpoint.
+async fn plain() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(|req: http::Request<Incoming>| async move {
+                    let body = format!(
+                        "plain version={:?} host={} path={}",
+                        req.version(),
+                        req.headers()
+                            .get("host")
+                            .map_or("-", |v| v.to_str().unwrap()),
+                        req.uri()
+                    );
+                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn endpoint(addr: SocketAddr, identity: Option<&str>, pod: &str) -> Endpoint {
+    Endpoint {
+        address: addr,
+        namespace: Some("ns".into()),
+        pod: Some(pod.into()),
+        service_account: Some(pod.split('-').next().unwrap().into()),
+        meshed: identity.is_some(),
+        identity: identity.map(str::to_owned),
+    }
+}
+
+fn found(authority: &str, endpoints: Vec<Endpoint>) -> Resolution {
+    Resolution::Found(Arc::new(Snapshot {
+        authority: authority.into(),
+        service: Some(ServiceRef {
+            namespace: "ns".into(),
+            name: authority.split('.').next().unwrap().into(),
+        }),
+        endpoints,
+    }))
+}
+
+struct Proxy {
+    http: SocketAddr,
+    discover: Arc<StaticDiscover>,
+    metrics: Metrics,
+    creds_tx: CredentialsTx,
+    outbound: Arc<Outbound>,
+}
+
+async fn proxy(ca: &Ca, with_creds: bool) -> Proxy {
+    let discover = Arc::new(StaticDiscover::new());
+    let (creds_tx, creds_rx) = watch::channel(with_creds.then(|| ca.creds(A)));
+    let metrics = Metrics::new();
+    let config = OutboundConfig {
+        failfast_timeout: Duration::from_millis(300),
+        ..OutboundConfig::default()
+    };
+    let outbound = Outbound::new(config, discover.clone(), creds_rx, metrics.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    tokio::spawn(outbound.clone().serve_http(listener));
+    Proxy {
+        http,
+        discover,
+        metrics,
+        creds_tx,
+        outbound,
+    }
+}
+
+/// One HTTP/1.1 client connection to the forward proxy, as `HTTP_PROXY`
+/// clients use it (absolute-form request targets).
+struct Client(hyper::client::conn::http1::SendRequest<Empty<Bytes>>);
+
+impl Client {
+    async fn new(proxy: SocketAddr) -> Self {
+        let tcp = TcpStream::connect(proxy).await.unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Self(send)
+    }
+
+    async fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, String) {
+        let uri: http::Uri = url.parse().unwrap();
+        let mut req = http::Request::get(url).header("host", uri.authority().unwrap().as_str());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.0.ready().await.unwrap();
+        let rsp = self
+            .0
+            .send_request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        let status = rsp.status().as_u16();
+        let headers = rsp.headers().clone();
+        let body = rsp.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+}
+
+fn metric(text: &str, name: &str, must_contain: &[&str]) -> Option<u64> {
+    text.lines()
+        .filter(|l| {
+            l.starts_with(&format!("{name}{{")) && must_contain.iter().all(|m| l.contains(m))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .reduce(|a, b| a + b)
+}
+
+#[tokio::test]
+async fn meshed_request_goes_over_mtls_h2_with_the_expected_identity() {
+    let ca = Ca::new();
+    let b = meshed(ca.creds(B)).await;
+    let p = proxy(&ca, true).await;
+    let auth = "b.ns.svc.cluster.local:8080";
+    p.discover
+        .set(auth, found(auth, vec![endpoint(b.addr, Some(B), "b-1")]));
+
+    let mut client = Client::new(p.http).await;
+    let (status, headers, body) = client
+        .get(
+            &format!("http://{auth}/hello?x=1"),
+            &[("l5d-client-id", "spoofed.by.app")],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        format!(
+            "server={B} client={A} version=HTTP/2.0 authority={auth} path=/hello orig-proto=HTTP/1.1 l5d-client-id=-"
+        )
+    );
+    // The peer's l5d-server-id does not reach the app (Linkerd strips it).
+    assert!(headers.get("l5d-server-id").is_none());
+
+    // Many requests, over several app connections and concurrently: one
+    // TLS connection to the endpoint carries them all.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let url = format!("http://{auth}/again");
+        let http = p.http;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::new(http).await;
+            for _ in 0..10 {
+                assert_eq!(c.get(&url, &[]).await.0, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(b.requests.load(Ordering::SeqCst), 41);
+    assert_eq!(b.handshakes.load(Ordering::SeqCst), 1);
+
+    let text = p.metrics.encode();
+    let labels = [
+        "direction=\"outbound\"",
+        "tls=\"true\"",
+        &format!("server_id=\"{B}\""),
+        "dst_namespace=\"ns\"",
+        "dst_pod=\"b-1\"",
+        "dst_serviceaccount=\"b\"",
+        &format!("target_addr=\"{}\"", b.addr),
+    ];
+    let mut with_authority = labels.to_vec();
+    let authority_label = format!("authority=\"{auth}\"");
+    with_authority.push(&authority_label);
+    assert_eq!(
+        metric(&text, "request_total", &with_authority),
+        Some(41),
+        "{text}"
+    );
+    let mut ok = with_authority.clone();
+    ok.extend(["status_code=\"200\"", "classification=\"success\""]);
+    assert_eq!(metric(&text, "response_total", &ok), Some(41), "{text}");
+    assert_eq!(
+        metric(&text, "response_latency_ms_count", &with_authority),
+        Some(41),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "tcp_open_total", &labels), Some(1), "{text}");
+    assert!(metric(&text, "tcp_write_bytes_total", &labels).unwrap() > 0);
+    assert!(metric(&text, "tcp_read_bytes_total", &labels).unwrap() > 0);
+}
+
+#[tokio::test]
+async fn peer_with_another_identity_gets_502() {
+    let ca = Ca::new();
+    let c = meshed(ca.creds(C)).await;
+    let p = proxy(&ca, true).await;
+    let auth = "b.ns.svc.cluster.local:8080";
+    p.discover
+        .set(auth, found(auth, vec![endpoint(c.addr, Some(B), "b-1")]));
+    let (status, headers, body) = Client::new(p.http)
+        .await
+        .get(&format!("http://{auth}/"), &[])
+        .await;
+    let reason = format!(
+        "endpoint {}: peer identity mismatch: expected {B}, presented {C}",
+        c.addr
+    );
+    assert_eq!(status, 502);
+    assert_eq!(headers["l5d-proxy-error"], reason.as_str());
+    assert_eq!(body, format!("{reason}\n"));
+    assert_eq!(c.requests.load(Ordering::SeqCst), 0);
+    let text = p.metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            "response_total",
+            &[
+                "status_code=\"502\"",
+                "classification=\"failure\"",
+                &format!("server_id=\"{B}\"")
+            ]
+        ),
+        Some(1),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn non_meshed_endpoint_is_plain_text() {
+    let ca = Ca::new();
+    let addr = plain().await;
+    let p = proxy(&ca, true).await;
+    let auth = "web.ns.svc.cluster.local:80";
+    p.discover
+        .set(auth, found(auth, vec![endpoint(addr, None, "web-1")]));
+    let mut client = Client::new(p.http).await;
+    for _ in 0..3 {
+        let (status, _, body) = client.get("http://web.ns.svc.cluster.local/p?q", &[]).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            "plain version=HTTP/1.1 host=web.ns.svc.cluster.local path=/p?q"
+        );
+    }
+    let text = p.metrics.encode();
+    let labels = [
+        "tls=\"no_identity\"",
+        "no_tls_reason=\"not_provided_by_service_discovery\"",
+        "dst_pod=\"web-1\"",
+    ];
+    assert_eq!(metric(&text, "response_total", &labels), Some(3), "{text}");
+    // Sequential requests reuse one HTTP/1.1 connection.
+    assert_eq!(metric(&text, "tcp_open_total", &labels), Some(1), "{text}");
+    assert!(!text.contains("server_id=\"\""), "{text}");
+}
+
+#[tokio::test]
+async fn requests_are_balanced_over_endpoints() {
+    let ca = Ca::new();
+    let (b1, b2) = (meshed(ca.creds(B)).await, meshed(ca.creds(B)).await);
+    let p = proxy(&ca, true).await;
+    let auth = "b.ns.svc.cluster.local:8080";
+    p.discover.set(
+        auth,
+        found(
+            auth,
+            vec![
+                endpoint(b1.addr, Some(B), "b-1"),
+                endpoint(b2.addr, Some(B), "b-2"),
+            ],
+        ),
+    );
+    let mut client = Client::new(p.http).await;
+    for _ in 0..40 {
+        assert_eq!(client.get(&format!("http://{auth}/"), &[]).await.0, 200);
+    }
+    let (n1, n2) = (
+        b1.requests.load(Ordering::SeqCst),
+        b2.requests.load(Ordering::SeqCst),
+    );
+    assert_eq!(n1 + n2, 40);
+    assert!(n1 > 0 && n2 > 0, "{n1} / {n2}");
+    assert_eq!(b1.handshakes.load(Ordering::SeqCst), 1);
+    assert_eq!(b2.handshakes.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn unknown_authority_and_missing_endpoints_fail_like_linkerd() {
+    let ca = Ca::new();
+    let p = proxy(&ca, true).await;
+    let mut client = Client::new(p.http).await;
+    // The control plane does not know it (404): rejected at once.
+    let (status, headers, _) = client
+        .get("http://nope.ns.svc.cluster.local:80/", &[])
+        .await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        headers["l5d-proxy-error"],
+        "logical service nope.ns.svc.cluster.local:80: discovery rejected"
+    );
+    // A Service without ready endpoints: fail-fast after the timeout.
+    let auth = "empty.ns.svc.cluster.local:80";
+    p.discover.set(auth, found(auth, vec![]));
+    let (status, headers, _) = client.get(&format!("http://{auth}/"), &[]).await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        headers["l5d-proxy-error"],
+        "logical service empty.ns.svc.cluster.local:80: service in fail-fast"
+    );
+    // Endpoints that appear while a request waits are used.
+    let addr = plain().await;
+    let d = p.discover.clone();
+    let mut client2 = Client::new(p.http).await;
+    let waiting = tokio::spawn(async move {
+        client2
+            .get("http://late.ns.svc.cluster.local/", &[])
+            .await
+            .0
+    });
+    d.set("late.ns.svc.cluster.local:80", Resolution::Pending);
+    d.set(
+        "late.ns.svc.cluster.local:80",
+        found(
+            "late.ns.svc.cluster.local:80",
+            vec![endpoint(addr, None, "late-1")],
+        ),
+    );
+    assert_eq!(waiting.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn no_certificate_yet_fails_closed() {
+    let ca = Ca::new();
+    let b = meshed(ca.creds(B)).await;
+    let p = proxy(&ca, false).await;
+    let auth = "b.ns.svc.cluster.local:8080";
+    p.discover
+        .set(auth, found(auth, vec![endpoint(b.addr, Some(B), "b-1")]));
+    let mut client = Client::new(p.http).await;
+    let (status, headers, _) = client.get(&format!("http://{auth}/"), &[]).await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        headers["l5d-proxy-error"],
+        format!("endpoint {}: no identity certificate yet", b.addr).as_str()
+    );
+    assert_eq!(b.handshakes.load(Ordering::SeqCst), 0);
+    // The certificate arrives: the same proxy now connects.
+    p.creds_tx.send_replace(Some(ca.creds(A)));
+    assert_eq!(client.get(&format!("http://{auth}/"), &[]).await.0, 200);
+}
+
+async fn echo_round_trip(stream: &mut TcpStream) -> Result<Vec<u8>, std::io::Error> {
+    stream.write_all(b"ping\n").await?;
+    let mut buf = vec![0u8; 5];
+    stream.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+#[tokio::test]
+async fn tcp_forward_and_connect_use_mtls_and_close_on_mismatch() {
+    let ca = Ca::new();
+    let b = meshed(ca.creds(B)).await;
+    let c = meshed(ca.creds(C)).await;
+    let p = proxy(&ca, true).await;
+    p.discover.set(
+        "db.ns.svc.cluster.local:5432",
+        found(
+            "db.ns.svc.cluster.local:5432",
+            vec![endpoint(b.addr, Some(B), "db-1")],
+        ),
+    );
+    p.discover.set(
+        "evil.ns.svc.cluster.local:5432",
+        found(
+            "evil.ns.svc.cluster.local:5432",
+            vec![endpoint(c.addr, Some(B), "db-1")],
+        ),
+    );
+
+    let good = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let good_addr = good.local_addr().unwrap();
+    tokio::spawn(
+        p.outbound
+            .clone()
+            .serve_tcp(good, "db.ns.svc.cluster.local:5432".into()),
+    );
+    let bad = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bad_addr = bad.local_addr().unwrap();
+    tokio::spawn(
+        p.outbound
+            .clone()
+            .serve_tcp(bad, "evil.ns.svc.cluster.local:5432".into()),
+    );
+
+    let mut s = TcpStream::connect(good_addr).await.unwrap();
+    assert_eq!(echo_round_trip(&mut s).await.unwrap(), b"ping\n");
+    assert_eq!(b.handshakes.load(Ordering::SeqCst), 1);
+
+    // Wrong identity: the connection is closed, nothing is echoed.
+    let mut s = TcpStream::connect(bad_addr).await.unwrap();
+    let _ = s.write_all(b"ping\n").await;
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(c.handshakes.load(Ordering::SeqCst), 0);
+
+    // CONNECT through the HTTP port: 200, then the tunnel echoes over mTLS.
+    let mut s = TcpStream::connect(p.http).await.unwrap();
+    s.write_all(b"CONNECT db.ns.svc.cluster.local:5432 HTTP/1.1\r\nHost: db.ns.svc.cluster.local:5432\r\n\r\n").await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(echo_round_trip(&mut s).await.unwrap(), b"ping\n");
+
+    // CONNECT to the impostor: 502 with the reason.
+    let mut s = TcpStream::connect(p.http).await.unwrap();
+    s.write_all(b"CONNECT evil.ns.svc.cluster.local:5432 HTTP/1.1\r\nHost: evil.ns.svc.cluster.local:5432\r\n\r\n").await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{head}");
+    assert!(
+        head.contains(&format!(
+            "l5d-proxy-error: endpoint {}: peer identity mismatch: expected {B}, presented {C}\r\n",
+            c.addr
+        )),
+        "{head}"
+    );
+}
+
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "closed before the end of the head"
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
