@@ -19,7 +19,7 @@ ROOTS = [
     "api::core::v1::Namespace", "api::core::v1::ServiceAccount", "api::core::v1::Secret",
     "api::core::v1::ConfigMap", "api::core::v1::Pod", "api::core::v1::Node", "api::core::v1::Event",
     "api::coordination::v1::Lease", "api::rbac::v1::ClusterRoleBinding", "api::rbac::v1::ClusterRole",
-    "api::rbac::v1::RoleBinding", "api::rbac::v1::Role",
+    "api::rbac::v1::RoleBinding", "api::rbac::v1::Role", "api::core::v1::Service", "api::discovery::v1::EndpointSlice",
 ]
 
 src = sorted(glob.glob(os.path.expanduser("~/.cargo/registry/src/*/k8s-openapi-0.29.*/src/v1_33")))[-1]

@@ -83,6 +83,8 @@ pub fn default_object(resource: &ResourceInfo, obj: &mut Value) {
             let status = object_at(map, "status");
             status.entry("phase").or_insert_with(|| json!("Pending"));
         }
+        "services" => crate::service::default_service(map),
+        "endpointslices" => crate::endpointslice::default_slice(map),
         _ => {}
     }
 }
@@ -125,6 +127,8 @@ pub fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Ve
         causes.push(field::required("metadata.name", "name or generateName is required"));
     } else if resource.plural == "namespaces" {
         validation::push_invalid(&mut causes, "metadata.name", name, validation::dns1123_label(name));
+    } else if resource.plural == "services" {
+        // DNS-1035 label: checked with the rest of the Service.
     } else if resource.group == "rbac.authorization.k8s.io" {
         // RBAC names are path segments (`system:auth-delegator`), not DNS names.
         validation::push_invalid(&mut causes, "metadata.name", name, validation::path_segment(name));
@@ -243,6 +247,8 @@ pub fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Ve
                 }
             }
         }
+        "services" => crate::service::validate(obj, old, &mut causes),
+        "endpointslices" => crate::endpointslice::validate(obj, old, &mut causes),
         "leases" => {
             // kube's ValidateLeaseSpec.
             if let Some(d) = obj.pointer("/spec/leaseDurationSeconds").and_then(Value::as_i64)
@@ -297,6 +303,7 @@ pub fn selectable_fields(resource: &ResourceInfo) -> &'static [&'static str] {
         "secrets" => &["type"],
         "namespaces" => &["status.phase"],
         "nodes" => &["spec.unschedulable"],
+        "services" => &["spec.clusterIP", "spec.type"],
         "events" => &[
             "involvedObject.kind",
             "involvedObject.namespace",
@@ -375,6 +382,22 @@ pub fn columns(resource: &ResourceInfo) -> Vec<Column> {
                 wide("Container-Runtime", "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2)."),
             ]
         }
+        "services" => vec![
+            NAME,
+            c("Type", "string", "The type of service."),
+            c("Cluster-IP", "string", "The cluster IP of the service."),
+            c("External-IP", "string", "The external IP of the service."),
+            c("Port(s)", "string", "The ports of the service."),
+            AGE,
+            Column { name: "Selector", type_: "string", format: "", description: "Route service traffic to pods with label keys and values matching this selector.", priority: 1 },
+        ],
+        "endpointslices" => vec![
+            NAME,
+            c("AddressType", "string", "The IP protocol for this slice."),
+            c("Ports", "string", "The ports in this slice."),
+            c("Endpoints", "string", "Endpoints in this slice."),
+            AGE,
+        ],
         "leases" => vec![NAME, c("Holder", "string", "holderIdentity contains the identity of the holder of a current lease."), AGE],
         "events" => vec![
             c("Last Seen", "string", "Time when last event occurred"),
@@ -584,6 +607,14 @@ pub fn row_cells(resource: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> 
                 text("/status/nodeInfo/kernelVersion", "<unknown>"),
                 text("/status/nodeInfo/containerRuntimeVersion", "<unknown>"),
             ]
+        }
+        "services" => {
+            let (ty, cluster_ip, external, ports, selector) = crate::service::row(obj);
+            vec![name, ty, cluster_ip, external, ports, age, selector]
+        }
+        "endpointslices" => {
+            let (address_type, ports, endpoints) = crate::endpointslice::row(obj);
+            vec![name, address_type, ports, endpoints, age]
         }
         "leases" => vec![name, json!(obj.pointer("/spec/holderIdentity").and_then(Value::as_str).unwrap_or_default()), age],
         "events" => {

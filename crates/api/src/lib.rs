@@ -14,6 +14,7 @@
 pub mod apply;
 pub mod decode;
 pub mod deletion;
+pub mod endpointslice;
 pub mod kinds;
 pub mod openapi_ext;
 pub mod patch;
@@ -21,6 +22,8 @@ pub mod protobuf;
 pub mod registry;
 pub mod resource;
 pub mod selector;
+pub mod service;
+pub mod service_ips;
 pub mod status;
 pub mod validation;
 

@@ -64,6 +64,8 @@ enum Ty {
     StrListMap,
     /// `metav1.FieldsV1`: any JSON value, carried as its JSON text in `raw = 1`.
     RawJson,
+    /// `intstr.IntOrString{type = 1, intVal = 2, strVal = 3}`: a number or a string in JSON (decoded only).
+    IntOrString,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -295,12 +297,54 @@ const STATUS: &[Field] = &[
     f(6, "code", Ty::Int),
 ];
 
+/// `v1.Service` as `kubectl create service` sends it (requests only: not a response kind).
+const SERVICE: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(
+        2,
+        "spec",
+        Ty::Msg(&[
+            list(
+                1,
+                "ports",
+                Ty::Msg(&[
+                    f(1, "name", Ty::Str),
+                    f(2, "protocol", Ty::Str),
+                    f(3, "port", Ty::Int),
+                    f(4, "targetPort", Ty::IntOrString),
+                    f(5, "nodePort", Ty::Int),
+                    opt(6, "appProtocol", Ty::Str),
+                ]),
+            ),
+            map(2, "selector", Ty::StrMap),
+            f(3, "clusterIP", Ty::Str),
+            f(4, "type", Ty::Str),
+            list(5, "externalIPs", Ty::Str),
+            f(7, "sessionAffinity", Ty::Str),
+            f(8, "loadBalancerIP", Ty::Str),
+            list(9, "loadBalancerSourceRanges", Ty::Str),
+            f(10, "externalName", Ty::Str),
+            f(11, "externalTrafficPolicy", Ty::Str),
+            f(12, "healthCheckNodePort", Ty::Int),
+            f(13, "publishNotReadyAddresses", Ty::Bool),
+            opt(17, "ipFamilyPolicy", Ty::Str),
+            list(18, "clusterIPs", Ty::Str),
+            list(19, "ipFamilies", Ty::Str),
+            opt(20, "allocateLoadBalancerNodePorts", Ty::Bool),
+            opt(21, "loadBalancerClass", Ty::Str),
+            opt(22, "internalTrafficPolicy", Ty::Str),
+            opt(23, "trafficDistribution", Ty::Str),
+        ]),
+    ),
+];
+
 fn schema(api_version: &str, kind: &str) -> Option<&'static [Field]> {
     Some(match (api_version, kind) {
         ("v1", "Namespace") => NAMESPACE,
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
         ("v1", "Secret") => SECRET,
         ("v1", "ConfigMap") => CONFIG_MAP,
+        ("v1", "Service") => SERVICE,
         ("v1", "Status") => STATUS,
         ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
         ("authentication.k8s.io/v1", "TokenReview") => TOKEN_REVIEW,
@@ -444,6 +488,19 @@ fn scalar(ty: Ty, value: WireValue<'_>) -> Result<Option<Value>, ProtobufError> 
         (Ty::Time, WireValue::Bytes(b)) => time(b, false)?,
         (Ty::MicroTime, WireValue::Bytes(b)) => time(b, true)?,
         (Ty::Msg(schema), WireValue::Bytes(b)) => Value::Object(message(b, schema)?),
+        (Ty::IntOrString, WireValue::Bytes(b)) => {
+            let mut r = Reader { buf: b };
+            let (mut is_string, mut int, mut string) = (false, 0i64, String::new());
+            while let Some((tag, v)) = r.next()? {
+                match (tag, v) {
+                    (1, WireValue::Varint(t)) => is_string = t == 1,
+                    (2, WireValue::Varint(n)) => int = i64::from(n as i32),
+                    (3, WireValue::Bytes(s)) => string = utf8(s)?,
+                    _ => {}
+                }
+            }
+            if is_string { Value::String(string) } else { Value::from(int) }
+        }
         (Ty::RawJson, WireValue::Bytes(b)) => {
             let mut r = Reader { buf: b };
             let mut raw: &[u8] = b"{}";
@@ -666,7 +723,7 @@ fn put_zero(out: &mut Vec<u8>, field: &Field) -> Result<(), ProtobufError> {
             put_varint(out, 0);
         }
         Ty::Msg(schema) => put_bytes(out, field.tag, &message_bytes(&Map::new(), schema, &[])?),
-        Ty::StrMap | Ty::BytesMap | Ty::StrListMap | Ty::RawJson => {}
+        Ty::StrMap | Ty::BytesMap | Ty::StrListMap | Ty::RawJson | Ty::IntOrString => {}
     }
     Ok(())
 }

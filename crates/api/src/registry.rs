@@ -131,6 +131,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     /// How often a watch with `allowWatchBookmarks` gets a BOOKMARK.
     bookmark_interval: std::time::Duration,
+    /// Where Service cluster IPs come from.
+    service_cidr: crate::service_ips::ServiceCidr,
 }
 
 fn now_rfc3339() -> String {
@@ -196,7 +198,18 @@ fn generate_suffix() -> String {
 impl Registry {
     /// A registry over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, bookmark_interval: read::BOOKMARK_INTERVAL }
+        Self { store, bookmark_interval: read::BOOKMARK_INTERVAL, service_cidr: Default::default() }
+    }
+
+    /// The same registry allocating Service cluster IPs from `cidr`.
+    pub fn with_service_cidr(mut self, cidr: crate::service_ips::ServiceCidr) -> Self {
+        self.service_cidr = cidr;
+        self
+    }
+
+    /// The range Service cluster IPs come from.
+    pub fn service_cidr(&self) -> crate::service_ips::ServiceCidr {
+        self.service_cidr
     }
 
     /// The same registry with another bookmark interval (tests use a short one).
@@ -350,13 +363,27 @@ impl Registry {
             if self.store.get(&key).await.map_err(storage_error)?.is_some() {
                 return Err(ApiError::already_exists(resource, &name));
             }
+            if resource.group.is_empty() && resource.plural == "services" {
+                crate::service_ips::allocate(self.store.as_ref(), self.service_cidr, &mut obj, true).await?;
+            }
             return Ok(obj);
         }
-        match self.store.create(&key, to_store(&obj)?).await {
+        // A Service's cluster IP is claimed before it is stored, and given back if it is not.
+        let claim = match resource.group.is_empty() && resource.plural == "services" {
+            true => crate::service_ips::allocate(self.store.as_ref(), self.service_cidr, &mut obj, false).await?,
+            false => None,
+        };
+        let created = match self.store.create(&key, to_store(&obj)?).await {
             Ok(kv) => from_store(&kv.value, kv.mod_revision),
             Err(store::Error::AlreadyExists(_)) => Err(ApiError::already_exists(resource, &name)),
             Err(e) => Err(storage_error(e)),
+        };
+        if created.is_err()
+            && let Some(claim) = claim
+        {
+            crate::service_ips::release_claim(self.store.as_ref(), claim).await;
         }
+        created
     }
 
     /// Replaces an object (PUT). A non-empty `metadata.resourceVersion` must match the stored one.
@@ -538,6 +565,9 @@ impl Registry {
                 meta.remove("resourceVersion");
             }
             next = scoped(resource, options.scope, &current, next);
+            if resource.group.is_empty() && resource.plural == "services" {
+                crate::service::normalize_update(&mut next, &current);
+            }
             kinds::default_object(resource, &mut next);
             track_fields(resource, &options, Some(&current), client_managed.as_ref(), &mut next)?;
             Self::reject_invalid(resource, &next, Some(&current))?;

@@ -206,12 +206,8 @@ pub static CORE_EVENTS: ResourceInfo = ResourceInfo {
     storage_version_hash: "r2yiGXH7wu8=",
 };
 
-/// `v1` services, read-only: tessera runs no service network (no cluster IPs,
-/// no proxy), so it serves Services as a cluster without any: discovery lists
-/// them (kubectl's RESTMapper needs them, e.g. `kubectl cluster-info`, which
-/// lists `kube-system` Services labelled `kubernetes.io/cluster-service=true`),
-/// and get, list and watch answer from an always-empty collection; writes are
-/// 405 (MethodNotAllowed), never accepted and then ignored.
+/// `v1` services: stored, with cluster IPs allocated from the server's
+/// service range (see [`crate::service`] and [`crate::service_ips`]).
 pub static CORE_SERVICES: ResourceInfo = ResourceInfo {
     group: "",
     version: "v1",
@@ -221,12 +217,30 @@ pub static CORE_SERVICES: ResourceInfo = ResourceInfo {
     namespaced: true,
     short_names: &["svc"],
     categories: &["all"],
-    verbs: &["get", "list", "watch"],
-    subresources: &[],
+    verbs: CRUD_VERBS,
+    subresources: &[Subresource { name: "status", group: "", version: "", kind: "Service", verbs: &["get", "patch", "update"] }],
     storage: Storage::Stored,
     decode: decode::typed::<k8s_openapi::api::core::v1::Service>,
     schema: schema_of::<k8s_openapi::api::core::v1::Service>,
     storage_version_hash: "0/CO1lhkEBI=",
+};
+
+/// `discovery.k8s.io/v1` endpointslices (filled by the endpointslice controller).
+pub static DISCOVERY_ENDPOINTSLICES: ResourceInfo = ResourceInfo {
+    group: "discovery.k8s.io",
+    version: "v1",
+    kind: "EndpointSlice",
+    plural: "endpointslices",
+    singular: "endpointslice",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    verbs: CRUD_VERBS,
+    subresources: &[],
+    storage: Storage::Stored,
+    decode: decode::typed::<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    schema: schema_of::<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    storage_version_hash: "Nx3SIv6I0mE=",
 };
 
 /// `coordination.k8s.io/v1` leases (node heartbeats live in `kube-node-lease`).
@@ -328,6 +342,7 @@ pub static RESOURCES: &[&ResourceInfo] = &[
     &RBAC_ROLEBINDINGS,
     &RBAC_ROLES,
     &COORDINATION_LEASES,
+    &DISCOVERY_ENDPOINTSLICES,
 ];
 
 // === impl ResourceInfo ===

@@ -92,6 +92,11 @@ impl ApiError {
         }
     }
 
+    /// 404 NotFound with a message of its own (for lookups that are not one object).
+    pub fn not_found_because(message: impl Into<String>) -> Self {
+        Self::new(404, "NotFound", message)
+    }
+
     /// 404: `serviceaccounts "x" not found`.
     pub fn not_found(resource: &ResourceInfo, name: &str) -> Self {
         Self::new(404, "NotFound", format!("{} \"{name}\" not found", resource.qualified_plural()))

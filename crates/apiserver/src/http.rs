@@ -65,6 +65,10 @@ pub struct AppState {
     pub nodes: crate::node::graph::NodeGraph,
     /// Signs node client certificates.
     pub node_certificates: Arc<crate::node::certificates::NodeCertificates>,
+    /// Services, EndpointSlices and Pods for the destination API.
+    pub destinations: crate::destinations::MeshCache,
+    /// How the destination API names identities.
+    pub identity_naming: crate::destinations::IdentityNaming,
 }
 
 impl AppState {
@@ -109,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/apis/{group}/{version}", get(group_resources))
         .route("/tessera/v1/rbac/explain", axum::routing::post(rbac_explain))
         .route("/tessera/v1/rbac/who-can", axum::routing::post(rbac_who_can))
+        .route(crate::destinations::PATH, get(crate::destinations::handler))
         .route("/tessera/v1/encryption/rewrite", axum::routing::post(encryption_rewrite))
         .route(crate::node::certificates::CLIENT_CERTIFICATE_PATH, axum::routing::post(crate::node::certificates::client_certificate))
         .route("/openapi/v2", get(|_authorized: Authorized, headers: HeaderMap| async move { crate::openapi_v2::respond(&headers) }))

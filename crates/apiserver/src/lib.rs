@@ -18,13 +18,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tessera_api::Registry;
+/// The `--service-cluster-ip-range` type.
+pub use tessera_api::service_ips::ServiceCidr;
 use tessera_store::Store;
 
 pub mod admission;
 pub mod authz;
 pub mod data_dir;
+pub mod destinations;
 pub mod discovery;
 pub mod http;
+mod kubernetes_service;
 pub mod metrics;
 pub mod negotiate;
 pub mod node;
@@ -73,6 +77,11 @@ pub struct Config {
     pub data_dir_strictness: data_dir::Strictness,
     /// How often the leader compacts the store's history (`None`: never).
     pub compaction_interval: Option<std::time::Duration>,
+    /// Where Service cluster IPs come from (`--service-cluster-ip-range`).
+    pub service_cidr: tessera_api::service_ips::ServiceCidr,
+    /// How the destination API names identities (`--identity-trust-domain`,
+    /// `--identity-control-namespace`).
+    pub identity_naming: destinations::IdentityNaming,
 }
 
 /// kube-apiserver's `--etcd-compaction-interval` default.
@@ -108,6 +117,8 @@ impl Config {
             connections: serve::ConnectionLimits::default(),
             data_dir_strictness: data_dir::Strictness::Refuse,
             compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL),
+            service_cidr: tessera_api::service_ips::ServiceCidr::default(),
+            identity_naming: destinations::IdentityNaming::default(),
         }
     }
 
@@ -184,7 +195,7 @@ pub async fn run(
         Some(e) => e.clone(),
         None => store,
     };
-    let registry = Registry::new(store);
+    let registry = Registry::new(store).with_service_cidr(config.service_cidr);
     let tls = serve::server_config(&pki.serving_cert_pem, &pki.serving_key_pem, &pki.ca_cert_pem)?;
 
     let now = jiff::Timestamp::now().as_second();
@@ -200,6 +211,7 @@ pub async fn run(
     let objects = objects::object_cache();
     let policy = rbac::policy_cache();
     let nodes = node::graph::node_graph();
+    let mesh = destinations::mesh_cache();
     let node_certificates = Arc::new(node::certificates::NodeCertificates::new(pki.issuer()?, config.node_certificate_validity));
     let tokens = tokens::TokenState {
         authority: authority.clone(),
@@ -220,12 +232,15 @@ pub async fn run(
         encryption: encrypted,
         nodes: nodes.clone(),
         node_certificates,
+        destinations: mesh.clone(),
+        identity_naming: config.identity_naming.clone(),
     };
     let app = http::router(state);
 
     // Every replica bootstraps (idempotent: it only creates what is missing).
     let revision = tessera_controllers::bootstrap(&registry, &pki.ca_cert_pem).await.map_err(Error::Bootstrap)?;
     tessera_controllers::aggregation::reconcile_bootstrap_policy(&registry).await.map_err(Error::Bootstrap)?;
+    kubernetes_service::ensure(&registry, addr.port(), &host).await.map_err(Error::Bootstrap)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = || {
         let mut rx = stop_rx.clone();
@@ -255,11 +270,13 @@ pub async fn run(
         tokio::spawn(objects.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(policy.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(nodes.clone().run(registry.store().clone(), stopped())),
+        tokio::spawn(mesh.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(reload_keys(config.clone(), authority, stopped())),
     ];
     objects.wait_until_ready().await;
     policy.wait_until_ready().await;
     nodes.wait_until_ready().await;
+    mesh.wait_until_ready().await;
     ready.store(true, Ordering::Release);
 
     let started = Started { addr, kubeconfig: kubeconfig_path };
@@ -321,6 +338,7 @@ async fn run_controllers(
             tokio::spawn(tessera_controllers::aggregation::run(registry.clone(), stopped())),
             tokio::spawn(tessera_controllers::node_lifecycle::run(registry.clone(), node_lifecycle, stopped())),
             tokio::spawn(tessera_controllers::garbage_collector::run(registry.clone(), stopped())),
+            tokio::spawn(tessera_controllers::endpointslice::run(registry.clone(), stopped())),
         ];
         let shutting_down = tokio::select! {
             _ = &mut shutdown => true,

@@ -84,6 +84,12 @@ impl<S: Default + Send + Sync + 'static> Reflector<S> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rx.wait_for(|r| *r >= revision)).await;
     }
 
+    /// Changes whenever a newer store revision has been applied: wait on it
+    /// to re-read the state after a change.
+    pub fn changes(&self) -> watch::Receiver<Revision> {
+        self.applied.subscribe()
+    }
+
     fn mark_applied(&self, revision: Revision) {
         self.applied.send_if_modified(|r| (*r < revision).then(|| *r = revision).is_some());
     }

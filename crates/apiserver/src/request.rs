@@ -218,6 +218,9 @@ pub struct NonResourceRequest {
     pub verb: String,
     /// The decoded path.
     pub path: String,
+    /// The raw query, for the few non-resource handlers that take parameters
+    /// (the authorizer decides on verb and path alone).
+    pub query: Option<String>,
 }
 
 /// Every request, parsed once.
@@ -276,7 +279,7 @@ fn valid_path_segment(name: &str) -> bool {
 /// Parses a request from its method, raw path and raw query.
 pub fn parse(method: &Method, raw_path: &str, raw_query: Option<&str>) -> Result<ParsedRequest, InvalidPath> {
     let path = unescape(raw_path, false).ok_or(InvalidPath)?;
-    let non_resource = || ParsedRequest::NonResource(NonResourceRequest { verb: method.as_str().to_ascii_lowercase(), path: path.clone() });
+    let non_resource = || ParsedRequest::NonResource(NonResourceRequest { verb: method.as_str().to_ascii_lowercase(), path: path.clone(), query: raw_query.map(str::to_owned) });
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match segments.as_slice() {
         ["api", version, rest @ ..] if !rest.is_empty() => ("", *version, rest),

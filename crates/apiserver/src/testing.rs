@@ -79,6 +79,8 @@ impl InProcess {
             encryption: None,
             nodes: nodes.clone(),
             node_certificates: Arc::new(crate::node::certificates::NodeCertificates::new(test_issuer()?, crate::node::certificates::DEFAULT_VALIDITY)),
+            destinations: crate::destinations::mesh_cache(),
+            identity_naming: crate::destinations::IdentityNaming::default(),
         };
         tessera_controllers::bootstrap(&registry, "").await?;
         tessera_controllers::aggregation::reconcile_bootstrap_policy(&registry).await?;

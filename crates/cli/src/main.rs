@@ -116,6 +116,16 @@ struct ServerArgs {
     /// last interval of history stays; older resourceVersions answer 410 Expired. 0 disables.
     #[arg(long, env = "TESSERA_COMPACTION_INTERVAL", default_value = "5m", value_parser = parse_interval)]
     compaction_interval: std::time::Duration,
+    /// The range Service cluster IPs are allocated from (kube-apiserver's flag and default);
+    /// its first address is the `default/kubernetes` Service's.
+    #[arg(long, env = "TESSERA_SERVICE_CLUSTER_IP_RANGE", default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: tessera_apiserver::ServiceCidr,
+    /// Trust domain of mesh identities the destination API names (as `tessera identity`).
+    #[arg(long, env = "TESSERA_IDENTITY_TRUST_DOMAIN", default_value = "cluster.local")]
+    identity_trust_domain: String,
+    /// Control-plane namespace in mesh identities (`SA.NS.serviceaccount.identity.THIS.TRUST-DOMAIN`).
+    #[arg(long, env = "TESSERA_IDENTITY_CONTROL_NAMESPACE", default_value = "linkerd")]
+    identity_control_namespace: String,
     #[command(subcommand)]
     action: Option<ServerAction>,
 }
@@ -306,6 +316,11 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         config.data_dir_strictness = tessera_apiserver::data_dir::Strictness::Allow;
     }
     config.compaction_interval = (!args.compaction_interval.is_zero()).then_some(args.compaction_interval);
+    config.service_cidr = args.service_cluster_ip_range;
+    config.identity_naming = tessera_apiserver::destinations::IdentityNaming {
+        trust_domain: args.identity_trust_domain.clone(),
+        control_namespace: args.identity_control_namespace.clone(),
+    };
     config.storage = match &args.storage {
         StorageArg::Sqlite if args.etcd_cacert.is_some() => anyhow::bail!("--etcd-cacert needs --storage etcd://…"),
         StorageArg::Sqlite => tessera_apiserver::Storage::Sqlite,

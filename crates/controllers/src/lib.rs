@@ -11,7 +11,8 @@
 //! The [`legacy_tokens`] controller fills ServiceAccount token Secrets; the
 //! [`node_lifecycle`] controller takes the pods (and so the tokens) of a
 //! node whose heartbeat Lease stopped; the [`garbage_collector`] deletes or
-//! orphans dependents through their `ownerReferences`.
+//! orphans dependents through their `ownerReferences`; the [`endpointslice`]
+//! controller fills EndpointSlices from the pods each Service selects.
 //!
 //! Must not depend on: HTTP, authorization.
 
@@ -28,6 +29,7 @@ use tessera_api::{ApiError, Registry};
 use tessera_store::Revision;
 
 pub mod aggregation;
+pub mod endpointslice;
 mod follow;
 pub mod garbage_collector;
 pub mod legacy_tokens;

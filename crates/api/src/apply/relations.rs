@@ -38,6 +38,10 @@ pub(super) static RELATIONS: &[(&str, &str, Relation)] = &[
     ("io.k8s.api.core.v1.ResourceRequirements", "claims", Relation::Map(&["name"])),
     ("io.k8s.api.core.v1.ResourceStatus", "resources", Relation::Map(&["resourceID"])),
     ("io.k8s.api.core.v1.ServiceAccount", "secrets", Relation::Map(&["name"])),
+    ("io.k8s.api.core.v1.ServiceSpec", "ports", Relation::Map(&["port"])),
+    ("io.k8s.api.core.v1.ServiceSpec", "selector", Relation::AtomicMap),
+    ("io.k8s.api.core.v1.ServiceStatus", "conditions", Relation::Map(&["type"])),
+    ("io.k8s.api.discovery.v1.Endpoint", "addresses", Relation::Set),
     ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", Relation::Map(&["uid"])),
     ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", Relation::Set),
 ];
