@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# proxy_inbound checks that `openssl s_client` without a client certificate is refused.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # etcd-client (the etcd backend, a default feature) compiles its protos with protoc.
 command -v protoc >/dev/null 2>&1 || [ -n "${PROTOC:-}" ] || need_apt+=(protobuf-compiler)
 sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"

@@ -101,7 +101,8 @@ impl Proxy {
         ];
         let (proc, lines) = spawn(&args, "tessera proxy inbound on ");
         let admin = lines.iter().find_map(|l| l.strip_prefix("tessera proxy admin on ")).unwrap().to_owned();
-        let inbound = lines.last().unwrap().strip_prefix("tessera proxy inbound on ").unwrap().split(" -> ").next().unwrap().parse().unwrap();
+        let inbound =
+            lines.last().unwrap().strip_prefix("tessera proxy inbound on ").unwrap().split(" -> ").next().unwrap().parse().unwrap();
         Self { _proc: proc, admin, inbound }
     }
 
@@ -117,11 +118,7 @@ impl Proxy {
     }
 
     fn refresh_count(&self) -> u64 {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix("identity_cert_refresh_count "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+        self.metrics().lines().find_map(|l| l.strip_prefix("identity_cert_refresh_count ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
     }
 }
 
@@ -151,9 +148,8 @@ fn emojivoto(server: &Server) -> (String, String) {
     server.kubectl_ok(&["create", "ns", "emojivoto"]);
     server.kubectl_ok(&["create", "sa", "web", "-n", "emojivoto"]);
     server.kubectl_ok(&["create", "sa", "voting", "-n", "emojivoto"]);
-    let token = |sa: &str| {
-        server.kubectl_ok(&["create", "token", sa, "-n", "emojivoto", "--audience", "identity.l5d.io"]).trim().to_owned()
-    };
+    let token =
+        |sa: &str| server.kubectl_ok(&["create", "token", sa, "-n", "emojivoto", "--audience", "identity.l5d.io"]).trim().to_owned();
     (token("web"), token("voting"))
 }
 
@@ -360,7 +356,9 @@ async fn mtls_sets_l5d_client_id_plain_has_none_other_tls_clients_are_refused_un
     for line in [
         format!(r#"request_total{{{mtls},authority="voting.emojivoto:8080"}} 4"#),
         format!(r#"response_total{{{mtls},authority="voting.emojivoto:8080",status_code="200",classification="success"}} 4"#),
-        format!(r#"request_total{{direction="inbound",target_addr="{target}",tls="no_identity",no_tls_reason="no_tls_from_remote",authority="voting.emojivoto:8080"}} 1"#),
+        format!(
+            r#"request_total{{direction="inbound",target_addr="{target}",tls="no_identity",no_tls_reason="no_tls_from_remote",authority="voting.emojivoto:8080"}} 1"#
+        ),
         format!("tcp_open_total{{{mtls}}} 4"),
         "identity_cert_refresh_count 1".to_owned(),
     ] {

@@ -125,15 +125,10 @@ impl GrpcCertifier {
 
 impl Certifier for GrpcCertifier {
     async fn certify(&self, csr: &[u8]) -> Result<Issued, CertifyError> {
-        let token = tokio::fs::read(&self.token_file)
-            .await
-            .map_err(|source| CertifyError::Token { path: self.token_file.clone(), source })?;
+        let token =
+            tokio::fs::read(&self.token_file).await.map_err(|source| CertifyError::Token { path: self.token_file.clone(), source })?;
         let token = token.trim_ascii().to_vec();
-        let request = CertifyRequest {
-            identity: self.identity.as_str().to_owned(),
-            token,
-            certificate_signing_request: csr.to_vec(),
-        };
+        let request = CertifyRequest { identity: self.identity.as_str().to_owned(), token, certificate_signing_request: csr.to_vec() };
         let mut client = self.client.clone();
         let response = tokio::time::timeout(self.timeout, client.certify(request))
             .await
@@ -163,8 +158,8 @@ impl Certifier for GrpcCertifier {
 fn leaf_not_after(leaf: &CertificateDer<'_>) -> Result<SystemTime, CertifyError> {
     use x509_parser::prelude::{FromDer as _, X509Certificate};
     let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| CertifyError::Response(format!("leaf: {e}")))?;
-    let seconds = u64::try_from(cert.validity().not_after.timestamp())
-        .map_err(|_| CertifyError::Response("leaf expires before 1970".to_owned()))?;
+    let seconds =
+        u64::try_from(cert.validity().not_after.timestamp()).map_err(|_| CertifyError::Response("leaf expires before 1970".to_owned()))?;
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
@@ -329,14 +324,7 @@ mod tests {
             params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
             let root = params.self_signed(&key).unwrap().der().clone();
             let issuer = rcgen::Issuer::new(params, key);
-            Arc::new(Self {
-                issuer,
-                root,
-                lifetime,
-                calls: Mutex::default(),
-                fail: Mutex::new(0),
-                fail_forever: Default::default(),
-            })
+            Arc::new(Self { issuer, root, lifetime, calls: Mutex::default(), fail: Mutex::new(0), fail_forever: Default::default() })
         }
 
         fn roots(&self) -> Arc<RootCertStore> {
@@ -367,6 +355,14 @@ mod tests {
         }
     }
 
+    /// Lifetimes come from the wall clock (the fake CA's and the renewer's
+    /// `SystemTime::now()` differ by real microseconds) while the schedule
+    /// runs on tokio's paused clock: compare within a few milliseconds.
+    fn assert_near(actual: Duration, expected: Duration) {
+        let diff = actual.abs_diff(expected);
+        assert!(diff < Duration::from_millis(50), "{actual:?} is not {expected:?}");
+    }
+
     fn start(ca: &Arc<FakeCa>, backoff: Backoff) -> (crate::tls::CredentialsRx, Metrics) {
         let identity = Identity::parse("web.ns.serviceaccount.identity.linkerd.cluster.local").unwrap();
         let key = LocalKey::generate(&identity).unwrap();
@@ -384,7 +380,11 @@ mod tests {
         let (mut rx, metrics) = start(&ca, Backoff::default());
         rx.wait_for(Option::is_some).await.unwrap();
         tokio::time::sleep(Duration::from_secs(150)).await;
-        assert_eq!(ca.calls(), vec![Duration::ZERO, Duration::from_secs(70), Duration::from_secs(140)]);
+        let calls = ca.calls();
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        for (call, expected) in calls.into_iter().zip([0, 70, 140]) {
+            assert_near(call, Duration::from_secs(expected));
+        }
         assert_eq!(metrics.cert_refresh_count(), 3);
         assert!(rx.borrow().is_some());
     }
@@ -415,7 +415,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(99)).await;
         assert!(rx.borrow().is_some(), "the certificate serves while renewals fail");
         rx.wait_for(Option::is_none).await.unwrap();
-        assert_eq!(Instant::now() - issued_at, Duration::from_secs(100));
+        assert_near(Instant::now() - issued_at, Duration::from_secs(100));
         // The service comes back: a certificate is published again.
         ca.fail_forever.store(false, std::sync::atomic::Ordering::Relaxed);
         rx.wait_for(Option::is_some).await.unwrap();

@@ -20,7 +20,8 @@ impl FromStr for InboundSpec {
 
     /// `LISTEN=APP`: two `ip:port` addresses; APP may be a bare port (on 127.0.0.1).
     fn from_str(value: &str) -> Result<Self, String> {
-        let (listen, app) = value.split_once('=').ok_or_else(|| format!("{value:?} is not LISTEN=APP (e.g. 127.1.0.2:8080=127.0.0.1:18080)"))?;
+        let (listen, app) =
+            value.split_once('=').ok_or_else(|| format!("{value:?} is not LISTEN=APP (e.g. 127.1.0.2:8080=127.0.0.1:18080)"))?;
         let listen = listen.parse().map_err(|_| format!("{listen:?} is not an ip:port address"))?;
         let app = match app.parse::<u16>() {
             Ok(port) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
@@ -245,7 +246,10 @@ mod args {
             assert_eq!("x".parse::<InboundSpec>().unwrap_err(), r#""x" is not LISTEN=APP (e.g. 127.1.0.2:8080=127.0.0.1:18080)"#);
             assert_eq!("a=1".parse::<InboundSpec>().unwrap_err(), r#""a" is not an ip:port address"#);
             assert_eq!("127.0.0.1:1=b".parse::<InboundSpec>().unwrap_err(), r#""b" is not an ip:port address or a port"#);
-            assert!(Cli::try_parse_from(["proxy", "--identity", "a", "--token-file", "t", "--trust-anchors", "c", "--detect-timeout", "0s"]).is_err());
+            assert!(
+                Cli::try_parse_from(["proxy", "--identity", "a", "--token-file", "t", "--trust-anchors", "c", "--detect-timeout", "0s"])
+                    .is_err()
+            );
         }
     }
 }

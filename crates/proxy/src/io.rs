@@ -44,6 +44,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for PrefixedIo<I> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Release the detection buffer (up to 8 KiB) for the connection's lifetime.
+                self.prefix = BytesMut::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -189,6 +193,8 @@ mod tests {
         assert_eq!(out, "hello world");
         let metrics = Metrics::new();
         counts.attach(metrics.tcp_open(PeerLabels::inbound("a:1", Tls::NoTlsFromRemote, None)));
-        assert!(metrics.encode().contains("tcp_read_bytes_total{direction=\"inbound\",target_addr=\"a:1\",tls=\"no_identity\",no_tls_reason=\"no_tls_from_remote\"} 5"));
+        assert!(metrics.encode().contains(
+            "tcp_read_bytes_total{direction=\"inbound\",target_addr=\"a:1\",tls=\"no_identity\",no_tls_reason=\"no_tls_from_remote\"} 5"
+        ));
     }
 }

@@ -35,8 +35,8 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use crate::config::{InboundSpec, ProxyConfig};
 use crate::certify::{Backoff, CertifyError, GrpcCertifier, LocalKey, Renewer};
+pub use crate::config::{InboundSpec, ProxyConfig};
 use crate::inbound::InboundConfig;
 use crate::metrics::Metrics;
 use crate::tls::{CredentialsRx, Identity, TlsError};
@@ -139,13 +139,16 @@ pub async fn run(
     for spec in &config.inbound {
         let listener = bind("inbound", spec.listen).await?;
         let listen = local_addr(&listener, "inbound", spec.listen)?;
-        inbound.push((listener, InboundConfig {
-            listen,
-            app: spec.app,
-            detect_timeout: config.detect_timeout,
-            handshake_timeout: config.handshake_timeout,
-            connect_timeout: config.connect_timeout,
-        }));
+        inbound.push((
+            listener,
+            InboundConfig {
+                listen,
+                app: spec.app,
+                detect_timeout: config.detect_timeout,
+                handshake_timeout: config.handshake_timeout,
+                connect_timeout: config.connect_timeout,
+            },
+        ));
     }
 
     // OUTBOUND (proxy-out): the HTTP forward-proxy listener and the TCP

@@ -21,9 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::{
-    EncodeLabelKey, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelSetEncoder, MetricEncoder,
-};
+use prometheus_client::encoding::{EncodeLabelKey, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelSetEncoder, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -477,7 +475,8 @@ mod tests {
     #[test]
     fn families_carry_linkerd_names_and_labels() {
         let metrics = Metrics::new();
-        let peer = PeerLabels::inbound("127.1.0.2:8080", Tls::Established, Some("web.ns.serviceaccount.identity.linkerd.cluster.local".into()));
+        let peer =
+            PeerLabels::inbound("127.1.0.2:8080", Tls::Established, Some("web.ns.serviceaccount.identity.linkerd.cluster.local".into()));
         let conn = metrics.tcp_open(peer);
         conn.read(10);
         conn.wrote(20);
@@ -500,7 +499,8 @@ mod tests {
             format!("tcp_close_total{{{peer}}} 1"),
             format!("tcp_read_bytes_total{{{peer}}} 10"),
             format!("tcp_write_bytes_total{{{peer}}} 20"),
-            r#"tcp_open_total{direction="inbound",target_addr="127.1.0.2:8080",tls="no_identity",no_tls_reason="no_tls_from_remote"} 1"#.to_owned(),
+            r#"tcp_open_total{direction="inbound",target_addr="127.1.0.2:8080",tls="no_identity",no_tls_reason="no_tls_from_remote"} 1"#
+                .to_owned(),
             "identity_cert_expiration_timestamp_seconds 1800000000".to_owned(),
             "identity_cert_refresh_count 1".to_owned(),
         ] {

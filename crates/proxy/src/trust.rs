@@ -40,9 +40,8 @@ pub enum TrustError {
 /// as a trust anchor, and there must be at least one.
 pub fn parse_roots(pem: &[u8], path: &Path) -> Result<RootCertStore, TrustError> {
     let invalid = |reason: String| TrustError::Invalid { path: path.to_owned(), reason };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| invalid(format!("not PEM certificates: {e}")))?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().map_err(|e| invalid(format!("not PEM certificates: {e}")))?;
     if certs.is_empty() {
         return Err(invalid("no certificates".to_owned()));
     }

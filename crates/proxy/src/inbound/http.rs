@@ -44,6 +44,10 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// How often an idle HTTP/2 client connection is PINGed, and how long the answer may take.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 type Body = BoxBody<Bytes, hyper::Error>;
 type AppClient = Client<AppConnector, Incoming>;
 
@@ -123,8 +127,11 @@ impl Forward {
         });
         let io = TokioIo::new(io);
         if h2 {
+            // PINGs find peers that vanished without closing (a killed client proxy).
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .keep_alive_interval(Some(H2_KEEPALIVE_INTERVAL))
+                .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
                 .serve_connection(io, service)
                 .await
         } else {

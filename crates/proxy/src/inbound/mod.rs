@@ -213,8 +213,7 @@ mod tests {
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
             let leaf = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &self.issuer).unwrap();
             let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-            Credentials::new(Identity::parse(name).unwrap(), vec![leaf.der().clone()], key, self.roots.clone(), SystemTime::now())
-                .unwrap()
+            Credentials::new(Identity::parse(name).unwrap(), vec![leaf.der().clone()], key, self.roots.clone(), SystemTime::now()).unwrap()
         }
     }
 
@@ -233,7 +232,10 @@ mod tests {
         addr
     }
 
-    async fn inbound(credentials: Option<Credentials>, detect_timeout: Duration) -> (SocketAddr, Metrics, watch::Sender<Option<Arc<Credentials>>>) {
+    async fn inbound(
+        credentials: Option<Credentials>,
+        detect_timeout: Duration,
+    ) -> (SocketAddr, Metrics, watch::Sender<Option<Arc<Credentials>>>) {
         let app = echo_app().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let listen = listener.local_addr().unwrap();
