@@ -322,10 +322,18 @@ async fn run_watch(inner: Arc<ApiInner>, authority: String, tx: Arc<watch::Sende
             r = stream_once(&inner, &authority, &tx) => r,
             () = idle(&inner, &authority, &tx) => return,
         };
+        // An unknown authority is asked again every few seconds at most,
+        // so a Service created later is found soon.
+        let mut cap = inner.config.max_backoff;
         match result {
             Ok(()) => backoff = inner.config.min_backoff,
             Err(DestinationError::Status(http::StatusCode::NOT_FOUND)) => {
-                tx.send_replace(Resolution::NotFound);
+                tx.send_if_modified(|r| {
+                    let changed = *r != Resolution::NotFound;
+                    *r = Resolution::NotFound;
+                    changed
+                });
+                cap = cap.min(NOT_FOUND_RETRY);
             }
             Err(e) => {
                 warn!(%authority, error = %e, "destination watch failed; retrying");
@@ -345,9 +353,12 @@ async fn run_watch(inner: Arc<ApiInner>, authority: String, tx: Arc<watch::Sende
             () = tokio::time::sleep(backoff) => {}
             () = idle(&inner, &authority, &tx) => return,
         }
-        backoff = (backoff * 2).min(inner.config.max_backoff);
+        backoff = (backoff * 2).min(cap);
     }
 }
+
+/// Longest wait before asking again about an unknown authority.
+const NOT_FOUND_RETRY: Duration = Duration::from_secs(2);
 
 /// Resolves once nobody has watched the authority for the idle time, after
 /// removing it from the map (under the lock `watch` subscribes with).
@@ -436,6 +447,7 @@ async fn stream_once(
     }
     let mut body = response.into_body();
     let mut buf = BytesMut::new();
+    let mut answered = false;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| transport(&e))?;
         let Ok(data) = frame.into_data() else {
@@ -448,10 +460,10 @@ async fn stream_once(
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let snapshot: Snapshot =
-                serde_json::from_slice(line).map_err(DestinationError::Decode)?;
+            let snapshot = decode_line(line)?;
             debug!(%authority, endpoints = snapshot.endpoints.len(), "destination snapshot");
             publish(tx, snapshot);
+            answered = true;
         }
         if buf.len() > 4 << 20 {
             return Err(DestinationError::Transport(
@@ -460,10 +472,38 @@ async fn stream_once(
         }
     }
     if buf.has_remaining() && !buf.iter().all(u8::is_ascii_whitespace) {
-        let snapshot: Snapshot = serde_json::from_slice(&buf).map_err(DestinationError::Decode)?;
-        publish(tx, snapshot);
+        publish(tx, decode_line(&buf)?);
+        answered = true;
     }
-    Err(DestinationError::Transport("stream ended".into()))
+    // A watch the server ended after answering (its timeout) is normal:
+    // reconnect at once with the shortest backoff.
+    if answered {
+        Ok(())
+    } else {
+        Err(DestinationError::Transport(
+            "stream ended without an answer".into(),
+        ))
+    }
+}
+
+/// One line of the stream: a snapshot, or the kube Status the server sends
+/// before ending a watch whose authority stopped resolving (e.g. the
+/// Service was deleted: 404, so requests stop using the old endpoints).
+fn decode_line(line: &[u8]) -> Result<Snapshot, DestinationError> {
+    #[derive(Deserialize)]
+    struct Status {
+        kind: String,
+        #[serde(default)]
+        code: u16,
+    }
+    if let Ok(status) = serde_json::from_slice::<Status>(line)
+        && status.kind == "Status"
+    {
+        let code = http::StatusCode::from_u16(status.code)
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        return Err(DestinationError::Status(code));
+    }
+    serde_json::from_slice(line).map_err(DestinationError::Decode)
 }
 
 fn publish(tx: &watch::Sender<Resolution>, snapshot: Snapshot) {
@@ -540,6 +580,19 @@ mod tests {
     }
 
     #[test]
+    fn a_status_line_ends_the_answer() {
+        let line = br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"services \"x\" not found","reason":"NotFound","code":404}"#;
+        assert!(matches!(
+            decode_line(line),
+            Err(DestinationError::Status(http::StatusCode::NOT_FOUND))
+        ));
+        assert!(matches!(
+            decode_line(b"{}"),
+            Err(DestinationError::Decode(_))
+        ));
+    }
+
+    #[test]
     fn normalizes_authorities() {
         assert_eq!(
             normalize_authority("Foo.NS.svc.cluster.local:8081", 80).as_deref(),
@@ -573,46 +626,138 @@ mod tests {
         assert_eq!(*rx.borrow(), Resolution::Failed("x".into()));
     }
 
-    /// A one-connection-at-a-time fake API server speaking HTTP/1.1 over
-    /// plain TCP: checks the bearer token, streams the given lines.
-    async fn fake_api(
+    /// A fake API server speaking HTTP/1.1 (over TLS with `tls`): records
+    /// each request head, streams the given lines, then holds the stream
+    /// open (a watch) or, with `hold == false`, ends it.
+    async fn fake_api_with(
         status: u16,
         lines: Vec<String>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        hold: bool,
     ) -> (SocketAddr, tokio::sync::mpsc::Receiver<String>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (seen_tx, seen_rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
+                let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
-                let mut req = Vec::new();
-                let mut byte = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = sock.read(&mut byte).await.unwrap();
-                    if n == 0 {
-                        break;
+                let (lines, seen_tx) = (lines.clone(), seen_tx.clone());
+                match &tls {
+                    Some(acceptor) => {
+                        let sock = acceptor.accept(sock).await.unwrap();
+                        tokio::spawn(answer(sock, status, lines, seen_tx, hold));
                     }
-                    req.extend_from_slice(&byte[..n]);
+                    None => {
+                        tokio::spawn(answer(sock, status, lines, seen_tx, hold));
+                    }
                 }
-                let _ = seen_tx
-                    .send(String::from_utf8_lossy(&req).into_owned())
-                    .await;
-                let mut out = format!(
-                    "HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n\r\n"
-                );
-                for l in &lines {
-                    let chunk = format!("{l}\n");
-                    out.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
-                }
-                sock.write_all(out.as_bytes()).await.unwrap();
-                // Keep the stream open, as a watch does.
-                tokio::time::sleep(Duration::from_secs(30)).await;
             }
         });
         (addr, seen_rx)
+    }
+
+    async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        mut sock: S,
+        status: u16,
+        lines: Vec<String>,
+        seen_tx: tokio::sync::mpsc::Sender<String>,
+        hold: bool,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut req = Vec::new();
+        let mut byte = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = sock.read(&mut byte).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            req.extend_from_slice(&byte[..n]);
+        }
+        let _ = seen_tx
+            .send(String::from_utf8_lossy(&req).into_owned())
+            .await;
+        let mut out = format!(
+            "HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n\r\n"
+        );
+        for l in &lines {
+            let chunk = format!("{l}\n");
+            out.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+        }
+        if !hold {
+            out.push_str("0\r\n\r\n");
+        }
+        sock.write_all(out.as_bytes()).await.unwrap();
+        sock.flush().await.unwrap();
+        if hold {
+            // Keep the stream open, as a watch does.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    }
+
+    async fn fake_api(
+        status: u16,
+        lines: Vec<String>,
+    ) -> (SocketAddr, tokio::sync::mpsc::Receiver<String>) {
+        fake_api_with(status, lines, None, true).await
+    }
+
+    const SNAP: &str = r#"{"authority":"s.ns.svc.cluster.local:80","service":null,"endpoints":[{"address":"127.0.0.9:80","meshed":false,"identity":null}]}"#;
+
+    #[tokio::test]
+    async fn api_discover_over_https_with_the_cluster_ca_rereads_the_token() {
+        let dir = tempfile_dir();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("ca.crt"), cert.pem()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let (addr, mut seen) =
+            fake_api_with(200, vec![SNAP.to_owned()], Some(acceptor), false).await;
+        std::fs::write(dir.join("token"), "tok-1").unwrap();
+        let config = ApiConfig::new(
+            format!("https://{addr}").parse().unwrap(),
+            dir.join("token"),
+            Some(dir.join("ca.crt")),
+        );
+        let d = ApiDiscover::new(config).unwrap();
+        let mut rx = d.watch("s.ns.svc.cluster.local:80");
+        assert!(
+            seen.recv()
+                .await
+                .unwrap()
+                .to_ascii_lowercase()
+                .contains("authorization: bearer tok-1\r\n")
+        );
+        rx.wait_for(|r| matches!(r, Resolution::Found(_)))
+            .await
+            .unwrap();
+        // The server ended the stream: the client comes back with the
+        // rotated token, and keeps the last snapshot meanwhile.
+        std::fs::write(dir.join("token"), "tok-2").unwrap();
+        let mut again = seen.recv().await.unwrap();
+        while again.to_ascii_lowercase().contains("bearer tok-1") {
+            again = seen.recv().await.unwrap();
+        }
+        assert!(
+            again
+                .to_ascii_lowercase()
+                .contains("authorization: bearer tok-2\r\n"),
+            "{again}"
+        );
+        assert!(matches!(*rx.borrow(), Resolution::Found(_)));
     }
 
     #[tokio::test]
@@ -620,8 +765,7 @@ mod tests {
         let dir = tempfile_dir();
         let token = dir.join("token");
         std::fs::write(&token, "tok-1\n").unwrap();
-        let snap = r#"{"authority":"s.ns.svc.cluster.local:80","service":null,"endpoints":[{"address":"127.0.0.9:80","meshed":false,"identity":null}]}"#;
-        let (addr, mut seen) = fake_api(200, vec![snap.to_owned()]).await;
+        let (addr, mut seen) = fake_api(200, vec![SNAP.to_owned()]).await;
         let d = ApiDiscover::new(ApiConfig::new(
             format!("http://{addr}").parse().unwrap(),
             token,

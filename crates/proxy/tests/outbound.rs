@@ -244,7 +244,10 @@ impl Client {
 
     async fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, String) {
         let uri: http::Uri = url.parse().unwrap();
-        let mut req = http::Request::get(url).header("host", uri.authority().unwrap().as_str());
+        let mut req = http::Request::get(url);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req = req.header("host", uri.authority().unwrap().as_str());
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -392,7 +395,13 @@ async fn non_meshed_endpoint_is_plain_text() {
         .set(auth, found(auth, vec![endpoint(addr, None, "web-1")]));
     let mut client = Client::new(p.http).await;
     for _ in 0..3 {
-        let (status, _, body) = client.get("http://web.ns.svc.cluster.local/p?q", &[]).await;
+        // The target's authority replaces a stale Host (RFC 9112 §3.2.2).
+        let (status, _, body) = client
+            .get(
+                "http://web.ns.svc.cluster.local/p?q",
+                &[("host", "stale.example")],
+            )
+            .await;
         assert_eq!(status, 200);
         assert_eq!(
             body,
@@ -597,4 +606,84 @@ async fn read_head(s: &mut TcpStream) -> String {
         head.push(byte[0]);
     }
     String::from_utf8(head).unwrap()
+}
+
+/// The two halves together: outbound (identity a) → proxy-in's inbound
+/// (identity b) → a plain HTTP/1.1 app.
+#[tokio::test]
+async fn through_the_inbound_proxy_the_app_sees_the_client_identity() {
+    use tessera_proxy::inbound::{InboundConfig, serve};
+    let ca = Ca::new();
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = app.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(|req: http::Request<Incoming>| async move {
+                    let h = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned())
+                    };
+                    let body = format!(
+                        "version={:?} l5d-client-id={} orig-proto={} host={}",
+                        req.version(),
+                        h("l5d-client-id"),
+                        h("l5d-orig-proto"),
+                        h("host")
+                    );
+                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    let inbound = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inbound_addr = inbound.local_addr().unwrap();
+    let config = InboundConfig {
+        listen: inbound_addr,
+        app: app_addr,
+        detect_timeout: Duration::from_secs(5),
+        handshake_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+    };
+    let (_b_tx, b_rx) = watch::channel(Some(ca.creds(B)));
+    tokio::spawn(serve(
+        inbound,
+        config,
+        b_rx,
+        Metrics::new(),
+        std::future::pending(),
+    ));
+
+    let p = proxy(&ca, true).await;
+    let auth = "b.ns.svc.cluster.local:8080";
+    p.discover.set(
+        auth,
+        found(auth, vec![endpoint(inbound_addr, Some(B), "b-1")]),
+    );
+    let mut client = Client::new(p.http).await;
+    for _ in 0..3 {
+        let (status, _, body) = client
+            .get(&format!("http://{auth}/x"), &[("l5d-client-id", "spoofed")])
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body,
+            format!("version=HTTP/1.1 l5d-client-id={A} orig-proto=- host={auth}")
+        );
+    }
+    let text = p.metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            "tcp_open_total",
+            &["tls=\"true\"", &format!("server_id=\"{B}\"")]
+        ),
+        Some(1),
+        "{text}"
+    );
 }

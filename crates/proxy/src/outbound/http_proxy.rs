@@ -100,9 +100,9 @@ async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr) -
     for h in STRIP_REQUEST {
         req.headers_mut().remove(h);
     }
-    if !req.headers().contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(&raw_authority)
-    {
+    // A proxy sends the target's authority as Host (RFC 9112 §3.2.2); for
+    // origin-form requests it came from Host in the first place.
+    if let Ok(v) = HeaderValue::from_str(&raw_authority) {
         req.headers_mut().insert(header::HOST, v);
     }
     let path = req

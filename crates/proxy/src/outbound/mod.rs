@@ -262,16 +262,29 @@ pub fn discover_from_config(
     api: &crate::config::ApiConfig,
 ) -> Result<Arc<dyn Discover>, crate::destination::DestinationError> {
     use crate::destination::{ApiConfig, ApiDiscover, DestinationError, StaticDiscover};
-    let server = api.server.clone().or_else(|| std::env::var("TESSERA_API_SERVER").ok()).filter(|s| !s.is_empty());
+    let server = api
+        .server
+        .clone()
+        .or_else(|| std::env::var("TESSERA_API_SERVER").ok())
+        .filter(|s| !s.is_empty());
     let Some(server) = server else {
-        warn!("no API server configured (--api-server / TESSERA_API_SERVER): outbound resolves no services");
+        warn!(
+            "no API server configured (--api-server / TESSERA_API_SERVER): outbound resolves no services"
+        );
         return Ok(Arc::new(StaticDiscover::new()));
     };
-    let uri: http::Uri = server.parse().map_err(|_| DestinationError::Url(server.clone(), "not a URL"))?;
+    let uri: http::Uri = server
+        .parse()
+        .map_err(|_| DestinationError::Url(server.clone(), "not a URL"))?;
     let dir = std::path::Path::new(SERVICEACCOUNT_DIR);
     let token_file = api.token_file.clone().unwrap_or_else(|| dir.join("token"));
-    let ca_file = api.ca.clone().or_else(|| Some(dir.join("ca.crt")).filter(|p| p.exists()));
-    Ok(Arc::new(ApiDiscover::new(ApiConfig::new(uri, token_file, ca_file))?))
+    let ca_file = api
+        .ca
+        .clone()
+        .or_else(|| Some(dir.join("ca.crt")).filter(|p| p.exists()));
+    Ok(Arc::new(ApiDiscover::new(ApiConfig::new(
+        uri, token_file, ca_file,
+    ))?))
 }
 
 /// Serves the outbound listeners of `tessera proxy` until `shutdown`.
@@ -282,8 +295,16 @@ pub async fn serve(
     shared: crate::Shared,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let config = OutboundConfig { connect_timeout: shared.config.connect_timeout, ..OutboundConfig::default() };
-    let outbound = Outbound::new(config, discover, shared.credentials.clone(), shared.metrics.clone());
+    let config = OutboundConfig {
+        connect_timeout: shared.config.connect_timeout,
+        ..OutboundConfig::default()
+    };
+    let outbound = Outbound::new(
+        config,
+        discover,
+        shared.credentials.clone(),
+        shared.metrics.clone(),
+    );
     tokio::select! {
         r = serve_outbound(outbound, http, tcp) => {
             if let Err(e) = r {

@@ -24,6 +24,8 @@ use crate::tls::CredentialsRx;
 
 /// Idle HTTP/1.1 connections kept per plain-text endpoint.
 const MAX_IDLE_H1: usize = 32;
+/// Endpoint slots kept before closed ones are forgotten.
+const MAX_H2_SLOTS: usize = 1024;
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct H2Key {
@@ -71,13 +73,19 @@ impl Pool {
             addr: ep.address,
             identity: identity.to_owned(),
         };
-        let slot = self
-            .h2
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(key)
-            .or_default()
-            .clone();
+        let slot = {
+            let mut map = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+            if map.len() > MAX_H2_SLOTS {
+                // Forget endpoints whose connection is gone (bounded memory).
+                map.retain(|_, slot| {
+                    Arc::strong_count(slot) > 1
+                        || slot
+                            .try_lock()
+                            .is_ok_and(|c| c.as_ref().is_some_and(|c| !c.sender.is_closed()))
+                });
+            }
+            map.entry(key).or_default().clone()
+        };
         // One retry: a pooled connection the peer just closed (GOAWAY,
         // restart) hands the unsent request back.
         for attempt in 0..2 {
