@@ -370,6 +370,8 @@ impl Registry {
         }
         // A Service's cluster IP is claimed before it is stored, and given back if it is not.
         let claim = match resource.group.is_empty() && resource.plural == "services" {
+            // An existing name is kube's 409, whatever the IP (the store's create below settles races).
+            true if self.store.get(&key).await.map_err(storage_error)?.is_some() => return Err(ApiError::already_exists(resource, &name)),
             true => crate::service_ips::allocate(self.store.as_ref(), self.service_cidr, &mut obj, false).await?,
             false => None,
         };

@@ -106,8 +106,10 @@ fn cluster_ips_are_exclusive_and_immutable() {
     let (code, outside) = post(&server, path, &service("third", json!({"clusterIP": "192.168.0.1", "ports": [{"port": 80}]})));
     assert_eq!(code, 422);
     assert_eq!(outside["message"], "Service \"third\" is invalid: spec.clusterIPs: Invalid value: []string{\"192.168.0.1\"}: failed to allocate IP 192.168.0.1: the provided IP (192.168.0.1) is not in the valid range. The range of valid IPs is 10.96.0.0/12");
-    // A refused create claims nothing: the name is free, and so is the next IP.
+    // A refused create claims nothing: the name is free. An existing name is 409, whatever the IP.
     server.kubectl_err(&["get", "svc", "second"]);
+    let (code, exists) = post(&server, path, &service("first", json!({"clusterIP": "10.96.0.50", "ports": [{"port": 80}]})));
+    assert_eq!((code, exists["message"].as_str()), (409, Some("services \"first\" already exists")));
 
     let err = server.kubectl_err(&["patch", "svc", "first", "--type=merge", "-p", r#"{"spec":{"clusterIP":"10.96.0.51"}}"#]);
     assert_eq!(err, "The Service \"first\" is invalid: spec.clusterIPs[0]: Invalid value: []string{\"10.96.0.51\"}: may not change once set\n");

@@ -121,7 +121,8 @@ fn desired(service: &Value, pods: &[Value]) -> Vec<(Vec<Value>, Vec<Value>)> {
             .collect();
         let serving = pod_ready(pod);
         let terminating = pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
-        let ready = (publish_not_ready || serving) && (!terminating || publish_not_ready);
+        // kube: a terminating pod is never ready unless not-ready addresses are published.
+        let ready = publish_not_ready || (serving && !terminating);
         let mut endpoint = json!({
             "addresses": [ip],
             "conditions": {"ready": ready, "serving": serving, "terminating": terminating},

@@ -45,8 +45,8 @@ fn crb(name: &str, role: &str, subjects: serde_json::Value) -> Binding {
 
 #[test]
 fn bootstrap_policy_parses() {
-    assert_eq!(bootstrap::cluster_roles().len(), 14);
-    assert_eq!(bootstrap::cluster_role_bindings().len(), 6);
+    assert_eq!(bootstrap::cluster_roles().len(), 15);
+    assert_eq!(bootstrap::cluster_role_bindings().len(), 7);
 }
 
 #[test]
