@@ -472,10 +472,7 @@ request_total{direction="outbound",tls="true",dst_namespace="other",dst_pod="oth
              api-0   data-store-0   api      data-store   √\n\
              api-0   legacy-0       api      legacy       ×         plain text (tls=no_identity)\n"
         );
-        assert_eq!(
-            render_edges(&edges[..1]),
-            "SRC     DST            SRC_NS   DST_NS       SECURED\napi-0   data-store-0   api      data-store   √\n"
-        );
+        assert_eq!(render_edges(&edges[..1]), "SRC     DST            SRC_NS   DST_NS       SECURED\napi-0   data-store-0   api      data-store   √\n");
     }
 
     #[test]

@@ -119,11 +119,17 @@ fn join(server: &Server, name: &str) -> PathBuf {
 
 /// `tessera agent run --mesh` of `app` as pod `ns/ns-0` (ServiceAccount `ns`, label app=ns).
 fn meshed(server: &Server, ns: &str, port: &str, identity_addr: &str, pki: &Path, app: &[&str]) -> Proc {
+    meshed_as(server, &format!("{ns}-0"), ns, &["--port", port], identity_addr, pki, app)
+}
+
+/// `tessera agent run --mesh FLAGS` of `app` as pod `ns/name`.
+fn meshed_as(server: &Server, name: &str, ns: &str, flags: &[&str], identity_addr: &str, pki: &Path, app: &[&str]) -> Proc {
     let cert_dir = join(server, &format!("node-{ns}"));
     let child = tessera(&["agent", "--cert-dir"])
         .arg(&cert_dir)
-        .args(["run", "--sa", ns, "-n", ns, "--name", &format!("{ns}-0"), "--label", &format!("app={ns}")])
-        .args(["--mesh", "--port", port, "--identity-addr", identity_addr, "--identity-trust-anchors"])
+        .args(["run", "--sa", ns, "-n", ns, "--name", name, "--label", &format!("app={ns}")])
+        .args(flags)
+        .args(["--mesh", "--identity-addr", identity_addr, "--identity-trust-anchors"])
         .arg(pki.join("ca.crt"))
         .arg("--")
         .args(app)
@@ -136,9 +142,12 @@ fn meshed(server: &Server, ns: &str, port: &str, identity_addr: &str, pki: &Path
 
 /// The pod's IP once it is Ready (its proxy has a certificate).
 fn ready_pod_ip(server: &Server, ns: &str) -> String {
-    let name = format!("{ns}-0");
+    ready_ip_of(server, ns, &format!("{ns}-0"))
+}
+
+fn ready_ip_of(server: &Server, ns: &str, name: &str) -> String {
     server.eventually(30, &format!("pod {ns}/{name} Ready"), || {
-        let out = server.kubectl(&["get", "pod", &name, "-n", ns, "-o", "json"]);
+        let out = server.kubectl(&["get", "pod", name, "-n", ns, "-o", "json"]);
         if !out.status.success() {
             return None;
         }
@@ -204,7 +213,14 @@ fn meshed_api_and_data_store_talk_mutual_tls_and_the_mesh_is_visible() {
 
     // A TLS client without a client certificate gets no application data through.
     let mut openssl = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("{data_store_ip}:8081"), "-servername", "data-store.data-store.serviceaccount.identity.linkerd.cluster.local", "-CAfile"])
+        .args([
+            "s_client",
+            "-connect",
+            &format!("{data_store_ip}:8081"),
+            "-servername",
+            "data-store.data-store.serviceaccount.identity.linkerd.cluster.local",
+            "-CAfile",
+        ])
         .arg(pki.join("ca.crt"))
         .args(["-quiet", "-no_ign_eof"])
         .stdin(Stdio::piped())
@@ -265,4 +281,60 @@ fn meshed_api_and_data_store_talk_mutual_tls_and_the_mesh_is_visible() {
     let out = Command::new("curl").args(["-sS", "--max-time", "5", "-w", "\n%{http_code}", &admin]).output().expect("curl");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.ends_with("\n401") && text.contains(r#""reason":"Unauthorized""#), "{text}");
+}
+
+fn example(name: &str) -> String {
+    let path = Path::new(env!("CARGO_BIN_EXE_tessera")).parent().expect("target dir").join("examples").join(name);
+    assert!(path.exists(), "{} is missing: the README's test command builds the examples (cargo build --examples -p tessera-auth)", path.display());
+    path.display().to_string()
+}
+
+/// Seed 001's own services, unchanged, meshed by `--mesh`: the api calls the
+/// data store by its Service name through HTTP_PROXY, and the edge is secured.
+#[test]
+fn the_seed_001_demo_meshed_by_one_flag() {
+    let server = Server::start();
+    setup(&server);
+    server.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        "role-tokenreview-binding",
+        "--clusterrole=system:auth-delegator",
+        "--serviceaccount=data-store:data-store",
+    ]);
+    let pki = server.path("identity");
+    let (_identity, identity_addr) = identity(&server, &pki);
+    let (data_store, api) = (example("data-store"), example("api"));
+    let _data_store = meshed_as(
+        &server,
+        "data-store-1",
+        "data-store",
+        &["--port", "8081", "--app-port", "18481"],
+        &identity_addr,
+        &pki,
+        &[&data_store, "--listen", "127.0.0.1:18481", "--cache-ttl-seconds", "0"],
+    );
+    let _api = meshed_as(
+        &server,
+        "api-1",
+        "api",
+        &["--port", "8080", "--app-port", "18480", "--token", "audience=data-store,expiration=600,path=api-token"],
+        &identity_addr,
+        &pki,
+        &[&api, "--listen", "127.0.0.1:18480", "--data-store-url", DATA_STORE_URL],
+    );
+    ready_ip_of(&server, "data-store", "data-store-1");
+    let api_ip = ready_ip_of(&server, "api", "api-1");
+    let answer = server.eventually(20, "the seed-001 answer through the mesh", || {
+        let answer = curl(&format!("http://{api_ip}:8080/"));
+        (answer.0 == 200).then_some(answer)
+    });
+    assert_eq!(answer.1, "Hello from data store. You have been authenticated");
+    let edges = server.eventually(10, "the edge in tessera edges", || {
+        let out = tessera(&["edges"]).env("KUBECONFIG", &server.kubeconfig).output().expect("tessera edges");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().any(|l| l.starts_with("api-1 ")).then_some(text)
+    });
+    let row: Vec<&str> = edges.lines().find(|l| l.starts_with("api-1 ")).unwrap().split_whitespace().collect();
+    assert_eq!(row, ["api-1", "data-store-1", "api", "data-store", "√"], "{edges}");
 }

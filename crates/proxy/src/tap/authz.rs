@@ -75,8 +75,7 @@ impl ApiEndpoint {
         let transport = |e: &dyn std::fmt::Display| ApiError::Transport(format!("POST {path}: {e}"));
         let tcp = tokio::net::TcpStream::connect(&self.authority).await.map_err(|e| transport(&e))?;
         let tls = self.tls.connect(self.host.clone(), tcp).await.map_err(|e| transport(&e))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| transport(&e))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| transport(&e))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });

@@ -123,9 +123,7 @@ impl TapServer {
             tracing::info!("tap disabled: no API server, CA, namespace or pod configured");
             return None;
         };
-        let endpoint = std::fs::read(ca)
-            .map_err(|e| e.to_string())
-            .and_then(|pem| super::ApiEndpoint::new(url, &pem).map_err(|e| e.to_string()));
+        let endpoint = std::fs::read(ca).map_err(|e| e.to_string()).and_then(|pem| super::ApiEndpoint::new(url, &pem).map_err(|e| e.to_string()));
         match endpoint {
             Ok(api) => Some(Self::new(TapHub::global().clone(), TapAuthorizer::new(api, namespace.clone(), pod.clone()))),
             Err(e) => {
