@@ -111,7 +111,7 @@ mod args {
         /// Outbound listener for the app (HTTP_PROXY); port 0 picks a free port.
         #[arg(long, env = "TESSERA_PROXY_OUTBOUND_ADDR")]
         outbound_addr: Option<SocketAddr>,
-        /// TCP forward port as LISTEN=AUTHORITY (e.g. 127.0.0.1:5432=db.ns.svc.cluster.local:5432): every connection to LISTEN goes to AUTHORITY over mTLS; repeatable; needs --outbound-addr.
+        /// TCP forward port as LISTEN=AUTHORITY (e.g. 127.0.0.1:5432=db.ns.svc.cluster.local:5432): every connection to LISTEN goes to AUTHORITY (mTLS when it is meshed); repeatable; needs --outbound-addr.
         #[arg(long, env = "TESSERA_PROXY_OUTBOUND_TCP", value_delimiter = ',', value_parser = crate::outbound::parse_tcp_forward)]
         outbound_tcp: Vec<(SocketAddr, String)>,
         /// Admin listener: /ready, /live, /metrics; port 0 picks a free port.

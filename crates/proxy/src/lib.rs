@@ -164,6 +164,9 @@ pub async fn run(
             }
             Some((local, listener, tcp))
         }
+        None if !config.outbound_tcp.is_empty() => {
+            return Err(ProxyError::Config("--outbound-tcp needs --outbound-addr".into()));
+        }
         None => None,
     };
     let outbound: Option<SocketAddr> = outbound_listeners.as_ref().map(|(local, _, _)| *local);
