@@ -592,6 +592,11 @@ impl Registry {
                 meta_mut(&mut next)?.insert("resourceVersion".into(), Value::String(kv.mod_revision.to_string()));
                 return Ok(next);
             }
+            // A Service that starts needing a cluster IP (ExternalName → ClusterIP) gets one.
+            let claim = match resource.group.is_empty() && resource.plural == "services" && crate::service_ips::needs_ip(&current, &next) {
+                true => crate::service_ips::allocate(self.store.as_ref(), self.service_cidr, &mut next, false).await?,
+                false => None,
+            };
             if deletion::should_delete_during_update(resource, &current, &next) {
                 // The last finalizer is gone: the object goes (kube answers with it).
                 match self.store.delete(&key, Some(kv.mod_revision)).await {
@@ -605,7 +610,13 @@ impl Registry {
                     Err(e) => return Err(storage_error(e)),
                 }
             }
-            match self.store.update(&key, to_store(&next)?, kv.mod_revision).await {
+            let written = self.store.update(&key, to_store(&next)?, kv.mod_revision).await;
+            if written.is_err()
+                && let Some(claim) = claim
+            {
+                crate::service_ips::release_claim(self.store.as_ref(), claim).await;
+            }
+            match written {
                 Ok(kv) => return from_store(&kv.value, kv.mod_revision),
                 Err(store::Error::Conflict { .. }) if expected.is_none() => continue,
                 Err(store::Error::Conflict { .. }) => return Err(ApiError::conflict(resource, name)),

@@ -66,6 +66,12 @@ pub fn default_service(map: &mut Map<String, Value>) {
     }
     let ty = spec.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
     if ty == "ExternalName" {
+        // kube drops what only a cluster IP has (a Service changed to ExternalName).
+        if spec.get("clusterIP").and_then(Value::as_str).is_none_or(str::is_empty) {
+            for key in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "internalTrafficPolicy"] {
+                spec.remove(key);
+            }
+        }
         return;
     }
     let ip = spec.get("clusterIP").and_then(Value::as_str).unwrap_or_default().to_owned();

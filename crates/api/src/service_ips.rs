@@ -244,6 +244,13 @@ pub async fn allocate(store: &dyn Store, cidr: ServiceCidr, obj: &mut Value, dry
     Err(ApiError::internal("failed to allocate a serviceIP: range is full"))
 }
 
+/// Whether an update makes a Service need a cluster IP it did not have
+/// (a change from ExternalName).
+pub fn needs_ip(old: &Value, new: &Value) -> bool {
+    let ip = |v: &Value| v.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or_default().to_owned();
+    ip(old).is_empty() && new.pointer("/spec/type").and_then(Value::as_str) != Some("ExternalName") && ip(new) != crate::service::CLUSTER_IP_NONE
+}
+
 /// Gives back a claim whose Service was not stored.
 pub async fn release_claim(store: &dyn Store, claim: Claim) {
     release_key(store, &claim.key, &claim.uid).await;

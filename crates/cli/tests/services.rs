@@ -121,6 +121,14 @@ fn cluster_ips_are_exclusive_and_immutable() {
     let (code, headless) = post(&server, path, &service("headless", json!({"clusterIP": "None", "selector": {"app": "web"}})));
     assert_eq!((code, &headless["spec"]["clusterIPs"], &headless["spec"]["ipFamilyPolicy"]), (201, &json!(["None"]), &json!("SingleStack")), "{headless}");
 
+    // A Service that stops being ExternalName gets a cluster IP.
+    let (code, _) = post(&server, path, &service("external", json!({"type": "ExternalName", "externalName": "example.com"})));
+    assert_eq!(code, 201);
+    server.kubectl_ok(&["patch", "svc", "external", "--type=merge", "-p", r#"{"spec":{"type":"ClusterIP","externalName":null,"ports":[{"port":80}]}}"#]);
+    let svc = json(&server.kubectl_ok(&["get", "svc", "external", "-o", "json"]));
+    assert!(svc["spec"]["clusterIP"].as_str().is_some_and(|ip| ip.starts_with("10.")), "{svc}");
+    assert_eq!(svc["spec"]["clusterIPs"], json!([svc["spec"]["clusterIP"].clone()]));
+
     // Deleting a Service gives its IP back (the leader releases it).
     server.kubectl_ok(&["delete", "svc", "first"]);
     server.eventually(10, "the IP to be released", || {
@@ -225,6 +233,18 @@ fn endpoint_slices_follow_pods_and_the_destination_api_answers() {
     assert_eq!(changed["endpoints"].as_array().map(|e| e.iter().map(|e| e["pod"].clone()).collect::<Vec<_>>()), Some(vec![json!("ds-2")]));
     set_ready(&server, "data-store", "ds-1", "127.1.0.2", true);
     assert_eq!(next(), want("data-store.data-store.svc.cluster.local:8081"));
+    // A pod joins and leaves by its labels; writes that change nothing in the
+    // answer (the pod's status patch) send nothing; the Service going away ends
+    // the stream with the Status.
+    running_pod(&server, "data-store", "other", "127.1.0.9", true);
+    let joined = next();
+    assert_eq!(joined["endpoints"].as_array().map(Vec::len), Some(3), "{joined}");
+    server.kubectl_ok(&["label", "pod", "other", "-n", "data-store", "app=other", "--overwrite"]);
+    assert_eq!(next(), want("data-store.data-store.svc.cluster.local:8081"));
+    server.kubectl_ok(&["delete", "svc", "data-store", "-n", "data-store"]);
+    let last = next();
+    assert_eq!((&last["kind"], &last["code"], &last["message"]), (&json!("Status"), &json!(404), &json!("services \"data-store\" not found")), "{last}");
+    assert!(rx.recv_timeout(Duration::from_secs(10)).is_err(), "the stream ends");
     let _ = child.kill();
     let _ = child.wait();
 }

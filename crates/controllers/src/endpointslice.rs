@@ -285,10 +285,19 @@ impl follow::Controller for EndpointSliceController {
         let Some((kind, namespace, name)) = parse_key(&event.kv.key) else { return Ok(()) };
         match kind {
             "services" => {
-                if event.kind == EventKind::Delete {
-                    let svc: Value = serde_json::from_slice(&event.kv.value).unwrap_or(Value::Null);
-                    let ip = str_at(&svc, "/spec/clusterIP");
-                    service_ips::release(self.registry.store().as_ref(), ip, str_at(&svc, "/metadata/uid")).await;
+                // A deleted Service's IP, or the one a Service gave up (a change to ExternalName), is free.
+                let before: Value = match (&event.kind, &event.prev) {
+                    (EventKind::Delete, _) => serde_json::from_slice(&event.kv.value).unwrap_or(Value::Null),
+                    (_, Some(prev)) => serde_json::from_slice(&prev.value).unwrap_or(Value::Null),
+                    _ => Value::Null,
+                };
+                let now: Value = match event.kind {
+                    EventKind::Delete => Value::Null,
+                    _ => serde_json::from_slice(&event.kv.value).unwrap_or(Value::Null),
+                };
+                let ip = str_at(&before, "/spec/clusterIP");
+                if !ip.is_empty() && ip != str_at(&now, "/spec/clusterIP") {
+                    service_ips::release(self.registry.store().as_ref(), ip, str_at(&before, "/metadata/uid")).await;
                 }
                 self.reconcile(namespace, name).await
             }
