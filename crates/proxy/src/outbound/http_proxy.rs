@@ -118,7 +118,7 @@ async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr) -
         src: peer,
         dst: ep.address,
         tls: if ep.identity.is_some() { "true" } else { "not_provided_by_service_discovery" },
-        identity: ep.identity.as_ref().map(|i| i.as_str()),
+        identity: ep.identity.as_deref(),
         method: req.method(),
         uri: req.uri(),
         headers: req.headers(),
