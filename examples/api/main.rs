@@ -4,6 +4,10 @@
 //! answer.
 //!
 //! `tessera agent run --sa api -n api --token audience=data-store,expiration=600,path=api-token -- api`.
+//!
+//! Like any ordinary HTTP client it honours `HTTP_PROXY` / `http_proxy`
+//! (and `NO_PROXY`): under `tessera agent run --mesh` its calls go through
+//! the pod's proxy, which adds mutual TLS without a change here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +41,33 @@ struct App {
     token: TokenFile,
     client: Client<HttpConnector, Empty<Bytes>>,
     data_store: hyper::Uri,
+    /// `host:port` of the forward proxy the calls go through, if any.
+    proxy: Option<String>,
+}
+
+/// The forward proxy for `target` from the environment, as curl reads it:
+/// `http_proxy` (or `HTTP_PROXY`), unless `NO_PROXY` names the host.
+fn proxy_for(target: &hyper::Uri) -> Option<String> {
+    let var = |names: [&str; 2]| names.iter().find_map(|n| std::env::var(n).ok()).filter(|v| !v.is_empty());
+    let proxy: hyper::Uri = var(["http_proxy", "HTTP_PROXY"])?.parse().ok()?;
+    let host = target.host()?;
+    let bypass = var(["no_proxy", "NO_PROXY"]).unwrap_or_default();
+    if bypass.split(',').map(str::trim).any(|h| h == "*" || h == host || (h.starts_with('.') && host.ends_with(h))) {
+        return None;
+    }
+    let authority = proxy.authority()?;
+    Some(format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80)))
+}
+
+/// One request through the forward proxy: absolute-form request line, as HTTP/1.1 proxies expect.
+async fn via_proxy(proxy: &str, mut request: hyper::Request<Empty<Bytes>>) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    if let Some(authority) = request.uri().authority().cloned() {
+        request.headers_mut().entry(hyper::header::HOST).or_insert(hyper::header::HeaderValue::from_str(authority.as_str())?);
+    }
+    let stream = tokio::net::TcpStream::connect(proxy).await.with_context(|| format!("connecting to the proxy {proxy}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender.send_request(request).await?)
 }
 
 async fn index(State(app): State<App>) -> (StatusCode, String) {
@@ -44,7 +75,11 @@ async fn index(State(app): State<App>) -> (StatusCode, String) {
         Ok(r) => r,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     };
-    match app.client.request(request).await {
+    let answer = match &app.proxy {
+        Some(proxy) => via_proxy(proxy, request).await,
+        None => app.client.request(request).await.map_err(anyhow::Error::from),
+    };
+    match answer {
         Ok(response) => {
             let status = response.status();
             match response.into_body().collect().await {
@@ -52,7 +87,7 @@ async fn index(State(app): State<App>) -> (StatusCode, String) {
                 Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("Get \"{}\": {e}\n", app.data_store)),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("Get \"{}\": {e:#}\n", app.data_store)),
     }
 }
 
@@ -68,7 +103,12 @@ async fn main() -> anyhow::Result<()> {
         token: TokenFile::open(&token_file).with_context(|| format!("opening {}", token_file.display()))?,
         client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
         data_store: args.data_store_url.parse().context("data store URL")?,
+        proxy: None,
     };
+    let app = App { proxy: proxy_for(&app.data_store), ..app };
+    if let Some(proxy) = &app.proxy {
+        tracing::info!(%proxy, "calling the data store through the proxy");
+    }
     let router = axum::Router::new().fallback(index).with_state(app);
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     println!("api listening on http://{}", listener.local_addr()?);

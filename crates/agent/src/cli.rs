@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::heartbeat::PodKey;
-use crate::node::NodeCredentials;
 use crate::environment::{EnvVar, PodContext, workload_env};
 use crate::files::OutputRoot;
+use crate::heartbeat::PodKey;
+use crate::mesh;
+use crate::node::NodeCredentials;
 use crate::pod::{PodSpec, ProjectedToken};
 use crate::projector::{Agent, Layout};
 use crate::status::{self, Exit, Process};
@@ -111,9 +112,21 @@ pub struct RunArgs {
     /// TESSERA_POD_NAME, and these.
     #[arg(long = "env", value_name = "NAME=VALUE")]
     pub env: Vec<EnvVar>,
+    /// A label of the pod, KEY=VALUE (repeatable): what a Service's selector matches.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// The proxy beside the workload (`--mesh` and its flags).
+    #[command(flatten)]
+    pub mesh: mesh::MeshArgs,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+fn parse_label(raw: &str) -> Result<(String, String), String> {
+    let (key, value) = raw.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {raw:?}"))?;
+    // The server validates the label itself (kube's rules, kube's message).
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 fn parse_token(raw: &str) -> Result<ProjectedToken, String> {
@@ -124,7 +137,9 @@ fn parse_token(raw: &str) -> Result<ProjectedToken, String> {
             "audience" => token.audience = v.trim().to_owned(),
             "expiration" | "expirationSeconds" => token.expiration_seconds = v.trim().parse().map_err(|_| format!("bad expiration {v:?}"))?,
             "path" => token.path = v.trim().to_owned(),
-            other => return Err(format!("unknown token field {other:?} (audience, expiration, path)")),
+            other => {
+                return Err(format!("unknown token field {other:?} (audience, expiration, path)"));
+            }
         }
     }
     // Paths are checked with the whole pod spec (uniqueness needs every token).
@@ -191,8 +206,7 @@ async fn join_cluster(cert_dir: &std::path::Path, join: &JoinArgs) -> anyhow::Re
         (None, Some(file)) => std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
         (None, None) => anyhow::bail!("pass --token or --token-file"),
     };
-    let ca = std::fs::read_to_string(&join.certificate_authority)
-        .with_context(|| format!("reading {}", join.certificate_authority.display()))?;
+    let ca = std::fs::read_to_string(&join.certificate_authority).with_context(|| format!("reading {}", join.certificate_authority.display()))?;
     let credentials = NodeCredentials::open(cert_dir)?;
     crate::node::join(&credentials, &node, &join.server, &ca, &token).await?;
     let (_, not_after) = credentials.certificate_validity()?;
@@ -263,14 +277,28 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
         let suffix: String = (0..5).map(|_| (b'a' + rand::random::<u8>() % 26) as char).collect();
         format!("{}-{suffix}", run.service_account)
     });
-    let spec = PodSpec {
+    let mut spec = PodSpec {
         namespace: run.namespace.clone(),
         name,
         service_account_name: run.service_account.clone(),
         automount_service_account_token: run.no_automount.then_some(false),
         tokens: run.tokens.clone(),
-        manifest: None,
+        labels: run.labels.iter().cloned().collect(),
+        container_port: run.mesh.port,
+        ..PodSpec::default()
     };
+    if run.mesh.mesh {
+        run.mesh.required()?;
+        // The proxy asks the destination API with the pod's ServiceAccount token.
+        anyhow::ensure!(
+            !run.no_automount,
+            "--mesh needs the ServiceAccount token (the proxy authenticates to the destination API with it): drop --no-automount"
+        );
+        spec.tokens.push(mesh::identity_token());
+        spec.proxy = Some(crate::pod::ProxyContainer { admin_port: run.mesh.proxy_admin_port });
+        spec.annotations.insert(mesh::INJECT_ANNOTATION.into(), "enabled".into());
+        spec.annotations.insert(mesh::ADMIN_PORT_ANNOTATION.into(), run.mesh.proxy_admin_port.to_string());
+    }
     spec.validate().with_context(|| format!("invalid pod {}/{}", spec.namespace, spec.name))?;
     let (root, _temp) = match &run.root {
         Some(root) => (root.clone(), None),
@@ -289,6 +317,11 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
     let layout = Layout::kubernetes(Arc::new(OutputRoot::open(&root)?));
     let keep = BTreeSet::from([(spec.namespace.clone(), spec.name.clone())]);
     agent.collect_orphans(&keep).await?;
+    // A meshed pod's address, before it is registered (no proxy is started yet).
+    let pod_ip = match run.mesh.mesh {
+        true => Some(allocate_pod_ip(&agent, &spec, &run.mesh).await?),
+        false => None,
+    };
     let pod = agent.register(&spec).await?;
     running.send_replace(keep);
     let slots = match agent.project_once(&pod, &layout).await {
@@ -300,6 +333,31 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
     };
     let (program, args) = run.command.split_first().context("no command given")?;
     let (tokens_dir, service_account_dir) = (layout.tokens_dir(), layout.service_account_dir());
+    let launch = match pod_ip {
+        Some(pod_ip) => {
+            let (port, identity_addr, anchors) = run.mesh.required()?;
+            let launch = mesh::ProxyLaunch {
+                namespace: spec.namespace.clone(),
+                pod: spec.name.clone(),
+                identity: run.mesh.identity(&spec.namespace, &pod.service_account),
+                pod_ip,
+                port,
+                app_port: match run.mesh.app_port {
+                    Some(port) => port,
+                    None => mesh::free_port()?,
+                },
+                admin_port: run.mesh.proxy_admin_port,
+                outbound_port: mesh::free_port()?,
+                identity_addr: identity_addr.to_owned(),
+                trust_anchors: anchors.to_owned(),
+                token_file: tokens_dir.join(mesh::IDENTITY_TOKEN_PATH),
+                service_account_dir: service_account_dir.clone(),
+                api_server: agent.server_url().to_owned(),
+            };
+            Some(launch)
+        }
+        None => None,
+    };
     let pod_context = PodContext {
         root: layout.root(),
         tokens_dir: &tokens_dir,
@@ -308,7 +366,21 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
         namespace: &spec.namespace,
         pod_name: &spec.name,
     };
-    let env = workload_env(std::env::vars_os(), pod_context, &run.env);
+    let mut user_env = launch.as_ref().map(mesh::ProxyLaunch::app_env).unwrap_or_default();
+    // The user's own --env last: they win.
+    user_env.extend(run.env.iter().cloned());
+    let env = workload_env(std::env::vars_os(), pod_context, &user_env);
+    // The proxy first: the app may call out at once.
+    let mut proxy = match &launch {
+        Some(launch) => match start_proxy(launch, env.get(std::ffi::OsStr::new("PATH"))) {
+            Ok(proxy) => Some(proxy),
+            Err(e) => {
+                agent.unregister(&pod).await?;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let image_id = resolve_program(program, env.get(std::ffi::OsStr::new("PATH"))).map(|p| format!("file://{}", p.display())).unwrap_or_default();
     let spawned = tokio::process::Command::new(program)
         .args(args)
@@ -320,12 +392,20 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
+            if let Some((proxy, _)) = &mut proxy {
+                let _ = proxy.kill().await;
+            }
             agent.unregister(&pod).await?;
             return Err(anyhow::Error::new(e).context(format!("starting {program}")));
         }
     };
     let process = Process { container_id: format!("tessera-agent://{}", child.id().unwrap_or_default()), image_id, started_at: now() };
-    if let Err(e) = agent.report_status(&spec.namespace, &spec.name, status::running(&pod.object, &process)).await {
+    let mut mesh_status = proxy.as_ref().zip(launch.as_ref()).map(|((_, proxy_process), launch)| status::Mesh {
+        pod_ip: launch.pod_ip.to_string(),
+        proxy: proxy_process.clone(),
+        proxy_ready: false,
+    });
+    if let Err(e) = agent.report_status(&spec.namespace, &spec.name, status::running_meshed(&pod.object, &process, mesh_status.as_ref())).await {
         tracing::warn!(error = %e, "reporting the pod running failed; the heartbeat reports it again");
     }
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -338,13 +418,57 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
             agent.keep_fresh(&pod, &layout, slots, stop).await;
         })
     };
-    let exit = tokio::select! {
-        status = child.wait() => status.ok(),
-        _ = shutdown_signal() => {
-            let _ = child.kill().await;
-            child.wait().await.ok()
+    // The pod is Ready once its proxy is (it has a certificate and serves).
+    let exit = {
+        let ready = async {
+            let Some(launch) = &launch else {
+                return std::future::pending().await;
+            };
+            while !mesh::is_ready(launch.admin()).await {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::pin!(ready);
+        let mut ready_done = launch.is_none();
+        let proxy_exited = async {
+            match &mut proxy {
+                Some((proxy, _)) => proxy.wait().await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(proxy_exited);
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                status = child.wait() => break status.ok(),
+                () = &mut ready, if !ready_done => {
+                    ready_done = true;
+                    if let Some(mesh) = &mut mesh_status {
+                        mesh.proxy_ready = true;
+                        tracing::info!(pod_ip = %mesh.pod_ip, "the proxy is ready");
+                        if let Err(e) = agent.report_status(&spec.namespace, &spec.name, status::running_meshed(&pod.object, &process, Some(mesh))).await {
+                            tracing::warn!(error = %e, "reporting the pod ready failed; the heartbeat reports it again");
+                        }
+                    }
+                }
+                proxy_status = &mut proxy_exited => {
+                    // The agent restarts nothing: a pod without its proxy ends.
+                    tracing::error!(status = ?proxy_status, "the proxy exited; stopping the workload");
+                    let _ = child.kill().await;
+                    break child.wait().await.ok();
+                }
+                () = &mut shutdown => {
+                    let _ = child.kill().await;
+                    break child.wait().await.ok();
+                }
+            }
         }
     };
+    // The app is gone: its proxy goes with it.
+    if let Some((proxy, _)) = &mut proxy {
+        stop_proxy(proxy).await;
+    }
     let _ = stop_tx.send(true);
     let _ = refresher.await;
     // The pod no longer runs: heartbeats stop reporting it running, and its
@@ -352,11 +476,64 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
     running.send_replace(BTreeSet::new());
     let code = exit.map_or(1, |s| s.code().unwrap_or(1));
     let reported = Exit { code: exit.map_or(1, |s| s.code().or_else(|| std::os::unix::process::ExitStatusExt::signal(&s).map(|sig| 128 + sig)).unwrap_or(1)) };
-    if let Err(e) = agent.report_status(&spec.namespace, &spec.name, status::terminated(&pod.object, &process, reported, &now())).await {
+    if let Err(e) =
+        agent.report_status(&spec.namespace, &spec.name, status::terminated_meshed(&pod.object, &process, mesh_status.as_ref(), reported, &now())).await
+    {
         tracing::warn!(error = %e, "reporting the pod's end failed");
     }
     agent.unregister(&pod).await?;
     Ok(code)
+}
+
+/// The meshed pod's address: deterministic for node and pod, skipping one
+/// another pod of this node reports or whose ports are bound on this host.
+async fn allocate_pod_ip(agent: &Agent, spec: &PodSpec, args: &mesh::MeshArgs) -> anyhow::Result<std::net::Ipv4Addr> {
+    let taken: Vec<std::net::Ipv4Addr> = agent
+        .own_pods()
+        .await?
+        .into_iter()
+        .filter(|p| !(p.metadata.namespace.as_deref() == Some(spec.namespace.as_str()) && p.metadata.name.as_deref() == Some(spec.name.as_str())))
+        .filter_map(|p| p.status?.pod_ip?.parse().ok())
+        .collect();
+    let (port, _, _) = args.required()?;
+    let ip = mesh::allocate_pod_ip(agent.node(), &spec.namespace, &spec.name, &taken, &[port, args.proxy_admin_port])?;
+    tracing::info!(%ip, "pod address");
+    Ok(ip)
+}
+
+/// Starts `tessera proxy` (this very binary) with a container's environment.
+fn start_proxy(launch: &mesh::ProxyLaunch, path: Option<&std::ffi::OsString>) -> anyhow::Result<(tokio::process::Child, Process)> {
+    let exe = std::env::current_exe().context("finding the tessera binary to run the proxy")?;
+    let mut command = tokio::process::Command::new(&exe);
+    command.args(launch.args()).env_clear().kill_on_drop(true);
+    if let Some(path) = path {
+        command.env("PATH", path);
+    }
+    // The proxy logs as the agent does.
+    for var in ["TESSERA_LOG", "RUST_LOG"] {
+        if let Some(value) = std::env::var_os(var) {
+            command.env(var, value);
+        }
+    }
+    let child = command.spawn().with_context(|| format!("starting {} proxy", exe.display()))?;
+    let process = Process {
+        container_id: format!("tessera-agent://{}", child.id().unwrap_or_default()),
+        image_id: format!("file://{}", exe.display()),
+        started_at: now(),
+    };
+    tracing::info!(pid = child.id().unwrap_or_default(), inbound = %std::net::SocketAddr::from((launch.pod_ip, launch.port)), admin = %launch.admin(), "proxy started");
+    Ok((child, process))
+}
+
+/// SIGTERM, then SIGKILL after 5 s (kubelet's grace, shortened).
+async fn stop_proxy(proxy: &mut tokio::process::Child) {
+    if let Some(pid) = proxy.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        if tokio::time::timeout(Duration::from_secs(5), proxy.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = proxy.kill().await;
 }
 
 /// Now, RFC 3339 to the second (as kubelet's timestamps).
@@ -403,7 +580,21 @@ mod tests {
     #[test]
     fn join_and_node_flags() {
         use clap::Parser as _;
-        let cli = Cli::try_parse_from(["agent", "--cert-dir", "/n1", "join", "--node", "n1", "--server", "https://s", "--certificate-authority", "ca.crt", "--token", "t"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "agent",
+            "--cert-dir",
+            "/n1",
+            "join",
+            "--node",
+            "n1",
+            "--server",
+            "https://s",
+            "--certificate-authority",
+            "ca.crt",
+            "--token",
+            "t",
+        ])
+        .unwrap();
         let Some(AgentAction::Join(join)) = cli.agent.action else { panic!("not join") };
         assert_eq!((join.node.as_deref(), join.token.as_deref()), (Some("n1"), Some("t")));
         assert_eq!(cli.agent.cert_dir, PathBuf::from("/n1"));

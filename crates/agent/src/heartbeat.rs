@@ -145,7 +145,7 @@ impl Agent {
 
     /// The pods bound to this node (listed as kubelet does, with the
     /// `spec.nodeName` field selector: the only list a node may make).
-    async fn own_pods(&self) -> Result<Vec<Pod>, AgentError> {
+    pub(crate) async fn own_pods(&self) -> Result<Vec<Pod>, AgentError> {
         let pods: Api<Pod> = Api::all(self.client());
         let params = ListParams::default().fields(&format!("spec.nodeName={}", self.node()));
         Ok(pods.list(&params).await.map_err(api_err(format!("listing the pods of node {}", self.node())))?.items)

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod environment;
 mod files;
 pub mod heartbeat;
+pub mod mesh;
 pub mod node;
 mod pod;
 mod projector;
@@ -30,5 +31,5 @@ pub mod status;
 pub mod volumes;
 
 pub use files::{FilesError, OutputRoot};
-pub use pod::{InvalidPodSpec, PodSpec, ProjectedToken, RegisteredPod, SERVICE_ACCOUNT_FILES, TOKENS_MOUNT_PATH};
+pub use pod::{InvalidPodSpec, PROXY_CONTAINER, PodSpec, ProjectedToken, ProxyContainer, RegisteredPod, SERVICE_ACCOUNT_FILES, TOKENS_MOUNT_PATH};
 pub use projector::{Agent, AgentError, Layout, TokenSlot};

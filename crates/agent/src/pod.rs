@@ -44,6 +44,48 @@ pub struct PodSpec {
     /// it is (bound to the node), its projected volumes projected.
     #[serde(skip)]
     pub manifest: Option<serde_json::Value>,
+    /// Labels added to the Pod's (`tessera.dev/agent` is always set).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Annotations added to the Pod's.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// The workload container's port (`containerPort`, TCP) in the small format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_port: Option<u16>,
+    /// A meshed pod's proxy container (`linkerd-proxy`, as Linkerd's injector
+    /// adds it), in the small format.
+    #[serde(skip)]
+    pub proxy: Option<ProxyContainer>,
+}
+
+/// The `linkerd-proxy` container of a meshed pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyContainer {
+    /// The admin port (`linkerd-admin`: /ready, /metrics, /tap).
+    pub admin_port: u16,
+}
+
+/// The proxy container's name (Linkerd's).
+pub const PROXY_CONTAINER: &str = "linkerd-proxy";
+/// The image registered for it.
+pub(crate) const PROXY_IMAGE: &str = "tessera.local/proxy";
+
+impl Default for PodSpec {
+    fn default() -> Self {
+        Self {
+            namespace: "default".into(),
+            name: String::new(),
+            service_account_name: default_sa(),
+            automount_service_account_token: None,
+            tokens: Vec::new(),
+            manifest: None,
+            labels: Default::default(),
+            annotations: Default::default(),
+            container_port: None,
+            proxy: None,
+        }
+    }
 }
 
 fn default_sa() -> String {
@@ -161,6 +203,7 @@ impl PodSpec {
             automount_service_account_token: value.pointer("/spec/automountServiceAccountToken").and_then(serde_json::Value::as_bool),
             tokens: Vec::new(),
             manifest: Some(value),
+            ..Self::default()
         })
     }
 
@@ -214,6 +257,15 @@ impl PodSpec {
         if !pod["metadata"]["labels"].is_object() {
             pod["metadata"]["labels"] = serde_json::json!({});
         }
+        for (key, value) in &self.labels {
+            pod["metadata"]["labels"][key] = serde_json::json!(value);
+        }
+        if !self.annotations.is_empty() && !pod["metadata"]["annotations"].is_object() {
+            pod["metadata"]["annotations"] = serde_json::json!({});
+        }
+        for (key, value) in &self.annotations {
+            pod["metadata"]["annotations"][key] = serde_json::json!(value);
+        }
         pod["metadata"]["labels"]["tessera.dev/agent"] = serde_json::json!(node);
         pod["spec"]["nodeName"] = serde_json::json!(node);
         pod["spec"]["restartPolicy"] = serde_json::json!("Never");
@@ -232,7 +284,21 @@ impl PodSpec {
             spec["volumes"] = serde_json::json!([{"name": TOKENS_VOLUME, "projected": {"sources": sources, "defaultMode": 420}}]);
             container["volumeMounts"] = serde_json::json!([{"name": TOKENS_VOLUME, "mountPath": TOKENS_MOUNT_PATH, "readOnly": true}]);
         }
-        spec["containers"] = serde_json::json!([container]);
+        if let Some(port) = self.container_port {
+            container["ports"] = serde_json::json!([{"containerPort": port, "protocol": "TCP"}]);
+        }
+        let mut containers = vec![container];
+        if let Some(proxy) = self.proxy {
+            // One pod root for both containers: the proxy mounts the same
+            // tokens volume, where its `identity.l5d.io` token is.
+            let mut sidecar = serde_json::json!({"name": PROXY_CONTAINER, "image": PROXY_IMAGE,
+                "ports": [{"name": "linkerd-admin", "containerPort": proxy.admin_port, "protocol": "TCP"}]});
+            if !self.tokens.is_empty() {
+                sidecar["volumeMounts"] = serde_json::json!([{"name": TOKENS_VOLUME, "mountPath": TOKENS_MOUNT_PATH, "readOnly": true}]);
+            }
+            containers.push(sidecar);
+        }
+        spec["containers"] = serde_json::json!(containers);
         if let Some(automount) = self.automount_service_account_token {
             spec["automountServiceAccountToken"] = serde_json::json!(automount);
         }
@@ -265,6 +331,43 @@ mod tests {
         assert_eq!(files[0].path, std::path::Path::new("var/run/secrets/tokens/api-token"));
         let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).expect("a valid Pod");
         assert_eq!(typed.spec.and_then(|s| s.node_name).as_deref(), Some("node-1"));
+    }
+}
+
+#[cfg(test)]
+mod mesh_tests {
+    use super::*;
+
+    #[test]
+    fn a_meshed_pod_has_the_proxy_container_its_port_and_annotations() {
+        let spec = PodSpec {
+            namespace: "data-store".into(),
+            name: "data-store-0".into(),
+            service_account_name: "data-store".into(),
+            tokens: vec![crate::mesh::identity_token()],
+            labels: [("app".to_owned(), "data-store".to_owned())].into(),
+            annotations: [("linkerd.io/inject".to_owned(), "enabled".to_owned())].into(),
+            container_port: Some(8081),
+            proxy: Some(ProxyContainer { admin_port: 4191 }),
+            ..PodSpec::default()
+        };
+        spec.validate().unwrap();
+        let pod = spec.to_pod("node-data-store");
+        assert_eq!(pod["metadata"]["labels"], serde_json::json!({"app": "data-store", "tessera.dev/agent": "node-data-store"}));
+        assert_eq!(pod["metadata"]["annotations"], serde_json::json!({"linkerd.io/inject": "enabled"}));
+        assert_eq!(pod["spec"]["containers"][0]["ports"], serde_json::json!([{"containerPort": 8081, "protocol": "TCP"}]));
+        assert_eq!(pod["spec"]["containers"][1]["name"], "linkerd-proxy");
+        assert_eq!(pod["spec"]["containers"][1]["ports"][0]["containerPort"], 4191);
+        // Both containers mount the one tokens volume: one file, at Linkerd's path.
+        let files = crate::volumes::plan(&pod).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, std::path::Path::new("var/run/secrets/tokens/linkerd-identity-token"));
+        assert_eq!(files[0].content, crate::volumes::Content::Token { audience: Some("identity.l5d.io".into()), expiration_seconds: 86400 });
+        let _typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).expect("a valid Pod");
+        // A user token at the identity token's path is refused.
+        let mut clash = spec.clone();
+        clash.tokens.push(ProjectedToken { audience: "x".into(), expiration_seconds: 600, path: "linkerd-identity-token".into() });
+        assert!(clash.validate().unwrap_err().to_string().contains("conflicting duplicate paths"));
     }
 }
 
@@ -337,6 +440,7 @@ mod validation_tests {
             automount_service_account_token: None,
             tokens: paths.iter().map(|p| token(p)).collect(),
             manifest: None,
+            ..PodSpec::default()
         }
     }
 

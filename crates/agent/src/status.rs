@@ -8,7 +8,10 @@
 //! no pod sandbox), as a `hostNetwork` pod does, so kube's rule for those
 //! applies: the pod's IP is the host's. The only address the agent can vouch
 //! for is loopback, where `agent run` workloads listen (`--listen
-//! 127.0.0.1:…`), so `podIP` and `hostIP` are both `127.0.0.1`.
+//! 127.0.0.1:…`), so `podIP` and `hostIP` are both `127.0.0.1`. A meshed pod
+//! (`agent run --mesh`) has its own loopback address as `podIP` ([`Mesh`]), where
+//! its proxy listens; its `linkerd-proxy` container has the proxy's process
+//! and is ready once the proxy's `/ready` says so.
 
 use serde_json::{Value, json};
 
@@ -25,6 +28,17 @@ pub struct Process {
     pub image_id: String,
     /// RFC 3339, to the second.
     pub started_at: String,
+}
+
+/// A meshed pod: its own address and its proxy container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mesh {
+    /// The pod's loopback address.
+    pub pod_ip: String,
+    /// The proxy's process (the `linkerd-proxy` container).
+    pub proxy: Process,
+    /// Whether the proxy answered `/ready` (the pod is not Ready before).
+    pub proxy_ready: bool,
 }
 
 /// How a process ended.
@@ -63,33 +77,54 @@ fn container_names(pod: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn addresses() -> Value {
-    json!({"hostIP": POD_IP, "hostIPs": [{"ip": POD_IP}], "podIP": POD_IP, "podIPs": [{"ip": POD_IP}]})
+fn addresses(mesh: Option<&Mesh>) -> Value {
+    let pod_ip = mesh.map_or(POD_IP, |m| m.pod_ip.as_str());
+    json!({"hostIP": POD_IP, "hostIPs": [{"ip": POD_IP}], "podIP": pod_ip, "podIPs": [{"ip": pod_ip}]})
+}
+
+/// The process of container `name`: the proxy's for a meshed pod's proxy container.
+fn process_of<'a>(name: &str, process: &'a Process, mesh: Option<&'a Mesh>) -> &'a Process {
+    match mesh {
+        Some(mesh) if name == crate::pod::PROXY_CONTAINER => &mesh.proxy,
+        _ => process,
+    }
 }
 
 /// The status of `pod` while `process` runs it.
 pub fn running(pod: &Value, process: &Process) -> Value {
+    running_meshed(pod, process, None)
+}
+
+/// The status of `pod` while `process` runs it, beside its proxy if meshed:
+/// not Ready (kubelet's `ContainersNotReady`) until the proxy is ready.
+pub fn running_meshed(pod: &Value, process: &Process, mesh: Option<&Mesh>) -> Value {
     let at = process.started_at.as_str();
-    let statuses: Vec<Value> = container_names(pod)
-        .into_iter()
+    let names = container_names(pod);
+    let ready_of = |name: &str| mesh.is_none_or(|m| m.proxy_ready || name != crate::pod::PROXY_CONTAINER);
+    let statuses: Vec<Value> = names
+        .iter()
         .map(|(name, image)| {
-            json!({"name": name, "ready": true, "started": true, "restartCount": 0, "image": image, "imageID": process.image_id,
-                "containerID": process.container_id, "state": {"running": {"startedAt": at}}})
+            let process = process_of(name, process, mesh);
+            json!({"name": name, "ready": ready_of(name), "started": true, "restartCount": 0, "image": image, "imageID": process.image_id,
+                "containerID": process.container_id, "state": {"running": {"startedAt": process.started_at}}})
         })
         .collect();
+    let unready: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).filter(|n| !ready_of(n)).collect();
+    let ready = unready.is_empty();
+    let not_ready = (!ready).then(|| ("ContainersNotReady", Some(format!("containers with unready status: [{}]", unready.join(" ")))));
     let mut status = json!({
         "phase": "Running",
         "conditions": [
             condition("PodReadyToStartContainers", true, at, None),
             condition("Initialized", true, at, None),
-            condition("Ready", true, at, None),
-            condition("ContainersReady", true, at, None),
+            condition("Ready", ready, at, not_ready.clone()),
+            condition("ContainersReady", ready, at, not_ready),
             condition("PodScheduled", true, at, None),
         ],
         "startTime": at,
         "containerStatuses": statuses,
     });
-    merge(&mut status, addresses());
+    merge(&mut status, addresses(mesh));
     status
 }
 
@@ -97,6 +132,11 @@ pub fn running(pod: &Value, process: &Process) -> Value {
 /// `Succeeded` for exit code 0, else `Failed` (kubelet's phases for
 /// `restartPolicy: Never`), and kubelet's conditions for a finished pod.
 pub fn terminated(pod: &Value, process: &Process, exit: Exit, finished_at: &str) -> Value {
+    terminated_meshed(pod, process, None, exit, finished_at)
+}
+
+/// [`terminated`] for a pod that may be meshed (its proxy stopped with it).
+pub fn terminated_meshed(pod: &Value, process: &Process, mesh: Option<&Mesh>, exit: Exit, finished_at: &str) -> Value {
     let names = container_names(pod);
     let succeeded = exit.code == 0;
     let unready = || {
@@ -107,6 +147,7 @@ pub fn terminated(pod: &Value, process: &Process, exit: Exit, finished_at: &str)
     let statuses: Vec<Value> = names
         .iter()
         .map(|(name, image)| {
+            let process = process_of(name, process, mesh);
             json!({"name": name, "ready": false, "started": false, "restartCount": 0, "image": image, "imageID": process.image_id,
                 "containerID": process.container_id, "state": {"terminated": {"exitCode": exit.code, "reason": exit.reason(),
                 "startedAt": process.started_at, "finishedAt": finished_at, "containerID": process.container_id}}})
@@ -126,7 +167,7 @@ pub fn terminated(pod: &Value, process: &Process, exit: Exit, finished_at: &str)
         "startTime": started,
         "containerStatuses": statuses,
     });
-    merge(&mut status, addresses());
+    merge(&mut status, addresses(mesh));
     status
 }
 
@@ -191,5 +232,24 @@ mod tests {
         assert_eq!(done["conditions"][2]["reason"], "PodCompleted");
         assert!(!agrees(&done, &running(&pod(), &process())));
         assert!(agrees(&running(&pod(), &process()), &running(&pod(), &process())));
+    }
+
+    #[test]
+    fn a_meshed_pod_has_its_own_address_and_is_ready_once_its_proxy_is() {
+        let pod = json!({"spec": {"containers": [{"name": "workload", "image": "tessera.local/workload"}, {"name": "linkerd-proxy", "image": "tessera.local/proxy"}]}});
+        let proxy = Process { container_id: "tessera-agent://43".into(), image_id: "file:///bin/tessera".into(), started_at: "2026-12-05T23:00:00Z".into() };
+        let mut mesh = Mesh { pod_ip: "127.9.8.7".into(), proxy, proxy_ready: false };
+        let status = running_meshed(&pod, &process(), Some(&mesh));
+        assert_eq!((&status["podIP"], &status["hostIP"]), (&json!("127.9.8.7"), &json!("127.0.0.1")));
+        assert_eq!(status["conditions"][2], json!({"type": "Ready", "status": "False", "lastProbeTime": null, "lastTransitionTime": "2026-12-05T23:00:00Z",
+            "reason": "ContainersNotReady", "message": "containers with unready status: [linkerd-proxy]"}));
+        assert_eq!((&status["containerStatuses"][0]["ready"], &status["containerStatuses"][1]["ready"]), (&json!(true), &json!(false)));
+        assert_eq!(status["containerStatuses"][1]["containerID"], "tessera-agent://43");
+        mesh.proxy_ready = true;
+        let status = running_meshed(&pod, &process(), Some(&mesh));
+        assert_eq!(status["conditions"][2]["status"], "True");
+        assert!(status["conditions"][2].get("reason").is_none());
+        let done = terminated_meshed(&pod, &process(), Some(&mesh), Exit { code: 0 }, "2026-12-05T23:01:00Z");
+        assert_eq!((&done["podIP"], &done["containerStatuses"][1]["containerID"]), (&json!("127.9.8.7"), &json!("tessera-agent://43")));
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod mesh;
 mod rbac;
 
 // The allocator decides whether memory freed after a load peak goes back to the
@@ -43,6 +44,10 @@ enum Command {
     Identity(tessera_identity::cli::IdentityArgs),
     /// Check trust anchors, issuer, Kubernetes API and identity service, like `linkerd check`.
     Check(tessera_identity::cli::CheckArgs),
+    /// Who talks to whom in the mesh, and whether over mutual TLS (as `linkerd viz edges`).
+    Edges(mesh::EdgesArgs),
+    /// Stream the requests through meshed pods' proxies (as `linkerd viz tap`).
+    Tap(mesh::TapArgs),
     /// Mesh sidecar: identity certificate over Certify, mutual TLS inbound with l5d-client-id, Linkerd metrics.
     Proxy(tessera_proxy::config::ProxyArgs),
 }
@@ -258,6 +263,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Rbac(args) => rbac::run(args).await,
         Command::Identity(args) => Ok(args.run(shutdown_signal()).await?),
         Command::Check(args) => Ok(args.run().await?),
+        Command::Edges(args) => mesh::edges(args).await,
+        Command::Tap(args) => mesh::tap(args).await,
         Command::Proxy(args) => Ok(args.run(shutdown_signal()).await?),
     }
 }

@@ -71,6 +71,10 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Timeout of one Certify call.
     pub certify_timeout: Duration,
+    /// The pod's namespace (tap checks callers against it).
+    pub namespace: Option<String>,
+    /// The pod's name (tap checks callers against it).
+    pub pod: Option<String>,
 }
 
 #[cfg(feature = "clap")]
@@ -131,6 +135,12 @@ mod args {
         /// Connecting to the app or a peer must succeed within this time.
         #[arg(long, env = "TESSERA_PROXY_CONNECT_TIMEOUT", default_value = "5s", value_parser = positive)]
         connect_timeout: Duration,
+        /// The pod's namespace: `/tap` asks the API whether a caller may tap this pod.
+        #[arg(long, env = "TESSERA_PROXY_NAMESPACE")]
+        namespace: Option<String>,
+        /// The pod's name (for `/tap`'s access review).
+        #[arg(long, env = "TESSERA_PROXY_POD")]
+        pod: Option<String>,
     }
 
     fn positive(value: &str) -> Result<Duration, String> {
@@ -161,6 +171,8 @@ mod args {
                 handshake_timeout: self.tls_handshake_timeout,
                 connect_timeout: self.connect_timeout,
                 certify_timeout: Duration::from_secs(10),
+                namespace: self.namespace,
+                pod: self.pod,
             }
         }
 

@@ -25,6 +25,7 @@ pub mod inbound;
 pub mod io;
 pub mod metrics;
 pub mod outbound;
+pub mod tap;
 pub mod tls;
 pub mod trust;
 
@@ -196,7 +197,7 @@ pub async fn run(
         tasks.spawn(outbound::serve(listener, tcp, discover, shared.clone(), stopped(stop_rx.clone())));
     }
 
-    let admin_app = admin::router(metrics, credentials);
+    let admin_app = admin::router(metrics, credentials).merge(tap::router(tap::TapServer::from_config(&config)));
     let result = axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx)).await;
     tasks.shutdown().await;
     result.map_err(|source| ProxyError::Admin { addr: admin_addr, source })

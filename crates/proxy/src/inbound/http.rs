@@ -98,6 +98,12 @@ pub(crate) struct Conn {
     pub(crate) h2: bool,
     /// HTTP/1 request headers must arrive within this time.
     pub(crate) header_timeout: Duration,
+    /// The client's address and the address it connected to (tap's `src`/`dst`).
+    pub(crate) peer: SocketAddr,
+    /// The public address.
+    pub(crate) local: SocketAddr,
+    /// The connection's TLS state (tap's `tls`).
+    pub(crate) tls: crate::metrics::Tls,
 }
 
 impl Forward {
@@ -141,7 +147,21 @@ impl Forward {
         let (mut parts, body) = request.into_parts();
         let authority = authority(&parts.uri, &parts.headers).unwrap_or_else(|| self.app.to_string());
         let record = self.metrics.request(conn.labels.clone(), authority.clone());
-        // TAP (mesh helper): publish the request event here.
+        let tap = crate::tap::TapHub::global().request(&crate::tap::TapRequest {
+            direction: crate::tap::TapDirection::Inbound,
+            src: conn.peer,
+            dst: conn.local,
+            tls: crate::tap::tls_label(conn.tls),
+            identity: conn.client_id.as_ref().map(Identity::as_str),
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+        });
+        let tap_status = |status: StatusCode| {
+            if let Some(tap) = tap {
+                tap.response(status);
+            }
+        };
         let to_h2 = app_speaks_h2(conn.h2, &mut parts.headers);
         strip_hop_by_hop(&mut parts.headers);
         strip_identity_headers(&mut parts.headers);
@@ -155,6 +175,7 @@ impl Forward {
             Ok(uri) => uri,
             Err(_) => {
                 record.response(400);
+                tap_status(StatusCode::BAD_REQUEST);
                 return proxy_error(StatusCode::BAD_REQUEST, "invalid request authority");
             }
         };
@@ -168,6 +189,7 @@ impl Forward {
             Ok(response) => {
                 let status = response.status().as_u16();
                 record.response_classified(status, classify(&response));
+                tap_status(response.status());
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, body.boxed())
@@ -175,6 +197,7 @@ impl Forward {
             Err(error) => {
                 tracing::debug!(app = %self.app, error = %error, "forwarding to the app");
                 record.response(502);
+                tap_status(StatusCode::BAD_GATEWAY);
                 let reason = if error.is_connect() { "connection to the app failed" } else { "the app's response failed" };
                 proxy_error(StatusCode::BAD_GATEWAY, reason)
             }

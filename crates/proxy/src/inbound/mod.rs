@@ -142,7 +142,8 @@ impl Shared {
         match protocol {
             Protocol::Opaque => self.opaque(io).await,
             Protocol::Http1 | Protocol::Http2 => {
-                let conn = http::Conn { client_id, labels, h2: protocol == Protocol::Http2, header_timeout: timeout };
+                let conn =
+                    http::Conn { client_id, labels, h2: protocol == Protocol::Http2, header_timeout: timeout, peer, local: self.config.listen, tls };
                 self.forward.serve(io, conn).await.map_err(ConnError::Http)
             }
         }

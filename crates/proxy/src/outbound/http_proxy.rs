@@ -34,7 +34,7 @@ const STRIP_RESPONSE: [&str; 2] = ["l5d-server-id", "l5d-remote-ip"];
 pub(super) async fn serve_connection(out: Arc<Outbound>, stream: TcpStream, peer: SocketAddr) {
     let svc = service_fn(move |req| {
         let out = out.clone();
-        async move { Ok::<_, Infallible>(handle(out, req).await) }
+        async move { Ok::<_, Infallible>(handle(out, req, peer).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     if let Err(e) = builder
@@ -45,11 +45,11 @@ pub(super) async fn serve_connection(out: Arc<Outbound>, stream: TcpStream, peer
     }
 }
 
-async fn handle(out: Arc<Outbound>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(out: Arc<Outbound>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if req.method() == Method::CONNECT {
         return connect_tunnel(out, req).await;
     }
-    match forward(&out, req).await {
+    match forward(&out, req, peer).await {
         Ok(rsp) => rsp,
         Err(e) => {
             debug!(error = %e, "outbound request failed");
@@ -78,7 +78,7 @@ fn target_authority(req: &Request<Incoming>) -> Option<(String, String)> {
     Some((raw, normalized))
 }
 
-async fn forward(out: &Outbound, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, ProxyError> {
     let (raw_authority, authority) = target_authority(&req).ok_or(ProxyError::NoAuthority)?;
     let route = out.route(&authority).await?;
     let direct;
@@ -113,7 +113,16 @@ async fn forward(out: &Outbound, mut req: Request<Incoming>) -> Result<Response<
 
     // `authority` as the app addressed it, like Linkerd's label.
     let record = out.metrics.request(labels.clone(), raw_authority.clone());
-    // Tap: publish the request event here once tap.rs lands (mesh helper).
+    let tap = crate::tap::TapHub::global().request(&crate::tap::TapRequest {
+        direction: crate::tap::TapDirection::Outbound,
+        src: peer,
+        dst: ep.address,
+        tls: if ep.identity.is_some() { "true" } else { "not_provided_by_service_discovery" },
+        identity: ep.identity.as_deref(),
+        method: req.method(),
+        uri: req.uri(),
+        headers: req.headers(),
+    });
     let ctx = Ctx {
         creds: &out.creds,
         metrics: &out.metrics,
@@ -144,6 +153,9 @@ async fn forward(out: &Outbound, mut req: Request<Incoming>) -> Result<Response<
         }
     };
     drop(in_flight);
+    if let Some(tap) = tap {
+        tap.response(result.as_ref().map_or_else(|e| e.status(), |rsp| rsp.status()));
+    }
     match result {
         Ok(mut rsp) => {
             record.response(rsp.status().as_u16());

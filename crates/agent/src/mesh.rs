@@ -1,0 +1,304 @@
+//! `tessera agent run --mesh`: the workload's proxy beside it, as Linkerd's
+//! injector puts `linkerd-proxy` beside a container.
+//!
+//! - **Pod IP.** Every meshed pod gets its own loopback address 127.A.B.C
+//!   (Linux routes all of 127/8 to `lo`), so each proxy can listen on its
+//!   pod's public port and on the admin port 4191 as in a cluster, without
+//!   two pods' ports colliding. The address is a hash of node, namespace and
+//!   pod name ([`candidate`]): the same pod on the same node gets the same
+//!   address after an agent restart, so a client holding it, or an
+//!   EndpointSlice not yet updated, still reaches it. A candidate is skipped
+//!   when a pod of this node already reports it (the node may list only its
+//!   own pods) or when binding its ports fails: on one host, a bound address
+//!   is the one collision that matters, and the bind test sees every other
+//!   node's proxies too. 127.0.x.x is never used: 127.0.0.1 stays the host's.
+//! - **Ports.** Inbound listens on `PODIP:PORT` (the pod's `containerPort`,
+//!   `--port`), forwards to the app on `127.0.0.1:APP_PORT` (`--app-port`, or
+//!   a free port), admin on `PODIP:4191`, outbound (HTTP forward proxy) on
+//!   `127.0.0.1:<free port>`.
+//! - **The app** learns its port from `PORT` (the convention of Heroku and
+//!   Cloud Run) and `TESSERA_APP_ADDR=127.0.0.1:PORT`, and its proxy from
+//!   `HTTP_PROXY`/`http_proxy`; `NO_PROXY`/`no_proxy` name the API server's
+//!   host, which the app reaches directly.
+//! - **The token.** The proxy's `identity.l5d.io` token is projected at
+//!   Linkerd's path `/var/run/secrets/tokens/linkerd-identity-token`, 24 h as
+//!   Linkerd's injector asks (refreshed at 80 % as every token).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::pod::ProjectedToken;
+
+/// The audience of the proxy's identity token (Linkerd's).
+pub const IDENTITY_AUDIENCE: &str = "identity.l5d.io";
+/// Its file below the tokens directory (Linkerd's).
+pub const IDENTITY_TOKEN_PATH: &str = "linkerd-identity-token";
+/// Its lifetime, as Linkerd's injector requests it.
+pub const IDENTITY_TOKEN_EXPIRATION: i64 = 86_400;
+/// Annotation marking a meshed pod (Linkerd's).
+pub const INJECT_ANNOTATION: &str = "linkerd.io/inject";
+/// Annotation naming the proxy's admin port (where `edges` and `tap` find it).
+pub const ADMIN_PORT_ANNOTATION: &str = "tessera.io/proxy-admin-port";
+/// Linkerd's admin port.
+pub const DEFAULT_ADMIN_PORT: u16 = 4191;
+
+/// `agent run` flags for a meshed pod.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MeshArgs {
+    /// Run `tessera proxy` beside the command: mutual TLS with the pod's identity for
+    /// every connection to and from it (needs --port and --identity-addr).
+    #[arg(long)]
+    pub mesh: bool,
+    /// The pod's public port (its `containerPort`): the proxy listens there on the pod's IP.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// The port the app listens on, on 127.0.0.1 (default: a free port; the app reads `PORT`).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub app_port: Option<u16>,
+    /// The proxy's admin port on the pod's IP (/ready, /metrics, /tap).
+    #[arg(long, default_value_t = DEFAULT_ADMIN_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    pub proxy_admin_port: u16,
+    /// Address of the identity service (`tessera identity`), HOST:PORT.
+    #[arg(long, env = "TESSERA_IDENTITY_ADDR")]
+    pub identity_addr: Option<String>,
+    /// The trust anchors (PEM) the proxy checks peers and the identity service against.
+    #[arg(long, env = "TESSERA_IDENTITY_TRUST_ANCHORS")]
+    pub identity_trust_anchors: Option<PathBuf>,
+    /// Trust domain of identities (as `tessera identity --trust-domain`).
+    #[arg(long, default_value = "cluster.local")]
+    pub identity_trust_domain: String,
+    /// Namespace of the identity control plane (as `tessera identity`).
+    #[arg(long, default_value = "linkerd")]
+    pub identity_control_namespace: String,
+}
+
+impl MeshArgs {
+    /// The public port, the identity service and its anchors, or why they are missing.
+    pub fn required(&self) -> anyhow::Result<(u16, &str, &Path)> {
+        let port = self.port.context("--mesh needs --port: the pod's public port, where its proxy listens")?;
+        let identity = self.identity_addr.as_deref().context("--mesh needs --identity-addr (the identity service, HOST:PORT)")?;
+        let anchors = self.identity_trust_anchors.as_deref().context("--mesh needs --identity-trust-anchors (PEM file)")?;
+        Ok((port, identity, anchors))
+    }
+
+    /// The pod's mesh identity: `SA.NS.serviceaccount.identity.CONTROL_NS.TRUST_DOMAIN`.
+    pub fn identity(&self, namespace: &str, service_account: &str) -> String {
+        format!("{service_account}.{namespace}.serviceaccount.identity.{}.{}", self.identity_control_namespace, self.identity_trust_domain)
+    }
+}
+
+/// The proxy's identity token, as a projected token of the pod.
+pub fn identity_token() -> ProjectedToken {
+    ProjectedToken { audience: IDENTITY_AUDIENCE.into(), expiration_seconds: IDENTITY_TOKEN_EXPIRATION, path: IDENTITY_TOKEN_PATH.into() }
+}
+
+/// FNV-1a: stable across builds and Rust versions (the address must survive an upgrade too).
+fn fnv1a(parts: &[&str]) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for part in parts {
+        for byte in part.bytes().chain(std::iter::once(0)) {
+            hash ^= u32::from(byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+    }
+    hash
+}
+
+/// The `attempt`-th candidate address of a pod: 127.A.B.C with A in 1..=254
+/// (never 127.0.x.x, the host's) and C in 1..=254 (no .0 or .255).
+pub fn candidate(node: &str, namespace: &str, pod: &str, attempt: u32) -> Ipv4Addr {
+    let attempt = attempt.to_string();
+    let h = fnv1a(&[node, namespace, pod, &attempt]);
+    let [x, y, z, w] = h.to_be_bytes();
+    Ipv4Addr::new(127, 1 + (x ^ w) % 254, y, 1 + z % 254)
+}
+
+/// Whether every port can be bound on `ip` now (no other process holds it).
+fn bindable(ip: Ipv4Addr, ports: &[u16]) -> bool {
+    ports.iter().all(|port| std::net::TcpListener::bind(SocketAddr::from((ip, *port))).is_ok())
+}
+
+/// The pod's address: the first candidate that no other pod of this node
+/// reports (`taken`) and whose `ports` are free on this host.
+pub fn allocate_pod_ip(node: &str, namespace: &str, pod: &str, taken: &[Ipv4Addr], ports: &[u16]) -> anyhow::Result<Ipv4Addr> {
+    for attempt in 0..64 {
+        let ip = candidate(node, namespace, pod, attempt);
+        if taken.contains(&ip) {
+            continue;
+        }
+        if bindable(ip, ports) {
+            return Ok(ip);
+        }
+        tracing::debug!(%ip, "pod address candidate in use");
+    }
+    anyhow::bail!("no free loopback address for pod {namespace}/{pod} after 64 candidates")
+}
+
+/// A port free on 127.0.0.1 now (the OS picks it).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("picking a free port on 127.0.0.1")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Everything the proxy is started with.
+#[derive(Debug, Clone)]
+pub struct ProxyLaunch {
+    /// The pod.
+    pub namespace: String,
+    /// The pod's name.
+    pub pod: String,
+    /// The pod's mesh identity.
+    pub identity: String,
+    /// The pod's address.
+    pub pod_ip: Ipv4Addr,
+    /// Public port on the pod's address.
+    pub port: u16,
+    /// The app's port on 127.0.0.1.
+    pub app_port: u16,
+    /// Admin port on the pod's address.
+    pub admin_port: u16,
+    /// Outbound forward-proxy port on 127.0.0.1.
+    pub outbound_port: u16,
+    /// Identity service.
+    pub identity_addr: String,
+    /// Trust anchors file.
+    pub trust_anchors: PathBuf,
+    /// The `identity.l5d.io` token file.
+    pub token_file: PathBuf,
+    /// The pod's ServiceAccount directory (token, ca.crt) for the API.
+    pub service_account_dir: PathBuf,
+    /// The API server URL.
+    pub api_server: String,
+}
+
+impl ProxyLaunch {
+    /// Arguments of `tessera proxy`.
+    pub fn args(&self) -> Vec<String> {
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned()).display().to_string();
+        let inbound = format!("{}={}", SocketAddr::from((self.pod_ip, self.port)), SocketAddr::from((Ipv4Addr::LOCALHOST, self.app_port)));
+        [
+            ("--identity-addr", self.identity_addr.clone()),
+            ("--identity", self.identity.clone()),
+            ("--token-file", abs(&self.token_file)),
+            ("--trust-anchors", abs(&self.trust_anchors)),
+            ("--inbound", inbound),
+            ("--admin-addr", SocketAddr::from((self.pod_ip, self.admin_port)).to_string()),
+            ("--outbound-addr", SocketAddr::from((Ipv4Addr::LOCALHOST, self.outbound_port)).to_string()),
+            ("--api-server", self.api_server.clone()),
+            ("--api-token-file", abs(&self.service_account_dir.join("token"))),
+            ("--api-ca", abs(&self.service_account_dir.join("ca.crt"))),
+            ("--namespace", self.namespace.clone()),
+            ("--pod", self.pod.clone()),
+        ]
+        .into_iter()
+        .fold(vec!["proxy".to_owned()], |mut args, (flag, value)| {
+            args.push(flag.to_owned());
+            args.push(value);
+            args
+        })
+    }
+
+    /// The variables the app gets: its port, its proxy, and the API server's host kept direct.
+    pub fn app_env(&self) -> Vec<crate::environment::EnvVar> {
+        let proxy = format!("http://127.0.0.1:{}", self.outbound_port);
+        let api_host = self
+            .api_server
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned()))
+            .unwrap_or_default();
+        [
+            ("PORT", self.app_port.to_string()),
+            ("TESSERA_APP_ADDR", format!("127.0.0.1:{}", self.app_port)),
+            ("TESSERA_POD_IP", self.pod_ip.to_string()),
+            ("HTTP_PROXY", proxy.clone()),
+            ("http_proxy", proxy),
+            ("NO_PROXY", api_host.clone()),
+            ("no_proxy", api_host),
+        ]
+        .into_iter()
+        .map(|(name, value)| crate::environment::EnvVar { name: name.into(), value })
+        .collect()
+    }
+
+    /// The admin address.
+    pub fn admin(&self) -> SocketAddr {
+        SocketAddr::from((self.pod_ip, self.admin_port))
+    }
+}
+
+/// `GET /ready` on the proxy's admin port: whether it answered 200.
+pub async fn is_ready(admin: SocketAddr) -> bool {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+        let request = format!("GET /ready HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(&head[..] == b"HTTP/1.1 200")
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten().unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_stable_and_never_the_hosts() {
+        let a = candidate("node-api", "api", "api-0", 0);
+        assert_eq!(a, candidate("node-api", "api", "api-0", 0), "deterministic");
+        assert_ne!(a, candidate("node-api", "api", "api-1", 0));
+        assert_ne!(a, candidate("node-api", "api", "api-0", 1));
+        // Parts are separated: ("ab","c") and ("a","bc") differ.
+        assert_ne!(candidate("ab", "c", "p", 0), candidate("a", "bc", "p", 0));
+        for i in 0..2000 {
+            let ip = candidate("n", "ns", &format!("p{i}"), 0).octets();
+            assert_eq!(ip[0], 127);
+            assert!(ip[1] >= 1 && ip[1] <= 254 && ip[3] >= 1 && ip[3] <= 254, "{ip:?}");
+        }
+    }
+
+    #[test]
+    fn a_taken_or_bound_address_is_skipped() {
+        let first = candidate("n", "ns", "p", 0);
+        assert_eq!(allocate_pod_ip("n", "ns", "p", &[], &[]).unwrap(), first);
+        assert_eq!(allocate_pod_ip("n", "ns", "p", &[first], &[]).unwrap(), candidate("n", "ns", "p", 1));
+        let held = std::net::TcpListener::bind((first, 0)).unwrap();
+        let port = held.local_addr().unwrap().port();
+        assert_eq!(allocate_pod_ip("n", "ns", "p", &[], &[port]).unwrap(), candidate("n", "ns", "p", 1));
+    }
+
+    #[test]
+    fn the_app_is_told_its_port_and_its_proxy() {
+        let launch = ProxyLaunch {
+            namespace: "api".into(),
+            pod: "api-0".into(),
+            identity: "api.api.serviceaccount.identity.linkerd.cluster.local".into(),
+            pod_ip: Ipv4Addr::new(127, 9, 8, 7),
+            port: 8080,
+            app_port: 18080,
+            admin_port: 4191,
+            outbound_port: 40001,
+            identity_addr: "127.0.0.1:8443".into(),
+            trust_anchors: "/a/ca.crt".into(),
+            token_file: "/r/var/run/secrets/tokens/linkerd-identity-token".into(),
+            service_account_dir: "/r/var/run/secrets/kubernetes.io/serviceaccount".into(),
+            api_server: "https://127.0.0.1:6443".into(),
+        };
+        let env: Vec<(String, String)> = launch.app_env().into_iter().map(|v| (v.name, v.value)).collect();
+        assert!(env.contains(&("PORT".into(), "18080".into())));
+        assert!(env.contains(&("HTTP_PROXY".into(), "http://127.0.0.1:40001".into())));
+        assert!(env.contains(&("no_proxy".into(), "127.0.0.1".into())));
+        let args = launch.args();
+        let after = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
+        assert_eq!(after("--inbound").as_deref(), Some("127.9.8.7:8080=127.0.0.1:18080"));
+        assert_eq!(after("--admin-addr").as_deref(), Some("127.9.8.7:4191"));
+        assert_eq!(after("--api-ca").as_deref(), Some("/r/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"));
+        assert_eq!(after("--pod").as_deref(), Some("api-0"));
+    }
+}
