@@ -742,9 +742,14 @@ pub fn encode(object: &Value) -> Result<Vec<u8>, ProtobufError> {
 /// length, then a `metav1.WatchEvent{type = 1, object = 2}` whose object is a
 /// `runtime.RawExtension{raw = 1}` holding the object's protobuf body.
 pub fn encode_watch_event(type_: &str, object: &Value) -> Result<Vec<u8>, ProtobufError> {
-    let body = encode(object)?;
+    watch_frame(type_, &encode(object)?)
+}
+
+/// [`encode_watch_event`] around an object's already encoded protobuf body
+/// (the watch cache encodes each object once for all its watchers).
+pub fn watch_frame(type_: &str, body: &[u8]) -> Result<Vec<u8>, ProtobufError> {
     let mut raw_extension = Vec::with_capacity(body.len() + 6);
-    put_bytes(&mut raw_extension, 1, &body);
+    put_bytes(&mut raw_extension, 1, body);
     let mut event = Vec::with_capacity(raw_extension.len() + type_.len() + 8);
     put_bytes(&mut event, 1, type_.as_bytes());
     put_bytes(&mut event, 2, &raw_extension);

@@ -184,7 +184,8 @@ pub async fn run(
         Some(e) => e.clone(),
         None => store,
     };
-    let registry = Registry::new(store);
+    // Reads are served from a watch cache of the store (tessera_api::registry::cached).
+    let registry = Registry::new(store).with_watch_cache();
     let tls = serve::server_config(&pki.serving_cert_pem, &pki.serving_key_pem, &pki.ca_cert_pem)?;
 
     let now = jiff::Timestamp::now().as_second();
