@@ -451,8 +451,8 @@ async fn execute(state: &AppState, user: Arc<UserInfo>, authorized: Authorized, 
             let list = registry.list_body(resource, namespace, &options.list).await?;
             let list = match list {
                 // Composed from the items' cached JSON: nothing re-encoded.
-                ListBody::Cached(list) if !table::wants_table(&accept) && response_encoding(resource, &accept)? == crate::negotiate::Encoding::Json => {
-                    return Ok(crate::response::bytes_response(StatusCode::OK, list.to_json(), "application/json"));
+                ListBody::Cached(list) if !table::wants_table(&accept) => {
+                    return Ok(crate::response::cached_list(&list, response_encoding(resource, &accept)?));
                 }
                 other => other.into_value(resource),
             };

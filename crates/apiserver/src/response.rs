@@ -92,3 +92,14 @@ pub fn encoded_object(body: &tessera_api::registry::cached::ObjectBody, encoding
         ObjectBody::Value(value) => Ok(encoded(StatusCode::OK, value, encoding)),
     }
 }
+
+/// A list from the watch cache in `encoding`, composed from its items'
+/// cached encodings (JSON when an item has no protobuf form, as `encoded`).
+pub fn cached_list(list: &tessera_api::registry::cached::CachedList, encoding: crate::negotiate::Encoding) -> Response {
+    if encoding == crate::negotiate::Encoding::Protobuf
+        && let Some(bytes) = list.to_protobuf()
+    {
+        return bytes_response(StatusCode::OK, bytes, crate::negotiate::PROTOBUF);
+    }
+    bytes_response(StatusCode::OK, list.to_json(), "application/json")
+}

@@ -64,9 +64,10 @@ pub struct CachedObject {
     value: Option<Value>,
     /// `value` as JSON (empty when `value` is `None`).
     json: Bytes,
-    /// `value` as a protobuf body, once asked for (`None`: the kind has no
-    /// protobuf form, or this object cannot be carried whole).
-    protobuf: OnceLock<Option<Bytes>>,
+    /// `value` as a protobuf body and where its message lies in it, once
+    /// asked for (`None`: the kind has no protobuf form, or this object
+    /// cannot be carried whole).
+    protobuf: OnceLock<Option<(Bytes, std::ops::Range<usize>)>>,
 }
 
 impl std::fmt::Debug for CachedObject {
@@ -119,9 +120,21 @@ impl CachedObject {
 
     /// The object's protobuf body, shared; encoded on first use.
     pub fn protobuf(&self) -> Option<Bytes> {
+        self.protobuf_encoded().map(|(body, _)| body.clone())
+    }
+
+    /// The object's protobuf message (a list item), shared with its body.
+    pub fn protobuf_message(&self) -> Option<Bytes> {
+        self.protobuf_encoded().map(|(body, range)| body.slice(range.clone()))
+    }
+
+    fn protobuf_encoded(&self) -> Option<&(Bytes, std::ops::Range<usize>)> {
         self.protobuf
-            .get_or_init(|| self.value.as_ref().and_then(|v| crate::protobuf::encode(v).ok()).map(Bytes::from))
-            .clone()
+            .get_or_init(|| {
+                let (body, range) = crate::protobuf::encode_object(self.value.as_ref()?).ok()?;
+                Some((Bytes::from(body), range))
+            })
+            .as_ref()
     }
 
     /// What this entry weighs in the ring's byte budget.

@@ -69,6 +69,15 @@ impl CachedList {
         out.freeze()
     }
 
+    /// The list as a protobuf body composed from each item's cached
+    /// message; `None` when an item has no protobuf form.
+    pub fn to_protobuf(&self) -> Option<Bytes> {
+        let messages: Option<Vec<Bytes>> = self.items.iter().map(|o| o.protobuf_message()).collect();
+        let messages = messages?;
+        let items: Vec<&[u8]> = messages.iter().map(|m| m.as_ref()).collect();
+        crate::protobuf::encode_list(&self.api_version, &self.kind, &self.revision.to_string(), &items).ok().map(Bytes::from)
+    }
+
     /// The revision the list is at.
     pub fn revision(&self) -> Revision {
         self.revision
