@@ -129,11 +129,12 @@ pub struct WatchEvent {
 }
 
 impl WatchEvent {
-    /// The event's object, wherever it is held.
-    pub fn object(&self) -> &Value {
+    /// The event's object, wherever it is held (decoded from the shared
+    /// JSON when the watch cache holds it).
+    pub fn object(&self) -> Value {
         match &self.shared {
-            Some(shared) => shared.value().unwrap_or(&Value::Null),
-            None => &self.object,
+            Some(shared) => shared.value().unwrap_or(Value::Null),
+            None => self.object.clone(),
         }
     }
 }

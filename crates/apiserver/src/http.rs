@@ -442,7 +442,7 @@ async fn execute(state: &AppState, user: Arc<UserInfo>, authorized: Authorized, 
         Verb::Get => {
             let obj = registry.get_body(resource, namespace, name, options.list.resource_version.as_deref()).await?;
             if table::wants_table(&accept) {
-                let t = table::table(resource, std::slice::from_ref(obj.value()?), json!({}), include_object);
+                let t = table::table(resource, std::slice::from_ref(&obj.to_value()?), json!({}), include_object);
                 return Ok(json_response(StatusCode::OK, &t));
             }
             Ok(crate::response::encoded_object(&obj, response_encoding(resource, &accept)?)?)

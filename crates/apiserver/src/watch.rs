@@ -139,7 +139,7 @@ fn encode_event(resource: &ResourceInfo, event: WatchEvent, format: &Format) -> 
         if let Some(line) = shared_line(event.type_, shared, format) {
             return line;
         }
-        return encode_line(resource, event.type_, event.object().clone(), format);
+        return encode_line(resource, event.type_, event.object(), format);
     }
     encode_line(resource, event.type_, event.object, format)
 }

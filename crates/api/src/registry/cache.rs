@@ -59,10 +59,8 @@ const ROOT: &str = "/";
 pub struct CachedObject {
     key: String,
     revision: Revision,
-    /// The object with `metadata.resourceVersion` set; `None` when the stored
-    /// bytes are not JSON (not an API object, or corrupt).
-    value: Option<Value>,
-    /// `value` as JSON (empty when `value` is `None`).
+    /// The object as JSON with `metadata.resourceVersion` set; empty when
+    /// the stored bytes are not JSON (not an API object, or corrupt).
     json: Bytes,
     /// `value` as a protobuf body and where its message lies in it, once
     /// asked for (`None`: the kind has no protobuf form, or this object
@@ -91,8 +89,9 @@ impl CachedObject {
             }
             v
         });
-        let json = value.as_ref().and_then(|v| serde_json::to_vec(v).ok()).map(Bytes::from).unwrap_or_default();
-        Self { key, revision, value, json, protobuf: OnceLock::new() }
+        // Exactly sized: the encoder's spare capacity would be held for as long as the object.
+        let json = value.as_ref().and_then(|v| serde_json::to_vec(v).ok()).map(|j| Bytes::copy_from_slice(&j)).unwrap_or_default();
+        Self { key, revision, json, protobuf: OnceLock::new() }
     }
 
     /// The store key.
@@ -105,12 +104,27 @@ impl CachedObject {
         self.revision
     }
 
-    /// The decoded object (500, as for a corrupt stored object, when it is not JSON).
-    pub fn value(&self) -> Result<&Value> {
-        self.value.as_ref().ok_or_else(|| {
-            tracing::error!(key = %self.key, "stored object is not JSON");
-            ApiError::internal("stored object is corrupt; see server logs")
-        })
+    /// The object, decoded from its JSON (500, as for a corrupt stored
+    /// object, when it is not JSON).
+    pub fn value(&self) -> Result<Value> {
+        self.check()?;
+        serde_json::from_slice(&self.json).map_err(|_| corrupt(&self.key))
+    }
+
+    /// Fails as [`Self::value`] would, without decoding.
+    pub fn check(&self) -> Result<()> {
+        if self.json.is_empty() { Err(corrupt(&self.key)) } else { Ok(()) }
+    }
+
+    /// Whether the object matches `labels` and `fields` (false when it is
+    /// not JSON). Only the JSON is held — a decoded object costs about ten
+    /// times as much memory — so a selector decodes it; most reads
+    /// (informers' lists and watches) have none.
+    pub fn matches(&self, labels: &crate::selector::LabelSelector, fields: &crate::selector::FieldSelector) -> bool {
+        if labels.is_empty() && fields.is_empty() {
+            return !self.json.is_empty();
+        }
+        self.value().is_ok_and(|v| labels.matches(&v) && fields.matches(&v))
     }
 
     /// The object's JSON, shared.
@@ -131,7 +145,7 @@ impl CachedObject {
     fn protobuf_encoded(&self) -> Option<&(Bytes, std::ops::Range<usize>)> {
         self.protobuf
             .get_or_init(|| {
-                let (body, range) = crate::protobuf::encode_object(self.value.as_ref()?).ok()?;
+                let (body, range) = crate::protobuf::encode_object(&self.value().ok()?).ok()?;
                 Some((Bytes::from(body), range))
             })
             .as_ref()
@@ -141,6 +155,11 @@ impl CachedObject {
     fn weight(&self) -> usize {
         self.key.len() + self.json.len()
     }
+}
+
+fn corrupt(key: &str) -> ApiError {
+    tracing::error!(key, "stored object is not JSON");
+    ApiError::internal("stored object is corrupt; see server logs")
 }
 
 /// One applied store event.

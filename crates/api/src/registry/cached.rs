@@ -90,7 +90,7 @@ impl CachedList {
 
     /// The list as a `…List` object.
     pub fn to_value(&self, resource: &ResourceInfo) -> Value {
-        let items = self.items.iter().filter_map(|o| o.value().ok().cloned()).collect();
+        let items = self.items.iter().filter_map(|o| o.value().ok()).collect();
         list_object(resource, items, self.revision, None)
     }
 }
@@ -125,10 +125,10 @@ pub enum ObjectBody {
 
 impl ObjectBody {
     /// The object.
-    pub fn value(&self) -> Result<&Value> {
+    pub fn to_value(&self) -> Result<Value> {
         match self {
             Self::Cached(o) => o.value(),
-            Self::Value(v) => Ok(v),
+            Self::Value(v) => Ok(v.clone()),
         }
     }
 }
@@ -156,7 +156,7 @@ impl Registry {
         let key = resource.key(Self::namespace_of(resource, namespace), name);
         match cache.get(&key).1 {
             Some(object) => {
-                object.value()?;
+                object.check()?;
                 Ok(ObjectBody::Cached(object))
             }
             None => Err(ApiError::not_found(resource, name)),
@@ -206,8 +206,8 @@ impl Registry {
         };
         let mut items = Vec::with_capacity(objects.len());
         for object in objects {
-            let value = object.value()?;
-            if params.labels.matches(value) && params.fields.matches(value) {
+            object.check()?;
+            if object.matches(&params.labels, &params.fields) {
                 items.push(object);
             }
         }
@@ -294,8 +294,8 @@ impl CachedWatch {
 
 /// A wire event carrying a cached object's shared encodings.
 fn shared(type_: &'static str, object: &Arc<CachedObject>) -> WatchEvent {
-    match object.value() {
-        Ok(_) => WatchEvent { shared: Some(Arc::clone(object)), type_, object: Value::Null },
+    match object.check() {
+        Ok(()) => WatchEvent { shared: Some(Arc::clone(object)), type_, object: Value::Null },
         Err(e) => WatchEvent { shared: None, type_: "ERROR", object: e.to_status() },
     }
 }
@@ -310,7 +310,7 @@ fn convert(ev: &CachedEvent, filter: &Filter) -> Option<WatchEvent> {
         };
         return Some(shared(type_, &ev.object));
     }
-    let matches = |o: &Arc<CachedObject>| o.value().is_ok_and(|v| filter.matches(v));
+    let matches = |o: &Arc<CachedObject>| o.matches(&filter.labels, &filter.fields);
     let (now, before) = match ev.kind {
         EventKind::Create => (matches(&ev.object), false),
         EventKind::Update => (matches(&ev.object), ev.prev.as_ref().is_some_and(matches)),
@@ -325,7 +325,7 @@ fn convert(ev: &CachedEvent, filter: &Filter) -> Option<WatchEvent> {
             // It stopped matching: its previous state, at this event's
             // resourceVersion (rare: encoded for this watcher alone).
             let prev = ev.prev.as_ref()?;
-            let mut object = prev.value().ok()?.clone();
+            let mut object = prev.value().ok()?;
             object["metadata"]["resourceVersion"] = json!(ev.revision().to_string());
             Some(WatchEvent { shared: None, type_: "DELETED", object })
         }

@@ -380,8 +380,8 @@ impl Registry {
 /// A watch's selectors.
 #[derive(Debug, Clone)]
 pub(super) struct Filter {
-    labels: LabelSelector,
-    fields: FieldSelector,
+    pub(super) labels: LabelSelector,
+    pub(super) fields: FieldSelector,
 }
 
 impl Filter {
