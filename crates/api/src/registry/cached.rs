@@ -214,6 +214,13 @@ impl Registry {
         Ok(Some(CachedList { kind: format!("{}List", resource.kind), api_version: resource.api_version(), revision, items }))
     }
 
+    /// Whether the store still has its history after `after` (a one-key
+    /// read at that revision fails when it is compacted).
+    pub(super) async fn store_has_history(&self, prefix: &str, after: Revision) -> bool {
+        let options = tessera_store::ListOptions { limit: 1, start_after: None, revision: after };
+        !matches!(self.store.list(prefix, options).await, Err(tessera_store::Error::Compacted { .. }))
+    }
+
     /// A watch of `prefix` after `after` from the cache's ring, or `None`.
     pub(super) fn watch_from_cache(&self, prefix: &str, after: Revision) -> Option<Subscription> {
         self.cache.as_ref().filter(|c| c.is_ready())?.watch(prefix, after)

@@ -332,7 +332,12 @@ impl Registry {
             first.push(WatchEvent { shared: None, type_: "BOOKMARK", object: bookmark(&kind, &api_version, after, true) });
         }
         let filter = Filter { labels: params.labels.clone(), fields: params.fields.clone() };
-        if let Some(sub) = self.watch_from_cache(&prefix, after) {
+        // The ring may still hold events the store has compacted away; a
+        // client's resourceVersion older than the store's history gets the
+        // store's 410, so a deleted object is never replayed from memory.
+        let resumed = rv > 0 && !initial;
+        let served = if resumed { self.store_has_history(&prefix, after).await } else { true };
+        if let Some(sub) = self.watch_from_cache(&prefix, after).filter(|_| served) {
             let live = super::cached::CachedWatch {
                 backlog: sub.backlog,
                 live: sub.live,
