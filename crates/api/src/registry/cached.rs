@@ -15,7 +15,10 @@
 //!   revision — `ConsistentListFromCache`, beta and on in 1.31+ — and from
 //!   the store if it has not within 3 s.
 //! - **watch**: from the cache's ring when it still holds the revision
-//!   asked for; otherwise from the store, as before the cache.
+//!   asked for; otherwise from the store, as before the cache. Unlike
+//!   kube's cacher, a resourceVersion the store has compacted is never
+//!   served from the ring: it gets the store's 410, so an object deleted
+//!   before a compaction is not replayed from memory (tessera's contract).
 //!
 //! Until its first list is loaded, everything goes to the store.
 
