@@ -795,13 +795,50 @@ pub fn encode(object: &Value) -> Result<Vec<u8>, ProtobufError> {
     Ok(envelope(api_version, kind, &raw))
 }
 
+/// An object's protobuf body, and where in it lies its message: what a list
+/// carries as an item. The watch cache encodes each object once and serves
+/// gets, watch events and list items from these bytes.
+pub fn encode_object(object: &Value) -> Result<(Vec<u8>, std::ops::Range<usize>), ProtobufError> {
+    let Value::Object(o) = object else { return Err(ProtobufError::Unencodable("not an object".into())) };
+    let text = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or_default();
+    let (api_version, kind) = (text("apiVersion"), text("kind"));
+    if !encodes(api_version, kind) {
+        return Err(ProtobufError::UnknownKind { api_version: api_version.into(), kind: kind.into() });
+    }
+    let schema = schema(api_version, kind).ok_or_else(|| ProtobufError::Unencodable(kind.into()))?;
+    let raw = message_bytes(o, schema, &["apiVersion", "kind"])?;
+    let body = envelope(api_version, kind, &raw);
+    // The envelope ends with the message (field 2) and two empty fields
+    // (contentEncoding, contentType: a key byte and a zero length each).
+    let end = body.len() - 4;
+    Ok((body, end - raw.len()..end))
+}
+
+/// A `…List` body at `resource_version` composed from its items' messages
+/// (see [`encode_object`]): the same bytes [`encode`] writes for the list.
+pub fn encode_list(api_version: &str, list_kind: &str, resource_version: &str, items: &[&[u8]]) -> Result<Vec<u8>, ProtobufError> {
+    let mut meta = Map::new();
+    meta.insert("resourceVersion".into(), Value::String(resource_version.into()));
+    let mut raw = Vec::with_capacity(items.iter().map(|i| i.len() + 6).sum::<usize>() + 32);
+    put_bytes(&mut raw, 1, &message_bytes(&meta, LIST_META, &[])?);
+    for item in items {
+        put_bytes(&mut raw, 2, item);
+    }
+    Ok(envelope(api_version, list_kind, &raw))
+}
+
 /// One frame of a protobuf watch stream (`;stream=watch`): a 4-byte big-endian
 /// length, then a `metav1.WatchEvent{type = 1, object = 2}` whose object is a
 /// `runtime.RawExtension{raw = 1}` holding the object's protobuf body.
 pub fn encode_watch_event(type_: &str, object: &Value) -> Result<Vec<u8>, ProtobufError> {
-    let body = encode(object)?;
+    watch_frame(type_, &encode(object)?)
+}
+
+/// [`encode_watch_event`] around an object's already encoded protobuf body
+/// (the watch cache encodes each object once for all its watchers).
+pub fn watch_frame(type_: &str, body: &[u8]) -> Result<Vec<u8>, ProtobufError> {
     let mut raw_extension = Vec::with_capacity(body.len() + 6);
-    put_bytes(&mut raw_extension, 1, &body);
+    put_bytes(&mut raw_extension, 1, body);
     let mut event = Vec::with_capacity(raw_extension.len() + type_.len() + 8);
     put_bytes(&mut event, 1, type_.as_bytes());
     put_bytes(&mut event, 2, &raw_extension);
@@ -816,6 +853,19 @@ pub fn encode_watch_event(type_: &str, object: &Value) -> Result<Vec<u8>, Protob
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn lists_composed_from_cached_items_are_the_lists_encode_writes() {
+        let sa = |name: &str, rv: &str| json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv, "uid": "u"}});
+        let (a, b) = (sa("a", "5"), sa("b", "7"));
+        let (body_a, msg_a) = encode_object(&a).expect("a");
+        let (body_b, msg_b) = encode_object(&b).expect("b");
+        assert_eq!(body_a, encode(&a).expect("encode a"));
+        let list = json!({"apiVersion": "v1", "kind": "ServiceAccountList", "metadata": {"resourceVersion": "9"}, "items": [a, b]});
+        let composed = encode_list("v1", "ServiceAccountList", "9", &[&body_a[msg_a], &body_b[msg_b]]).expect("compose");
+        assert_eq!(composed, encode(&list).expect("encode list"));
+    }
 
     /// Minimal protobuf encoder for tests.
     fn field(tag: u64, payload: &[u8]) -> Vec<u8> {

@@ -121,8 +121,22 @@ pub struct ListParams {
 pub struct WatchEvent {
     /// `ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` or `ERROR`.
     pub type_: &'static str,
-    /// The object (a Status for `ERROR`).
+    /// The object (a Status for `ERROR`); `Null` when `shared` carries it.
     pub object: Value,
+    /// The object as the watch cache holds it, with its encodings shared by
+    /// every watcher (see [`WatchEvent::object`]).
+    pub shared: Option<Arc<cache::CachedObject>>,
+}
+
+impl WatchEvent {
+    /// The event's object, wherever it is held (decoded from the shared
+    /// JSON when the watch cache holds it).
+    pub fn object(&self) -> Value {
+        match &self.shared {
+            Some(shared) => shared.value().unwrap_or(Value::Null),
+            None => self.object.clone(),
+        }
+    }
 }
 
 /// The object store with Kubernetes semantics.
@@ -133,6 +147,8 @@ pub struct Registry {
     bookmark_interval: std::time::Duration,
     /// Where Service cluster IPs come from.
     service_cidr: crate::service_ips::ServiceCidr,
+    /// Serves get, list and watch from memory (see [`cache`]).
+    cache: Option<Arc<cache::WatchCache>>,
 }
 
 fn now_rfc3339() -> String {
@@ -198,7 +214,7 @@ fn generate_suffix() -> String {
 impl Registry {
     /// A registry over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, bookmark_interval: read::BOOKMARK_INTERVAL, service_cidr: Default::default() }
+        Self { store, bookmark_interval: read::BOOKMARK_INTERVAL, service_cidr: Default::default(), cache: None }
     }
 
     /// The same registry allocating Service cluster IPs from `cidr`.
@@ -216,6 +232,18 @@ impl Registry {
     pub fn with_bookmark_interval(mut self, interval: std::time::Duration) -> Self {
         self.bookmark_interval = interval;
         self
+    }
+
+    /// Serves reads from a watch cache of the store (see [`cached`] for
+    /// which); starts following the store on the current runtime.
+    pub fn with_watch_cache(mut self) -> Self {
+        self.cache = Some(cache::WatchCache::start(Arc::clone(&self.store)));
+        self
+    }
+
+    /// The watch cache, if reads are served from one.
+    pub fn watch_cache(&self) -> Option<&Arc<cache::WatchCache>> {
+        self.cache.as_ref()
     }
 
     /// The underlying store.
@@ -921,6 +949,8 @@ fn list_object(resource: &ResourceInfo, items: Vec<Value>, revision: Revision, n
     })
 }
 
+pub mod cache;
+pub mod cached;
 pub mod read;
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,7 @@ use http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
 use tessera_api::deletion::DeleteOptions;
 use tessera_api::patch::Patch;
+use tessera_api::registry::cached::ListBody;
 use tessera_api::registry::{WriteOptions, WriteScope};
 use tessera_api::resource::ResourceInfo;
 use tessera_api::{ApiError, Registry};
@@ -452,15 +453,22 @@ async fn execute(state: &AppState, user: Arc<UserInfo>, authorized: Authorized, 
     let include_object = options.include_object.as_str();
     match verb {
         Verb::Get => {
-            let obj = registry.get(resource, namespace, name).await?;
+            let obj = registry.get_body(resource, namespace, name, options.list.resource_version.as_deref()).await?;
             if table::wants_table(&accept) {
-                let t = table::table(resource, std::slice::from_ref(&obj), json!({}), include_object);
+                let t = table::table(resource, std::slice::from_ref(&obj.to_value()?), json!({}), include_object);
                 return Ok(json_response(StatusCode::OK, &t));
             }
-            Ok(crate::response::encoded(StatusCode::OK, &obj, response_encoding(resource, &accept)?))
+            Ok(crate::response::encoded_object(&obj, response_encoding(resource, &accept)?)?)
         }
         Verb::List => {
-            let list = registry.list(resource, namespace, &options.list).await?;
+            let list = registry.list_body(resource, namespace, &options.list).await?;
+            let list = match list {
+                // Composed from the items' cached JSON: nothing re-encoded.
+                ListBody::Cached(list) if !table::wants_table(&accept) => {
+                    return Ok(crate::response::cached_list(&list, response_encoding(resource, &accept)?));
+                }
+                other => other.into_value(resource),
+            };
             if table::wants_table(&accept) {
                 let items = list.get("items").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
                 let meta = list.get("metadata").cloned().unwrap_or_default();

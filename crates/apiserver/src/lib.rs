@@ -64,6 +64,8 @@ pub struct Config {
     pub max_token_lifetime_seconds: i64,
     /// Let anonymous users read OIDC discovery.
     pub anonymous_oidc_discovery: bool,
+    /// Serve get, list and watch from a watch cache (kube's `--watch-cache`).
+    pub watch_cache: bool,
     /// Where objects are stored.
     pub storage: Storage,
     /// Encryption at rest (`--encryption-provider-config`), if configured.
@@ -111,6 +113,7 @@ impl Config {
             signing_alg: tessera_authn::jwt::Algorithm::ES256,
             max_token_lifetime_seconds: 48 * 3600,
             anonymous_oidc_discovery: false,
+            watch_cache: true,
             storage: Storage::Sqlite,
             encryption: None,
             node_certificate_validity: node::certificates::DEFAULT_VALIDITY,
@@ -196,7 +199,9 @@ pub async fn run(
         Some(e) => e.clone(),
         None => store,
     };
+    // Reads are served from a watch cache of the store (tessera_api::registry::cached).
     let registry = Registry::new(store).with_service_cidr(config.service_cidr);
+    let registry = if config.watch_cache { registry.with_watch_cache() } else { registry };
     let tls = serve::server_config(&pki.serving_cert_pem, &pki.serving_key_pem, &pki.ca_cert_pem)?;
 
     let now = jiff::Timestamp::now().as_second();

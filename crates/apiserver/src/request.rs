@@ -412,6 +412,9 @@ fn decode_options(query: &Query, kind: Option<&'static ResourceInfo>, verb: Verb
         };
         validate_list_options(&params, verb)?;
         params
+    } else if verb == Verb::Get {
+        // A get's resourceVersion decides whether the watch cache serves it.
+        ListParams { resource_version: query.first("resourceVersion").map(str::to_owned), ..ListParams::default() }
     } else {
         ListParams::default()
     };

@@ -63,3 +63,43 @@ pub fn failure_in(err: ApiError, encoding: crate::negotiate::Encoding) -> Respon
     let code = StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     encoded(code, &err.to_status(), encoding)
 }
+
+/// Bytes already encoded (by the watch cache) as a response.
+pub fn bytes_response(code: StatusCode, bytes: axum::body::Bytes, content_type: &'static str) -> Response {
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = code;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// A get's object in `encoding`: a cached object's bytes as they are,
+/// encoded once for every reader.
+pub fn encoded_object(body: &tessera_api::registry::cached::ObjectBody, encoding: crate::negotiate::Encoding) -> Result<Response, Failure> {
+    use tessera_api::registry::cached::ObjectBody;
+    match body {
+        ObjectBody::Cached(object) => {
+            if encoding == crate::negotiate::Encoding::Protobuf
+                && let Some(bytes) = object.protobuf()
+            {
+                return Ok(bytes_response(StatusCode::OK, bytes, crate::negotiate::PROTOBUF));
+            }
+            if encoding == crate::negotiate::Encoding::Protobuf {
+                // Not carried whole by the protobuf tables: JSON, as `encoded` does.
+                tracing::debug!("answering JSON instead of protobuf");
+            }
+            Ok(bytes_response(StatusCode::OK, object.json(), "application/json"))
+        }
+        ObjectBody::Value(value) => Ok(encoded(StatusCode::OK, value, encoding)),
+    }
+}
+
+/// A list from the watch cache in `encoding`, composed from its items'
+/// cached encodings (JSON when an item has no protobuf form, as `encoded`).
+pub fn cached_list(list: &tessera_api::registry::cached::CachedList, encoding: crate::negotiate::Encoding) -> Response {
+    if encoding == crate::negotiate::Encoding::Protobuf
+        && let Some(bytes) = list.to_protobuf()
+    {
+        return bytes_response(StatusCode::OK, bytes, crate::negotiate::PROTOBUF);
+    }
+    bytes_response(StatusCode::OK, list.to_json(), "application/json")
+}

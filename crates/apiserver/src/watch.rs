@@ -134,6 +134,40 @@ fn watch_timeout(client: Option<Duration>, jitter: f64) -> Duration {
 }
 
 /// One event as a line (or protobuf frame) of the response.
+fn encode_event(resource: &ResourceInfo, event: WatchEvent, format: &Format) -> Bytes {
+    if let Some(shared) = &event.shared {
+        if let Some(line) = shared_line(event.type_, shared, format) {
+            return line;
+        }
+        return encode_line(resource, event.type_, event.object(), format);
+    }
+    encode_line(resource, event.type_, event.object, format)
+}
+
+/// A watch-cache event composed around the object's shared encoding, the
+/// same bytes serde_json would write (`object` sorts before `type`): no
+/// watcher encodes the object again. `None` for Tables (and objects without
+/// a protobuf form), which are encoded per watcher.
+fn shared_line(type_: &str, object: &tessera_api::registry::cache::CachedObject, format: &Format) -> Option<Bytes> {
+    match format {
+        Format::Objects => {
+            let json = object.json();
+            let mut line = Vec::with_capacity(json.len() + type_.len() + 24);
+            line.extend_from_slice(b"{\"object\":");
+            line.extend_from_slice(&json);
+            line.extend_from_slice(b",\"type\":\"");
+            line.extend_from_slice(type_.as_bytes());
+            line.extend_from_slice(b"\"}\n");
+            Some(Bytes::from(line))
+        }
+        Format::Protobuf => {
+            let body = object.protobuf()?;
+            tessera_api::protobuf::watch_frame(type_, &body).ok().map(Bytes::from)
+        }
+        Format::Table { .. } => None,
+    }
+}
+
 fn encode_line(resource: &ResourceInfo, type_: &str, object: Value, format: &Format) -> Bytes {
     if *format == Format::Protobuf {
         match tessera_api::protobuf::encode_watch_event(type_, &object) {
@@ -186,7 +220,7 @@ impl Pump {
                     None => break,
                 },
             };
-            let line = encode_line(self.resource, event.type_, event.object, &self.format);
+            let line = encode_event(self.resource, event, &self.format);
             match tokio::time::timeout(STALL_TIMEOUT, self.outbox.push(line)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(ReaderGone)) => return,

@@ -75,6 +75,10 @@ struct ServerArgs {
     /// Let unauthenticated clients read /.well-known/openid-configuration and /openid/v1/jwks.
     #[arg(long, env = "TESSERA_ANONYMOUS_OIDC_DISCOVERY")]
     anonymous_oidc_discovery: bool,
+    /// Serve get, list and watch from an in-memory watch cache, as kube-apiserver's
+    /// `--watch-cache` (on by default; `--watch-cache=false` reads the store every time).
+    #[arg(long, env = "TESSERA_WATCH_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    watch_cache: bool,
     /// Start even if group or others can access the data dir or its store, or another user owns them
     /// (by default the server refuses, as sshd and PostgreSQL do: the store holds every Secret).
     #[arg(long, env = "TESSERA_ALLOW_INSECURE_DATA_DIR")]
@@ -313,6 +317,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.signing_alg = args.service_account_signing_alg;
     config.max_token_lifetime_seconds = args.service_account_max_token_expiration;
     config.anonymous_oidc_discovery = args.anonymous_oidc_discovery;
+    config.watch_cache = args.watch_cache;
     config.node_lifecycle.eviction_timeout = args.node_eviction_timeout;
     config.node_certificate_validity = args.node_certificate_validity;
     config.connections = tessera_apiserver::serve::ConnectionLimits {

@@ -170,8 +170,17 @@ fn too_large(requested: Revision, current: Revision) -> ApiError {
 // === impl Registry ===
 
 impl Registry {
-    /// Lists objects as a `…List` object (see the module doc for revisions).
+    /// Lists objects as a `…List` object: from the watch cache when the
+    /// parameters let it (`super::cached`), otherwise from the store.
     pub(super) async fn list_objects(&self, resource: &ResourceInfo, namespace: Option<&str>, params: &ListParams) -> Result<Value> {
+        match self.list_from_cache(resource, namespace, params).await? {
+            Some(list) => Ok(list.to_value(resource)),
+            None => self.list_from_store(resource, namespace, params).await,
+        }
+    }
+
+    /// Lists objects from the store as a `…List` object (see the module doc for revisions).
+    pub(super) async fn list_from_store(&self, resource: &ResourceInfo, namespace: Option<&str>, params: &ListParams) -> Result<Value> {
         let ns = Self::namespace_of(resource, namespace);
         let prefix = resource.key_prefix(ns);
         let rv = parse_resource_version(params.resource_version.as_deref().unwrap_or_default())?;
@@ -286,32 +295,61 @@ impl Registry {
         // current objects, unless the client says `sendInitialEvents=false`;
         // with one, only if it says `sendInitialEvents=true`.
         let initial = params.send_initial_events.unwrap_or(rv == 0);
-        let (initial, after) = if initial {
+        let kind = resource.kind.to_owned();
+        let api_version = resource.api_version();
+        let (mut first, after) = if initial {
             let all = ListParams { limit: 0, continue_token: None, resource_version: None, resource_version_match: None, ..params.clone() };
-            let list = self.list_objects(resource, namespace, &all).await?;
-            let rev = list
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .and_then(|rv| rv.parse::<Revision>().ok())
-                .unwrap_or(0);
-            let items = match list {
-                Value::Object(mut m) => match m.remove("items") {
-                    Some(Value::Array(items)) => items,
-                    _ => Vec::new(),
-                },
-                _ => Vec::new(),
-            };
-            (items, rev)
+            match self.list_body(resource, namespace, &all).await? {
+                super::cached::ListBody::Cached(list) => {
+                    let rev = list.revision();
+                    (list.items().iter().map(|o| WatchEvent { shared: Some(o.clone()), type_: "ADDED", object: Value::Null }).collect(), rev)
+                }
+                super::cached::ListBody::Value(list) => {
+                    let rev = list
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .and_then(|rv| rv.parse::<Revision>().ok())
+                        .unwrap_or(0);
+                    let items = match list {
+                        Value::Object(mut m) => match m.remove("items") {
+                            Some(Value::Array(items)) => items,
+                            _ => Vec::new(),
+                        },
+                        _ => Vec::new(),
+                    };
+                    (items.into_iter().map(|object| WatchEvent { shared: None, type_: "ADDED", object }).collect::<Vec<_>>(), rev)
+                }
+            }
         } else if rv == 0 {
-            (Vec::new(), self.store.revision().await.map_err(storage_error)?)
+            match self.cache.as_ref().filter(|c| c.is_ready()) {
+                Some(cache) => (Vec::new(), cache.revision()),
+                None => (Vec::new(), self.store.revision().await.map_err(storage_error)?),
+            }
         } else {
             (Vec::new(), revision_of(rv))
         };
-        let kind = resource.kind.to_owned();
-        let api_version = resource.api_version();
-        let mut first: Vec<WatchEvent> = initial.into_iter().map(|object| WatchEvent { type_: "ADDED", object }).collect();
         if params.send_initial_events == Some(true) && bookmarks {
-            first.push(WatchEvent { type_: "BOOKMARK", object: bookmark(&kind, &api_version, after, true) });
+            first.push(WatchEvent { shared: None, type_: "BOOKMARK", object: bookmark(&kind, &api_version, after, true) });
+        }
+        let filter = Filter { labels: params.labels.clone(), fields: params.fields.clone() };
+        // The ring may still hold events the store has compacted away; a
+        // client's resourceVersion older than the store's history gets the
+        // store's 410, so a deleted object is never replayed from memory.
+        let resumed = rv > 0 && !initial;
+        let served = if resumed { self.store_has_history(&prefix, after).await } else { true };
+        if let Some(sub) = self.watch_from_cache(&prefix, after).filter(|_| served) {
+            let live = super::cached::CachedWatch {
+                backlog: sub.backlog,
+                live: sub.live,
+                prefix,
+                after,
+                filter,
+                progress: after,
+                bookmarks: bookmarks.then(|| Bookmarks::new(self.bookmark_interval, deadline)),
+                kind,
+                api_version,
+            };
+            return Ok(futures::stream::iter(first).chain(live.into_stream().boxed()).right_stream());
         }
         let live = match self.store.watch(&prefix, after).await {
             Ok(stream) => stream,
@@ -322,12 +360,11 @@ impl Registry {
                     }
                     other => ApiError::gone(format!("too large resource version: {other}")),
                 };
-                let event = WatchEvent { type_: "ERROR", object: err.to_status() };
+                let event = WatchEvent { shared: None, type_: "ERROR", object: err.to_status() };
                 return Ok(futures::stream::iter(vec![event]).left_stream());
             }
             Err(e) => return Err(storage_error(e)),
         };
-        let filter = Filter { labels: params.labels.clone(), fields: params.fields.clone() };
         let live = LiveWatch {
             live,
             filter,
@@ -341,23 +378,23 @@ impl Registry {
             let event = live.next().await?;
             Some((event, live))
         });
-        Ok(futures::stream::iter(first).chain(live).right_stream())
+        Ok(futures::stream::iter(first).chain(live.boxed()).right_stream())
     }
 }
 
 /// A watch's selectors.
 #[derive(Debug, Clone)]
-struct Filter {
-    labels: LabelSelector,
-    fields: FieldSelector,
+pub(super) struct Filter {
+    pub(super) labels: LabelSelector,
+    pub(super) fields: FieldSelector,
 }
 
 impl Filter {
-    fn is_everything(&self) -> bool {
+    pub(super) fn is_everything(&self) -> bool {
         self.labels.is_empty() && self.fields == FieldSelector::default()
     }
 
-    fn matches(&self, obj: &Value) -> bool {
+    pub(super) fn matches(&self, obj: &Value) -> bool {
         self.labels.matches(obj) && self.fields.matches(obj)
     }
 }
@@ -366,10 +403,10 @@ impl Filter {
 /// (`cacheWatcher.nextBookmarkTime`): every period, and once
 /// [`PRE_TIMEOUT`] before the watch's deadline, so that a client resumes
 /// from a fresh resourceVersion.
-struct Bookmarks {
+pub(super) struct Bookmarks {
     period: std::time::Duration,
     deadline: Option<tokio::time::Instant>,
-    next: Option<tokio::time::Instant>,
+    pub(super) next: Option<tokio::time::Instant>,
 }
 
 /// How long before a watch's deadline its last BOOKMARK goes out (kube: 2 s).
@@ -384,7 +421,7 @@ impl Bookmarks {
 
     /// The next bookmark: a period from now or just before the deadline,
     /// whichever is first; none when that moment has passed.
-    fn schedule(&mut self) {
+    pub(super) fn schedule(&mut self) {
         let now = tokio::time::Instant::now();
         let mut next = now + self.period;
         if let Some(pre) = self.deadline.and_then(|d| d.checked_sub(PRE_TIMEOUT)) {
@@ -426,7 +463,7 @@ impl LiveWatch {
                     if let Some(b) = &mut self.bookmarks {
                         b.schedule();
                     }
-                    return Some(WatchEvent { type_: "BOOKMARK", object: bookmark(&self.kind, &self.api_version, self.progress, false) });
+                    return Some(WatchEvent { shared: None, type_: "BOOKMARK", object: bookmark(&self.kind, &self.api_version, self.progress, false) });
                 }
                 Some(None) => return None,
                 Some(Some(Err(e))) => {
@@ -438,7 +475,7 @@ impl LiveWatch {
                         }
                         other => ApiError::gone(format!("watch closed: {other}")),
                     };
-                    return Some(WatchEvent { type_: "ERROR", object: status.to_status() });
+                    return Some(WatchEvent { shared: None, type_: "ERROR", object: status.to_status() });
                 }
                 Some(Some(Ok(event))) => {
                     self.progress = self.progress.max(event.revision());
@@ -470,7 +507,7 @@ pub(super) fn bookmark(kind: &str, api_version: &str, revision: Revision, initia
 fn convert_event(ev: store::WatchEvent, filter: &Filter) -> Option<WatchEvent> {
     let revision = ev.revision();
     let decode = |value: &[u8]| from_store(value, revision);
-    let error = |e: ApiError| Some(WatchEvent { type_: "ERROR", object: e.to_status() });
+    let error = |e: ApiError| Some(WatchEvent { shared: None, type_: "ERROR", object: e.to_status() });
     if filter.is_everything() {
         let type_ = match ev.kind {
             EventKind::Create => "ADDED",
@@ -478,7 +515,7 @@ fn convert_event(ev: store::WatchEvent, filter: &Filter) -> Option<WatchEvent> {
             EventKind::Delete => "DELETED",
         };
         return match decode(&ev.kv.value) {
-            Ok(object) => Some(WatchEvent { type_, object }),
+            Ok(object) => Some(WatchEvent { shared: None, type_, object }),
             Err(e) => error(e),
         };
     }
@@ -505,9 +542,9 @@ fn convert_event(ev: store::WatchEvent, filter: &Filter) -> Option<WatchEvent> {
     let now = current.as_ref().is_some_and(|o| filter.matches(o));
     let before = previous.as_ref().is_some_and(|o| filter.matches(o));
     match (now, before) {
-        (true, false) => current.map(|object| WatchEvent { type_: "ADDED", object }),
-        (true, true) => current.map(|object| WatchEvent { type_: "MODIFIED", object }),
-        (false, true) => previous.map(|object| WatchEvent { type_: "DELETED", object }),
+        (true, false) => current.map(|object| WatchEvent { shared: None, type_: "ADDED", object }),
+        (true, true) => current.map(|object| WatchEvent { shared: None, type_: "MODIFIED", object }),
+        (false, true) => previous.map(|object| WatchEvent { shared: None, type_: "DELETED", object }),
         (false, false) => None,
     }
 }
