@@ -283,6 +283,11 @@ fn meshed_api_and_data_store_talk_mutual_tls_and_the_mesh_is_visible() {
     assert!(text.ends_with("\n401") && text.contains(r#""reason":"Unauthorized""#), "{text}");
 }
 
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
+}
+
 fn example(name: &str) -> String {
     let path = Path::new(env!("CARGO_BIN_EXE_tessera")).parent().expect("target dir").join("examples").join(name);
     assert!(path.exists(), "{} is missing: the README's test command builds the examples (cargo build --examples -p tessera-auth)", path.display());
@@ -305,23 +310,26 @@ fn the_seed_001_demo_meshed_by_one_flag() {
     let pki = server.path("identity");
     let (_identity, identity_addr) = identity(&server, &pki);
     let (data_store, api) = (example("data-store"), example("api"));
+    // The apps' private ports: free ones, so parallel runs never collide.
+    let (data_store_port, api_port) = (free_port().to_string(), free_port().to_string());
+    let (data_store_listen, api_listen) = (format!("127.0.0.1:{data_store_port}"), format!("127.0.0.1:{api_port}"));
     let _data_store = meshed_as(
         &server,
         "data-store-1",
         "data-store",
-        &["--port", "8081", "--app-port", "18481"],
+        &["--port", "8081", "--app-port", &data_store_port],
         &identity_addr,
         &pki,
-        &[&data_store, "--listen", "127.0.0.1:18481", "--cache-ttl-seconds", "0"],
+        &[&data_store, "--listen", &data_store_listen, "--cache-ttl-seconds", "0"],
     );
     let _api = meshed_as(
         &server,
         "api-1",
         "api",
-        &["--port", "8080", "--app-port", "18480", "--token", "audience=data-store,expiration=600,path=api-token"],
+        &["--port", "8080", "--app-port", &api_port, "--token", "audience=data-store,expiration=600,path=api-token"],
         &identity_addr,
         &pki,
-        &[&api, "--listen", "127.0.0.1:18480", "--data-store-url", DATA_STORE_URL],
+        &[&api, "--listen", &api_listen, "--data-store-url", DATA_STORE_URL],
     );
     ready_ip_of(&server, "data-store", "data-store-1");
     let api_ip = ready_ip_of(&server, "api", "api-1");
