@@ -14,9 +14,8 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::error::ProxyError;
-use super::observe::peer_labels;
 use super::pool::Ctx;
-use super::{Body, Outbound, Route};
+use super::{Body, Outbound, Picked};
 use crate::destination::normalize_authority;
 
 /// Set on requests upgraded from HTTP/1 to HTTP/2 between proxies; the
@@ -80,20 +79,8 @@ fn target_authority(req: &Request<Incoming>) -> Option<(String, String)> {
 
 async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, ProxyError> {
     let (raw_authority, authority) = target_authority(&req).ok_or(ProxyError::NoAuthority)?;
-    let route = out.route(&authority).await?;
-    let direct;
-    let (endpoints, service) = match &route {
-        Route::Balanced(s) => (&s.endpoints[..], s.service.as_ref()),
-        Route::Direct(ep) => {
-            direct = [ep.clone()];
-            (&direct[..], None)
-        }
-    };
-    let (ep, in_flight) = out
-        .balancer
-        .pick(endpoints)
-        .ok_or_else(|| ProxyError::FailFast(authority.clone()))?;
-    let labels = Arc::new(peer_labels(ep, service));
+    let Picked { endpoint, labels, in_flight } = out.pick(&authority).await?;
+    let (ep, labels) = (&endpoint, Arc::new(labels));
 
     let app_version = req.version();
     strip_hop_by_hop(req.headers_mut());

@@ -74,6 +74,14 @@ enum Route {
     Direct(Endpoint),
 }
 
+/// The endpoint a request or connection goes to, with the labels its
+/// metrics carry; its in-flight slot is held as long as `in_flight` lives.
+struct Picked {
+    endpoint: Endpoint,
+    labels: crate::metrics::PeerLabels,
+    in_flight: crate::balance::InFlight,
+}
+
 /// Shared state of the outbound listeners.
 pub struct Outbound {
     config: OutboundConfig,
@@ -136,6 +144,22 @@ impl Outbound {
 
     /// Resolves an authority (already normalised to `host:port`): waits up
     /// to the fail-fast timeout for ready endpoints.
+    /// Resolves `authority` and lets the balancer pick one of its endpoints.
+    async fn pick(&self, authority: &str) -> Result<Picked, ProxyError> {
+        let route = self.route(authority).await?;
+        let direct;
+        let (endpoints, service) = match &route {
+            Route::Balanced(s) => (&s.endpoints[..], s.service.as_ref()),
+            Route::Direct(ep) => {
+                direct = [ep.clone()];
+                (&direct[..], None)
+            }
+        };
+        let (endpoint, in_flight) =
+            self.balancer.pick(endpoints).ok_or_else(|| ProxyError::FailFast(authority.to_owned()))?;
+        Ok(Picked { labels: observe::peer_labels(endpoint, service), endpoint: endpoint.clone(), in_flight })
+    }
+
     async fn route(&self, authority: &str) -> Result<Route, ProxyError> {
         let mut rx = self.discover.watch(authority);
         let deadline = Instant::now() + self.config.failfast_timeout;

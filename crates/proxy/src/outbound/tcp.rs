@@ -7,8 +7,7 @@ use tracing::debug;
 
 use super::connect::{Conn, connect};
 use super::error::ProxyError;
-use super::observe::peer_labels;
-use super::{Outbound, Route};
+use super::{Outbound, Picked};
 use crate::balance::InFlight;
 
 /// Opens a connection to one endpoint of `authority`: mTLS without ALPN
@@ -16,21 +15,8 @@ use crate::balance::InFlight;
 /// decrypted bytes), plain TCP otherwise. The in-flight slot lasts as long
 /// as the caller keeps it.
 pub(super) async fn open(out: &Outbound, authority: &str) -> Result<(Conn, InFlight), ProxyError> {
-    let route = out.route(authority).await?;
-    let direct;
-    let (endpoints, service) = match &route {
-        Route::Balanced(s) => (&s.endpoints[..], s.service.as_ref()),
-        Route::Direct(ep) => {
-            direct = [ep.clone()];
-            (&direct[..], None)
-        }
-    };
-    let (ep, in_flight) = out
-        .balancer
-        .pick(endpoints)
-        .ok_or_else(|| ProxyError::FailFast(authority.to_owned()))?;
-    let labels = peer_labels(ep, service);
-    let (conn, _) = connect(ep, &out.creds, &[], out.config.connect_timeout, || {
+    let Picked { endpoint, labels, in_flight } = out.pick(authority).await?;
+    let (conn, _) = connect(&endpoint, &out.creds, &[], out.config.connect_timeout, || {
         out.metrics.tcp_open(labels)
     })
     .await?;
