@@ -8,171 +8,19 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write as _};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::mesh::{API_APP, DATA_STORE_APP, api_and_data_store, curl, identity, meshed, meshed_as, python, ready_ip_of, ready_pod_ip, tessera};
 use support::{Server, json};
 
 const API_ID: &str = "api.api.serviceaccount.identity.linkerd.cluster.local";
 const DATA_STORE_URL: &str = "http://data-store.data-store.svc.cluster.local:8081";
 
-/// The data store: answers every GET with the headers it received, as JSON.
-const DATA_STORE_APP: &str = r#"
-import http.server, json, os
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps({"path": self.path, "headers": [[k.lower(), v] for k, v in self.headers.items()]}).encode()
-        self.send_response(200); self.send_header("content-type", "application/json"); self.send_header("content-length", str(len(body)))
-        self.end_headers(); self.wfile.write(body)
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
-"#;
-
-/// The api: calls the data store by its Service name with Python's stock
-/// client (which honours HTTP_PROXY), sending a forged `l5d-client-id`.
-const API_APP: &str = r#"
-import http.server, os, sys, urllib.request
-URL = sys.argv[1]
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        req = urllib.request.Request(URL + self.path, headers={"l5d-client-id": "admin.kube-system.serviceaccount.identity.linkerd.cluster.local"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r: status, body = r.status, r.read()
-        except urllib.error.HTTPError as e: status, body = e.code, e.read()
-        self.send_response(status); self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
-"#;
-
-/// A child process stopped on drop: SIGTERM first, so an agent stops its
-/// app and proxy and deletes its pod, then SIGKILL if it lingers.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The interpreter itself (a pyenv shim would need the agent user's HOME,
-/// which a workload never gets).
-fn python() -> String {
-    let out = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().expect("python3");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn tessera(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
-    command.args(args);
-    command
-}
-
-/// `tessera identity` with a fresh trust anchor and issuer; its address.
-fn identity(server: &Server, pki: &Path) -> (Proc, String) {
-    let out = tessera(&["identity", "bootstrap", "--out"]).arg(pki).output().expect("identity bootstrap");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut child = tessera(&["identity", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--kubeconfig"])
-        .arg(&server.kubeconfig)
-        .arg("--trust-anchors")
-        .arg(pki.join("ca.crt"))
-        .arg("--issuer-dir")
-        .arg(pki)
-        .env("TESSERA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("tessera identity");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("tessera identity listening on ").map(str::to_owned))
-        .expect("identity printed its address");
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), addr)
-}
-
-/// Joins node `name` with a bootstrap token; its credentials directory.
-fn join(server: &Server, name: &str) -> PathBuf {
-    let token = server.kubectl_ok(&["create", "token", "node-bootstrapper", "-n", "kube-system", "--duration", "10m"]);
-    let dir = server.path(name);
-    let out = tessera(&["agent", "--cert-dir"])
-        .arg(&dir)
-        .args(["join", "--node", name, "--server", &server.url, "--certificate-authority"])
-        .arg(server.ca_file())
-        .env("TESSERA_BOOTSTRAP_TOKEN", token.trim())
-        .output()
-        .expect("tessera agent join");
-    assert!(out.status.success(), "join: {}", String::from_utf8_lossy(&out.stderr));
-    dir
-}
-
-/// `tessera agent run --mesh` of `app` as pod `ns/ns-0` (ServiceAccount `ns`, label app=ns).
-fn meshed(server: &Server, ns: &str, port: &str, identity_addr: &str, pki: &Path, app: &[&str]) -> Proc {
-    meshed_as(server, &format!("{ns}-0"), ns, &["--port", port], identity_addr, pki, app)
-}
-
-/// `tessera agent run --mesh FLAGS` of `app` as pod `ns/name`.
-fn meshed_as(server: &Server, name: &str, ns: &str, flags: &[&str], identity_addr: &str, pki: &Path, app: &[&str]) -> Proc {
-    let cert_dir = join(server, &format!("node-{ns}"));
-    let child = tessera(&["agent", "--cert-dir"])
-        .arg(&cert_dir)
-        .args(["run", "--sa", ns, "-n", ns, "--name", name, "--label", &format!("app={ns}")])
-        .args(flags)
-        .args(["--mesh", "--identity-addr", identity_addr, "--identity-trust-anchors"])
-        .arg(pki.join("ca.crt"))
-        .arg("--")
-        .args(app)
-        .env("TESSERA_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("tessera agent run --mesh");
-    Proc(child)
-}
-
-/// The pod's IP once it is Ready (its proxy has a certificate).
-fn ready_pod_ip(server: &Server, ns: &str) -> String {
-    ready_ip_of(server, ns, &format!("{ns}-0"))
-}
-
-fn ready_ip_of(server: &Server, ns: &str, name: &str) -> String {
-    server.eventually(30, &format!("pod {ns}/{name} Ready"), || {
-        let out = server.kubectl(&["get", "pod", name, "-n", ns, "-o", "json"]);
-        if !out.status.success() {
-            return None;
-        }
-        let pod = json(&String::from_utf8_lossy(&out.stdout));
-        let ready = pod["status"]["conditions"].as_array()?.iter().any(|c| c["type"] == "Ready" && c["status"] == "True");
-        ready.then(|| pod["status"]["podIP"].as_str().map(str::to_owned)).flatten()
-    })
-}
-
-fn curl(url: &str) -> (u16, String) {
-    let out = Command::new("curl").args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", url]).output().expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 fn setup(server: &Server) {
-    for ns in ["api", "data-store"] {
-        server.kubectl_ok(&["create", "ns", ns]);
-        server.kubectl_ok(&["create", "sa", ns, "-n", ns]);
-        let node = format!("--user=system:node:node-{ns}");
-        server.kubectl_ok(&["create", "rolebinding", "node-runs-pods", "-n", ns, "--clusterrole=tessera:node-pod-runner", &node]);
-    }
-    // `kubectl create service` selects app=data-store.
-    server.kubectl_ok(&["create", "service", "clusterip", "data-store", "--tcp=8081:8081", "-n", "data-store"]);
+    api_and_data_store(server);
     // Who may tap: Linkerd's tap-admin rule (and listing pods, to find them), given to one ServiceAccount.
     server.kubectl_ok(&["create", "sa", "tapper", "-n", "default"]);
     let role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: tap-admin}\nrules:\n- {apiGroups: [tap.linkerd.io], resources: [\"*\"], verbs: [watch]}\n- {apiGroups: [\"\"], resources: [pods], verbs: [list]}\n";
@@ -188,8 +36,8 @@ fn meshed_api_and_data_store_talk_mutual_tls_and_the_mesh_is_visible() {
     let pki = server.path("identity");
     let (_identity, identity_addr) = identity(&server, &pki);
     let python = python();
-    let _data_store = meshed(&server, "data-store", "8081", &identity_addr, &pki, &[&python, "-c", DATA_STORE_APP]);
-    let _api = meshed(&server, "api", "8080", &identity_addr, &pki, &[&python, "-c", API_APP, DATA_STORE_URL]);
+    let _data_store = meshed(&server, "data-store", "8081", &identity_addr, &pki.join("ca.crt"), &[&python, "-c", DATA_STORE_APP]);
+    let _api = meshed(&server, "api", "8080", &identity_addr, &pki.join("ca.crt"), &[&python, "-c", API_APP, DATA_STORE_URL]);
     let data_store_ip = ready_pod_ip(&server, "data-store");
     let api_ip = ready_pod_ip(&server, "api");
     assert!(data_store_ip.starts_with("127.") && data_store_ip != "127.0.0.1" && data_store_ip != api_ip, "{data_store_ip} {api_ip}");
@@ -319,7 +167,7 @@ fn the_seed_001_demo_meshed_by_one_flag() {
         "data-store",
         &["--port", "8081", "--app-port", &data_store_port],
         &identity_addr,
-        &pki,
+        &pki.join("ca.crt"),
         &[&data_store, "--listen", &data_store_listen, "--cache-ttl-seconds", "0"],
     );
     let _api = meshed_as(
@@ -328,7 +176,7 @@ fn the_seed_001_demo_meshed_by_one_flag() {
         "api",
         &["--port", "8080", "--app-port", &api_port, "--token", "audience=data-store,expiration=600,path=api-token"],
         &identity_addr,
-        &pki,
+        &pki.join("ca.crt"),
         &[&api, "--listen", &api_listen, "--data-store-url", DATA_STORE_URL],
     );
     ready_ip_of(&server, "data-store", "data-store-1");

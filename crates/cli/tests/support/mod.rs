@@ -7,6 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+pub mod mesh;
+
 /// A running `tessera server`, killed on drop.
 pub struct Server {
     child: Child,
