@@ -243,6 +243,16 @@ IDLE_HA2=$(rss_kb "$HA2_PID")
 curl -sf -o /dev/null "http://127.0.0.1:$TCP_PORT/"
 curl -sf -o /dev/null -x "http://$OUTBOUND" "http://$POD_IP:$POD_PORT/"
 
+# Both server sides refuse a TLS client without a certificate (curl -k: no
+# server check, no client certificate): the pairs really are mTLS.
+: >"$OUT/refusals.txt"
+for target in "tessera inbound:$POD_IP:$POD_PORT" "HAProxy 2:$HA2_IP:$HA2_PORT"; do
+  if curl -sfk -o /dev/null --max-time 5 "https://${target#*:}/"; then
+    echo "${target%%:*} accepted a TLS client without a certificate" >&2; exit 1
+  fi
+  echo "${target%%:*} refuses a TLS client without a certificate" >>"$OUT/refusals.txt"
+done
+
 # --- the runs ---------------------------------------------------------------------
 # sample PIDFILE... : peak VmRSS (kB) of each pid while $OUT/sampling exists, into $OUT/<row>.rss
 sample() {
@@ -342,6 +352,8 @@ print(f"\nIdle RSS before load: tessera outbound {it[0]:.1f} MB, inbound {it[1]:
 mtls = sum(int(l.rsplit(" ", 1)[1]) for l in open(os.path.join(out, "inbound-metrics.txt"))
            if l.startswith("request_total{") and 'tls="true"' in l and 'client_id="client.bench.' in l)
 print(f"The inbound proxy counted {mtls:,} requests with `tls=\"true\"` and `client_id=client.bench…` (its `request_total`): the tessera rows went through mTLS.\n")
+
+print(" ".join(l.strip() + "." for l in open(os.path.join(out, "refusals.txt"))) + " (checked with `curl -k` before the runs)\n")
 
 def verdict(ok):
     return "**met**" if ok else "**not met**"
