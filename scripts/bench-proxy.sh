@@ -1,0 +1,369 @@
+#!/usr/bin/env bash
+# The proxy benchmark of BENCHMARKS.md (issue 15): one run measures, with the
+# same load tool (Debian `wrk`, 2 threads, CONNECTIONS connections, closed loop)
+# against the same tiny HTTP backend (nginx answering a fixed 2-byte body,
+# 2 workers, access log off):
+#   direct        wrk → backend (loopback);
+#   tessera-tcp   wrk → outbound proxy `--outbound-tcp` port → mTLS (TLS 1.3,
+#                 client cert) → inbound proxy → backend;
+#   tessera-http  wrk → outbound proxy as HTTP forward proxy (origin-form +
+#                 Host, as an HTTP_PROXY client sends for plain http) → HTTP/2
+#                 over mTLS → inbound proxy → HTTP/1.1 → backend;
+#   haproxy       wrk → HAProxy 1 (plain in, TLS 1.3 + client cert out,
+#                 verifies the server name) → HAProxy 2 (TLS in, client cert
+#                 required from the same CA) → backend: the tunnel a user
+#                 would build by hand (mode tcp, one TLS connection per client
+#                 connection, as tessera-tcp).
+# The tessera proxies get their certificates from a real `tessera identity`
+# (bootstrap anchors) with identity.l5d.io tokens from a real `tessera server`;
+# the outbound proxy resolves the inbound pod's address through the server's
+# destination API (a meshed Pod object registered at that address).
+# While wrk runs, VmRSS of every proxy process is sampled from /proc every
+# 200 ms (peak reported).
+#
+#   scripts/bench-proxy.sh
+#   DURATION=3s scripts/bench-proxy.sh       # a smoke run
+#
+# Knobs: DURATION (10s), WARMUP (2s, unmeasured wrk run before each row),
+# CONNECTIONS (8), TESSERA_BIN (use this binary instead of building one), OUT
+# (target/bench-proxy/<UTC time>). Needs root on Debian to install `wrk`,
+# `haproxy` and `nginx-light` when they are missing.
+# Results: $OUT/results.md (the table), $OUT/<row>.wrk (wrk's output),
+# $OUT/*.log (process logs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNECTIONS=${CONNECTIONS:-8}
+OUT=${OUT:-target/bench-proxy/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+missing=()
+for tool in wrk:wrk haproxy:haproxy nginx:nginx-light; do
+  command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (Debian)…" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2 \
+    || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2; }
+fi
+for tool in wrk haproxy nginx openssl python3 curl kubectl; do
+  command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
+done
+
+if [ -n "${TESSERA_BIN:-}" ]; then
+  TESSERA=$TESSERA_BIN
+else
+  echo "building tessera (release)…" >&2
+  CARGO_INCREMENTAL=0 cargo build --release -p tessera >&2
+  TESSERA=$PWD/target/release/tessera
+fi
+
+DATA=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$DATA"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# wait_line FILE PREFIX: waits (10 s) for a line starting with PREFIX in FILE; prints the rest.
+wait_line() {
+  local file=$1 prefix=$2 i line
+  for i in $(seq 200); do
+    line=$(grep -m1 "^$prefix" "$file" 2>/dev/null || true)
+    if [ -n "$line" ]; then echo "${line#"$prefix"}"; return 0; fi
+    sleep 0.05
+  done
+  echo "timed out waiting for '$prefix' in $file" >&2
+  return 1
+}
+
+# wait_http URL: waits (15 s) for a 200 from URL.
+wait_http() {
+  local i
+  for i in $(seq 150); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ] && return 0
+    sleep 0.1
+  done
+  echo "no 200 from $1" >&2
+  return 1
+}
+
+# --- control plane: tessera server and tessera identity -----------------------
+TESSERA_LOG=warn "$TESSERA" server --bind 127.0.0.1:0 --data-dir "$DATA/server" >"$OUT/server.out" 2>"$OUT/server.log" &
+PIDS+=($!)
+KUBECONFIG=$(wait_line "$OUT/server.out" "kubeconfig: ")
+export KUBECONFIG
+API=$(kubectl config view --raw -o jsonpath='{.clusters[0].cluster.server}')
+kubectl config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$DATA/api-ca.crt"
+
+PKI=$DATA/pki
+"$TESSERA" identity bootstrap --out "$PKI" >/dev/null
+TESSERA_LOG=warn "$TESSERA" identity --addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --kubeconfig "$KUBECONFIG" \
+  --trust-anchors "$PKI/ca.crt" --issuer-dir "$PKI" >"$OUT/identity.out" 2>"$OUT/identity.log" &
+PIDS+=($!)
+IDENTITY=$(wait_line "$OUT/identity.out" "tessera identity listening on ")
+
+kubectl create namespace bench >/dev/null
+kubectl create serviceaccount client -n bench >/dev/null
+kubectl create serviceaccount server -n bench >/dev/null
+for sa in client server; do
+  kubectl create token "$sa" -n bench --audience identity.l5d.io --duration 1h >"$DATA/$sa.identity-token"
+done
+kubectl create token client -n bench --duration 1h >"$DATA/client.api-token"
+
+# --- the backend: nginx, fixed response ---------------------------------------
+BACKEND_PORT=$(free_port)
+N=$DATA/nginx
+mkdir -p "$N/logs"
+cat >"$N/nginx.conf" <<EOF
+worker_processes 2;
+pid $N/nginx.pid;
+error_log $N/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $N/body;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$BACKEND_PORT;
+    default_type text/plain;
+    location / { return 200 'ok'; }
+  }
+}
+EOF
+nginx -p "$N" -c "$N/nginx.conf" -g 'daemon off;' 2>"$OUT/nginx.log" &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$BACKEND_PORT/"
+
+# --- the tessera proxy pair ---------------------------------------------------
+# The server pod: meshed, registered at 127.1.0.2 (its own loopback address, as
+# the agent does), port 8080.
+POD_IP=127.1.0.2
+POD_PORT=8080
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: backend, namespace: bench, annotations: {linkerd.io/inject: enabled}}
+spec:
+  serviceAccountName: server
+  containers: [{name: app, image: nginx, ports: [{name: http, containerPort: $POD_PORT}]}]
+EOF
+kubectl patch pod backend -n bench --subresource=status --type=merge -p \
+  "{\"status\":{\"phase\":\"Running\",\"podIP\":\"$POD_IP\",\"podIPs\":[{\"ip\":\"$POD_IP\"}],\"conditions\":[{\"type\":\"Ready\",\"status\":\"True\"}]}}" >/dev/null
+
+TESSERA_LOG=warn "$TESSERA" proxy --identity-addr "$IDENTITY" \
+  --identity server.bench.serviceaccount.identity.linkerd.cluster.local \
+  --token-file "$DATA/server.identity-token" --trust-anchors "$PKI/ca.crt" \
+  --inbound "$POD_IP:$POD_PORT=127.0.0.1:$BACKEND_PORT" --admin-addr "$POD_IP:4191" \
+  >"$OUT/proxy-inbound.out" 2>"$OUT/proxy-inbound.log" &
+INBOUND_PID=$!
+PIDS+=($INBOUND_PID)
+wait_line "$OUT/proxy-inbound.out" "tessera proxy inbound on " >/dev/null
+wait_http "http://$POD_IP:4191/ready"
+
+TCP_PORT=$(free_port)
+TESSERA_LOG=warn "$TESSERA" proxy --identity-addr "$IDENTITY" \
+  --identity client.bench.serviceaccount.identity.linkerd.cluster.local \
+  --token-file "$DATA/client.identity-token" --trust-anchors "$PKI/ca.crt" \
+  --outbound-addr 127.0.0.1:0 --outbound-tcp "127.0.0.1:$TCP_PORT=$POD_IP:$POD_PORT" \
+  --admin-addr 127.0.0.1:0 --api-server "$API" --api-token-file "$DATA/client.api-token" --api-ca "$DATA/api-ca.crt" \
+  >"$OUT/proxy-outbound.out" 2>"$OUT/proxy-outbound.log" &
+OUTBOUND_PID=$!
+PIDS+=($OUTBOUND_PID)
+OUTBOUND=$(wait_line "$OUT/proxy-outbound.out" "tessera proxy outbound on ")
+OUT_ADMIN=$(wait_line "$OUT/proxy-outbound.out" "tessera proxy admin on ")
+wait_http "$OUT_ADMIN/ready"
+IDLE_IN=$(rss_kb "$INBOUND_PID")
+IDLE_OUT=$(rss_kb "$OUTBOUND_PID")
+
+# --- the HAProxy pair -----------------------------------------------------------
+# Its own CA, P-256 keys and the same names as the tessera identities.
+H=$DATA/haproxy
+mkdir -p "$H"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=bench-ca \
+  -keyout "$H/ca.key" -out "$H/ca.crt" 2>/dev/null
+for who in client server; do
+  name=$who.bench.serviceaccount.identity.linkerd.cluster.local
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$name" \
+    -keyout "$H/$who.key" -out "$H/$who.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n' "$name" >"$H/$who.ext"
+  openssl x509 -req -in "$H/$who.csr" -CA "$H/ca.crt" -CAkey "$H/ca.key" -CAcreateserial -days 1 \
+    -extfile "$H/$who.ext" -out "$H/$who.crt" 2>/dev/null
+  cat "$H/$who.crt" "$H/$who.key" >"$H/$who.pem"
+done
+HA1_PORT=$(free_port)
+HA2_IP=127.1.0.3
+HA2_PORT=8080
+SERVER_NAME=server.bench.serviceaccount.identity.linkerd.cluster.local
+cat >"$H/client-side.cfg" <<EOF
+global
+  ssl-default-server-ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend plain_in
+  bind 127.0.0.1:$HA1_PORT
+  default_backend mtls_out
+backend mtls_out
+  server peer $HA2_IP:$HA2_PORT ssl ssl-min-ver TLSv1.3 crt $H/client.pem ca-file $H/ca.crt verify required sni str($SERVER_NAME) verifyhost $SERVER_NAME
+EOF
+cat >"$H/server-side.cfg" <<EOF
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend mtls_in
+  bind $HA2_IP:$HA2_PORT ssl crt $H/server.pem ca-file $H/ca.crt verify required ssl-min-ver TLSv1.3
+  default_backend app
+backend app
+  server app 127.0.0.1:$BACKEND_PORT
+EOF
+haproxy -db -f "$H/server-side.cfg" >"$OUT/haproxy-server.log" 2>&1 &
+HA2_PID=$!
+PIDS+=($HA2_PID)
+haproxy -db -f "$H/client-side.cfg" >"$OUT/haproxy-client.log" 2>&1 &
+HA1_PID=$!
+PIDS+=($HA1_PID)
+wait_http "http://127.0.0.1:$HA1_PORT/"
+IDLE_HA1=$(rss_kb "$HA1_PID")
+IDLE_HA2=$(rss_kb "$HA2_PID")
+
+# Every path answers before measuring (the first tessera connection resolves the destination).
+curl -sf -o /dev/null "http://127.0.0.1:$TCP_PORT/"
+curl -sf -o /dev/null -x "http://$OUTBOUND" "http://$POD_IP:$POD_PORT/"
+
+# Both server sides refuse a TLS client without a certificate (curl -k: no
+# server check, no client certificate): the pairs really are mTLS.
+: >"$OUT/refusals.txt"
+for target in "tessera inbound:$POD_IP:$POD_PORT" "HAProxy 2:$HA2_IP:$HA2_PORT"; do
+  if curl -sfk -o /dev/null --max-time 5 "https://${target#*:}/"; then
+    echo "${target%%:*} accepted a TLS client without a certificate" >&2; exit 1
+  fi
+  echo "${target%%:*} refuses a TLS client without a certificate" >>"$OUT/refusals.txt"
+done
+
+# --- the runs ---------------------------------------------------------------------
+# sample PIDFILE... : peak VmRSS (kB) of each pid while $OUT/sampling exists, into $OUT/<row>.rss
+sample() {
+  local row=$1
+  shift
+  local peaks=() i pid v
+  for pid in "$@"; do peaks+=(0); done
+  while [ -e "$OUT/sampling" ]; do
+    i=0
+    for pid in "$@"; do
+      v=$(rss_kb "$pid")
+      [ "$v" -gt "${peaks[$i]}" ] && peaks[$i]=$v
+      i=$((i + 1))
+    done
+    sleep 0.2
+  done
+  echo "${peaks[*]}" >"$OUT/$row.rss"
+}
+
+# run ROW URL [HOST_HEADER] -- PIDS...
+run() {
+  local row=$1 url=$2 host=$3
+  shift 4
+  local hdr=()
+  [ -n "$host" ] && hdr=(-H "Host: $host")
+  echo "== $row" >&2
+  wrk -t2 -c"$CONNECTIONS" -d"$WARMUP" "${hdr[@]}" "$url" >/dev/null
+  touch "$OUT/sampling"
+  local sampler=""
+  if [ $# -gt 0 ]; then sample "$row" "$@" & sampler=$!; fi
+  cat /proc/loadavg >"$OUT/$row.load"
+  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "${hdr[@]}" "$url" >"$OUT/$row.wrk"
+  rm -f "$OUT/sampling"
+  [ -n "$sampler" ] && wait "$sampler"
+  cat /proc/loadavg >>"$OUT/$row.load"
+}
+
+LOAD_START=$(cat /proc/loadavg)
+START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+run direct "http://127.0.0.1:$BACKEND_PORT/" "" --
+run tessera-tcp "http://127.0.0.1:$TCP_PORT/" "" -- "$OUTBOUND_PID" "$INBOUND_PID"
+run tessera-http "http://$OUTBOUND/" "$POD_IP:$POD_PORT" -- "$OUTBOUND_PID" "$INBOUND_PID"
+run haproxy "http://127.0.0.1:$HA1_PORT/" "" -- "$HA1_PID" "$HA2_PID"
+LOAD_END=$(cat /proc/loadavg)
+END=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+grep -h "^request_total\|^response_total" <(curl -s "$OUT_ADMIN/metrics") >"$OUT/outbound-metrics.txt" || true
+grep -h "^request_total\|^response_total\|^tcp_open_total" <(curl -s "http://$POD_IP:4191/metrics") >"$OUT/inbound-metrics.txt" || true
+
+# --- the table ------------------------------------------------------------------------
+python3 - "$OUT" "$CONNECTIONS" "$DURATION" "$START" "$END" "$LOAD_START" "$LOAD_END" \
+  "$IDLE_OUT $IDLE_IN" "$IDLE_HA1 $IDLE_HA2" <<'PY' | tee "$OUT/results.md"
+import os, re, sys
+out, conns, duration, start, end, load0, load1, idle_t, idle_h = sys.argv[1:]
+
+def ms(text):
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+def wrk(row):
+    text = open(os.path.join(out, row + ".wrk")).read()
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", text, re.M))
+    rps = float(re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M).group(1))
+    total = int(re.search(r"^\s+(\d+) requests in", text, re.M).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors = re.search(r"Socket errors: (.*)$", text, re.M)
+    return {"p50": ms(pct["50"]), "p99": ms(pct["99"]), "rps": rps, "total": total,
+            "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": errors.group(1) if errors else "none"}
+
+def rss(row):
+    path = os.path.join(out, row + ".rss")
+    return [int(v) for v in open(path).read().split()] if os.path.exists(path) else []
+
+def load(row):
+    a, b = open(os.path.join(out, row + ".load")).read().splitlines()
+    return f"{a.split()[0]} → {b.split()[0]}"
+
+rows = [("direct", "direct loopback (wrk → nginx)"),
+        ("tessera-tcp", "tessera pair, `--outbound-tcp` (mTLS TCP)"),
+        ("tessera-http", "tessera pair, HTTP forward proxy (HTTP/2 over mTLS)"),
+        ("haproxy", "HAProxy pair, mode tcp, mTLS")]
+r = {name: wrk(name) for name, _ in rows}
+d = r["direct"]
+print(f"Run {start} – {end}, {conns} connections (`wrk -t2 -c{conns} -d{duration} --latency`), load average (1 min) {load0.split()[0]} at start, {load1.split()[0]} at end.\n")
+print("| path | requests | req/s | % of direct | p50 ms | p50 added ms | p99 ms | p99 added ms | non-2xx | socket errors | peak RSS (client side / server side) | load avg during row |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
+for name, label in rows:
+    x = r[name]
+    peaks = rss(name)
+    peak = " / ".join(f"{kb / 1024:.1f} MB" for kb in peaks) if peaks else "–"
+    added = lambda k: "–" if name == "direct" else f"{x[k] - d[k]:+.3f}"
+    print(f"| {label} | {x['total']:,} | {x['rps']:,.0f} | {100 * x['rps'] / d['rps']:.0f} % | {x['p50']:.3f} | {added('p50')} | "
+          f"{x['p99']:.3f} | {added('p99')} | {x['non2xx']} | {x['errors']} | {peak} | {load(name)} |")
+it = [int(v) / 1024 for v in idle_t.split()]
+ih = [int(v) / 1024 for v in idle_h.split()]
+print(f"\nIdle RSS before load: tessera outbound {it[0]:.1f} MB, inbound {it[1]:.1f} MB; HAProxy client side {ih[0]:.1f} MB, server side {ih[1]:.1f} MB.\n")
+
+mtls = sum(int(l.rsplit(" ", 1)[1]) for l in open(os.path.join(out, "inbound-metrics.txt"))
+           if l.startswith("request_total{") and 'tls="true"' in l and 'client_id="client.bench.' in l)
+print(f"The inbound proxy counted {mtls:,} requests with `tls=\"true\"` and `client_id=client.bench…` (its `request_total`): the tessera rows went through mTLS.\n")
+
+print(" ".join(l.strip() + "." for l in open(os.path.join(out, "refusals.txt"))) + " (checked with `curl -k` before the runs)\n")
+
+def verdict(ok):
+    return "**met**" if ok else "**not met**"
+best = max(("tessera-tcp", "tessera-http"), key=lambda n: r[n]["rps"])
+for name in ("tessera-tcp", "tessera-http"):
+    x = r[name]
+    peaks = rss(name)
+    print(f"- {name}: p50 added {x['p50'] - d['p50']:.3f} ms (< 0.2 ms: {verdict(x['p50'] - d['p50'] < 0.2)}); "
+          f"throughput {100 * x['rps'] / d['rps']:.0f} % of direct (≥ 80 %: {verdict(x['rps'] >= 0.8 * d['rps'])}), "
+          f"{x['rps'] / r['haproxy']['rps']:.2f}× HAProxy (above: {verdict(x['rps'] > r['haproxy']['rps'])}); "
+          f"peak RSS {max(peaks) / 1024 if peaks else 0:.1f} MB (< 20 MB per proxy: {verdict(bool(peaks) and max(peaks) < 20 * 1024)})")
+PY
+echo "raw output in $OUT" >&2
