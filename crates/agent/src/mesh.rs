@@ -176,6 +176,27 @@ pub struct ProxyLaunch {
 }
 
 impl ProxyLaunch {
+    /// A launch of pod `api/api-0` at 127.9.8.7:8080 (app on 18080, admin
+    /// 4191, outbound 40001), for tests here and of the proxy's flag parser.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn sample() -> Self {
+        Self {
+            namespace: "api".into(),
+            pod: "api-0".into(),
+            identity: "api.api.serviceaccount.identity.linkerd.cluster.local".into(),
+            pod_ip: Ipv4Addr::new(127, 9, 8, 7),
+            port: 8080,
+            app_port: 18080,
+            admin_port: 4191,
+            outbound_port: 40001,
+            identity_addr: "127.0.0.1:8443".into(),
+            trust_anchors: "/a/ca.crt".into(),
+            token_file: "/r/var/run/secrets/tokens/linkerd-identity-token".into(),
+            service_account_dir: "/r/var/run/secrets/kubernetes.io/serviceaccount".into(),
+            api_server: "https://127.0.0.1:6443".into(),
+        }
+    }
+
     /// Arguments of `tessera proxy`.
     pub fn args(&self) -> Vec<String> {
         let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned()).display().to_string();
@@ -275,21 +296,7 @@ mod tests {
 
     #[test]
     fn the_app_is_told_its_port_and_its_proxy() {
-        let launch = ProxyLaunch {
-            namespace: "api".into(),
-            pod: "api-0".into(),
-            identity: "api.api.serviceaccount.identity.linkerd.cluster.local".into(),
-            pod_ip: Ipv4Addr::new(127, 9, 8, 7),
-            port: 8080,
-            app_port: 18080,
-            admin_port: 4191,
-            outbound_port: 40001,
-            identity_addr: "127.0.0.1:8443".into(),
-            trust_anchors: "/a/ca.crt".into(),
-            token_file: "/r/var/run/secrets/tokens/linkerd-identity-token".into(),
-            service_account_dir: "/r/var/run/secrets/kubernetes.io/serviceaccount".into(),
-            api_server: "https://127.0.0.1:6443".into(),
-        };
+        let launch = ProxyLaunch::sample();
         let env: Vec<(String, String)> = launch.app_env().into_iter().map(|v| (v.name, v.value)).collect();
         assert!(env.contains(&("PORT".into(), "18080".into())));
         assert!(env.contains(&("HTTP_PROXY".into(), "http://127.0.0.1:40001".into())));

@@ -417,21 +417,7 @@ mod tests {
     #[test]
     fn the_agent_starts_the_proxy_with_flags_the_proxy_takes() {
         use clap::Parser as _;
-        let launch = tessera_agent::mesh::ProxyLaunch {
-            namespace: "api".into(),
-            pod: "api-0".into(),
-            identity: "api.api.serviceaccount.identity.linkerd.cluster.local".into(),
-            pod_ip: std::net::Ipv4Addr::new(127, 9, 8, 7),
-            port: 8080,
-            app_port: 18080,
-            admin_port: 4191,
-            outbound_port: 40001,
-            identity_addr: "127.0.0.1:8443".into(),
-            trust_anchors: "/a/ca.crt".into(),
-            token_file: "/r/var/run/secrets/tokens/linkerd-identity-token".into(),
-            service_account_dir: "/r/var/run/secrets/kubernetes.io/serviceaccount".into(),
-            api_server: "https://127.0.0.1:6443".into(),
-        };
+        let launch = tessera_agent::mesh::ProxyLaunch::sample();
         let argv = std::iter::once("tessera".to_owned()).chain(launch.args());
         let crate::Command::Proxy(args) = crate::Cli::try_parse_from(argv).expect("the proxy's flags").command else { panic!("not proxy") };
         let config = args.config();
