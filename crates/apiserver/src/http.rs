@@ -290,16 +290,26 @@ async fn encryption_rewrite(State(state): State<AppState>, _authorized: Authoriz
     Ok(json_response(StatusCode::OK, &json!({"rewritten": report.rewritten, "current": report.current})))
 }
 
-async fn rbac_explain(State(state): State<AppState>, axum::Json(query): axum::Json<crate::rbac::RbacQuery>) -> HandlerResult {
+async fn rbac_explain(State(state): State<AppState>, _authorized: Authorized, body: Body) -> HandlerResult {
+    let query = rbac_query::<crate::rbac::RbacQuery>(body).await?;
     Ok(json_response(StatusCode::OK, &crate::rbac::explain(&state.rbac, &query)?))
 }
 
-async fn rbac_who_can(State(state): State<AppState>, axum::Json(query): axum::Json<crate::rbac::RbacQuery>) -> HandlerResult {
+async fn rbac_who_can(State(state): State<AppState>, _authorized: Authorized, body: Body) -> HandlerResult {
+    let query = rbac_query::<crate::rbac::RbacQuery>(body).await?;
     Ok(json_response(StatusCode::OK, &crate::rbac::who_can(&state.rbac, &query)?))
 }
 
-async fn rbac_rules(State(state): State<AppState>, axum::Json(query): axum::Json<crate::rbac::RulesQuery>) -> HandlerResult {
+async fn rbac_rules(State(state): State<AppState>, _authorized: Authorized, body: Body) -> HandlerResult {
+    let query = rbac_query::<crate::rbac::RulesQuery>(body).await?;
     Ok(json_response(StatusCode::OK, &crate::rbac::rules(&state.rbac, &query)))
+}
+
+/// The JSON body of a `/tessera/v1/rbac/*` question, bounded like every
+/// other body; a malformed one is a 400 Status, as kube words decode errors.
+async fn rbac_query<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = read_body(body).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("the request body is not a valid query: {e}")))
 }
 
 async fn openapi_document(authorized: Authorized) -> HandlerResult {

@@ -95,11 +95,17 @@ fn static_files_bypass_nothing(server: &Server) {
 
 /// `/tessera/v1/rbac/rules`, which the accounts view shows: RBAC decides who may ask.
 fn rules_api(server: &Server, admin_token: &str, nobody_token: &str) {
-    let ask = |token: &str| {
+    let ask_with = |token: &str, body: &str| {
         let auth = format!("Authorization: Bearer {token}");
-        let body = r#"{"user":"system:serviceaccount:shop:web","namespace":"shop"}"#;
         server.curl("POST", "/tessera/v1/rbac/rules", &["--http1.1", "-H", &auth, "-H", "Content-Type: application/json", "-d", body])
     };
+    let ask = |token: &str| ask_with(token, r#"{"user":"system:serviceaccount:shop:web","namespace":"shop"}"#);
+    // A malformed question is a kube Status, not a plain-text framework error.
+    let (code, body) = ask_with(admin_token, r#"{"user": 7}"#);
+    assert_eq!(code, 400, "{body}");
+    let status = support::json(&body);
+    assert_eq!((status["kind"].as_str(), status["reason"].as_str()), (Some("Status"), Some("BadRequest")), "{body}");
+    assert!(status["message"].as_str().is_some_and(|m| m.starts_with("the request body is not a valid query: invalid type: integer `7`")), "{body}");
     let (code, body) = ask(admin_token);
     assert_eq!(code, 200, "{body}");
     let answer = support::json(&body);
