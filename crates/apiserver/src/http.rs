@@ -452,7 +452,7 @@ async fn execute(state: &AppState, user: Arc<UserInfo>, authorized: Authorized, 
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let field_manager = options.field_manager.clone().filter(|m| !m.is_empty());
     let admitted = || WriteOptions {
-        admit: admission(&state, &user, resource, scope),
+        admit: admission(state, &user, resource, scope),
         mutate_create: Some(crate::admission::service_account::mutate_create()),
         scope,
         field_manager: Some(field_manager.clone().unwrap_or_else(|| tessera_api::apply::manager_from_user_agent(user_agent))),
@@ -489,7 +489,8 @@ async fn execute(state: &AppState, user: Arc<UserInfo>, authorized: Authorized, 
         }
         Verb::Watch => {
             let encoding = if table::wants_table(&accept) { crate::negotiate::Encoding::Json } else { response_encoding(resource, &accept)? };
-            crate::watch::serve(state, resource, namespace, &options.list, &accept, encoding, options.timeout, include_object).await
+            let format = crate::watch::Format::negotiate(&accept, encoding, include_object);
+            crate::watch::serve(state, resource, namespace, &options.list, format, options.timeout).await
         }
         Verb::Create => {
             check_field_manager("CreateOptions", field_manager.as_deref())?;

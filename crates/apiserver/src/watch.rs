@@ -59,7 +59,7 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a watch's events are rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     /// Each object as JSON.
     Objects,
     /// Each object as a one-row Table (`kubectl get -w`), with the object
@@ -69,19 +69,31 @@ enum Format {
     Protobuf,
 }
 
+impl Format {
+    /// The rendering the client asked for: a Table when `accept` wants one
+    /// (with the object included as `include_object`, the query parameter of
+    /// that name, says), else objects in the negotiated `encoding`.
+    pub(crate) fn negotiate(accept: &str, encoding: crate::negotiate::Encoding, include_object: &str) -> Self {
+        if table::wants_table(accept) {
+            Format::Table { include_object: include_object.to_owned() }
+        } else if encoding == crate::negotiate::Encoding::Protobuf {
+            Format::Protobuf
+        } else {
+            Format::Objects
+        }
+    }
+}
+
 /// Serves a watch of `resource` (in `namespace`, if any) with `list`'s
-/// selectors and resourceVersion. `accept` picks the format (objects or
-/// Table), `encoding` JSON or protobuf objects; `timeout_seconds` and `include_object` are the query parameters of
-/// those names.
-pub async fn serve(
+/// selectors and resourceVersion, rendered as `format`; `timeout_seconds` is
+/// the query parameter of that name.
+pub(crate) async fn serve(
     state: &AppState,
     resource: &'static ResourceInfo,
     namespace: Option<&str>,
     list: &ListParams,
-    accept: &str,
-    encoding: crate::negotiate::Encoding,
+    format: Format,
     timeout_seconds: Option<Duration>,
-    include_object: &str,
 ) -> HandlerResult {
     let timeout = watch_timeout(
         client_timeout(timeout_seconds),
@@ -89,15 +101,6 @@ pub async fn serve(
     );
     let deadline = Instant::now() + timeout;
     let events = state.registry.watch_until(resource, namespace, list, deadline).await?;
-    let format = if table::wants_table(accept) {
-        Format::Table {
-            include_object: include_object.to_owned(),
-        }
-    } else if encoding == crate::negotiate::Encoding::Protobuf {
-        Format::Protobuf
-    } else {
-        Format::Objects
-    };
     let content_type = if format == Format::Protobuf { crate::negotiate::PROTOBUF_WATCH } else { "application/json" };
     let outbox = Arc::new(Outbox::default());
     let pump = Pump {
