@@ -291,6 +291,9 @@ pub enum Error {
         #[source]
         source: rcgen::Error,
     },
+    /// `identity rotate` stopped (timeout, safety rule, cluster error).
+    #[error("rotation: {0}")]
+    Rotate(Box<crate::rotate::RotateError>),
     /// A listener could not be bound or served.
     #[error("{what} on {addr}: {source}")]
     Serve {

@@ -59,6 +59,7 @@ pub mod issuer;
 pub mod metrics;
 pub mod pki;
 pub mod reload;
+pub mod rotate;
 pub mod review;
 pub mod service;
 #[cfg(test)]
