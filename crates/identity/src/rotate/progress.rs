@@ -44,7 +44,7 @@ impl Default for Console {
 /// `[#####-----] 3/5 proxies  step 2/6  1m04s`.
 pub fn bar(step: Step, done: usize, total: usize, in_step: Duration) -> String {
     const WIDTH: usize = 20;
-    let filled = if total == 0 { WIDTH } else { done * WIDTH / total };
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
     let secs = in_step.as_secs();
     format!("[{}{}] {done}/{total} proxies  {step}  {}m{:02}s", "#".repeat(filled), "-".repeat(WIDTH - filled), secs / 60, secs % 60)
 }

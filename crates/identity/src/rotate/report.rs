@@ -57,7 +57,7 @@ pub async fn status(cluster: &dyn Cluster) -> Result<String, RotateError> {
     let Some(state) = cluster.load_state().await? else {
         return Ok("no rotation has been started\n".to_owned());
     };
-    Ok(render_status(cluster, &state).await?)
+    render_status(cluster, &state).await
 }
 
 async fn render_status(cluster: &dyn Cluster, state: &RotationState) -> Result<String, RotateError> {
