@@ -12,6 +12,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::bootstrap::{self, BootstrapConfig};
+use crate::bundle::AnchorsSource;
 use crate::check::{self, CheckConfig};
 use crate::error::{Error, Result};
 use crate::issuer::IssuancePolicy;
@@ -63,9 +64,12 @@ pub struct ServeArgs {
 /// Where trust anchors, issuer and Kubernetes API are (shared by `identity` and `check`).
 #[derive(Debug, clap::Args)]
 pub struct SourceArgs {
-    /// PEM bundle of trust anchors; may hold several roots while one is rotated out.
-    #[arg(long, env = "TESSERA_IDENTITY_TRUST_ANCHORS")]
+    /// PEM bundle of trust anchors; may hold several roots while one is rotated out (re-read every second).
+    #[arg(long, env = "TESSERA_IDENTITY_TRUST_ANCHORS", conflicts_with = "trust_anchors_configmap")]
     trust_anchors: Option<PathBuf>,
+    /// Trust anchors from this ConfigMap instead (NAMESPACE/NAME, key ca-bundle.crt), watched for changes.
+    #[arg(long, env = "TESSERA_IDENTITY_TRUST_ANCHORS_CONFIGMAP")]
+    trust_anchors_configmap: Option<String>,
     /// Directory with the issuer's crt.pem and key.pem (re-read every second).
     #[arg(long, env = "TESSERA_IDENTITY_ISSUER_DIR", conflicts_with = "issuer_secret")]
     issuer_dir: Option<PathBuf>,
@@ -228,8 +232,12 @@ impl ServeArgs {
 }
 
 impl SourceArgs {
-    fn resolve(self) -> Result<(PathBuf, IssuerSource, KubeSource)> {
-        let anchors = self.trust_anchors.ok_or_else(|| Error::Config("--trust-anchors is required".to_owned()))?;
+    fn resolve(self) -> Result<(AnchorsSource, IssuerSource, KubeSource)> {
+        let anchors = match (self.trust_anchors_configmap, self.trust_anchors) {
+            (Some(configmap), _) => AnchorsSource::configmap(&configmap)?,
+            (None, Some(file)) => AnchorsSource::File(file),
+            (None, None) => return Err(Error::Config("--trust-anchors or --trust-anchors-configmap is required".to_owned())),
+        };
         let issuer = match (self.issuer_dir, self.issuer_secret) {
             (Some(dir), None) => IssuerSource::Dir(dir),
             (None, Some(secret)) => {
@@ -388,7 +396,15 @@ mod tests {
     #[test]
     fn bad_serve_flags_are_refused() {
         let err = identity(&["--issuer-dir", "x"]).serve.config().unwrap_err();
-        assert_eq!(err.to_string(), "invalid configuration: --trust-anchors is required");
+        assert_eq!(err.to_string(), "invalid configuration: --trust-anchors or --trust-anchors-configmap is required");
+        let args = identity(&["--trust-anchors-configmap", "linkerd/tessera-identity-trust-roots", "--issuer-dir", "x"]);
+        assert_eq!(
+            args.serve.config().unwrap().trust_anchors,
+            AnchorsSource::ConfigMap { namespace: "linkerd".into(), name: "tessera-identity-trust-roots".into() }
+        );
+        let err = identity(&["--trust-anchors-configmap", "nope", "--issuer-dir", "x"]).serve.config().unwrap_err();
+        assert_eq!(err.to_string(), r#"invalid configuration: --trust-anchors-configmap must be NAMESPACE/NAME, got "nope""#);
+        assert!(Cli::try_parse_from(["tessera", "identity", "--trust-anchors", "a", "--trust-anchors-configmap", "a/b", "--issuer-dir", "x"]).is_err());
         let err = identity(&["--trust-anchors", "a"]).serve.config().unwrap_err();
         assert_eq!(err.to_string(), "invalid configuration: one of --issuer-dir or --issuer-secret is required");
         let err = identity(&["--trust-anchors", "a", "--issuer-secret", "nope"]).serve.config().unwrap_err();

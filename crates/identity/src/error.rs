@@ -267,6 +267,9 @@ pub enum Error {
         #[source]
         source: AnchorError,
     },
+    /// The trust bundle ConfigMap could not be read.
+    #[error("trust anchors: {0}")]
+    AnchorsUnavailable(String),
     /// The initial issuer is unusable.
     #[error("issuer from {from}: {source}")]
     Issuer {
