@@ -118,7 +118,6 @@ struct Load {
 }
 
 #[test]
-#[ignore = "needs wt-trust: the bundle ConfigMap flags of identity and agent, and the agent's trust annotations"]
 fn a_full_and_an_issuer_only_rotation_under_load_fail_no_request() {
     let server = Server::start();
     api_and_data_store(&server);

@@ -42,9 +42,9 @@ pub use report::{plan, status};
 pub use state::{Mode, RotationState, Step};
 
 /// The trust bundle ConfigMap (control namespace).
-pub const BUNDLE_CONFIGMAP: &str = "tessera-identity-trust-roots";
+pub const BUNDLE_CONFIGMAP: &str = crate::bundle::CONFIGMAP_NAME;
 /// Its PEM key.
-pub const BUNDLE_KEY: &str = "ca-bundle.crt";
+pub const BUNDLE_KEY: &str = crate::bundle::CONFIGMAP_KEY;
 /// Its annotation naming the current issuer.
 pub const ANNOTATION_ISSUER_FINGERPRINT: &str = "tessera.io/issuer-fingerprint";
 /// The rotation state ConfigMap (control namespace).
