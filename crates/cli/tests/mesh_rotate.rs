@@ -3,9 +3,12 @@
 //! taking the trust anchors from the bundle ConfigMap. A client loops
 //! requests client → api's proxy → api → outbound proxy → mTLS → data-store's
 //! proxy → data store while `tessera identity rotate` runs the full anchor
-//! rotation and then an issuer-only rotation. No request may fail; each
-//! step's wait is seen in the command's output; afterwards every proxy
-//! trusts only the new anchor and holds a leaf of the last issuer.
+//! rotation and then an issuer-only rotation. A third meshed pod whose
+//! ServiceAccount is deleted cannot renew: the first run stops at step 4
+//! naming it, with the old anchor kept; once its pod is gone the rerun
+//! resumes and finishes. No request may fail; each step's wait is seen in
+//! the command's output; afterwards every proxy trusts only the new anchor
+//! and holds a leaf of the last issuer.
 
 mod support;
 
@@ -93,19 +96,30 @@ fn rotation_state(server: &Server) -> serde_json::Value {
     json(&server.kubectl_ok(&["get", "configmap", "tessera-identity-rotation", "-n", "linkerd", "-o", "jsonpath={.data.state}"]))
 }
 
-/// Runs `tessera identity rotate` to the end; its stdout.
-fn rotate(server: &Server, pki: &Path, extra: &[&str]) -> String {
-    let out = tessera(&["identity", "rotate", "--kubeconfig"])
+fn bundle_certs(server: &Server) -> usize {
+    server
+        .kubectl_ok(&["get", "configmap", "tessera-identity-trust-roots", "-n", "linkerd", "-o", r"jsonpath={.data.ca-bundle\.crt}"])
+        .matches("-----BEGIN CERTIFICATE-----")
+        .count()
+}
+
+fn rotate_cmd(server: &Server, pki: &Path, extra: &[&str]) -> std::process::Command {
+    let mut command = tessera(&["identity", "rotate", "--kubeconfig"]);
+    command
         .arg(&server.kubeconfig)
         .arg("--anchor-dir")
         .arg(pki)
         .arg("--issuer-dir")
         .arg(pki)
-        .args(["--step-timeout", "40s", "--poll-interval", "200ms"])
+        .args(["--poll-interval", "200ms"])
         .args(extra)
-        .env("TESSERA_LOG", "warn")
-        .output()
-        .expect("identity rotate");
+        .env("TESSERA_LOG", "warn");
+    command
+}
+
+/// Runs `tessera identity rotate` to the end; its stdout.
+fn rotate(server: &Server, pki: &Path, extra: &[&str]) -> String {
+    let out = rotate_cmd(server, pki, &[&["--step-timeout", "40s"], extra].concat()).output().expect("identity rotate");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(out.status.success(), "rotate failed:\n{stdout}\n{stderr}");
     stdout
@@ -136,12 +150,27 @@ fn a_full_and_an_issuer_only_rotation_under_load_fail_no_request() {
     let python = python();
     let _data_store = meshed(&server, "data-store", "8081", &identity_addr, &[&python, "-c", DATA_STORE_APP]);
     let _api = meshed(&server, "api", "8080", &identity_addr, &[&python, "-c", API_APP, DATA_STORE_URL]);
+    // A third meshed pod that will lose its identity: its ServiceAccount goes,
+    // so its proxy's Certify calls are refused and it cannot renew.
+    server.kubectl_ok(&["create", "ns", "stuck"]);
+    server.kubectl_ok(&["create", "sa", "stuck", "-n", "stuck"]);
+    server.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "node-runs-pods",
+        "-n",
+        "stuck",
+        "--clusterrole=tessera:node-pod-runner",
+        "--user=system:node:node-stuck",
+    ]);
+    let stuck = meshed(&server, "stuck", "8082", &identity_addr, &[&python, "-c", DATA_STORE_APP]);
     let ips = [ready_pod_ip(&server, "api"), ready_pod_ip(&server, "data-store")];
+    ready_pod_ip(&server, "stuck");
     let api = format!("{}:8080", ips[0]);
     server.eventually(20, "the data store reachable through the api", || request(&api, 0).ok());
     let old_anchor = trust(&ips[0])["anchors"][0].as_str().unwrap().to_owned();
     server.eventually(10, "the agents' trust annotations", || {
-        ["api", "data-store"].iter().all(|ns| annotation(&server, ns, "tessera.io/trust-anchors") == old_anchor).then_some(())
+        ["api", "data-store", "stuck"].iter().all(|ns| annotation(&server, ns, "tessera.io/trust-anchors") == old_anchor).then_some(())
     });
 
     let load = Arc::new(Mutex::new(Load::default()));
@@ -173,11 +202,37 @@ fn a_full_and_an_issuer_only_rotation_under_load_fail_no_request() {
     }
     let _stop_guard = StopOnDrop(stop.clone());
 
-    // The full rotation: each wait reported done for both proxies.
+    // The proxy that cannot renew stops the rotation before step 5, named, and the old anchor stays.
+    let old_issuer = annotation(&server, "stuck", "tessera.io/leaf-issuer");
+    server.kubectl_ok(&["delete", "sa", "stuck", "-n", "stuck"]);
+    let out = rotate_cmd(&server, &pki, &["--step-timeout", "8s"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let new_issuer = rotation_state(&server)["newIssuer"].as_str().unwrap().to_owned();
+    assert!(
+        stderr.contains(&format!(
+            "step 4/6 did not finish within 8s; the rotation stopped there (rerun to resume). 1 proxies holding it up:\n  stuck/stuck-0: holds a leaf from issuer {old_issuer}, not the new issuer {new_issuer}"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(bundle_certs(&server), 2, "the old anchor stays");
+    let status = String::from_utf8_lossy(
+        &tessera(&["identity", "rotate", "--status", "--kubeconfig"]).arg(&server.kubeconfig).output().unwrap().stdout,
+    )
+    .into_owned();
+    assert!(status.contains("in progress at step 4/6") && status.contains("proxies done: 2/3\n  stuck/stuck-0: holds a leaf"), "{status}");
+
+    // Its pod goes; the rerun resumes at step 4 and finishes: each wait reported done for both proxies.
+    drop(stuck);
+    server.eventually(30, "the stuck pod deleted", || {
+        (!server.kubectl(&["get", "pod", "stuck-0", "-n", "stuck"]).status.success()).then_some(())
+    });
     let full = rotate(&server, &pki, &[]);
+    assert!(full.starts_with("resuming rotation ") && full.contains(" at step 4/6"), "{full}");
     let full_done = started.elapsed();
-    assert!(full.contains("step 1/6 done: new anchor sha256:") && full.contains("the bundle holds 2 anchors"), "{full}");
-    for step in [2, 4, 6] {
+    let first = String::from_utf8_lossy(&out.stdout);
+    assert!(first.contains("the bundle holds 2 anchors") && first.contains("step 2/6 done: 3/3 proxies"), "{first}");
+    for step in [4, 6] {
         assert!(full.contains(&format!("step {step}/6 done: 2/2 proxies")), "{full}");
     }
     let state = rotation_state(&server);
