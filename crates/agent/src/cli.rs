@@ -349,7 +349,7 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
                 admin_port: run.mesh.proxy_admin_port,
                 outbound_port: mesh::free_port()?,
                 identity_addr: identity_addr.to_owned(),
-                trust_anchors: anchors.to_owned(),
+                trust_anchors: anchors,
                 token_file: tokens_dir.join(mesh::IDENTITY_TOKEN_PATH),
                 service_account_dir: service_account_dir.clone(),
                 api_server: agent.server_url().to_owned(),
@@ -418,6 +418,14 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
             agent.keep_fresh(&pod, &layout, slots, stop).await;
         })
     };
+    // The proxy's trust state goes on its Pod (rotation and checks read it there).
+    let trust_reporter = launch.as_ref().map(|launch| {
+        let mut stop_rx = stop_tx.subscribe();
+        let stop = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        };
+        tokio::spawn(crate::trust::follow(agent.clone(), spec.namespace.clone(), spec.name.clone(), launch.admin(), stop))
+    });
     // The pod is Ready once its proxy is (it has a certificate and serves).
     let exit = {
         let ready = async {
@@ -471,6 +479,9 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
     }
     let _ = stop_tx.send(true);
     let _ = refresher.await;
+    if let Some(reporter) = trust_reporter {
+        let _ = reporter.await;
+    }
     // The pod no longer runs: heartbeats stop reporting it running, and its
     // end is reported as kubelet reports it before the pod (and its tokens) go.
     running.send_replace(BTreeSet::new());

@@ -121,6 +121,17 @@ impl Agent {
         self.reports.lock().await.remove(&(namespace.to_owned(), name.to_owned()));
     }
 
+    /// Sets (`Some`) or removes (`None`) annotations of a pod the agent runs,
+    /// through `pods/status` as a kubelet does.
+    pub async fn annotate_pod(&self, namespace: &str, name: &str, annotations: &[(&str, Option<&str>)]) -> Result<(), AgentError> {
+        let pods: Api<Pod> = Api::namespaced(self.client(), namespace);
+        let map: serde_json::Map<String, serde_json::Value> = annotations.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"annotations": map}})))
+            .await
+            .map_err(api_err(format!("annotating Pod {namespace}/{name}")))?;
+        Ok(())
+    }
+
     async fn patch_status(&self, namespace: &str, name: &str, status: &serde_json::Value) -> Result<(), AgentError> {
         let pods: Api<Pod> = Api::namespaced(self.client(), namespace);
         pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))

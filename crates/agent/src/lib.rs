@@ -28,6 +28,7 @@ pub mod node;
 mod pod;
 mod projector;
 pub mod status;
+pub mod trust;
 pub mod volumes;
 
 pub use files::{FilesError, OutputRoot};

@@ -66,8 +66,12 @@ pub struct MeshArgs {
     #[arg(long, env = "TESSERA_IDENTITY_ADDR")]
     pub identity_addr: Option<String>,
     /// The trust anchors (PEM) the proxy checks peers and the identity service against.
-    #[arg(long, env = "TESSERA_IDENTITY_TRUST_ANCHORS")]
+    #[arg(long, env = "TESSERA_IDENTITY_TRUST_ANCHORS", conflicts_with = "identity_trust_anchors_configmap")]
     pub identity_trust_anchors: Option<PathBuf>,
+    /// The trust anchors from this ConfigMap instead (NAMESPACE/NAME, e.g.
+    /// linkerd/tessera-identity-trust-roots): the proxy watches it with the pod's token.
+    #[arg(long, env = "TESSERA_IDENTITY_TRUST_ANCHORS_CONFIGMAP")]
+    pub identity_trust_anchors_configmap: Option<String>,
     /// Trust domain of identities (as `tessera identity --trust-domain`).
     #[arg(long, default_value = "cluster.local")]
     pub identity_trust_domain: String,
@@ -78,10 +82,20 @@ pub struct MeshArgs {
 
 impl MeshArgs {
     /// The public port, the identity service and its anchors, or why they are missing.
-    pub fn required(&self) -> anyhow::Result<(u16, &str, &Path)> {
+    pub fn required(&self) -> anyhow::Result<(u16, &str, TrustAnchors)> {
         let port = self.port.context("--mesh needs --port: the pod's public port, where its proxy listens")?;
         let identity = self.identity_addr.as_deref().context("--mesh needs --identity-addr (the identity service, HOST:PORT)")?;
-        let anchors = self.identity_trust_anchors.as_deref().context("--mesh needs --identity-trust-anchors (PEM file)")?;
+        let anchors = match (&self.identity_trust_anchors_configmap, &self.identity_trust_anchors) {
+            (Some(configmap), _) => {
+                anyhow::ensure!(
+                    configmap.split_once('/').is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/')),
+                    "--identity-trust-anchors-configmap must be NAMESPACE/NAME, got {configmap:?}"
+                );
+                TrustAnchors::ConfigMap(configmap.clone())
+            }
+            (None, Some(file)) => TrustAnchors::File(file.clone()),
+            (None, None) => anyhow::bail!("--mesh needs --identity-trust-anchors (PEM file) or --identity-trust-anchors-configmap (NAMESPACE/NAME)"),
+        };
         Ok((port, identity, anchors))
     }
 
@@ -144,6 +158,15 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// Where the proxy takes its trust anchors from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustAnchors {
+    /// A PEM file (`--trust-anchors`).
+    File(PathBuf),
+    /// The bundle ConfigMap, NAMESPACE/NAME (`--trust-anchors-configmap`).
+    ConfigMap(String),
+}
+
 /// Everything the proxy is started with.
 #[derive(Debug, Clone)]
 pub struct ProxyLaunch {
@@ -165,8 +188,8 @@ pub struct ProxyLaunch {
     pub outbound_port: u16,
     /// Identity service.
     pub identity_addr: String,
-    /// Trust anchors file.
-    pub trust_anchors: PathBuf,
+    /// Trust anchors: a file or the bundle ConfigMap.
+    pub trust_anchors: TrustAnchors,
     /// The `identity.l5d.io` token file.
     pub token_file: PathBuf,
     /// The pod's ServiceAccount directory (token, ca.crt) for the API.
@@ -190,7 +213,7 @@ impl ProxyLaunch {
             admin_port: 4191,
             outbound_port: 40001,
             identity_addr: "127.0.0.1:8443".into(),
-            trust_anchors: "/a/ca.crt".into(),
+            trust_anchors: TrustAnchors::File("/a/ca.crt".into()),
             token_file: "/r/var/run/secrets/tokens/linkerd-identity-token".into(),
             service_account_dir: "/r/var/run/secrets/kubernetes.io/serviceaccount".into(),
             api_server: "https://127.0.0.1:6443".into(),
@@ -200,12 +223,16 @@ impl ProxyLaunch {
     /// Arguments of `tessera proxy`.
     pub fn args(&self) -> Vec<String> {
         let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned()).display().to_string();
+        let trust = match &self.trust_anchors {
+            TrustAnchors::File(path) => ("--trust-anchors", abs(path)),
+            TrustAnchors::ConfigMap(configmap) => ("--trust-anchors-configmap", configmap.clone()),
+        };
         let inbound = format!("{}={}", SocketAddr::from((self.pod_ip, self.port)), SocketAddr::from((Ipv4Addr::LOCALHOST, self.app_port)));
         [
             ("--identity-addr", self.identity_addr.clone()),
             ("--identity", self.identity.clone()),
             ("--token-file", abs(&self.token_file)),
-            ("--trust-anchors", abs(&self.trust_anchors)),
+            trust,
             ("--inbound", inbound),
             ("--admin-addr", SocketAddr::from((self.pod_ip, self.admin_port)).to_string()),
             ("--outbound-addr", SocketAddr::from((Ipv4Addr::LOCALHOST, self.outbound_port)).to_string()),
@@ -307,5 +334,11 @@ mod tests {
         assert_eq!(after("--admin-addr").as_deref(), Some("127.9.8.7:4191"));
         assert_eq!(after("--api-ca").as_deref(), Some("/r/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"));
         assert_eq!(after("--pod").as_deref(), Some("api-0"));
+        assert_eq!(after("--trust-anchors").as_deref(), Some("/a/ca.crt"));
+        let launch = ProxyLaunch { trust_anchors: TrustAnchors::ConfigMap("linkerd/tessera-identity-trust-roots".into()), ..launch };
+        let args = launch.args();
+        let after = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
+        assert_eq!(after("--trust-anchors-configmap").as_deref(), Some("linkerd/tessera-identity-trust-roots"));
+        assert!(!args.iter().any(|a| a == "--trust-anchors"));
     }
 }

@@ -897,8 +897,8 @@ fn track_fields(
     crate::apply::record_update(resource, &writer, live, client_managed, obj)
 }
 
-/// Keeps a write within its scope: a status write changes only `status`, a
-/// finalize write only `spec.finalizers`, and a write of the object itself
+/// Keeps a write within its scope: a status write changes only `status`
+/// (and, for pods, labels and annotations, as kube-apiserver), a finalize write only `spec.finalizers`, and a write of the object itself
 /// leaves `status` alone for kinds whose status has its own subresource.
 fn scoped(resource: &ResourceInfo, scope: WriteScope, current: &Value, next: Value) -> Value {
     let take = |from: &Value, mut into: Value, pointer: &[&str]| -> Value {
@@ -922,6 +922,14 @@ fn scoped(resource: &ResourceInfo, scope: WriteScope, current: &Value, next: Val
     match scope {
         WriteScope::Object if resource.subresources.iter().any(|s| s.name == "status") => take(current, next, &["status"]),
         WriteScope::Object => next,
+        // kube's pod status strategy keeps the new labels and annotations
+        // (kubelets annotate their pods this way; the node restriction
+        // refuses label changes), unlike the kinds that reset metadata.
+        WriteScope::Status if resource.group.is_empty() && resource.plural == "pods" => {
+            let merged = take(&next, current.clone(), &["status"]);
+            let merged = take(&next, merged, &["metadata", "labels"]);
+            take(&next, merged, &["metadata", "annotations"])
+        }
         WriteScope::Status => take(&next, current.clone(), &["status"]),
         WriteScope::Finalizers => take(&next, current.clone(), &["spec", "finalizers"]),
     }

@@ -269,6 +269,7 @@ pub async fn run(
             authority.clone(),
             pki.ca_cert_pem.clone(),
             config.node_lifecycle,
+            config.identity_naming.control_namespace.clone(),
             revision,
             leadership,
             stopped(),
@@ -297,7 +298,8 @@ pub async fn run(
 
 /// Runs the controllers that must run once in a deployment (namespaces with
 /// their default ServiceAccount and `kube-root-ca.crt`, legacy token Secrets,
-/// RBAC aggregation, node lifecycle, garbage collection) while this replica leads, until `shutdown`. A single
+/// RBAC aggregation, node lifecycle, garbage collection, the mesh trust
+/// bundle's read access in the control namespace) while this replica leads, until `shutdown`. A single
 /// server always leads. Each new term starts with a full reconcile pass, so
 /// work the previous leader left undone is picked up.
 async fn run_controllers(
@@ -305,6 +307,7 @@ async fn run_controllers(
     authority: Arc<tessera_authn::token::TokenAuthority>,
     ca_pem: String,
     node_lifecycle: tessera_controllers::node_lifecycle::Settings,
+    control_namespace: String,
     start_revision: tessera_store::Revision,
     mut leadership: tessera_store::leader::Leadership,
     shutdown: impl std::future::Future<Output = ()>,
@@ -345,6 +348,7 @@ async fn run_controllers(
             tokio::spawn(tessera_controllers::node_lifecycle::run(registry.clone(), node_lifecycle, stopped())),
             tokio::spawn(tessera_controllers::garbage_collector::run(registry.clone(), stopped())),
             tokio::spawn(tessera_controllers::endpointslice::run(registry.clone(), stopped())),
+            tokio::spawn(tessera_controllers::mesh_trust::run(registry.clone(), control_namespace.clone(), stopped())),
         ];
         let shutting_down = tokio::select! {
             _ = &mut shutdown => true,

@@ -33,6 +33,7 @@ pub mod endpointslice;
 mod follow;
 pub mod garbage_collector;
 pub mod legacy_tokens;
+pub mod mesh_trust;
 mod namespace_conditions;
 pub mod node_lifecycle;
 

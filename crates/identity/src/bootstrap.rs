@@ -70,17 +70,9 @@ pub fn bootstrap(config: &BootstrapConfig, now: OffsetDateTime) -> Result<Bootst
                     humantime::format_duration(config.anchor_validity)
                 )));
             }
-            let key =
-                KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| Error::Generate { what: "trust anchor key", source })?;
-            let not_after = now + config.anchor_validity;
-            let mut params =
-                ca_params(format!("root.{}.{}", config.naming.control_namespace, config.naming.trust_domain), not_before, not_after);
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            let cert = params.self_signed(&key).map_err(|source| Error::Generate { what: "trust anchor", source })?;
-            std::fs::create_dir_all(&config.out).map_err(|e| Error::io(&config.out, e))?;
-            files.push(write(&config.out.join("ca.crt"), cert.pem().as_bytes(), false)?);
-            files.push(write(&config.out.join("ca.key"), key.serialize_pem().as_bytes(), true)?);
-            (rcgen::Issuer::new(params, key), not_after)
+            let anchor = create_anchor(&config.out, config.anchor_validity, &config.naming, now)?;
+            files.extend(anchor.files);
+            (anchor.signer, anchor.not_after)
         }
     };
 
@@ -95,6 +87,31 @@ pub fn bootstrap(config: &BootstrapConfig, now: OffsetDateTime) -> Result<Bootst
     files.push(write(&config.out.join("crt.pem"), cert.pem().as_bytes(), false)?);
     files.push(write(&config.out.join("key.pem"), key.serialize_pem().as_bytes(), true)?);
     Ok(Bootstrapped { files, anchor_not_after, issuer_not_after })
+}
+
+/// A trust anchor just written by [`create_anchor`].
+pub struct NewAnchor {
+    /// `ca.crt` and `ca.key`, in that order.
+    pub files: Vec<PathBuf>,
+    /// The anchor as a signer of issuers.
+    pub signer: rcgen::Issuer<'static, KeyPair>,
+    /// Its notAfter.
+    pub not_after: OffsetDateTime,
+}
+
+/// Creates a self-signed ECDSA P-256 trust anchor `root.<ns>.<domain>` and
+/// writes it to `out` as `ca.crt`/`ca.key` (key mode 0600; existing files are
+/// never overwritten). Used by `bootstrap` and by `identity rotate`.
+pub fn create_anchor(out: &Path, validity: Duration, naming: &IdentityNaming, now: OffsetDateTime) -> Result<NewAnchor> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| Error::Generate { what: "trust anchor key", source })?;
+    let not_after = now + validity;
+    let mut params = ca_params(format!("root.{}.{}", naming.control_namespace, naming.trust_domain), now - BACKDATE, not_after);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).map_err(|source| Error::Generate { what: "trust anchor", source })?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let files =
+        vec![write(&out.join("ca.crt"), cert.pem().as_bytes(), false)?, write(&out.join("ca.key"), key.serialize_pem().as_bytes(), true)?];
+    Ok(NewAnchor { files, signer: rcgen::Issuer::new(params, key), not_after })
 }
 
 fn ca_params(cn: String, not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertificateParams {

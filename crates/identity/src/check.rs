@@ -7,7 +7,6 @@
 //! days) and `tessera-identity-service` (a Certify
 //! call with an empty request must answer `InvalidArgument`).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -34,8 +33,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// What to check.
 #[derive(Debug, Clone)]
 pub struct CheckConfig {
-    /// PEM bundle of trust anchors.
-    pub trust_anchors: PathBuf,
+    /// The trust anchors: a PEM file or the bundle ConfigMap.
+    pub trust_anchors: crate::bundle::AnchorsSource,
     /// Where the issuer is.
     pub issuer: IssuerSource,
     /// How to reach the Kubernetes API.
@@ -199,7 +198,7 @@ impl Report {
 /// Runs every check as of `now`.
 pub async fn run_checks(config: &CheckConfig, now: OffsetDateTime) -> Report {
     let (api, client) = kubernetes_checks(&config.kube).await;
-    let anchors_pem = std::fs::read(&config.trust_anchors).map_err(|e| format!("{}: {e}", config.trust_anchors.display()));
+    let anchors_pem = crate::bundle::read_pem(&config.trust_anchors, client.as_ref()).await;
     let issuer = read_issuer(&config.issuer, client).await;
     let identity = identity_checks(anchors_pem, issuer, &config.naming, now);
     let service = service_checks(&config.identity_addr).await;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::bootstrap::{self, BootstrapConfig};
+use crate::bundle::AnchorsSource;
 use crate::check::{self, CheckConfig};
 use crate::error::{Error, Result};
 use crate::issuer::IssuancePolicy;
@@ -35,6 +36,8 @@ pub struct IdentityArgs {
 pub enum IdentityAction {
     /// Create a trust anchor (ca.crt, ca.key) and an issuer signed by it (crt.pem, key.pem), ECDSA P-256.
     Bootstrap(BootstrapArgs),
+    /// Rotate the trust anchor and issuer (Linkerd's procedure, resumable), or only the issuer.
+    Rotate(RotateArgs),
 }
 
 /// Flags for serving Certify.
@@ -61,9 +64,12 @@ pub struct ServeArgs {
 /// Where trust anchors, issuer and Kubernetes API are (shared by `identity` and `check`).
 #[derive(Debug, clap::Args)]
 pub struct SourceArgs {
-    /// PEM bundle of trust anchors; may hold several roots while one is rotated out.
-    #[arg(long, env = "TESSERA_IDENTITY_TRUST_ANCHORS")]
+    /// PEM bundle of trust anchors; may hold several roots while one is rotated out (re-read every second).
+    #[arg(long, env = "TESSERA_IDENTITY_TRUST_ANCHORS", conflicts_with = "trust_anchors_configmap")]
     trust_anchors: Option<PathBuf>,
+    /// Trust anchors from this ConfigMap instead (NAMESPACE/NAME, key ca-bundle.crt), watched for changes.
+    #[arg(long, env = "TESSERA_IDENTITY_TRUST_ANCHORS_CONFIGMAP")]
+    trust_anchors_configmap: Option<String>,
     /// Directory with the issuer's crt.pem and key.pem (re-read every second).
     #[arg(long, env = "TESSERA_IDENTITY_ISSUER_DIR", conflicts_with = "issuer_secret")]
     issuer_dir: Option<PathBuf>,
@@ -101,6 +107,47 @@ pub struct BootstrapArgs {
     /// Sign the new issuer with the existing trust anchor in this directory (ca.crt, ca.key) instead of creating one.
     #[arg(long, env = "TESSERA_IDENTITY_ANCHOR_DIR")]
     anchor_dir: Option<PathBuf>,
+    #[command(flatten)]
+    naming: NamingArgs,
+}
+
+/// Flags of `tessera identity rotate`.
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    /// Directory of trust anchors: the current one as ca.crt/ca.key (as `bootstrap` writes it); each rotation adds rotation-<id>/.
+    #[arg(long, env = "TESSERA_IDENTITY_ANCHOR_DIR")]
+    anchor_dir: Option<PathBuf>,
+    /// Install the new issuer as crt.pem/key.pem in this directory (the one `tessera identity --issuer-dir` reads).
+    #[arg(long, env = "TESSERA_IDENTITY_ISSUER_DIR", conflicts_with = "issuer_secret")]
+    issuer_dir: Option<PathBuf>,
+    /// Install the new issuer in this kubernetes.io/tls Secret, NAMESPACE/NAME.
+    #[arg(long, env = "TESSERA_IDENTITY_ISSUER_SECRET")]
+    issuer_secret: Option<String>,
+    /// kubeconfig; default: in-cluster config, then $KUBECONFIG.
+    #[arg(long, env = "TESSERA_IDENTITY_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Only a new issuer from the current anchor (steps 3 and 4).
+    #[arg(long)]
+    issuer_only: bool,
+    /// Print the plan and change nothing.
+    #[arg(long, conflicts_with = "status")]
+    dry_run: bool,
+    /// Show where the current or last rotation stands, and change nothing.
+    #[arg(long)]
+    status: bool,
+    /// How long each step may take; on timeout the rotation stops there and names the proxies holding it up.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    step_timeout: Duration,
+    /// How often the proxies' reports are read while waiting.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// Lifetime of the new trust anchor.
+    #[arg(long, default_value = "87600h", value_parser = humantime::parse_duration)]
+    anchor_validity: Duration,
+    /// Lifetime of the new issuer (never past its anchor's).
+    #[arg(long, default_value = "8760h", value_parser = humantime::parse_duration)]
+    issuer_validity: Duration,
+    /// Names the certificates; --controller-namespace is also where the ConfigMaps are.
     #[command(flatten)]
     naming: NamingArgs,
 }
@@ -152,8 +199,10 @@ impl IdentityArgs {
     }
 
     async fn run_inner(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        if let Some(IdentityAction::Bootstrap(args)) = self.action {
-            return args.run();
+        match self.action {
+            Some(IdentityAction::Bootstrap(args)) => return args.run(),
+            Some(IdentityAction::Rotate(args)) => return args.run().await,
+            None => {}
         }
         let config = self.serve.config()?;
         crate::run(config, shutdown, |started| {
@@ -183,8 +232,12 @@ impl ServeArgs {
 }
 
 impl SourceArgs {
-    fn resolve(self) -> Result<(PathBuf, IssuerSource, KubeSource)> {
-        let anchors = self.trust_anchors.ok_or_else(|| Error::Config("--trust-anchors is required".to_owned()))?;
+    fn resolve(self) -> Result<(AnchorsSource, IssuerSource, KubeSource)> {
+        let anchors = match (self.trust_anchors_configmap, self.trust_anchors) {
+            (Some(configmap), _) => AnchorsSource::configmap(&configmap)?,
+            (None, Some(file)) => AnchorsSource::File(file),
+            (None, None) => return Err(Error::Config("--trust-anchors or --trust-anchors-configmap is required".to_owned())),
+        };
         let issuer = match (self.issuer_dir, self.issuer_secret) {
             (Some(dir), None) => IssuerSource::Dir(dir),
             (None, Some(secret)) => {
@@ -194,8 +247,12 @@ impl SourceArgs {
                     .ok_or_else(|| Error::Config(format!("--issuer-secret must be NAMESPACE/NAME, got {secret:?}")))?;
                 IssuerSource::Secret { namespace: namespace.to_owned(), name: name.to_owned() }
             }
-            (None, None) => return Err(Error::Config("one of --issuer-dir or --issuer-secret is required".to_owned())),
-            (Some(_), Some(_)) => return Err(Error::Config("--issuer-dir and --issuer-secret are exclusive".to_owned())),
+            (None, None) => {
+                return Err(Error::Config("one of --issuer-dir or --issuer-secret is required".to_owned()));
+            }
+            (Some(_), Some(_)) => {
+                return Err(Error::Config("--issuer-dir and --issuer-secret are exclusive".to_owned()));
+            }
         };
         let kube = self.kubeconfig.map_or(KubeSource::Infer, KubeSource::Kubeconfig);
         Ok((anchors, issuer, kube))
@@ -227,6 +284,57 @@ impl BootstrapArgs {
         }
         println!("issuer valid until {}", pki::rfc3339(done.issuer_not_after));
         Ok(())
+    }
+}
+
+impl RotateArgs {
+    /// `--status`, `--dry-run`, or the rotation itself (to the end, or to a
+    /// step timeout, which is an error naming the proxies holding it up).
+    pub async fn run(self) -> Result<()> {
+        use crate::rotate::{self, IssuerTarget, KubeCluster, Mode, RotateOptions};
+        let target = match (self.issuer_dir, self.issuer_secret) {
+            (Some(dir), None) => Some(IssuerTarget::Dir(dir)),
+            (None, Some(secret)) => {
+                let (namespace, name) = secret
+                    .split_once('/')
+                    .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+                    .ok_or_else(|| Error::Config(format!("--issuer-secret must be NAMESPACE/NAME, got {secret:?}")))?;
+                Some(IssuerTarget::Secret { namespace: namespace.to_owned(), name: name.to_owned() })
+            }
+            _ => None,
+        };
+        let kube = self.kubeconfig.map_or(KubeSource::Infer, KubeSource::Kubeconfig);
+        let naming = self.naming.naming();
+        if self.status {
+            let cluster = KubeCluster::new(kube.client().await?, naming.control_namespace.clone(), target);
+            print!("{}", rotate::status(&cluster).await.map_err(|e| Error::Rotate(Box::new(e)))?);
+            return Ok(());
+        }
+        let anchor_dir = self.anchor_dir.ok_or_else(|| Error::Config("--anchor-dir is required".to_owned()))?;
+        let target = target.ok_or_else(|| Error::Config("one of --issuer-dir or --issuer-secret is required".to_owned()))?;
+        if self.step_timeout.is_zero() || self.poll_interval.is_zero() {
+            return Err(Error::Config("--step-timeout and --poll-interval must be positive".to_owned()));
+        }
+        let target_text = match &target {
+            IssuerTarget::Dir(dir) => format!("directory {}", dir.display()),
+            IssuerTarget::Secret { namespace, name } => format!("Secret {namespace}/{name}"),
+        };
+        let options = RotateOptions {
+            mode: if self.issuer_only { Mode::IssuerOnly } else { Mode::Full },
+            anchor_dir,
+            naming: naming.clone(),
+            anchor_validity: self.anchor_validity,
+            issuer_validity: self.issuer_validity,
+            step_timeout: self.step_timeout,
+            poll_interval: self.poll_interval,
+        };
+        let cluster = KubeCluster::new(kube.client().await?, naming.control_namespace, Some(target));
+        if self.dry_run {
+            print!("{}", rotate::plan(&cluster, &options, &target_text).await.map_err(|e| Error::Rotate(Box::new(e)))?);
+            return Ok(());
+        }
+        let mut console = rotate::Console::default();
+        rotate::run(&cluster, &options, &mut console).await.map(|_| ()).map_err(|e| Error::Rotate(Box::new(e)))
     }
 }
 
@@ -288,7 +396,15 @@ mod tests {
     #[test]
     fn bad_serve_flags_are_refused() {
         let err = identity(&["--issuer-dir", "x"]).serve.config().unwrap_err();
-        assert_eq!(err.to_string(), "invalid configuration: --trust-anchors is required");
+        assert_eq!(err.to_string(), "invalid configuration: --trust-anchors or --trust-anchors-configmap is required");
+        let args = identity(&["--trust-anchors-configmap", "linkerd/tessera-identity-trust-roots", "--issuer-dir", "x"]);
+        assert_eq!(
+            args.serve.config().unwrap().trust_anchors,
+            AnchorsSource::ConfigMap { namespace: "linkerd".into(), name: "tessera-identity-trust-roots".into() }
+        );
+        let err = identity(&["--trust-anchors-configmap", "nope", "--issuer-dir", "x"]).serve.config().unwrap_err();
+        assert_eq!(err.to_string(), r#"invalid configuration: --trust-anchors-configmap must be NAMESPACE/NAME, got "nope""#);
+        assert!(Cli::try_parse_from(["tessera", "identity", "--trust-anchors", "a", "--trust-anchors-configmap", "a/b", "--issuer-dir", "x"]).is_err());
         let err = identity(&["--trust-anchors", "a"]).serve.config().unwrap_err();
         assert_eq!(err.to_string(), "invalid configuration: one of --issuer-dir or --issuer-secret is required");
         let err = identity(&["--trust-anchors", "a", "--issuer-secret", "nope"]).serve.config().unwrap_err();

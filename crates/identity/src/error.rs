@@ -267,6 +267,9 @@ pub enum Error {
         #[source]
         source: AnchorError,
     },
+    /// The trust bundle ConfigMap could not be read.
+    #[error("trust anchors: {0}")]
+    AnchorsUnavailable(String),
     /// The initial issuer is unusable.
     #[error("issuer from {from}: {source}")]
     Issuer {
@@ -291,6 +294,9 @@ pub enum Error {
         #[source]
         source: rcgen::Error,
     },
+    /// `identity rotate` stopped (timeout, safety rule, cluster error).
+    #[error("rotation: {0}")]
+    Rotate(Box<crate::rotate::RotateError>),
     /// A listener could not be bound or served.
     #[error("{what} on {addr}: {source}")]
     Serve {

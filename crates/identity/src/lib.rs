@@ -49,6 +49,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub mod bootstrap;
+pub mod bundle;
 pub mod chain;
 pub mod check;
 #[cfg(feature = "clap")]
@@ -59,6 +60,7 @@ pub mod issuer;
 pub mod metrics;
 pub mod pki;
 pub mod reload;
+pub mod rotate;
 pub mod review;
 pub mod service;
 #[cfg(test)]
@@ -105,8 +107,8 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Admin listen address (`/metrics`, `/ready`, `/live`); port 0 picks a free port.
     pub admin_addr: SocketAddr,
-    /// PEM bundle of trust anchors.
-    pub trust_anchors: PathBuf,
+    /// The trust anchors: a PEM file or the bundle ConfigMap, watched either way.
+    pub trust_anchors: bundle::AnchorsSource,
     /// Where the issuer comes from.
     pub issuer: IssuerSource,
     /// How to reach the Kubernetes API.
@@ -139,12 +141,15 @@ pub fn read_trust_anchors(path: &std::path::Path) -> Result<TrustAnchors> {
 /// and Certify answers `Unavailable` until it is. Calls `on_started` once both
 /// listeners are bound.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static, on_started: impl FnOnce(&Started)) -> Result<()> {
-    let anchors = read_trust_anchors(&config.trust_anchors)?;
-    tracing::info!(count = anchors.certificates().len(), path = %config.trust_anchors.display(), "loaded trust anchors");
+    let client = config.kube.client().await?;
+    let (anchors, pem) = bundle::load(&config.trust_anchors, Some(&client)).await?;
+    tracing::info!(count = anchors.certificates().len(), source = %config.trust_anchors, "loaded trust anchors");
+    let (anchors_updater, anchors_rx) = bundle::AnchorsUpdater::new(config.trust_anchors.clone(), anchors.clone(), Some(pem));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Metrics::default();
     let (issuer_tx, issuer_rx) = watch::channel::<Option<Arc<Issuer>>>(None);
-    let mut updater = IssuerUpdater::new(issuer_tx, anchors, config.naming.clone(), clock.clone(), metrics.clone());
+    let mut updater =
+        IssuerUpdater::new(issuer_tx, anchors, config.naming.clone(), clock.clone(), metrics.clone()).follow_anchors(anchors_rx);
 
     if let IssuerSource::Dir(dir) = &config.issuer {
         let material = reload::read_issuer_dir(dir)?;
@@ -152,7 +157,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             return Err(Error::Issuer { from: config.issuer.to_string(), source });
         }
     }
-    let client = config.kube.client().await?;
 
     let listener = TcpListener::bind(config.addr).await.map_err(|e| Error::Serve {
         what: "binding the gRPC listener",
@@ -177,6 +181,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         })?,
     };
 
+    let anchors_task = tokio::spawn(anchors_updater.run(Some(client.clone())));
     let reloader = match config.issuer.clone() {
         IssuerSource::Dir(dir) => tokio::spawn(reload::poll_dir(dir, updater)),
         IssuerSource::Secret { namespace, name } => tokio::spawn(reload::watch_secret(client.clone(), namespace, name, updater)),
@@ -215,6 +220,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let (grpc, admin_result) = tokio::join!(grpc, admin_server);
     reloader.abort();
+    anchors_task.abort();
     grpc.map_err(|e| Error::Serve { what: "serving gRPC", addr: started.addr.to_string(), source: Box::new(e) })?;
     admin_result.map_err(|e| Error::Serve { what: "serving admin", addr: started.admin_addr.to_string(), source: Box::new(e) })?;
     Ok(())

@@ -99,6 +99,7 @@ pub struct IssuerUpdater {
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     last_offered: Option<IssuerMaterial>,
+    anchor_updates: Option<watch::Receiver<TrustAnchors>>,
 }
 
 impl std::fmt::Debug for IssuerUpdater {
@@ -111,11 +112,42 @@ impl IssuerUpdater {
     /// An updater writing to `tx`, checking issuers against `anchors` with a
     /// probe leaf for an identity of `naming`'s trust domain.
     pub fn new(tx: watch::Sender<Option<Arc<Issuer>>>, anchors: TrustAnchors, naming: IdentityNaming, clock: Arc<dyn Clock>, metrics: Metrics) -> Self {
-        Self { tx, anchors, naming, clock, metrics, last_offered: None }
+        Self { tx, anchors, naming, clock, metrics, last_offered: None, anchor_updates: None }
+    }
+
+    /// Checks issuers against the anchors `rx` publishes from now on (the
+    /// watched bundle): an issuer of a root added later is then accepted.
+    pub fn follow_anchors(mut self, rx: watch::Receiver<TrustAnchors>) -> Self {
+        self.anchors = rx.borrow().clone();
+        self.anchor_updates = Some(rx);
+        self
+    }
+
+    /// Takes new anchors if the bundle changed; the same issuer material is
+    /// then checked again (it may chain to a root only now trusted).
+    fn refresh_anchors(&mut self) {
+        if let Some(rx) = &mut self.anchor_updates
+            && rx.has_changed().unwrap_or(false)
+        {
+            self.anchors = rx.borrow_and_update().clone();
+            self.last_offered = None;
+        }
+    }
+
+    /// Resolves when the bundle changed (never without a watched bundle);
+    /// the new anchors are then in use.
+    pub async fn anchors_changed(&mut self) {
+        let Some(rx) = &mut self.anchor_updates else { return std::future::pending().await };
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        self.anchors = rx.borrow_and_update().clone();
+        self.last_offered = None;
     }
 
     /// Checks `material` and, when it is new and good, swaps it in.
     pub fn offer(&mut self, material: IssuerMaterial, from: &IssuerSource) -> Offer {
+        self.refresh_anchors();
         if self.last_offered.as_ref() == Some(&material) {
             return Offer::Unchanged;
         }
@@ -175,9 +207,20 @@ pub async fn watch_secret(client: kube::Client, namespace: String, name: String,
     let events = EventRecorder::new(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut stream = std::pin::pin!(watcher(secrets, config).default_backoff());
-    while let Some(event) = stream.next().await {
+    let mut latest: Option<Secret> = None;
+    loop {
+        let event = tokio::select! {
+            event = stream.next() => event,
+            // A new bundle: the Secret's issuer may chain to it only now.
+            () = updater.anchors_changed() => match latest.clone() {
+                Some(secret) => Some(Ok(watcher::Event::Apply(secret))),
+                None => continue,
+            },
+        };
+        let Some(event) = event else { break };
         match event {
             Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) => {
+                latest = Some(secret.clone());
                 let offer = match secret_material(&secret) {
                     Ok(material) => updater.offer(material, &source),
                     Err(e) => {

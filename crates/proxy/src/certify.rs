@@ -9,6 +9,14 @@
 //! jitter, and the current certificate keeps serving until it expires, when
 //! `None` is published (the proxy is then not ready and refuses mTLS). A new
 //! trust bundle rebuilds the credentials with the same leaf.
+//!
+//! Early renewal: when the control plane announces an issuer (the trust
+//! bundle ConfigMap's `tessera.io/issuer-fingerprint`) other than the one
+//! that signed the current leaf, the proxy renews within [`EARLY_JITTER`]
+//! (spread so that every proxy does not call at once), and keeps retrying
+//! with backoff until the identity service hands out a leaf of that issuer
+//! (it may pick the new issuer up a moment after the announcement); then the
+//! normal 70 % schedule resumes.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -18,16 +26,20 @@ use std::time::{Duration, SystemTime};
 use linkerd2_proxy_api::identity::CertifyRequest;
 use linkerd2_proxy_api::identity::identity_client::IdentityClient;
 use rand::Rng as _;
-use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::tls::{Credentials, CredentialsTx, Identity};
+use crate::trust::{LeafInfo, TrustRoots};
 
 /// Renew when this fraction of the lifetime has passed (Linkerd's 70 %).
 const REFRESH_FRACTION: f64 = 0.7;
+/// An early renewal starts within this long of the issuer announcement.
+pub const EARLY_JITTER: Duration = Duration::from_secs(2);
+/// Retries of an early renewal that still got the old issuer back off up to this.
+const EARLY_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Why a certificate could not be obtained.
 #[derive(Debug, thiserror::Error)]
@@ -203,8 +215,9 @@ pub struct Renewer<C> {
     certifier: C,
     identity: Identity,
     key: LocalKey,
-    roots: watch::Receiver<Arc<RootCertStore>>,
+    roots: watch::Receiver<Arc<TrustRoots>>,
     tx: CredentialsTx,
+    leaf: watch::Sender<Option<LeafInfo>>,
     metrics: Metrics,
     backoff: Backoff,
 }
@@ -215,24 +228,46 @@ impl<C: Certifier> Renewer<C> {
         certifier: C,
         identity: Identity,
         key: LocalKey,
-        roots: watch::Receiver<Arc<RootCertStore>>,
+        roots: watch::Receiver<Arc<TrustRoots>>,
         tx: CredentialsTx,
         metrics: Metrics,
         backoff: Backoff,
     ) -> Self {
-        Self { certifier, identity, key, roots, tx, metrics, backoff }
+        Self { certifier, identity, key, roots, tx, leaf: watch::channel(None).0, metrics, backoff }
+    }
+
+    /// The current leaf as `/trust` reports it (`None` while there is none).
+    pub fn leaf(&self) -> watch::Receiver<Option<LeafInfo>> {
+        self.leaf.subscribe()
     }
 
     fn build(&self, issued: &Issued) -> Result<Arc<Credentials>, CertifyError> {
-        let roots = self.roots.borrow().clone();
+        let roots = self.roots.borrow().store().clone();
         Ok(Arc::new(Credentials::new(self.identity.clone(), issued.chain.clone(), self.key.key(), roots, issued.not_after)?))
+    }
+
+    fn issuer_of(&self, issued: &Issued) -> Option<String> {
+        self.roots.borrow().issuer_of(&issued.chain)
+    }
+
+    /// Whether the control plane announced an issuer other than the leaf's.
+    fn stale_issuer(&self, leaf_issuer: Option<&str>) -> bool {
+        let roots = self.roots.borrow();
+        roots.expected_issuer().is_some_and(|expected| Some(expected) != leaf_issuer)
     }
 
     /// Runs until every receiver of the credentials is gone.
     pub async fn run(mut self) {
+        // A ConfigMap source has no anchors until its first good bundle:
+        // a leaf could not be checked or used before then.
+        if self.roots.wait_for(|r| !r.is_empty()).await.is_err() {
+            return;
+        }
         let mut current: Option<(Issued, Instant)> = None;
         let mut next_attempt = Instant::now();
         let mut roots_open = true;
+        let mut anchors = self.roots.borrow_and_update().clone();
+        let mut early = Backoff::new(Duration::from_secs(1), EARLY_RETRY_MAX);
         loop {
             let expires_at = current.as_ref().map(|(_, at)| *at);
             tokio::select! {
@@ -241,16 +276,31 @@ impl<C: Certifier> Renewer<C> {
                         Ok((issued, credentials)) => {
                             let now = Instant::now();
                             let lifetime = issued.not_after.duration_since(SystemTime::now()).unwrap_or_default();
-                            next_attempt = now + lifetime.mul_f64(REFRESH_FRACTION);
+                            let issuer = self.issuer_of(&issued);
+                            next_attempt = if self.stale_issuer(issuer.as_deref()) {
+                                // The identity service has not switched yet: ask again soon.
+                                let delay = early.next_delay();
+                                tracing::info!(issuer = ?issuer, retry_in = ?delay, "the leaf is still from the previous issuer");
+                                now + delay.min(lifetime.mul_f64(REFRESH_FRACTION))
+                            } else {
+                                early.reset();
+                                now + lifetime.mul_f64(REFRESH_FRACTION)
+                            };
                             tracing::info!(
                                 identity = %self.identity,
+                                issuer = ?issuer,
                                 expires_in = ?lifetime,
-                                refresh_in = ?lifetime.mul_f64(REFRESH_FRACTION),
+                                refresh_in = ?next_attempt.saturating_duration_since(now),
                                 "identity certificate issued"
                             );
                             self.metrics.cert_refreshed(issued.not_after);
                             self.backoff.reset();
                             self.tx.send_replace(Some(credentials));
+                            self.leaf.send_replace(Some(LeafInfo {
+                                identity: self.identity.to_string(),
+                                issuer,
+                                not_after: crate::trust::rfc3339(issued.not_after),
+                            }));
                             current = Some((issued, now + lifetime));
                         }
                         Err(error) => {
@@ -266,19 +316,37 @@ impl<C: Certifier> Renewer<C> {
                     current = None;
                     self.metrics.set_cert_expiry(None);
                     self.tx.send_replace(None);
+                    self.leaf.send_replace(None);
                 }
                 changed = self.roots.changed(), if roots_open => {
                     if changed.is_err() {
                         roots_open = false;
                         continue;
                     }
-                    if let Some((issued, _)) = &current {
+                    let roots = self.roots.borrow_and_update().clone();
+                    let Some((issued, _)) = &current else { continue };
+                    if !roots.same_anchors(&anchors) {
                         match self.build(issued) {
                             Ok(credentials) => {
                                 tracing::info!("trust anchors changed; credentials rebuilt");
                                 self.tx.send_replace(Some(credentials));
                             }
                             Err(error) => tracing::warn!(%error, "rebuilding credentials with the new trust anchors"),
+                        }
+                    }
+                    anchors = roots;
+                    let leaf_issuer = self.issuer_of(issued);
+                    if self.stale_issuer(leaf_issuer.as_deref()) {
+                        let jitter = EARLY_JITTER.mul_f64(rand::rng().random_range(0.0..=1.0));
+                        let at = Instant::now() + jitter;
+                        if at < next_attempt {
+                            tracing::info!(
+                                leaf_issuer = ?leaf_issuer,
+                                expected = ?anchors.expected_issuer(),
+                                renew_in = ?jitter,
+                                "the control plane announced another issuer; renewing early"
+                            );
+                            next_attempt = at;
                         }
                     }
                 }
@@ -311,6 +379,7 @@ mod tests {
     struct FakeCa {
         issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
         root: CertificateDer<'static>,
+        root_pem: String,
         lifetime: Duration,
         calls: Mutex<Vec<Instant>>,
         fail: Mutex<u32>,
@@ -322,15 +391,14 @@ mod tests {
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
             let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
             params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            let root = params.self_signed(&key).unwrap().der().clone();
+            let cert = params.self_signed(&key).unwrap();
+            let (root, root_pem) = (cert.der().clone(), cert.pem());
             let issuer = rcgen::Issuer::new(params, key);
-            Arc::new(Self { issuer, root, lifetime, calls: Mutex::default(), fail: Mutex::new(0), fail_forever: Default::default() })
+            Arc::new(Self { issuer, root, root_pem, lifetime, calls: Mutex::default(), fail: Mutex::new(0), fail_forever: Default::default() })
         }
 
-        fn roots(&self) -> Arc<RootCertStore> {
-            let mut roots = RootCertStore::empty();
-            roots.add(self.root.clone()).unwrap();
-            Arc::new(roots)
+        fn roots(&self) -> Arc<TrustRoots> {
+            Arc::new(crate::trust::parse_bundle(self.root_pem.as_bytes(), "test").unwrap())
         }
 
         fn calls(&self) -> Vec<Duration> {
@@ -364,14 +432,63 @@ mod tests {
     }
 
     fn start(ca: &Arc<FakeCa>, backoff: Backoff) -> (crate::tls::CredentialsRx, Metrics) {
+        let (rx, metrics, _roots, _leaf) = start_with_roots(ca, backoff);
+        (rx, metrics)
+    }
+
+    fn start_with_roots(
+        ca: &Arc<FakeCa>,
+        backoff: Backoff,
+    ) -> (crate::tls::CredentialsRx, Metrics, watch::Sender<Arc<TrustRoots>>, watch::Receiver<Option<LeafInfo>>) {
         let identity = Identity::parse("web.ns.serviceaccount.identity.linkerd.cluster.local").unwrap();
         let key = LocalKey::generate(&identity).unwrap();
-        let (_roots_tx, roots) = watch::channel(ca.roots());
+        let (roots_tx, roots) = watch::channel(ca.roots());
         let (tx, rx) = watch::channel(None);
         let metrics = Metrics::new();
         let renewer = Renewer::new(ca.clone(), identity, key, roots, tx, metrics.clone(), backoff);
+        let leaf = renewer.leaf();
         tokio::spawn(renewer.run());
-        (rx, metrics)
+        (rx, metrics, roots_tx, leaf)
+    }
+
+    /// Announces `issuer` as the control plane's current issuer.
+    fn announce(roots_tx: &watch::Sender<Arc<TrustRoots>>, issuer: &str) {
+        let (mut updater, rx) = crate::trust::TrustUpdater::new("test".into(), (**roots_tx.borrow()).clone());
+        updater.set_expected_issuer(Some(issuer.to_owned()));
+        roots_tx.send_replace(rx.borrow().clone());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_announced_issuer_renews_early_until_the_leaf_matches() {
+        let ca = FakeCa::new(Duration::from_secs(1000));
+        let (mut rx, _metrics, roots_tx, leaf) = start_with_roots(&ca, Backoff::default());
+        rx.wait_for(Option::is_some).await.unwrap();
+        let root_fp = crate::trust::fingerprint(&ca.root);
+        let info = leaf.borrow().clone().unwrap();
+        assert_eq!(info.issuer.as_deref(), Some(root_fp.as_str()), "a leaf signed by an anchor names that anchor");
+        assert_eq!(info.identity, "web.ns.serviceaccount.identity.linkerd.cluster.local");
+
+        // The same issuer announced: nothing happens before the 70 % mark.
+        announce(&roots_tx, &root_fp);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(ca.calls().len(), 1);
+
+        // Another issuer: a renewal within the jitter, then retries while the leaf is still the old issuer's.
+        let announced = Instant::now();
+        announce(&roots_tx, "sha256:00");
+        tokio::time::sleep(EARLY_JITTER + Duration::from_millis(10)).await;
+        let calls = ca.calls();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(ca.calls().len() >= 4, "retries until the new issuer's leaf: {:?}", ca.calls());
+        assert!(announced.elapsed() < Duration::from_secs(30));
+
+        // The identity service now serves the announced issuer: back to the 70 % schedule.
+        announce(&roots_tx, &root_fp);
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        let settled = ca.calls().len();
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert_eq!(ca.calls().len(), settled, "no more early renewals once the leaf matches");
     }
 
     #[tokio::test(start_paused = true)]

@@ -51,8 +51,8 @@ pub struct ProxyConfig {
     pub identity: String,
     /// The token for audience `identity.l5d.io` (re-read on every Certify).
     pub token_file: PathBuf,
-    /// PEM trust anchors (re-read every second).
-    pub trust_anchors: PathBuf,
+    /// The trust anchors: a PEM file (re-read every second) or the bundle ConfigMap (watched).
+    pub trust_anchors: crate::trust::TrustSource,
     /// Inbound ports.
     pub inbound: Vec<InboundSpec>,
     /// Outbound listener (HTTP forward proxy / TCP forward), served by the outbound module.
@@ -88,6 +88,7 @@ mod args {
     use std::time::Duration;
 
     use super::{ApiConfig, InboundSpec, ProxyConfig};
+    use crate::trust::TrustSource;
     use crate::ProxyError;
 
     /// `tessera proxy`: the mesh sidecar.
@@ -103,8 +104,12 @@ mod args {
         #[arg(long, env = "TESSERA_PROXY_TOKEN_FILE")]
         token_file: PathBuf,
         /// PEM trust anchors (re-read every second; several roots allowed during a rotation).
-        #[arg(long, env = "TESSERA_PROXY_TRUST_ANCHORS")]
-        trust_anchors: PathBuf,
+        #[arg(long, env = "TESSERA_PROXY_TRUST_ANCHORS", required_unless_present = "trust_anchors_configmap")]
+        trust_anchors: Option<PathBuf>,
+        /// Trust anchors from this ConfigMap (NAMESPACE/NAME, key ca-bundle.crt), watched through the API
+        /// with the --api-token-file token; its annotation tessera.io/issuer-fingerprint triggers early renewal.
+        #[arg(long, env = "TESSERA_PROXY_TRUST_ANCHORS_CONFIGMAP", conflicts_with = "trust_anchors", value_parser = TrustSource::configmap)]
+        trust_anchors_configmap: Option<TrustSource>,
         /// Inbound port as LISTEN=APP (public ip:port = app ip:port or port); repeatable.
         #[arg(long, env = "TESSERA_PROXY_INBOUND", value_delimiter = ',')]
         inbound: Vec<InboundSpec>,
@@ -161,7 +166,11 @@ mod args {
                 identity_addr: self.identity_addr,
                 identity: self.identity,
                 token_file: self.token_file,
-                trust_anchors: self.trust_anchors,
+                // clap requires one of the two.
+                trust_anchors: match (self.trust_anchors_configmap, self.trust_anchors) {
+                    (Some(source), _) => source,
+                    (None, path) => TrustSource::File(path.unwrap_or_default()),
+                },
                 inbound: self.inbound,
                 outbound_addr: self.outbound_addr,
                 outbound_tcp: self.outbound_tcp,
@@ -239,6 +248,21 @@ mod args {
                 ]
             );
             assert_eq!(config.detect_timeout, Duration::from_secs(10));
+            assert_eq!(config.trust_anchors, TrustSource::File("ca.crt".into()));
+        }
+
+        #[test]
+        fn trust_anchors_come_from_a_file_or_a_configmap() {
+            let base = ["proxy", "--identity", "a.b", "--token-file", "t"];
+            let cli = Cli::try_parse_from([&base[..], &["--trust-anchors-configmap", "linkerd/tessera-identity-trust-roots"]].concat()).unwrap();
+            assert_eq!(
+                cli.args.config().trust_anchors,
+                TrustSource::ConfigMap { namespace: "linkerd".into(), name: "tessera-identity-trust-roots".into() }
+            );
+            assert!(Cli::try_parse_from(base).is_err(), "one source is required");
+            assert!(Cli::try_parse_from([&base[..], &["--trust-anchors", "c", "--trust-anchors-configmap", "a/b"]].concat()).is_err());
+            let err = Cli::try_parse_from([&base[..], &["--trust-anchors-configmap", "x"]].concat()).unwrap_err().to_string();
+            assert!(err.contains(r#""x" is not NAMESPACE/NAME"#), "{err}");
         }
 
         #[test]

@@ -40,7 +40,7 @@ pub use crate::config::{InboundSpec, ProxyConfig};
 use crate::inbound::InboundConfig;
 use crate::metrics::Metrics;
 use crate::tls::{CredentialsRx, Identity, TlsError};
-use crate::trust::{TrustBundle, TrustError};
+use crate::trust::{TrustBundle, TrustError, TrustRoots, TrustSource, TrustUpdater, TrustView};
 
 /// Why the proxy could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +126,19 @@ pub async fn run(
     on_started: impl FnOnce(&Started),
 ) -> Result<(), ProxyError> {
     let identity = Identity::parse(&config.identity)?;
-    let (bundle, roots) = TrustBundle::load(config.trust_anchors.clone())?;
+    // A file must be good at start; a ConfigMap fills the roots once its
+    // first good bundle arrives (until then the proxy asks for no certificate).
+    let (trust_task, roots): (std::pin::Pin<Box<dyn Future<Output = ()> + Send>>, _) = match &config.trust_anchors {
+        TrustSource::File(path) => {
+            let (bundle, roots) = TrustBundle::load(path.clone())?;
+            (Box::pin(bundle.run()), roots)
+        }
+        TrustSource::ConfigMap { namespace, name } => {
+            let client = trust::configmap::client(&config.api)?;
+            let (updater, roots) = TrustUpdater::new(config.trust_anchors.to_string(), TrustRoots::empty());
+            (Box::pin(trust::configmap::watch(client, namespace.clone(), name.clone(), updater)), roots)
+        }
+    };
     let key = LocalKey::generate(&identity)?;
     let certifier = GrpcCertifier::new(&config.identity_addr, identity.clone(), config.token_file.clone(), config.certify_timeout)?;
     let metrics = Metrics::new();
@@ -179,8 +191,9 @@ pub async fn run(
     tracing::info!(identity = %identity, admin = %admin_addr, inbound = ?started.inbound, "proxy listening");
     on_started(&started);
 
-    tokio::spawn(bundle.run());
-    let renewer = Renewer::new(certifier, identity, key, roots, credentials_tx, metrics.clone(), Backoff::default());
+    tokio::spawn(trust_task);
+    let renewer = Renewer::new(certifier, identity, key, roots.clone(), credentials_tx, metrics.clone(), Backoff::default());
+    let trust_view = TrustView { roots, leaf: renewer.leaf() };
     tokio::spawn(renewer.run());
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -197,7 +210,7 @@ pub async fn run(
         tasks.spawn(outbound::serve(listener, tcp, discover, shared.clone(), stopped(stop_rx.clone())));
     }
 
-    let admin_app = admin::router(metrics, credentials).merge(tap::router(tap::TapServer::from_config(&config)));
+    let admin_app = admin::router(metrics, credentials, trust_view).merge(tap::router(tap::TapServer::from_config(&config)));
     let result = axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx)).await;
     tasks.shutdown().await;
     result.map_err(|source| ProxyError::Admin { addr: admin_addr, source })

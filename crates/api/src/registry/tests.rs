@@ -247,12 +247,20 @@ async fn status_writes_are_scoped() {
     let f = fixture().await;
     let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
     f.registry.create(&CORE_PODS, Some("ns"), pod, WriteOptions::default()).await.expect("pod");
-    // The status subresource changes status only.
+    // The status subresource changes status, never the spec; for pods it
+    // keeps label and annotation changes, as kube's pod status strategy
+    // (kubelets annotate their pods so; the node restriction refuses labels).
     let status_only = WriteOptions { scope: WriteScope::Status, ..WriteOptions::default() };
-    let patch = Patch::Merge(json!({"metadata": {"labels": {"sneaky": "yes"}}, "status": {"phase": "Running"}}));
-    let out = f.registry.patch(&CORE_PODS, Some("ns"), "p", &patch, status_only).await.expect("status patch");
+    let patch = Patch::Merge(json!({"metadata": {"annotations": {"a": "1"}}, "spec": {"hostname": "h"}, "status": {"phase": "Running"}}));
+    let out = f.registry.patch(&CORE_PODS, Some("ns"), "p", &patch, status_only.clone()).await.expect("status patch");
     assert_eq!(out["status"]["phase"], "Running");
-    assert!(out["metadata"].get("labels").is_none());
+    assert_eq!(out["metadata"]["annotations"], json!({"a": "1"}));
+    assert!(out["spec"].get("hostname").is_none());
+    // Other kinds' status writes change status only.
+    f.registry.create(&CORE_NAMESPACES, None, json!({"metadata": {"name": "scoped"}}), WriteOptions::default()).await.expect("namespace");
+    let patch = Patch::Merge(json!({"metadata": {"labels": {"sneaky": "yes"}}, "status": {"phase": "Active"}}));
+    let out = f.registry.patch(&CORE_NAMESPACES, None, "scoped", &patch, status_only).await.expect("namespace status patch");
+    assert!(out["metadata"].get("labels").is_none_or(|l| l.get("sneaky").is_none()), "{out}");
     // The object itself cannot change its status.
     let patch = Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}, "status": {"phase": "Failed"}}));
     let out = f.registry.patch(&CORE_PODS, Some("ns"), "p", &patch, WriteOptions::default()).await.expect("patch");

@@ -62,12 +62,7 @@ impl Server {
         }
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            dir,
-            kubeconfig: kubeconfig.expect("server printed its kubeconfig"),
-            url: url.expect("server printed its URL"),
-        }
+        Self { child, dir, kubeconfig: kubeconfig.expect("server printed its kubeconfig"), url: url.expect("server printed its URL") }
     }
 
     /// Runs kubectl against the server.
