@@ -23,7 +23,9 @@ pub(crate) enum Output {
 
 /// `tessera expiry` flags.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Exit status: 0 when nothing has expired (warnings included), 3 when at least one item has expired, 1 on errors (e.g. the server refused: RBAC `get` on the non-resource URL /tessera/v1/expiry is needed, cluster admins have it).")]
+#[command(
+    after_help = "Exit status: 0 when nothing has expired (warnings included), 3 when at least one item has expired, 1 on errors (e.g. the server refused: RBAC `get` on the non-resource URL /tessera/v1/expiry is needed, cluster admins have it)."
+)]
 pub(crate) struct ExpiryArgs {
     /// Kubeconfig of the tessera server (default: KUBECONFIG / ~/.kube/config).
     #[arg(long, env = "KUBECONFIG")]
@@ -51,11 +53,15 @@ fn client_certificate(config: &kube::Config) -> anyhow::Result<Option<String>> {
     use base64::Engine as _;
     let auth = &config.auth_info;
     if let Some(data) = &auth.client_certificate_data {
-        let pem = base64::engine::general_purpose::STANDARD.decode(data.trim()).context("client-certificate-data is not base64")?;
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .context("client-certificate-data is not base64")?;
         return Ok(Some(String::from_utf8(pem).context("client-certificate-data is not PEM")?));
     }
     match &auth.client_certificate {
-        Some(path) => Ok(Some(std::fs::read_to_string(path).with_context(|| format!("reading client-certificate {path}"))?)),
+        Some(path) => Ok(Some(
+            std::fs::read_to_string(path).with_context(|| format!("reading client-certificate {path}"))?,
+        )),
         None => Ok(None),
     }
 }
@@ -73,7 +79,10 @@ fn client_items(config: &kube::Config, issuer_cert: Option<&PathBuf>, now: i64) 
         issuer.truncate(1);
         items.extend(issuer);
     }
-    let rules = Rules { warn_within: tessera_identity::check::WARN_WITHIN, ..Rules::default() };
+    let rules = Rules {
+        warn_within: tessera_identity::check::WARN_WITHIN,
+        ..Rules::default()
+    };
     Ok(items.into_iter().map(|i| i.judge(&rules, now)).collect())
 }
 
@@ -135,7 +144,14 @@ pub(crate) fn table(timeline: &Timeline, now: i64) -> String {
             Some(ns) => format!("{ns}/{}", i.name),
             None => i.name.clone(),
         };
-        rows.push([when(i), remaining(i, now), i.kind.as_str().to_owned(), name, i.owner.clone(), i.warning.clone().unwrap_or_else(|| "-".into())]);
+        rows.push([
+            when(i),
+            remaining(i, now),
+            i.kind.as_str().to_owned(),
+            name,
+            i.owner.clone(),
+            i.warning.clone().unwrap_or_else(|| "-".into()),
+        ]);
     }
     let mut widths = [0usize; 6];
     for row in &rows {
@@ -170,8 +186,15 @@ mod tests {
         let timeline = Timeline {
             now: at(now),
             items: vec![
-                Item { not_after: at(now - 60), warning: Some("expired 1m0s ago".into()), ..Item::new(Kind::ProxyLeaf, "api-0", "proxy") },
-                Item { not_after: at(now + 20 * 86400), ..Item::new(Kind::Issuer, "identity", "issuer Secret") },
+                Item {
+                    not_after: at(now - 60),
+                    warning: Some("expired 1m0s ago".into()),
+                    ..Item::new(Kind::ProxyLeaf, "api-0", "proxy")
+                },
+                Item {
+                    not_after: at(now + 20 * 86400),
+                    ..Item::new(Kind::Issuer, "identity", "issuer Secret")
+                },
                 Item {
                     namespace: Some("api".into()),
                     age_seconds: Some(3 * 86400),
@@ -187,7 +210,10 @@ mod tests {
         assert!(lines[0].starts_with("WHEN ") && lines[0].ends_with("WARNING"), "{text}");
         assert!(lines[1].starts_with("2027-01-15 07:59 UTC   -1m0s "), "{text}");
         assert!(lines[2].contains("   20d0h   issuer   identity   issuer Secret   -"), "{text}");
-        assert!(lines[3].starts_with("never ") && lines[3].contains("age 3d0h") && lines[3].contains("api/api-token"), "{text}");
+        assert!(
+            lines[3].starts_with("never ") && lines[3].contains("age 3d0h") && lines[3].contains("api/api-token"),
+            "{text}"
+        );
         assert!(lines[3].ends_with("legacy"), "{text}");
     }
 }

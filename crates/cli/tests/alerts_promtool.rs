@@ -18,7 +18,10 @@ fn promtool() -> Option<&'static str> {
     if found {
         return Some("promtool");
     }
-    assert!(std::env::var_os("TESSERA_REQUIRE_PROMTOOL").is_none(), "TESSERA_REQUIRE_PROMTOOL is set but promtool is not on PATH (Debian package `prometheus`)");
+    assert!(
+        std::env::var_os("TESSERA_REQUIRE_PROMTOOL").is_none(),
+        "TESSERA_REQUIRE_PROMTOOL is set but promtool is not on PATH (Debian package `prometheus`)"
+    );
     eprintln!("skipping: promtool is not installed (scripts/test.sh installs Debian's `prometheus`)");
     None
 }
@@ -51,8 +54,19 @@ fn the_alert_rules_use_only_metrics_the_server_exports() {
     // Families without series are not exported: give the gauges one item.
     let metrics = tessera_apiserver::metrics::Metrics::default();
     let at = |s| jiff::Timestamp::from_second(s).ok();
-    let anchor = Item { not_before: at(1_700_000_000), not_after: at(1_800_000_000), ..Item::new(Kind::TrustAnchor, "root", "bundle") };
-    metrics.expiry.update(&Timeline { now: at(1_750_000_000), items: vec![anchor], notes: vec![] }, std::time::Duration::from_secs(86400));
+    let anchor = Item {
+        not_before: at(1_700_000_000),
+        not_after: at(1_800_000_000),
+        ..Item::new(Kind::TrustAnchor, "root", "bundle")
+    };
+    metrics.expiry.update(
+        &Timeline {
+            now: at(1_750_000_000),
+            items: vec![anchor],
+            notes: vec![],
+        },
+        std::time::Duration::from_secs(86400),
+    );
     let exported = metrics.encode();
     let mut used: Vec<&str> = rules
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -62,6 +76,9 @@ fn the_alert_rules_use_only_metrics_the_server_exports() {
     used.dedup();
     assert_eq!(used.len(), 4, "{used:?}");
     for name in used {
-        assert!(exported.contains(&format!("# TYPE {name} gauge")), "{name} is not on the server's /metrics:\n{exported}");
+        assert!(
+            exported.contains(&format!("# TYPE {name} gauge")),
+            "{name} is not on the server's /metrics:\n{exported}"
+        );
     }
 }
