@@ -567,6 +567,23 @@ mod tests {
     }
 
     #[test]
+    fn pods_proxy_paths_as_kube_apiserver_reads_them() {
+        // `get pods/proxy` named NAME:PORT (RBAC resourceNames see the port too), the rest of the path kept.
+        let r = resource(Method::GET, "/api/v1/namespaces/api/pods/api-0:4191/proxy/metrics", None);
+        assert_eq!(summary(&r), ("get", Some("api"), "pods", Some("api-0:4191"), Some("proxy")));
+        assert_eq!(r.proxy_path.as_deref(), Some("/metrics"));
+        assert!(r.options.is_ok());
+        let r = resource(Method::GET, "/api/v1/namespaces/api/pods/api-0:4191/proxy", None);
+        assert_eq!(r.proxy_path.as_deref(), Some("/"));
+        assert_eq!(resource(Method::POST, "/api/v1/namespaces/api/pods/api-0:4191/proxy/a/b", None).proxy_path.as_deref(), Some("/a/b"));
+        // Deeper paths under any other subresource are still no route.
+        let r = resource(Method::GET, "/api/v1/namespaces/api/pods/api-0/status/x", None);
+        assert_eq!((r.proxy_path.as_deref(), r.options.unwrap_err().code), (None, 404));
+        let r = resource(Method::GET, "/api/v1/namespaces/api/services/s/proxy/x", None);
+        assert_eq!((r.proxy_path.as_deref(), r.options.unwrap_err().code), (None, 404));
+    }
+
+    #[test]
     fn paths_as_kube_apiserver_reads_them() {
         let r = resource(Method::POST, "/api/v1/namespaces/api/serviceaccounts/api/token", None);
         assert_eq!(summary(&r), ("create", Some("api"), "serviceaccounts", Some("api"), Some("token")));

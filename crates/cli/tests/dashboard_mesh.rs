@@ -127,7 +127,7 @@ fn dashboard_mesh_views_in_chromium() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the Playwright suite failed (output above)");
-    assert!(stdout.contains("4 passed"), "expected all 4 browser tests to run and pass:\n{stdout}");
+    assert!(stdout.contains("5 passed"), "expected all 5 browser tests to run and pass:\n{stdout}");
     let bench = std::fs::read_to_string(&bench_out).expect("the 200-edge test wrote its measurements");
     eprintln!("dashboard edges load test (200 edges): {bench}");
 }
