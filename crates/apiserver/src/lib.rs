@@ -27,6 +27,7 @@ pub mod authz;
 pub mod data_dir;
 pub mod destinations;
 pub mod discovery;
+pub mod expiry;
 pub mod http;
 mod kubernetes_service;
 pub mod metrics;
@@ -86,6 +87,8 @@ pub struct Config {
     /// How the destination API names identities (`--identity-trust-domain`,
     /// `--identity-control-namespace`).
     pub identity_naming: destinations::IdentityNaming,
+    /// The expiry timeline's thresholds and issuer Secret.
+    pub expiry: expiry::ExpiryConfig,
 }
 
 /// kube-apiserver's `--etcd-compaction-interval` default.
@@ -124,6 +127,7 @@ impl Config {
             compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL),
             service_cidr: tessera_api::service_ips::ServiceCidr::default(),
             identity_naming: destinations::IdentityNaming::default(),
+            expiry: expiry::ExpiryConfig::default(),
         }
     }
 
@@ -241,7 +245,15 @@ pub async fn run(
         node_certificates,
         destinations: mesh.clone(),
         identity_naming: config.identity_naming.clone(),
+        expiry: expiry::settings(
+            &config.expiry,
+            &config.identity_naming.control_namespace,
+            config.max_token_lifetime_seconds,
+            &pki.serving_cert_pem,
+            &pki.ca_cert_pem,
+        ),
     };
+    let expiry_state = state.clone();
     let app = http::router(state);
 
     // Every replica bootstraps (idempotent: it only creates what is missing).
@@ -279,6 +291,7 @@ pub async fn run(
         tokio::spawn(nodes.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(mesh.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(reload_keys(config.clone(), authority, stopped())),
+        tokio::spawn(expiry::refresh(expiry_state, stopped())),
     ];
     objects.wait_until_ready().await;
     policy.wait_until_ready().await;

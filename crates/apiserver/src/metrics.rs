@@ -43,6 +43,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
     terminated_watchers: Family<ResourceLabels, Counter>,
+    /// The expiry timeline's gauges.
+    pub expiry: crate::expiry::gauges::Gauges,
 }
 
 fn latency_histogram() -> Histogram {
@@ -66,7 +68,9 @@ impl Default for Metrics {
             "Counter of watchers closed due to unresponsiveness broken by resource type",
             terminated_watchers.clone(),
         );
-        Self { registry: Arc::new(registry), requests, latency, terminated_watchers }
+        let expiry = crate::expiry::gauges::Gauges::default();
+        expiry.register(&mut registry);
+        Self { registry: Arc::new(registry), requests, latency, terminated_watchers, expiry }
     }
 }
 

@@ -81,6 +81,7 @@ impl InProcess {
             node_certificates: Arc::new(crate::node::certificates::NodeCertificates::new(test_issuer()?, crate::node::certificates::DEFAULT_VALIDITY)),
             destinations: crate::destinations::mesh_cache(),
             identity_naming: crate::destinations::IdentityNaming::default(),
+            expiry: std::sync::Arc::new(crate::expiry::Settings::default()),
         };
         tessera_controllers::bootstrap(&registry, "").await?;
         tessera_controllers::aggregation::reconcile_bootstrap_policy(&registry).await?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod expiry;
 mod mesh;
 mod rbac;
 
@@ -48,6 +49,8 @@ enum Command {
     Edges(mesh::EdgesArgs),
     /// Stream the requests through meshed pods' proxies (as `linkerd viz tap`).
     Tap(mesh::TapArgs),
+    /// Everything that expires (certificates, keys, never-expiring tokens) on one timeline; exit code 3 if anything has expired.
+    Expiry(expiry::ExpiryArgs),
     /// Mesh sidecar: identity certificate over Certify, mutual TLS inbound with l5d-client-id, Linkerd metrics.
     Proxy(tessera_proxy::config::ProxyArgs),
 }
@@ -140,6 +143,17 @@ struct ServerArgs {
     /// Control-plane namespace in mesh identities (`SA.NS.serviceaccount.identity.THIS.TRUST-DOMAIN`).
     #[arg(long, env = "TESSERA_IDENTITY_CONTROL_NAMESPACE", default_value = "linkerd")]
     identity_control_namespace: String,
+    /// The mesh issuer's Secret (NAMESPACE/NAME, `tls.crt` or `crt.pem`) for the expiry
+    /// timeline; without it the timeline notes that the issuer is not visible.
+    #[arg(long, env = "TESSERA_IDENTITY_ISSUER_SECRET", value_parser = tessera_apiserver::expiry::parse_secret_ref)]
+    identity_issuer_secret: Option<(String, String)>,
+    /// Leaf lifetime the identity CA issues (its `--issuance-lifetime`): the expiry timeline
+    /// assumes it for a proxy leaf whose metrics give only the expiry.
+    #[arg(long, env = "TESSERA_IDENTITY_ISSUANCE_LIFETIME", default_value = "24h", value_parser = positive_duration)]
+    identity_issuance_lifetime: Duration,
+    /// The expiry timeline warns about a token signing key in use for longer than this.
+    #[arg(long, env = "TESSERA_SERVICE_ACCOUNT_KEY_ROTATION_AGE", default_value = "90d", value_parser = positive_duration)]
+    service_account_key_rotation_age: Duration,
     #[command(subcommand)]
     action: Option<ServerAction>,
 }
@@ -269,6 +283,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Check(args) => Ok(args.run().await?),
         Command::Edges(args) => mesh::edges(args).await,
         Command::Tap(args) => mesh::tap(args).await,
+        Command::Expiry(args) => expiry::run(args).await,
         Command::Proxy(args) => Ok(args.run(shutdown_signal()).await?),
     }
 }
@@ -335,6 +350,16 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.identity_naming = tessera_apiserver::destinations::IdentityNaming {
         trust_domain: args.identity_trust_domain.clone(),
         control_namespace: args.identity_control_namespace.clone(),
+    };
+    config.expiry = tessera_apiserver::expiry::ExpiryConfig {
+        rules: tessera_apiserver::expiry::Rules {
+            // The same threshold as `tessera check`.
+            warn_within: tessera_identity::check::WARN_WITHIN,
+            leaf_lifetime: args.identity_issuance_lifetime,
+            signing_key_rotation_age: args.service_account_key_rotation_age,
+            ..tessera_apiserver::expiry::Rules::default()
+        },
+        issuer_secret: args.identity_issuer_secret.clone(),
     };
     config.storage = match &args.storage {
         StorageArg::Sqlite if args.etcd_cacert.is_some() => anyhow::bail!("--etcd-cacert needs --storage etcd://…"),

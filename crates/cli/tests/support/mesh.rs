@@ -59,7 +59,10 @@ impl Drop for Proc {
 /// The interpreter itself (a pyenv shim would need the agent user's HOME,
 /// which a workload never gets).
 pub fn python() -> String {
-    let out = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().expect("python3");
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -71,7 +74,11 @@ pub fn tessera(args: &[&str]) -> Command {
 
 /// `tessera identity bootstrap --out DIR [extra…]`, which must succeed.
 pub fn bootstrap(out: &Path, extra: &[&str]) {
-    let output = tessera(&["identity", "bootstrap", "--out"]).arg(out).args(extra).output().expect("identity bootstrap");
+    let output = tessera(&["identity", "bootstrap", "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("identity bootstrap");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
@@ -155,13 +162,19 @@ pub fn ready_ip_of(server: &Server, ns: &str, name: &str) -> String {
             return None;
         }
         let pod = json(&String::from_utf8_lossy(&out.stdout));
-        let ready = pod["status"]["conditions"].as_array()?.iter().any(|c| c["type"] == "Ready" && c["status"] == "True");
+        let ready = pod["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
         ready.then(|| pod["status"]["podIP"].as_str().map(str::to_owned)).flatten()
     })
 }
 
 pub fn curl(url: &str) -> (u16, String) {
-    let out = Command::new("curl").args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", url]).output().expect("curl");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())
@@ -174,7 +187,15 @@ pub fn api_and_data_store(server: &Server) {
         server.kubectl_ok(&["create", "ns", ns]);
         server.kubectl_ok(&["create", "sa", ns, "-n", ns]);
         let node = format!("--user=system:node:node-{ns}");
-        server.kubectl_ok(&["create", "rolebinding", "node-runs-pods", "-n", ns, "--clusterrole=tessera:node-pod-runner", &node]);
+        server.kubectl_ok(&[
+            "create",
+            "rolebinding",
+            "node-runs-pods",
+            "-n",
+            ns,
+            "--clusterrole=tessera:node-pod-runner",
+            &node,
+        ]);
     }
     // `kubectl create service` selects app=data-store.
     server.kubectl_ok(&["create", "service", "clusterip", "data-store", "--tcp=8081:8081", "-n", "data-store"]);

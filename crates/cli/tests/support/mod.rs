@@ -73,7 +73,11 @@ impl Server {
 
     /// Runs kubectl against the server.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl").args(args).env("KUBECONFIG", &self.kubeconfig).output().expect("run kubectl")
+        Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .expect("run kubectl")
     }
 
     /// Writes a kubeconfig that authenticates with `token` (no client certificate).
@@ -121,7 +125,11 @@ impl Server {
     /// Runs kubectl expecting failure; returns stderr.
     pub fn kubectl_err(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
-        assert!(!out.status.success(), "kubectl {args:?} unexpectedly succeeded: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} unexpectedly succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
@@ -174,7 +182,12 @@ impl Server {
 
     /// Runs `tessera` (another subcommand) on this server's data dir.
     pub fn tessera(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).arg("--data-dir").arg(self.dir.path()).output().expect("run tessera")
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .output()
+            .expect("run tessera")
     }
 
     /// Polls `check` until it returns Some, for at most `seconds` (a failure guard:
