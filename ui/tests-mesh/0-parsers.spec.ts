@@ -25,7 +25,7 @@ response_latency_ms_bucket{direction="outbound",tls="true",dst_namespace="ds",ds
 request_total{direction="outbound",tls="no_identity",dst_namespace="legacy",dst_pod="legacy-0"} 1
 request_total{direction="outbound",tls="true",dst_namespace="idle",dst_pod="idle-0"} 0
 request_total{direction="inbound",tls="true",client_id="x"} 9
-inbound_http_authz_deny_total{srv_kind="Server",srv_name="ds-http",authz_kind="default",authz_name="all-authenticated",route_name="default",target_addr="127.1.0.2:8081",client_id=""} ${n}
+inbound_http_authz_deny_total{srv_group="policy.linkerd.io",srv_kind="server",srv_name="ds-http",route_name="default",target_addr="127.1.0.2:8081",client_id=""} ${n}
 `);
   const window = new Window<any>();
   const first = edgesOfPod("api", "api-0", "api.api.serviceaccount.identity.linkerd.cluster.local", page(1));
@@ -41,6 +41,6 @@ inbound_http_authz_deny_total{srv_kind="Server",srv_name="ds-http",authz_kind="d
 
   const d = denialsOfPod("ds", "ds-0", page(2));
   expect(d.policyMetrics).toBe(true);
-  expect([...d.denials.values()].map((x) => [x.client, x.server, x.authorization, x.total])).toEqual([["(no identity)", "Server/ds-http", "default/all-authenticated", 2]]);
+  expect([...d.denials.values()].map((x) => [x.client, x.server, x.authorization, x.total])).toEqual([["(no identity)", "server/ds-http", "no authorization on server/ds-http matched", 2]]);
   expect(denialsOfPod("ds", "ds-0", parseMetrics("request_total 1\n")).policyMetrics).toBe(false);
 });

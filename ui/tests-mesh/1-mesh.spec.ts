@@ -80,7 +80,15 @@ test("expiry timeline: the server's inventory, or an honest not-available state"
     const items: any[] = Array.isArray(body) ? body : body.items;
     expect(items.length).toBeGreaterThan(0);
     await expect(timeline).toHaveAttribute("data-state", "items");
-    await expect(page.locator("#expiry-table")).toContainText(items[0].name);
+    const table = page.locator("#expiry-table");
+    await expect(table).toContainText(items[0].name);
+    // The meshed pods' proxy leaves, when the server sees them, are on the timeline with their expiry.
+    const leaf = items.find((i) => i.kind === "proxy-leaf");
+    if (leaf) {
+      const row = table.locator("tr", { hasText: `proxy-leaf ${leaf.namespace ? `${leaf.namespace}/` : ""}${leaf.name}` });
+      await expect(row).toContainText(leaf.notAfter);
+      await expect(row).toContainText(/in \d+[mhd]/);
+    }
   } else {
     expect(answer.status()).toBe(404);
     await expect(timeline).toHaveAttribute("data-state", "not-available");

@@ -181,8 +181,15 @@ export function denialsOfPod(ns: string, pod: string, samples: Sample[]): { poli
     if (!s.name.endsWith("_deny_total") || s.value <= 0) continue;
     const l = s.labels;
     const protocol = s.name.startsWith("inbound_http") ? "HTTP" : "TCP";
-    const server = l.srv_name ? `${l.srv_kind ?? "server"}/${l.srv_name}` : "(no Server)";
-    const authorization = l.authz_name ? `${l.authz_kind ?? "authorization"}/${l.authz_name}` : "(default policy)";
+    // Linkerd's deny series carry no authz_*: what decided is the Server with
+    // no matching authorization, or the default policy (srv_kind="default").
+    const isDefault = l.srv_kind === "default" || !l.srv_name;
+    const server = isDefault ? "(no Server)" : `${l.srv_kind ?? "server"}/${l.srv_name}`;
+    const authorization = l.authz_name
+      ? `${l.authz_kind ?? "authorization"}/${l.authz_name}`
+      : isDefault
+        ? `default policy ${l.srv_name || "(unknown)"}`
+        : `no authorization on ${server} matched`;
     const key = [ns, pod, protocol, l.client_id ?? "", server, authorization, l.route_name ?? "", l.target_addr ?? ""].join("|");
     const d = denials.get(key);
     if (d) d.total += s.value;
@@ -195,7 +202,7 @@ export function denialsOfPod(ns: string, pod: string, samples: Sample[]): { poli
         client: l.client_id || "(no identity)",
         server,
         authorization,
-        route: l.route_name ?? "",
+        route: l.route_name && l.route_name !== "default" ? l.route_name : "",
         target: l.target_addr ?? "",
         total: s.value,
       });

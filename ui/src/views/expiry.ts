@@ -63,7 +63,7 @@ function mountServerTimeline(section: HTMLElement): () => void {
   let timer: ReturnType<typeof setTimeout> | null = null;
   let stopped = false;
   const poll = async () => {
-    const answer = await get<ExpiryItem[] | { items: ExpiryItem[] }>("/tessera/v1/expiry");
+    const answer = await get<ExpiryItem[] | { items: ExpiryItem[]; notes?: string[] }>("/tessera/v1/expiry");
     if (stopped) return;
     if (answer.kind === "ok") {
       const items = (Array.isArray(answer.value) ? answer.value : (answer.value.items ?? [])).map((i) => ({
@@ -74,7 +74,12 @@ function mountServerTimeline(section: HTMLElement): () => void {
       table.table.hidden = items.length === 0;
       const warnings = items.filter((i) => i.warning).length;
       section.dataset.state = items.length ? "items" : "empty";
-      fill(state, h("p", {}, `${items.length} item(s) the server tracks`, warnings ? ", " : ".", warnings ? badge("warning", `${warnings} with a warning`) : null));
+      const notes = Array.isArray(answer.value) ? [] : (answer.value.notes ?? []);
+      fill(
+        state,
+        h("p", {}, `${items.length} item(s) the server tracks`, warnings ? ", " : ".", warnings ? badge("warning", `${warnings} with a warning`) : null),
+        notes.length ? h("ul", { class: "plain muted", id: "expiry-notes" }, notes.map((n) => h("li", {}, badge("info", "not seen"), " ", n))) : null,
+      );
     } else if (answer.kind === "error" && /^404\b|could not find/.test(answer.message)) {
       section.dataset.state = "not-available";
       fill(
