@@ -128,7 +128,7 @@ export function mountExpiry(root: HTMLElement): () => void {
     }
     fill(
       keys,
-      h("p", {}, `${jwks.value.keys.length} published signing key(s); their creation and rotation dates are not exposed yet.`),
+      h("p", {}, `${jwks.value.keys.length} published signing key(s) (/openid/v1/jwks); their age and rotation state are on the timeline above when the server lists them.`),
       h("ul", { class: "plain" }, jwks.value.keys.map((k) => h("li", {}, h("code", {}, k.kid ?? "(no kid)"), ` ${k.alg ?? k.kty ?? ""}`))),
     );
   });
