@@ -206,14 +206,10 @@ mod tests {
             notes: vec![],
         };
         let text = table(&timeline, now);
-        let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("WHEN ") && lines[0].ends_with("WARNING"), "{text}");
-        assert!(lines[1].starts_with("2027-01-15 07:59 UTC   -1m0s "), "{text}");
-        assert!(lines[2].contains("   20d0h   issuer   identity   issuer Secret   -"), "{text}");
-        assert!(
-            lines[3].starts_with("never ") && lines[3].contains("age 3d0h") && lines[3].contains("api/api-token"),
-            "{text}"
-        );
-        assert!(lines[3].ends_with("legacy"), "{text}");
+        let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split("   ").map(str::trim).filter(|c| !c.is_empty()).collect()).collect();
+        assert_eq!(rows[0], ["WHEN", "IN", "KIND", "NAME", "OWNER", "WARNING"], "{text}");
+        assert_eq!(rows[1], ["2027-01-15 07:59 UTC", "-1m0s", "proxy-leaf", "api-0", "proxy", "expired 1m0s ago"], "{text}");
+        assert_eq!(rows[2], ["2027-02-04 08:00 UTC", "20d0h", "issuer", "identity", "issuer Secret", "-"], "{text}");
+        assert_eq!(rows[3], ["never", "age 3d0h", "legacy-token", "api/api-token", "ServiceAccount api/api", "legacy"], "{text}");
     }
 }

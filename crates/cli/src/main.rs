@@ -462,6 +462,20 @@ mod tests {
     }
 
     #[test]
+    fn expiry_flags() {
+        let args = server_args(&[]).expect("defaults");
+        assert_eq!(
+            (args.identity_issuer_secret, args.identity_issuance_lifetime, args.service_account_key_rotation_age),
+            (None, Duration::from_secs(86400), Duration::from_secs(90 * 86400))
+        );
+        let args = server_args(&["--identity-issuer-secret", "linkerd/linkerd-identity-issuer", "--identity-issuance-lifetime", "1h"]).expect("set");
+        assert_eq!(args.identity_issuer_secret, Some(("linkerd".to_owned(), "linkerd-identity-issuer".to_owned())));
+        assert_eq!(args.identity_issuance_lifetime, Duration::from_secs(3600));
+        assert!(server_args(&["--identity-issuer-secret", "linkerd"]).is_err());
+        assert!(server_args(&["--service-account-key-rotation-age", "0s"]).is_err());
+    }
+
+    #[test]
     fn compaction_interval_flag() {
         assert_eq!(server_args(&[]).expect("default").compaction_interval, Duration::from_secs(300));
         for (flag, want) in [("0", 0), ("0s", 0), ("90s", 90), ("1h30m", 5400), ("10m", 600)] {

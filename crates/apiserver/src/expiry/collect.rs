@@ -170,7 +170,12 @@ fn issuer(secrets: &[Value], settings: &Settings, timeline: &mut Timeline) {
     }
 }
 
-/// A meshed, running pod's proxy admin address.
+/// How many proxies are asked at once.
+const PARALLEL_SCRAPES: usize = 32;
+
+/// A meshed, running pod's proxy admin address. The IP and the Running
+/// phase come from the pod's status, which only its node (or an admin)
+/// writes; the port from an annotation the pod's author chose.
 fn proxy_admin(pod: &Value) -> Option<SocketAddr> {
     if str_at(pod, "/metadata/annotations/linkerd.io~1inject") != "enabled" || str_at(pod, "/status/phase") != "Running" {
         return None;
@@ -182,7 +187,12 @@ fn proxy_admin(pod: &Value) -> Option<SocketAddr> {
 
 async fn proxy_leaves(pods: &[Value]) -> Vec<Item> {
     let meshed: Vec<(&Value, SocketAddr)> = pods.iter().filter_map(|p| Some((p, proxy_admin(p)?))).collect();
-    let answers = futures::future::join_all(meshed.iter().map(|(_, admin)| proxies::scrape(*admin))).await;
+    // At most PARALLEL_SCRAPES proxies at once, answers kept in pod order.
+    let answers: Vec<_> = {
+        use futures::StreamExt as _;
+        let admins: Vec<SocketAddr> = meshed.iter().map(|(_, admin)| *admin).collect();
+        futures::stream::iter(admins.into_iter().map(proxies::scrape)).buffered(PARALLEL_SCRAPES).collect().await
+    };
     meshed
         .iter()
         .zip(answers)

@@ -60,6 +60,11 @@ async fn get(admin: SocketAddr, path: &str) -> Result<(u16, String), ScrapeError
         .map_err(|_| ScrapeError::Io(format!("{admin}{path}: no answer within {TIMEOUT:?}")))?
 }
 
+/// `sha256:` + 64 lowercase hex digits.
+fn is_fingerprint(value: &str) -> bool {
+    value.strip_prefix("sha256:").is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
 /// The leaf in a `/trust` document (`leaf.notAfter` RFC 3339, `leaf.issuer`).
 pub fn leaf_from_trust(body: &str) -> Option<Result<Leaf, ScrapeError>> {
     let doc: Value = serde_json::from_str(body).ok()?;
@@ -68,7 +73,8 @@ pub fn leaf_from_trust(body: &str) -> Option<Result<Leaf, ScrapeError>> {
         return Some(Err(ScrapeError::NoLeaf("the proxy has no certificate yet".into())));
     }
     let not_after: jiff::Timestamp = leaf.get("notAfter")?.as_str()?.parse().ok()?;
-    let issuer = leaf.get("issuer").and_then(Value::as_str).map(str::to_owned);
+    // Only a well-formed fingerprint is repeated (the proxy's answer is not trusted text).
+    let issuer = leaf.get("issuer").and_then(Value::as_str).filter(|f| is_fingerprint(f)).map(str::to_owned);
     Some(Ok(Leaf {
         not_after: not_after.as_second(),
         issuer,
@@ -143,14 +149,14 @@ mod tests {
 
     #[test]
     fn trust_gives_expiry_and_issuer() {
-        let doc = r#"{"anchors":["sha256:aa"],"leaf":{"identity":"a.b.serviceaccount.identity.linkerd.cluster.local","issuer":"sha256:bb","notAfter":"2027-01-15T08:00:00Z"}}"#;
-        assert_eq!(
-            leaf_from_trust(doc),
-            Some(Ok(Leaf {
-                not_after: 1_800_000_000,
-                issuer: Some("sha256:bb".into())
-            }))
+        let fp = format!("sha256:{}", "ab".repeat(32));
+        let doc = format!(
+            r#"{{"anchors":["{fp}"],"leaf":{{"identity":"a.b.serviceaccount.identity.linkerd.cluster.local","issuer":"{fp}","notAfter":"2027-01-15T08:00:00Z"}}}}"#
         );
+        assert_eq!(leaf_from_trust(&doc), Some(Ok(Leaf { not_after: 1_800_000_000, issuer: Some(fp.clone()) })));
+        // Only a well-formed fingerprint is repeated.
+        let odd = doc.replace(&format!(r#""issuer":"{fp}""#), r#""issuer":"<script>""#);
+        assert_eq!(leaf_from_trust(&odd), Some(Ok(Leaf { not_after: 1_800_000_000, issuer: None })));
         assert!(matches!(leaf_from_trust(r#"{"anchors":[],"leaf":null}"#), Some(Err(ScrapeError::NoLeaf(_)))));
         assert_eq!(leaf_from_trust("not json"), None);
     }
