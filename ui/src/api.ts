@@ -57,6 +57,18 @@ export async function call<T>(method: "GET" | "POST", path: string, body?: unkno
   return { kind: "ok", value: (await response.json()) as T };
 }
 
+/** A GET of a text body (a proxy's /metrics through pods/proxy). */
+export async function getText(path: string, signal?: AbortSignal): Promise<Outcome<string>> {
+  let response: Response;
+  try {
+    response = await fetch(path, { headers: headers({ Accept: "text/plain, application/json" }), credentials: "same-origin", cache: "no-store", signal });
+  } catch (e) {
+    return { kind: "error", message: `network error: ${String(e)}` };
+  }
+  if (!response.ok) return failure(response);
+  return { kind: "ok", value: await response.text() };
+}
+
 export const get = <T>(path: string, accept?: string) => call<T>("GET", path, undefined, accept);
 export const post = <T>(path: string, body: unknown) => call<T>("POST", path, body);
 

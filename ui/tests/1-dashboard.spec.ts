@@ -55,8 +55,10 @@ test("a ServiceAccount, its binding, permissions, explain and who-can", async ({
 test("identity graph: meshed pods as nodes, honest empty states for edges and denials", async ({ page }) => {
   await signIn(page, env("TESSERA_ADMIN_TOKEN"), "graph");
   await expect(page.locator("#nav-graph")).toHaveAttribute("aria-current", "page");
+  // web-1 is annotated as meshed but runs no proxy (no admin port, not Running).
+  await expect(page.locator("#graph-edges")).toHaveAttribute("data-state", "empty");
   await expect(page.locator("#graph-edges")).toContainText("No proxies yet");
-  await expect(page.locator("#graph-denials")).toContainText("No policy yet");
+  await expect(page.locator("#graph-denials")).toContainText("No proxies yet");
   await expect(page.locator("#graph-nodes")).toContainText("web.shop.serviceaccount.identity.linkerd.cluster.local");
   await expect(page.locator("#graph-nodes")).toContainText("Pod shop/web-1");
   await screenshot(page, "graph");
@@ -68,7 +70,8 @@ test("expiry timeline: the legacy token never expires", async ({ page }) => {
   await expect(row).toContainText("never expires");
   await expect(row).toContainText("web");
   await expect(page.locator("#expiry-keys")).toContainText("published signing key");
-  await expect(page.locator("#expiry-not-yet")).toContainText("not yet exposed by the server");
+  const inventory = await page.request.get("/tessera/v1/expiry", { headers: { Authorization: `Bearer ${env("TESSERA_ADMIN_TOKEN")}` } });
+  await expect(page.locator("#expiry-server")).toHaveAttribute("data-state", inventory.status() === 200 ? /^(items|empty)$/ : "not-available");
   await screenshot(page, "expiry");
 });
 
@@ -83,8 +86,10 @@ test("a token without RBAC rights sees forbidden states naming what it cannot re
   await screenshot(page, "forbidden");
   await page.locator("#nav-graph").click();
   await expect(page.locator("#graph-nodes [data-state=forbidden]")).toContainText("may not list pods in all namespaces");
+  await expect(page.locator("#graph-edges")).toHaveAttribute("data-state", "forbidden");
   await page.locator("#nav-expiry").click();
   await expect(page.locator("#expiry-legacy [data-state=forbidden]")).toContainText("may not list secrets in all namespaces");
+  await expect(page.locator("#expiry-server")).toHaveAttribute("data-state", "forbidden");
   await expect(page.locator('[data-state="error"]')).toHaveCount(0);
 });
 

@@ -163,7 +163,11 @@ pub static CORE_PODS: ResourceInfo = ResourceInfo {
     short_names: &["po"],
     categories: &["all"],
     verbs: CRUD_VERBS,
-    subresources: &[Subresource { name: "status", group: "", version: "", kind: "Pod", verbs: &["get", "patch", "update"] }],
+    subresources: &[
+        // Served for GET of a meshed pod's proxy admin /metrics and /trust only (apiserver `pod_proxy`).
+        Subresource { name: "proxy", group: "", version: "", kind: "PodProxyOptions", verbs: &["create", "delete", "get", "patch", "update"] },
+        Subresource { name: "status", group: "", version: "", kind: "Pod", verbs: &["get", "patch", "update"] },
+    ],
     storage: Storage::Stored,
     decode: decode::typed::<k8s_openapi::api::core::v1::Pod>,
     schema: schema_of::<k8s_openapi::api::core::v1::Pod>,

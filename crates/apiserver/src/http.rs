@@ -421,6 +421,10 @@ async fn execute(state: &AppState, user: Arc<UserInfo>, authorized: Authorized, 
         let node = crate::node::identify(&user);
         return state.tokens.token_request(&state.registry, &node, ns, name, body).await;
     }
+    if resource.plural == "pods" && subresource == Some("proxy") {
+        let ns = namespace.unwrap_or_default();
+        return Ok(crate::pod_proxy::serve(&state.registry, resource, ns, name, request.proxy_path.as_deref(), verb).await?);
+    }
     let write_options =
         WriteOptions { dry_run: options.dry_run, strict: options.strict, admit_delete: delete_admission(&user), ..WriteOptions::default() };
     if let tessera_api::resource::Storage::Virtual = resource.storage {

@@ -37,6 +37,7 @@ pub mod objects;
 pub mod openapi;
 pub mod openapi_v2;
 pub mod pki;
+pub mod pod_proxy;
 pub mod rbac;
 pub mod reflector;
 pub mod request;

@@ -199,6 +199,8 @@ pub struct ResourceRequest {
     /// authorizes first and reports a bad query after, so the error waits
     /// here for the handler.
     pub options: Result<Options, ApiError>,
+    /// The path after `pods/NAME/proxy` (`/` when none), for kube's pods/proxy.
+    pub proxy_path: Option<String>,
 }
 
 impl ResourceRequest {
@@ -301,10 +303,16 @@ pub fn parse(method: &Method, raw_path: &str, raw_query: Option<&str>) -> Result
         [] => Target::Collection,
         [name] => Target::Object((*name).to_owned()),
         [name, sub] => Target::Subresource((*name).to_owned(), (*sub).to_owned()),
-        // Deeper paths exist nowhere; authorized as the subresource, then 404.
+        // Deeper paths exist nowhere but under `pods/NAME/proxy/`; elsewhere
+        // authorized as the subresource, then 404.
         [name, sub, ..] => Target::Subresource((*name).to_owned(), (*sub).to_owned()),
     };
-    let extra_segments = parts.len() > 2;
+    // kube's `pods/proxy` forwards the rest of the path (`/api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`).
+    let proxy_path = match parts {
+        [_, "proxy", rest @ ..] if *resource_name == "pods" && namespace.is_some() => Some(format!("/{}", rest.join("/"))),
+        _ => None,
+    };
+    let extra_segments = parts.len() > 2 && proxy_path.is_none();
     let query = Query::parse(raw_query.unwrap_or_default());
     let kind = resource::lookup(group, version, resource_name);
     let is_get = matches!(*method, Method::GET | Method::HEAD);
@@ -369,6 +377,7 @@ pub fn parse(method: &Method, raw_path: &str, raw_query: Option<&str>) -> Result
         name,
         kind,
         options,
+        proxy_path,
     })))
 }
 
@@ -555,6 +564,23 @@ mod tests {
         assert!(!Query::parse("watch=FALSE").flag("watch"));
         assert!(!Query::parse("watch=false&watch=true").flag("watch"));
         assert!(!Query::parse("").flag("watch"));
+    }
+
+    #[test]
+    fn pods_proxy_paths_as_kube_apiserver_reads_them() {
+        // `get pods/proxy` named NAME:PORT (RBAC resourceNames see the port too), the rest of the path kept.
+        let r = resource(Method::GET, "/api/v1/namespaces/api/pods/api-0:4191/proxy/metrics", None);
+        assert_eq!(summary(&r), ("get", Some("api"), "pods", Some("api-0:4191"), Some("proxy")));
+        assert_eq!(r.proxy_path.as_deref(), Some("/metrics"));
+        assert!(r.options.is_ok());
+        let r = resource(Method::GET, "/api/v1/namespaces/api/pods/api-0:4191/proxy", None);
+        assert_eq!(r.proxy_path.as_deref(), Some("/"));
+        assert_eq!(resource(Method::POST, "/api/v1/namespaces/api/pods/api-0:4191/proxy/a/b", None).proxy_path.as_deref(), Some("/a/b"));
+        // Deeper paths under any other subresource are still no route.
+        let r = resource(Method::GET, "/api/v1/namespaces/api/pods/api-0/status/x", None);
+        assert_eq!((r.proxy_path.as_deref(), r.options.unwrap_err().code), (None, 404));
+        let r = resource(Method::GET, "/api/v1/namespaces/api/services/s/proxy/x", None);
+        assert_eq!((r.proxy_path.as_deref(), r.options.unwrap_err().code), (None, 404));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
+use tessera_proxy::exposition::parse_sample;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
 const INJECT_ANNOTATION: &str = "linkerd.io/inject";
@@ -138,57 +139,6 @@ async fn read_body(mut stream: tokio::io::BufReader<tokio::net::TcpStream>) -> a
     let mut body = String::new();
     tokio::time::timeout(PROXY_TIMEOUT, (&mut stream).take(MAX_METRICS).read_to_string(&mut body)).await.context("reading the answer: timed out")??;
     Ok(body)
-}
-
-/// One sample of the Prometheus text format: name, labels, value.
-fn parse_sample(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let (name, rest) = match line.find('{') {
-        Some(i) => (&line[..i], &line[i..]),
-        None => {
-            let (name, value) = line.split_once(' ')?;
-            return Some((name, BTreeMap::new(), value.split_whitespace().next()?.parse().ok()?));
-        }
-    };
-    let mut labels = BTreeMap::new();
-    let mut chars = rest[1..].char_indices().peekable();
-    let body = &rest[1..];
-    // key="value" pairs, values with \" \\ \n escapes.
-    let end = loop {
-        while chars.peek().is_some_and(|(_, c)| *c == ',' || c.is_whitespace()) {
-            chars.next();
-        }
-        let (start, c) = *chars.peek()?;
-        if c == '}' {
-            break start;
-        }
-        let eq = body[start..].find('=')? + start;
-        let key = body[start..eq].trim().to_owned();
-        while chars.peek().is_some_and(|(i, _)| *i <= eq) {
-            chars.next();
-        }
-        if chars.next()?.1 != '"' {
-            return None;
-        }
-        let mut value = String::new();
-        loop {
-            let (_, c) = chars.next()?;
-            match c {
-                '\\' => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                '"' => break,
-                other => value.push(other),
-            }
-        }
-        labels.insert(key, value);
-    };
-    let after = &body[end + 1..];
-    Some((name, labels, after.split_whitespace().next()?.parse().ok()?))
 }
 
 /// One row of `tessera edges`.
@@ -427,17 +377,6 @@ mod tests {
         assert_eq!(config.outbound_addr, Some("127.0.0.1:40001".parse().unwrap()));
         assert_eq!((config.namespace.as_deref(), config.pod.as_deref()), (Some("api"), Some("api-0")));
         assert_eq!(config.api.token_file, Some("/r/var/run/secrets/kubernetes.io/serviceaccount/token".into()));
-    }
-
-    #[test]
-    fn prometheus_samples() {
-        let (name, labels, value) = parse_sample(r#"request_total{direction="outbound",authority="a\"b",dst_pod="x"} 3"#).unwrap();
-        assert_eq!((name, value), ("request_total", 3.0));
-        assert_eq!(labels["authority"], "a\"b");
-        assert_eq!(labels["dst_pod"], "x");
-        assert_eq!(parse_sample("process_start_time_seconds 17.5").unwrap().2, 17.5);
-        assert!(parse_sample("# TYPE request_total counter").is_none());
-        assert!(parse_sample("request_total{direction=\"out").is_none());
     }
 
     #[test]

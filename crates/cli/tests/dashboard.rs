@@ -10,33 +10,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use support::Server;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn chromium() -> Option<PathBuf> {
-    let candidate = std::env::var_os("TESSERA_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    candidate.exists().then_some(candidate)
-}
-
-/// `npm ci` in `ui/` when its packages are missing (a fresh clone).
-fn ensure_node_modules(ui: &Path) {
-    if ui.join("node_modules/@playwright/test").exists() {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(ui)
-        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-        .status()
-        .expect("npm is required for the dashboard tests (scripts/test.sh installs it)");
-    assert!(status.success(), "npm ci in ui/ failed");
-}
+use support::browser::{chromium, ensure_node_modules, repo, screenshot_dir};
 
 fn create_token(server: &Server, sa: &str) -> String {
     server.kubectl_ok(&["create", "token", sa, "-n", "shop", "--duration", "1h"]).trim().to_owned()
@@ -120,14 +97,7 @@ fn rules_api(server: &Server, admin_token: &str, nobody_token: &str) {
 
 #[test]
 fn dashboard_in_chromium() {
-    let Some(chromium) = chromium() else {
-        assert!(
-            std::env::var_os("TESSERA_REQUIRE_BROWSER").is_none(),
-            "TESSERA_REQUIRE_BROWSER is set but /usr/bin/chromium (or TESSERA_CHROMIUM) is missing: apt-get install chromium"
-        );
-        eprintln!("SKIPPED dashboard_in_chromium: no Chromium at /usr/bin/chromium (apt-get install chromium, or run scripts/test.sh)");
-        return;
-    };
+    let Some(chromium) = chromium("dashboard_in_chromium") else { return };
     let ui = repo().join("ui");
     ensure_node_modules(&ui);
 
@@ -148,11 +118,7 @@ fn dashboard_in_chromium() {
 
     rules_api(&server, &admin_token, &nobody_token);
 
-    let screenshots = if std::env::var_os("TESSERA_UPDATE_SCREENSHOTS").is_some() {
-        repo().join("docs/ui")
-    } else {
-        ui.join("test-results/screenshots")
-    };
+    let screenshots = screenshot_dir();
     let bench_out = ui.join("test-results/load.json");
     let (admin_cert, admin_key) = server.admin_cert();
     let _ = std::fs::remove_file(&bench_out);

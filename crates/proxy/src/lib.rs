@@ -21,6 +21,7 @@ pub mod certify;
 pub mod config;
 pub mod destination;
 pub mod detect;
+pub mod exposition;
 pub mod inbound;
 pub mod io;
 pub mod metrics;

@@ -1,46 +1,179 @@
 // The identity graph. Nodes are meshed workloads: pods annotated
 // `linkerd.io/inject: enabled`, named by their ServiceAccount's identity.
-// Edges and denials need the proxies' metrics and the policy engine, which
-// this server does not have yet: those parts say so instead of showing
-// nothing.
+// Edges (request rate, success rate, p99, SECURED or not) and policy denials
+// come from the proxies' /metrics, read every two seconds through kube's
+// pods/proxy subresource with the user's own credentials: RBAC `get
+// pods/proxy` decides, and a refusal is shown as such.
 
 import type { KubeObject } from "../collection";
 import { badge, fill, h } from "../dom";
-import { collection, identityOf, statePanel } from "../shared";
+import { KeyedTable } from "../keyed-table";
+import type { Denial, Edge } from "../mesh/edges";
+import { INJECT, POLL_MS, Scraper, type ScrapeResult } from "../mesh/scrape";
+import { collection, identityOf, outcomePanel, statePanel } from "../shared";
 
-const INJECT = "linkerd.io/inject";
+const pct = (x: number | null) => (x === null ? "—" : `${(100 * x).toFixed(x === 1 ? 0 : 1)}%`);
+const rps = (x: number | null) => (x === null ? "measuring…" : `${x.toFixed(x < 10 ? 2 : 1)} rps`);
+const ms = (x: number | null) => (x === null ? "—" : `${x < 10 ? x.toFixed(1) : Math.round(x)} ms`);
+
+function securedCell(e: Edge) {
+  const text = e.secured ? "SECURED" : `NOT SECURED (tls=${e.tls.filter((t) => t !== "true").join(",")})`;
+  return { text, draw: () => (e.secured ? badge("allowed", "SECURED") : badge("denied", text)) };
+}
+
+function edgeTable(): KeyedTable<Edge> {
+  return new KeyedTable<Edge>(
+    "edges-table",
+    "Edges between meshed workloads",
+    ["Source", "Destination", "Request rate", "Success rate", "P99 latency", "mTLS"],
+    (e) => [
+      { text: `${e.srcNs}/${e.srcPod} ${e.srcIdentity}`, draw: () => workload(e.srcNs, e.srcPod, e.srcIdentity) },
+      { text: `${e.dstNs}/${e.dstPod} ${e.dstIdentity}`, draw: () => workload(e.dstNs, e.dstPod, e.dstIdentity) },
+      rps(e.rps),
+      pct(e.success),
+      ms(e.p99),
+      securedCell(e),
+    ],
+  );
+}
+
+function workload(ns: string, pod: string, identity: string): Node {
+  return h("span", {}, h("strong", {}, `${ns}/${pod}`), h("br", {}), h("span", { class: "muted identity" }, identity || "(no identity)"));
+}
+
+function denialTable(): KeyedTable<Denial> {
+  return new KeyedTable<Denial>(
+    "denials-table",
+    "Requests denied by authorization policy",
+    ["Denied at", "Client identity", "Server", "Decided by", "Route", "Denied (total)", "Last 30 s"],
+    (d) => [
+      `${d.namespace}/${d.pod} (${d.protocol}${d.target ? ` ${d.target}` : ""})`,
+      d.client,
+      d.server,
+      { text: d.authorization, draw: () => h("span", {}, badge("denied", "DENIED"), " by ", h("code", {}, d.authorization)) },
+      d.route || "—",
+      String(d.total),
+      d.recent === null ? "measuring…" : String(d.recent),
+    ],
+  );
+}
 
 export function mountGraph(root: HTMLElement): () => void {
   const pods = collection("pods");
+  const edges = edgeTable();
+  const denials = denialTable();
+  const edgesState = h("div", { id: "edges-state" });
+  const denialsState = h("div", { id: "denials-state" });
+  const filter = h("input", { id: "edge-filter", type: "search", autocomplete: "off", placeholder: "namespace, pod or identity" });
+  const updated = h("span", { class: "muted", id: "edges-updated", role: "status", "aria-live": "polite" });
   const nodes = h("div", { id: "graph-nodes" });
+  const edgesSection = h(
+    "section",
+    { "aria-labelledby": "edges-h", id: "graph-edges", "data-state": "loading" },
+    h("h2", { id: "edges-h" }, "Edges"),
+    h("div", { class: "toolbar" }, h("label", { for: "edge-filter" }, "Filter edges"), filter, updated),
+    edgesState,
+    edges.table,
+  );
+  const denialsSection = h(
+    "section",
+    { "aria-labelledby": "denials-h", id: "graph-denials", "data-state": "loading" },
+    h("h2", { id: "denials-h" }, "Recent policy denials"),
+    denialsState,
+    denials.table,
+  );
   root.append(
     h("h1", { id: "view-title", tabindex: -1 }, "Identity graph"),
-    h(
-      "section",
-      { "aria-labelledby": "edges-h", class: "panel empty", id: "graph-edges", "data-state": "empty" },
-      h("h2", { id: "edges-h" }, "Edges"),
-      badge("info", "No proxies yet"),
-      h(
-        "p",
-        {},
-        "No proxy reports traffic to this server yet, so there are no edges (request rate, success rate, p99, SECURED or not). " +
-          "They appear here once tessera's proxies publish their metrics.",
-      ),
-    ),
-    h(
-      "section",
-      { "aria-labelledby": "denials-h", class: "panel empty", id: "graph-denials", "data-state": "empty" },
-      h("h2", { id: "denials-h" }, "Recent policy denials"),
-      badge("info", "No policy yet"),
-      h("p", {}, "Authorization policy for meshed traffic is not enforced yet, so nothing has been denied."),
-    ),
+    edgesSection,
+    denialsSection,
     h("section", { "aria-labelledby": "nodes-h" }, h("h2", { id: "nodes-h" }, "Meshed workloads"), nodes),
   );
 
-  function render(): void {
+  edges.table.hidden = true;
+  denials.table.hidden = true;
+  for (const s of [edgesState, denialsState]) fill(s, h("p", { class: "muted", role: "status" }, "Reading the proxies' metrics…"));
+  const scraper = new Scraper(() => (pods.state.kind === "ready" ? [...pods.items.values()] : []));
+  let last: ScrapeResult | null = null;
+
+  function showEdges(): void {
+    if (!last) return;
+    const started = performance.now();
+    const r = last;
+    const needle = filter.value.trim().toLowerCase();
+    const shown = r.edges
+      .filter((e) => !needle || `${e.srcNs}/${e.srcPod} ${e.srcIdentity} ${e.dstNs}/${e.dstPod} ${e.dstIdentity}`.toLowerCase().includes(needle))
+      .sort((a, b) => a.key.localeCompare(b.key));
+    edges.update(shown);
+    edges.table.hidden = shown.length === 0;
+    let state: string;
+    if (r.proxies === 0) {
+      state = "empty";
+      fill(
+        edgesState,
+        h(
+          "div",
+          { class: "panel empty" },
+          badge("info", "No proxies yet"),
+          h("p", {}, "No running meshed pod has a proxy (annotation tessera.io/proxy-admin-port), so there are no edges yet."),
+        ),
+      );
+    } else if (r.scraped === 0 && r.forbidden.size > 0) {
+      state = "forbidden";
+      const [ns, message] = [...r.forbidden.entries()][0];
+      fill(edgesState, outcomePanel("forbidden", message, `get pods/proxy in namespace ${ns} (needed to read the proxies' metrics)`));
+    } else {
+      state = r.edges.length ? "edges" : "no-traffic";
+      const notes: Node[] = [];
+      if (r.edges.length === 0) notes.push(h("div", { class: "panel empty" }, badge("info", "No traffic yet"), h("p", {}, `${r.scraped} proxies read; none has sent a request to another meshed pod yet.`)));
+      for (const [ns, message] of r.forbidden) notes.push(outcomePanel("forbidden", message, `get pods/proxy in namespace ${ns}: its proxies are left out`));
+      for (const e of r.errors.slice(0, 3)) notes.push(outcomePanel("error", e.message, `reading ${e.pod}'s proxy`));
+      fill(edgesState, ...notes);
+    }
+    edgesSection.dataset.state = state;
+    updated.textContent = `${shown.length} of ${r.edges.length} edges · ${r.scraped}/${r.proxies} proxies read · every ${POLL_MS / 1000} s · updated ${new Date(r.at).toLocaleTimeString()}`;
+    performance.measure("edges-update", { start: started, end: performance.now() });
+  }
+
+  function showDenials(): void {
+    if (!last) return;
+    const r = last;
+    denials.update([...r.denials].sort((a, b) => a.key.localeCompare(b.key)));
+    denials.table.hidden = r.denials.length === 0;
+    let state = "denials";
+    if (r.proxies === 0 || r.scraped === 0) {
+      state = r.scraped === 0 && r.forbidden.size > 0 ? "forbidden" : "empty";
+      fill(
+        denialsState,
+        state === "forbidden"
+          ? outcomePanel("forbidden", [...r.forbidden.values()][0], "get pods/proxy (denials are counted by the proxies)")
+          : h("div", { class: "panel empty" }, badge("info", "No proxies yet"), h("p", {}, "Denials are counted by the proxies; none is running yet.")),
+      );
+    } else if (!r.policyMetrics) {
+      state = "not-available";
+      fill(
+        denialsState,
+        h(
+          "div",
+          { class: "panel empty" },
+          badge("info", "Not available yet"),
+          h("p", {}, "These proxies do not report authorization metrics (inbound_http_authz_deny_total): policy is not enforced by them yet."),
+        ),
+      );
+    } else if (r.denials.length === 0) {
+      state = "none";
+      fill(denialsState, h("p", {}, badge("ok", "None"), " No request has been denied by authorization policy."));
+    } else fill(denialsState);
+    denialsSection.dataset.state = state;
+  }
+
+  function renderNodes(): void {
     const panel = statePanel(pods.state, pods.what);
     if (panel) {
       fill(nodes, panel);
+      for (const [section, s] of [[edgesSection, edgesState], [denialsSection, denialsState]] as const) {
+        section.dataset.state = pods.state.kind;
+        if (pods.state.kind !== "loading") fill(s, statePanel(pods.state, `${pods.what} (to find the meshed pods)`)!);
+      }
       return;
     }
     const meshed = [...pods.items.values()].filter((p) => p.metadata.annotations?.[INJECT] === "enabled");
@@ -87,7 +220,19 @@ export function mountGraph(root: HTMLElement): () => void {
     );
   }
 
-  const unsubscribe = pods.subscribe(render);
-  render();
-  return unsubscribe;
+  filter.addEventListener("input", showEdges);
+  const unsubscribeScrape = scraper.subscribe((r) => {
+    last = r;
+    if (pods.state.kind !== "ready") return;
+    showEdges();
+    showDenials();
+  });
+  const unsubscribePods = pods.subscribe(renderNodes);
+  renderNodes();
+  scraper.start();
+  return () => {
+    scraper.stop();
+    unsubscribeScrape();
+    unsubscribePods();
+  };
 }

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+pub mod browser;
 pub mod mesh;
 
 /// A running `tessera server`, killed on drop.

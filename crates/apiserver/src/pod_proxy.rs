@@ -1,0 +1,164 @@
+//! `GET /api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`, kube's `pods/proxy`
+//! subresource, narrowed to what the dashboard needs from a meshed pod: the
+//! proxy admin port's `/metrics` and `/trust`, read with the caller's own
+//! credentials.
+//!
+//! Authorization is kube's: RBAC `get` on `pods/proxy` (resource name
+//! `NAME:PORT`, as kube's request info names it), decided before this runs.
+//! Unlike kube-apiserver, which forwards any method to any port and path of
+//! the pod, tessera forwards only a GET of those two read-only paths on the
+//! port the pod's `tessera.io/proxy-admin-port` annotation names, so a grant
+//! of `pods/proxy` reaches no application port and nothing that writes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderValue, StatusCode, header};
+use serde_json::Value;
+use tessera_api::{ApiError, Registry};
+use tessera_api::resource::ResourceInfo;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::request::Verb;
+
+/// The admin paths that may be read through the API.
+pub const PATHS: [&str; 2] = ["/metrics", "/trust"];
+const INJECT_ANNOTATION: &str = "linkerd.io/inject";
+const ADMIN_PORT_ANNOTATION: &str = "tessera.io/proxy-admin-port";
+/// How long the proxy may take to connect and to answer.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest answer relayed (a proxy's `/metrics` with many peers).
+const MAX_ANSWER: u64 = 16 << 20;
+
+/// Serves one `pods/proxy` request the authorizer allowed.
+pub async fn serve(registry: &Registry, pods: &ResourceInfo, namespace: &str, id: &str, path: Option<&str>, verb: Verb) -> Result<Response, ApiError> {
+    if verb != Verb::Get {
+        return Err(ApiError::method_not_allowed());
+    }
+    // kube's `[scheme:]name[:port]`; tessera speaks plain HTTP to the admin port only.
+    let (name, port) = match id.split(':').collect::<Vec<_>>()[..] {
+        [name] => (name, None),
+        [name, port] | ["http", name, port] => (name, Some(port)),
+        _ => return Err(ApiError::bad_request(format!("invalid pod proxy name {id:?}: want NAME:PORT"))),
+    };
+    let pod = registry.get(pods, Some(namespace), name).await?;
+    let admin = admin_address(&pod, name)?;
+    if port.is_none_or(|p| p != admin.port().to_string()) {
+        return Err(not_served(name, admin.port()));
+    }
+    let path = path.unwrap_or("/");
+    if !PATHS.contains(&path) {
+        return Err(not_served(name, admin.port()));
+    }
+    let answer = fetch(admin, path).await.map_err(|e| ApiError::unavailable(format!("error trying to reach service: {e}")))?;
+    Ok(answer)
+}
+
+fn not_served(name: &str, port: u16) -> ApiError {
+    ApiError::not_found_because(format!(
+        "pods/proxy of {name}: tessera serves only GET {} on the proxy admin port {name}:{port}",
+        PATHS.join(" and ")
+    ))
+}
+
+/// The meshed pod's proxy admin address: running, annotated, with an IP.
+fn admin_address(pod: &Value, name: &str) -> Result<SocketAddr, ApiError> {
+    let annotations = &pod["metadata"]["annotations"];
+    let unavailable = |why: &str| ApiError::unavailable(format!("pod {name} has no reachable tessera proxy: {why}"));
+    if annotations[INJECT_ANNOTATION] != "enabled" {
+        return Err(unavailable(&format!("it is not meshed ({INJECT_ANNOTATION} is not enabled)")));
+    }
+    let port: u16 = annotations[ADMIN_PORT_ANNOTATION]
+        .as_str()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| unavailable(&format!("no valid {ADMIN_PORT_ANNOTATION} annotation")))?;
+    if pod["status"]["phase"] != "Running" {
+        return Err(unavailable("it is not Running"));
+    }
+    let ip: IpAddr = pod["status"]["podIP"].as_str().and_then(|ip| ip.parse().ok()).ok_or_else(|| unavailable("it has no pod IP"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("dial tcp {0}: {1}")]
+    Dial(SocketAddr, std::io::Error),
+    #[error("{0}: timed out")]
+    Timeout(SocketAddr),
+    #[error("{0}: {1}")]
+    Io(SocketAddr, std::io::Error),
+    #[error("{0}: not an HTTP answer")]
+    NotHttp(SocketAddr),
+    #[error("{0}: the answer is larger than {MAX_ANSWER} bytes")]
+    TooLarge(SocketAddr),
+}
+
+/// An HTTP/1.0 GET (so the answer is a plain body ended by the close), relayed
+/// with its status and content type.
+async fn fetch(addr: SocketAddr, path: &str) -> Result<Response, FetchError> {
+    let mut stream = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| FetchError::Timeout(addr))?
+        .map_err(|e| FetchError::Dial(addr, e))?;
+    let exchange = async {
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+        let mut raw = Vec::new();
+        (&mut stream).take(MAX_ANSWER + 1).read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(TIMEOUT, exchange).await.map_err(|_| FetchError::Timeout(addr))?.map_err(|e| FetchError::Io(addr, e))?;
+    if raw.len() as u64 > MAX_ANSWER {
+        return Err(FetchError::TooLarge(addr));
+    }
+    let (code, content_type, body) = split_answer(&raw).ok_or(FetchError::NotHttp(addr))?;
+    let mut response = Response::new(Body::from(body.to_vec()));
+    *response.status_mut() = code;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, content_type.unwrap_or(HeaderValue::from_static("text/plain; charset=utf-8")));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Status, content type and body of a raw HTTP/1.x answer.
+fn split_answer(raw: &[u8]) -> Option<(StatusCode, Option<HeaderValue>, &[u8])> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?;
+    if !status.starts_with("HTTP/1.") {
+        return None;
+    }
+    let code = StatusCode::from_bytes(status.split_whitespace().nth(1)?.as_bytes()).ok()?;
+    let content_type = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
+        .and_then(|(_, v)| HeaderValue::from_str(v.trim()).ok());
+    Some((code, content_type, &raw[end + 4..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_split_into_status_type_and_body() {
+        let (code, ty, body) = split_answer(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nX: y\r\n\r\nrequest_total 1\n").unwrap();
+        assert_eq!((code, ty.unwrap().to_str().unwrap(), body), (StatusCode::OK, "text/plain; version=0.0.4", &b"request_total 1\n"[..]));
+        assert!(split_answer(b"SSH-2.0-OpenSSH\r\n\r\n").is_none());
+        assert!(split_answer(b"HTTP/1.1 200 OK\r\n").is_none());
+    }
+
+    #[test]
+    fn only_running_meshed_pods_with_an_ip_have_an_admin_address() {
+        let pod = |inject: &str, phase: &str, ip: &str| {
+            serde_json::json!({"metadata": {"annotations": {INJECT_ANNOTATION: inject, ADMIN_PORT_ANNOTATION: "4191"}}, "status": {"phase": phase, "podIP": ip}})
+        };
+        assert_eq!(admin_address(&pod("enabled", "Running", "127.1.0.2"), "p").unwrap(), "127.1.0.2:4191".parse().unwrap());
+        for bad in [pod("disabled", "Running", "127.1.0.2"), pod("enabled", "Pending", "127.1.0.2"), pod("enabled", "Running", "")] {
+            assert_eq!(admin_address(&bad, "p").unwrap_err().code, 503);
+        }
+    }
+}
