@@ -7,3 +7,4 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod resources;
+pub mod validate;
