@@ -196,6 +196,9 @@ fn in_version(resource: &ResourceInfo, mut obj: Value) -> Value {
         && map.get("apiVersion").and_then(Value::as_str).is_some_and(|v| v != resource.api_version())
     {
         map.insert("apiVersion".into(), Value::String(resource.api_version()));
+        // As kube defaults custom resources read from storage: fields the
+        // read version defaults (Server v1beta3 `accessPolicy`) appear.
+        crate::kinds::default_object(resource, &mut obj);
     }
     obj
 }
