@@ -70,6 +70,7 @@ pub struct Object<M, S, St = NoStatus> {
     pub spec: S,
     /// Written by Linkerd's policy controller (HTTPRoute only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "St")]
     pub status: Option<St>,
 }
 
@@ -236,9 +237,11 @@ pub struct ServerSpec {
     /// Selects pods in the same namespace. The result of matchLabels and
     /// matchExpressions are ANDed. Selects all if empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "LabelSelector")]
     pub pod_selector: Option<LabelSelector>,
     /// Selects ExternalWorkloads in the same namespace (v1beta2+).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "LabelSelector")]
     pub external_workload_selector: Option<LabelSelector>,
     /// A port name or number. Must exist in a pod spec.
     #[serde(default)]
@@ -284,6 +287,7 @@ pub struct ServerSelector {
     pub name: Option<String>,
     /// A label query over servers on which this authorization applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "LabelSelector")]
     pub selector: Option<LabelSelector>,
 }
 
@@ -300,6 +304,7 @@ pub struct Client {
     pub unauthenticated: Option<bool>,
     /// Authorizes mutually-authenticated clients.
     #[serde(default, rename = "meshTLS", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "MeshTls")]
     pub mesh_tls: Option<MeshTls>,
 }
 
@@ -429,6 +434,7 @@ pub struct HttpRouteRule {
     pub backend_refs: Option<Vec<HttpBackendRef>>,
     /// Request timeouts (v1beta3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "HttpRouteTimeouts")]
     pub timeouts: Option<HttpRouteTimeouts>,
 }
 
@@ -438,6 +444,7 @@ pub struct HttpRouteRule {
 pub struct HttpRouteMatch {
     /// The request path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "HttpPathMatch")]
     pub path: Option<HttpPathMatch>,
     /// Request headers, ANDed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -501,12 +508,15 @@ pub struct HttpRouteFilter {
     pub type_: String,
     /// For `RequestHeaderModifier`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "HttpHeaderFilter")]
     pub request_header_modifier: Option<HttpHeaderFilter>,
     /// For `ResponseHeaderModifier`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "HttpHeaderFilter")]
     pub response_header_modifier: Option<HttpHeaderFilter>,
     /// For `RequestRedirect`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "HttpRequestRedirectFilter")]
     pub request_redirect: Option<HttpRequestRedirectFilter>,
 }
 
@@ -549,6 +559,7 @@ pub struct HttpRequestRedirectFilter {
     pub hostname: Option<String>,
     /// Path rewrite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "HttpPathModifier")]
     pub path: Option<HttpPathModifier>,
     /// Port for the Location header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
