@@ -88,6 +88,10 @@ fn linkerd_docs_policy_yaml_applies_and_reads_back() {
         "httproute.policy.linkerd.io/authors-probe-route created\nnetworkauthentication.policy.linkerd.io/authors-probe-authn created\nauthorizationpolicy.policy.linkerd.io/authors-probe-policy created\n"
     );
     assert_eq!(applied("servers.yaml"), "server.policy.linkerd.io/emoji-grpc unchanged\nserver.policy.linkerd.io/backend-services unchanged\n");
+    assert_eq!(
+        server.kubectl_ok(&["apply", "--server-side", "-f", &doc("network-authentication.yaml")]),
+        "networkauthentication.policy.linkerd.io/cluster-network serverside-applied\n"
+    );
     let authn = json(&server.kubectl_ok(&["get", "meshtlsauthn", "authors-get-authn", "-n", "booksapp", "-o", "json"]));
     assert!(authn["spec"].get("identityRefs").is_none(), "{authn}");
     assert_eq!(authn["spec"]["identities"][0], "books.booksapp.serviceaccount.identity.linkerd.cluster.local");
