@@ -9,6 +9,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod compile;
 pub mod compiled;
 pub mod evaluate;
 pub mod resources;
