@@ -13,6 +13,7 @@ pub mod compile;
 pub mod compiled;
 pub mod evaluate;
 pub mod resources;
+pub mod validate;
 
 pub use compiled::*;
 pub use evaluate::{Client, Decision, HttpRequestInfo, Verdict};
