@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 mod mesh;
+mod policy;
 mod rbac;
 
 // The allocator decides whether memory freed after a load peak goes back to the
@@ -40,6 +41,8 @@ enum Command {
     Agent(tessera_agent::cli::AgentArgs),
     /// Explain RBAC decisions and list who may do something.
     Rbac(rbac::RbacArgs),
+    /// Explain Linkerd authorization policy decisions: which Server, route and authorization decide.
+    Policy(policy::PolicyArgs),
     /// Linkerd-compatible identity CA: issue 24-hour mTLS certificates for ServiceAccount tokens (or `bootstrap` its certificates).
     Identity(tessera_identity::cli::IdentityArgs),
     /// Check trust anchors, issuer, Kubernetes API and identity service, like `linkerd check`.
@@ -274,6 +277,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Agent(args) => tessera_agent::cli::run(args).await,
         Command::Rbac(args) => rbac::run(args).await,
+        Command::Policy(args) => policy::run(args).await,
         Command::Identity(args) => Ok(args.run(shutdown_signal()).await?),
         Command::Check(args) => Ok(args.run().await?),
         Command::Edges(args) => mesh::edges(args).await,
