@@ -111,7 +111,7 @@ fn client_of(e: &ExplainArgs, policy: &PodInboundPolicy) -> anyhow::Result<Clien
         (None, None) => None,
     };
     // A client inside the cluster unless told otherwise.
-    let addr = e.from_ip.or_else(|| policy.cluster_networks.first().map(|n| first_host(n))).unwrap_or(IpAddr::from([10, 0, 0, 1]));
+    let addr = e.from_ip.or_else(|| policy.cluster_networks.first().map(first_host)).unwrap_or(IpAddr::from([10, 0, 0, 1]));
     Ok(Client { identity, addr })
 }
 
@@ -130,7 +130,10 @@ fn headers_of(list: &[String]) -> anyhow::Result<http::HeaderMap> {
     Ok(map)
 }
 
-fn explain(e: &ExplainArgs, policy: &PodInboundPolicy) -> anyhow::Result<(Client, Option<(String, String)>, Decision)> {
+/// The client, the HTTP request (method, path) if any, and the decision.
+type Explained = (Client, Option<(String, String)>, Decision);
+
+fn explain(e: &ExplainArgs, policy: &PodInboundPolicy) -> anyhow::Result<Explained> {
     let client = client_of(e, policy)?;
     let headers = headers_of(&e.headers)?;
     let is_http = e.method.is_some() || e.path.is_some() || !e.headers.is_empty();
