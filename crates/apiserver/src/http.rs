@@ -72,6 +72,8 @@ pub struct AppState {
     pub identity_naming: crate::destinations::IdentityNaming,
     /// What the expiry timeline reads besides the store.
     pub expiry: Arc<crate::expiry::Settings>,
+    /// The policy kinds, Pods and Namespaces for the inbound policy API.
+    pub inbound_policy: crate::policy::InboundPolicy,
 }
 
 impl AppState {
@@ -119,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tessera/v1/rbac/rules", axum::routing::post(rbac_rules))
         .route(crate::destinations::PATH, get(crate::destinations::handler))
         .route(crate::expiry::PATH, get(crate::expiry::handler))
+        .route(crate::policy::PATH, get(crate::policy::handler))
         .route("/tessera/v1/encryption/rewrite", axum::routing::post(encryption_rewrite))
         .route(crate::node::certificates::CLIENT_CERTIFICATE_PATH, axum::routing::post(crate::node::certificates::client_certificate))
         .route("/openapi/v2", get(|_authorized: Authorized, headers: HeaderMap| async move { crate::openapi_v2::respond(&headers) }))

@@ -26,6 +26,7 @@ pub mod admission;
 pub mod authz;
 pub mod data_dir;
 pub mod destinations;
+pub mod policy;
 pub mod discovery;
 pub mod expiry;
 pub mod http;
@@ -89,6 +90,10 @@ pub struct Config {
     pub identity_naming: destinations::IdentityNaming,
     /// The expiry timeline's thresholds and issuer Secret.
     pub expiry: expiry::ExpiryConfig,
+    /// The default inbound policy of meshed pods (`--default-inbound-policy`).
+    pub default_inbound_policy: tessera_policy::DefaultPolicy,
+    /// What `cluster-*` policies count as the cluster (`--cluster-networks`).
+    pub cluster_networks: Vec<ipnet::IpNet>,
 }
 
 /// kube-apiserver's `--etcd-compaction-interval` default.
@@ -128,6 +133,8 @@ impl Config {
             service_cidr: tessera_api::service_ips::ServiceCidr::default(),
             identity_naming: destinations::IdentityNaming::default(),
             expiry: expiry::ExpiryConfig::default(),
+            default_inbound_policy: tessera_policy::DefaultPolicy::AllUnauthenticated,
+            cluster_networks: tessera_policy::default_cluster_networks(),
         }
     }
 
@@ -223,6 +230,12 @@ pub async fn run(
     let policy = rbac::policy_cache();
     let nodes = node::graph::node_graph();
     let mesh = destinations::mesh_cache();
+    let inbound_policy = policy::InboundPolicy::new(tessera_policy::compile::Settings {
+        default_policy: config.default_inbound_policy,
+        cluster_networks: config.cluster_networks.clone(),
+        trust_domain: config.identity_naming.trust_domain.clone(),
+        control_namespace: config.identity_naming.control_namespace.clone(),
+    });
     let node_certificates = Arc::new(node::certificates::NodeCertificates::new(pki.issuer()?, config.node_certificate_validity));
     let tokens = tokens::TokenState {
         authority: authority.clone(),
@@ -252,6 +265,7 @@ pub async fn run(
             &pki.serving_cert_pem,
             &pki.ca_cert_pem,
         ),
+        inbound_policy: inbound_policy.clone(),
     };
     let expiry_state = state.clone();
     let app = http::router(state);
@@ -291,6 +305,7 @@ pub async fn run(
         tokio::spawn(policy.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(nodes.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(mesh.clone().run(registry.store().clone(), stopped())),
+        tokio::spawn(inbound_policy.cache.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(reload_keys(config.clone(), authority, stopped())),
         tokio::spawn(expiry::refresh(expiry_state, stopped())),
     ];
@@ -298,6 +313,7 @@ pub async fn run(
     policy.wait_until_ready().await;
     nodes.wait_until_ready().await;
     mesh.wait_until_ready().await;
+    inbound_policy.cache.wait_until_ready().await;
     ready.store(true, Ordering::Release);
 
     let started = Started { addr, kubeconfig: kubeconfig_path };

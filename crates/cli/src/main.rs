@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod expiry;
 mod mesh;
+mod policy;
 mod rbac;
 
 // The allocator decides whether memory freed after a load peak goes back to the
@@ -41,6 +42,8 @@ enum Command {
     Agent(tessera_agent::cli::AgentArgs),
     /// Explain RBAC decisions and list who may do something.
     Rbac(rbac::RbacArgs),
+    /// Explain Linkerd authorization policy decisions: which Server, route and authorization decide.
+    Policy(policy::PolicyArgs),
     /// Linkerd-compatible identity CA: issue 24-hour mTLS certificates for ServiceAccount tokens (or `bootstrap` its certificates).
     Identity(tessera_identity::cli::IdentityArgs),
     /// Check trust anchors, issuer, Kubernetes API and identity service, like `linkerd check`.
@@ -154,6 +157,15 @@ struct ServerArgs {
     /// The expiry timeline warns about a token signing key in use for longer than this.
     #[arg(long, env = "TESSERA_SERVICE_ACCOUNT_KEY_ROTATION_AGE", default_value = "90d", value_parser = positive_duration)]
     service_account_key_rotation_age: Duration,
+    /// Inbound policy of meshed pods on ports no Server selects, unless the pod or its
+    /// namespace is annotated `config.linkerd.io/default-inbound-policy` (Linkerd's
+    /// `proxy.defaultInboundPolicy`): all-unauthenticated, all-authenticated,
+    /// cluster-authenticated, cluster-unauthenticated, deny or audit.
+    #[arg(long, env = "TESSERA_DEFAULT_INBOUND_POLICY", default_value = "all-unauthenticated")]
+    default_inbound_policy: tessera_policy::DefaultPolicy,
+    /// Networks the `cluster-*` policies count as the cluster (Linkerd's `clusterNetworks`), comma-separated CIDRs.
+    #[arg(long, env = "TESSERA_CLUSTER_NETWORKS", value_delimiter = ',', default_value = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8")]
+    cluster_networks: Vec<ipnet::IpNet>,
     #[command(subcommand)]
     action: Option<ServerAction>,
 }
@@ -279,6 +291,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Agent(args) => tessera_agent::cli::run(args).await,
         Command::Rbac(args) => rbac::run(args).await,
+        Command::Policy(args) => policy::run(args).await,
         Command::Identity(args) => Ok(args.run(shutdown_signal()).await?),
         Command::Check(args) => Ok(args.run().await?),
         Command::Edges(args) => mesh::edges(args).await,
@@ -361,6 +374,8 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         },
         issuer_secret: args.identity_issuer_secret.clone(),
     };
+    config.default_inbound_policy = args.default_inbound_policy;
+    config.cluster_networks = args.cluster_networks.clone();
     config.storage = match &args.storage {
         StorageArg::Sqlite if args.etcd_cacert.is_some() => anyhow::bail!("--etcd-cacert needs --storage etcd://…"),
         StorageArg::Sqlite => tessera_apiserver::Storage::Sqlite,
