@@ -426,6 +426,7 @@ mod tests {
         assert_eq!(config.admin_addr, "127.9.8.7:4191".parse().unwrap());
         assert_eq!(config.outbound_addr, Some("127.0.0.1:40001".parse().unwrap()));
         assert_eq!((config.namespace.as_deref(), config.pod.as_deref()), (Some("api"), Some("api-0")));
+        assert!(config.policy, "the agent has its proxy enforce inbound policy");
         assert_eq!(config.api.token_file, Some("/r/var/run/secrets/kubernetes.io/serviceaccount/token".into()));
     }
 
