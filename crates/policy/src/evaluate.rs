@@ -5,9 +5,12 @@
 //! - a port a Server selects is denied unless an authorization matches (or the
 //!   Server's v1beta3 `accessPolicy` lets the client in);
 //! - a connection (no HTTP request) is checked against the Server's
-//!   authorizations; an HTTP request against its HTTPRoute's authorizations,
-//!   or the Server's when it has no HTTPRoute (Linkerd's default route); a
-//!   request matching none of the Server's HTTPRoutes is refused with 404;
+//!   authorizations and access policy; an HTTP request too while the Server has
+//!   no HTTPRoute (Linkerd's default route); once HTTPRoutes are attached, a
+//!   request is checked against the authorizations of the one HTTPRoute it
+//!   matches only (as Linkerd's policy controller: route authorizations come
+//!   from AuthorizationPolicies targeting that HTTPRoute), and a request
+//!   matching none of them is refused with 404;
 //! - an authorization matches when the client address is in one of its
 //!   networks (and no `except`) and the client proves its authentication;
 //!   the first match in order decides.
@@ -345,11 +348,11 @@ impl PodInboundPolicy {
                 trace: t.0.unwrap_or_default(),
             };
         };
-        t.note(|| format!("HTTPRoute {}: selected; only its own authorizations apply", route.name));
+        t.note(|| format!("HTTPRoute {}: selected; only AuthorizationPolicies targeting it apply (not the Server's, nor its accessPolicy)", route.name));
         if route.authorizations.is_empty() {
             t.note(|| format!("HTTPRoute {}: no authorization targets it", route.name));
         }
-        finish(srv, Some(route.name.clone()), route.authorizations.iter().chain(&access), client, true, "unauthorized request on route".to_owned(), t)
+        finish(srv, Some(route.name.clone()), route.authorizations.iter(), client, true, "unauthorized request on route".to_owned(), t)
     }
 }
 
