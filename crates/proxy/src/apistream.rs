@@ -82,10 +82,13 @@ impl ApiStream {
     /// `on_line` until the server ends the stream; returns whether any line
     /// came. A kube Status line (the server ending a watch with an error)
     /// becomes [`ApiStreamError::Status`].
-    pub async fn lines<E: From<ApiStreamError>>(&self, path_and_query: &str, mut on_line: impl FnMut(&[u8]) -> Result<(), E>) -> Result<bool, E> {
+    pub async fn lines<E: From<ApiStreamError>>(
+        &self,
+        path_and_query: &str,
+        mut on_line: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<bool, E> {
         let transport = |e: &dyn std::fmt::Display| ApiStreamError::Transport(e.to_string());
-        let token =
-            tokio::fs::read_to_string(&self.token_file).await.map_err(|e| ApiStreamError::File(self.token_file.clone(), e))?;
+        let token = tokio::fs::read_to_string(&self.token_file).await.map_err(|e| ApiStreamError::File(self.token_file.clone(), e))?;
         let host_header =
             if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) };
         let request = http::Request::get(path_and_query)

@@ -42,7 +42,13 @@ pub struct PolicyWatch {
 
 impl PolicyWatch {
     /// The watch of pod `namespace/pod`'s inbound policy.
-    pub fn new(server: http::Uri, token_file: PathBuf, ca_file: Option<&PathBuf>, namespace: &str, pod: &str) -> Result<Self, ApiStreamError> {
+    pub fn new(
+        server: http::Uri,
+        token_file: PathBuf,
+        ca_file: Option<&PathBuf>,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<Self, ApiStreamError> {
         let stream = ApiStream::new(server, token_file, ca_file)?;
         let path = format!("/tessera/v1/policy/inbound?namespace={}&pod={}&watch=true", percent_encode(namespace), percent_encode(pod));
         Ok(Self { stream, path, min_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5) })
@@ -59,7 +65,9 @@ impl PolicyWatch {
             match result {
                 // The server ended a watch it answered (its timeout): at once again.
                 Ok(()) => backoff = self.min_backoff,
-                Err(error) => warn!(server = %self.stream.server(), %error, "policy watch failed; retrying (the last policy stays in force)"),
+                Err(error) => {
+                    warn!(server = %self.stream.server(), %error, "policy watch failed; retrying (the last policy stays in force)")
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
@@ -96,4 +104,70 @@ fn publish(tx: &PolicyTx, loaded: Loaded) {
 /// A channel with no policy yet (inbound fails closed until one arrives).
 pub fn channel() -> (PolicyTx, watch::Receiver<Option<Arc<Loaded>>>) {
     watch::channel(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn snapshot(default_policy: &str) -> String {
+        serde_json::json!({"namespace": "data-store", "pod": "data-store-0", "defaultPolicy": default_policy, "clusterNetworks": [], "ports": []})
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn snapshots_replace_the_policy_and_a_broken_stream_keeps_the_last_one() {
+        let dir = std::env::temp_dir().join(format!("tessera-policy-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "pod-token\n").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (requests_tx, mut requests) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (next_tx, mut next) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            // One stream: the head, then each line the test sends, then the end.
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = vec![0u8; 4096];
+            let n = stream.read(&mut head).await.unwrap();
+            requests_tx.send(String::from_utf8_lossy(&head[..n]).into_owned()).unwrap();
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n").await.unwrap();
+            while let Some(line) = next.recv().await {
+                if line.is_empty() {
+                    break;
+                }
+                stream.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+            }
+            drop(stream);
+            // The client's reconnect, refused with a 503.
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let n = stream.read(&mut head).await.unwrap();
+            stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await.unwrap();
+            requests_tx.send(String::from_utf8_lossy(&head[..n]).into_owned()).unwrap();
+        });
+        let mut watch = PolicyWatch::new(format!("http://{addr}").parse().unwrap(), token, None, "data-store", "data-store-0").unwrap();
+        watch.min_backoff = Duration::from_millis(20);
+        let (tx, mut rx) = channel();
+        tokio::spawn(watch.run(tx));
+
+        let head = requests.recv().await.unwrap();
+        assert!(head.starts_with("GET /tessera/v1/policy/inbound?namespace=data-store&pod=data-store-0&watch=true HTTP/1.1\r\n"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("authorization: bearer pod-token\r\n"), "{head}");
+        assert!(rx.borrow().is_none(), "no policy before the first snapshot");
+        next_tx.send(snapshot("deny")).unwrap();
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow().as_ref().unwrap().policy.default_policy.as_str(), "deny");
+        next_tx.send(snapshot("audit")).unwrap();
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow().as_ref().unwrap().policy.default_policy.as_str(), "audit");
+        // The server ends the stream and then refuses: the last policy stays while the client retries.
+        next_tx.send(String::new()).unwrap();
+        let again = requests.recv().await.unwrap();
+        assert!(again.starts_with("GET /tessera/v1/policy/inbound?"), "{again}");
+        assert_eq!(rx.borrow().as_ref().unwrap().policy.default_policy.as_str(), "audit");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -136,7 +136,11 @@ impl AuthzMetrics {
     /// Registers the families in the proxy's registry.
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
-        registry.register("inbound_http_authz_allow", "The total number of inbound HTTP requests that were authorized", metrics.http_allow.clone());
+        registry.register(
+            "inbound_http_authz_allow",
+            "The total number of inbound HTTP requests that were authorized",
+            metrics.http_allow.clone(),
+        );
         registry.register(
             "inbound_http_authz_deny",
             "The total number of inbound HTTP requests that could not be processed due to a proxy error.",
@@ -152,8 +156,16 @@ impl AuthzMetrics {
             "The total number of inbound HTTP requests that could not be associated with a route",
             metrics.http_route_not_found.clone(),
         );
-        registry.register("inbound_tcp_authz_allow", "The total number of inbound TCP connections that were authorized", metrics.tcp_allow.clone());
-        registry.register("inbound_tcp_authz_deny", "The total number of inbound TCP connections that were denied", metrics.tcp_deny.clone());
+        registry.register(
+            "inbound_tcp_authz_allow",
+            "The total number of inbound TCP connections that were authorized",
+            metrics.tcp_allow.clone(),
+        );
+        registry.register(
+            "inbound_tcp_authz_deny",
+            "The total number of inbound TCP connections that were denied",
+            metrics.tcp_deny.clone(),
+        );
         registry.register(
             "inbound_tcp_authz_would_deny",
             "Inbound TCP connections the audit policy allowed that the policy would have denied",
@@ -226,7 +238,9 @@ mod tests {
         let route = r#"route_group="",route_kind="default",route_name="default""#;
         let api = r#"tls="true",client_id="api.api.serviceaccount.identity.linkerd.cluster.local""#;
         for line in [
-            format!(r#"inbound_http_authz_allow_total{{{target},{route},authz_group="policy.linkerd.io",authz_kind="authorizationpolicy",authz_name="api-only",{api}}} 1"#),
+            format!(
+                r#"inbound_http_authz_allow_total{{{target},{route},authz_group="policy.linkerd.io",authz_kind="authorizationpolicy",authz_name="api-only",{api}}} 1"#
+            ),
             format!(r#"inbound_http_authz_deny_total{{{target},{route},tls="no_identity",no_tls_reason="no_tls_from_remote"}} 1"#),
             format!(r#"inbound_tcp_authz_deny_total{{{target},{api}}} 1"#),
             format!(r#"inbound_tcp_authz_allow_total{{{target},authz_group="",authz_kind="default",authz_name="audit",{api}}} 1"#),
