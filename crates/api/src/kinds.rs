@@ -85,6 +85,7 @@ pub fn default_object(resource: &ResourceInfo, obj: &mut Value) {
         }
         "services" => crate::service::default_service(map),
         "endpointslices" => crate::endpointslice::default_slice(map),
+        _ if crate::policy::is_policy(resource) => crate::policy::default_object(resource, obj),
         _ => {}
     }
 }
@@ -249,6 +250,7 @@ pub fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Ve
         }
         "services" => crate::service::validate(obj, old, &mut causes),
         "endpointslices" => crate::endpointslice::validate(obj, old, &mut causes),
+        _ if crate::policy::is_policy(resource) => crate::policy::validate(resource, obj, &mut causes),
         "leases" => {
             // kube's ValidateLeaseSpec.
             if let Some(d) = obj.pointer("/spec/leaseDurationSeconds").and_then(Value::as_i64)
@@ -341,6 +343,9 @@ const AGE: Column = Column { name: "Age", type_: "string", format: "", descripti
 
 /// Table columns for `kubectl get`.
 pub fn columns(resource: &ResourceInfo) -> Vec<Column> {
+    if crate::policy::is_policy(resource) {
+        return crate::policy::columns(resource);
+    }
     let c = |name, type_, description| Column { name, type_, format: "", description, priority: 0 };
     match resource.plural {
         "namespaces" => vec![NAME, c("Status", "string", "The status of the namespace"), AGE],
@@ -524,6 +529,9 @@ fn pod_summary(obj: &Value, now: jiff::Timestamp) -> PodSummary {
 
 /// The cells of one table row.
 pub fn row_cells(resource: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
+    if crate::policy::is_policy(resource) {
+        return crate::policy::row_cells(resource, obj, now);
+    }
     let name = json!(obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default());
     let age = json!(age_of(obj, "/metadata/creationTimestamp", now));
     let count = |p: &str| obj.pointer(p).and_then(Value::as_object).map_or(0, Map::len);

@@ -18,6 +18,7 @@ pub mod endpointslice;
 pub mod kinds;
 pub mod openapi_ext;
 pub mod patch;
+pub mod policy;
 pub mod protobuf;
 pub mod registry;
 pub mod resource;

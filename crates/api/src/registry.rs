@@ -186,6 +186,43 @@ fn from_store(value: &[u8], revision: Revision) -> Result<Value> {
     Ok(obj)
 }
 
+/// An object as read through `resource`'s version. Kinds served in several
+/// versions over one storage (the `policy.linkerd.io` kinds, whose CRDs
+/// convert with strategy `None`) differ between versions only in
+/// `apiVersion`, so that is all a read rewrites.
+fn in_version(resource: &ResourceInfo, mut obj: Value) -> Value {
+    if resource.has_other_versions()
+        && let Some(map) = obj.as_object_mut()
+        && map.get("apiVersion").and_then(Value::as_str).is_some_and(|v| v != resource.api_version())
+    {
+        map.insert("apiVersion".into(), Value::String(resource.api_version()));
+        // As kube defaults custom resources read from storage: fields the
+        // read version defaults (Server v1beta3 `accessPolicy`) appear.
+        crate::kinds::default_object(resource, &mut obj);
+    }
+    obj
+}
+
+/// [`from_store`] read through `resource`'s version ([`in_version`]).
+fn from_store_as(resource: &ResourceInfo, value: &[u8], revision: Revision) -> Result<Value> {
+    from_store(value, revision).map(|obj| in_version(resource, obj))
+}
+
+impl WatchEvent {
+    /// The event with its object as read through `resource`'s version.
+    fn in_version(self, resource: &ResourceInfo) -> Self {
+        let stale = |o: &Value| o.get("apiVersion").and_then(Value::as_str).is_some_and(|v| v != resource.api_version());
+        match self.shared {
+            // A shared encoding of another version is decoded and rewritten.
+            Some(shared) if self.type_ != "BOOKMARK" && shared.value().is_ok_and(|o| stale(&o)) => {
+                let object = shared.value().map(|o| in_version(resource, o)).unwrap_or(Value::Null);
+                WatchEvent { type_: self.type_, object, shared: None }
+            }
+            shared => WatchEvent { type_: self.type_, object: in_version(resource, self.object), shared },
+        }
+    }
+}
+
 fn to_store(obj: &Value) -> Result<Bytes> {
     let mut obj = obj.clone();
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -259,7 +296,7 @@ impl Registry {
     pub async fn get(&self, resource: &ResourceInfo, namespace: Option<&str>, name: &str) -> Result<Value> {
         let key = resource.key(Self::namespace_of(resource, namespace), name);
         match self.store.get(&key).await.map_err(storage_error)? {
-            Some(kv) => from_store(&kv.value, kv.mod_revision),
+            Some(kv) => from_store_as(resource, &kv.value, kv.mod_revision),
             None => Err(ApiError::not_found(resource, name)),
         }
     }
@@ -404,7 +441,7 @@ impl Registry {
             false => None,
         };
         let created = match self.store.create(&key, to_store(&obj)?).await {
-            Ok(kv) => from_store(&kv.value, kv.mod_revision),
+            Ok(kv) => from_store_as(resource, &kv.value, kv.mod_revision),
             Err(store::Error::AlreadyExists(_)) => Err(ApiError::already_exists(resource, &name)),
             Err(e) => Err(storage_error(e)),
         };
@@ -562,7 +599,7 @@ impl Registry {
             {
                 return Err(ApiError::conflict(resource, name));
             }
-            let current = from_store(&kv.value, kv.mod_revision)?;
+            let current = from_store_as(resource, &kv.value, kv.mod_revision)?;
             let mut next = change(&current)?;
             // Patched resourceVersion pins the update to that version.
             let pinned = meta_str(&next, "resourceVersion")
@@ -645,7 +682,7 @@ impl Registry {
                 crate::service_ips::release_claim(self.store.as_ref(), claim).await;
             }
             match written {
-                Ok(kv) => return from_store(&kv.value, kv.mod_revision),
+                Ok(kv) => return from_store_as(resource, &kv.value, kv.mod_revision),
                 Err(store::Error::Conflict { .. }) if expected.is_none() => continue,
                 Err(store::Error::Conflict { .. }) => return Err(ApiError::conflict(resource, name)),
                 Err(store::Error::NotFound(_)) => return Err(ApiError::not_found(resource, name)),
@@ -691,7 +728,7 @@ impl Registry {
             let Some(kv) = self.store.get(&key).await.map_err(storage_error)? else {
                 return Err(ApiError::not_found(resource, name));
             };
-            let current = from_store(&kv.value, kv.mod_revision)?;
+            let current = from_store_as(resource, &kv.value, kv.mod_revision)?;
             if is_namespace {
                 Self::check_namespace_preconditions(resource, name, &current, &delete.preconditions)?;
             } else {
@@ -719,14 +756,14 @@ impl Registry {
                 Plan::Keep => return Ok(Deletion::Pending(current)),
                 Plan::Update(next) if options.dry_run => return Ok(Deletion::Pending(next)),
                 Plan::Update(next) => match self.store.update(&key, to_store(&next)?, kv.mod_revision).await {
-                    Ok(kv) => return from_store(&kv.value, kv.mod_revision).map(Deletion::Pending),
+                    Ok(kv) => return from_store_as(resource, &kv.value, kv.mod_revision).map(Deletion::Pending),
                     Err(store::Error::Conflict { .. }) => continue,
                     Err(store::Error::NotFound(_)) => return Err(ApiError::not_found(resource, name)),
                     Err(e) => return Err(storage_error(e)),
                 },
                 Plan::DeleteNow if options.dry_run => return Ok(Deletion::Deleted(current)),
                 Plan::DeleteNow => match self.store.delete(&key, Some(kv.mod_revision)).await {
-                    Ok(deleted) => return from_store(&kv.value, deleted.mod_revision).map(Deletion::Deleted),
+                    Ok(deleted) => return from_store_as(resource, &kv.value, deleted.mod_revision).map(Deletion::Deleted),
                     Err(store::Error::Conflict { .. }) => continue,
                     Err(store::Error::NotFound(_)) => return Err(ApiError::not_found(resource, name)),
                     Err(e) => return Err(storage_error(e)),
@@ -822,7 +859,8 @@ impl Registry {
         namespace: Option<&str>,
         params: &ListParams,
     ) -> Result<impl Stream<Item = WatchEvent> + Send + 'static> {
-        self.watch_objects(resource, namespace, params, None).await
+        let stream = self.watch_objects(resource, namespace, params, None).await?;
+        Ok(Self::events_in_version(resource, stream))
     }
 
     /// [`Self::watch`] for a watch that ends at `deadline`: with
@@ -834,7 +872,23 @@ impl Registry {
         params: &ListParams,
         deadline: tokio::time::Instant,
     ) -> Result<impl Stream<Item = WatchEvent> + Send + 'static> {
-        self.watch_objects(resource, namespace, params, Some(deadline)).await
+        let stream = self.watch_objects(resource, namespace, params, Some(deadline)).await?;
+        Ok(Self::events_in_version(resource, stream))
+    }
+
+    /// A watch's events read through `resource`'s version (only kinds served
+    /// in several versions pay for the rewrite).
+    fn events_in_version(
+        resource: &ResourceInfo,
+        stream: impl Stream<Item = WatchEvent> + Send + 'static,
+    ) -> impl Stream<Item = WatchEvent> + Send + 'static {
+        use futures::StreamExt as _;
+        if resource.has_other_versions() {
+            let resource = *resource;
+            stream.map(move |ev| ev.in_version(&resource)).left_stream()
+        } else {
+            stream.right_stream()
+        }
     }
 
     /// The store's current revision as a resourceVersion string.

@@ -343,6 +343,20 @@ pub static RESOURCES: &[&ResourceInfo] = &[
     &RBAC_ROLES,
     &COORDINATION_LEASES,
     &DISCOVERY_ENDPOINTSLICES,
+    // policy.linkerd.io: versions by kube's version priority, then plural.
+    &crate::policy::HTTPROUTES_V1BETA3,
+    &crate::policy::SERVERS_V1BETA3,
+    &crate::policy::HTTPROUTES_V1BETA2,
+    &crate::policy::SERVERS_V1BETA2,
+    &crate::policy::HTTPROUTES_V1BETA1,
+    &crate::policy::SERVERAUTHORIZATIONS_V1BETA1,
+    &crate::policy::SERVERS_V1BETA1,
+    &crate::policy::AUTHORIZATIONPOLICIES_V1ALPHA1,
+    &crate::policy::HTTPROUTES_V1ALPHA1,
+    &crate::policy::MESHTLSAUTHENTICATIONS_V1ALPHA1,
+    &crate::policy::NETWORKAUTHENTICATIONS_V1ALPHA1,
+    &crate::policy::SERVERAUTHORIZATIONS_V1ALPHA1,
+    &crate::policy::SERVERS_V1ALPHA1,
 ];
 
 // === impl ResourceInfo ===
@@ -357,6 +371,11 @@ impl ResourceInfo {
     /// `v1` or `group/version`.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() { self.version.to_owned() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    /// Whether another version of this kind is served (over the same storage).
+    pub fn has_other_versions(&self) -> bool {
+        RESOURCES.iter().any(|r| r.group == self.group && r.plural == self.plural && r.version != self.version)
     }
 
     /// Whether the verb is listed.
@@ -390,6 +409,11 @@ impl ResourceInfo {
 /// Finds a resource by group, version and plural.
 pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
     RESOURCES.iter().copied().find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// The versions of `group` served, preferred first.
+pub fn versions_of(group: &str) -> Vec<&'static str> {
+    group_versions().into_iter().filter(|(g, _)| *g == group).map(|(_, v)| v).collect()
 }
 
 /// The distinct `(group, version)` pairs served, core first.

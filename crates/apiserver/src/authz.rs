@@ -94,6 +94,14 @@ pub fn authorize(config: &AuthzConfig, policy: &PolicyCache, nodes: &NodeGraph, 
         Verdict::Allow(_) => return Ok(Authorized(request)),
         Verdict::Deny(reason) => reason,
     };
+    // The inbound policy API authorizes per pod in its handler (a token bound
+    // to the pod, or RBAC on servers in its namespace): see crate::policy.
+    if let ParsedRequest::NonResource(n) = &request
+        && n.verb == "get"
+        && n.path == crate::policy::PATH
+    {
+        return Ok(Authorized(request));
+    }
     if let ParsedRequest::NonResource(n) = &request
         && config.anonymous_oidc_discovery
         && n.verb == "get"

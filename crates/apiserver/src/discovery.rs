@@ -2,7 +2,7 @@
 //! aggregated (`apidiscovery.k8s.io/v2`, which kubectl 1.32 asks for first).
 
 use serde_json::{Value, json};
-use tessera_api::resource::{RESOURCES, ResourceInfo, group_versions};
+use tessera_api::resource::{RESOURCES, ResourceInfo, group_versions, versions_of};
 
 /// The media type of aggregated discovery documents.
 pub const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
@@ -38,22 +38,36 @@ pub fn core_versions(server_address: &str) -> Value {
     })
 }
 
-fn group_entry(group: &str, version: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+/// A group's entry: every version served, the first (kube's highest
+/// version priority) preferred.
+fn group_entry(group: &str) -> Value {
+    let versions: Vec<Value> =
+        versions_of(group).into_iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    let preferred = versions.first().cloned().unwrap_or(Value::Null);
+    json!({"name": group, "versions": versions, "preferredVersion": preferred})
+}
+
+/// The named groups served, in discovery order.
+fn named_groups() -> Vec<&'static str> {
+    let mut groups: Vec<&str> = Vec::new();
+    for (g, _) in group_versions() {
+        if !g.is_empty() && !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    groups
 }
 
 /// `/apis`.
 pub fn group_list() -> Value {
-    let groups: Vec<Value> =
-        group_versions().into_iter().filter(|(g, _)| !g.is_empty()).map(|(g, v)| group_entry(g, v)).collect();
+    let groups: Vec<Value> = named_groups().into_iter().map(group_entry).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/apis/{group}` (None when the group is not served).
 pub fn group(group: &str) -> Option<Value> {
-    let (g, v) = group_versions().into_iter().find(|(g, _)| *g == group)?;
-    let mut entry = group_entry(g, v);
+    let g = named_groups().into_iter().find(|g| *g == group)?;
+    let mut entry = group_entry(g);
     if let Some(map) = entry.as_object_mut() {
         map.insert("kind".into(), json!("APIGroup"));
         map.insert("apiVersion".into(), json!("v1"));
@@ -112,7 +126,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
 }
 
-fn aggregated_group(group: &str, version: &str) -> Value {
+fn aggregated_version(group: &str, version: &str) -> Value {
     let resources: Vec<Value> = resources_of(group, version)
         .map(|r| {
             let mut entry = json!({
@@ -147,23 +161,22 @@ fn aggregated_group(group: &str, version: &str) -> Value {
             entry
         })
         .collect();
+    json!({"version": version, "resources": resources, "freshness": "Current"})
+}
+
+fn aggregated_group(group: &str) -> Value {
     let mut metadata = json!({"creationTimestamp": null});
     if !group.is_empty() {
         metadata["name"] = json!(group);
     }
-    json!({
-        "metadata": metadata,
-        "versions": [{"version": version, "resources": resources, "freshness": "Current"}],
-    })
+    let versions: Vec<Value> = versions_of(group).into_iter().map(|v| aggregated_version(group, v)).collect();
+    json!({"metadata": metadata, "versions": versions})
 }
 
 /// Aggregated discovery for `/api` (core) or `/apis` (named groups).
 pub fn aggregated(core: bool) -> Value {
-    let items: Vec<Value> = group_versions()
-        .into_iter()
-        .filter(|(g, _)| g.is_empty() == core)
-        .map(|(g, v)| aggregated_group(g, v))
-        .collect();
+    let groups = if core { vec![""] } else { named_groups() };
+    let items: Vec<Value> = groups.into_iter().map(aggregated_group).collect();
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }
 

@@ -70,6 +70,8 @@ pub struct AppState {
     pub destinations: crate::destinations::MeshCache,
     /// How the destination API names identities.
     pub identity_naming: crate::destinations::IdentityNaming,
+    /// The policy kinds, Pods and Namespaces for the inbound policy API.
+    pub inbound_policy: crate::policy::InboundPolicy,
 }
 
 impl AppState {
@@ -116,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tessera/v1/rbac/who-can", axum::routing::post(rbac_who_can))
         .route("/tessera/v1/rbac/rules", axum::routing::post(rbac_rules))
         .route(crate::destinations::PATH, get(crate::destinations::handler))
+        .route(crate::policy::PATH, get(crate::policy::handler))
         .route("/tessera/v1/encryption/rewrite", axum::routing::post(encryption_rewrite))
         .route(crate::node::certificates::CLIENT_CERTIFICATE_PATH, axum::routing::post(crate::node::certificates::client_certificate))
         .route("/openapi/v2", get(|_authorized: Authorized, headers: HeaderMap| async move { crate::openapi_v2::respond(&headers) }))

@@ -26,6 +26,7 @@ pub mod admission;
 pub mod authz;
 pub mod data_dir;
 pub mod destinations;
+pub mod policy;
 pub mod discovery;
 pub mod http;
 mod kubernetes_service;
@@ -85,6 +86,10 @@ pub struct Config {
     /// How the destination API names identities (`--identity-trust-domain`,
     /// `--identity-control-namespace`).
     pub identity_naming: destinations::IdentityNaming,
+    /// The default inbound policy of meshed pods (`--default-inbound-policy`).
+    pub default_inbound_policy: tessera_policy::DefaultPolicy,
+    /// What `cluster-*` policies count as the cluster (`--cluster-networks`).
+    pub cluster_networks: Vec<ipnet::IpNet>,
 }
 
 /// kube-apiserver's `--etcd-compaction-interval` default.
@@ -123,6 +128,8 @@ impl Config {
             compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL),
             service_cidr: tessera_api::service_ips::ServiceCidr::default(),
             identity_naming: destinations::IdentityNaming::default(),
+            default_inbound_policy: tessera_policy::DefaultPolicy::AllUnauthenticated,
+            cluster_networks: tessera_policy::default_cluster_networks(),
         }
     }
 
@@ -218,6 +225,12 @@ pub async fn run(
     let policy = rbac::policy_cache();
     let nodes = node::graph::node_graph();
     let mesh = destinations::mesh_cache();
+    let inbound_policy = policy::InboundPolicy::new(tessera_policy::compile::Settings {
+        default_policy: config.default_inbound_policy,
+        cluster_networks: config.cluster_networks.clone(),
+        trust_domain: config.identity_naming.trust_domain.clone(),
+        control_namespace: config.identity_naming.control_namespace.clone(),
+    });
     let node_certificates = Arc::new(node::certificates::NodeCertificates::new(pki.issuer()?, config.node_certificate_validity));
     let tokens = tokens::TokenState {
         authority: authority.clone(),
@@ -240,6 +253,7 @@ pub async fn run(
         node_certificates,
         destinations: mesh.clone(),
         identity_naming: config.identity_naming.clone(),
+        inbound_policy: inbound_policy.clone(),
     };
     let app = http::router(state);
 
@@ -277,12 +291,14 @@ pub async fn run(
         tokio::spawn(policy.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(nodes.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(mesh.clone().run(registry.store().clone(), stopped())),
+        tokio::spawn(inbound_policy.cache.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(reload_keys(config.clone(), authority, stopped())),
     ];
     objects.wait_until_ready().await;
     policy.wait_until_ready().await;
     nodes.wait_until_ready().await;
     mesh.wait_until_ready().await;
+    inbound_policy.cache.wait_until_ready().await;
     ready.store(true, Ordering::Release);
 
     let started = Started { addr, kubeconfig: kubeconfig_path };

@@ -63,6 +63,7 @@ impl InProcess {
         let objects = crate::objects::object_cache();
         let policy = crate::rbac::policy_cache();
         let nodes = crate::node::graph::node_graph();
+        let inbound_policy = crate::policy::InboundPolicy::new(tessera_policy::compile::Settings::default());
         let state = crate::http::AppState {
             registry: registry.clone(),
             metrics: crate::metrics::Metrics::default(),
@@ -81,6 +82,7 @@ impl InProcess {
             node_certificates: Arc::new(crate::node::certificates::NodeCertificates::new(test_issuer()?, crate::node::certificates::DEFAULT_VALIDITY)),
             destinations: crate::destinations::mesh_cache(),
             identity_naming: crate::destinations::IdentityNaming::default(),
+            inbound_policy: inbound_policy.clone(),
         };
         tessera_controllers::bootstrap(&registry, "").await?;
         tessera_controllers::aggregation::reconcile_bootstrap_policy(&registry).await?;
@@ -95,10 +97,12 @@ impl InProcess {
             tokio::spawn(objects.clone().run(registry.store().clone(), stopped())),
             tokio::spawn(policy.clone().run(registry.store().clone(), stopped())),
             tokio::spawn(nodes.clone().run(registry.store().clone(), stopped())),
+            tokio::spawn(inbound_policy.cache.clone().run(registry.store().clone(), stopped())),
         ];
         objects.wait_until_ready().await;
         policy.wait_until_ready().await;
         nodes.wait_until_ready().await;
+        inbound_policy.cache.wait_until_ready().await;
         Ok(Self { router: crate::http::router(state), registry, policy, stop, tasks })
     }
 

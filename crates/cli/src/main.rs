@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 mod mesh;
+mod policy;
 mod rbac;
 
 // The allocator decides whether memory freed after a load peak goes back to the
@@ -40,6 +41,8 @@ enum Command {
     Agent(tessera_agent::cli::AgentArgs),
     /// Explain RBAC decisions and list who may do something.
     Rbac(rbac::RbacArgs),
+    /// Explain Linkerd authorization policy decisions: which Server, route and authorization decide.
+    Policy(policy::PolicyArgs),
     /// Linkerd-compatible identity CA: issue 24-hour mTLS certificates for ServiceAccount tokens (or `bootstrap` its certificates).
     Identity(tessera_identity::cli::IdentityArgs),
     /// Check trust anchors, issuer, Kubernetes API and identity service, like `linkerd check`.
@@ -140,6 +143,15 @@ struct ServerArgs {
     /// Control-plane namespace in mesh identities (`SA.NS.serviceaccount.identity.THIS.TRUST-DOMAIN`).
     #[arg(long, env = "TESSERA_IDENTITY_CONTROL_NAMESPACE", default_value = "linkerd")]
     identity_control_namespace: String,
+    /// Inbound policy of meshed pods on ports no Server selects, unless the pod or its
+    /// namespace is annotated `config.linkerd.io/default-inbound-policy` (Linkerd's
+    /// `proxy.defaultInboundPolicy`): all-unauthenticated, all-authenticated,
+    /// cluster-authenticated, cluster-unauthenticated, deny or audit.
+    #[arg(long, env = "TESSERA_DEFAULT_INBOUND_POLICY", default_value = "all-unauthenticated")]
+    default_inbound_policy: tessera_policy::DefaultPolicy,
+    /// Networks the `cluster-*` policies count as the cluster (Linkerd's `clusterNetworks`), comma-separated CIDRs.
+    #[arg(long, env = "TESSERA_CLUSTER_NETWORKS", value_delimiter = ',', default_value = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8")]
+    cluster_networks: Vec<ipnet::IpNet>,
     #[command(subcommand)]
     action: Option<ServerAction>,
 }
@@ -265,6 +277,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Agent(args) => tessera_agent::cli::run(args).await,
         Command::Rbac(args) => rbac::run(args).await,
+        Command::Policy(args) => policy::run(args).await,
         Command::Identity(args) => Ok(args.run(shutdown_signal()).await?),
         Command::Check(args) => Ok(args.run().await?),
         Command::Edges(args) => mesh::edges(args).await,
@@ -336,6 +349,8 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         trust_domain: args.identity_trust_domain.clone(),
         control_namespace: args.identity_control_namespace.clone(),
     };
+    config.default_inbound_policy = args.default_inbound_policy;
+    config.cluster_networks = args.cluster_networks.clone();
     config.storage = match &args.storage {
         StorageArg::Sqlite if args.etcd_cacert.is_some() => anyhow::bail!("--etcd-cacert needs --storage etcd://…"),
         StorageArg::Sqlite => tessera_apiserver::Storage::Sqlite,

@@ -131,11 +131,8 @@ fn server(version: &str, raw: &Value, spec: &ServerSpec, causes: &mut Vec<Cause>
     let pods = spec.pod_selector.is_some();
     let workloads = spec.external_workload_selector.is_some();
     match version {
-        "v1alpha1" | "v1beta1" => {
-            if !pods {
-                causes.push(Cause::required("spec.podSelector", ""));
-            }
-        }
+        "v1alpha1" | "v1beta1" if !pods => causes.push(Cause::required("spec.podSelector", "")),
+        "v1alpha1" | "v1beta1" => {}
         _ if pods && workloads => causes.push(Cause::invalid("spec", "object", ONE_OF_MANY)),
         _ if !pods && !workloads => causes.push(Cause::invalid("spec", "object", ONE_OF_NONE)),
         _ => {}

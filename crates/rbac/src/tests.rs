@@ -45,7 +45,7 @@ fn crb(name: &str, role: &str, subjects: serde_json::Value) -> Binding {
 
 #[test]
 fn bootstrap_policy_parses() {
-    assert_eq!(bootstrap::cluster_roles().len(), 15);
+    assert_eq!(bootstrap::cluster_roles().len(), 17);
     assert_eq!(bootstrap::cluster_role_bindings().len(), 7);
 }
 
@@ -133,4 +133,24 @@ fn who_can_and_explain_on_a_large_policy() {
     assert!(denied.near_misses.iter().any(|m| m.why_not.as_deref().is_some_and(|w| w.starts_with("verb \"delete\" not in"))), "{denied:#?}");
     let elsewhere = explain(&p, &sa("ns3", "sa3"), &res("list", "", "pods", "ns4"), 5);
     assert!(elsewhere.near_misses.iter().any(|m| m.why_not.as_deref() == Some("would allow it, but only in namespace \"ns3\"")), "{elsewhere:#?}");
+}
+
+#[test]
+fn view_reads_policy_resources_and_edit_writes_them() {
+    let p = bootstrap_policy();
+    let bind = |p: &mut Policy, role: &str, who: &str| {
+        p.put_binding(Binding::from_object(&json!({"metadata": {"name": format!("{who}-{role}"), "namespace": "web"}, "roleRef": {"kind": "ClusterRole", "name": role}, "subjects": [{"kind": "User", "name": who}]})).unwrap());
+    };
+    let mut p = p;
+    bind(&mut p, "view", "viewer");
+    bind(&mut p, "edit", "editor");
+    bind(&mut p, "admin", "boss");
+    for resource in ["servers", "serverauthorizations", "authorizationpolicies", "meshtlsauthentications", "networkauthentications", "httproutes"] {
+        assert!(authorize(&p, &user("viewer"), &res("list", "policy.linkerd.io", resource, "web")).is_allowed(), "{resource}");
+        assert!(authorize(&p, &user("viewer"), &res("watch", "policy.linkerd.io", resource, "web")).is_allowed(), "{resource}");
+        assert!(!authorize(&p, &user("viewer"), &res("create", "policy.linkerd.io", resource, "web")).is_allowed(), "{resource}");
+        assert!(authorize(&p, &user("editor"), &res("create", "policy.linkerd.io", resource, "web")).is_allowed(), "{resource}");
+        assert!(authorize(&p, &user("boss"), &res("delete", "policy.linkerd.io", resource, "web")).is_allowed(), "{resource}");
+        assert!(!authorize(&p, &user("editor"), &res("create", "policy.linkerd.io", resource, "other")).is_allowed(), "{resource}");
+    }
 }

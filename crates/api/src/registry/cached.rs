@@ -160,6 +160,10 @@ impl Registry {
         match cache.get(&key).1 {
             Some(object) => {
                 object.check()?;
+                // Another version's encoding is rewritten, not shared.
+                if resource.has_other_versions() {
+                    return Ok(ObjectBody::Value(super::in_version(resource, object.value()?)));
+                }
                 Ok(ObjectBody::Cached(object))
             }
             None => Err(ApiError::not_found(resource, name)),
@@ -178,6 +182,11 @@ impl Registry {
     /// The list from the cache, or `None` when it goes to the store.
     pub(super) async fn list_from_cache(&self, resource: &ResourceInfo, namespace: Option<&str>, params: &ListParams) -> Result<Option<CachedList>> {
         let Some(cache) = self.cache.as_ref().filter(|c| c.is_ready()) else { return Ok(None) };
+        // Kinds served in several versions are listed from the store, which
+        // rewrites each item's apiVersion (shared encodings cannot be).
+        if resource.has_other_versions() {
+            return Ok(None);
+        }
         let rv_text = params.resource_version.as_deref().unwrap_or_default();
         let delegate = params.continue_token.is_some()
             || (params.limit > 0 && rv_text != "0")

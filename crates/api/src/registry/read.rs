@@ -231,7 +231,7 @@ impl Registry {
             let revision = self.store.revision().await.map_err(storage_error)?;
             let mut items = Vec::new();
             if let Some(kv) = self.store.get(&key).await.map_err(storage_error)? {
-                let obj = from_store(&kv.value, kv.mod_revision)?;
+                let obj = super::from_store_as(resource, &kv.value, kv.mod_revision)?;
                 if params.labels.matches(&obj) && params.fields.matches(&obj) {
                     items.push(obj);
                 }
@@ -250,7 +250,7 @@ impl Registry {
             remaining = page.remaining;
             let last_key = page.items.last().map(|kv| kv.key.clone());
             for kv in &page.items {
-                let obj = from_store(&kv.value, kv.mod_revision)?;
+                let obj = super::from_store_as(resource, &kv.value, kv.mod_revision)?;
                 if params.labels.matches(&obj) && params.fields.matches(&obj) {
                     items.push(obj);
                 }

@@ -1,0 +1,294 @@
+//! The inbound policy API (`GET /tessera/v1/policy/inbound?namespace=NS&pod=NAME`),
+//! Linkerd's policy controller for tessera proxies and `tessera policy explain`:
+//! the pod's [`PodInboundPolicy`] compiled from the `policy.linkerd.io`
+//! resources, the pod and its namespace (see [`tessera_policy::compile`]).
+//!
+//! Answers come from a watch-fed cache ([`Reflector`]) of the six policy
+//! kinds, Pods and Namespaces; `&watch=true` streams a snapshot (one JSON
+//! object per line) at once and again whenever the answer changes, pulled by
+//! the connection as in [`crate::destinations`]. The stream ends when the
+//! client goes away, when the pod disappears (the last line is then the
+//! 404 Status), or after the server's watch timeout.
+//!
+//! Authorization is per pod, in the handler ("only the RBAC it needs"): a
+//! token bound to that very pod (what its proxy holds), or a user RBAC lets
+//! `list servers.policy.linkerd.io` in the namespace (explain, dashboard).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::response::Response;
+use http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tessera_api::ApiError;
+use tessera_api::resource::CORE_PODS;
+use tessera_authn::UserInfo;
+use tessera_policy::compile::{Key, PodInfo, PolicyResources, Settings, compile};
+use tessera_policy::resources::GROUP;
+
+use crate::authz::Authorized;
+use crate::http::AppState;
+use crate::reflector::Reflector;
+use crate::request::ParsedRequest;
+use crate::response::{HandlerResult, json_response};
+
+/// The path this module serves.
+pub const PATH: &str = "/tessera/v1/policy/inbound";
+
+/// What the cache holds.
+#[derive(Default)]
+pub struct PolicyState {
+    resources: PolicyResources,
+    pods: HashMap<Key, PodInfo>,
+    /// Namespace → its annotations.
+    namespaces: HashMap<String, BTreeMap<String, String>>,
+}
+
+/// The cache (reads may be one watch event stale).
+pub type PolicyCache = Reflector<PolicyState>;
+
+/// The store prefixes of the policy kinds (`/registry/GROUP/PLURAL/`).
+const POLICY_PLURALS: [&str; 6] =
+    ["servers", "serverauthorizations", "authorizationpolicies", "meshtlsauthentications", "networkauthentications", "httproutes"];
+
+/// A cache following the policy kinds, Pods and Namespaces.
+pub fn policy_cache() -> PolicyCache {
+    let mut prefixes: Vec<String> = POLICY_PLURALS.iter().map(|p| format!("/registry/{GROUP}/{p}/")).collect();
+    prefixes.push(CORE_PODS.key_prefix(None));
+    prefixes.push("/registry/namespaces/".to_owned());
+    Reflector::new(prefixes, PolicyState::apply)
+}
+
+/// The cache and the server's settings, shared by the handlers.
+#[derive(Clone)]
+pub struct InboundPolicy {
+    /// The watch-fed cache.
+    pub cache: PolicyCache,
+    /// Default policy, cluster networks, identity naming.
+    pub settings: Arc<Settings>,
+}
+
+impl InboundPolicy {
+    /// An empty cache with these settings.
+    pub fn new(settings: Settings) -> Self {
+        Self { cache: policy_cache(), settings: Arc::new(settings) }
+    }
+}
+
+fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
+    v.and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+        .collect()
+}
+
+fn pod_info(namespace: &str, name: &str, pod: &Value) -> PodInfo {
+    let container_ports = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c.get("ports").and_then(Value::as_array).into_iter().flatten())
+        .filter_map(|p| {
+            let port = u16::try_from(p.get("containerPort")?.as_i64()?).ok()?;
+            Some((p.get("name").and_then(Value::as_str).map(str::to_owned), port))
+        })
+        .collect();
+    PodInfo {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        labels: string_map(pod.pointer("/metadata/labels")),
+        annotations: string_map(pod.pointer("/metadata/annotations")),
+        container_ports,
+    }
+}
+
+/// Puts or removes a typed object; one that does not decode counts as absent
+/// (it then authorizes nothing).
+fn put<T: DeserializeOwned>(map: &mut BTreeMap<Key, T>, key: Key, obj: Option<Value>) {
+    match obj.and_then(|v| serde_json::from_value(v).ok()) {
+        Some(typed) => {
+            map.insert(key, typed);
+        }
+        None => {
+            map.remove(&key);
+        }
+    }
+}
+
+impl PolicyState {
+    fn apply(&mut self, key: &str, value: Option<&[u8]>) {
+        let Some(rest) = key.strip_prefix("/registry/") else { return };
+        let obj: Option<Value> = value.and_then(|v| serde_json::from_slice(v).ok());
+        if let Some(name) = rest.strip_prefix("namespaces/") {
+            match obj {
+                Some(ns) => {
+                    self.namespaces.insert(name.to_owned(), string_map(ns.pointer("/metadata/annotations")));
+                }
+                None => {
+                    self.namespaces.remove(name);
+                }
+            }
+            return;
+        }
+        let rest = rest.strip_prefix(GROUP).and_then(|r| r.strip_prefix('/')).unwrap_or(rest);
+        let mut parts = rest.splitn(3, '/');
+        let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else { return };
+        let k = (ns.to_owned(), name.to_owned());
+        let r = &mut self.resources;
+        match kind {
+            "pods" => match obj {
+                Some(pod) => {
+                    self.pods.insert(k, pod_info(ns, name, &pod));
+                }
+                None => {
+                    self.pods.remove(&k);
+                }
+            },
+            "servers" => put(&mut r.servers, k, obj),
+            "serverauthorizations" => put(&mut r.server_authorizations, k, obj),
+            "authorizationpolicies" => put(&mut r.authorization_policies, k, obj),
+            "meshtlsauthentications" => put(&mut r.mesh_tls_authentications, k, obj),
+            "networkauthentications" => put(&mut r.network_authentications, k, obj),
+            "httproutes" => {
+                let created = obj.as_ref().and_then(|o| o.pointer("/metadata/creationTimestamp")).and_then(Value::as_str).unwrap_or_default().to_owned();
+                match obj.and_then(|v| serde_json::from_value(v).ok()) {
+                    Some(route) => {
+                        r.http_routes.insert(k, (route, created));
+                    }
+                    None => {
+                        r.http_routes.remove(&k);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The compiled policy of `namespace/pod` now.
+pub fn resolve(policy: &InboundPolicy, namespace: &str, pod: &str) -> Result<Value, ApiError> {
+    let compiled = policy.cache.read(|state| {
+        let info = state.pods.get(&(namespace.to_owned(), pod.to_owned())).ok_or_else(|| ApiError::not_found(&CORE_PODS, pod))?;
+        let no_annotations = BTreeMap::new();
+        let ns_annotations = state.namespaces.get(namespace).unwrap_or(&no_annotations);
+        Ok::<_, ApiError>(compile(info, ns_annotations, &state.resources, &policy.settings))
+    })?;
+    serde_json::to_value(&compiled).map_err(|e| ApiError::internal(format!("encoding the inbound policy: {e}")))
+}
+
+fn is_label(s: &str) -> bool {
+    tessera_api::validation::dns1123_label(s).is_empty()
+}
+
+fn is_subdomain(s: &str) -> bool {
+    tessera_api::validation::dns1123_subdomain(s).is_empty()
+}
+
+/// `namespace` and `pod` from the query, validated.
+fn parameters(query: &crate::request::Query) -> Result<(String, String), ApiError> {
+    let namespace = query.first("namespace").filter(|n| !n.is_empty()).ok_or_else(|| ApiError::bad_request("the namespace parameter is required"))?;
+    let pod = query.first("pod").filter(|n| !n.is_empty()).ok_or_else(|| ApiError::bad_request("the pod parameter is required"))?;
+    if !is_label(namespace) {
+        return Err(ApiError::bad_request(format!("invalid namespace {namespace:?}: must be a DNS label")));
+    }
+    if !is_subdomain(pod) {
+        return Err(ApiError::bad_request(format!("invalid pod name {pod:?}: must be a DNS subdomain")));
+    }
+    Ok((namespace.to_owned(), pod.to_owned()))
+}
+
+/// Whether `user` holds a token bound to `namespace/pod` (its proxy).
+fn bound_to(user: &UserInfo, namespace: &str, pod: &str) -> bool {
+    let sa_namespace = user.username.strip_prefix("system:serviceaccount:").and_then(|rest| rest.split_once(':')).map(|(ns, _)| ns);
+    let pod_names = user.extra.get(tessera_authn::token::EXTRA_POD_NAME);
+    sa_namespace == Some(namespace) && pod_names.is_some_and(|names| names.len() == 1 && names[0] == pod)
+}
+
+/// The RBAC question a user who is not the pod's proxy must pass.
+fn list_servers(namespace: &str) -> tessera_rbac::Request {
+    tessera_rbac::Request {
+        resource_request: true,
+        verb: "list".into(),
+        namespace: namespace.to_owned(),
+        api_group: GROUP.into(),
+        resource: "servers".into(),
+        ..Default::default()
+    }
+}
+
+/// Allowed for the pod's own token, or with RBAC `list servers.policy.linkerd.io`
+/// in the namespace; otherwise kube's 403 for the latter, with the reason.
+pub fn authorize(state: &AppState, user: &UserInfo, namespace: &str, pod: &str) -> Result<(), ApiError> {
+    if bound_to(user, namespace, pod) {
+        return Ok(());
+    }
+    let attrs = list_servers(namespace);
+    match crate::authz::decide(&state.rbac, &state.nodes, user, &attrs, None) {
+        crate::authz::Verdict::Allow(_) => Ok(()),
+        crate::authz::Verdict::Deny(_) => Err(crate::authz::forbidden_because(
+            user,
+            &attrs,
+            &format!("the inbound policy of pod \"{pod}\" is served to a token bound to that pod or to users who may list servers"),
+        )),
+    }
+}
+
+/// `GET /tessera/v1/policy/inbound?namespace=…&pod=…[&watch=true]`.
+pub async fn handler(State(state): State<AppState>, Extension(user): Extension<Arc<UserInfo>>, authorized: Authorized) -> HandlerResult {
+    let ParsedRequest::NonResource(request) = authorized.request() else { return Err(ApiError::no_such_resource().into()) };
+    let query = crate::request::Query::parse(request.query.as_deref().unwrap_or_default());
+    let (namespace, pod) = parameters(&query)?;
+    authorize(&state, &user, &namespace, &pod)?;
+    let policy = state.inbound_policy.clone();
+    let first = resolve(&policy, &namespace, &pod)?;
+    if !query.flag("watch") {
+        return Ok(json_response(StatusCode::OK, &first));
+    }
+    let deadline = tokio::time::Instant::now() + crate::watch::MIN_REQUEST_TIMEOUT.mul_f64(rand::random_range(1.0..2.0));
+    let changes = policy.cache.changes();
+    let stream = futures::stream::unfold(Some((Some(first), None::<Value>, changes)), move |step| {
+        let (policy, namespace, pod) = (policy.clone(), namespace.clone(), pod.clone());
+        async move {
+            let (pending, mut last, mut changes) = step?;
+            if let Some(snapshot) = pending {
+                let line = line_of(&snapshot);
+                return Some((Ok::<Bytes, std::convert::Infallible>(line), Some((None, Some(snapshot), changes))));
+            }
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => return None,
+                    changed = changes.changed() => if changed.is_err() { return None },
+                }
+                match resolve(&policy, &namespace, &pod) {
+                    Ok(snapshot) if Some(&snapshot) == last.as_ref() => continue,
+                    Ok(snapshot) => {
+                        let line = line_of(&snapshot);
+                        last = Some(snapshot);
+                        return Some((Ok(line), Some((None, last, changes))));
+                    }
+                    // The pod is gone: say so, then end.
+                    Err(e) => return Some((Ok(line_of(&e.to_status())), None)),
+                }
+            }
+        }
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache, private"));
+    Ok(response)
+}
+
+fn line_of(value: &Value) -> Bytes {
+    let mut line = value.to_string().into_bytes();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+#[cfg(test)]
+mod tests;
