@@ -14,7 +14,7 @@ use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::mesh::{DATA_STORE_APP, api_and_data_store, curl, identity, meshed, python, ready_pod_ip};
+use support::mesh::{DATA_STORE_APP, api_and_data_store, curl, identity, meshed_as, python, ready_ip_of};
 use support::{Server, json};
 
 const API_ID: &str = "api.api.serviceaccount.identity.linkerd.cluster.local";
@@ -88,13 +88,18 @@ fn an_authorization_policy_admits_the_api_only_and_its_removal_applies_without_r
     let (_identity, identity_addr) = identity(&server, &pki);
     let anchors = pki.join("ca.crt");
     let python = python();
-    let _data_store = meshed(&server, "data-store", "8081", &identity_addr, &anchors, &[&python, "-c", DATA_STORE_APP]);
-    let _api = meshed(&server, "api", "8080", &identity_addr, &anchors, &[&python, "-c", CLIENT_APP, DATA_STORE_URL]);
-    let _other = meshed(&server, "other", "8080", &identity_addr, &anchors, &[&python, "-c", CLIENT_APP, DATA_STORE_URL]);
+    // Pod names of their own: addresses derive from node, namespace and pod,
+    // so the seed-004 tests running beside this one never collide with it.
+    let port = |p: &'static str| ["--port", p];
+    let _data_store =
+        meshed_as(&server, "data-store-p", "data-store", &port("8081"), &identity_addr, &anchors, &[&python, "-c", DATA_STORE_APP]);
+    let client = [python.as_str(), "-c", CLIENT_APP, DATA_STORE_URL];
+    let _api = meshed_as(&server, "api-p", "api", &port("8080"), &identity_addr, &anchors, &client);
+    let _other = meshed_as(&server, "other-p", "other", &port("8080"), &identity_addr, &anchors, &client);
     // Ready means: a certificate and the pod's first inbound policy.
-    let data_store_ip = ready_pod_ip(&server, "data-store");
-    let api_ip = ready_pod_ip(&server, "api");
-    let other_ip = ready_pod_ip(&server, "other");
+    let data_store_ip = ready_ip_of(&server, "data-store", "data-store-p");
+    let api_ip = ready_ip_of(&server, "api", "api-p");
+    let other_ip = ready_ip_of(&server, "other", "other-p");
     let (api_url, other_url) = (format!("http://{api_ip}:8080/data"), format!("http://{other_ip}:8080/data"));
 
     // No Server yet: the default policy (all-unauthenticated) lets everyone in.
