@@ -167,11 +167,11 @@ impl std::fmt::Display for Port {
 
 impl JsonSchema for Port {
     fn schema_name() -> std::borrow::Cow<'static, str> {
-        "io.k8s.apimachinery.pkg.util.intstr.IntOrString".into()
+        "io.linkerd.policy.Port".into()
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        // As kube publishes IntOrString.
+        // As kube publishes IntOrString (`kubectl explain` shows <IntOrString>).
         schemars::json_schema!({
             "description": "IntOrString is a type that can hold an int32 or a string.  When used in JSON or YAML marshalling and unmarshalling, it produces or consumes the inner type.  This allows you to have, for example, a JSON field that can accept a name or number.",
             "type": "string",
