@@ -353,6 +353,7 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
                 token_file: tokens_dir.join(mesh::IDENTITY_TOKEN_PATH),
                 service_account_dir: service_account_dir.clone(),
                 api_server: agent.server_url().to_owned(),
+                policy: run.mesh.proxy_policy == "on",
             };
             Some(launch)
         }

@@ -78,6 +78,10 @@ pub struct MeshArgs {
     /// Namespace of the identity control plane (as `tessera identity`).
     #[arg(long, default_value = "linkerd")]
     pub identity_control_namespace: String,
+    /// Whether the proxy enforces the pod's inbound authorization policy
+    /// (Server, AuthorizationPolicy, …) watched from the API server (`tessera proxy --policy`).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub proxy_policy: String,
 }
 
 impl MeshArgs {
@@ -196,6 +200,8 @@ pub struct ProxyLaunch {
     pub service_account_dir: PathBuf,
     /// The API server URL.
     pub api_server: String,
+    /// Enforce inbound authorization policy (`--policy on`).
+    pub policy: bool,
 }
 
 impl ProxyLaunch {
@@ -217,6 +223,7 @@ impl ProxyLaunch {
             token_file: "/r/var/run/secrets/tokens/linkerd-identity-token".into(),
             service_account_dir: "/r/var/run/secrets/kubernetes.io/serviceaccount".into(),
             api_server: "https://127.0.0.1:6443".into(),
+            policy: true,
         }
     }
 
@@ -241,6 +248,7 @@ impl ProxyLaunch {
             ("--api-ca", abs(&self.service_account_dir.join("ca.crt"))),
             ("--namespace", self.namespace.clone()),
             ("--pod", self.pod.clone()),
+            ("--policy", if self.policy { "on" } else { "off" }.to_owned()),
         ]
         .into_iter()
         .fold(vec!["proxy".to_owned()], |mut args, (flag, value)| {
@@ -334,6 +342,7 @@ mod tests {
         assert_eq!(after("--admin-addr").as_deref(), Some("127.9.8.7:4191"));
         assert_eq!(after("--api-ca").as_deref(), Some("/r/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"));
         assert_eq!(after("--pod").as_deref(), Some("api-0"));
+        assert_eq!(after("--policy").as_deref(), Some("on"));
         assert_eq!(after("--trust-anchors").as_deref(), Some("/a/ca.crt"));
         let launch = ProxyLaunch { trust_anchors: TrustAnchors::ConfigMap("linkerd/tessera-identity-trust-roots".into()), ..launch };
         let args = launch.args();

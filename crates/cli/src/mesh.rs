@@ -269,6 +269,11 @@ fn render_event(stream: usize, event: &Value) -> Option<String> {
             event.get("status").and_then(Value::as_u64).unwrap_or(0),
             event.get("latencyMicros").and_then(Value::as_u64).unwrap_or(0)
         )),
+        "deny" => {
+            let what = if s("method").is_empty() { String::new() } else { format!(" :method={} :path={}", s("method"), s("path")) };
+            let server = if s("server").is_empty() { "default policy".to_owned() } else { format!("server/{}", s("server")) };
+            Some(format!("deny {common}{what} denied by {server}: {}", s("reason")))
+        }
         _ => None,
     }
 }
@@ -376,6 +381,7 @@ mod tests {
         assert_eq!(config.admin_addr, "127.9.8.7:4191".parse().unwrap());
         assert_eq!(config.outbound_addr, Some("127.0.0.1:40001".parse().unwrap()));
         assert_eq!((config.namespace.as_deref(), config.pod.as_deref()), (Some("api"), Some("api-0")));
+        assert!(config.policy, "the agent has its proxy enforce inbound policy");
         assert_eq!(config.api.token_file, Some("/r/var/run/secrets/kubernetes.io/serviceaccount/token".into()));
     }
 
@@ -411,6 +417,12 @@ request_total{direction="outbound",tls="true",dst_namespace="other",dst_pod="oth
         let rsp = serde_json::json!({"type": "rsp", "id": "0:7", "proxy": "out", "src": "127.1.0.2:47130", "dst": "127.1.0.3:8080", "tls": "true",
             "status": 200, "latencyMicros": 2731});
         assert_eq!(render_event(0, &rsp).unwrap(), "rsp id=0:7 proxy=out src=127.1.0.2:47130 dst=127.1.0.3:8080 tls=true :status=200 latency=2731µs");
+        let deny = serde_json::json!({"type": "deny", "id": "0:8", "proxy": "in", "src": "127.1.0.4:5000", "dst": "127.1.0.3:8080", "tls": "true",
+            "method": "GET", "authority": "x", "path": "/data", "server": "data-store-http", "reason": "unauthorized request on route"});
+        assert_eq!(
+            render_event(0, &deny).unwrap(),
+            "deny id=0:8 proxy=in  src=127.1.0.4:5000 dst=127.1.0.3:8080 tls=true :method=GET :path=/data denied by server/data-store-http: unauthorized request on route"
+        );
     }
 
     #[test]

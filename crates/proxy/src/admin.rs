@@ -1,6 +1,7 @@
 //! The admin port (Linkerd's 4191): `/ready` (503 until the first identity
-//! certificate, then 200), `/live`, `/metrics` (Prometheus text), `/trust`
-//! (the anchors trusted and the current leaf's issuer, as JSON). Other
+//! certificate and, with `--policy on`, the first inbound policy; then 200),
+//! `/live`, `/metrics` (Prometheus text), `/trust` (the anchors trusted and the
+//! current leaf's issuer, as JSON). Other
 //! routes (the mesh helper's `/tap`) merge into [`router`]'s result.
 
 use axum::Router;
@@ -10,6 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::metrics::Metrics;
+use crate::policy::PolicyRx;
 use crate::tls::CredentialsRx;
 use crate::trust::TrustView;
 
@@ -18,16 +20,17 @@ struct AdminState {
     metrics: Metrics,
     credentials: CredentialsRx,
     trust: TrustView,
+    policy: Option<PolicyRx>,
 }
 
-/// The admin routes.
-pub fn router(metrics: Metrics, credentials: CredentialsRx, trust: TrustView) -> Router {
+/// The admin routes; `policy` when inbound policy is enforced.
+pub fn router(metrics: Metrics, credentials: CredentialsRx, trust: TrustView, policy: Option<PolicyRx>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/ready", get(ready_handler))
         .route("/live", get(|| async { "live\n" }))
         .route("/trust", get(trust_handler))
-        .with_state(AdminState { metrics, credentials, trust })
+        .with_state(AdminState { metrics, credentials, trust, policy })
 }
 
 /// The OpenMetrics terminator, after which nothing may follow.
@@ -49,10 +52,12 @@ async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn ready_handler(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.credentials.borrow().is_some() {
-        (StatusCode::OK, "ready\n")
-    } else {
+    if state.credentials.borrow().is_none() {
         (StatusCode::SERVICE_UNAVAILABLE, "no identity certificate yet\n")
+    } else if state.policy.as_ref().is_some_and(|p| !crate::policy::has_policy(p)) {
+        (StatusCode::SERVICE_UNAVAILABLE, "no inbound policy yet\n")
+    } else {
+        (StatusCode::OK, "ready\n")
     }
 }
 
@@ -88,7 +93,7 @@ mod tests {
         let (_roots_tx, roots) = watch::channel(Arc::new(roots));
         let (leaf_tx, leaf) = watch::channel(None);
         let (_creds_tx, credentials) = watch::channel(None);
-        let app = router(Metrics::new(), credentials, TrustView { roots, leaf });
+        let app = router(Metrics::new(), credentials, TrustView { roots, leaf }, None);
 
         let (status, body) = get(&app, "/trust").await;
         assert_eq!(status, StatusCode::OK);

@@ -75,10 +75,13 @@ pub struct ProxyConfig {
     pub namespace: Option<String>,
     /// The pod's name (tap checks callers against it).
     pub pod: Option<String>,
+    /// Enforce the pod's inbound authorization policy, watched from the API
+    /// server for `namespace`/`pod` (deny inbound until it arrives).
+    pub policy: bool,
 }
 
 #[cfg(feature = "clap")]
-pub use self::args::ProxyArgs;
+pub use self::args::{OnOff, ProxyArgs};
 
 #[cfg(feature = "clap")]
 mod args {
@@ -146,6 +149,18 @@ mod args {
         /// The pod's name (for `/tap`'s access review).
         #[arg(long, env = "TESSERA_PROXY_POD")]
         pod: Option<String>,
+        /// Enforce the pod's inbound authorization policy (Server, AuthorizationPolicy, …), watched from the API server for --namespace/--pod; inbound is denied until the first policy arrives.
+        #[arg(long, env = "TESSERA_PROXY_POLICY", value_enum, default_value = "off")]
+        policy: OnOff,
+    }
+
+    /// `--policy on|off`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+    pub enum OnOff {
+        /// Enforce.
+        On,
+        /// Do not enforce.
+        Off,
     }
 
     fn positive(value: &str) -> Result<Duration, String> {
@@ -182,6 +197,7 @@ mod args {
                 certify_timeout: Duration::from_secs(10),
                 namespace: self.namespace,
                 pod: self.pod,
+                policy: self.policy == OnOff::On,
             }
         }
 
@@ -249,6 +265,7 @@ mod args {
             );
             assert_eq!(config.detect_timeout, Duration::from_secs(10));
             assert_eq!(config.trust_anchors, TrustSource::File("ca.crt".into()));
+            assert!(!config.policy, "policy enforcement is opt-in");
         }
 
         #[test]
@@ -263,6 +280,16 @@ mod args {
             assert!(Cli::try_parse_from([&base[..], &["--trust-anchors", "c", "--trust-anchors-configmap", "a/b"]].concat()).is_err());
             let err = Cli::try_parse_from([&base[..], &["--trust-anchors-configmap", "x"]].concat()).unwrap_err().to_string();
             assert!(err.contains(r#""x" is not NAMESPACE/NAME"#), "{err}");
+        }
+
+        #[test]
+        fn policy_is_on_or_off() {
+            let base = ["proxy", "--identity", "a", "--token-file", "t", "--trust-anchors", "c"];
+            let on = Cli::try_parse_from(base.iter().copied().chain(["--policy", "on"])).unwrap();
+            assert!(on.args.config().policy);
+            let off = Cli::try_parse_from(base.iter().copied().chain(["--policy", "off"])).unwrap();
+            assert!(!off.args.config().policy);
+            assert!(Cli::try_parse_from(base.iter().copied().chain(["--policy", "maybe"])).is_err());
         }
 
         #[test]

@@ -16,13 +16,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, warn};
+
+use crate::apistream::{ApiStream, ApiStreamError, status_line};
+pub(crate) use crate::apistream::percent_encode;
 
 /// The Service an answer belongs to (`null` when the authority is a pod IP).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -191,6 +190,18 @@ pub enum DestinationError {
     Decode(serde_json::Error),
 }
 
+impl From<ApiStreamError> for DestinationError {
+    fn from(error: ApiStreamError) -> Self {
+        match error {
+            ApiStreamError::Url(url, why) => Self::Url(url, why),
+            ApiStreamError::File(path, e) => Self::File(path, e),
+            ApiStreamError::Ca(path, e) => Self::Ca(path, e),
+            ApiStreamError::Transport(e) => Self::Transport(e),
+            ApiStreamError::Status(code) => Self::Status(code),
+        }
+    }
+}
+
 struct Entry {
     tx: Arc<watch::Sender<Resolution>>,
     last_used: Instant,
@@ -198,9 +209,7 @@ struct Entry {
 
 struct ApiInner {
     config: ApiConfig,
-    host: String,
-    port: u16,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    stream: ApiStream,
     entries: Mutex<HashMap<String, Entry>>,
 }
 
@@ -221,35 +230,11 @@ impl std::fmt::Debug for ApiDiscover {
 impl ApiDiscover {
     /// Builds the client (reads the CA bundle now; the token on every stream).
     pub fn new(config: ApiConfig) -> Result<Self, DestinationError> {
-        let url = config.server.to_string();
-        let https = match config.server.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(DestinationError::Url(url, "scheme must be http or https")),
-        };
-        let host = config
-            .server
-            .host()
-            .ok_or_else(|| DestinationError::Url(url.clone(), "no host"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = config
-            .server
-            .port_u16()
-            .unwrap_or(if https { 443 } else { 80 });
-        let tls = if https {
-            Some(Arc::new(api_tls(config.ca_file.as_ref())?))
-        } else {
-            None
-        };
+        let stream = ApiStream::new(config.server.clone(), config.token_file.clone(), config.ca_file.as_ref())?;
         Ok(Self {
             inner: Arc::new(ApiInner {
                 config,
-                host,
-                port,
-                tls,
+                stream,
                 entries: Mutex::new(HashMap::new()),
             }),
         })
@@ -263,30 +248,6 @@ impl ApiDiscover {
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
-}
-
-fn api_tls(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, DestinationError> {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| DestinationError::File(path.clone(), e))?;
-        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
-            let cert: rustls_pki_types::CertificateDer<'static> =
-                cert.map_err(|e| DestinationError::Ca(path.clone(), e.to_string()))?;
-            roots
-                .add(cert)
-                .map_err(|e| DestinationError::Ca(path.clone(), e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(DestinationError::Ca(path.clone(), "no certificate".into()));
-        }
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| DestinationError::Transport(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
 }
 
 impl Discover for ApiDiscover {
@@ -403,78 +364,19 @@ async fn stream_once(
     authority: &str,
     tx: &watch::Sender<Resolution>,
 ) -> Result<(), DestinationError> {
-    let transport = |e: &dyn std::fmt::Display| DestinationError::Transport(e.to_string());
-    let token = tokio::fs::read_to_string(&inner.config.token_file)
-        .await
-        .map_err(|e| DestinationError::File(inner.config.token_file.clone(), e))?;
     let path = format!(
         "/tessera/v1/destinations?authority={}&watch=true",
         percent_encode(authority)
     );
-    let host_header = if inner.host.contains(':') {
-        format!("[{}]:{}", inner.host, inner.port)
-    } else {
-        format!("{}:{}", inner.host, inner.port)
-    };
-    let request = http::Request::get(path)
-        .header(http::header::HOST, host_header)
-        .header(
-            http::header::AUTHORIZATION,
-            format!("Bearer {}", token.trim()),
-        )
-        .header(http::header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| transport(&e))?;
-
-    let tcp = TcpStream::connect((inner.host.as_str(), inner.port))
-        .await
-        .map_err(|e| transport(&e))?;
-    let _ = tcp.set_nodelay(true);
-    let response = match &inner.tls {
-        Some(config) => {
-            let name = rustls_pki_types::ServerName::try_from(inner.host.clone())
-                .map_err(|_| DestinationError::Url(inner.config.server.to_string(), "bad host"))?;
-            let tls = tokio_rustls::TlsConnector::from(config.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| transport(&e))?;
-            send(TokioIo::new(tls), request).await?
-        }
-        None => send(TokioIo::new(tcp), request).await?,
-    };
-    if response.status() != http::StatusCode::OK {
-        return Err(DestinationError::Status(response.status()));
-    }
-    let mut body = response.into_body();
-    let mut buf = BytesMut::new();
-    let mut answered = false;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| transport(&e))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        buf.extend_from_slice(&data);
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line = buf.split_to(pos + 1);
-            let line = &line[..pos];
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
+    let answered = inner
+        .stream
+        .lines(&path, |line| {
             let snapshot = decode_line(line)?;
             debug!(%authority, endpoints = snapshot.endpoints.len(), "destination snapshot");
             publish(tx, snapshot);
-            answered = true;
-        }
-        if buf.len() > 4 << 20 {
-            return Err(DestinationError::Transport(
-                "snapshot line longer than 4 MiB".into(),
-            ));
-        }
-    }
-    if buf.has_remaining() && !buf.iter().all(u8::is_ascii_whitespace) {
-        publish(tx, decode_line(&buf)?);
-        answered = true;
-    }
+            Ok::<(), DestinationError>(())
+        })
+        .await?;
     // A watch the server ended after answering (its timeout) is normal:
     // reconnect at once with the shortest backoff.
     if answered {
@@ -490,17 +392,7 @@ async fn stream_once(
 /// before ending a watch whose authority stopped resolving (e.g. the
 /// Service was deleted: 404, so requests stop using the old endpoints).
 fn decode_line(line: &[u8]) -> Result<Snapshot, DestinationError> {
-    #[derive(Deserialize)]
-    struct Status {
-        kind: String,
-        #[serde(default)]
-        code: u16,
-    }
-    if let Ok(status) = serde_json::from_slice::<Status>(line)
-        && status.kind == "Status"
-    {
-        let code = http::StatusCode::from_u16(status.code)
-            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    if let Some(code) = status_line(line) {
         return Err(DestinationError::Status(code));
     }
     serde_json::from_slice(line).map_err(DestinationError::Decode)
@@ -514,40 +406,6 @@ fn publish(tx: &watch::Sender<Resolution>, snapshot: Snapshot) {
             true
         }
     });
-}
-
-async fn send<T>(
-    io: TokioIo<T>,
-    request: http::Request<Empty<Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, DestinationError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| DestinationError::Transport(e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "destination API connection ended");
-        }
-    });
-    sender
-        .send_request(request)
-        .await
-        .map_err(|e| DestinationError::Transport(e.to_string()))
-}
-
-/// Query-component encoding for an authority (host:port, IPv6 brackets).
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod admin;
+pub mod apistream;
 pub mod balance;
 pub mod certify;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod inbound;
 pub mod io;
 pub mod metrics;
 pub mod outbound;
+pub mod policy;
 pub mod tap;
 pub mod tls;
 pub mod trust;
@@ -104,6 +106,29 @@ pub struct Shared {
     pub config: ProxyConfig,
 }
 
+/// With `--policy on`: the watch of this pod's inbound policy and its
+/// receiver (which holds nothing until the first snapshot).
+#[allow(clippy::type_complexity)]
+fn policy_from_config(config: &ProxyConfig) -> Result<(Option<(policy::client::PolicyWatch, policy::PolicyTx)>, Option<policy::PolicyRx>), ProxyError> {
+    if !config.policy {
+        return Ok((None, None));
+    }
+    let (Some(namespace), Some(pod)) = (&config.namespace, &config.pod) else {
+        return Err(ProxyError::Config("--policy on needs --namespace and --pod".into()));
+    };
+    let server = config.api.server.clone().or_else(|| std::env::var("TESSERA_API_SERVER").ok()).filter(|s| !s.is_empty());
+    let Some(server) = server else {
+        return Err(ProxyError::Config("--policy on needs --api-server (or TESSERA_API_SERVER)".into()));
+    };
+    let uri: http::Uri = server.parse().map_err(|_| ProxyError::Config(format!("--api-server {server:?} is not a URL")))?;
+    let dir = std::path::Path::new(outbound::SERVICEACCOUNT_DIR);
+    let token_file = config.api.token_file.clone().unwrap_or_else(|| dir.join("token"));
+    let ca_file = config.api.ca.clone().or_else(|| Some(dir.join("ca.crt")).filter(|p| p.exists()));
+    let watch = policy::client::PolicyWatch::new(uri, token_file, ca_file.as_ref(), namespace, pod).map_err(|e| ProxyError::Config(e.to_string()))?;
+    let (tx, rx) = policy::client::channel();
+    Ok((Some((watch, tx)), Some(rx)))
+}
+
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     TcpListener::bind(addr).await.map_err(|source| ProxyError::Bind { what, addr, source })
 }
@@ -146,6 +171,9 @@ pub async fn run(
     let (credentials_tx, credentials) = watch::channel(None);
     let shared = Shared { credentials: credentials.clone(), metrics: metrics.clone(), config: config.clone() };
 
+    let (policy_watch, policy) = policy_from_config(&config)?;
+    let enforcer = policy.clone().map(|rx| policy::Enforcer::new(rx, metrics.authz().clone()));
+
     let admin = bind("admin", config.admin_addr).await?;
     let admin_addr = local_addr(&admin, "admin", config.admin_addr)?;
     let mut inbound = Vec::new();
@@ -160,6 +188,7 @@ pub async fn run(
                 detect_timeout: config.detect_timeout,
                 handshake_timeout: config.handshake_timeout,
                 connect_timeout: config.connect_timeout,
+                policy: enforcer.clone(),
             },
         ));
     }
@@ -193,6 +222,9 @@ pub async fn run(
     on_started(&started);
 
     tokio::spawn(trust_task);
+    if let Some((watch, tx)) = policy_watch {
+        tokio::spawn(watch.run(tx));
+    }
     let renewer = Renewer::new(certifier, identity, key, roots.clone(), credentials_tx, metrics.clone(), Backoff::default());
     let trust_view = TrustView { roots, leaf: renewer.leaf() };
     tokio::spawn(renewer.run());
@@ -211,7 +243,7 @@ pub async fn run(
         tasks.spawn(outbound::serve(listener, tcp, discover, shared.clone(), stopped(stop_rx.clone())));
     }
 
-    let admin_app = admin::router(metrics, credentials, trust_view).merge(tap::router(tap::TapServer::from_config(&config)));
+    let admin_app = admin::router(metrics, credentials, trust_view, policy).merge(tap::router(tap::TapServer::from_config(&config)));
     let result = axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx)).await;
     tasks.shutdown().await;
     result.map_err(|source| ProxyError::Admin { addr: admin_addr, source })

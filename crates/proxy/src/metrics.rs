@@ -64,14 +64,14 @@ pub enum Tls {
 }
 
 impl Tls {
-    fn value(self) -> &'static str {
+    pub(crate) fn value(self) -> &'static str {
         match self {
             Self::Established => "true",
             _ => "no_identity",
         }
     }
 
-    fn reason(self) -> Option<&'static str> {
+    pub(crate) fn reason(self) -> Option<&'static str> {
         match self {
             Self::Established => None,
             Self::NoTlsFromRemote => Some("no_tls_from_remote"),
@@ -272,6 +272,8 @@ struct Families {
 pub struct Metrics {
     registry: Arc<Registry>,
     families: Arc<Families>,
+    /// Inbound authorization (policy) families.
+    authz: crate::policy::metrics::AuthzMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -338,7 +340,13 @@ impl Metrics {
             "Certify calls that failed (the proxy retries with backoff)",
             families.cert_refresh_failures.clone(),
         );
-        Self { registry: Arc::new(registry), families: Arc::new(families) }
+        let authz = crate::policy::metrics::AuthzMetrics::register(&mut registry);
+        Self { registry: Arc::new(registry), families: Arc::new(families), authz }
+    }
+
+    /// The inbound authorization families.
+    pub fn authz(&self) -> &crate::policy::metrics::AuthzMetrics {
+        &self.authz
     }
 
     /// The Prometheus text exposition (OpenMetrics, as prometheus-client writes it).

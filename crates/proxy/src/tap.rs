@@ -20,7 +20,7 @@ mod hub;
 mod server;
 
 pub use authz::{ApiEndpoint, ApiError, Authorization, TapAuthorizer};
-pub use hub::{TapDirection, TapEvent, TapHub, TapKind, TapRequest, TapSpan};
+pub use hub::{TapDenial, TapDirection, TapEvent, TapHub, TapKind, TapRequest, TapSpan};
 pub use server::{TapBody, TapServer, router};
 
 /// The `tls` of a tap event: `true`, or why not, as the metrics' `no_tls_reason`.

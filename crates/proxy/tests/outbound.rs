@@ -649,6 +649,7 @@ async fn through_the_inbound_proxy_the_app_sees_the_client_identity() {
         detect_timeout: Duration::from_secs(5),
         handshake_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
+        policy: None,
     };
     let (_b_tx, b_rx) = watch::channel(Some(ca.creds(B)));
     tokio::spawn(serve(

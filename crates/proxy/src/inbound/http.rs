@@ -86,6 +86,8 @@ pub(crate) struct Forward {
     h1: AppClient,
     h2: AppClient,
     metrics: Metrics,
+    /// Inbound authorization policy, when enforced.
+    pub(crate) policy: Option<crate::policy::Enforcer>,
 }
 
 /// Per-connection facts.
@@ -113,7 +115,7 @@ impl Forward {
         builder.timer(TokioTimer::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(90));
         let h1 = builder.build(connector.clone());
         let h2 = builder.http2_only(true).build(connector);
-        Self { app, h1, h2, metrics }
+        Self { app, h1, h2, metrics, policy: None }
     }
 
     /// Serves one client connection.
@@ -162,6 +164,15 @@ impl Forward {
                 tap.response(status);
             }
         };
+        // POLICY: a denied request is answered here and never reaches the app.
+        if let Some(policy) = &self.policy {
+            let peer = crate::policy::Peer { addr: conn.peer, target: conn.local, tls: conn.tls, client_id: conn.client_id.as_ref().map(Identity::as_str) };
+            if let Some(denied) = policy.check_http(&peer, &parts) {
+                record.response(denied.status().as_u16());
+                tap_status(denied.status());
+                return denied.map(|body| body.map_err(|never| match never {}).boxed());
+            }
+        }
         let to_h2 = app_speaks_h2(conn.h2, &mut parts.headers);
         strip_hop_by_hop(&mut parts.headers);
         strip_identity_headers(&mut parts.headers);

@@ -39,6 +39,9 @@ pub struct InboundConfig {
     pub handshake_timeout: Duration,
     /// Connecting to the app must succeed within this time.
     pub connect_timeout: Duration,
+    /// Inbound authorization policy (`--policy on`), checked per opaque
+    /// connection and per HTTP request.
+    pub policy: Option<crate::policy::Enforcer>,
 }
 
 /// What every connection of one port shares.
@@ -57,7 +60,9 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let forward = Arc::new(http::Forward::new(config.app, config.connect_timeout, metrics.clone()));
+    let mut forward = http::Forward::new(config.app, config.connect_timeout, metrics.clone());
+    forward.policy = config.policy.clone();
+    let forward = Arc::new(forward);
     let shared = Arc::new(Shared { config, credentials, metrics, forward });
     tokio::pin!(shutdown);
     loop {
@@ -140,7 +145,16 @@ impl Shared {
         counts.attach(conn);
         tracing::debug!(%peer, ?protocol, client_id = ?client_id.as_ref().map(Identity::as_str), "inbound connection");
         match protocol {
-            Protocol::Opaque => self.opaque(io).await,
+            Protocol::Opaque => {
+                if let Some(policy) = &self.config.policy {
+                    let id = client_id.as_ref().map(Identity::as_str);
+                    if !policy.allow_tcp(&crate::policy::Peer { addr: peer, target: self.config.listen, tls, client_id: id }) {
+                        // Denied: dropping the stream closes the connection.
+                        return Ok(());
+                    }
+                }
+                self.opaque(io).await
+            }
             Protocol::Http1 | Protocol::Http2 => {
                 let conn =
                     http::Conn { client_id, labels, h2: protocol == Protocol::Http2, header_timeout: timeout, peer, local: self.config.listen, tls };
@@ -247,6 +261,7 @@ mod tests {
             detect_timeout,
             handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            policy: None,
         };
         tokio::spawn(serve(listener, config, rx, metrics.clone(), std::future::pending()));
         (listen, metrics, tx)
@@ -306,6 +321,44 @@ mod tests {
         };
         let err = result.unwrap_err().to_string();
         assert!(err.contains("CertificateRequired"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn denied_http_gets_403_and_denied_tcp_is_closed() {
+        use crate::policy::{Enforcer, Loaded, client};
+        let app = echo_app().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listen = listener.local_addr().unwrap();
+        let metrics = Metrics::new();
+        let (policy_tx, policy_rx) = client::channel();
+        let deny = serde_json::json!({"namespace": "ns", "pod": "p", "defaultPolicy": "deny", "clusterNetworks": [], "ports": []});
+        policy_tx.send_replace(Some(Arc::new(Loaded::decode(deny.to_string().as_bytes()).unwrap())));
+        let config = InboundConfig {
+            listen,
+            app,
+            detect_timeout: Duration::from_millis(300),
+            handshake_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            policy: Some(Enforcer::new(policy_rx, metrics.authz().clone())),
+        };
+        let (_tx, rx) = watch::channel(None);
+        tokio::spawn(serve(listener, config, rx, metrics.clone(), std::future::pending()));
+
+        let mut http = TcpStream::connect(listen).await.unwrap();
+        http.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        http.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{answer}");
+        assert!(answer.contains("l5d-proxy-error: unauthorized request on route\r\n"), "{answer}");
+
+        let mut opaque = TcpStream::connect(listen).await.unwrap();
+        opaque.write_all(b"\x00\x01binary").await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), opaque.read(&mut buf)).await.expect("closed by the proxy");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let text = metrics.encode();
+        assert!(text.contains(r#"inbound_http_authz_deny_total{target_addr=""#), "{text}");
+        assert!(text.contains(r#"srv_group="",srv_kind="default",srv_name="deny",tls="no_identity",no_tls_reason="no_tls_from_remote"} 1"#), "{text}");
     }
 
     #[tokio::test]

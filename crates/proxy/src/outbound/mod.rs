@@ -276,7 +276,7 @@ pub async fn serve_outbound(
 }
 
 /// Where the agent projects the pod's ServiceAccount token and cluster CA.
-const SERVICEACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+pub(crate) const SERVICEACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// The destination client from the proxy configuration: the API server
 /// from `--api-server` or `TESSERA_API_SERVER`, the token and CA from the

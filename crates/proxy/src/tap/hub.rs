@@ -31,6 +31,10 @@ pub enum TapKind {
     /// The response's headers came back.
     #[serde(rename = "rsp")]
     Response,
+    /// Inbound authorization policy denied a request or a connection
+    /// (`deny`: the reason and the Server, authorization and route it concerned).
+    #[serde(rename = "deny")]
+    Deny,
 }
 
 /// One tap event, serialized as one JSON line on `/tap`.
@@ -69,6 +73,15 @@ pub struct TapEvent {
     /// From the request's headers to the response's, in microseconds (`rsp`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_micros: Option<u64>,
+    /// Why the policy denied (`deny`), as in `l5d-proxy-error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The Server that selected the port (`deny`; absent: the default policy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The HTTPRoute the request matched (`deny`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
 }
 
 /// What a publisher knows when a request's headers arrive.
@@ -165,12 +178,53 @@ impl TapHub {
             path: Some(request.path()),
             status: None,
             latency_micros: None,
+            reason: None,
+            server: None,
+            route: None,
         };
         let span = TapSpan { tx: self.tx.clone(), started: Instant::now(), request: event.clone() };
         // No receiver left since the check: nothing to do.
         let _ = self.tx.send(Arc::new(event));
         Some(span)
     }
+
+    /// Publishes a policy denial (inbound): of a request when `request`
+    /// carries its method, URI and headers, else of a connection.
+    pub fn denial(&self, request: &TapRequest<'_>, http: bool, denial: TapDenial<'_>) {
+        if !self.is_tapped() {
+            return;
+        }
+        let id = format!("0:{}", self.next.fetch_add(1, Ordering::Relaxed));
+        let event = TapEvent {
+            kind: TapKind::Deny,
+            id,
+            proxy: request.direction,
+            src: request.src,
+            dst: request.dst,
+            tls: request.tls.to_owned(),
+            identity: request.identity.map(str::to_owned),
+            method: http.then(|| request.method.as_str().to_owned()),
+            authority: http.then(|| request.authority()),
+            path: http.then(|| request.path()),
+            status: None,
+            latency_micros: None,
+            reason: Some(denial.reason.to_owned()),
+            server: denial.server.map(str::to_owned),
+            route: denial.route.map(str::to_owned),
+        };
+        let _ = self.tx.send(Arc::new(event));
+    }
+}
+
+/// What a policy denial names.
+#[derive(Debug, Clone, Copy)]
+pub struct TapDenial<'a> {
+    /// The reason (`l5d-proxy-error`).
+    pub reason: &'a str,
+    /// The Server, if one selected the port.
+    pub server: Option<&'a str>,
+    /// The HTTPRoute, if one matched.
+    pub route: Option<&'a str>,
 }
 
 /// A tapped request whose response is still to come.

@@ -1,0 +1,293 @@
+//! Inbound authorization: the pod's compiled policy, watched from the API
+//! server ([`client`]), decides every inbound opaque TCP connection (after
+//! protocol detection and TLS) and every inbound HTTP request, with the
+//! evaluation `tessera policy explain` uses (`tessera_policy`).
+//!
+//! The latest policy lives in a `watch` channel and each decision borrows
+//! the current one, so a change applies to the next request while
+//! requests already allowed finish. Until the first snapshot arrives the
+//! proxy fails closed: every inbound request and connection is denied (and
+//! `/ready` answers 503). Denials are answered ([`deny`]), counted with
+//! Linkerd's metric names ([`metrics`]), logged, and published to tap.
+
+pub mod client;
+pub mod deny;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+use tessera_policy::{Client, Decision, HttpRequestInfo, PodInboundPolicy, Verdict};
+use tokio::sync::watch;
+
+use self::metrics::{AuthzLabels, AuthzMetrics, Meta, Outcome};
+use crate::metrics::Tls;
+use crate::tap::{TapDenial, TapDirection, TapHub, TapRequest};
+
+/// The reason given while no policy has arrived.
+pub const NO_POLICY_YET: &str = "no inbound policy from the control plane yet";
+
+/// A policy as received, with what the metrics need from it precomputed.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The compiled policy.
+    pub policy: PodInboundPolicy,
+    /// `srv_*` of a port no Server selects: the effective default policy.
+    default_server: Meta,
+    /// The snapshot as sent (to skip unchanged ones).
+    raw: Vec<u8>,
+}
+
+impl Loaded {
+    /// Parses one snapshot line.
+    pub fn decode(line: &[u8]) -> Result<Self, serde_json::Error> {
+        let policy: PodInboundPolicy = serde_json::from_slice(line)?;
+        Ok(Self::new(policy, line.to_vec()))
+    }
+
+    /// Wraps a policy (tests build them directly).
+    pub fn new(policy: PodInboundPolicy, raw: Vec<u8>) -> Self {
+        let default_server = Meta::default_named(policy.default_policy.as_str());
+        Self { policy, default_server, raw }
+    }
+}
+
+/// The sending side (the policy client).
+pub type PolicyTx = watch::Sender<Option<Arc<Loaded>>>;
+/// The current policy (`None` until the first snapshot).
+pub type PolicyRx = watch::Receiver<Option<Arc<Loaded>>>;
+
+/// What inbound knows about a connection when it asks.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The public address it connected to (its port selects the Server).
+    pub target: SocketAddr,
+    /// TLS state.
+    pub tls: Tls,
+    /// The verified client identity (mTLS).
+    pub client_id: Option<&'a str>,
+}
+
+/// Decides inbound traffic against the current policy (one per proxy, cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Enforcer {
+    policy: PolicyRx,
+    metrics: AuthzMetrics,
+}
+
+impl Enforcer {
+    /// Enforces what `policy` holds, counting into `metrics`.
+    pub fn new(policy: PolicyRx, metrics: AuthzMetrics) -> Self {
+        Self { policy, metrics }
+    }
+
+    /// An opaque TCP connection: whether to forward it (else close it).
+    pub fn allow_tcp(&self, peer: &Peer<'_>) -> bool {
+        let (outcome, decision, server) = self.decide(peer, None);
+        self.metrics.tcp(outcome, labels(peer, &decision, server, None));
+        if outcome == Outcome::Deny {
+            tracing::info!(client = %peer.addr, target = %peer.target, client_id = ?peer.client_id, reason = %decision.reason, "inbound connection denied by policy");
+            let (method, uri, headers) = (http::Method::GET, http::Uri::default(), http::HeaderMap::new());
+            TapHub::global().denial(&tap_request(peer, &method, &uri, &headers), false, tap_denial(&decision));
+        }
+        outcome != Outcome::Deny
+    }
+
+    /// An HTTP request: `None` to forward it, else the answer to send instead.
+    pub fn check_http(&self, peer: &Peer<'_>, parts: &http::request::Parts) -> Option<Response<Full<Bytes>>> {
+        let path = parts.uri.path();
+        let request = HttpRequestInfo { method: parts.method.as_str(), path, headers: &parts.headers };
+        let (outcome, decision, server) = self.decide(peer, Some(&request));
+        let route = Some(decision.route.as_deref().map_or_else(|| Meta::default_named("default"), |r| Meta::resource("HTTPRoute", r)));
+        let status = http::StatusCode::from_u16(decision.http_status.unwrap_or(403)).unwrap_or(http::StatusCode::FORBIDDEN);
+        let outcome = match outcome {
+            // Linkerd counts a request no HTTPRoute matched apart from denials.
+            Outcome::Deny if status == http::StatusCode::NOT_FOUND => Outcome::RouteNotFound,
+            other => other,
+        };
+        self.metrics.http(outcome, labels(peer, &decision, server, route));
+        if outcome == Outcome::Allow || outcome == Outcome::AuditDeny {
+            return None;
+        }
+        tracing::info!(client = %peer.addr, target = %peer.target, client_id = ?peer.client_id, method = %parts.method, path, reason = %decision.reason, "inbound request denied by policy");
+        TapHub::global().denial(&tap_request(peer, &parts.method, &parts.uri, &parts.headers), true, tap_denial(&decision));
+        Some(deny::response(deny::is_grpc(&parts.headers), status, &decision.reason))
+    }
+
+    /// Evaluates against the current policy (fails closed without one).
+    fn decide(&self, peer: &Peer<'_>, request: Option<&HttpRequestInfo<'_>>) -> (Outcome, Decision, Meta) {
+        let current = self.policy.borrow().clone();
+        let Some(loaded) = current else {
+            let decision = Decision {
+                verdict: Verdict::Deny,
+                server: None,
+                authorization: None,
+                route: None,
+                reason: NO_POLICY_YET.to_owned(),
+                http_status: Some(403),
+                trace: Vec::new(),
+            };
+            return (Outcome::Deny, decision, Meta::default_named("unknown"));
+        };
+        let client = Client { identity: peer.client_id.map(str::to_owned), addr: peer.addr.ip() };
+        let decision = loaded.policy.decide(peer.target.port(), &client, request);
+        let outcome = match decision.verdict {
+            Verdict::Allow => Outcome::Allow,
+            Verdict::Deny => Outcome::Deny,
+            Verdict::AuditDeny => {
+                tracing::warn!(client = %peer.addr, target = %peer.target, client_id = ?peer.client_id, reason = %decision.reason, "audit: inbound policy would deny this");
+                Outcome::AuditDeny
+            }
+        };
+        let server = decision.server.as_deref().map_or_else(|| loaded.default_server.clone(), |s| Meta::resource("server", s));
+        (outcome, decision, server)
+    }
+}
+
+/// Whether a policy has arrived (for `/ready`).
+pub fn has_policy(policy: &PolicyRx) -> bool {
+    policy.borrow().is_some()
+}
+
+fn labels(peer: &Peer<'_>, decision: &Decision, server: Meta, route: Option<Meta>) -> AuthzLabels {
+    let authz = decision.authorization.as_ref().map(|(kind, name)| match kind.as_str() {
+        "default" => Meta::default_named(name),
+        kind => Meta::resource(&kind.to_ascii_lowercase(), name),
+    });
+    AuthzLabels { target_addr: peer.target, server, route, authz, tls: peer.tls, client_id: peer.client_id.map(Arc::from) }
+}
+
+fn tap_request<'a>(peer: &'a Peer<'a>, method: &'a http::Method, uri: &'a http::Uri, headers: &'a http::HeaderMap) -> TapRequest<'a> {
+    TapRequest {
+        direction: TapDirection::Inbound,
+        src: peer.addr,
+        dst: peer.target,
+        tls: crate::tap::tls_label(peer.tls),
+        identity: peer.client_id,
+        method,
+        uri,
+        headers,
+    }
+}
+
+fn tap_denial(decision: &Decision) -> TapDenial<'_> {
+    TapDenial { reason: &decision.reason, server: decision.server.as_deref(), route: decision.route.as_deref() }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+
+    const API: &str = "api.api.serviceaccount.identity.linkerd.cluster.local";
+    const OTHER: &str = "other.other.serviceaccount.identity.linkerd.cluster.local";
+
+    /// Port 8081 selected by Server `data-store-http`, authorized for the
+    /// api's identity by AuthorizationPolicy `api-only`; everything else
+    /// under `default_policy`.
+    fn policy(default_policy: &str) -> Loaded {
+        let json = serde_json::json!({
+            "namespace": "data-store", "pod": "data-store-0", "defaultPolicy": default_policy,
+            "clusterNetworks": ["10.0.0.0/8", "127.0.0.0/8"],
+            "ports": [{"port": 8081, "server": "data-store-http", "proxyProtocol": "HTTP/1", "accessPolicy": null,
+                "authorizations": [{"kind": "AuthorizationPolicy", "name": "api-only",
+                    "authentication": {"identities": [{"exact": API}]}, "networks": [{"net": "0.0.0.0/0", "except": []}]}],
+                "routes": []}]
+        });
+        Loaded::decode(json.to_string().as_bytes()).unwrap()
+    }
+
+    fn enforcer(loaded: Option<Loaded>) -> (Enforcer, Registry, PolicyTx) {
+        let mut registry = Registry::default();
+        let metrics = AuthzMetrics::register(&mut registry);
+        let (tx, rx) = client::channel();
+        tx.send_replace(loaded.map(Arc::new));
+        (Enforcer::new(rx, metrics), registry, tx)
+    }
+
+    fn peer(port: u16, client_id: Option<&'static str>) -> Peer<'static> {
+        let addr: SocketAddr = "127.1.0.3:40000".parse().unwrap();
+        let tls = if client_id.is_some() { Tls::Established } else { Tls::NoTlsFromRemote };
+        Peer { addr, target: SocketAddr::new("127.1.0.2".parse().unwrap(), port), tls, client_id }
+    }
+
+    fn get(content_type: Option<&str>) -> http::request::Parts {
+        let mut request = http::Request::get("/data?x=1");
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    fn text(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn without_a_policy_inbound_fails_closed() {
+        let (enforcer, _registry, tx) = enforcer(None);
+        let denied = enforcer.check_http(&peer(8081, Some(API)), &get(None)).expect("denied");
+        assert_eq!(denied.status(), http::StatusCode::FORBIDDEN);
+        assert_eq!(denied.headers()[crate::inbound::L5D_PROXY_ERROR], NO_POLICY_YET);
+        assert!(!enforcer.allow_tcp(&peer(8081, Some(API))));
+        assert!(!has_policy(&enforcer.policy));
+        // The next request sees a policy that arrives.
+        tx.send_replace(Some(Arc::new(policy("all-unauthenticated"))));
+        assert!(has_policy(&enforcer.policy));
+        assert!(enforcer.check_http(&peer(8081, Some(API)), &get(None)).is_none());
+    }
+
+    #[test]
+    fn a_server_admits_only_its_authorized_identity_and_counts_both() {
+        let (enforcer, registry, _tx) = enforcer(Some(policy("all-unauthenticated")));
+        assert!(enforcer.check_http(&peer(8081, Some(API)), &get(None)).is_none());
+        let denied = enforcer.check_http(&peer(8081, Some(OTHER)), &get(None)).expect("other is denied");
+        assert_eq!(denied.status(), http::StatusCode::FORBIDDEN);
+        assert_eq!(denied.headers()[crate::inbound::L5D_PROXY_ERROR], "unauthorized request on route");
+        let grpc = enforcer.check_http(&peer(8081, Some(OTHER)), &get(Some("application/grpc"))).expect("denied");
+        assert_eq!(grpc.status(), http::StatusCode::OK);
+        assert_eq!(grpc.headers()["grpc-status"], "7");
+        // A port no Server selects falls to the default policy.
+        assert!(enforcer.check_http(&peer(9090, None), &get(None)).is_none());
+        assert!(enforcer.allow_tcp(&peer(8081, Some(API))));
+        assert!(!enforcer.allow_tcp(&peer(8081, None)));
+
+        let text = text(&registry);
+        let srv = r#"target_addr="127.1.0.2:8081",target_ip="127.1.0.2",target_port="8081",srv_group="policy.linkerd.io",srv_kind="server",srv_name="data-store-http""#;
+        let route = r#"route_group="",route_kind="default",route_name="default""#;
+        let authz = r#"authz_group="policy.linkerd.io",authz_kind="authorizationpolicy",authz_name="api-only""#;
+        for line in [
+            format!(r#"inbound_http_authz_allow_total{{{srv},{route},{authz},tls="true",client_id="{API}"}} 1"#),
+            format!(r#"inbound_http_authz_deny_total{{{srv},{route},tls="true",client_id="{OTHER}"}} 2"#),
+            format!(
+                r#"inbound_http_authz_allow_total{{target_addr="127.1.0.2:9090",target_ip="127.1.0.2",target_port="9090",srv_group="",srv_kind="default",srv_name="all-unauthenticated",{route},authz_group="",authz_kind="default",authz_name="all-unauthenticated",tls="no_identity",no_tls_reason="no_tls_from_remote"}} 1"#
+            ),
+            format!(r#"inbound_tcp_authz_allow_total{{{srv},{authz},tls="true",client_id="{API}"}} 1"#),
+            format!(r#"inbound_tcp_authz_deny_total{{{srv},tls="no_identity",no_tls_reason="no_tls_from_remote"}} 1"#),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+
+    #[test]
+    fn audit_allows_and_counts_a_would_be_denial() {
+        let (enforcer, registry, _tx) = enforcer(Some(policy("audit")));
+        // Port 9090 has no Server: the default `audit` lets an unauthenticated client through.
+        assert!(enforcer.check_http(&peer(9090, None), &get(None)).is_none());
+        assert!(enforcer.allow_tcp(&peer(9090, None)));
+        let text = text(&registry);
+        assert!(text.contains(r#"inbound_http_authz_would_deny_total{target_addr="127.1.0.2:9090""#), "{text}");
+        assert!(text.contains(r#"inbound_tcp_authz_would_deny_total{target_addr="127.1.0.2:9090""#), "{text}");
+        assert!(!text.contains("inbound_http_authz_deny_total{"), "{text}");
+    }
+}
