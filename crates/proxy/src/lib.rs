@@ -23,11 +23,14 @@ pub mod destination;
 pub mod detect;
 pub mod inbound;
 pub mod io;
+pub mod limit;
 pub mod metrics;
 pub mod outbound;
+pub mod parent;
 pub mod tap;
 pub mod tls;
 pub mod trust;
+mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -64,6 +67,9 @@ pub enum ProxyError {
         /// The error.
         source: std::io::Error,
     },
+    /// `--parent-pid`: the parent is gone, or its death cannot be watched.
+    #[error(transparent)]
+    Parent(#[from] parent::ParentError),
     /// Serving the admin port failed.
     #[error("serving admin on {addr}: {source}")]
     Admin {
@@ -125,6 +131,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_started: impl FnOnce(&Started),
 ) -> Result<(), ProxyError> {
+    if let Some(parent) = config.parent_pid {
+        parent::die_with_parent(parent)?;
+    }
     let identity = Identity::parse(&config.identity)?;
     let (bundle, roots) = TrustBundle::load(config.trust_anchors.clone())?;
     let key = LocalKey::generate(&identity)?;
@@ -132,6 +141,8 @@ pub async fn run(
     let metrics = Metrics::new();
     let (credentials_tx, credentials) = watch::channel(None);
     let shared = Shared { credentials: credentials.clone(), metrics: metrics.clone(), config: config.clone() };
+    // One cap over every listener: it bounds the process's file descriptors.
+    let limit = limit::ConnLimit::new(config.max_connections);
 
     let admin = bind("admin", config.admin_addr).await?;
     let admin_addr = local_addr(&admin, "admin", config.admin_addr)?;
@@ -147,6 +158,7 @@ pub async fn run(
                 detect_timeout: config.detect_timeout,
                 handshake_timeout: config.handshake_timeout,
                 connect_timeout: config.connect_timeout,
+                limit: limit.clone(),
             },
         ));
     }
@@ -194,7 +206,7 @@ pub async fn run(
     }
     // OUTBOUND (proxy-out): serve the outbound listeners beside the inbound ports.
     if let (Some((_, listener, tcp)), Some(discover)) = (outbound_listeners, discover) {
-        tasks.spawn(outbound::serve(listener, tcp, discover, shared.clone(), stopped(stop_rx.clone())));
+        tasks.spawn(outbound::serve(listener, tcp, discover, shared.clone(), limit.clone(), stopped(stop_rx.clone())));
     }
 
     let admin_app = admin::router(metrics, credentials).merge(tap::router(tap::TapServer::from_config(&config)));

@@ -39,6 +39,8 @@ pub struct InboundConfig {
     pub handshake_timeout: Duration,
     /// Connecting to the app must succeed within this time.
     pub connect_timeout: Duration,
+    /// The process-wide cap on client connections (shared with the other listeners).
+    pub limit: crate::limit::ConnLimit,
 }
 
 /// What every connection of one port shares.
@@ -61,6 +63,11 @@ pub async fn serve(
     let shared = Arc::new(Shared { config, credentials, metrics, forward });
     tokio::pin!(shutdown);
     loop {
+        // A slot first: at the cap, new clients wait in the listen backlog.
+        let slot = tokio::select! {
+            slot = shared.config.limit.acquire() => slot,
+            () = &mut shutdown => return,
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => return,
@@ -69,6 +76,7 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 let shared = shared.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(error) = shared.handle(stream, peer).await {
                         tracing::debug!(%peer, %error, "inbound connection closed");
                     }
@@ -236,6 +244,14 @@ mod tests {
         credentials: Option<Credentials>,
         detect_timeout: Duration,
     ) -> (SocketAddr, Metrics, watch::Sender<Option<Arc<Credentials>>>) {
+        inbound_limited(credentials, detect_timeout, crate::limit::DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    async fn inbound_limited(
+        credentials: Option<Credentials>,
+        detect_timeout: Duration,
+        max_connections: usize,
+    ) -> (SocketAddr, Metrics, watch::Sender<Option<Arc<Credentials>>>) {
         let app = echo_app().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let listen = listener.local_addr().unwrap();
@@ -247,6 +263,7 @@ mod tests {
             detect_timeout,
             handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            limit: crate::limit::ConnLimit::new(max_connections),
         };
         tokio::spawn(serve(listener, config, rx, metrics.clone(), std::future::pending()));
         (listen, metrics, tx)
@@ -306,6 +323,23 @@ mod tests {
         };
         let err = result.unwrap_err().to_string();
         assert!(err.contains("CertificateRequired"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn over_the_connection_cap_a_client_waits_until_a_slot_frees() {
+        let (addr, _metrics, _tx) = inbound_limited(None, Duration::from_secs(5), 1).await;
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(roundtrip(&mut first, b"\x00one").await.unwrap(), b"\x00one");
+        // The second connection is not refused: it waits in the backlog, unserved.
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        second.write_all(b"\x00two").await.unwrap();
+        let mut buf = [0u8; 4];
+        let unserved = tokio::time::timeout(Duration::from_millis(300), second.read_exact(&mut buf)).await;
+        assert!(unserved.is_err(), "served over the cap: {unserved:?}");
+        // The first one closes: the second is accepted and served.
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), second.read_exact(&mut buf)).await.expect("served once a slot frees").unwrap();
+        assert_eq!(&buf, b"\x00two");
     }
 
     #[tokio::test]
