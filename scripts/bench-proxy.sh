@@ -25,7 +25,12 @@
 #   DURATION=3s scripts/bench-proxy.sh       # a smoke run
 #
 # Knobs: DURATION (10s), WARMUP (2s, unmeasured wrk run before each row),
-# CONNECTIONS (8), TESSERA_BIN (use this binary instead of building one), OUT
+# CONNECTIONS (8), TESSERA_BIN (use this binary instead of building one),
+# PROXY_BIN (run the proxies from this binary, e.g. the release build of
+# `cargo build --release -p tessera-proxy --example proxy`; the control plane
+# stays TESSERA_BIN), TESSERA_BASE_BIN (a second pair from this binary: the
+# code before a change, measured in the same run), EXTRA_PAIRS
+# ("NAME=FLAGS;…": more pairs of PROXY_BIN with these proxy flags), OUT
 # (target/bench-proxy/<UTC time>). Needs root on Debian to install `wrk`,
 # `haproxy` and `nginx-light` when they are missing.
 # Results: $OUT/results.md (the table), $OUT/<row>.wrk (wrk's output),
@@ -149,10 +154,11 @@ wait_http "http://127.0.0.1:$BACKEND_PORT/"
 # such as --worker-threads 1). Each pair's server pod is meshed and registered
 # at its own loopback address (as the agent does), port 8080.
 POD_PORT=8080
-PAIRS=("tessera|$TESSERA|")
+PROXY=${PROXY_BIN:-$TESSERA}
+PAIRS=("tessera|$PROXY|")
 [ -n "${TESSERA_BASE_BIN:-}" ] && PAIRS+=("base|$TESSERA_BASE_BIN|")
 IFS=';' read -r -a extra_pairs <<<"${EXTRA_PAIRS:-}"
-for p in "${extra_pairs[@]}"; do [ -n "$p" ] && PAIRS+=("tessera-${p%%=*}|$TESSERA|${p#*=}"); done
+for p in "${extra_pairs[@]}"; do [ -n "$p" ] && PAIRS+=("tessera-${p%%=*}|$PROXY|${p#*=}"); done
 
 : >"$OUT/pairs.txt"
 i=0
@@ -373,6 +379,8 @@ def cpu(row, requests):
     if not os.path.exists(path):
         return "–"
     tck, *ticks = (int(v) for v in open(path).read().split())
+    if not ticks:
+        return "–"
     return " / ".join(f"{t / tck * 1e6 / requests:.0f}" for t in ticks)
 
 def variant(p):
