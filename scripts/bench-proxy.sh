@@ -25,7 +25,12 @@
 #   DURATION=3s scripts/bench-proxy.sh       # a smoke run
 #
 # Knobs: DURATION (10s), WARMUP (2s, unmeasured wrk run before each row),
-# CONNECTIONS (8), TESSERA_BIN (use this binary instead of building one), OUT
+# CONNECTIONS (8), TESSERA_BIN (use this binary instead of building one),
+# PROXY_BIN (run the proxies from this binary, e.g. the release build of
+# `cargo build --release -p tessera-proxy --example proxy`; the control plane
+# stays TESSERA_BIN), TESSERA_BASE_BIN (a second pair from this binary: the
+# code before a change, measured in the same run), EXTRA_PAIRS
+# ("NAME=FLAGS;…": more pairs of PROXY_BIN with these proxy flags), OUT
 # (target/bench-proxy/<UTC time>). Needs root on Debian to install `wrk`,
 # `haproxy` and `nginx-light` when they are missing.
 # Results: $OUT/results.md (the table), $OUT/<row>.wrk (wrk's output),
@@ -143,46 +148,61 @@ nginx -p "$N" -c "$N/nginx.conf" -g 'daemon off;' 2>"$OUT/nginx.log" &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$BACKEND_PORT/"
 
-# --- the tessera proxy pair ---------------------------------------------------
-# The server pod: meshed, registered at 127.1.0.2 (its own loopback address, as
-# the agent does), port 8080.
-POD_IP=127.1.0.2
+# --- the tessera proxy pairs --------------------------------------------------------
+# One pair per variant: the binary under test, TESSERA_BASE_BIN (the code before
+# a change, measured in the same run) and EXTRA_PAIRS ("NAME=ARGS;…", proxy flags
+# such as --worker-threads 1). Each pair's server pod is meshed and registered
+# at its own loopback address (as the agent does), port 8080.
 POD_PORT=8080
-kubectl apply -f - >/dev/null <<EOF
+PROXY=${PROXY_BIN:-$TESSERA}
+PAIRS=("tessera|$PROXY|")
+[ -n "${TESSERA_BASE_BIN:-}" ] && PAIRS+=("base|$TESSERA_BASE_BIN|")
+IFS=';' read -r -a extra_pairs <<<"${EXTRA_PAIRS:-}"
+for p in "${extra_pairs[@]}"; do [ -n "$p" ] && PAIRS+=("tessera-${p%%=*}|$PROXY|${p#*=}"); done
+
+: >"$OUT/pairs.txt"
+i=0
+for entry in "${PAIRS[@]}"; do
+  IFS='|' read -r name bin extra <<<"$entry"
+  pod_ip=127.1.0.$((10 + i))
+  i=$((i + 1))
+  kubectl apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Pod
-metadata: {name: backend, namespace: bench, annotations: {linkerd.io/inject: enabled}}
+metadata: {name: backend-$i, namespace: bench, annotations: {linkerd.io/inject: enabled}}
 spec:
   serviceAccountName: server
   containers: [{name: app, image: nginx, ports: [{name: http, containerPort: $POD_PORT}]}]
 EOF
-kubectl patch pod backend -n bench --subresource=status --type=merge -p \
-  "{\"status\":{\"phase\":\"Running\",\"podIP\":\"$POD_IP\",\"podIPs\":[{\"ip\":\"$POD_IP\"}],\"conditions\":[{\"type\":\"Ready\",\"status\":\"True\"}]}}" >/dev/null
-
-TESSERA_LOG=warn "$TESSERA" proxy --identity-addr "$IDENTITY" \
-  --identity server.bench.serviceaccount.identity.linkerd.cluster.local \
-  --token-file "$DATA/server.identity-token" --trust-anchors "$PKI/ca.crt" \
-  --inbound "$POD_IP:$POD_PORT=127.0.0.1:$BACKEND_PORT" --admin-addr "$POD_IP:4191" \
-  >"$OUT/proxy-inbound.out" 2>"$OUT/proxy-inbound.log" &
-INBOUND_PID=$!
-PIDS+=($INBOUND_PID)
-wait_line "$OUT/proxy-inbound.out" "tessera proxy inbound on " >/dev/null
-wait_http "http://$POD_IP:4191/ready"
-
-TCP_PORT=$(free_port)
-TESSERA_LOG=warn "$TESSERA" proxy --identity-addr "$IDENTITY" \
-  --identity client.bench.serviceaccount.identity.linkerd.cluster.local \
-  --token-file "$DATA/client.identity-token" --trust-anchors "$PKI/ca.crt" \
-  --outbound-addr 127.0.0.1:0 --outbound-tcp "127.0.0.1:$TCP_PORT=$POD_IP:$POD_PORT" \
-  --admin-addr 127.0.0.1:0 --api-server "$API" --api-token-file "$DATA/client.api-token" --api-ca "$DATA/api-ca.crt" \
-  >"$OUT/proxy-outbound.out" 2>"$OUT/proxy-outbound.log" &
-OUTBOUND_PID=$!
-PIDS+=($OUTBOUND_PID)
-OUTBOUND=$(wait_line "$OUT/proxy-outbound.out" "tessera proxy outbound on ")
-OUT_ADMIN=$(wait_line "$OUT/proxy-outbound.out" "tessera proxy admin on ")
-wait_http "$OUT_ADMIN/ready"
-IDLE_IN=$(rss_kb "$INBOUND_PID")
-IDLE_OUT=$(rss_kb "$OUTBOUND_PID")
+  kubectl patch pod "backend-$i" -n bench --subresource=status --type=merge -p \
+    "{\"status\":{\"phase\":\"Running\",\"podIP\":\"$pod_ip\",\"podIPs\":[{\"ip\":\"$pod_ip\"}],\"conditions\":[{\"type\":\"Ready\",\"status\":\"True\"}]}}" >/dev/null
+  # $extra: proxy flags, split into words on purpose.
+  # shellcheck disable=SC2086
+  TESSERA_LOG=warn "$bin" proxy --identity-addr "$IDENTITY" \
+    --identity server.bench.serviceaccount.identity.linkerd.cluster.local \
+    --token-file "$DATA/server.identity-token" --trust-anchors "$PKI/ca.crt" \
+    --inbound "$pod_ip:$POD_PORT=127.0.0.1:$BACKEND_PORT" --admin-addr "$pod_ip:4191" $extra \
+    >"$OUT/$name-inbound.out" 2>"$OUT/$name-inbound.log" &
+  in_pid=$!
+  PIDS+=($in_pid)
+  wait_line "$OUT/$name-inbound.out" "tessera proxy inbound on " >/dev/null
+  wait_http "http://$pod_ip:4191/ready"
+  tcp_port=$(free_port)
+  # shellcheck disable=SC2086
+  TESSERA_LOG=warn "$bin" proxy --identity-addr "$IDENTITY" \
+    --identity client.bench.serviceaccount.identity.linkerd.cluster.local \
+    --token-file "$DATA/client.identity-token" --trust-anchors "$PKI/ca.crt" \
+    --outbound-addr 127.0.0.1:0 --outbound-tcp "127.0.0.1:$tcp_port=$pod_ip:$POD_PORT" \
+    --admin-addr 127.0.0.1:0 --api-server "$API" --api-token-file "$DATA/client.api-token" --api-ca "$DATA/api-ca.crt" $extra \
+    >"$OUT/$name-outbound.out" 2>"$OUT/$name-outbound.log" &
+  out_pid=$!
+  PIDS+=($out_pid)
+  outbound=$(wait_line "$OUT/$name-outbound.out" "tessera proxy outbound on ")
+  out_admin=$(wait_line "$OUT/$name-outbound.out" "tessera proxy admin on ")
+  wait_http "$out_admin/ready"
+  # name pod_ip tcp_port outbound out_pid in_pid idle_out_kb idle_in_kb extra…
+  echo "$name $pod_ip $tcp_port $outbound $out_pid $in_pid $(rss_kb "$out_pid") $(rss_kb "$in_pid") $extra" >>"$OUT/pairs.txt"
+done
 
 # --- the HAProxy pair -----------------------------------------------------------
 # Its own CA, P-256 keys and the same names as the tessera identities.
@@ -240,8 +260,11 @@ IDLE_HA1=$(rss_kb "$HA1_PID")
 IDLE_HA2=$(rss_kb "$HA2_PID")
 
 # Every path answers before measuring (the first tessera connection resolves the destination).
-curl -sf -o /dev/null "http://127.0.0.1:$TCP_PORT/"
-curl -sf -o /dev/null -x "http://$OUTBOUND" "http://$POD_IP:$POD_PORT/"
+while read -r name pod_ip tcp_port outbound _; do
+  curl -sf -o /dev/null "http://127.0.0.1:$tcp_port/"
+  curl -sf -o /dev/null -x "http://$outbound" "http://$pod_ip:$POD_PORT/"
+done <"$OUT/pairs.txt"
+POD_IP=$(awk 'NR == 1 {print $2}' "$OUT/pairs.txt")
 
 # Both server sides refuse a TLS client without a certificate (curl -k: no
 # server check, no client certificate): the pairs really are mTLS.
@@ -272,6 +295,16 @@ sample() {
   echo "${peaks[*]}" >"$OUT/$row.rss"
 }
 
+# cpu_ticks PID...: user + system CPU time of the pids, in clock ticks.
+cpu_ticks() {
+  local total=0 pid t
+  for pid in "$@"; do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo "$total"
+}
+
 # run ROW URL [HOST_HEADER] -- PIDS...
 run() {
   local row=$1 url=$2 host=$3
@@ -284,7 +317,13 @@ run() {
   local sampler=""
   if [ $# -gt 0 ]; then sample "$row" "$@" & sampler=$!; fi
   cat /proc/loadavg >"$OUT/$row.load"
+  local pid before=()
+  for pid in "$@"; do before+=("$(cpu_ticks "$pid")"); done
   wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "${hdr[@]}" "$url" >"$OUT/$row.wrk"
+  # CPU time each process spent on the measured run (ticks of 1/CLK_TCK s).
+  local i=0 cpu=()
+  for pid in "$@"; do cpu+=($(($(cpu_ticks "$pid") - before[i]))); i=$((i + 1)); done
+  echo "$(getconf CLK_TCK) ${cpu[*]}" >"$OUT/$row.cpu"
   rm -f "$OUT/sampling"
   [ -n "$sampler" ] && wait "$sampler"
   cat /proc/loadavg >>"$OUT/$row.load"
@@ -293,19 +332,25 @@ run() {
 LOAD_START=$(cat /proc/loadavg)
 START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 run direct "http://127.0.0.1:$BACKEND_PORT/" "" --
-run tessera-tcp "http://127.0.0.1:$TCP_PORT/" "" -- "$OUTBOUND_PID" "$INBOUND_PID"
-run tessera-http "http://$OUTBOUND/" "$POD_IP:$POD_PORT" -- "$OUTBOUND_PID" "$INBOUND_PID"
+# Pairs interleaved (tcp of each, then http of each) so slow drift in the
+# machine's load spreads over the variants rather than favouring one.
+while read -r name _ tcp_port _ out_pid in_pid _; do
+  run "$name-tcp" "http://127.0.0.1:$tcp_port/" "" -- "$out_pid" "$in_pid" </dev/null
+done <"$OUT/pairs.txt"
+while read -r name pod_ip _ outbound out_pid in_pid _; do
+  run "$name-http" "http://$outbound/" "$pod_ip:$POD_PORT" -- "$out_pid" "$in_pid" </dev/null
+done <"$OUT/pairs.txt"
 run haproxy "http://127.0.0.1:$HA1_PORT/" "" -- "$HA1_PID" "$HA2_PID"
 LOAD_END=$(cat /proc/loadavg)
 END=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-grep -h "^request_total\|^response_total" <(curl -s "$OUT_ADMIN/metrics") >"$OUT/outbound-metrics.txt" || true
 grep -h "^request_total\|^response_total\|^tcp_open_total" <(curl -s "http://$POD_IP:4191/metrics") >"$OUT/inbound-metrics.txt" || true
 
 # --- the table ------------------------------------------------------------------------
 python3 - "$OUT" "$CONNECTIONS" "$DURATION" "$START" "$END" "$LOAD_START" "$LOAD_END" \
-  "$IDLE_OUT $IDLE_IN" "$IDLE_HA1 $IDLE_HA2" <<'PY' | tee "$OUT/results.md"
+  "$IDLE_HA1 $IDLE_HA2" <<'PY' | tee "$OUT/results.md"
 import os, re, sys
-out, conns, duration, start, end, load0, load1, idle_t, idle_h = sys.argv[1:]
+out, conns, duration, start, end, load0, load1, idle_h = sys.argv[1:]
+pairs = [l.split(maxsplit=8) for l in open(os.path.join(out, "pairs.txt")) if l.strip()]
 
 def ms(text):
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
@@ -329,25 +374,37 @@ def load(row):
     a, b = open(os.path.join(out, row + ".load")).read().splitlines()
     return f"{a.split()[0]} → {b.split()[0]}"
 
-rows = [("direct", "direct loopback (wrk → nginx)"),
-        ("tessera-tcp", "tessera pair, `--outbound-tcp` (mTLS TCP)"),
-        ("tessera-http", "tessera pair, HTTP forward proxy (HTTP/2 over mTLS)"),
-        ("haproxy", "HAProxy pair, mode tcp, mTLS")]
+def cpu(row, requests):
+    path = os.path.join(out, row + ".cpu")
+    if not os.path.exists(path):
+        return "–"
+    tck, *ticks = (int(v) for v in open(path).read().split())
+    if not ticks:
+        return "–"
+    return " / ".join(f"{t / tck * 1e6 / requests:.0f}" for t in ticks)
+
+def variant(p):
+    extra = p[8].strip() if len(p) > 8 else ""
+    return p[0] + (f" (`{extra}`)" if extra else "")
+rows = [("direct", "direct loopback (wrk → nginx)")]
+rows += [(p[0] + "-tcp", f"{variant(p)}: `--outbound-tcp` (mTLS TCP)") for p in pairs]
+rows += [(p[0] + "-http", f"{variant(p)}: HTTP forward proxy (HTTP/2 over mTLS)") for p in pairs]
+rows += [("haproxy", "HAProxy pair, mode tcp, mTLS")]
 r = {name: wrk(name) for name, _ in rows}
 d = r["direct"]
 print(f"Run {start} – {end}, {conns} connections (`wrk -t2 -c{conns} -d{duration} --latency`), load average (1 min) {load0.split()[0]} at start, {load1.split()[0]} at end.\n")
-print("| path | requests | req/s | % of direct | p50 ms | p50 added ms | p99 ms | p99 added ms | non-2xx | socket errors | peak RSS (client side / server side) | load avg during row |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
+print("| path | requests | req/s | % of direct | p50 ms | p50 added ms | p99 ms | p99 added ms | non-2xx | socket errors | peak RSS (client side / server side) | CPU µs per request (client side / server side) | load avg during row |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|")
 for name, label in rows:
     x = r[name]
     peaks = rss(name)
     peak = " / ".join(f"{kb / 1024:.1f} MB" for kb in peaks) if peaks else "–"
     added = lambda k: "–" if name == "direct" else f"{x[k] - d[k]:+.3f}"
     print(f"| {label} | {x['total']:,} | {x['rps']:,.0f} | {100 * x['rps'] / d['rps']:.0f} % | {x['p50']:.3f} | {added('p50')} | "
-          f"{x['p99']:.3f} | {added('p99')} | {x['non2xx']} | {x['errors']} | {peak} | {load(name)} |")
-it = [int(v) / 1024 for v in idle_t.split()]
+          f"{x['p99']:.3f} | {added('p99')} | {x['non2xx']} | {x['errors']} | {peak} | {cpu(name, x['total'])} | {load(name)} |")
 ih = [int(v) / 1024 for v in idle_h.split()]
-print(f"\nIdle RSS before load: tessera outbound {it[0]:.1f} MB, inbound {it[1]:.1f} MB; HAProxy client side {ih[0]:.1f} MB, server side {ih[1]:.1f} MB.\n")
+idle = "; ".join(f"{p[0]} outbound {int(p[6]) / 1024:.1f} MB, inbound {int(p[7]) / 1024:.1f} MB" for p in pairs)
+print(f"\nIdle RSS before load: {idle}; HAProxy client side {ih[0]:.1f} MB, server side {ih[1]:.1f} MB.\n")
 
 mtls = sum(int(l.rsplit(" ", 1)[1]) for l in open(os.path.join(out, "inbound-metrics.txt"))
            if l.startswith("request_total{") and 'tls="true"' in l and 'client_id="client.bench.' in l)
@@ -357,8 +414,7 @@ print(" ".join(l.strip() + "." for l in open(os.path.join(out, "refusals.txt")))
 
 def verdict(ok):
     return "**met**" if ok else "**not met**"
-best = max(("tessera-tcp", "tessera-http"), key=lambda n: r[n]["rps"])
-for name in ("tessera-tcp", "tessera-http"):
+for name in (n for n, _ in rows if n not in ("direct", "haproxy")):
     x = r[name]
     peaks = rss(name)
     print(f"- {name}: p50 added {x['p50'] - d['p50']:.3f} ms (< 0.2 ms: {verdict(x['p50'] - d['p50'] < 0.2)}); "

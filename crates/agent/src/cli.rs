@@ -53,6 +53,9 @@ pub enum AgentAction {
     Run(RunArgs),
     /// Join the cluster as a node: obtain the node's client certificate with a bootstrap token.
     Join(JoinArgs),
+    /// Internal: how the agent starts an app so that it dies with the agent.
+    #[command(hide = true)]
+    Exec(crate::orphan::ExecArgs),
 }
 
 /// `tessera agent join` flags.
@@ -163,6 +166,11 @@ async fn shutdown_signal() {
 
 /// Runs `tessera agent`.
 pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
+    if let Some(AgentAction::Exec(exec)) = &args.action {
+        // Synchronous up to the exec: the parent-death signal is set on, and
+        // the exec made from, one thread.
+        return Ok(crate::orphan::exec(exec));
+    }
     if let Some(AgentAction::Join(join)) = &args.action {
         return join_cluster(&args.cert_dir, join).await.map(|()| 0);
     }
@@ -383,13 +391,20 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
         None => None,
     };
     let image_id = resolve_program(program, env.get(std::ffi::OsStr::new("PATH"))).map(|p| format!("file://{}", p.display())).unwrap_or_default();
-    let spawned = tokio::process::Command::new(program)
-        .args(args)
-        // A container's environment, never the agent's (KUBECONFIG, credentials): see `environment`.
-        .env_clear()
-        .envs(env)
-        .kill_on_drop(true)
-        .spawn();
+    // Started through `tessera agent exec` so that it dies with the agent
+    // (see `orphan`); a missing program is reported here, as before.
+    let spawned = if !resolve_program(program, env.get(std::ffi::OsStr::new("PATH"))).is_some_and(|p| p.is_file()) {
+        Err(std::io::Error::from_raw_os_error(2))
+    } else {
+        crate::orphan::command(program, args).and_then(|mut command| {
+            command
+                // A container's environment, never the agent's (KUBECONFIG, credentials): see `environment`.
+                .env_clear()
+                .envs(env)
+                .kill_on_drop(true)
+                .spawn()
+        })
+    };
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
@@ -517,7 +532,8 @@ async fn allocate_pod_ip(agent: &Agent, spec: &PodSpec, args: &mesh::MeshArgs) -
 fn start_proxy(launch: &mesh::ProxyLaunch, path: Option<&std::ffi::OsString>) -> anyhow::Result<(tokio::process::Child, Process)> {
     let exe = std::env::current_exe().context("finding the tessera binary to run the proxy")?;
     let mut command = tokio::process::Command::new(&exe);
-    command.args(launch.args()).env_clear().kill_on_drop(true);
+    // `--parent-pid`: the proxy dies with this agent, even a SIGKILLed one.
+    command.args(launch.args()).args(["--parent-pid", &std::process::id().to_string()]).env_clear().kill_on_drop(true);
     if let Some(path) = path {
         command.env("PATH", path);
     }

@@ -25,6 +25,7 @@ mod files;
 pub mod heartbeat;
 pub mod mesh;
 pub mod node;
+pub mod orphan;
 mod pod;
 mod projector;
 pub mod status;

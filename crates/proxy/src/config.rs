@@ -78,6 +78,15 @@ pub struct ProxyConfig {
     /// Enforce the pod's inbound authorization policy, watched from the API
     /// server for `namespace`/`pod` (deny inbound until it arrives).
     pub policy: bool,
+    /// Client connections served at once, over every listener; more wait
+    /// in the listen backlog.
+    pub max_connections: usize,
+    /// `/tap` streams open at once; more get 429.
+    pub max_tap_streams: usize,
+    /// A pooled HTTP/2 connection to another proxy unused this long is closed.
+    pub h2_idle_timeout: Duration,
+    /// Exit when the process that started the proxy dies (`--parent-pid`).
+    pub parent_pid: Option<u32>,
 }
 
 #[cfg(feature = "clap")]
@@ -152,6 +161,21 @@ mod args {
         /// Enforce the pod's inbound authorization policy (Server, AuthorizationPolicy, …), watched from the API server for --namespace/--pod; inbound is denied until the first policy arrives.
         #[arg(long, env = "TESSERA_PROXY_POLICY", value_enum, default_value = "off")]
         policy: OnOff,
+        /// Client connections served at once over all listeners; beyond it new connections wait in the listen backlog until one closes.
+        #[arg(long, env = "TESSERA_PROXY_MAX_CONNECTIONS", default_value_t = crate::limit::DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one)]
+        max_connections: usize,
+        /// `/tap` streams open at once; more get 429 Too Many Requests.
+        #[arg(long, env = "TESSERA_PROXY_MAX_TAP_STREAMS", default_value_t = crate::tap::DEFAULT_MAX_STREAMS, value_parser = at_least_one)]
+        max_tap_streams: usize,
+        /// A pooled HTTP/2 connection to another proxy that carried no request for this long is closed.
+        #[arg(long, env = "TESSERA_PROXY_H2_IDLE_TIMEOUT", default_value = "90s", value_parser = positive)]
+        h2_idle_timeout: Duration,
+        /// Exit when this process (the agent that started the proxy) dies, even by SIGKILL.
+        #[arg(long, env = "TESSERA_PROXY_PARENT_PID")]
+        parent_pid: Option<u32>,
+        /// Threads of the proxy's runtime (as Linkerd's LINKERD2_PROXY_CORES); default: one per available CPU.
+        #[arg(long, env = "TESSERA_PROXY_WORKER_THREADS", value_parser = at_least_one)]
+        worker_threads: Option<usize>,
     }
 
     /// `--policy on|off`.
@@ -161,6 +185,13 @@ mod args {
         On,
         /// Do not enforce.
         Off,
+    }
+
+    fn at_least_one(value: &str) -> Result<usize, String> {
+        match value.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!("{value:?} is not a whole number of at least 1")),
+        }
     }
 
     fn positive(value: &str) -> Result<Duration, String> {
@@ -175,6 +206,11 @@ mod args {
     const EXIT_USAGE: i32 = 64;
 
     impl ProxyArgs {
+        /// `--worker-threads`: the caller builds the runtime with this many workers.
+        pub fn worker_threads(&self) -> Option<usize> {
+            self.worker_threads
+        }
+
         /// The typed configuration.
         pub fn config(self) -> ProxyConfig {
             ProxyConfig {
@@ -198,6 +234,10 @@ mod args {
                 namespace: self.namespace,
                 pod: self.pod,
                 policy: self.policy == OnOff::On,
+                max_connections: self.max_connections,
+                max_tap_streams: self.max_tap_streams,
+                h2_idle_timeout: self.h2_idle_timeout,
+                parent_pid: self.parent_pid,
             }
         }
 

@@ -25,12 +25,15 @@ pub mod detect;
 pub mod exposition;
 pub mod inbound;
 pub mod io;
+pub mod limit;
 pub mod metrics;
 pub mod outbound;
+pub mod parent;
 pub mod policy;
 pub mod tap;
 pub mod tls;
 pub mod trust;
+mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -67,6 +70,9 @@ pub enum ProxyError {
         /// The error.
         source: std::io::Error,
     },
+    /// `--parent-pid`: the parent is gone, or its death cannot be watched.
+    #[error(transparent)]
+    Parent(#[from] parent::ParentError),
     /// Serving the admin port failed.
     #[error("serving admin on {addr}: {source}")]
     Admin {
@@ -151,6 +157,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_started: impl FnOnce(&Started),
 ) -> Result<(), ProxyError> {
+    if let Some(parent) = config.parent_pid {
+        parent::die_with_parent(parent)?;
+    }
     let identity = Identity::parse(&config.identity)?;
     // A file must be good at start; a ConfigMap fills the roots once its
     // first good bundle arrives (until then the proxy asks for no certificate).
@@ -170,6 +179,8 @@ pub async fn run(
     let metrics = Metrics::new();
     let (credentials_tx, credentials) = watch::channel(None);
     let shared = Shared { credentials: credentials.clone(), metrics: metrics.clone(), config: config.clone() };
+    // One cap over every listener: it bounds the process's file descriptors.
+    let limit = limit::ConnLimit::new(config.max_connections);
 
     let (policy_watch, policy) = policy_from_config(&config)?;
     let enforcer = policy.clone().map(|rx| policy::Enforcer::new(rx, metrics.authz().clone()));
@@ -189,6 +200,7 @@ pub async fn run(
                 handshake_timeout: config.handshake_timeout,
                 connect_timeout: config.connect_timeout,
                 policy: enforcer.clone(),
+                limit: limit.clone(),
             },
         ));
     }
@@ -240,7 +252,7 @@ pub async fn run(
     }
     // OUTBOUND (proxy-out): serve the outbound listeners beside the inbound ports.
     if let (Some((_, listener, tcp)), Some(discover)) = (outbound_listeners, discover) {
-        tasks.spawn(outbound::serve(listener, tcp, discover, shared.clone(), stopped(stop_rx.clone())));
+        tasks.spawn(outbound::serve(listener, tcp, discover, shared.clone(), limit.clone(), stopped(stop_rx.clone())));
     }
 
     let admin_app = admin::router(metrics, credentials, trust_view, policy).merge(tap::router(tap::TapServer::from_config(&config)));

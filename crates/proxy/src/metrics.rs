@@ -17,7 +17,7 @@
 //! records the response and its latency.
 
 use std::fmt::{self, Write as _};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -372,11 +372,21 @@ impl Metrics {
         }
     }
 
-    /// Counts a request; record its outcome on the returned value.
+    /// Counts a request; record its outcome on the returned value. (A
+    /// connection serving many requests to one authority resolves a
+    /// [`RouteMetrics`] once with [`Metrics::route`] instead.)
     pub fn request(&self, peer: Arc<PeerLabels>, authority: impl Into<String>) -> RequestRecord {
+        self.route(peer, authority).request()
+    }
+
+    /// The counters of requests with these labels, looked up once: each
+    /// [`RouteMetrics::request`] then costs an atomic increment, and each
+    /// response an atomic increment and a histogram observation, without
+    /// hashing the label set again.
+    pub fn route(&self, peer: Arc<PeerLabels>, authority: impl Into<String>) -> Arc<RouteMetrics> {
         let labels = RequestLabels { peer, authority: authority.into() };
-        self.families.requests.get_or_create(&labels).inc();
-        RequestRecord { metrics: self.clone(), labels: Some(labels), start: Instant::now() }
+        let requests = self.families.requests.get_or_create(&labels).clone();
+        Arc::new(RouteMetrics { metrics: self.clone(), labels, requests, responses: Mutex::new(Vec::new()) })
     }
 
     /// A new certificate arrived (Linkerd counts every successful refresh, the
@@ -439,12 +449,69 @@ impl Drop for TcpConn {
     }
 }
 
+/// Most distinct (status, classification) pairs a [`RouteMetrics`] keeps
+/// handles for; rarer ones are looked up in the families each time.
+const MAX_CACHED_RESPONSES: usize = 16;
+
+/// The request counters of one label set (a connection's labels and an
+/// authority), resolved once (see [`Metrics::route`]).
+pub struct RouteMetrics {
+    metrics: Metrics,
+    labels: RequestLabels,
+    requests: Counter,
+    /// (status, classification) → `response_total` counter and the status's
+    /// `response_latency_ms` histogram, filled on first use.
+    responses: Mutex<Vec<(Option<u16>, Classification, Counter, Histogram)>>,
+}
+
+impl fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteMetrics").field("labels", &self.labels).finish_non_exhaustive()
+    }
+}
+
+impl RouteMetrics {
+    /// Counts a request; record its outcome on the returned value.
+    pub fn request(self: &Arc<Self>) -> RequestRecord {
+        self.requests.inc();
+        RequestRecord { route: Some(self.clone()), start: Instant::now() }
+    }
+
+    /// The `authority` label.
+    pub fn authority(&self) -> &str {
+        &self.labels.authority
+    }
+
+    /// The connection's labels.
+    pub fn peer(&self) -> &Arc<PeerLabels> {
+        &self.labels.peer
+    }
+
+    fn record(&self, status_code: Option<u16>, classification: Classification, elapsed_ms: f64) {
+        let mut cached = self.responses.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, _, counter, histogram)) = cached.iter().find(|(s, c, _, _)| *s == status_code && *c == classification) {
+            counter.inc();
+            histogram.observe(elapsed_ms);
+            return;
+        }
+        let f = &self.metrics.families;
+        let latency = ResponseLabels { request: self.labels.clone(), status_code, classification: None };
+        let histogram = f.latency.get_or_create(&latency).clone();
+        let response = ResponseLabels { request: self.labels.clone(), status_code, classification: Some(classification) };
+        let counter = f.responses.get_or_create(&response).clone();
+        counter.inc();
+        histogram.observe(elapsed_ms);
+        if cached.len() < MAX_CACHED_RESPONSES {
+            cached.push((status_code, classification, counter, histogram));
+        }
+    }
+}
+
 /// A request in flight; record the response with [`RequestRecord::response`]
 /// or the failure with [`RequestRecord::error`] (dropping it records nothing).
 #[derive(Debug)]
 pub struct RequestRecord {
-    metrics: Metrics,
-    labels: Option<RequestLabels>,
+    route: Option<Arc<RouteMetrics>>,
     start: Instant,
 }
 
@@ -466,13 +533,9 @@ impl RequestRecord {
     }
 
     fn finish(&mut self, status_code: Option<u16>, classification: Classification) {
-        let Some(request) = self.labels.take() else { return };
+        let Some(route) = self.route.take() else { return };
         let elapsed_ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        let f = &self.metrics.families;
-        let latency = ResponseLabels { request: request.clone(), status_code, classification: None };
-        f.latency.get_or_create(&latency).observe(elapsed_ms);
-        let response = ResponseLabels { request, status_code, classification: Some(classification) };
-        f.responses.get_or_create(&response).inc();
+        route.record(status_code, classification, elapsed_ms);
     }
 }
 
@@ -514,6 +577,31 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
+    }
+
+    #[test]
+    fn a_resolved_route_counts_like_fresh_look_ups() {
+        let metrics = Metrics::new();
+        let conn = metrics.tcp_open(PeerLabels::inbound("127.1.0.2:8080", Tls::NoTlsFromRemote, None));
+        let route = metrics.route(conn.labels().clone(), "web:80");
+        for status in [200, 200, 404, 503] {
+            route.request().response(status);
+        }
+        route.request().error();
+        metrics.request(conn.labels().clone(), "web:80").response(200);
+        let text = metrics.encode();
+        let peer = r#"direction="inbound",target_addr="127.1.0.2:8080",tls="no_identity",no_tls_reason="no_tls_from_remote",authority="web:80""#;
+        for line in [
+            format!("request_total{{{peer}}} 6"),
+            format!("response_total{{{peer},status_code=\"200\",classification=\"success\"}} 3"),
+            format!("response_total{{{peer},status_code=\"404\",classification=\"success\"}} 1"),
+            format!("response_total{{{peer},status_code=\"503\",classification=\"failure\"}} 1"),
+            format!("response_total{{{peer},classification=\"failure\"}} 1"),
+            format!("response_latency_ms_count{{{peer},status_code=\"200\"}} 3"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        assert_eq!(route.authority(), "web:80");
     }
 
     #[test]

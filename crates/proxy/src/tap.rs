@@ -21,7 +21,7 @@ mod server;
 
 pub use authz::{ApiEndpoint, ApiError, Authorization, TapAuthorizer};
 pub use hub::{TapDenial, TapDirection, TapEvent, TapHub, TapKind, TapRequest, TapSpan};
-pub use server::{TapBody, TapServer, router};
+pub use server::{DEFAULT_MAX_STREAMS, TapBody, TapServer, router};
 
 /// The `tls` of a tap event: `true`, or why not, as the metrics' `no_tls_reason`.
 pub fn tls_label(tls: crate::metrics::Tls) -> &'static str {

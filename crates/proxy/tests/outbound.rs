@@ -208,13 +208,17 @@ struct Proxy {
 }
 
 async fn proxy(ca: &Ca, with_creds: bool) -> Proxy {
-    let discover = Arc::new(StaticDiscover::new());
-    let (creds_tx, creds_rx) = watch::channel(with_creds.then(|| ca.creds(A)));
-    let metrics = Metrics::new();
     let config = OutboundConfig {
         failfast_timeout: Duration::from_millis(300),
         ..OutboundConfig::default()
     };
+    proxy_with(ca, with_creds, config).await
+}
+
+async fn proxy_with(ca: &Ca, with_creds: bool, config: OutboundConfig) -> Proxy {
+    let discover = Arc::new(StaticDiscover::new());
+    let (creds_tx, creds_rx) = watch::channel(with_creds.then(|| ca.creds(A)));
+    let metrics = Metrics::new();
     let outbound = Outbound::new(config, discover.clone(), creds_rx, metrics.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
@@ -383,6 +387,74 @@ async fn peer_with_another_identity_gets_502() {
         Some(1),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn idle_h2_connections_to_peers_are_closed_and_reopened_on_demand() {
+    let ca = Ca::new();
+    let b = meshed(ca.creds(B)).await;
+    let config = OutboundConfig {
+        failfast_timeout: Duration::from_millis(300),
+        h2_idle_timeout: Duration::from_millis(300),
+        ..OutboundConfig::default()
+    };
+    let p = proxy_with(&ca, true, config).await;
+    let auth = "b.ns.svc.cluster.local:8080";
+    p.discover.set(auth, found(auth, vec![endpoint(b.addr, Some(B), "b-1")]));
+    let mut client = Client::new(p.http).await;
+    let server_id = format!("server_id=\"{B}\"");
+    let closed = |p: &Proxy| metric(&p.metrics.encode(), "tcp_close_total", &[&server_id]).unwrap_or(0);
+
+    // Requests closer together than the timeout share one connection.
+    for _ in 0..3 {
+        assert_eq!(client.get(&format!("http://{auth}/"), &[]).await.0, 200);
+    }
+    assert_eq!(b.handshakes.load(Ordering::SeqCst), 1);
+    assert_eq!(closed(&p), 0);
+
+    // Unused for the timeout: closed (the proxy's side counts the close).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while closed(&p) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the idle connection was never closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The next request opens a new one.
+    assert_eq!(client.get(&format!("http://{auth}/"), &[]).await.0, 200);
+    assert_eq!(b.handshakes.load(Ordering::SeqCst), 2);
+    assert_eq!(b.requests.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn l5d_require_id_fails_requests_to_any_other_identity() {
+    let ca = Ca::new();
+    let b = meshed(ca.creds(B)).await;
+    let plain_addr = plain().await;
+    let p = proxy(&ca, true).await;
+    let auth = "b.ns.svc.cluster.local:8080";
+    p.discover.set(auth, found(auth, vec![endpoint(b.addr, Some(B), "b-1")]));
+    let web = "web.ns.svc.cluster.local:80";
+    p.discover.set(web, found(web, vec![endpoint(plain_addr, None, "web-1")]));
+    let mut client = Client::new(p.http).await;
+
+    // The identity the control plane expects: the request goes.
+    let (status, _, body) = client.get(&format!("http://{auth}/"), &[("l5d-require-id", B)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(b.requests.load(Ordering::SeqCst), 1);
+
+    // Another identity: Linkerd's error, nothing sent to the endpoint.
+    let (status, headers, body) = client.get(&format!("http://{auth}/"), &[("l5d-require-id", C)]).await;
+    let reason = format!("required id \"{C}\"; found Some(\"{B}\")");
+    assert_eq!(status, 502);
+    assert_eq!(headers["l5d-proxy-error"], reason.as_str());
+    assert_eq!(body, format!("{reason}\n"));
+    assert_eq!(b.requests.load(Ordering::SeqCst), 1);
+
+    // A destination outside the mesh has no identity to match.
+    let (status, headers, _) = client.get(&format!("http://{web}/"), &[("l5d-require-id", B)]).await;
+    assert_eq!(status, 502);
+    assert_eq!(headers["l5d-proxy-error"], format!("required id \"{B}\"; found None").as_str());
+    let text = p.metrics.encode();
+    assert_eq!(metric(&text, "response_total", &["status_code=\"502\"", "classification=\"failure\""]), Some(2), "{text}");
 }
 
 #[tokio::test]
@@ -650,6 +722,7 @@ async fn through_the_inbound_proxy_the_app_sees_the_client_identity() {
         handshake_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
         policy: None,
+        limit: tessera_proxy::limit::ConnLimit::default(),
     };
     let (_b_tx, b_rx) = watch::channel(Some(ca.creds(B)));
     tokio::spawn(serve(
@@ -687,4 +760,103 @@ async fn through_the_inbound_proxy_the_app_sees_the_client_identity() {
         Some(1),
         "{text}"
     );
+}
+
+/// An app that accepts `Upgrade: echo`: answers 101, then on the upgraded
+/// connection says who called (`l5d-client-id`) and echoes every byte.
+async fn upgrading_app() -> SocketAddr {
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = app.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = app.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(|mut req: http::Request<Incoming>| async move {
+                    let caller = req.headers().get("l5d-client-id").map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
+                    if req.headers().get("upgrade").is_none() {
+                        return Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("no upgrade"))));
+                    }
+                    let upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let mut io = TokioIo::new(upgrade.await.unwrap());
+                        io.write_all(format!("client-id={caller}\n").as_bytes()).await.unwrap();
+                        let mut buf = [0u8; 64];
+                        loop {
+                            match io.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => io.write_all(&buf[..n]).await.unwrap(),
+                            }
+                        }
+                    });
+                    let mut rsp = http::Response::new(Full::new(Bytes::new()));
+                    *rsp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                    rsp.headers_mut().insert("upgrade", http::HeaderValue::from_static("echo"));
+                    rsp.headers_mut().insert("connection", http::HeaderValue::from_static("upgrade"));
+                    Ok(rsp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).with_upgrades().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads up to the end of an HTTP/1 response head.
+async fn read_head_bytes(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed in the head: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn websocket_style_upgrades_go_through_both_proxies() {
+    use tessera_proxy::inbound::{InboundConfig, serve};
+    let ca = Ca::new();
+    let app_addr = upgrading_app().await;
+    let inbound = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inbound_addr = inbound.local_addr().unwrap();
+    let config = InboundConfig {
+        listen: inbound_addr,
+        app: app_addr,
+        detect_timeout: Duration::from_secs(5),
+        handshake_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        limit: tessera_proxy::limit::ConnLimit::default(),
+    };
+    let (_b_tx, b_rx) = watch::channel(Some(ca.creds(B)));
+    tokio::spawn(serve(inbound, config, b_rx, Metrics::new(), std::future::pending()));
+    let p = proxy(&ca, true).await;
+    let auth = "b.ns.svc.cluster.local:8080";
+    p.discover.set(auth, found(auth, vec![endpoint(inbound_addr, Some(B), "b-1")]));
+
+    let mut s = TcpStream::connect(p.http).await.unwrap();
+    s.write_all(format!("GET http://{auth}/ws HTTP/1.1\r\nHost: {auth}\r\nConnection: Upgrade\r\nUpgrade: echo\r\nl5d-client-id: spoofed\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head_bytes(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("upgrade: echo\r\n") && lower.contains("connection: upgrade\r\n"), "{head}");
+    // The app saw the verified identity (mTLS between the proxies), not the spoofed one.
+    let expected = format!("client-id={A}\n");
+    let mut hello = vec![0u8; expected.len()];
+    s.read_exact(&mut hello).await.unwrap();
+    assert_eq!(String::from_utf8(hello).unwrap(), expected);
+    for message in [&b"ping"[..], b"\x00\x01binary frame"] {
+        assert_eq!(echo_round_trip_bytes(&mut s, message).await, message);
+    }
+    let text = p.metrics.encode();
+    assert_eq!(metric(&text, "response_total", &["status_code=\"101\"", &format!("server_id=\"{B}\"")]), Some(1), "{text}");
+    assert_eq!(metric(&text, "tcp_open_total", &["tls=\"true\"", &format!("server_id=\"{B}\"")]), Some(1), "{text}");
+}
+
+async fn echo_round_trip_bytes(s: &mut TcpStream, message: &[u8]) -> Vec<u8> {
+    s.write_all(message).await.unwrap();
+    let mut back = vec![0u8; message.len()];
+    s.read_exact(&mut back).await.unwrap();
+    back
 }

@@ -4,7 +4,8 @@
 //! removed and, for an mTLS client, `l5d-client-id` is set to its verified
 //! identity. `l5d-orig-proto: HTTP/1.1` (set by the client's proxy when its
 //! app spoke HTTP/1.1) makes the request go to the app as HTTP/1.1. Bodies
-//! stream both ways; upgrades are not forwarded.
+//! stream both ways; HTTP/1.1 upgrades (WebSocket) get their own connection
+//! to the app (see `crate::upgrade`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::io::BoxIo;
-use crate::metrics::{Classification, Metrics, PeerLabels};
+use crate::metrics::{Classification, Metrics, PeerLabels, RouteMetrics};
 use crate::tls::Identity;
 
 /// The header naming the verified client identity.
@@ -83,6 +84,7 @@ impl tower::Service<Uri> for AppConnector {
 /// Per-port forwarding state: pooled HTTP/1.1 and HTTP/2 clients to the app.
 pub(crate) struct Forward {
     app: SocketAddr,
+    connect_timeout: Duration,
     h1: AppClient,
     h2: AppClient,
     metrics: Metrics,
@@ -115,17 +117,18 @@ impl Forward {
         builder.timer(TokioTimer::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(90));
         let h1 = builder.build(connector.clone());
         let h2 = builder.http2_only(true).build(connector);
-        Self { app, h1, h2, metrics, policy: None }
+        Self { app, connect_timeout, h1, h2, metrics, policy: None }
     }
 
     /// Serves one client connection.
     pub(crate) async fn serve(self: &Arc<Self>, io: BoxIo, conn: Conn) -> Result<(), hyper::Error> {
         let (h2, header_timeout) = (conn.h2, conn.header_timeout);
         let conn = Arc::new(conn);
+        let routes = Arc::new(RouteCache::default());
         let forward = self.clone();
         let service = hyper::service::service_fn(move |request| {
-            let (forward, conn) = (forward.clone(), conn.clone());
-            async move { Ok::<_, Infallible>(forward.forward(request, &conn).await) }
+            let (forward, conn, routes) = (forward.clone(), conn.clone(), routes.clone());
+            async move { Ok::<_, Infallible>(forward.forward(request, &conn, &routes).await) }
         });
         let io = TokioIo::new(io);
         if h2 {
@@ -141,14 +144,18 @@ impl Forward {
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .serve_connection(io, service)
+                .with_upgrades()
                 .await
         }
     }
 
-    async fn forward(&self, request: Request<Incoming>, conn: &Conn) -> Response<Body> {
+    async fn forward(&self, mut request: Request<Incoming>, conn: &Conn, routes: &RouteCache) -> Response<Body> {
+        // An HTTP/1.1 Upgrade (WebSocket) goes to the app on a connection of its own.
+        let upgrade = if conn.h2 { None } else { crate::upgrade::requested(request.headers()) };
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         let authority = authority(&parts.uri, &parts.headers).unwrap_or_else(|| self.app.to_string());
-        let record = self.metrics.request(conn.labels.clone(), authority.clone());
+        let record = routes.get(&self.metrics, &conn.labels, &authority).request();
         let tap = crate::tap::TapHub::global().request(&crate::tap::TapRequest {
             direction: crate::tap::TapDirection::Inbound,
             src: conn.peer,
@@ -175,6 +182,9 @@ impl Forward {
         }
         let to_h2 = app_speaks_h2(conn.h2, &mut parts.headers);
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = upgrade {
+            crate::upgrade::restore(&mut parts.headers, protocol);
+        }
         strip_identity_headers(&mut parts.headers);
         if let Some(id) = &conn.client_id
             && let Ok(value) = HeaderValue::from_str(id.as_str())
@@ -195,14 +205,24 @@ impl Forward {
             // HTTP/2 carries the authority as `:authority` (from the URI).
             parts.headers.remove(header::HOST);
         }
-        let client = if to_h2 { &self.h2 } else { &self.h1 };
-        match client.request(Request::from_parts(parts, body)).await {
+        let request = Request::from_parts(parts, body);
+        let sent = match client_upgrade {
+            Some(client) => self.upgrade(request, client).await,
+            None => {
+                let client = if to_h2 { &self.h2 } else { &self.h1 };
+                client.request(request).await.map_err(AppError::from)
+            }
+        };
+        match sent {
             Ok(response) => {
                 let status = response.status().as_u16();
                 record.response_classified(status, classify(&response));
                 tap_status(response.status());
                 let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
+                // A 101 keeps `Connection: upgrade` and `Upgrade` for the client.
+                if status != 101 {
+                    strip_hop_by_hop(&mut parts.headers);
+                }
                 Response::from_parts(parts, body.boxed())
             }
             Err(error) => {
@@ -213,6 +233,52 @@ impl Forward {
                 proxy_error(StatusCode::BAD_GATEWAY, reason)
             }
         }
+    }
+}
+
+/// The metrics of the authority a connection last used: clients send one
+/// authority on a connection almost always, so its counters are resolved
+/// once per connection rather than looked up by label set per request.
+#[derive(Default)]
+struct RouteCache(std::sync::Mutex<Option<Arc<RouteMetrics>>>);
+
+impl RouteCache {
+    fn get(&self, metrics: &Metrics, peer: &Arc<PeerLabels>, authority: &str) -> Arc<RouteMetrics> {
+        let mut cached = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match cached.as_ref() {
+            Some(route) if route.authority() == authority => route.clone(),
+            _ => cached.insert(metrics.route(peer.clone(), authority)).clone(),
+        }
+    }
+}
+
+/// Why the app's answer did not come: a pooled request or an upgrade's own connection.
+#[derive(Debug, thiserror::Error)]
+enum AppError {
+    #[error(transparent)]
+    Pool(#[from] hyper_util::client::legacy::Error),
+    #[error("connecting to the app: {0}")]
+    Connect(std::io::Error),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+impl AppError {
+    fn is_connect(&self) -> bool {
+        match self {
+            Self::Pool(e) => e.is_connect(),
+            Self::Connect(_) => true,
+            Self::Http(_) => false,
+        }
+    }
+}
+
+impl Forward {
+    /// An upgrade request: a fresh connection to the app, spliced on 101.
+    async fn upgrade(&self, request: Request<Incoming>, client: hyper::upgrade::OnUpgrade) -> Result<Response<Incoming>, AppError> {
+        let mut connector = AppConnector { app: self.app, timeout: self.connect_timeout };
+        let io = tower::Service::call(&mut connector, Uri::from_static("/")).await.map_err(AppError::Connect)?;
+        Ok(crate::upgrade::send(io.into_inner(), request, client).await?)
     }
 }
 

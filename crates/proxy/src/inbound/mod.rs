@@ -42,6 +42,8 @@ pub struct InboundConfig {
     /// Inbound authorization policy (`--policy on`), checked per opaque
     /// connection and per HTTP request.
     pub policy: Option<crate::policy::Enforcer>,
+    /// The process-wide cap on client connections (shared with the other listeners).
+    pub limit: crate::limit::ConnLimit,
 }
 
 /// What every connection of one port shares.
@@ -66,6 +68,11 @@ pub async fn serve(
     let shared = Arc::new(Shared { config, credentials, metrics, forward });
     tokio::pin!(shutdown);
     loop {
+        // A slot first: at the cap, new clients wait in the listen backlog.
+        let slot = tokio::select! {
+            slot = shared.config.limit.acquire() => slot,
+            () = &mut shutdown => return,
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => return,
@@ -74,6 +81,7 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 let shared = shared.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(error) = shared.handle(stream, peer).await {
                         tracing::debug!(%peer, %error, "inbound connection closed");
                     }
@@ -250,6 +258,14 @@ mod tests {
         credentials: Option<Credentials>,
         detect_timeout: Duration,
     ) -> (SocketAddr, Metrics, watch::Sender<Option<Arc<Credentials>>>) {
+        inbound_limited(credentials, detect_timeout, crate::limit::DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    async fn inbound_limited(
+        credentials: Option<Credentials>,
+        detect_timeout: Duration,
+        max_connections: usize,
+    ) -> (SocketAddr, Metrics, watch::Sender<Option<Arc<Credentials>>>) {
         let app = echo_app().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let listen = listener.local_addr().unwrap();
@@ -262,6 +278,7 @@ mod tests {
             handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             policy: None,
+            limit: crate::limit::ConnLimit::new(max_connections),
         };
         tokio::spawn(serve(listener, config, rx, metrics.clone(), std::future::pending()));
         (listen, metrics, tx)
@@ -340,6 +357,7 @@ mod tests {
             handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             policy: Some(Enforcer::new(policy_rx, metrics.authz().clone())),
+            limit: crate::limit::ConnLimit::default(),
         };
         let (_tx, rx) = watch::channel(None);
         tokio::spawn(serve(listener, config, rx, metrics.clone(), std::future::pending()));
@@ -359,6 +377,23 @@ mod tests {
         let text = metrics.encode();
         assert!(text.contains(r#"inbound_http_authz_deny_total{target_addr=""#), "{text}");
         assert!(text.contains(r#"srv_group="",srv_kind="default",srv_name="deny",tls="no_identity",no_tls_reason="no_tls_from_remote"} 1"#), "{text}");
+    }
+
+    #[tokio::test]
+    async fn over_the_connection_cap_a_client_waits_until_a_slot_frees() {
+        let (addr, _metrics, _tx) = inbound_limited(None, Duration::from_secs(5), 1).await;
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(roundtrip(&mut first, b"\x00one").await.unwrap(), b"\x00one");
+        // The second connection is not refused: it waits in the backlog, unserved.
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        second.write_all(b"\x00two").await.unwrap();
+        let mut buf = [0u8; 4];
+        let unserved = tokio::time::timeout(Duration::from_millis(300), second.read_exact(&mut buf)).await;
+        assert!(unserved.is_err(), "served over the cap: {unserved:?}");
+        // The first one closes: the second is accepted and served.
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), second.read_exact(&mut buf)).await.expect("served once a slot frees").unwrap();
+        assert_eq!(&buf, b"\x00two");
     }
 
     #[tokio::test]

@@ -38,6 +38,15 @@ pub enum ProxyError {
         /// Names in the peer's certificate, when rustls reported them.
         presented: Vec<String>,
     },
+    /// `l5d-require-id` named another identity than the endpoint's (Linkerd's
+    /// `IdentityRequired`, same text: `required id …; found …`).
+    #[error("required id {required:?}; found {found:?}")]
+    IdentityRequired {
+        /// The header's value.
+        required: String,
+        /// The endpoint's identity from the control plane (`None`: not meshed).
+        found: Option<String>,
+    },
     /// Another TLS failure with the peer.
     #[error("endpoint {0}: TLS handshake failed: {1}")]
     Tls(SocketAddr, String),
@@ -65,7 +74,8 @@ impl ProxyError {
             Self::FailFast(_) | Self::NoIdentity(_) | Self::DiscoveryRejected(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::IdentityMismatch { .. } | Self::Tls(..) | Self::Connect(..) | Self::Http(..) => {
+            // Linkerd's outbound answers IdentityRequired with 502 Bad Gateway.
+            Self::IdentityRequired { .. } | Self::IdentityMismatch { .. } | Self::Tls(..) | Self::Connect(..) | Self::Http(..) => {
                 StatusCode::BAD_GATEWAY
             }
         }

@@ -16,11 +16,15 @@ use tracing::debug;
 use super::error::ProxyError;
 use super::pool::Ctx;
 use super::{Body, Outbound, Picked};
+use crate::metrics::{PeerLabels, RouteMetrics};
 use crate::destination::normalize_authority;
 
 /// Set on requests upgraded from HTTP/1 to HTTP/2 between proxies; the
 /// inbound proxy speaks the original protocol to its app.
 pub(crate) const L5D_ORIG_PROTO: &str = "l5d-orig-proto";
+
+/// The identity an app requires of the endpoint (Linkerd's header).
+const L5D_REQUIRE_ID: &str = "l5d-require-id";
 
 /// Identity headers an app must not send through its proxy (Linkerd's
 /// outbound strips `l5d-client-id` from requests, and `l5d-require-id`
@@ -30,10 +34,50 @@ const STRIP_REQUEST: [&str; 2] = ["l5d-client-id", "l5d-require-id"];
 /// from responses on the outbound side).
 const STRIP_RESPONSE: [&str; 2] = ["l5d-server-id", "l5d-remote-ip"];
 
+/// The labels and metrics of the endpoint and authority a client connection
+/// last used: an app sends one authority per connection almost always, so
+/// they are built once per connection rather than per request.
+#[derive(Default)]
+struct RouteCache(std::sync::Mutex<Option<CachedRoute>>);
+
+struct CachedRoute {
+    raw_authority: String,
+    endpoint: crate::destination::Endpoint,
+    service: Option<String>,
+    labels: Arc<PeerLabels>,
+    metrics: Arc<RouteMetrics>,
+}
+
+impl RouteCache {
+    fn get(&self, out: &Outbound, picked: &Picked, raw_authority: &str) -> (Arc<PeerLabels>, Arc<RouteMetrics>) {
+        let mut cached = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let service = picked.service().map(|s| s.name.as_str());
+        if let Some(c) = cached.as_ref()
+            && c.raw_authority == raw_authority
+            && c.endpoint == *picked.endpoint()
+            && c.service.as_deref() == service
+        {
+            return (c.labels.clone(), c.metrics.clone());
+        }
+        let labels = Arc::new(picked.labels());
+        // `authority` as the app addressed it, like Linkerd's label.
+        let metrics = out.metrics.route(labels.clone(), raw_authority);
+        *cached = Some(CachedRoute {
+            raw_authority: raw_authority.to_owned(),
+            endpoint: picked.endpoint().clone(),
+            service: service.map(str::to_owned),
+            labels: labels.clone(),
+            metrics: metrics.clone(),
+        });
+        (labels, metrics)
+    }
+}
+
 pub(super) async fn serve_connection(out: Arc<Outbound>, stream: TcpStream, peer: SocketAddr) {
+    let routes = Arc::new(RouteCache::default());
     let svc = service_fn(move |req| {
-        let out = out.clone();
-        async move { Ok::<_, Infallible>(handle(out, req, peer).await) }
+        let (out, routes) = (out.clone(), routes.clone());
+        async move { Ok::<_, Infallible>(handle(out, req, peer, &routes).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     if let Err(e) = builder
@@ -44,11 +88,11 @@ pub(super) async fn serve_connection(out: Arc<Outbound>, stream: TcpStream, peer
     }
 }
 
-async fn handle(out: Arc<Outbound>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn handle(out: Arc<Outbound>, req: Request<Incoming>, peer: SocketAddr, routes: &RouteCache) -> Response<Body> {
     if req.method() == Method::CONNECT {
         return connect_tunnel(out, req).await;
     }
-    match forward(&out, req, peer).await {
+    match forward(&out, req, peer, routes).await {
         Ok(rsp) => rsp,
         Err(e) => {
             debug!(error = %e, "outbound request failed");
@@ -77,13 +121,30 @@ fn target_authority(req: &Request<Incoming>) -> Option<(String, String)> {
     Some((raw, normalized))
 }
 
-async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, ProxyError> {
+async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr, routes: &RouteCache) -> Result<Response<Body>, ProxyError> {
     let (raw_authority, authority) = target_authority(&req).ok_or(ProxyError::NoAuthority)?;
-    let Picked { endpoint, labels, in_flight } = out.pick(&authority).await?;
-    let (ep, labels) = (&endpoint, Arc::new(labels));
+    let picked: Picked = out.pick(&authority).await?;
+    let ep = picked.endpoint();
+    let (labels, route_metrics) = routes.get(out, &picked, &raw_authority);
 
+    // `l5d-require-id` (Linkerd): the app demands that the endpoint be this
+    // identity; any other (or none: plain text) fails the request unsent.
+    if let Some(required) = req.headers_mut().remove(L5D_REQUIRE_ID) {
+        let required = required.to_str().unwrap_or_default().to_owned();
+        if ep.identity.as_deref() != Some(required.as_str()) {
+            let e = ProxyError::IdentityRequired { required, found: ep.identity.clone() };
+            route_metrics.request().response(e.status().as_u16());
+            return Err(e);
+        }
+    }
     let app_version = req.version();
+    // An HTTP/1.1 Upgrade (WebSocket) gets a connection of its own (see `crate::upgrade`).
+    let upgrade = if app_version == Version::HTTP_11 { crate::upgrade::requested(req.headers()) } else { None };
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut());
+    if let Some(protocol) = upgrade {
+        crate::upgrade::restore(req.headers_mut(), protocol);
+    }
     for h in STRIP_REQUEST {
         req.headers_mut().remove(h);
     }
@@ -98,8 +159,7 @@ async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr) -
         .map_or("/", |p| p.as_str())
         .to_owned();
 
-    // `authority` as the app addressed it, like Linkerd's label.
-    let record = out.metrics.request(labels.clone(), raw_authority.clone());
+    let record = route_metrics.request();
     let tap = crate::tap::TapHub::global().request(&crate::tap::TapRequest {
         direction: crate::tap::TapDirection::Outbound,
         src: peer,
@@ -115,9 +175,17 @@ async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr) -
         metrics: &out.metrics,
         labels: &labels,
         timeout: out.config.connect_timeout,
+        idle_timeout: out.config.h2_idle_timeout,
     };
-    let result = match &ep.identity {
-        Some(identity) => {
+    let result = match (client_upgrade, &ep.identity) {
+        (Some(client), _) => {
+            *req.uri_mut() = Uri::try_from(path).map_err(|_| ProxyError::NoAuthority)?;
+            *req.version_mut() = Version::HTTP_11;
+            // No ALPN: the inbound proxy detects HTTP/1 on the decrypted bytes.
+            let (io, _) = super::connect::connect(ep, &out.creds, &[], ctx.timeout, || out.metrics.tcp_open((*labels).clone())).await?;
+            crate::upgrade::send(io, req, client).await.map_err(|e| ProxyError::Http(ep.address, e.to_string()))
+        }
+        (None, Some(identity)) => {
             // Between proxies: HTTP/2, :authority as the app addressed it.
             *req.uri_mut() = Uri::try_from(format!("http://{raw_authority}{path}"))
                 .map_err(|_| ProxyError::NoAuthority)?;
@@ -133,20 +201,23 @@ async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr) -
             *req.version_mut() = Version::HTTP_2;
             out.pool.send_h2(ep, identity, req, ctx).await
         }
-        None => {
+        (None, None) => {
             *req.uri_mut() = Uri::try_from(path).map_err(|_| ProxyError::NoAuthority)?;
             *req.version_mut() = Version::HTTP_11;
             out.pool.send_h1(ep, req, ctx).await
         }
     };
-    drop(in_flight);
+    // The in-flight slot (in `picked`) is released when this returns, with the response headers.
     if let Some(tap) = tap {
         tap.response(result.as_ref().map_or_else(|e| e.status(), |rsp| rsp.status()));
     }
     match result {
         Ok(mut rsp) => {
             record.response(rsp.status().as_u16());
-            strip_hop_by_hop(rsp.headers_mut());
+            // A 101 keeps `Connection: upgrade` and `Upgrade` for the app.
+            if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                strip_hop_by_hop(rsp.headers_mut());
+            }
             for h in STRIP_RESPONSE {
                 rsp.headers_mut().remove(h);
             }

@@ -53,6 +53,11 @@ pub struct OutboundConfig {
     pub failfast_timeout: Duration,
     /// TCP connect and TLS handshake limit per endpoint.
     pub connect_timeout: Duration,
+    /// The cap on client connections (shared with the inbound ports).
+    pub limit: crate::limit::ConnLimit,
+    /// A pooled HTTP/2 connection to another proxy that carried no request
+    /// for this long is closed.
+    pub h2_idle_timeout: Duration,
 }
 
 impl Default for OutboundConfig {
@@ -60,12 +65,14 @@ impl Default for OutboundConfig {
         Self {
             failfast_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(1),
+            limit: crate::limit::ConnLimit::default(),
+            h2_idle_timeout: Duration::from_secs(90),
         }
     }
 }
 
 /// Where a request goes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Route {
     /// Balanced over the control plane's endpoints.
     Balanced(Arc<Snapshot>),
@@ -74,12 +81,34 @@ enum Route {
     Direct(Endpoint),
 }
 
-/// The endpoint a request or connection goes to, with the labels its
-/// metrics carry; its in-flight slot is held as long as `in_flight` lives.
+/// The endpoint a request or connection goes to (borrowed from the
+/// resolution, not copied); its in-flight slot is held as long as
+/// `in_flight` lives.
 struct Picked {
-    endpoint: Endpoint,
-    labels: crate::metrics::PeerLabels,
+    route: Route,
+    index: usize,
     in_flight: crate::balance::InFlight,
+}
+
+impl Picked {
+    fn endpoint(&self) -> &Endpoint {
+        match &self.route {
+            Route::Balanced(s) => &s.endpoints[self.index],
+            Route::Direct(ep) => ep,
+        }
+    }
+
+    fn service(&self) -> Option<&crate::destination::ServiceRef> {
+        match &self.route {
+            Route::Balanced(s) => s.service.as_ref(),
+            Route::Direct(_) => None,
+        }
+    }
+
+    /// The metric labels of traffic to the endpoint.
+    fn labels(&self) -> crate::metrics::PeerLabels {
+        observe::peer_labels(self.endpoint(), self.service())
+    }
 }
 
 /// Shared state of the outbound listeners.
@@ -122,9 +151,12 @@ impl Outbound {
     /// Serves the HTTP forward-proxy port until the task is dropped.
     pub async fn serve_http(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         loop {
-            let (stream, peer) = accept(&listener).await;
+            let (stream, peer, slot) = self.accept(&listener).await;
             let out = self.clone();
-            tokio::spawn(async move { http_proxy::serve_connection(out, stream, peer).await });
+            tokio::spawn(async move {
+                let _slot = slot;
+                http_proxy::serve_connection(out, stream, peer).await;
+            });
         }
     }
 
@@ -135,29 +167,38 @@ impl Outbound {
         authority: String,
     ) -> std::io::Result<()> {
         loop {
-            let (stream, _) = accept(&listener).await;
+            let (stream, _, slot) = self.accept(&listener).await;
             let out = self.clone();
             let authority = authority.clone();
-            tokio::spawn(async move { tcp::forward(out, stream, &authority).await });
+            tokio::spawn(async move {
+                let _slot = slot;
+                tcp::forward(out, stream, &authority).await;
+            });
         }
     }
 
-    /// Resolves an authority (already normalised to `host:port`): waits up
-    /// to the fail-fast timeout for ready endpoints.
+    /// Takes a connection slot (waiting at the cap, so new clients queue in
+    /// the listen backlog), then accepts the next connection.
+    async fn accept(&self, listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr, crate::limit::ConnSlot) {
+        let slot = self.config.limit.acquire().await;
+        let (stream, peer) = accept(listener).await;
+        (stream, peer, slot)
+    }
+
     /// Resolves `authority` and lets the balancer pick one of its endpoints.
     async fn pick(&self, authority: &str) -> Result<Picked, ProxyError> {
         let route = self.route(authority).await?;
-        let direct;
-        let (endpoints, service) = match &route {
-            Route::Balanced(s) => (&s.endpoints[..], s.service.as_ref()),
-            Route::Direct(ep) => {
-                direct = [ep.clone()];
-                (&direct[..], None)
-            }
+        let (index, in_flight) = {
+            let endpoints = match &route {
+                Route::Balanced(s) => &s.endpoints[..],
+                Route::Direct(ep) => std::slice::from_ref(ep),
+            };
+            let (endpoint, in_flight) =
+                self.balancer.pick(endpoints).ok_or_else(|| ProxyError::FailFast(authority.to_owned()))?;
+            let index = endpoints.iter().position(|e| std::ptr::eq(e, endpoint)).unwrap_or(0);
+            (index, in_flight)
         };
-        let (endpoint, in_flight) =
-            self.balancer.pick(endpoints).ok_or_else(|| ProxyError::FailFast(authority.to_owned()))?;
-        Ok(Picked { labels: observe::peer_labels(endpoint, service), endpoint: endpoint.clone(), in_flight })
+        Ok(Picked { route, index, in_flight })
     }
 
     async fn route(&self, authority: &str) -> Result<Route, ProxyError> {
@@ -317,10 +358,13 @@ pub async fn serve(
     tcp: Vec<(TcpListener, String)>,
     discover: Arc<dyn Discover>,
     shared: crate::Shared,
+    limit: crate::limit::ConnLimit,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let config = OutboundConfig {
         connect_timeout: shared.config.connect_timeout,
+        limit,
+        h2_idle_timeout: shared.config.h2_idle_timeout,
         ..OutboundConfig::default()
     };
     let outbound = Outbound::new(

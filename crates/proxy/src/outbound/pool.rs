@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -37,6 +38,52 @@ struct H2Conn {
     sender: http2::SendRequest<Incoming>,
     /// Which credentials the connection authenticated with.
     creds: usize,
+    /// When a request last used the connection (shared with its idle reaper).
+    last_used: Arc<LastUsed>,
+}
+
+/// The time of a connection's last request, in milliseconds since the
+/// connection opened (an atomic: taken on every request without a lock).
+struct LastUsed {
+    opened: tokio::time::Instant,
+    millis: AtomicU64,
+}
+
+impl LastUsed {
+    fn new() -> Self {
+        Self { opened: tokio::time::Instant::now(), millis: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        let millis = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.millis.fetch_max(millis, Ordering::Relaxed);
+    }
+
+    fn idle_until(&self, timeout: Duration) -> tokio::time::Instant {
+        self.opened + Duration::from_millis(self.millis.load(Ordering::Relaxed)) + timeout
+    }
+}
+
+/// Closes a pooled HTTP/2 connection once no request used it for `timeout`:
+/// it takes the pool's handle; hyper then ends the connection (GOAWAY) as
+/// soon as no stream is open, so a response still streaming finishes.
+fn reap_when_idle(slot: Arc<tokio::sync::Mutex<Option<H2Conn>>>, last_used: Arc<LastUsed>, timeout: Duration, addr: SocketAddr) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep_until(last_used.idle_until(timeout)).await;
+            let mut guard = slot.lock().await;
+            match guard.as_ref() {
+                // Replaced (renewal, reconnect) or closed: nothing left to reap.
+                Some(c) if Arc::ptr_eq(&c.last_used, &last_used) && !c.sender.is_closed() => {}
+                _ => return,
+            }
+            if tokio::time::Instant::now() >= last_used.idle_until(timeout) {
+                debug!(%addr, ?timeout, "closing an idle HTTP/2 connection");
+                guard.take();
+                return;
+            }
+        }
+    });
 }
 
 /// The connection pools of one outbound proxy.
@@ -51,6 +98,8 @@ pub(crate) struct Ctx<'a> {
     pub metrics: &'a Metrics,
     pub labels: &'a PeerLabels,
     pub timeout: Duration,
+    /// Pooled HTTP/2 connections unused this long are closed.
+    pub idle_timeout: Duration,
 }
 
 fn creds_id(creds: &CredentialsRx) -> usize {
@@ -93,7 +142,10 @@ impl Pool {
                 let mut guard = slot.lock().await;
                 let current = creds_id(ctx.creds);
                 match guard.as_ref() {
-                    Some(c) if !c.sender.is_closed() && c.creds == current => c.sender.clone(),
+                    Some(c) if !c.sender.is_closed() && c.creds == current => {
+                        c.last_used.touch();
+                        c.sender.clone()
+                    }
                     _ => {
                         let (io, _) = connect(ep, ctx.creds, &[b"h2"], ctx.timeout, || {
                             ctx.metrics.tcp_open(ctx.labels.clone())
@@ -114,10 +166,13 @@ impl Pool {
                                 debug!(%addr, error = %e, "HTTP/2 connection to endpoint ended");
                             }
                         });
+                        let last_used = Arc::new(LastUsed::new());
                         *guard = Some(H2Conn {
                             sender: sender.clone(),
                             creds: current,
+                            last_used: last_used.clone(),
                         });
+                        reap_when_idle(slot.clone(), last_used, ctx.idle_timeout, addr);
                         sender
                     }
                 }

@@ -15,12 +15,12 @@ use crate::balance::InFlight;
 /// decrypted bytes), plain TCP otherwise. The in-flight slot lasts as long
 /// as the caller keeps it.
 pub(super) async fn open(out: &Outbound, authority: &str) -> Result<(Conn, InFlight), ProxyError> {
-    let Picked { endpoint, labels, in_flight } = out.pick(authority).await?;
-    let (conn, _) = connect(&endpoint, &out.creds, &[], out.config.connect_timeout, || {
-        out.metrics.tcp_open(labels)
+    let picked: Picked = out.pick(authority).await?;
+    let (conn, _) = connect(picked.endpoint(), &out.creds, &[], out.config.connect_timeout, || {
+        out.metrics.tcp_open(picked.labels())
     })
     .await?;
-    Ok((conn, in_flight))
+    Ok((conn, picked.in_flight))
 }
 
 /// One accepted connection of a TCP forward port. Any failure (unknown
