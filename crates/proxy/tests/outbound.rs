@@ -825,6 +825,7 @@ async fn websocket_style_upgrades_go_through_both_proxies() {
         detect_timeout: Duration::from_secs(5),
         handshake_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
+        policy: None,
         limit: tessera_proxy::limit::ConnLimit::default(),
     };
     let (_b_tx, b_rx) = watch::channel(Some(ca.creds(B)));
