@@ -512,7 +512,7 @@ async fn run_command(agent: Agent, run: RunArgs, running: &tokio::sync::watch::S
     Ok(code)
 }
 
-/// The meshed pod's address: deterministic for node and pod, skipping one
+/// The meshed pod's address: deterministic for cluster, node and pod, skipping one
 /// another pod of this node reports or whose ports are bound on this host.
 async fn allocate_pod_ip(agent: &Agent, spec: &PodSpec, args: &mesh::MeshArgs) -> anyhow::Result<std::net::Ipv4Addr> {
     let taken: Vec<std::net::Ipv4Addr> = agent
@@ -523,7 +523,7 @@ async fn allocate_pod_ip(agent: &Agent, spec: &PodSpec, args: &mesh::MeshArgs) -
         .filter_map(|p| p.status?.pod_ip?.parse().ok())
         .collect();
     let (port, _, _) = args.required()?;
-    let ip = mesh::allocate_pod_ip(agent.node(), &spec.namespace, &spec.name, &taken, &[port, args.proxy_admin_port])?;
+    let ip = mesh::allocate_pod_ip(agent.server_url(), agent.node(), &spec.namespace, &spec.name, &taken, &[port, args.proxy_admin_port])?;
     tracing::info!(%ip, "pod address");
     Ok(ip)
 }

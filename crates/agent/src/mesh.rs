@@ -4,9 +4,11 @@
 //! - **Pod IP.** Every meshed pod gets its own loopback address 127.A.B.C
 //!   (Linux routes all of 127/8 to `lo`), so each proxy can listen on its
 //!   pod's public port and on the admin port 4191 as in a cluster, without
-//!   two pods' ports colliding. The address is a hash of node, namespace and
-//!   pod name ([`candidate`]): the same pod on the same node gets the same
-//!   address after an agent restart, so a client holding it, or an
+//!   two pods' ports colliding. The address is a hash of the cluster (its API
+//!   server URL), node, namespace and pod name ([`candidate`]): the same pod on
+//!   the same node gets the same address after an agent restart, and two
+//!   clusters on one host (test servers side by side) do not race for the
+//!   same address, so a client holding it, or an
 //!   EndpointSlice not yet updated, still reaches it. A candidate is skipped
 //!   when a pod of this node already reports it (the node may list only its
 //!   own pods) or when binding its ports fails: on one host, a bound address
@@ -128,9 +130,9 @@ fn fnv1a(parts: &[&str]) -> u32 {
 
 /// The `attempt`-th candidate address of a pod: 127.A.B.C with A in 1..=254
 /// (never 127.0.x.x, the host's) and C in 1..=254 (no .0 or .255).
-pub fn candidate(node: &str, namespace: &str, pod: &str, attempt: u32) -> Ipv4Addr {
+pub fn candidate(cluster: &str, node: &str, namespace: &str, pod: &str, attempt: u32) -> Ipv4Addr {
     let attempt = attempt.to_string();
-    let h = fnv1a(&[node, namespace, pod, &attempt]);
+    let h = fnv1a(&[cluster, node, namespace, pod, &attempt]);
     let [x, y, z, w] = h.to_be_bytes();
     Ipv4Addr::new(127, 1 + (x ^ w) % 254, y, 1 + z % 254)
 }
@@ -142,9 +144,9 @@ fn bindable(ip: Ipv4Addr, ports: &[u16]) -> bool {
 
 /// The pod's address: the first candidate that no other pod of this node
 /// reports (`taken`) and whose `ports` are free on this host.
-pub fn allocate_pod_ip(node: &str, namespace: &str, pod: &str, taken: &[Ipv4Addr], ports: &[u16]) -> anyhow::Result<Ipv4Addr> {
+pub fn allocate_pod_ip(cluster: &str, node: &str, namespace: &str, pod: &str, taken: &[Ipv4Addr], ports: &[u16]) -> anyhow::Result<Ipv4Addr> {
     for attempt in 0..64 {
-        let ip = candidate(node, namespace, pod, attempt);
+        let ip = candidate(cluster, node, namespace, pod, attempt);
         if taken.contains(&ip) {
             continue;
         }
@@ -306,14 +308,16 @@ mod tests {
 
     #[test]
     fn addresses_are_stable_and_never_the_hosts() {
-        let a = candidate("node-api", "api", "api-0", 0);
-        assert_eq!(a, candidate("node-api", "api", "api-0", 0), "deterministic");
-        assert_ne!(a, candidate("node-api", "api", "api-1", 0));
-        assert_ne!(a, candidate("node-api", "api", "api-0", 1));
+        let a = candidate("https://c:6443", "node-api", "api", "api-0", 0);
+        assert_eq!(a, candidate("https://c:6443", "node-api", "api", "api-0", 0), "deterministic");
+        assert_ne!(a, candidate("https://c:6443", "node-api", "api", "api-1", 0));
+        assert_ne!(a, candidate("https://c:6443", "node-api", "api", "api-0", 1));
+        // Another cluster on the same host: the same names start elsewhere.
+        assert_ne!(a, candidate("https://c:7443", "node-api", "api", "api-0", 0));
         // Parts are separated: ("ab","c") and ("a","bc") differ.
-        assert_ne!(candidate("ab", "c", "p", 0), candidate("a", "bc", "p", 0));
+        assert_ne!(candidate("https://c:6443", "ab", "c", "p", 0), candidate("https://c:6443", "a", "bc", "p", 0));
         for i in 0..2000 {
-            let ip = candidate("n", "ns", &format!("p{i}"), 0).octets();
+            let ip = candidate("https://c:6443", "n", "ns", &format!("p{i}"), 0).octets();
             assert_eq!(ip[0], 127);
             assert!(ip[1] >= 1 && ip[1] <= 254 && ip[3] >= 1 && ip[3] <= 254, "{ip:?}");
         }
@@ -321,12 +325,12 @@ mod tests {
 
     #[test]
     fn a_taken_or_bound_address_is_skipped() {
-        let first = candidate("n", "ns", "p", 0);
-        assert_eq!(allocate_pod_ip("n", "ns", "p", &[], &[]).unwrap(), first);
-        assert_eq!(allocate_pod_ip("n", "ns", "p", &[first], &[]).unwrap(), candidate("n", "ns", "p", 1));
+        let first = candidate("https://c:6443", "n", "ns", "p", 0);
+        assert_eq!(allocate_pod_ip("https://c:6443", "n", "ns", "p", &[], &[]).unwrap(), first);
+        assert_eq!(allocate_pod_ip("https://c:6443", "n", "ns", "p", &[first], &[]).unwrap(), candidate("https://c:6443", "n", "ns", "p", 1));
         let held = std::net::TcpListener::bind((first, 0)).unwrap();
         let port = held.local_addr().unwrap().port();
-        assert_eq!(allocate_pod_ip("n", "ns", "p", &[], &[port]).unwrap(), candidate("n", "ns", "p", 1));
+        assert_eq!(allocate_pod_ip("https://c:6443", "n", "ns", "p", &[], &[port]).unwrap(), candidate("https://c:6443", "n", "ns", "p", 1));
     }
 
     #[test]
