@@ -16,10 +16,7 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::response::Response;
-use http::{StatusCode, header};
 use serde_json::{Value, json};
 use tessera_api::ApiError;
 use tessera_api::resource::{CORE_PODS, CORE_SERVICES, DISCOVERY_ENDPOINTSLICES};
@@ -28,7 +25,7 @@ use crate::authz::Authorized;
 use crate::http::AppState;
 use crate::reflector::Reflector;
 use crate::request::ParsedRequest;
-use crate::response::{HandlerResult, json_response};
+use crate::response::HandlerResult;
 
 /// The path this module serves.
 pub const PATH: &str = "/tessera/v1/destinations";
@@ -299,48 +296,8 @@ pub async fn handler(State(state): State<AppState>, authorized: Authorized) -> H
     let authority = query.first("authority").filter(|a| !a.is_empty()).ok_or_else(|| ApiError::bad_request("the authority parameter is required"))?.to_owned();
     let cache = state.destinations.clone();
     let naming = state.identity_naming.clone();
-    let first = resolve(&cache, &naming, &authority)?;
-    if !query.flag("watch") {
-        return Ok(json_response(StatusCode::OK, &first));
-    }
-    let deadline = tokio::time::Instant::now() + crate::watch::MIN_REQUEST_TIMEOUT.mul_f64(rand::random_range(1.0..2.0));
     let changes = cache.changes();
-    let stream = futures::stream::unfold(Some((Some(first), None::<Value>, changes)), move |step| {
-        let (cache, naming, authority) = (cache.clone(), naming.clone(), authority.clone());
-        async move {
-            let (pending, mut last, mut changes) = step?;
-            if let Some(snapshot) = pending {
-                let line = line_of(&snapshot);
-                return Some((Ok::<Bytes, std::convert::Infallible>(line), Some((None, Some(snapshot), changes))));
-            }
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => return None,
-                    changed = changes.changed() => if changed.is_err() { return None },
-                }
-                match resolve(&cache, &naming, &authority) {
-                    Ok(snapshot) if Some(&snapshot) == last.as_ref() => continue,
-                    Ok(snapshot) => {
-                        let line = line_of(&snapshot);
-                        last = Some(snapshot);
-                        return Some((Ok(line), Some((None, last, changes))));
-                    }
-                    // The authority stopped resolving: say why, then end.
-                    Err(e) => return Some((Ok(line_of(&e.to_status())), None)),
-                }
-            }
-        }
-    });
-    let mut response = Response::new(Body::from_stream(stream));
-    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    response.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache, private"));
-    Ok(response)
-}
-
-fn line_of(value: &Value) -> Bytes {
-    let mut line = value.to_string().into_bytes();
-    line.push(b'\n');
-    Bytes::from(line)
+    crate::snapshots::respond(query.flag("watch"), changes, move || resolve(&cache, &naming, &authority))
 }
 
 #[cfg(test)]

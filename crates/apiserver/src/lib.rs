@@ -44,6 +44,7 @@ pub mod reflector;
 pub mod request;
 pub mod response;
 pub mod serve;
+pub mod snapshots;
 pub mod table;
 pub mod testing;
 pub mod tokens;
@@ -293,10 +294,12 @@ pub async fn run(
         tokio::spawn(run_compaction(registry.store().clone(), config.compaction_interval, leadership.clone(), stopped())),
         tokio::spawn(run_controllers(
             registry.clone(),
-            authority.clone(),
-            pki.ca_cert_pem.clone(),
-            config.node_lifecycle,
-            config.identity_naming.control_namespace.clone(),
+            LeaderControllers {
+                authority: authority.clone(),
+                ca_pem: pki.ca_cert_pem.clone(),
+                node_lifecycle: config.node_lifecycle,
+                control_namespace: config.identity_naming.control_namespace.clone(),
+            },
             revision,
             leadership,
             stopped(),
@@ -332,16 +335,25 @@ pub async fn run(
 /// bundle's read access in the control namespace) while this replica leads, until `shutdown`. A single
 /// server always leads. Each new term starts with a full reconcile pass, so
 /// work the previous leader left undone is picked up.
-async fn run_controllers(
-    registry: Registry,
+/// What the leader-only controllers need besides the registry.
+struct LeaderControllers {
+    /// Signs the legacy token Secrets' tokens.
     authority: Arc<tessera_authn::token::TokenAuthority>,
+    /// The cluster CA published in `kube-root-ca.crt`.
     ca_pem: String,
     node_lifecycle: tessera_controllers::node_lifecycle::Settings,
+    /// Where the mesh trust bundle's ConfigMap lives.
     control_namespace: String,
+}
+
+async fn run_controllers(
+    registry: Registry,
+    settings: LeaderControllers,
     start_revision: tessera_store::Revision,
     mut leadership: tessera_store::leader::Leadership,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let LeaderControllers { authority, ca_pem, node_lifecycle, control_namespace } = settings;
     tokio::pin!(shutdown);
     let mut first_term = true;
     loop {

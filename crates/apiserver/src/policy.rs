@@ -18,10 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::response::Response;
-use http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tessera_api::ApiError;
@@ -34,7 +31,7 @@ use crate::authz::Authorized;
 use crate::http::AppState;
 use crate::reflector::Reflector;
 use crate::request::ParsedRequest;
-use crate::response::{HandlerResult, json_response};
+use crate::response::HandlerResult;
 
 /// The path this module serves.
 pub const PATH: &str = "/tessera/v1/policy/inbound";
@@ -246,48 +243,8 @@ pub async fn handler(State(state): State<AppState>, Extension(user): Extension<A
     let (namespace, pod) = parameters(&query)?;
     authorize(&state, &user, &namespace, &pod)?;
     let policy = state.inbound_policy.clone();
-    let first = resolve(&policy, &namespace, &pod)?;
-    if !query.flag("watch") {
-        return Ok(json_response(StatusCode::OK, &first));
-    }
-    let deadline = tokio::time::Instant::now() + crate::watch::MIN_REQUEST_TIMEOUT.mul_f64(rand::random_range(1.0..2.0));
     let changes = policy.cache.changes();
-    let stream = futures::stream::unfold(Some((Some(first), None::<Value>, changes)), move |step| {
-        let (policy, namespace, pod) = (policy.clone(), namespace.clone(), pod.clone());
-        async move {
-            let (pending, mut last, mut changes) = step?;
-            if let Some(snapshot) = pending {
-                let line = line_of(&snapshot);
-                return Some((Ok::<Bytes, std::convert::Infallible>(line), Some((None, Some(snapshot), changes))));
-            }
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => return None,
-                    changed = changes.changed() => if changed.is_err() { return None },
-                }
-                match resolve(&policy, &namespace, &pod) {
-                    Ok(snapshot) if Some(&snapshot) == last.as_ref() => continue,
-                    Ok(snapshot) => {
-                        let line = line_of(&snapshot);
-                        last = Some(snapshot);
-                        return Some((Ok(line), Some((None, last, changes))));
-                    }
-                    // The pod is gone: say so, then end.
-                    Err(e) => return Some((Ok(line_of(&e.to_status())), None)),
-                }
-            }
-        }
-    });
-    let mut response = Response::new(Body::from_stream(stream));
-    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    response.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache, private"));
-    Ok(response)
-}
-
-fn line_of(value: &Value) -> Bytes {
-    let mut line = value.to_string().into_bytes();
-    line.push(b'\n');
-    Bytes::from(line)
+    crate::snapshots::respond(query.flag("watch"), changes, move || resolve(&policy, &namespace, &pod))
 }
 
 #[cfg(test)]
