@@ -15,12 +15,11 @@ mod support;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::mesh::{API_APP, DATA_STORE_APP, Proc, api_and_data_store, bootstrap, curl, join, python, ready_pod_ip, tessera};
+use support::mesh::{API_APP, DATA_STORE_APP, Proc, api_and_data_store, bootstrap, curl, python, ready_pod_ip, tessera};
 use support::{Server, json};
 
 const API_ID: &str = "api.api.serviceaccount.identity.linkerd.cluster.local";
@@ -29,39 +28,14 @@ const BUNDLE: &str = "linkerd/tessera-identity-trust-roots";
 
 /// `tessera identity` reading its anchors from the bundle ConfigMap; its address.
 fn identity(server: &Server, issuer_dir: &Path) -> (Proc, String) {
-    use std::io::BufRead as _;
-    let mut child = tessera(&["identity", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--kubeconfig"])
-        .arg(&server.kubeconfig)
-        .args(["--trust-anchors-configmap", BUNDLE, "--issuer-dir"])
-        .arg(issuer_dir)
-        .env("TESSERA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("tessera identity");
-    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("tessera identity listening on ").map(str::to_owned))
-        .expect("identity printed its address");
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), addr)
+    let issuer_dir = issuer_dir.display().to_string();
+    support::mesh::identity_trusting(server, &["--trust-anchors-configmap", BUNDLE], &["--issuer-dir", &issuer_dir])
 }
 
 /// `ns/ns-0` under `tessera agent run --mesh`, its proxy trusting the bundle ConfigMap.
 fn meshed(server: &Server, ns: &str, port: &str, identity_addr: &str, app: &[&str]) -> Proc {
-    let cert_dir = join(server, &format!("node-{ns}"));
-    let child = tessera(&["agent", "--cert-dir"])
-        .arg(&cert_dir)
-        .args(["run", "--sa", ns, "-n", ns, "--name", &format!("{ns}-0"), "--label", &format!("app={ns}"), "--port", port])
-        .args(["--mesh", "--identity-addr", identity_addr, "--identity-trust-anchors-configmap", BUNDLE])
-        .arg("--")
-        .args(app)
-        .env("TESSERA_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("tessera agent run --mesh");
-    Proc(child)
+    let trust = ["--identity-trust-anchors-configmap", BUNDLE];
+    support::mesh::meshed_trusting(server, &format!("{ns}-0"), ns, &["--port", port], identity_addr, &trust, app)
 }
 
 /// One request through both proxies; an error unless the data store saw the api's identity.

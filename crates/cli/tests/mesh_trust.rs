@@ -9,10 +9,10 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::json;
-use support::mesh::{API_APP, DATA_STORE_APP, Proc, api_and_data_store, bootstrap, curl, join, python, ready_pod_ip, tessera};
+use support::mesh::{API_APP, DATA_STORE_APP, Proc, api_and_data_store, bootstrap, curl, python, ready_pod_ip, tessera};
 use support::{Server, json};
 
 const API_ID: &str = "api.api.serviceaccount.identity.linkerd.cluster.local";
@@ -37,39 +37,14 @@ fn set_bundle(server: &Server, pem: &str) {
 
 /// `tessera identity` reading the anchors from the ConfigMap, the issuer from `issuer_dir`; its address.
 fn identity(server: &Server, issuer_dir: &Path) -> (Proc, String) {
-    use std::io::{BufRead as _, BufReader};
-    let mut child = tessera(&["identity", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--trust-anchors-configmap", BUNDLE_REF])
-        .arg("--kubeconfig")
-        .arg(&server.kubeconfig)
-        .arg("--issuer-dir")
-        .arg(issuer_dir)
-        .env("TESSERA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("tessera identity");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("tessera identity listening on ").map(str::to_owned))
-        .expect("identity printed its address");
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), addr)
+    let issuer_dir = issuer_dir.display().to_string();
+    support::mesh::identity_trusting(server, &["--trust-anchors-configmap", BUNDLE_REF], &["--issuer-dir", &issuer_dir])
 }
 
 /// `tessera agent run --mesh` of `app` as pod `ns/ns-0`, its proxy trusting the bundle ConfigMap.
 fn meshed(server: &Server, ns: &str, port: &str, identity_addr: &str, app: &[&str]) -> Proc {
-    let cert_dir = join(server, &format!("node-{ns}"));
-    let child = tessera(&["agent", "--cert-dir"])
-        .arg(&cert_dir)
-        .args(["run", "--sa", ns, "-n", ns, "--name", &format!("{ns}-0"), "--label", &format!("app={ns}"), "--port", port])
-        .args(["--mesh", "--identity-addr", identity_addr, "--identity-trust-anchors-configmap", BUNDLE_REF, "--"])
-        .args(app)
-        .env("TESSERA_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("tessera agent run --mesh");
-    Proc(child)
+    let trust = ["--identity-trust-anchors-configmap", BUNDLE_REF];
+    support::mesh::meshed_trusting(server, &format!("{ns}-0"), ns, &["--port", port], identity_addr, &trust, app)
 }
 
 /// The pod's trust annotations and its proxy container's ID.

@@ -92,10 +92,16 @@ pub fn identity(server: &Server, pki: &Path) -> (Proc, String) {
 /// `tessera identity` trusting `anchors`, with `extra` flags (the issuer's
 /// source, lifetimes); its address.
 pub fn identity_with(server: &Server, anchors: &Path, extra: &[&str]) -> (Proc, String) {
+    let anchors = anchors.display().to_string();
+    identity_trusting(server, &["--trust-anchors", &anchors], extra)
+}
+
+/// `tessera identity` with the trust flags `trust` (a file or the bundle
+/// ConfigMap) and `extra` flags; its address.
+pub fn identity_trusting(server: &Server, trust: &[&str], extra: &[&str]) -> (Proc, String) {
     let mut child = tessera(&["identity", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--kubeconfig"])
         .arg(&server.kubeconfig)
-        .arg("--trust-anchors")
-        .arg(anchors)
+        .args(trust)
         .args(extra)
         .env("TESSERA_LOG", "warn")
         .stdout(Stdio::piped())
@@ -134,13 +140,20 @@ pub fn meshed(server: &Server, ns: &str, port: &str, identity_addr: &str, anchor
 /// `tessera agent run --mesh FLAGS` of `app` as pod `ns/name`, its proxy
 /// trusting the anchors in `anchors`.
 pub fn meshed_as(server: &Server, name: &str, ns: &str, flags: &[&str], identity_addr: &str, anchors: &Path, app: &[&str]) -> Proc {
+    let anchors = anchors.display().to_string();
+    meshed_trusting(server, name, ns, flags, identity_addr, &["--identity-trust-anchors", &anchors], app)
+}
+
+/// `tessera agent run --mesh FLAGS` of `app` as pod `ns/name`, with the
+/// agent's trust flags `trust` (an anchors file or the bundle ConfigMap).
+pub fn meshed_trusting(server: &Server, name: &str, ns: &str, flags: &[&str], identity_addr: &str, trust: &[&str], app: &[&str]) -> Proc {
     let cert_dir = join(server, &format!("node-{ns}"));
     let child = tessera(&["agent", "--cert-dir"])
         .arg(&cert_dir)
         .args(["run", "--sa", ns, "-n", ns, "--name", name, "--label", &format!("app={ns}")])
         .args(flags)
-        .args(["--mesh", "--identity-addr", identity_addr, "--identity-trust-anchors"])
-        .arg(anchors)
+        .args(["--mesh", "--identity-addr", identity_addr])
+        .args(trust)
         .arg("--")
         .args(app)
         .env("TESSERA_LOG", "warn")
