@@ -96,7 +96,9 @@ enum FetchError {
 }
 
 /// An HTTP/1.0 GET (so the answer is a plain body ended by the close), relayed
-/// with its status and content type.
+/// with its status. The content type is the path's, never the pod's: the
+/// answer is served on the API server's origin (where the dashboard keeps its
+/// token), so a pod must not be able to have it rendered as HTML or script.
 async fn fetch(addr: SocketAddr, path: &str) -> Result<Response, FetchError> {
     let mut stream = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
@@ -112,31 +114,35 @@ async fn fetch(addr: SocketAddr, path: &str) -> Result<Response, FetchError> {
     if raw.len() as u64 > MAX_ANSWER {
         return Err(FetchError::TooLarge(addr));
     }
-    let (code, content_type, body) = split_answer(&raw).ok_or(FetchError::NotHttp(addr))?;
+    let (code, body) = split_answer(&raw).ok_or(FetchError::NotHttp(addr))?;
     let mut response = Response::new(Body::from(body.to_vec()));
     *response.status_mut() = code;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, content_type.unwrap_or(HeaderValue::from_static("text/plain; charset=utf-8")));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_of(path)));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 
-/// Status, content type and body of a raw HTTP/1.x answer.
-fn split_answer(raw: &[u8]) -> Option<(StatusCode, Option<HeaderValue>, &[u8])> {
+/// What a relayed path holds, whatever the proxy's answer claims.
+fn content_type_of(path: &str) -> &'static str {
+    match path {
+        "/trust" => "application/json",
+        _ => "text/plain; version=0.0.4; charset=utf-8",
+    }
+}
+
+/// Status and body of a raw HTTP/1.x answer.
+fn split_answer(raw: &[u8]) -> Option<(StatusCode, &[u8])> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?;
+    let status = head.split("\r\n").next()?;
     if !status.starts_with("HTTP/1.") {
         return None;
     }
     let code = StatusCode::from_bytes(status.split_whitespace().nth(1)?.as_bytes()).ok()?;
-    let content_type = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
-        .and_then(|(_, v)| HeaderValue::from_str(v.trim()).ok());
-    Some((code, content_type, &raw[end + 4..]))
+    Some((code, &raw[end + 4..]))
 }
 
 #[cfg(test)]
@@ -144,11 +150,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn answers_split_into_status_type_and_body() {
-        let (code, ty, body) = split_answer(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nX: y\r\n\r\nrequest_total 1\n").unwrap();
-        assert_eq!((code, ty.unwrap().to_str().unwrap(), body), (StatusCode::OK, "text/plain; version=0.0.4", &b"request_total 1\n"[..]));
+    fn answers_split_into_status_and_body() {
+        let (code, body) = split_answer(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nX: y\r\n\r\nrequest_total 1\n").unwrap();
+        assert_eq!((code, body), (StatusCode::OK, &b"request_total 1\n"[..]));
         assert!(split_answer(b"SSH-2.0-OpenSSH\r\n\r\n").is_none());
         assert!(split_answer(b"HTTP/1.1 200 OK\r\n").is_none());
+    }
+
+    /// A pod that answers its admin port with HTML and script: relayed as
+    /// the path's own type, sandboxed, so the API server's origin never runs it.
+    #[tokio::test]
+    async fn a_pod_cannot_choose_how_its_answer_is_rendered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 256];
+            let _ = conn.read(&mut request).await;
+            let evil = "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<script>steal(sessionStorage)</script>";
+            conn.write_all(evil.as_bytes()).await.unwrap();
+        });
+        let answer = fetch(addr, "/metrics").await.unwrap();
+        let header = |name: header::HeaderName| answer.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(header(header::CONTENT_TYPE).as_deref(), Some("text/plain; version=0.0.4; charset=utf-8"));
+        assert_eq!(header(header::CONTENT_SECURITY_POLICY).as_deref(), Some("sandbox; default-src 'none'"));
+        assert_eq!(header(header::X_CONTENT_TYPE_OPTIONS).as_deref(), Some("nosniff"));
+        assert_eq!(content_type_of("/trust"), "application/json");
     }
 
     #[test]
