@@ -143,8 +143,15 @@ fn a_full_and_an_issuer_only_rotation_under_load_fail_no_request() {
     let api = format!("{}:8080", ips[0]);
     server.eventually(20, "the data store reachable through the api", || request(&api, 0).ok());
     let old_anchor = trust(&ips[0])["anchors"][0].as_str().unwrap().to_owned();
+    // Both annotations: the agent may report the anchors before the first leaf's issuer.
     server.eventually(10, "the agents' trust annotations", || {
-        ["api", "data-store", "stuck"].iter().all(|ns| annotation(&server, ns, "tessera.io/trust-anchors") == old_anchor).then_some(())
+        ["api", "data-store", "stuck"]
+            .iter()
+            .all(|ns| {
+                annotation(&server, ns, "tessera.io/trust-anchors") == old_anchor
+                    && annotation(&server, ns, "tessera.io/leaf-issuer").starts_with("sha256:")
+            })
+            .then_some(())
     });
 
     let load = Arc::new(Mutex::new(Load::default()));
