@@ -354,11 +354,21 @@ async fn store_survives_losing_a_member_and_watches_end_with_an_error() {
     let back = EtcdStore::connect(&EtcdConfig::new(vec![endpoints[victim].clone()]))
         .await
         .expect("reconnect");
-    let list = back
-        .list("/registry/k/", ListOptions::default())
-        .await
-        .expect("list");
-    assert_eq!(list.items.len(), acknowledged.len());
+    // The restarted member replays the raft log it missed; on a loaded
+    // machine its first answer can come before the last entry is applied, so
+    // it is asked until it has them all, within a deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = back
+            .list("/registry/k/", ListOptions::default())
+            .await
+            .expect("list");
+        if list.items.len() == acknowledged.len() || tokio::time::Instant::now() >= deadline {
+            assert_eq!(list.items.len(), acknowledged.len(), "the restarted member has every acknowledged write");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Watches from compacted revisions fail when they are opened, with the
