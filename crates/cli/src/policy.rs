@@ -26,6 +26,8 @@ pub(crate) struct PolicyArgs {
     action: PolicyAction,
 }
 
+// Parsed once per run: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 enum PolicyAction {
     /// Would a client be let in to a pod's port (or HTTP request), and which rule decides?

@@ -1,7 +1,12 @@
 //! `tessera policy explain` against a real server: a pod, a Server and an
 //! AuthorizationPolicy created with kubectl; allowed and denied clients,
 //! connection and HTTP route decisions, the answer following a policy change,
-//! and a user without RBAC on servers refused with the server's 403.
+//! and a user without RBAC on servers refused with the server's 403; the
+//! explain and who-can-reach APIs over raw HTTP (exact 400/403/404 Statuses),
+//! the `--from/--to` spelling agreeing with the old flags, and who-can-reach
+//! listing exactly the authorizations that let clients in.
+
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
@@ -286,8 +291,11 @@ fn the_api_over_http() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--to \"shop/db-0\": expected NAMESPACE/POD:PORT"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
 
-/// `(kind/name, scope, route, unauthenticated, identities, networks)` of each row.
-fn rows(answer: &serde_json::Value) -> Vec<(String, String, Option<String>, bool, Vec<String>, Vec<String>)> {
+/// `(kind/name, scope, route, unauthenticated, identities, networks)`.
+type Row = (String, String, Option<String>, bool, Vec<String>, Vec<String>);
+
+/// The rows of a who-can-reach answer.
+fn rows(answer: &serde_json::Value) -> Vec<Row> {
     answer["allowed"]
         .as_array()
         .expect("allowed")
