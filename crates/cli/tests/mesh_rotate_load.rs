@@ -8,9 +8,9 @@
 //! cluster is watched: every proxy is seen trusting both anchors, then
 //! holding a leaf from the new issuer, then trusting only the new anchor.
 
-mod support;
 #[path = "support/rotate_load.rs"]
 mod rotate_load;
+mod support;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -83,7 +83,8 @@ fn three_workloads_under_load_through_a_full_and_an_issuer_only_rotation() {
     // anchor is still trusted, then one anchor in the bundle and trusted.
     let both = [old_anchor.clone(), new_anchor.clone()];
     let a = observed(&seen, 0, "the bundle with two anchors, trusted by every proxy", |s| {
-        s.bundle == both && s.proxies.iter().all(|p| both.iter().all(|f| p.anchors.contains(f)) && p.anchors.len() == 2 && p.issuer == old_issuer)
+        s.bundle == both
+            && s.proxies.iter().all(|p| both.iter().all(|f| p.anchors.contains(f)) && p.anchors.len() == 2 && p.issuer == old_issuer)
     });
     let b = observed(&seen, a, "every leaf from the new issuer while the old anchor is still trusted", |s| {
         s.proxies.iter().all(|p| p.anchors.contains(&old_anchor) && p.issuer == first_issuer)
@@ -116,6 +117,7 @@ fn three_workloads_under_load_through_a_full_and_an_issuer_only_rotation() {
         counts.failures.len()
     );
     assert!(counts.failures.is_empty(), "{} of {} requests failed: {:#?}", counts.failures.len(), counts.sent, counts.failures);
-    mesh.assert_all_on(&new_anchor, &second_issuer);
+    let id = state["id"].as_str().unwrap();
+    mesh.assert_all_on(&new_anchor, &second_issuer, &mesh.pki.join(format!("rotation-{id}/ca.crt")));
     assert_eq!(mesh.bundle_fingerprints(), [new_anchor]);
 }

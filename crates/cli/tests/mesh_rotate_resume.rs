@@ -11,9 +11,9 @@
 //! proxy trusts only it and holds a leaf from the new issuer, and not one
 //! request failed.
 
-mod support;
 #[path = "support/rotate_load.rs"]
 mod rotate_load;
+mod support;
 
 use std::io::{BufRead as _, BufReader};
 use std::process::Stdio;
@@ -39,6 +39,19 @@ impl Drop for Stopped {
             let _ = kill_process(pid, Signal::CONT);
         }
     }
+}
+
+/// A thread sending each line of `from` to the receiver.
+fn forward_lines(from: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// The next line (within the deadline) for which `check` holds; panics naming `what`.
@@ -67,21 +80,11 @@ fn rotate_killed_in_step_4_shows_its_status_and_resumes_to_the_end() {
     load.wait_for_more(&mesh.server, 20, "requests before the rotation");
 
     let started = Instant::now();
-    let mut rotate = mesh
-        .rotate_cmd(&["--step-timeout", "60s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("identity rotate");
-    let (tx, lines) = mpsc::channel();
-    let stdout = rotate.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut rotate =
+        mesh.rotate_cmd(&["--step-timeout", "60s"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("identity rotate");
+    // Step lines on stdout; the progress bar on stderr (a line per change off a terminal).
+    let lines = forward_lines(rotate.stdout.take().expect("stdout"));
+    let bars = forward_lines(rotate.stderr.take().expect("stderr"));
     let mut printed = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(40);
     wait_line(&lines, &mut printed, deadline, "step 2's end", |l| l.starts_with("step 2/6 done: 3/3 proxies"));
@@ -102,6 +105,10 @@ fn rotate_killed_in_step_4_shows_its_status_and_resumes_to_the_end() {
         let status = mesh.status();
         (status.contains("in progress at step 4/6") && status.contains(&format!("proxies done: 2/3\n{laggard}"))).then_some(())
     });
+    let mut drawn = Vec::new();
+    wait_line(&bars, &mut drawn, Instant::now() + Duration::from_secs(30), "the bar at 2/3 in step 4", |l| {
+        l.starts_with("[#############-------] 2/3 proxies  step 4/6  ")
+    });
     mesh.server.eventually(30, "web's proxy holding a leaf from the new issuer", || {
         (trust(&mesh.ips[2])["leaf"]["issuer"] == new_issuer.as_str()).then_some(())
     });
@@ -114,9 +121,7 @@ fn rotate_killed_in_step_4_shows_its_status_and_resumes_to_the_end() {
 
     let status = mesh.status();
     for expected in [
-        format!(
-            "full rotation {id} in progress at step 4/6: wait until every meshed proxy holds a leaf from the new issuer\n"
-        ),
+        format!("full rotation {id} in progress at step 4/6: wait until every meshed proxy holds a leaf from the new issuer\n"),
         format!("old anchors: {old_anchor}\n"),
         format!("signing anchor: {new_anchor}\n"),
         format!("new issuer: {new_issuer}\n"),
@@ -165,5 +170,5 @@ fn rotate_killed_in_step_4_shows_its_status_and_resumes_to_the_end() {
         counts.failures.len()
     );
     assert!(counts.failures.is_empty(), "{} of {} requests failed: {:#?}", counts.failures.len(), counts.sent, counts.failures);
-    mesh.assert_all_on(&new_anchor, &new_issuer);
+    mesh.assert_all_on(&new_anchor, &new_issuer, &mesh.pki.join(format!("rotation-{id}/ca.crt")));
 }

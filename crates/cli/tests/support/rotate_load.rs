@@ -10,8 +10,8 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,6 +25,8 @@ pub const API_ID: &str = "api.api.serviceaccount.identity.linkerd.cluster.local"
 pub const BUNDLE: &str = "linkerd/tessera-identity-trust-roots";
 /// The meshed workloads, by namespace (= ServiceAccount, pod `NS-0`).
 pub const WORKLOADS: [&str; 3] = ["data-store", "api", "web"];
+/// Their proxies' inbound ports, in the same order.
+pub const PORTS: [u16; 3] = [8081, 8080, 8082];
 
 /// The running mesh: server, identity, three agents.
 pub struct Mesh {
@@ -174,7 +176,8 @@ impl Mesh {
 
     /// `tessera identity rotate --status`: its stdout.
     pub fn status(&self) -> String {
-        let out = tessera(&["identity", "rotate", "--status", "--kubeconfig"]).arg(&self.server.kubeconfig).output().expect("rotate --status");
+        let out =
+            tessera(&["identity", "rotate", "--status", "--kubeconfig"]).arg(&self.server.kubeconfig).output().expect("rotate --status");
         assert!(out.status.success(), "rotate --status: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -191,9 +194,18 @@ impl Mesh {
     }
 
     /// Every proxy trusts exactly `anchor` and holds a leaf from `issuer`,
-    /// in its `/trust` and in its pod's annotations.
-    pub fn assert_all_on(&self, anchor: &str, issuer: &str) {
-        for (ns, ip) in WORKLOADS.iter().zip(&self.ips) {
+    /// in its `/trust` and in its pod's annotations; the chain it serves
+    /// verifies against the anchor file `anchor_pem` and not against the
+    /// first (old) anchor.
+    pub fn assert_all_on(&self, anchor: &str, issuer: &str, anchor_pem: &Path) {
+        let scratch = self.server.path("chain-check");
+        for (i, (ns, ip)) in WORKLOADS.iter().zip(&self.ips).enumerate() {
+            let addr = format!("{ip}:{}", PORTS[i]);
+            let sni = format!("{ns}.{ns}.serviceaccount.identity.linkerd.cluster.local");
+            served_chain_verifies(&addr, &sni, anchor_pem, &scratch)
+                .unwrap_or_else(|e| panic!("{ns}'s leaf does not chain to the new anchor: {e}"));
+            let old = served_chain_verifies(&addr, &sni, &self.pki.join("ca.crt"), &scratch);
+            assert!(old.is_err(), "{ns}'s leaf still chains to the old anchor");
             let t = trust(ip);
             assert_eq!(t["anchors"], serde_json::json!([anchor]), "{ns}: trusts only the new anchor");
             assert_eq!(t["leaf"]["issuer"], issuer, "{ns}: a leaf from the new issuer");
@@ -217,6 +229,41 @@ pub struct Snapshot {
 pub struct ProxyReport {
     pub anchors: Vec<String>,
     pub issuer: String,
+}
+
+/// Whether the chain the proxy at `addr` serves in its TLS handshake (as
+/// any peer sees it; `openssl s_client` is then refused for lacking a client
+/// certificate, after the server's chain arrived) verifies against the one
+/// anchor in `anchor_pem` for the identity `sni`.
+pub fn served_chain_verifies(addr: &str, sni: &str, anchor_pem: &Path, scratch: &Path) -> Result<(), String> {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-servername", sni, "-showcerts", "-tls1_3"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let blocks: Vec<String> = text
+        .split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .filter_map(|b| b.split("-----END CERTIFICATE-----").next())
+        .map(|b| format!("-----BEGIN CERTIFICATE-----{b}-----END CERTIFICATE-----\n"))
+        .collect();
+    let (leaf, intermediates) = blocks.split_first().ok_or_else(|| format!("{addr} served no certificate: {text}"))?;
+    std::fs::create_dir_all(scratch).expect("scratch dir");
+    let (leaf_file, chain_file) = (scratch.join("leaf.pem"), scratch.join("chain.pem"));
+    std::fs::write(&leaf_file, leaf).expect("write leaf");
+    std::fs::write(&chain_file, intermediates.concat()).expect("write chain");
+    let mut verify = Command::new("openssl");
+    verify.args(["verify", "-purpose", "sslserver", "-verify_hostname", sni, "-CAfile"]).arg(anchor_pem);
+    if !intermediates.is_empty() {
+        verify.arg("-untrusted").arg(&chain_file);
+    }
+    let out = verify.arg(&leaf_file).output().expect("openssl verify");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{addr}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
 }
 
 /// A proxy's `GET /trust`.
@@ -317,4 +364,3 @@ impl Drop for Load {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
-
