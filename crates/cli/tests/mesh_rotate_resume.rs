@@ -41,6 +41,16 @@ impl Drop for Stopped {
     }
 }
 
+/// `command` run by util-linux `script` on a pseudo-terminal: its stdout
+/// and stderr both go to the pty, whose output is `script`'s stdout.
+fn on_a_terminal(command: &std::process::Command) -> std::process::Command {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+    let line: Vec<String> = std::iter::once(command.get_program()).chain(command.get_args()).map(quote).collect();
+    let mut script = std::process::Command::new("script");
+    script.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"]).env("TESSERA_LOG", "warn").stdin(Stdio::null());
+    script
+}
+
 /// A thread sending each line of `from` to the receiver.
 fn forward_lines(from: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
@@ -138,10 +148,16 @@ fn rotate_killed_in_step_4_shows_its_status_and_resumes_to_the_end() {
 
     drop(web_agent);
     let resumed_at = Instant::now();
-    let out = mesh.rotate_cmd(&["--step-timeout", "40s"]).output().expect("identity rotate");
+    // The rerun on a terminal (util-linux `script` gives it a pty), where the
+    // bar is one line redrawn in place and cleared before each step line.
+    let out = on_a_terminal(&mesh.rotate_cmd(&["--step-timeout", "40s"])).output().expect("identity rotate");
     let resume_took = resumed_at.elapsed();
-    let (resumed, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-    assert!(out.status.success(), "resume failed:\n{resumed}\n{stderr}");
+    let (tty, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "resume failed:\n{tty}\n{stderr}");
+    assert!(tty.contains("\r\x1b[2K[") && tty.contains("/3 proxies  step 4/6  0m"), "no bar drawn in place: {tty:?}");
+    // What a reader of the terminal is left with: the step lines.
+    let resumed: String =
+        tty.replace("\r\n", "\n").split('\n').map(|l| l.rsplit("\x1b[2K").next().unwrap_or(l)).collect::<Vec<_>>().join("\n");
     assert!(resumed.starts_with(&format!("resuming rotation {id} at step 4/6: ")), "{resumed}");
     for redone in ["step 1/6", "step 2/6", "step 3/6", "new anchor", "started "] {
         assert!(!resumed.contains(redone), "the resume redid {redone:?}:\n{resumed}");
