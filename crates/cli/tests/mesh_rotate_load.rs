@@ -15,7 +15,7 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rotate_load::{Load, Mesh, Snapshot};
+use rotate_load::{Load, Mesh, ProxyReport, Snapshot, WORKLOADS};
 
 /// Runs `tessera identity rotate ARGS` to the end, snapshotting the cluster
 /// while it runs; its stdout, the distinct snapshots in order, its run time.
@@ -78,20 +78,31 @@ fn three_workloads_under_load_through_a_full_and_an_issuer_only_rotation() {
     assert!(full.contains(&format!("step 5/6 done: removed {old_anchor}; the bundle holds {new_anchor}")), "{full}");
     assert!(full.contains(" complete"), "{full}");
 
-    // Each wait seen from outside, in order: both anchors trusted everywhere
-    // with the old leaves, then every leaf from the new issuer while the old
-    // anchor is still trusted, then one anchor in the bundle and trusted.
-    let both = [old_anchor.clone(), new_anchor.clone()];
-    let a = observed(&seen, 0, "the bundle with two anchors, trusted by every proxy", |s| {
-        s.bundle == both
-            && s.proxies.iter().all(|p| both.iter().all(|f| p.anchors.contains(f)) && p.anchors.len() == 2 && p.issuer == old_issuer)
-    });
-    let b = observed(&seen, a, "every leaf from the new issuer while the old anchor is still trusted", |s| {
-        s.proxies.iter().all(|p| p.anchors.contains(&old_anchor) && p.issuer == first_issuer)
-    });
-    observed(&seen, b, "one anchor in the bundle, the only one every proxy trusts", |s| {
-        s.bundle == [new_anchor.clone()] && s.proxies.iter().all(|p| p.anchors == [new_anchor.clone()] && p.issuer == first_issuer)
-    });
+    // Each wait seen from outside, in order, on every proxy's reports (a
+    // proxy's report stays in each state for at least one of its agent's
+    // 1 s polls, since the rotation acts only on what the reports show):
+    // trusting both anchors with its old leaf, then a leaf from the new
+    // issuer while it still trusts the old anchor, then only the new anchor.
+    let mut both = vec![old_anchor.clone(), new_anchor.clone()];
+    both.sort();
+    let stages = [
+        ProxyReport { anchors: both.clone(), issuer: old_issuer.clone() },
+        ProxyReport { anchors: both.clone(), issuer: first_issuer.clone() },
+        ProxyReport { anchors: vec![new_anchor.clone()], issuer: first_issuer.clone() },
+    ];
+    for (i, ns) in WORKLOADS.iter().enumerate() {
+        let reports: Vec<&ProxyReport> = seen.iter().map(|s| &s.proxies[i]).collect();
+        let mut next = stages.iter().peekable();
+        for report in &reports {
+            if next.peek() == Some(report) {
+                next.next();
+            }
+        }
+        assert!(next.peek().is_none(), "{ns}: never observed {:?}; its reports: {reports:#?}", next.peek());
+    }
+    assert!(seen.iter().any(|s| s.bundle == [old_anchor.clone(), new_anchor.clone()]), "the bundle with both anchors: {seen:#?}");
+    let last = seen.last().expect("a snapshot");
+    assert_eq!(last.bundle, [new_anchor.clone()]);
     // The old anchor never left the bundle while a proxy held an old leaf.
     for s in &seen {
         assert!(
