@@ -9,6 +9,8 @@ need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # proxy_inbound checks that `openssl s_client` without a client certificate is refused.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# mesh_rotate_resume runs `tessera identity rotate` on a pty with util-linux `script`.
+command -v script >/dev/null 2>&1 || need_apt+=(bsdutils)
 # etcd-client (the etcd backend, a default feature) compiles its protos with protoc.
 command -v protoc >/dev/null 2>&1 || [ -n "${PROTOC:-}" ] || need_apt+=(protobuf-compiler)
 # promtool checks and unit-tests docs/alerts.yaml (crates/cli/tests/alerts_promtool.rs);
