@@ -1,129 +1,18 @@
 //! Compiling and evaluating a pod's inbound policy with 50 Servers and 500
-//! authorizations in its namespace (issue 16), against an empty policy.
-//!
-//! The fixture is the one `scripts/bench-policy.sh` applies to a real server
-//! (`scripts/policy-fixture.py` writes the same objects): namespace `bench`,
-//! pod `backend` (label `app: backend`) with ports 8001–8049 and 8080; Servers
-//! `srv-00`…`srv-48` (ports 8001–8049) and `web` (8080). Each Server has ten
-//! authorizations, in compiled order: three ServerAuthorizations (meshTLS
-//! serviceAccounts), four AuthorizationPolicies with a MeshTLSAuthentication
-//! (an exact identity and a `*.` suffix), two with a NetworkAuthentication
-//! (10.x networks, one with an `except`), and `S-zz`: MeshTLS + network for the
-//! others, and for `web` the one that lets `client.bench` in, so the
-//! authorized request is decided by the last authorization (the worst case).
-//! Five HTTPRoutes are attached to `srv-00`…`srv-04`.
+//! authorizations in its namespace (issue 16), against an empty policy; the
+//! fixture is described in `fixture.rs`.
 
 #![allow(missing_docs)]
+
+mod fixture;
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
-use tessera_policy::compile::{PodInfo, PolicyResources, Settings, compile};
+use fixture::{CLIENT, INTRUDER, fixture, pod, resources};
+use tessera_policy::compile::{Settings, compile};
 use tessera_policy::{Client, HttpRequestInfo, PodInboundPolicy, Verdict};
-
-const NS: &str = "bench";
-const CLIENT: &str = "client.bench.serviceaccount.identity.linkerd.cluster.local";
-const INTRUDER: &str = "intruder.bench.serviceaccount.identity.linkerd.cluster.local";
-
-fn meta(name: &str) -> Value {
-    json!({"name": name, "namespace": NS})
-}
-
-fn server_ref(name: &str) -> Value {
-    json!({"group": "policy.linkerd.io", "kind": "Server", "name": name})
-}
-
-fn authn_ref(kind: &str, name: &str) -> Value {
-    json!({"group": "policy.linkerd.io", "kind": kind, "name": name})
-}
-
-/// The fixture's objects (same as `scripts/policy-fixture.py`).
-fn fixture() -> Vec<Value> {
-    let mut objects = Vec::new();
-    let servers: Vec<(String, u16)> = (0..49u16).map(|s| (format!("srv-{s:02}"), 8001 + s)).chain([("web".to_owned(), 8080)]).collect();
-    for (i, (server, port)) in servers.iter().enumerate() {
-        let sid = format!("{server}-clients");
-        objects.push(json!({"apiVersion": "policy.linkerd.io/v1beta3", "kind": "Server", "metadata": meta(server),
-            "spec": {"podSelector": {"matchLabels": {"app": "backend"}}, "port": port, "proxyProtocol": "HTTP/1"}}));
-        for k in 0..3 {
-            objects.push(json!({"apiVersion": "policy.linkerd.io/v1beta1", "kind": "ServerAuthorization", "metadata": meta(&format!("{server}-saz-{k}")),
-                "spec": {"server": {"name": server}, "client": {"meshTLS": {"serviceAccounts": [{"name": format!("caller-{k}"), "namespace": sid}]}}}}));
-        }
-        for k in 0..4 {
-            let name = format!("{server}-mtls-{k}");
-            objects.push(json!({"apiVersion": "policy.linkerd.io/v1alpha1", "kind": "MeshTLSAuthentication", "metadata": meta(&name),
-                "spec": {"identities": [format!("caller-{k}.{sid}.serviceaccount.identity.linkerd.cluster.local"),
-                                        format!("*.{server}-team-{k}.serviceaccount.identity.linkerd.cluster.local")]}}));
-            objects.push(json!({"apiVersion": "policy.linkerd.io/v1alpha1", "kind": "AuthorizationPolicy", "metadata": meta(&name),
-                "spec": {"targetRef": server_ref(server), "requiredAuthenticationRefs": [authn_ref("MeshTLSAuthentication", &name)]}}));
-        }
-        for k in 0..2 {
-            let name = format!("{server}-net-{k}");
-            objects.push(json!({"apiVersion": "policy.linkerd.io/v1alpha1", "kind": "NetworkAuthentication", "metadata": meta(&name),
-                "spec": {"networks": [{"cidr": format!("10.{i}.{k}.0/24")}, {"cidr": format!("10.{i}.{}.0/24", k + 100), "except": [format!("10.{i}.{}.7/32", k + 100)]}]}}));
-            objects.push(json!({"apiVersion": "policy.linkerd.io/v1alpha1", "kind": "AuthorizationPolicy", "metadata": meta(&name),
-                "spec": {"targetRef": server_ref(server), "requiredAuthenticationRefs": [authn_ref("NetworkAuthentication", &name)]}}));
-        }
-        let last = format!("{server}-zz");
-        let identities = if server == "web" { vec![CLIENT.to_owned()] } else { vec![format!("*.{sid}.serviceaccount.identity.linkerd.cluster.local")] };
-        objects.push(json!({"apiVersion": "policy.linkerd.io/v1alpha1", "kind": "MeshTLSAuthentication", "metadata": meta(&last), "spec": {"identities": identities}}));
-        let mut refs = vec![authn_ref("MeshTLSAuthentication", &last)];
-        if server != "web" {
-            objects.push(json!({"apiVersion": "policy.linkerd.io/v1alpha1", "kind": "NetworkAuthentication", "metadata": meta(&last),
-                "spec": {"networks": [{"cidr": format!("10.{i}.200.0/24")}]}}));
-            refs.push(authn_ref("NetworkAuthentication", &last));
-        }
-        objects.push(json!({"apiVersion": "policy.linkerd.io/v1alpha1", "kind": "AuthorizationPolicy", "metadata": meta(&last),
-            "spec": {"targetRef": server_ref(server), "requiredAuthenticationRefs": refs}}));
-    }
-    for (server, _) in servers.iter().take(5) {
-        objects.push(json!({"apiVersion": "policy.linkerd.io/v1beta3", "kind": "HTTPRoute", "metadata": meta(&format!("{server}-route")),
-            "spec": {"parentRefs": [{"group": "policy.linkerd.io", "kind": "Server", "name": server}],
-                "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/api"}, "method": "GET"}]},
-                          {"matches": [{"path": {"type": "RegularExpression", "value": "/items/[0-9]+"}, "headers": [{"name": "x-team", "value": "a"}]}]}]}}));
-    }
-    objects
-}
-
-fn put<T: DeserializeOwned>(map: &mut BTreeMap<(String, String), T>, object: &Value) {
-    let name = object["metadata"]["name"].as_str().expect("name").to_owned();
-    map.insert((NS.to_owned(), name), serde_json::from_value(object.clone()).expect("a valid object"));
-}
-
-fn resources(objects: &[Value]) -> PolicyResources {
-    let mut r = PolicyResources::default();
-    for (n, o) in objects.iter().enumerate() {
-        match o["kind"].as_str().expect("kind") {
-            "Server" => put(&mut r.servers, o),
-            "ServerAuthorization" => put(&mut r.server_authorizations, o),
-            "AuthorizationPolicy" => put(&mut r.authorization_policies, o),
-            "MeshTLSAuthentication" => put(&mut r.mesh_tls_authentications, o),
-            "NetworkAuthentication" => put(&mut r.network_authentications, o),
-            "HTTPRoute" => {
-                let name = o["metadata"]["name"].as_str().expect("name").to_owned();
-                let route = serde_json::from_value(o.clone()).expect("a valid HTTPRoute");
-                r.http_routes.insert((NS.to_owned(), name), (route, format!("2026-12-06T00:00:{:02}Z", n % 60)));
-            }
-            other => panic!("unexpected kind {other}"),
-        }
-    }
-    r
-}
-
-fn pod(labels: &[(&str, &str)]) -> PodInfo {
-    let mut container_ports: Vec<(Option<String>, u16)> = (0..49u16).map(|s| (Some(format!("p{}", 8001 + s)), 8001 + s)).collect();
-    container_ports.push((Some("http".into()), 8080));
-    PodInfo {
-        namespace: NS.into(),
-        name: "backend".into(),
-        labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-        annotations: BTreeMap::new(),
-        container_ports,
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let objects = fixture();
@@ -159,6 +48,17 @@ fn bench(c: &mut Criterion) {
     c.bench_function("policy/decide/500-authz/allowed-by-last", |b| b.iter(|| black_box(policy.decide(black_box(8080), &client, Some(&get)))));
     c.bench_function("policy/decide/500-authz/denied", |b| b.iter(|| black_box(policy.decide(black_box(8080), &intruder, Some(&get)))));
     c.bench_function("policy/decide/empty/allowed-by-default", |b| b.iter(|| black_box(empty.decide(black_box(8080), &client, Some(&get)))));
+    let addr = client.addr;
+    assert!(policy.decide_borrowed(8080, Some(CLIENT), addr, Some(&get)).allowed());
+    c.bench_function("policy/decide_borrowed/500-authz/allowed-by-last", |b| {
+        b.iter(|| black_box(policy.decide_borrowed(black_box(8080), Some(CLIENT), addr, Some(&get))))
+    });
+    c.bench_function("policy/decide_borrowed/500-authz/denied", |b| {
+        b.iter(|| black_box(policy.decide_borrowed(black_box(8080), Some(INTRUDER), addr, Some(&get))))
+    });
+    c.bench_function("policy/decide_borrowed/empty/allowed-by-default", |b| {
+        b.iter(|| black_box(empty.decide_borrowed(black_box(8080), Some(CLIENT), addr, Some(&get))))
+    });
     c.bench_function("policy/evaluate-with-trace/500-authz/allowed-by-last", |b| b.iter(|| black_box(policy.evaluate(black_box(8080), &client, Some(&get)))));
 }
 
