@@ -402,4 +402,33 @@ mod tests {
         assert!(text.contains(r#"inbound_tcp_authz_would_deny_total{target_addr="127.1.0.2:9090""#), "{text}");
         assert!(!text.contains("inbound_http_authz_deny_total{"), "{text}");
     }
+
+    #[test]
+    fn an_allowed_request_on_an_httproute_is_counted_with_the_route_and_its_authorization() {
+        // Port 8082: Server `web` with HTTPRoute `get-data` (GET /data) whose
+        // AuthorizationPolicy `route-api` admits the api; the fast path's cached
+        // labels must be the ones the full path would build.
+        let json = serde_json::json!({
+            "namespace": "data-store", "pod": "data-store-0", "defaultPolicy": "deny", "clusterNetworks": [],
+            "ports": [{"port": 8082, "server": "web", "proxyProtocol": "HTTP/1", "accessPolicy": "all-authenticated", "authorizations": [],
+                "routes": [{"name": "get-data", "matches": [{"path": {"pathPrefix": "/data"}, "method": "GET"}],
+                    "authorizations": [{"kind": "AuthorizationPolicy", "name": "route-api",
+                        "authentication": {"identities": [{"exact": API}]}, "networks": [{"net": "0.0.0.0/0", "except": []}]}]}]}]
+        });
+        let (enforcer, registry, _tx) = enforcer(Some(Loaded::decode(json.to_string().as_bytes()).unwrap()));
+        assert!(enforcer.check_http(&peer(8082, Some(API)), &get(None)).is_none());
+        assert!(enforcer.check_http(&peer(8082, Some(API)), &get(None)).is_none());
+        // The Server's accessPolicy admits a meshed connection (no route for TCP).
+        assert!(enforcer.allow_tcp(&peer(8082, Some(OTHER))));
+        let text = text(&registry);
+        let srv = r#"target_addr="127.1.0.2:8082",target_ip="127.1.0.2",target_port="8082",srv_group="policy.linkerd.io",srv_kind="server",srv_name="web""#;
+        for line in [
+            format!(
+                r#"inbound_http_authz_allow_total{{{srv},route_group="policy.linkerd.io",route_kind="HTTPRoute",route_name="get-data",authz_group="policy.linkerd.io",authz_kind="authorizationpolicy",authz_name="route-api",tls="true",client_id="{API}"}} 2"#
+            ),
+            format!(r#"inbound_tcp_authz_allow_total{{{srv},authz_group="",authz_kind="default",authz_name="all-authenticated",tls="true",client_id="{OTHER}"}} 1"#),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
 }
