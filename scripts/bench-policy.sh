@@ -26,7 +26,8 @@
 #   ROUNDS=1 DURATION=3s scripts/bench-policy.sh    # a smoke run
 #
 # Knobs: DURATION (10s), WARMUP (2s unmeasured wrk run before each row),
-# CONNECTIONS (8), ROUNDS (3), MODES ("http tcp": the HTTP forward proxy
+# CONNECTIONS (8), ROUNDS (3), IDLE (5: seconds of idle CPU measured per proxy
+# before the runs), MODES ("http tcp": the HTTP forward proxy
 # (HTTP/2 over mTLS) and/or `--outbound-tcp` (mTLS TCP, HTTP/1.1 detected by
 # the inbound); both check every request), TESSERA_BIN (else a release build),
 # PROXY_BIN (run the proxies from this binary), OUT
@@ -251,6 +252,21 @@ run() {
 }
 
 mapfile -t PAIRS <"$OUT/pairs.txt"
+# Idle CPU of every proxy over IDLE seconds before any load: a background cost
+# (the policy watch, its API connection) would show here, not per request.
+IDLE=${IDLE:-5}
+declare -A idle_before
+for p in "${PAIRS[@]}"; do
+  read -r name _ _ _ out_pid in_pid <<<"$p"
+  idle_before[$name]="$(cpu_ticks "$out_pid") $(cpu_ticks "$in_pid")"
+done
+sleep "$IDLE"
+: >"$OUT/idle.txt"
+for p in "${PAIRS[@]}"; do
+  read -r name _ _ _ out_pid in_pid <<<"$p"
+  read -r b_out b_in <<<"${idle_before[$name]}"
+  echo "$name $IDLE $(getconf CLK_TCK) $(($(cpu_ticks "$out_pid") - b_out)) $(($(cpu_ticks "$in_pid") - b_in))" >>"$OUT/idle.txt"
+done
 LOAD_START=$(cat /proc/loadavg)
 START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 for round in $(seq "$ROUNDS"); do
@@ -319,6 +335,9 @@ for mode in modes.split():
     p = 100 * (med["policy"]["p50"] / base["p50"] - 1)
     print(f"- {mode}: throughput overhead {o:+.1f} %, p50 overhead {p:+.1f} % (target < 5 %: "
           f"{'**met**' if o < 5 and p < 5 else '**not met**'})\n")
+idle = [l.split() for l in open(os.path.join(out, "idle.txt")) if l.strip()]
+print("Idle CPU before the runs (outbound / inbound, ms over the idle seconds): " + "; ".join(
+    f"{n}: {int(o) * 1000 / int(t):.0f} / {int(i) * 1000 / int(t):.0f} ms over {s} s" for n, s, t, o, i in idle) + ".\n")
 print("Δ req/s is the throughput lost (positive = slower); Δ p50 and Δ CPU are increases.\n")
 print("Checks: " + "; ".join(l.strip() for l in open(os.path.join(out, "checks.txt"))) + ".\n")
 print("Policy loaded: " + "; ".join(l.strip() for l in open(os.path.join(out, "policy-counts.txt"))) + ".\n")
