@@ -94,7 +94,7 @@ impl Decision {
 }
 
 /// Collects trace lines only when asked to (the proxy's hot path does not).
-struct Trace(Option<Vec<String>>);
+pub(crate) struct Trace(pub(crate) Option<Vec<String>>);
 
 impl Trace {
     fn note(&mut self, line: impl FnOnce() -> String) {
@@ -253,7 +253,7 @@ pub fn describe_match(m: &HttpMatch) -> String {
 
 /// The HTTPRoute for the request: the best-scoring match; ties go to the
 /// earlier route (the compiled order is oldest first, then by name).
-fn find_route<'p>(routes: &'p [Route], req: &HttpRequestInfo<'_>, t: &mut Trace) -> Option<&'p Route> {
+pub(crate) fn find_route<'p>(routes: &'p [Route], req: &HttpRequestInfo<'_>, t: &mut Trace) -> Option<&'p Route> {
     let mut best: Option<(Score, &Route)> = None;
     for route in routes {
         let route_best = route.matches.iter().filter_map(|m| score(m, req).map(|s| (s, m))).max_by_key(|(s, _)| *s);
@@ -280,9 +280,10 @@ impl PodInboundPolicy {
         self.run(port, client, request, Trace(Some(Vec::new())))
     }
 
-    /// As [`Self::evaluate`], without the trace (cheaper: the proxy's path).
+    /// As [`Self::evaluate`], without the trace (cheaper: the proxy's path;
+    /// see [`Self::decide_borrowed`] for the allocation-free form).
     pub fn decide(&self, port: u16, client: &Client, request: Option<&HttpRequestInfo<'_>>) -> Decision {
-        self.run(port, client, request, Trace(None))
+        self.decide_borrowed(port, client.identity.as_deref(), client.addr, request).to_decision()
     }
 
     /// The Server policy of `port`, if a Server selects it.

@@ -11,6 +11,7 @@
 
 pub mod compile;
 pub mod compiled;
+pub mod decided;
 pub mod evaluate;
 pub mod reach;
 pub mod resources;

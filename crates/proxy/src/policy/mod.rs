@@ -39,6 +39,82 @@ pub struct Loaded {
     default_server: Meta,
     /// The snapshot as sent (to skip unchanged ones).
     raw: Vec<u8>,
+    /// Label triples of allowed traffic, built once per snapshot so an
+    /// allowed request clones them instead of allocating ([`LabelCache`]).
+    labels: LabelCache,
+}
+
+/// What a name in the policy is, in the [`LabelCache`] key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Named {
+    Server,
+    Route,
+    Authorization,
+}
+
+/// The `srv_*`, `route_*` and `authz_*` label triples of a policy, keyed by
+/// the address of the name they were built from (a borrowed decision points
+/// into the policy, so the look-up needs no hashing of text); a hit is
+/// checked against the name, and a miss builds the triple as before.
+#[derive(Debug)]
+struct LabelCache {
+    by_name: std::collections::HashMap<(Named, usize), Meta>,
+    /// `authz_kind="default"` for each default policy.
+    defaults: Vec<Meta>,
+    /// Linkerd's synthetic `default` route.
+    default_route: Meta,
+}
+
+impl LabelCache {
+    fn new(policy: &PodInboundPolicy) -> Self {
+        let mut by_name = std::collections::HashMap::new();
+        let mut authz = |a: &tessera_policy::Authorization| {
+            by_name.insert((Named::Authorization, a.name.as_ptr() as usize), authz_meta(&a.kind, &a.name));
+        };
+        for port in &policy.ports {
+            port.authorizations.iter().for_each(&mut authz);
+            port.routes.iter().flat_map(|r| &r.authorizations).for_each(&mut authz);
+        }
+        for port in &policy.ports {
+            by_name.insert((Named::Server, port.server.as_ptr() as usize), Meta::resource("server", &port.server));
+            for route in &port.routes {
+                by_name.insert((Named::Route, route.name.as_ptr() as usize), Meta::resource("HTTPRoute", &route.name));
+            }
+        }
+        let defaults = tessera_policy::DefaultPolicy::ALL.iter().map(|p| Meta::default_named(p.as_str())).collect();
+        Self { by_name, defaults, default_route: Meta::default_named("default") }
+    }
+
+    fn get(&self, what: Named, name: &str, build: impl FnOnce() -> Meta) -> Meta {
+        match self.by_name.get(&(what, name.as_ptr() as usize)) {
+            Some(meta) if *meta.name == *name => meta.clone(),
+            _ => build(),
+        }
+    }
+
+    fn authz(&self, kind: &str, name: &str) -> Meta {
+        if kind == tessera_policy::evaluate::DEFAULT_KIND
+            && let Some(meta) = self.defaults.iter().find(|m| *m.name == *name)
+        {
+            return meta.clone();
+        }
+        self.get(Named::Authorization, name, || authz_meta(kind, name))
+    }
+
+    fn route(&self, route: Option<&tessera_policy::Route>) -> Meta {
+        match route {
+            Some(r) => self.get(Named::Route, &r.name, || Meta::resource("HTTPRoute", &r.name)),
+            None => self.default_route.clone(),
+        }
+    }
+}
+
+/// `authz_*` of an authorization (kind, name), as Linkerd labels it.
+fn authz_meta(kind: &str, name: &str) -> Meta {
+    match kind {
+        "default" => Meta::default_named(name),
+        kind => Meta::resource(&kind.to_ascii_lowercase(), name),
+    }
 }
 
 impl Loaded {
@@ -51,7 +127,8 @@ impl Loaded {
     /// Wraps a policy (tests build them directly).
     pub fn new(policy: PodInboundPolicy, raw: Vec<u8>) -> Self {
         let default_server = Meta::default_named(policy.default_policy.as_str());
-        Self { policy, default_server, raw }
+        let labels = LabelCache::new(&policy);
+        Self { policy, default_server, raw, labels }
     }
 }
 
@@ -88,6 +165,10 @@ impl Enforcer {
 
     /// An opaque TCP connection: whether to forward it (else close it).
     pub fn allow_tcp(&self, peer: &Peer<'_>) -> bool {
+        if self.allowed(peer, None) {
+            return true;
+        }
+
         let (outcome, decision, server) = self.decide(peer, None);
         self.metrics.tcp(outcome, labels(peer, &decision, server, None));
         if outcome == Outcome::Deny {
@@ -102,6 +183,10 @@ impl Enforcer {
     pub fn check_http(&self, peer: &Peer<'_>, parts: &http::request::Parts) -> Option<Response<Full<Bytes>>> {
         let path = parts.uri.path();
         let request = HttpRequestInfo { method: parts.method.as_str(), path, headers: &parts.headers };
+        if self.allowed(peer, Some(&request)) {
+            return None;
+        }
+
         let (outcome, decision, server) = self.decide(peer, Some(&request));
         let route = Some(decision.route.as_deref().map_or_else(|| Meta::default_named("default"), |r| Meta::resource("HTTPRoute", r)));
         let status = http::StatusCode::from_u16(decision.http_status.unwrap_or(403)).unwrap_or(http::StatusCode::FORBIDDEN);
@@ -117,6 +202,36 @@ impl Enforcer {
         tracing::info!(client = %peer.addr, target = %peer.target, client_id = ?peer.client_id, method = %parts.method, path, reason = %decision.reason, "inbound request denied by policy");
         TapHub::global().denial(&tap_request(peer, &parts.method, &parts.uri, &parts.headers), true, tap_denial(&decision));
         Some(deny::response(deny::is_grpc(&parts.headers), status, &decision.reason))
+    }
+
+    /// The per-request path (issue 16): when the current policy allows,
+    /// counts it from the borrowed decision with labels built once per
+    /// snapshot, and answers `true`; no reason text, no owned decision.
+    /// Anything else (no policy yet, a denial, an audit) answers `false` and
+    /// takes the full path, which decides again and builds the reason.
+    fn allowed(&self, peer: &Peer<'_>, request: Option<&HttpRequestInfo<'_>>) -> bool {
+        let current = self.policy.borrow().clone();
+        let Some(loaded) = current else { return false };
+        let decided = loaded.policy.decide_borrowed(peer.target.port(), peer.client_id, peer.addr.ip(), request);
+        if decided.verdict != Verdict::Allow {
+            return false;
+        }
+        let cache = &loaded.labels;
+        let server = decided.server.map_or_else(|| loaded.default_server.clone(), |s| cache.get(Named::Server, &s.server, || Meta::resource("server", &s.server)));
+        let labels = AuthzLabels {
+            target_addr: peer.target,
+            server,
+            route: request.map(|_| cache.route(decided.route)),
+            authz: decided.authorization.map(|(kind, name)| cache.authz(kind, name)),
+            tls: peer.tls,
+            client_id: peer.client_id.map(Arc::from),
+        };
+        if request.is_some() {
+            self.metrics.http(Outcome::Allow, labels);
+        } else {
+            self.metrics.tcp(Outcome::Allow, labels);
+        }
+        true
     }
 
     /// Evaluates against the current policy (fails closed without one).
@@ -155,10 +270,7 @@ pub fn has_policy(policy: &PolicyRx) -> bool {
 }
 
 fn labels(peer: &Peer<'_>, decision: &Decision, server: Meta, route: Option<Meta>) -> AuthzLabels {
-    let authz = decision.authorization.as_ref().map(|(kind, name)| match kind.as_str() {
-        "default" => Meta::default_named(name),
-        kind => Meta::resource(&kind.to_ascii_lowercase(), name),
-    });
+    let authz = decision.authorization.as_ref().map(|(kind, name)| authz_meta(kind, name));
     AuthzLabels { target_addr: peer.target, server, route, authz, tls: peer.tls, client_id: peer.client_id.map(Arc::from) }
 }
 
@@ -289,5 +401,34 @@ mod tests {
         assert!(text.contains(r#"inbound_http_authz_would_deny_total{target_addr="127.1.0.2:9090""#), "{text}");
         assert!(text.contains(r#"inbound_tcp_authz_would_deny_total{target_addr="127.1.0.2:9090""#), "{text}");
         assert!(!text.contains("inbound_http_authz_deny_total{"), "{text}");
+    }
+
+    #[test]
+    fn an_allowed_request_on_an_httproute_is_counted_with_the_route_and_its_authorization() {
+        // Port 8082: Server `web` with HTTPRoute `get-data` (GET /data) whose
+        // AuthorizationPolicy `route-api` admits the api; the fast path's cached
+        // labels must be the ones the full path would build.
+        let json = serde_json::json!({
+            "namespace": "data-store", "pod": "data-store-0", "defaultPolicy": "deny", "clusterNetworks": [],
+            "ports": [{"port": 8082, "server": "web", "proxyProtocol": "HTTP/1", "accessPolicy": "all-authenticated", "authorizations": [],
+                "routes": [{"name": "get-data", "matches": [{"path": {"pathPrefix": "/data"}, "method": "GET"}],
+                    "authorizations": [{"kind": "AuthorizationPolicy", "name": "route-api",
+                        "authentication": {"identities": [{"exact": API}]}, "networks": [{"net": "0.0.0.0/0", "except": []}]}]}]}]
+        });
+        let (enforcer, registry, _tx) = enforcer(Some(Loaded::decode(json.to_string().as_bytes()).unwrap()));
+        assert!(enforcer.check_http(&peer(8082, Some(API)), &get(None)).is_none());
+        assert!(enforcer.check_http(&peer(8082, Some(API)), &get(None)).is_none());
+        // The Server's accessPolicy admits a meshed connection (no route for TCP).
+        assert!(enforcer.allow_tcp(&peer(8082, Some(OTHER))));
+        let text = text(&registry);
+        let srv = r#"target_addr="127.1.0.2:8082",target_ip="127.1.0.2",target_port="8082",srv_group="policy.linkerd.io",srv_kind="server",srv_name="web""#;
+        for line in [
+            format!(
+                r#"inbound_http_authz_allow_total{{{srv},route_group="policy.linkerd.io",route_kind="HTTPRoute",route_name="get-data",authz_group="policy.linkerd.io",authz_kind="authorizationpolicy",authz_name="route-api",tls="true",client_id="{API}"}} 2"#
+            ),
+            format!(r#"inbound_tcp_authz_allow_total{{{srv},authz_group="",authz_kind="default",authz_name="all-authenticated",tls="true",client_id="{OTHER}"}} 1"#),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
     }
 }
