@@ -445,6 +445,8 @@ fn scenarios() -> Vec<Scenario> {
             netauthn("everywhere", "[{cidr: 0.0.0.0/0}, {cidr: \"::/0\"}]"),
             authz("public-all", "HTTPRoute/public", &format!("[{{{NET_REF}, name: everywhere}}]")),
             authz("server-web", "Server/db-http", "[{kind: ServiceAccount, name: web}]"),
+            route("confirm", "db-http", "[{matches: [{path: {type: RegularExpression, value: \"/admin/[0-9]+\"}, queryParams: [{name: confirm, value: \"1\"}]}]}]"),
+            authz("confirm-all", "HTTPRoute/confirm", &format!("[{{{NET_REF}, name: everywhere}}]")),
         ]
         .concat(),
         cases: vec![
@@ -457,6 +459,10 @@ fn scenarios() -> Vec<Scenario> {
             case("Gateway API precedence: an Exact path with a header match beats a PathPrefix; that route's policy admits backup/ops", backup(), HTTP, req("GET", "/data/admin", &[("x-admin", "yes")]), Allow),
             case("Gateway API precedence: the admin route is selected, and api is not authorized on it (403)", api(), HTTP, req("GET", "/data/admin", &[("x-admin", "yes")]), Deny),
             case("Gateway API header match is exact on the value: X-Admin: YES falls to the data-get route", api(), HTTP, req("GET", "/data/admin", &[("x-admin", "YES")]), Allow),
+            case("Gateway API header names are case-insensitive: X-Admin matches the route's X-Admin as sent in any case", backup(), HTTP, req("GET", "/data/admin", &[("X-ADMIN", "yes")]), Allow),
+            case("Gateway API queryParams match: DELETE /admin/42?confirm=1 selects the confirm route (the query is part of the request)", plain(OUT), HTTP, req("DELETE", "/admin/42?confirm=1", &[]), Allow),
+            case("Gateway API queryParams exact value: confirm=10 is not confirm=1, no route (404)", plain(OUT), HTTP, req("DELETE", "/admin/42?confirm=10", &[]), NoRoute),
+            case("Gateway API queryParams: without the parameter no route matches (404)", plain(OUT), HTTP, req("DELETE", "/admin/42", &[]), NoRoute),
             case("HTTPRoute RegularExpression path; NetworkAuthentication 0.0.0.0/0 admits plain text from anywhere", plain(OUT), HTTP, get("/public/42"), Allow),
             case("README Policy semantics: a regular expression matches the whole path; /public/42/x matches no route (404)", plain(OUT), HTTP, get("/public/42/x"), NoRoute),
         ],
