@@ -24,6 +24,7 @@
 //! REF = <https://linkerd.io/2/reference/authorization-policy/>,
 //! FEAT = <https://linkerd.io/2/features/server-policy/>,
 //! ROUTE = <https://linkerd.io/2/tasks/configuring-per-route-policy/>,
+//! MESH = the README's inbound proxy row (client-sent `l5d-client-id` removed, as linkerd2-proxy),
 //! or, where the docs are silent, from the README's "Policy semantics"
 //! (tessera's reading of Linkerd's policy controller).
 
@@ -305,6 +306,33 @@ fn scenarios() -> Vec<Scenario> {
             case("REF Server accessPolicy cluster-unauthenticated admits plain text from the cluster networks", plain(IN), ADMIN, None, Allow),
             case("REF Server accessPolicy cluster-unauthenticated refuses clients outside the cluster", plain(OUT), ADMIN, None, Deny),
             case("REF Server accessPolicy deny (the default) refuses everyone without an authorization", api(), PLAIN, get("/"), Deny),
+        ],
+    });
+
+    all.push(Scenario {
+        name: "server selection",
+        namespace_default: None,
+        pod_default: None,
+        yaml: [
+            "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata: {name: other-app, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  port: 7000\n---\n".to_owned(),
+            server("misspelt", "htp", ""),
+            "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata: {name: expr, namespace: shop}\nspec:\n  podSelector: {matchExpressions: [{key: app, operator: In, values: [db, cache]}]}\n  port: admin\n---\n".to_owned(),
+            saz("expr-cluster", "  server: {name: expr}\n  client: {unauthenticated: true}\n"),
+            server("undeclared", "9999", ""),
+            authz("undeclared-api", "Server/undeclared", "[{kind: ServiceAccount, name: api}]"),
+            server("routed", "9000", "  accessPolicy: all-unauthenticated\n"),
+            route("everything", "routed", "[{}]"),
+        ]
+        .concat(),
+        cases: vec![
+            case("REF Server podSelector: a Server for other pods (app=web) leaves this pod's port to the default policy", api(), PLAIN, None, Allow),
+            case("REF Server port: a name only selects a port the pod declares with that name; a misspelt name selects nothing (default policy)", api(), HTTP, get("/"), Allow),
+            case("REF Server podSelector matchExpressions (In) select the pod: its port is denied unless authorized", plain(OUT), ADMIN, None, Deny),
+            case("REF ServerAuthorization unauthenticated on the matchExpressions Server admits plain text from the cluster", plain(IN), ADMIN, None, Allow),
+            case("README Policy semantics / controller: a port number selects the port even if no containerPort declares it", api(), UNDECLARED, get("/"), Allow),
+            case("MESH: the proxy strips a client-sent l5d-client-id: a plain client forging api's identity stays unauthenticated (403)", plain(IN), UNDECLARED, req("GET", "/", &[("l5d-client-id", "api.shop.serviceaccount.identity.linkerd.cluster.local")]), Deny),
+            case("README Policy semantics: a rule without matches matches every request; a route's requests need the route's own authorizations, not the Server's accessPolicy (403)", plain(OUT), MAPPED, req("PATCH", "/x/y", &[]), Deny),
+            case("README Policy semantics: connections to a routed Server use its accessPolicy (all-unauthenticated)", plain(OUT), MAPPED, None, Allow),
         ],
     });
 
