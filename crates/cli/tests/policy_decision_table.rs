@@ -14,7 +14,9 @@
 //!   closed connection) together with which of Linkerd's authz counters
 //!   moved on the proxy's `/metrics` (`inbound_*_authz_would_deny_total`
 //!   tells `audit` from allow);
-//! - `tessera policy explain … -o json`, the CLI against the same server.
+//! - `tessera policy explain … -o json`, the CLI against the same server;
+//!   for a denied request, the proxy's `l5d-proxy-error` must also be
+//!   explain's `reason` word for word.
 //!
 //! Scenarios are applied with kubectl one after another; the proxy is known
 //! to enforce a scenario once a request to the sentinel port (7777) is
@@ -631,7 +633,8 @@ fn client_config(pki: &Path, identity: &str) -> Arc<rustls::ClientConfig> {
 /// What the client saw.
 #[derive(Debug, PartialEq, Eq)]
 enum Seen {
-    Status(u16),
+    /// The HTTP status and the `l5d-proxy-error` header, if any.
+    Status(u16, Option<String>),
     Echoed,
     Closed,
 }
@@ -666,7 +669,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, http: Option
     match http {
         Some(_) => {
             let text = String::from_utf8_lossy(&got);
-            text.strip_prefix("HTTP/1.1 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok()).map_or(Seen::Closed, Seen::Status)
+            let head = text.split("\r\n\r\n").next().unwrap_or_default();
+            let error = head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("l5d-proxy-error"))).map(|(_, v)| v.trim().to_owned());
+            match text.strip_prefix("HTTP/1.1 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok()) {
+                Some(status) => Seen::Status(status, error),
+                None => Seen::Closed,
+            }
         }
         None if got.starts_with(b"echo:") => Seen::Echoed,
         None => Seen::Closed,
@@ -914,8 +922,9 @@ fn explain(server: &Server, c: &Case) -> Child {
     command.args(["-o", "json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("tessera policy explain")
 }
 
-/// `explain`'s answer as an [`Expect`].
-fn explained(child: Child) -> Result<Expect, String> {
+/// `explain`'s answer as an [`Expect`] (an HTTP denial must carry its
+/// status, a connection's none).
+fn explained(child: Child, http: bool) -> Result<(Expect, String), String> {
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     if text.trim().is_empty() {
@@ -923,11 +932,12 @@ fn explained(child: Child) -> Result<Expect, String> {
     }
     let answer = json(&text);
     let decision = &answer["decision"];
-    match (decision["verdict"].as_str(), decision["httpStatus"].as_u64()) {
-        (Some("allow"), None) => Ok(Expect::Allow),
-        (Some("auditDeny"), None) => Ok(Expect::Audit),
-        (Some("deny"), None | Some(403)) => Ok(Expect::Deny),
-        (Some("deny"), Some(404)) => Ok(Expect::NoRoute),
+    let reason = decision["reason"].as_str().unwrap_or_default().to_owned();
+    match (decision["verdict"].as_str(), decision["httpStatus"].as_u64(), http) {
+        (Some("allow"), None, _) => Ok((Expect::Allow, reason)),
+        (Some("auditDeny"), None, _) => Ok((Expect::Audit, reason)),
+        (Some("deny"), None, false) | (Some("deny"), Some(403), true) => Ok((Expect::Deny, reason)),
+        (Some("deny"), Some(404), true) => Ok((Expect::NoRoute, reason)),
         _ => Err(format!("explain answered {decision}")),
     }
 }
@@ -945,13 +955,15 @@ fn observed(seen: &Seen, before: Counters, after: Counters, http: bool) -> Resul
     } else {
         (moved(before.tcp_allow, after.tcp_allow), moved(before.tcp_deny, after.tcp_deny), moved(before.tcp_would_deny, after.tcp_would_deny), false)
     };
-    match (seen, allow, deny, audit, no_route) {
-        (Seen::Status(200) | Seen::Echoed, true, false, false, false) => Ok(Expect::Allow),
+    let passed = if http { matches!(seen, Seen::Status(200, None)) } else { *seen == Seen::Echoed };
+    let refused = if http { matches!(seen, Seen::Status(403, Some(_))) } else { *seen == Seen::Closed };
+    match (allow, deny, audit, no_route) {
+        (true, false, false, false) if passed => Ok(Expect::Allow),
         // As Linkerd, audit is an authorization (counted as allowed, authz
         // `default:audit`); tessera also counts it as a would-be denial.
-        (Seen::Status(200) | Seen::Echoed, true, false, true, false) => Ok(Expect::Audit),
-        (Seen::Status(403) | Seen::Closed, false, true, false, false) => Ok(Expect::Deny),
-        (Seen::Status(404), false, false, false, true) => Ok(Expect::NoRoute),
+        (true, false, true, false) if passed => Ok(Expect::Audit),
+        (false, true, false, false) if refused => Ok(Expect::Deny),
+        (false, false, false, true) if http && matches!(seen, Seen::Status(404, Some(_))) => Ok(Expect::NoRoute),
         _ => Err(format!("inconsistent: client saw {seen:?}; counters {before:?} -> {after:?}")),
     }
 }
@@ -972,16 +984,26 @@ fn decision_table_proxy_and_explain_agree_with_linkerd() {
             let before = world.counters();
             let seen = world.attempt(&c.from, c.port, c.http.as_ref());
             let after = world.counters();
-            proxy_answers.push(observed(&seen, before, after, c.http.is_some()));
+            let error = match &seen {
+                Seen::Status(_, error) => error.clone(),
+                _ => None,
+            };
+            proxy_answers.push((observed(&seen, before, after, c.http.is_some()), error));
         }
         // explain runs after the proxy saw the scenario: same server state.
         let children: Vec<Child> = scenario.cases.iter().map(|c| explain(&world.server, c)).collect();
-        for ((c, proxy), child) in scenario.cases.iter().zip(proxy_answers).zip(children) {
-            let explain = explained(child);
-            if proxy.as_ref() != Ok(&c.expect) || explain.as_ref() != Ok(&c.expect) {
+        for ((c, (proxy, proxy_error)), child) in scenario.cases.iter().zip(proxy_answers).zip(children) {
+            let explain = explained(child, c.http.is_some());
+            let verdict = explain.as_ref().map(|(v, _)| *v);
+            // A denied request's `l5d-proxy-error` is explain's reason, word for word.
+            let reason_agrees = match (&explain, &proxy_error) {
+                (Ok((Expect::Deny | Expect::NoRoute, reason)), Some(error)) => reason == error,
+                (_, error) => error.is_none() || c.http.is_none(),
+            };
+            if proxy.as_ref() != Ok(&c.expect) || verdict.as_ref() != Ok(&c.expect) || !reason_agrees {
                 failures.push(format!(
-                    "[{}] {}\n    client {:?} from {} to port {} {:?}\n    expected {:?}; proxy {:?}; explain {:?}",
-                    scenario.name, c.rule, c.from.identity, c.from.addr, c.port, c.http, c.expect, proxy, explain
+                    "[{}] {}\n    client {:?} from {} to port {} {:?}\n    expected {:?}; proxy {:?} (l5d-proxy-error {:?}); explain {:?}",
+                    scenario.name, c.rule, c.from.identity, c.from.addr, c.port, c.http, c.expect, proxy, proxy_error, explain
                 ));
             }
         }
