@@ -190,6 +190,8 @@ fn route(name: &str, parent: &str, rules: &str) -> String {
 const MTLS_REF: &str = "group: policy.linkerd.io, kind: MeshTLSAuthentication";
 const NET_REF: &str = "group: policy.linkerd.io, kind: NetworkAuthentication";
 
+// One push per scenario keeps each group's comment beside it.
+#[allow(clippy::vec_init_then_push)]
 fn scenarios() -> Vec<Scenario> {
     use Expect::*;
     let api = || meshed("api", NS, IN);
