@@ -181,7 +181,9 @@ impl Enforcer {
 
     /// An HTTP request: `None` to forward it, else the answer to send instead.
     pub fn check_http(&self, peer: &Peer<'_>, parts: &http::request::Parts) -> Option<Response<Full<Bytes>>> {
-        let path = parts.uri.path();
+        // The path with its query: HTTPRoute queryParams matches need it
+        // (as `explain --path` passes it).
+        let path = parts.uri.path_and_query().map_or_else(|| parts.uri.path(), |pq| pq.as_str());
         let request = HttpRequestInfo { method: parts.method.as_str(), path, headers: &parts.headers };
         if self.allowed(peer, Some(&request)) {
             return None;
@@ -199,7 +201,7 @@ impl Enforcer {
         if outcome == Outcome::Allow || outcome == Outcome::AuditDeny {
             return None;
         }
-        tracing::info!(client = %peer.addr, target = %peer.target, client_id = ?peer.client_id, method = %parts.method, path, reason = %decision.reason, "inbound request denied by policy");
+        tracing::info!(client = %peer.addr, target = %peer.target, client_id = ?peer.client_id, method = %parts.method, path = parts.uri.path(), reason = %decision.reason, "inbound request denied by policy");
         TapHub::global().denial(&tap_request(peer, &parts.method, &parts.uri, &parts.headers), true, tap_denial(&decision));
         Some(deny::response(deny::is_grpc(&parts.headers), status, &decision.reason))
     }
@@ -430,5 +432,23 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
+    }
+
+    #[test]
+    fn route_query_parameters_see_the_request_query() {
+        // An HTTPRoute matching `?x=1` on port 8081: the request `/data?x=1`
+        // must reach it (the query is part of what routes match).
+        let json = serde_json::json!({
+            "namespace": "data-store", "pod": "data-store-0", "defaultPolicy": "deny", "clusterNetworks": [],
+            "ports": [{"port": 8081, "server": "s", "proxyProtocol": "HTTP/1", "accessPolicy": null, "authorizations": [],
+                "routes": [{"name": "with-x", "matches": [{"path": {"pathPrefix": "/data"}, "queryParams": [{"name": "x", "value": {"exact": "1"}}]}],
+                    "authorizations": [{"kind": "AuthorizationPolicy", "name": "all",
+                        "authentication": "unauthenticated", "networks": [{"net": "0.0.0.0/0", "except": []}]}]}]}]
+        });
+        let (enforcer, _registry, _tx) = enforcer(Some(Loaded::decode(json.to_string().as_bytes()).unwrap()));
+        assert!(enforcer.check_http(&peer(8081, None), &get(None)).is_none());
+        let other = http::Request::get("/data?x=2").body(()).unwrap().into_parts().0;
+        let denied = enforcer.check_http(&peer(8081, None), &other).expect("no route");
+        assert_eq!(denied.status(), http::StatusCode::NOT_FOUND);
     }
 }
