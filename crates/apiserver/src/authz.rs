@@ -94,11 +94,12 @@ pub fn authorize(config: &AuthzConfig, policy: &PolicyCache, nodes: &NodeGraph, 
         Verdict::Allow(_) => return Ok(Authorized(request)),
         Verdict::Deny(reason) => reason,
     };
-    // The inbound policy API authorizes per pod in its handler (a token bound
-    // to the pod, or RBAC on servers in its namespace): see crate::policy.
+    // The policy APIs (inbound, explain, who-can-reach) authorize per pod in
+    // their handlers (a token bound to the pod, or RBAC on servers in its
+    // namespace): see crate::policy.
     if let ParsedRequest::NonResource(n) = &request
         && n.verb == "get"
-        && n.path == crate::policy::PATH
+        && crate::policy::authorizes_in_handler(&n.path)
     {
         return Ok(Authorized(request));
     }

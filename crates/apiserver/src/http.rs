@@ -122,6 +122,8 @@ pub fn router(state: AppState) -> Router {
         .route(crate::destinations::PATH, get(crate::destinations::handler))
         .route(crate::expiry::PATH, get(crate::expiry::handler))
         .route(crate::policy::PATH, get(crate::policy::handler))
+        .route(crate::policy::EXPLAIN_PATH, get(crate::policy::explain::explain_handler))
+        .route(crate::policy::WHO_CAN_REACH_PATH, get(crate::policy::explain::who_can_reach_handler))
         .route("/tessera/v1/encryption/rewrite", axum::routing::post(encryption_rewrite))
         .route(crate::node::certificates::CLIENT_CERTIFICATE_PATH, axum::routing::post(crate::node::certificates::client_certificate))
         .route("/openapi/v2", get(|_authorized: Authorized, headers: HeaderMap| async move { crate::openapi_v2::respond(&headers) }))

@@ -25,6 +25,7 @@ use tessera_api::ApiError;
 use tessera_api::resource::CORE_PODS;
 use tessera_authn::UserInfo;
 use tessera_policy::compile::{Key, PodInfo, PolicyResources, Settings, compile};
+use tessera_policy::PodInboundPolicy;
 use tessera_policy::resources::GROUP;
 
 use crate::authz::Authorized;
@@ -33,8 +34,20 @@ use crate::reflector::Reflector;
 use crate::request::ParsedRequest;
 use crate::response::HandlerResult;
 
+pub mod explain;
+
 /// The path this module serves.
 pub const PATH: &str = "/tessera/v1/policy/inbound";
+/// `tessera policy explain`'s API ([`explain`]).
+pub const EXPLAIN_PATH: &str = "/tessera/v1/policy/explain";
+/// `tessera policy who-can-reach`'s API ([`explain`]).
+pub const WHO_CAN_REACH_PATH: &str = "/tessera/v1/policy/who-can-reach";
+
+/// Whether `path` is one of this module's APIs, which authorize per pod or
+/// namespace in their handlers (so the request authorizer passes them on).
+pub fn authorizes_in_handler(path: &str) -> bool {
+    matches!(path, PATH | EXPLAIN_PATH | WHO_CAN_REACH_PATH)
+}
 
 /// What the cache holds.
 #[derive(Default)]
@@ -168,14 +181,19 @@ impl PolicyState {
     }
 }
 
-/// The compiled policy of `namespace/pod` now.
-pub fn resolve(policy: &InboundPolicy, namespace: &str, pod: &str) -> Result<Value, ApiError> {
-    let compiled = policy.cache.read(|state| {
+/// The compiled policy of `namespace/pod` now (404 when the pod is unknown).
+pub fn compiled(policy: &InboundPolicy, namespace: &str, pod: &str) -> Result<PodInboundPolicy, ApiError> {
+    policy.cache.read(|state| {
         let info = state.pods.get(&(namespace.to_owned(), pod.to_owned())).ok_or_else(|| ApiError::not_found(&CORE_PODS, pod))?;
         let no_annotations = BTreeMap::new();
         let ns_annotations = state.namespaces.get(namespace).unwrap_or(&no_annotations);
-        Ok::<_, ApiError>(compile(info, ns_annotations, &state.resources, &policy.settings))
-    })?;
+        Ok(compile(info, ns_annotations, &state.resources, &policy.settings))
+    })
+}
+
+/// The compiled policy of `namespace/pod` now, as JSON.
+pub fn resolve(policy: &InboundPolicy, namespace: &str, pod: &str) -> Result<Value, ApiError> {
+    let compiled = compiled(policy, namespace, pod)?;
     serde_json::to_value(&compiled).map_err(|e| ApiError::internal(format!("encoding the inbound policy: {e}")))
 }
 

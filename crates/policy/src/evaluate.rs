@@ -125,7 +125,8 @@ fn describe(authz: &Authorization) -> String {
     format!("{}/{}", authz.kind, authz.name)
 }
 
-fn networks_text(networks: &[NetworkMatch]) -> String {
+/// `10.0.0.0/8 except 10.1.0.0/16, ::/0` (`none` when empty).
+pub fn networks_text(networks: &[NetworkMatch]) -> String {
     if networks.is_empty() {
         return "none".to_owned();
     }
@@ -223,7 +224,8 @@ fn score(m: &HttpMatch, req: &HttpRequestInfo<'_>) -> Option<Score> {
     Some((path_score.0, path_score.1, m.method.is_some(), m.headers.len(), m.query_params.len()))
 }
 
-fn describe_match(m: &HttpMatch) -> String {
+/// One HTTPRoute match in words (`method GET, path prefix /data`).
+pub fn describe_match(m: &HttpMatch) -> String {
     let mut parts = Vec::new();
     if let Some(method) = &m.method {
         parts.push(format!("method {method}"));
