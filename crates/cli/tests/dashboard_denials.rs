@@ -125,5 +125,5 @@ fn a_real_denial_shows_with_the_rule_that_decided_in_chromium() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the Playwright suite failed (output above)");
-    assert!(stdout.contains("2 passed"), "expected both browser tests to run and pass:\n{stdout}");
+    assert!(stdout.contains("3 passed"), "expected all 3 tests (parsing, admin, viewer) to run and pass:\n{stdout}");
 }

@@ -9,7 +9,7 @@
 
 import { get } from "../api";
 import type { KubeObject } from "../collection";
-import { ADMIN_PORT, INJECT } from "./scrape";
+import { ADMIN_PORT, INJECT } from "./annotations";
 
 /** One entry of a proxy's `/denials` (the contract in SESSION.md). */
 export interface ProxyDenial {

@@ -8,12 +8,12 @@
 import { get, getText } from "../api";
 import type { KubeObject } from "../collection";
 import { identityOf } from "../shared";
+import { ADMIN_PORT, INJECT } from "./annotations";
 import { type RecentDenial, denialsPath, parseDenials } from "./denials";
 import { type Denial, type Edge, Window, denialsOfPod, edgeStats, edgesOfPod } from "./edges";
 import { parseMetrics } from "./prom";
 
-export const INJECT = "linkerd.io/inject";
-export const ADMIN_PORT = "tessera.io/proxy-admin-port";
+export { ADMIN_PORT, INJECT };
 export const POLL_MS = 2000;
 const CONCURRENCY = 16;
 
