@@ -103,6 +103,8 @@ const CONCURRENCY = 4;
 export class Explainer {
   private answers = new Map<string, Explained>();
   private queue: string[] = [];
+  /** Questions queued or in flight (asked once at a time). */
+  private asking = new Set<string>();
   private inFlight = 0;
   private stopped = false;
 
@@ -112,8 +114,9 @@ export class Explainer {
   lookup(path: string): Explained {
     const known = this.answers.get(path);
     const stale = known && known.kind !== "pending" && Date.now() - known.at > FRESH_MS;
-    if (!known || (stale && !this.queue.includes(path))) {
+    if ((!known || stale) && !this.asking.has(path)) {
       if (!known) this.answers.set(path, { kind: "pending" });
+      this.asking.add(path);
       this.queue.push(path);
       this.pump();
     }
@@ -135,6 +138,7 @@ export class Explainer {
       this.inFlight++;
       void get<{ decision: Decision }>(path).then((answer) => {
         this.inFlight--;
+        this.asking.delete(path);
         if (this.stopped) return;
         const at = Date.now();
         let explained: Explained;
