@@ -198,7 +198,9 @@ mod tests {
 
     #[test]
     fn default_policies_without_a_server() {
-        let cases: [(&str, Option<(bool, Vec<&str>, Vec<NetworkMatch>, bool)>); 6] = [
+        // (unauthenticated, identities, networks, audit) of the one entry, if any.
+        type Entry = (bool, Vec<&'static str>, Vec<NetworkMatch>, bool);
+        let cases: [(&str, Option<Entry>); 6] = [
             ("deny", None),
             ("audit", Some((true, vec![], all(), true))),
             ("all-unauthenticated", Some((true, vec![], all(), false))),
