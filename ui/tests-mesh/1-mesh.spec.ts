@@ -48,6 +48,8 @@ test("an edge appears SECURED between the meshed pods, with live numbers and no 
   const denials = page.locator("#graph-denials");
   if ((await metrics.text()).includes("inbound_http_authz_")) {
     await expect(denials).toHaveAttribute("data-state", /^(none|denials)$/);
+    // Each proxy's /denials is read too: nothing denied here (no policy selects these ports).
+    await expect(page.locator("#recent-denials")).toHaveAttribute("data-state", "none");
   } else {
     await expect(denials).toHaveAttribute("data-state", "not-available");
     await expect(denials).toContainText("Not available yet");

@@ -1,14 +1,19 @@
 //! `GET /api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`, kube's `pods/proxy`
 //! subresource, narrowed to what the dashboard needs from a meshed pod: the
-//! proxy admin port's `/metrics` and `/trust`, read with the caller's own
-//! credentials.
+//! proxy admin port's `/metrics`, `/trust` and `/denials`, read with the
+//! caller's own credentials.
 //!
 //! Authorization is kube's: RBAC `get` on `pods/proxy` (resource name
 //! `NAME:PORT`, as kube's request info names it), decided before this runs.
 //! Unlike kube-apiserver, which forwards any method to any port and path of
-//! the pod, tessera forwards only a GET of those two read-only paths on the
+//! the pod, tessera forwards only a GET of those read-only paths on the
 //! port the pod's `tessera.io/proxy-admin-port` annotation names, so a grant
 //! of `pods/proxy` reaches no application port and nothing that writes.
+//!
+//! Each relay buffers up to 16 MiB, so at most [`MAX_IN_FLIGHT`] run at once
+//! server-wide; beyond that the answer is kube-apiserver's max-in-flight
+//! refusal (429, `Retry-After: 1`, its plain-text body), which clients such
+//! as the dashboard's poller retry on their next round.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -20,17 +25,24 @@ use serde_json::Value;
 use tessera_api::{ApiError, Registry};
 use tessera_api::resource::ResourceInfo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::Semaphore;
 
 use crate::request::Verb;
 
 /// The admin paths that may be read through the API.
-pub const PATHS: [&str; 2] = ["/metrics", "/trust"];
+pub const PATHS: [&str; 3] = ["/metrics", "/trust", "/denials"];
 const INJECT_ANNOTATION: &str = "linkerd.io/inject";
 const ADMIN_PORT_ANNOTATION: &str = "tessera.io/proxy-admin-port";
 /// How long the proxy may take to connect and to answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest answer relayed (a proxy's `/metrics` with many peers).
 const MAX_ANSWER: u64 = 16 << 20;
+/// Relays in flight at once, server-wide (bounds their buffers to 512 MiB).
+pub const MAX_IN_FLIGHT: usize = 32;
+/// The relays' permits.
+static RELAYS: Semaphore = Semaphore::const_new(MAX_IN_FLIGHT);
+/// kube-apiserver's max-in-flight refusal (`staging/src/k8s.io/apiserver/pkg/server/filters/maxinflight.go`).
+const TOO_MANY_REQUESTS: &str = "Too many requests, please try again later.\n";
 
 /// Serves one `pods/proxy` request the authorizer allowed.
 pub async fn serve(registry: &Registry, pods: &ResourceInfo, namespace: &str, id: &str, path: Option<&str>, verb: Verb) -> Result<Response, ApiError> {
@@ -52,14 +64,34 @@ pub async fn serve(registry: &Registry, pods: &ResourceInfo, namespace: &str, id
     if !PATHS.contains(&path) {
         return Err(not_served(name, admin.port()));
     }
-    let answer = fetch(admin, path).await.map_err(|e| ApiError::unavailable(format!("error trying to reach service: {e}")))?;
-    Ok(answer)
+    relay(&RELAYS, admin, path).await
+}
+
+/// [`fetch`] under one of `relays`' permits, or kube's 429 when none is free.
+async fn relay(relays: &Semaphore, admin: SocketAddr, path: &str) -> Result<Response, ApiError> {
+    let Ok(_permit) = relays.try_acquire() else {
+        tracing::debug!(%admin, path, "pods/proxy: {MAX_IN_FLIGHT} relays in flight; answering 429");
+        return Ok(too_many_requests());
+    };
+    fetch(admin, path).await.map_err(|e| ApiError::unavailable(format!("error trying to reach service: {e}")))
+}
+
+/// What Go's `http.Error` writes for kube's `tooManyRequests`.
+fn too_many_requests() -> Response {
+    let mut response = Response::new(Body::from(TOO_MANY_REQUESTS));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
 }
 
 fn not_served(name: &str, port: u16) -> ApiError {
     ApiError::not_found_because(format!(
-        "pods/proxy of {name}: tessera serves only GET {} on the proxy admin port {name}:{port}",
-        PATHS.join(" and ")
+        "pods/proxy of {name}: tessera serves only GET {} and {} on the proxy admin port {name}:{port}",
+        PATHS[..PATHS.len() - 1].join(", "),
+        PATHS[PATHS.len() - 1]
     ))
 }
 
@@ -128,7 +160,7 @@ async fn fetch(addr: SocketAddr, path: &str) -> Result<Response, FetchError> {
 /// What a relayed path holds, whatever the proxy's answer claims.
 fn content_type_of(path: &str) -> &'static str {
     match path {
-        "/trust" => "application/json",
+        "/trust" | "/denials" => "application/json",
         _ => "text/plain; version=0.0.4; charset=utf-8",
     }
 }
@@ -177,6 +209,69 @@ mod tests {
         assert_eq!(header(header::CONTENT_SECURITY_POLICY).as_deref(), Some("sandbox; default-src 'none'"));
         assert_eq!(header(header::X_CONTENT_TYPE_OPTIONS).as_deref(), Some("nosniff"));
         assert_eq!(content_type_of("/trust"), "application/json");
+        assert_eq!(content_type_of("/denials"), "application/json");
+    }
+
+    /// A proxy's `/denials` is relayed as JSON, sandboxed like the others.
+    #[tokio::test]
+    async fn denials_are_relayed_as_json() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 256];
+            let n = conn.read(&mut request).await.unwrap();
+            assert!(request[..n].starts_with(b"GET /denials HTTP/1.0\r\n"));
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n{\"denials\":[]}").await.unwrap();
+        });
+        let answer = relay(&Semaphore::new(1), addr, "/denials").await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(answer.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(answer.headers()[header::CONTENT_SECURITY_POLICY], "sandbox; default-src 'none'");
+        let body = axum::body::to_bytes(answer.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], br#"{"denials":[]}"#);
+        assert!(PATHS.contains(&"/denials"));
+        assert_eq!(not_served("p", 4191).message, "pods/proxy of p: tessera serves only GET /metrics, /trust and /denials on the proxy admin port p:4191");
+    }
+
+    /// With every permit held by relays in flight, the next one gets kube's
+    /// max-in-flight 429 at once; a freed permit serves again.
+    #[tokio::test]
+    async fn relays_beyond_the_cap_get_kubes_429() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let (accepted_tx, accepted_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            // The first relay: held until released.
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 256];
+            let _ = conn.read(&mut request).await;
+            accepted_tx.send(()).unwrap();
+            let _ = release_rx.await;
+            conn.write_all(b"HTTP/1.1 200 OK\r\n\r\nslow").await.unwrap();
+            drop(conn);
+            // The one after the permit came back.
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let _ = conn.read(&mut request).await;
+            conn.write_all(b"HTTP/1.1 200 OK\r\n\r\nagain").await.unwrap();
+        });
+        let relays = std::sync::Arc::new(Semaphore::new(1));
+        let first = tokio::spawn({
+            let relays = relays.clone();
+            async move { relay(&relays, addr, "/metrics").await.unwrap().status() }
+        });
+        accepted_rx.await.unwrap();
+        let refused = relay(&relays, addr, "/metrics").await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(refused.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(refused.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let body = axum::body::to_bytes(refused.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"Too many requests, please try again later.\n");
+        release_tx.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), StatusCode::OK);
+        assert_eq!(relay(&relays, addr, "/metrics").await.unwrap().status(), StatusCode::OK);
     }
 
     #[test]

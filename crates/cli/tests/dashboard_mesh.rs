@@ -44,10 +44,10 @@ fn pods_proxy_api(server: &Server, viewer: &str, lister: &str) {
         json(&body)["message"],
         r#"pods "api-0:4191" is forbidden: User "system:serviceaccount:default:pod-lister" cannot get resource "pods/proxy" in API group "" in the namespace "api""#
     );
-    // Nothing but GET of /metrics and /trust on the admin port.
+    // Nothing but GET of /metrics, /trust and /denials on the admin port.
     let (code, body) = get(viewer, "GET", "/api/v1/namespaces/api/pods/api-0:4191/proxy/tap");
     assert_eq!(code, 404, "{body}");
-    assert_eq!(json(&body)["message"], "pods/proxy of api-0: tessera serves only GET /metrics and /trust on the proxy admin port api-0:4191");
+    assert_eq!(json(&body)["message"], "pods/proxy of api-0: tessera serves only GET /metrics, /trust and /denials on the proxy admin port api-0:4191");
     let (code, body) = get(viewer, "GET", "/api/v1/namespaces/api/pods/api-0:8080/proxy/metrics");
     assert_eq!(code, 404, "{body}");
     let (code, body) = get(viewer, "GET", "/api/v1/namespaces/api/pods/nope:4191/proxy/metrics");

@@ -255,7 +255,11 @@ pub async fn run(
         tasks.spawn(outbound::serve(listener, tcp, discover, shared.clone(), limit.clone(), stopped(stop_rx.clone())));
     }
 
-    let admin_app = admin::router(metrics, credentials, trust_view, policy).merge(tap::router(tap::TapServer::from_config(&config)));
+    // `/denials` answers an empty list when policy is not enforced (nothing is denied).
+    let recent = enforcer.as_ref().map(policy::Enforcer::recent).unwrap_or_default();
+    let admin_app = admin::router(metrics, credentials, trust_view, policy)
+        .merge(tap::router(tap::TapServer::from_config(&config)))
+        .merge(policy::recent::router(recent));
     let result = axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx)).await;
     tasks.shutdown().await;
     result.map_err(|source| ProxyError::Admin { addr: admin_addr, source })

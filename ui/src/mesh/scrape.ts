@@ -1,17 +1,19 @@
 // Polls every meshed pod's proxy /metrics with the user's own credentials,
 // through kube's pods/proxy subresource:
 //   GET /api/v1/namespaces/NS/pods/NAME:ADMINPORT/proxy/metrics
-// (RBAC `get pods/proxy`; the server forwards only /metrics and /trust of the
-// proxy admin port). One poll feeds the edges and the denials.
+// (RBAC `get pods/proxy`; the server forwards only /metrics, /trust and
+// /denials of the proxy admin port). One poll feeds the edges, the denial
+// counts and (from each proxy's /denials) the recent denials.
 
-import { getText } from "../api";
+import { get, getText } from "../api";
 import type { KubeObject } from "../collection";
 import { identityOf } from "../shared";
+import { ADMIN_PORT, INJECT } from "./annotations";
+import { type RecentDenial, denialsPath, parseDenials } from "./denials";
 import { type Denial, type Edge, Window, denialsOfPod, edgeStats, edgesOfPod } from "./edges";
 import { parseMetrics } from "./prom";
 
-export const INJECT = "linkerd.io/inject";
-export const ADMIN_PORT = "tessera.io/proxy-admin-port";
+export { ADMIN_PORT, INJECT };
 export const POLL_MS = 2000;
 const CONCURRENCY = 16;
 
@@ -30,6 +32,10 @@ export interface ScrapeResult {
   denials: Denial[];
   /** Whether any proxy reports inbound authorization metrics at all. */
   policyMetrics: boolean;
+  /** Every proxy's recent denials, newest first. */
+  recent: RecentDenial[];
+  /** Proxies whose /denials could be read. */
+  recentRead: number;
 }
 
 /** A running meshed pod's proxy-admin `pods/proxy` path, or null. */
@@ -69,7 +75,18 @@ export class Scraper {
     const targets = this.pods()
       .map((p) => ({ pod: p, path: metricsPath(p) }))
       .filter((x): x is { pod: KubeObject; path: string } => x.path !== null);
-    const result: ScrapeResult = { at: 0, scraped: 0, proxies: targets.length, forbidden: new Map(), errors: [], edges: [], denials: [], policyMetrics: false };
+    const result: ScrapeResult = {
+      at: 0,
+      scraped: 0,
+      proxies: targets.length,
+      forbidden: new Map(),
+      errors: [],
+      edges: [],
+      denials: [],
+      policyMetrics: false,
+      recent: [],
+      recentRead: 0,
+    };
     const edgeKeys = new Set<string>();
     const denialKeys = new Set<string>();
     let next = 0;
@@ -101,12 +118,21 @@ export class Scraper {
           const base = this.denialWindow.push(key, t, { requests: denial.total });
           result.denials.push({ ...denial, recent: base ? denial.total - base.value.requests : null });
         }
+        // The same permission reads the proxy's recent denials (a proxy too old to keep them answers 404: left out).
+        const recentPath = denialsPath(pod);
+        const recent = recentPath ? await get<unknown>(recentPath) : null;
+        if (recent?.kind === "ok") {
+          result.recentRead++;
+          result.recent.push(...parseDenials(ns, pod.metadata.name, recent.value));
+        }
       }
     };
     await Promise.all(Array.from({ length: Math.min(CONCURRENCY, targets.length) }, worker));
     if (this.controller.signal.aborted) return;
     this.edgeWindow.retain(edgeKeys);
     this.denialWindow.retain(denialKeys);
+    // RFC 3339 in UTC with milliseconds: the strings sort as the times do.
+    result.recent.sort((a, b) => (a.at < b.at ? 1 : a.at > b.at ? -1 : a.key.localeCompare(b.key)));
     result.at = Date.now();
     this.last = result;
     for (const l of this.listeners) l(result);

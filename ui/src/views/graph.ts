@@ -3,11 +3,15 @@
 // Edges (request rate, success rate, p99, SECURED or not) and policy denials
 // come from the proxies' /metrics, read every two seconds through kube's
 // pods/proxy subresource with the user's own credentials: RBAC `get
-// pods/proxy` decides, and a refusal is shown as such.
+// pods/proxy` decides, and a refusal is shown as such. Each proxy's last
+// denials (its /denials) are listed with the rule that decides them, from the
+// server's policy explain API (RBAC `list servers.policy.linkerd.io`; a
+// refusal there is shown as forbidden in the row, not as an error).
 
 import type { KubeObject } from "../collection";
 import { badge, fill, h } from "../dom";
 import { KeyedTable } from "../keyed-table";
+import { type Decision, type Explained, Explainer, type RecentDenial, explainPath } from "../mesh/denials";
 import type { Denial, Edge } from "../mesh/edges";
 import { INJECT, POLL_MS, Scraper, type ScrapeResult } from "../mesh/scrape";
 import { collection, identityOf, outcomePanel, statePanel } from "../shared";
@@ -58,12 +62,103 @@ function denialTable(): KeyedTable<Denial> {
   );
 }
 
+/** Rows shown in the recent denials table (each proxy keeps 128). */
+const RECENT_ROWS = 50;
+
+/** The rule that decided, in one line (the trace has every rule looked at). */
+export function decidingRule(d: Decision): string {
+  if (d.verdict !== "deny" && d.authorization) return `${d.authorization[0]}/${d.authorization[1]}`;
+  if (d.httpStatus === 404) return `Server ${d.server}: no HTTPRoute matched the request`;
+  const where = d.server ? `Server ${d.server}${d.route ? ` → HTTPRoute ${d.route}` : ""}` : "no Server: the pod's default inbound policy";
+  return `${where}: no authorization matched`;
+}
+
+function traceMark(line: string): string {
+  if (line.includes(": matched") || line.startsWith("verdict: authorized")) return "✔";
+  if (line.includes("not matched") || line.startsWith("verdict: denied") || line.includes("authorizes nobody")) return "✘";
+  return "·";
+}
+
+function explainCell(d: RecentDenial, e: Explained) {
+  const text = JSON.stringify(e.kind === "ok" ? [e.kind, e.decision] : e.kind === "pending" ? [e.kind] : [e.kind, e.message]);
+  const draw = (): Node => {
+    if (e.kind === "pending") return h("span", { class: "muted", "data-state": "pending" }, "Asking policy explain…");
+    if (e.kind === "forbidden")
+      return h(
+        "div",
+        { class: "explain", "data-state": "forbidden" },
+        badge("forbidden", "Forbidden"),
+        ` Your credentials may not explain policy (list servers.policy.linkerd.io in namespace ${d.namespace}).`,
+        h("div", { class: "muted server-message" }, "Server: ", e.message),
+      );
+    if (e.kind === "error") return h("div", { class: "explain", "data-state": "error" }, badge("warning", "Error"), ` policy explain: ${e.message}`);
+    const dec = e.decision;
+    const word = dec.verdict === "deny" ? badge("denied", "DENIED") : dec.verdict === "auditDeny" ? badge("warning", "AUDIT") : badge("allowed", "ALLOWED now");
+    return h(
+      "details",
+      { class: "explain", "data-state": "explained" },
+      h("summary", {}, word, " by ", h("code", { class: "rule" }, decidingRule(dec)), h("span", { class: "sr-only" }, " (show every rule looked at)")),
+      h("p", { class: "muted" }, `Explained against the policy in force now: ${dec.reason}`),
+      h(
+        "ol",
+        { class: "trace", "aria-label": "Rules looked at" },
+        dec.trace.map((line) => h("li", {}, h("span", { "aria-hidden": "true" }, `${traceMark(line)} `), line)),
+      ),
+    );
+  };
+  return { text, draw };
+}
+
+function recentTable(explain: (d: RecentDenial) => Explained): KeyedTable<RecentDenial> {
+  return new KeyedTable<RecentDenial>(
+    "recent-denials-table",
+    "The latest requests and connections denied by authorization policy, with the rule that decided",
+    ["When", "Client identity", "Target", "Request", "Reason", "Rule that decided (policy explain)"],
+    (d) => {
+      const when = new Date(d.at);
+      return [
+        {
+          text: `${d.at} ${d.verdict}`,
+          draw: () =>
+            h(
+              "span",
+              {},
+              d.verdict === "audit" ? badge("warning", "AUDIT (allowed)") : badge("denied", "DENIED"),
+              h("br", {}),
+              h("time", { datetime: d.at, title: d.at }, Number.isNaN(when.getTime()) ? d.at : when.toLocaleTimeString()),
+            ),
+        },
+        {
+          text: `${d.client.identity ?? ""} ${d.client.address}`,
+          draw: () =>
+            h("span", {}, h("span", { class: "identity" }, d.client.identity ?? "(no identity)"), h("br", {}), h("span", { class: "muted" }, d.client.address)),
+        },
+        `${d.namespace}/${d.pod}:${d.port}`,
+        d.protocol === "HTTP" ? `${d.method ?? ""} ${d.path ?? ""}` : "TCP connection",
+        d.reason,
+        explainCell(d, explain(d)),
+      ];
+    },
+  );
+}
+
 export function mountGraph(root: HTMLElement): () => void {
   const pods = collection("pods");
   const edges = edgeTable();
   const denials = denialTable();
   const edgesState = h("div", { id: "edges-state" });
   const denialsState = h("div", { id: "denials-state" });
+  let showRecent = () => {};
+  const explainer = new Explainer(() => showRecent());
+  const recent = recentTable((d) => explainer.lookup(explainPath(d)));
+  const recentState = h("div", { id: "recent-denials-state" });
+  const recentSection = h(
+    "section",
+    { "aria-labelledby": "recent-denials-h", id: "recent-denials", "data-state": "loading" },
+    h("h3", { id: "recent-denials-h" }, "Latest denials, with the rule that decided"),
+    recentState,
+    recent.table,
+  );
   const filter = h("input", { id: "edge-filter", type: "search", autocomplete: "off", placeholder: "namespace, pod or identity" });
   const updated = h("span", { class: "muted", id: "edges-updated", role: "status", "aria-live": "polite" });
   const nodes = h("div", { id: "graph-nodes" });
@@ -80,6 +175,8 @@ export function mountGraph(root: HTMLElement): () => void {
     { "aria-labelledby": "denials-h", id: "graph-denials", "data-state": "loading" },
     h("h2", { id: "denials-h" }, "Recent policy denials"),
     denialsState,
+    recentSection,
+    h("h3", { id: "denial-counts-h" }, "Denials counted by the proxies"),
     denials.table,
   );
   root.append(
@@ -91,6 +188,8 @@ export function mountGraph(root: HTMLElement): () => void {
 
   edges.table.hidden = true;
   denials.table.hidden = true;
+  recent.table.hidden = true;
+  fill(recentState, h("p", { class: "muted", role: "status" }, "Reading the proxies' recent denials…"));
   for (const s of [edgesState, denialsState]) fill(s, h("p", { class: "muted", role: "status" }, "Reading the proxies' metrics…"));
   const scraper = new Scraper(() => (pods.state.kind === "ready" ? [...pods.items.values()] : []));
   let last: ScrapeResult | null = null;
@@ -166,6 +265,36 @@ export function mountGraph(root: HTMLElement): () => void {
     denialsSection.dataset.state = state;
   }
 
+  showRecent = () => {
+    if (!last || pods.state.kind !== "ready") return;
+    const r = last;
+    const shown = r.recent.slice(0, RECENT_ROWS);
+    recent.update(shown);
+    recent.table.hidden = shown.length === 0;
+    explainer.retain(new Set(shown.map(explainPath)));
+    let state: string;
+    if (r.proxies === 0 || (r.scraped === 0 && r.forbidden.size === 0)) {
+      state = "empty";
+      fill(recentState);
+    } else if (r.scraped === 0) {
+      state = "forbidden";
+      fill(recentState);
+    } else if (r.recentRead === 0) {
+      state = "not-available";
+      fill(
+        recentState,
+        h("div", { class: "panel empty" }, badge("info", "Not available yet"), h("p", {}, "These proxies do not keep recent denials (admin /denials).")),
+      );
+    } else if (shown.length === 0) {
+      state = "none";
+      fill(recentState, h("p", {}, badge("ok", "None"), ` The ${r.recentRead} proxies read have denied nothing recently.`));
+    } else {
+      state = "denials";
+      fill(recentState, h("p", { class: "muted", role: "status" }, `${shown.length} of ${r.recent.length} recent denials, newest first, from ${r.recentRead} proxies.`));
+    }
+    recentSection.dataset.state = state;
+  };
+
   function renderNodes(): void {
     const panel = statePanel(pods.state, pods.what);
     if (panel) {
@@ -226,12 +355,14 @@ export function mountGraph(root: HTMLElement): () => void {
     if (pods.state.kind !== "ready") return;
     showEdges();
     showDenials();
+    showRecent();
   });
   const unsubscribePods = pods.subscribe(renderNodes);
   renderNodes();
   scraper.start();
   return () => {
     scraper.stop();
+    explainer.stop();
     unsubscribeScrape();
     unsubscribePods();
   };

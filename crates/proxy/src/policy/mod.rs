@@ -8,11 +8,13 @@
 //! requests already allowed finish. Until the first snapshot arrives the
 //! proxy fails closed: every inbound request and connection is denied (and
 //! `/ready` answers 503). Denials are answered ([`deny`]), counted with
-//! Linkerd's metric names ([`metrics`]), logged, and published to tap.
+//! Linkerd's metric names ([`metrics`]), logged, published to tap, and kept
+//! with audit would-be denials in a ring served as admin `/denials` ([`recent`]).
 
 pub mod client;
 pub mod deny;
 pub mod metrics;
+pub mod recent;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use tessera_policy::{Client, Decision, HttpRequestInfo, PodInboundPolicy, Verdic
 use tokio::sync::watch;
 
 use self::metrics::{AuthzLabels, AuthzMetrics, Meta, Outcome};
+use self::recent::{Denial, DenialVerdict, RecentDenials};
 use crate::metrics::Tls;
 use crate::tap::{TapDenial, TapDirection, TapHub, TapRequest};
 
@@ -155,12 +158,18 @@ pub struct Peer<'a> {
 pub struct Enforcer {
     policy: PolicyRx,
     metrics: AuthzMetrics,
+    recent: RecentDenials,
 }
 
 impl Enforcer {
     /// Enforces what `policy` holds, counting into `metrics`.
     pub fn new(policy: PolicyRx, metrics: AuthzMetrics) -> Self {
-        Self { policy, metrics }
+        Self { policy, metrics, recent: RecentDenials::default() }
+    }
+
+    /// The ring of recent denials this enforcer records into (for admin `/denials`).
+    pub fn recent(&self) -> RecentDenials {
+        self.recent.clone()
     }
 
     /// An opaque TCP connection: whether to forward it (else close it).
@@ -170,6 +179,7 @@ impl Enforcer {
         }
 
         let (outcome, decision, server) = self.decide(peer, None);
+        self.remember(outcome, peer, &decision, &server, None);
         self.metrics.tcp(outcome, labels(peer, &decision, server, None));
         if outcome == Outcome::Deny {
             tracing::info!(client = %peer.addr, target = %peer.target, client_id = ?peer.client_id, reason = %decision.reason, "inbound connection denied by policy");
@@ -197,6 +207,7 @@ impl Enforcer {
             Outcome::Deny if status == http::StatusCode::NOT_FOUND => Outcome::RouteNotFound,
             other => other,
         };
+        self.remember(outcome, peer, &decision, &server, Some((parts.method.as_str(), path)));
         self.metrics.http(outcome, labels(peer, &decision, server, route));
         if outcome == Outcome::Allow || outcome == Outcome::AuditDeny {
             return None;
@@ -234,6 +245,25 @@ impl Enforcer {
             self.metrics.tcp(Outcome::Allow, labels);
         }
         true
+    }
+
+    /// Keeps a denial or an audit would-be denial in the ring; allowed
+    /// traffic returns at once, having built nothing.
+    fn remember(&self, outcome: Outcome, peer: &Peer<'_>, decision: &Decision, server: &Meta, request: Option<(&str, &str)>) {
+        let verdict = match outcome {
+            Outcome::Allow => return,
+            Outcome::Deny | Outcome::RouteNotFound => DenialVerdict::Deny,
+            Outcome::AuditDeny => DenialVerdict::Audit,
+        };
+        let mut denial = Denial::new(peer.addr, peer.client_id, peer.target.port(), verdict);
+        if let Some((method, path)) = request {
+            denial = denial.http(method, path);
+        }
+        denial.server = if &*server.kind == "default" { format!("default:{}", server.name) } else { server.name.to_string() };
+        denial.authorization = decision.authorization.as_ref().map(|(kind, name)| format!("{kind}/{name}"));
+        denial.route.clone_from(&decision.route);
+        denial.reason.clone_from(&decision.reason);
+        self.recent.record(denial);
     }
 
     /// Evaluates against the current policy (fails closed without one).
@@ -391,6 +421,52 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
+    }
+
+    #[test]
+    fn denials_and_audits_are_kept_newest_first_and_allowed_traffic_is_not() {
+        let (enforcer, _registry, tx) = enforcer(Some(policy("all-unauthenticated")));
+        let recent = enforcer.recent();
+        assert!(enforcer.check_http(&peer(8081, Some(API)), &get(None)).is_none());
+        assert!(enforcer.allow_tcp(&peer(8081, Some(API))));
+        assert!(recent.snapshot().is_empty(), "allowed traffic records nothing");
+
+        assert!(enforcer.check_http(&peer(8081, Some(OTHER)), &get(None)).is_some());
+        assert!(!enforcer.allow_tcp(&peer(8081, None)));
+        tx.send_replace(Some(Arc::new(policy("audit"))));
+        assert!(enforcer.check_http(&peer(9090, None), &get(None)).is_none());
+
+        let kept = recent.snapshot();
+        assert_eq!(kept.len(), 3);
+        let json = |d: &recent::Denial| {
+            let mut v = serde_json::to_value(d).unwrap();
+            assert!(v["at"].as_str().unwrap().ends_with('Z'), "{v}");
+            v.as_object_mut().unwrap().remove("at");
+            v
+        };
+        assert_eq!(
+            json(&kept[0]),
+            serde_json::json!({"protocol": "HTTP", "client": {"identity": null, "address": "127.1.0.3:40000"}, "port": 9090, "method": "GET", "path": "/data",
+                "server": "default:audit", "authorization": "default/audit", "reason": "allowed by audit: would be denied (unauthorized request on route)", "verdict": "audit"})
+        );
+        assert_eq!(
+            json(&kept[1]),
+            serde_json::json!({"protocol": "TCP", "client": {"identity": null, "address": "127.1.0.3:40000"}, "port": 8081,
+                "server": "data-store-http", "reason": "unauthorized connection on server/data-store-http", "verdict": "deny"})
+        );
+        assert_eq!(
+            json(&kept[2]),
+            serde_json::json!({"protocol": "HTTP", "client": {"identity": OTHER, "address": "127.1.0.3:40000"}, "port": 8081, "method": "GET", "path": "/data",
+                "server": "data-store-http", "reason": "unauthorized request on route", "verdict": "deny"})
+        );
+    }
+
+    #[test]
+    fn without_a_policy_the_denial_says_so() {
+        let (enforcer, _registry, _tx) = enforcer(None);
+        assert!(!enforcer.allow_tcp(&peer(8081, Some(API))));
+        let kept = enforcer.recent().snapshot();
+        assert_eq!((kept[0].server.as_str(), kept[0].reason.as_str()), ("default:unknown", NO_POLICY_YET));
     }
 
     #[test]
