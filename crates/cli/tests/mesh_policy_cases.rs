@@ -203,18 +203,18 @@ impl Cluster {
         let cluster = Self { _procs: vec![data_store, api, other, identity_proc], server, data_store_ip, api_ip, other_ip, data_store_log };
         // No Server yet: the default policy (all-unauthenticated) lets both clients in.
         cluster.wait_for("both clients reach the data store under the default policy", || {
-            cluster.from_api("GET", "/data").status == 200 && cluster.from_other("GET", "/data").status == 200
+            cluster.api("GET", "/data").status == 200 && cluster.other("GET", "/data").status == 200
         });
         cluster
     }
 
     /// `method path` from the api pod's app, through both proxies.
-    fn from_api(&self, method: &str, path: &str) -> Answer {
+    fn api(&self, method: &str, path: &str) -> Answer {
         relayed(&format!("http://{}:8080{path}", self.api_ip), method)
     }
 
     /// `method path` from the `other` pod's app, through both proxies.
-    fn from_other(&self, method: &str, path: &str) -> Answer {
+    fn other(&self, method: &str, path: &str) -> Answer {
         relayed(&format!("http://{}:8080{path}", self.other_ip), method)
     }
 
@@ -329,16 +329,16 @@ fn server_authorization_admits_the_api_service_account_only(c: &Cluster) {
     let case = "Server + ServerAuthorization";
     c.apply(SERVER_AUTHORIZATION);
     let took = c.wait_for("the ServerAuthorization enforced (api in, other out)", || {
-        c.from_api("GET", "/data").status == 200 && c.from_other("GET", "/data").status == 403
+        c.api("GET", "/data").status == 200 && c.other("GET", "/data").status == 403
     });
     eprintln!("{case}: enforced {took:?} after kubectl apply returned");
 
     let before = c.authz_metrics();
-    let api = c.from_api("GET", "/data");
+    let api = c.api("GET", "/data");
     assert_eq!(api.status, 200, "{case}: api {api:?}");
     assert_eq!(api.proxy_error, None, "{case}: api {api:?}");
     assert_eq!(json(&api.body)["path"], "/data", "{case}: the data store answered the api: {api:?}");
-    assert_eq!(c.from_other("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: other");
+    assert_eq!(c.other("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: other");
     assert_eq!(c.unmeshed("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: unmeshed HTTP");
     assert_eq!(c.unmeshed_tcp(b"\x00\x01\x02 not http"), b"", "{case}: unmeshed opaque TCP is closed unanswered");
     let after = c.authz_metrics();
@@ -358,27 +358,27 @@ fn server_authorization_admits_the_api_service_account_only(c: &Cluster) {
     );
 
     c.delete(SERVER_AUTHORIZATION);
-    c.wait_for("the default policy back once the Server is deleted", || c.from_other("GET", "/data").status == 200);
+    c.wait_for("the default policy back once the Server is deleted", || c.other("GET", "/data").status == 200);
 }
 
 fn http_route_admits_get_data_from_the_api_only(c: &Cluster) {
     let case = "HTTPRoute GET /data + AuthorizationPolicy";
     c.apply(HTTP_ROUTE);
     let took = c.wait_for("the HTTPRoute and its AuthorizationPolicy enforced", || {
-        c.from_api("GET", "/data").status == 200 && c.from_other("GET", "/data").status == 403 && c.from_api("POST", "/data").status == 404
+        c.api("GET", "/data").status == 200 && c.other("GET", "/data").status == 403 && c.api("POST", "/data").status == 404
     });
     eprintln!("{case}: enforced {took:?} after kubectl apply returned");
 
     let before = c.authz_metrics();
-    let api = c.from_api("GET", "/data");
+    let api = c.api("GET", "/data");
     assert_eq!((api.status, api.proxy_error.as_deref()), (200, None), "{case}: api GET /data {api:?}");
     assert_eq!(json(&api.body)["path"], "/data", "{case}: {api:?}");
     // Route matched, the client not authorized on it: 403.
-    assert_eq!(c.from_other("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: other GET /data");
+    assert_eq!(c.other("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: other GET /data");
     assert_eq!(c.unmeshed("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: unmeshed GET /data");
     // No route matches: 404, whoever asks.
-    assert_eq!(c.from_api("POST", "/data"), Answer::denied(404, NO_ROUTE), "{case}: api POST /data");
-    assert_eq!(c.from_api("GET", "/other"), Answer::denied(404, NO_ROUTE), "{case}: api GET /other");
+    assert_eq!(c.api("POST", "/data"), Answer::denied(404, NO_ROUTE), "{case}: api POST /data");
+    assert_eq!(c.api("GET", "/other"), Answer::denied(404, NO_ROUTE), "{case}: api GET /other");
     let after = c.authz_metrics();
 
     let (target, srv) = (c.target(), meta("srv", "policy.linkerd.io", "server", "data-store-http"));
@@ -398,7 +398,7 @@ fn http_route_admits_get_data_from_the_api_only(c: &Cluster) {
 
     c.delete(HTTP_ROUTE);
     c.wait_for("the default policy back once the Server is deleted", || {
-        c.from_other("GET", "/data").status == 200 && c.from_api("POST", "/data").status == 501
+        c.other("GET", "/data").status == 200 && c.api("POST", "/data").status == 501
     });
 }
 
@@ -408,11 +408,11 @@ fn namespace_default_policy_deny_then_audit(c: &Cluster) {
 
     let case = "namespace default policy deny";
     c.server.kubectl_ok(&["annotate", "ns", "data-store", &format!("{annotation}=deny")]);
-    let took = c.wait_for("the namespace's deny applied to the running pod", || c.from_api("GET", "/data").status == 403);
+    let took = c.wait_for("the namespace's deny applied to the running pod", || c.api("GET", "/data").status == 403);
     eprintln!("{case}: the running proxy applied the namespace annotation {took:?} after kubectl annotate returned");
     let before = c.authz_metrics();
-    assert_eq!(c.from_api("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: api");
-    assert_eq!(c.from_other("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: other");
+    assert_eq!(c.api("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: api");
+    assert_eq!(c.other("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: other");
     assert_eq!(c.unmeshed("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: unmeshed HTTP");
     assert_eq!(c.unmeshed_tcp(b"\x00\x01\x02 not http"), b"", "{case}: unmeshed opaque TCP is closed unanswered");
     let after = c.authz_metrics();
@@ -431,11 +431,11 @@ fn namespace_default_policy_deny_then_audit(c: &Cluster) {
 
     let case = "namespace default policy audit";
     c.server.kubectl_ok(&["annotate", "--overwrite", "ns", "data-store", &format!("{annotation}=audit")]);
-    let took = c.wait_for("the namespace's audit applied to the running pod", || c.from_api("GET", "/data").status == 200);
+    let took = c.wait_for("the namespace's audit applied to the running pod", || c.api("GET", "/data").status == 200);
     eprintln!("{case}: the running proxy applied the namespace annotation {took:?} after kubectl annotate returned");
     let before = c.authz_metrics();
     let logged = c.data_store_log.count(AUDIT_LOG);
-    for (who, answer) in [("api", c.from_api("GET", "/data")), ("other", c.from_other("GET", "/data")), ("unmeshed", c.unmeshed("GET", "/data"))] {
+    for (who, answer) in [("api", c.api("GET", "/data")), ("other", c.other("GET", "/data")), ("unmeshed", c.unmeshed("GET", "/data"))] {
         assert_eq!((answer.status, answer.proxy_error.as_deref()), (200, None), "{case}: {who} {answer:?}");
         assert_eq!(json(&answer.body)["path"], "/data", "{case}: {who}: the data store answered: {answer:?}");
     }
@@ -457,6 +457,6 @@ fn namespace_default_policy_deny_then_audit(c: &Cluster) {
     c.wait_for("the proxy's audit warnings", || c.data_store_log.count(AUDIT_LOG) >= logged + 4);
     let text = c.data_store_log.text();
     assert_eq!(c.data_store_log.count(AUDIT_LOG), logged + 4, "{case}: one warning per audited request or connection:\n{text}");
-    let warned = text.lines().filter(|l| l.contains(AUDIT_LOG)).next_back().unwrap_or_default();
+    let warned = text.lines().rfind(|l| l.contains(AUDIT_LOG)).unwrap_or_default();
     assert!(warned.contains("WARN") && warned.contains(&format!("target={}:8081", c.data_store_ip)), "{case}: {warned}");
 }
