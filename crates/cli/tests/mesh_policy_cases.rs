@@ -434,6 +434,9 @@ fn namespace_default_policy_deny_then_audit(c: &Cluster) {
     let took = c.wait_for("the namespace's audit applied to the running pod", || c.api("GET", "/data").status == 200);
     eprintln!("{case}: the running proxy applied the namespace annotation {took:?} after kubectl annotate returned");
     let before = c.authz_metrics();
+    // The one probe that saw the switch was audited too (those before were
+    // denied, logged below warn): its warning must be read before counting.
+    c.wait_for("the probe's audit warning", || c.data_store_log.count(AUDIT_LOG) >= 1);
     let logged = c.data_store_log.count(AUDIT_LOG);
     for (who, answer) in [("api", c.api("GET", "/data")), ("other", c.other("GET", "/data")), ("unmeshed", c.unmeshed("GET", "/data"))] {
         assert_eq!((answer.status, answer.proxy_error.as_deref()), (200, None), "{case}: {who} {answer:?}");
