@@ -36,6 +36,13 @@
 //! `deny` and then to `audit` with no restart. This test therefore
 //! annotates the running pod's namespace and waits for the switch (the time
 //! it took is printed); it does not restart the pod.
+//!
+//! The server runs with 127.0.0.0/8 added to `--cluster-networks`: the pods
+//! live on loopback, and a ServerAuthorization without `networks` admits
+//! only the cluster networks (Linkerd's rule), which by default (Linkerd's
+//! list) hold no loopback address. Every client, meshed or not, reaches the
+//! data store from 127.0.0.1 (the outbound proxy does not bind its pod's
+//! address), so these cases tell clients apart by identity only.
 
 mod support;
 
