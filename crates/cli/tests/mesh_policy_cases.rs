@@ -28,6 +28,10 @@
 //!    by `default`/`audit` and in `inbound_http_authz_would_deny_total`
 //!    (TCP: `inbound_tcp_authz_would_deny_total`), and logged by the proxy
 //!    (warning "audit: inbound policy would deny this").
+//! 4. The Server, a NetworkAuthentication holding only the api pod's IP
+//!    (`/32`) and an AuthorizationPolicy requiring it: api 200 (its proxy
+//!    connects from its pod IP, as a pod does in Kubernetes); `other`, on
+//!    another pod IP, 403; unmeshed (from 127.0.0.1) 403 / TCP closed.
 //!
 //! The namespace annotation applies live: `tessera server` computes each
 //! pod's policy from a cache that watches Namespaces as well as the policy
@@ -37,12 +41,9 @@
 //! annotates the running pod's namespace and waits for the switch (the time
 //! it took is printed); it does not restart the pod.
 //!
-//! The server runs with 127.0.0.0/8 added to `--cluster-networks`: the pods
-//! live on loopback, and a ServerAuthorization without `networks` admits
-//! only the cluster networks (Linkerd's rule), which by default (Linkerd's
-//! list) hold no loopback address. Every client, meshed or not, reaches the
-//! data store from 127.0.0.1 (the outbound proxy does not bind its pod's
-//! address), so these cases tell clients apart by identity only.
+//! The server runs with its default `--cluster-networks`, Linkerd's list
+//! plus 127.0.0.0/8 where the agent puts pods, so case 1's
+//! ServerAuthorization (no `networks`: the cluster networks) admits pods.
 
 mod support;
 
@@ -64,8 +65,6 @@ const UNAUTHORIZED: &str = "unauthorized request on route";
 const NO_ROUTE: &str = "no route found for request";
 /// The proxy's warning for a request `audit` lets through.
 const AUDIT_LOG: &str = "audit: inbound policy would deny this";
-/// Linkerd's default `clusterNetworks` (tessera server's default too).
-const LINKERD_CLUSTER_NETWORKS: &str = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
 /// The metric families compared before and after each case.
 const AUTHZ_FAMILIES: [&str; 3] = ["inbound_http_authz_", "inbound_tcp_authz_", "inbound_http_route_not_found"];
 /// An unmeshed client's TLS labels.
@@ -155,6 +154,33 @@ spec:
   - {group: policy.linkerd.io, kind: MeshTLSAuthentication, name: api-only}
 "#;
 
+/// Case 4: the Server, and an AuthorizationPolicy requiring a
+/// NetworkAuthentication that holds only `API_IP` (the api pod's address).
+const NETWORK_POLICY: &str = r#"
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: data-store-http, namespace: data-store}
+spec:
+  podSelector: {matchLabels: {app: data-store}}
+  port: 8081
+  proxyProtocol: HTTP/1
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: NetworkAuthentication
+metadata: {name: api-pod-ip, namespace: data-store}
+spec:
+  networks:
+  - cidr: API_IP/32
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: api-network, namespace: data-store}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: Server, name: data-store-http}
+  requiredAuthenticationRefs:
+  - {group: policy.linkerd.io, kind: NetworkAuthentication, name: api-pod-ip}
+"#;
+
 /// An HTTP answer: status, `l5d-proxy-error`, body.
 #[derive(Debug, PartialEq)]
 struct Answer {
@@ -184,11 +210,8 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
-        // The pods live on loopback addresses: the cluster networks must hold
-        // them (as Linkerd's clusterNetworks hold a cluster's pod network), or
-        // a ServerAuthorization without `networks` authorizes no pod.
-        let networks = format!("{LINKERD_CLUSTER_NETWORKS},127.0.0.0/8");
-        let server = Server::start_with(tempfile::tempdir().expect("tempdir"), &["--cluster-networks", &networks]);
+        // The default cluster networks hold the pods' loopback addresses.
+        let server = Server::start_with(tempfile::tempdir().expect("tempdir"), &[]);
         api_and_data_store(&server);
         workload_namespace(&server, "other");
         let pki = server.path("identity");
@@ -329,6 +352,7 @@ fn server_authorization_http_route_and_default_policies_decide_as_linkerd() {
     server_authorization_admits_the_api_service_account_only(&cluster);
     http_route_admits_get_data_from_the_api_only(&cluster);
     namespace_default_policy_deny_then_audit(&cluster);
+    network_authentication_admits_the_api_pod_ip_only(&cluster);
     eprintln!("all cases in {:?}", started.elapsed());
 }
 
@@ -469,4 +493,43 @@ fn namespace_default_policy_deny_then_audit(c: &Cluster) {
     assert_eq!(c.data_store_log.count(AUDIT_LOG), logged + 4, "{case}: one warning per audited request or connection:\n{text}");
     let warned = text.lines().rfind(|l| l.contains(AUDIT_LOG)).unwrap_or_default();
     assert!(warned.contains("WARN") && warned.contains(&format!("target={}:8081", c.data_store_ip)), "{case}: {warned}");
+}
+
+fn network_authentication_admits_the_api_pod_ip_only(c: &Cluster) {
+    let case = "NetworkAuthentication api pod IP/32";
+    // Case 3 left the namespace on `audit`: back to the server's default.
+    c.server.kubectl_ok(&["annotate", "ns", "data-store", "config.linkerd.io/default-inbound-policy-"]);
+    assert_ne!(c.api_ip, c.other_ip, "each pod has its own IP");
+    let yaml = NETWORK_POLICY.replace("API_IP", &c.api_ip);
+    c.apply(&yaml);
+    let took = c.wait_for("the NetworkAuthentication enforced (api's IP in, other's out)", || {
+        c.api("GET", "/data").status == 200 && c.other("GET", "/data").status == 403
+    });
+    eprintln!("{case}: enforced {took:?} after kubectl apply returned");
+
+    let before = c.authz_metrics();
+    let api = c.api("GET", "/data");
+    assert_eq!((api.status, api.proxy_error.as_deref()), (200, None), "{case}: api {api:?}");
+    assert_eq!(json(&api.body)["path"], "/data", "{case}: the data store answered the api: {api:?}");
+    assert_eq!(c.other("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: other");
+    assert_eq!(c.unmeshed("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: unmeshed HTTP from 127.0.0.1");
+    assert_eq!(c.unmeshed_tcp(b"\x00\x01\x02 not http"), b"", "{case}: unmeshed opaque TCP is closed unanswered");
+    let after = c.authz_metrics();
+
+    let (target, srv) = (c.target(), meta("srv", "policy.linkerd.io", "server", "data-store-http"));
+    let authz = meta("authz", "policy.linkerd.io", "authorizationpolicy", "api-network");
+    assert_moved(
+        case,
+        &before,
+        &after,
+        &[
+            (series("inbound_http_authz_allow_total", &[&target, &srv, DEFAULT_ROUTE, &authz, &mtls(API_ID)]), 1.0),
+            (series("inbound_http_authz_deny_total", &[&target, &srv, DEFAULT_ROUTE, &mtls(OTHER_ID)]), 1.0),
+            (series("inbound_http_authz_deny_total", &[&target, &srv, DEFAULT_ROUTE, PLAIN]), 1.0),
+            (series("inbound_tcp_authz_deny_total", &[&target, &srv, PLAIN]), 1.0),
+        ],
+    );
+
+    c.delete(&yaml);
+    c.wait_for("the default policy back once the Server is deleted", || c.other("GET", "/data").status == 200);
 }

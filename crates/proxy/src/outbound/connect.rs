@@ -128,7 +128,8 @@ pub(crate) async fn connect(
 /// 127/8 pod IP cannot be the source of a packet leaving the host).
 pub(crate) fn bind_for(source: Option<IpAddr>, dest: SocketAddr) -> Option<SocketAddr> {
     let source = source.filter(|s| !s.is_unspecified())?;
-    let reachable = source.is_ipv4() == dest.is_ipv4() && source.is_loopback() == dest.ip().is_loopback();
+    let reachable =
+        source.is_ipv4() == dest.is_ipv4() && source.is_loopback() == dest.ip().is_loopback();
     reachable.then_some(SocketAddr::new(source, 0))
 }
 
@@ -136,13 +137,21 @@ async fn dial(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream>
     let Some(local) = bind_for(source, addr) else {
         return TcpStream::connect(addr).await;
     };
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     // Port 0: the kernel picks a free port on the pod's IP.
     socket.bind(local)?;
     socket.connect(addr).await
 }
 
-async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>, timeout: Duration) -> Result<TcpStream, ProxyError> {
+async fn tcp_connect(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, ProxyError> {
     let tcp = tokio::time::timeout(timeout, dial(addr, source))
         .await
         .map_err(|_| ProxyError::Connect(addr, format!("timed out after {timeout:?}")))?
@@ -165,8 +174,14 @@ mod tests {
         assert_eq!(bind_for(pod, to("10.0.0.1:8080")), None);
         assert_eq!(bind_for(pod, to("[::1]:8080")), None);
         assert_eq!(bind_for(None, to("127.1.0.3:8080")), None);
-        assert_eq!(bind_for(Some("0.0.0.0".parse().unwrap()), to("127.1.0.3:8080")), None);
+        assert_eq!(
+            bind_for(Some("0.0.0.0".parse().unwrap()), to("127.1.0.3:8080")),
+            None
+        );
         let routable = Some("10.1.2.3".parse().unwrap());
-        assert_eq!(bind_for(routable, to("10.9.9.9:80")), Some(to("10.1.2.3:0")));
+        assert_eq!(
+            bind_for(routable, to("10.9.9.9:80")),
+            Some(to("10.1.2.3:0"))
+        );
     }
 }
