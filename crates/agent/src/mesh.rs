@@ -245,6 +245,8 @@ impl ProxyLaunch {
             ("--inbound", inbound),
             ("--admin-addr", SocketAddr::from((self.pod_ip, self.admin_port)).to_string()),
             ("--outbound-addr", SocketAddr::from((Ipv4Addr::LOCALHOST, self.outbound_port)).to_string()),
+            // Connections to other pods come from this pod's IP, as in Kubernetes.
+            ("--source-ip", self.pod_ip.to_string()),
             ("--api-server", self.api_server.clone()),
             ("--api-token-file", abs(&self.service_account_dir.join("token"))),
             ("--api-ca", abs(&self.service_account_dir.join("ca.crt"))),
@@ -344,6 +346,7 @@ mod tests {
         let after = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
         assert_eq!(after("--inbound").as_deref(), Some("127.9.8.7:8080=127.0.0.1:18080"));
         assert_eq!(after("--admin-addr").as_deref(), Some("127.9.8.7:4191"));
+        assert_eq!(after("--source-ip").as_deref(), Some("127.9.8.7"));
         assert_eq!(after("--api-ca").as_deref(), Some("/r/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"));
         assert_eq!(after("--pod").as_deref(), Some("api-0"));
         assert_eq!(after("--policy").as_deref(), Some("on"));

@@ -163,8 +163,8 @@ struct ServerArgs {
     /// cluster-authenticated, cluster-unauthenticated, deny or audit.
     #[arg(long, env = "TESSERA_DEFAULT_INBOUND_POLICY", default_value = "all-unauthenticated")]
     default_inbound_policy: tessera_policy::DefaultPolicy,
-    /// Networks the `cluster-*` policies count as the cluster (Linkerd's `clusterNetworks`), comma-separated CIDRs.
-    #[arg(long, env = "TESSERA_CLUSTER_NETWORKS", value_delimiter = ',', default_value = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8")]
+    /// Networks the `cluster-*` policies (and ServerAuthorizations without `networks`) count as the cluster, comma-separated CIDRs: Linkerd's `clusterNetworks` plus 127.0.0.0/8, where `agent run --mesh` puts pods.
+    #[arg(long, env = "TESSERA_CLUSTER_NETWORKS", value_delimiter = ',', default_value = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8,127.0.0.0/8")]
     cluster_networks: Vec<ipnet::IpNet>,
     #[command(subcommand)]
     action: Option<ServerAction>,

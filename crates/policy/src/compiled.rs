@@ -93,9 +93,13 @@ impl FromStr for DefaultPolicy {
     }
 }
 
-/// Linkerd's default `clusterNetworks`.
+/// Linkerd's default `clusterNetworks`, plus 127.0.0.0/8: the cluster
+/// networks are where pods live, and `tessera agent run --mesh` gives each
+/// pod a loopback address (Linux routes all of 127/8 to `lo`). Without it,
+/// `cluster-*` policies and ServerAuthorizations without `networks` would
+/// admit no tessera pod. Kept last, so the first network stays Linkerd's.
 pub fn default_cluster_networks() -> Vec<IpNet> {
-    ["10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]
+    ["10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8", "127.0.0.0/8"]
         .iter()
         .filter_map(|n| n.parse().ok())
         .collect()

@@ -87,6 +87,9 @@ pub struct ProxyConfig {
     pub h2_idle_timeout: Duration,
     /// Exit when the process that started the proxy dies (`--parent-pid`).
     pub parent_pid: Option<u32>,
+    /// The pod's IP: outbound connections to endpoints come from it
+    /// (`--source-ip`; default: the kernel's choice).
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 #[cfg(feature = "clap")]
@@ -173,6 +176,9 @@ mod args {
         /// Exit when this process (the agent that started the proxy) dies, even by SIGKILL.
         #[arg(long, env = "TESSERA_PROXY_PARENT_PID")]
         parent_pid: Option<u32>,
+        /// The pod's IP: outbound connections to other pods are made from it, so their proxies' network rules see this pod's address (default: the kernel's choice, e.g. 127.0.0.1 towards loopback).
+        #[arg(long, env = "TESSERA_PROXY_SOURCE_IP")]
+        source_ip: Option<std::net::IpAddr>,
         /// Threads of the proxy's runtime (as Linkerd's LINKERD2_PROXY_CORES); default: one per available CPU.
         #[arg(long, env = "TESSERA_PROXY_WORKER_THREADS", value_parser = at_least_one)]
         worker_threads: Option<usize>,
@@ -238,6 +244,7 @@ mod args {
                 max_tap_streams: self.max_tap_streams,
                 h2_idle_timeout: self.h2_idle_timeout,
                 parent_pid: self.parent_pid,
+                source_ip: self.source_ip,
             }
         }
 

@@ -76,6 +76,8 @@ struct Meshed {
     addr: SocketAddr,
     handshakes: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    /// The source address of every accepted connection.
+    peers: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
 }
 
 async fn meshed(creds: Arc<Credentials>) -> Meshed {
@@ -83,12 +85,14 @@ async fn meshed(creds: Arc<Credentials>) -> Meshed {
     let addr = listener.local_addr().unwrap();
     let handshakes = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(AtomicUsize::new(0));
-    let (h, r) = (handshakes.clone(), requests.clone());
+    let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (h, r, seen) = (handshakes.clone(), requests.clone(), peers.clone());
     let name = creds.identity().to_string();
     tokio::spawn(async move {
         let acceptor = tokio_rustls::TlsAcceptor::from(creds.server_config());
         loop {
-            let (tcp, _) = listener.accept().await.unwrap();
+            let (tcp, peer) = listener.accept().await.unwrap();
+            seen.lock().unwrap().push(peer);
             let (acceptor, h, r, name) = (acceptor.clone(), h.clone(), r.clone(), name.clone());
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
@@ -146,6 +150,7 @@ async fn meshed(creds: Arc<Credentials>) -> Meshed {
         addr,
         handshakes,
         requests,
+        peers,
     }
 }
 
@@ -455,6 +460,56 @@ async fn l5d_require_id_fails_requests_to_any_other_identity() {
     assert_eq!(headers["l5d-proxy-error"], format!("required id \"{B}\"; found None").as_str());
     let text = p.metrics.encode();
     assert_eq!(metric(&text, "response_total", &["status_code=\"502\"", "classification=\"failure\""]), Some(2), "{text}");
+}
+
+/// With a pod IP (`--source-ip`), connections to endpoints come from it,
+/// meshed or not, so the peer's network rules see the pod, not 127.0.0.1.
+#[tokio::test]
+async fn connections_to_endpoints_come_from_the_pod_ip() {
+    let pod_ip: std::net::IpAddr = "127.0.0.23".parse().unwrap();
+    let ca = Ca::new();
+    let b = meshed(ca.creds(B)).await;
+    let (web, web_peers) = recording_plain().await;
+    let config = OutboundConfig {
+        failfast_timeout: Duration::from_millis(300),
+        source_ip: Some(pod_ip),
+        ..OutboundConfig::default()
+    };
+    let p = proxy_with(&ca, true, config).await;
+    let (auth_b, auth_web) = ("b.ns.svc.cluster.local:8080", "web.ns.svc.cluster.local:80");
+    p.discover.set(auth_b, found(auth_b, vec![endpoint(b.addr, Some(B), "b-1")]));
+    p.discover.set(auth_web, found(auth_web, vec![endpoint(web, None, "web-1")]));
+    let mut client = Client::new(p.http).await;
+    let (status, _, _) = client.get("http://b.ns.svc.cluster.local:8080/", &[]).await;
+    assert_eq!(status, 200);
+    let (status, _, body) = client.get("http://web.ns.svc.cluster.local/", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "plain version=HTTP/1.1 host=web.ns.svc.cluster.local path=/"));
+    let ips = |peers: &std::sync::Mutex<Vec<SocketAddr>>| peers.lock().unwrap().iter().map(SocketAddr::ip).collect::<Vec<_>>();
+    assert_eq!(ips(&b.peers), vec![pod_ip]);
+    assert_eq!(ips(&web_peers), vec![pod_ip]);
+}
+
+/// A plain-text HTTP/1.1 endpoint that records each connection's source.
+async fn recording_plain() -> (SocketAddr, Arc<std::sync::Mutex<Vec<SocketAddr>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = peers.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = listener.accept().await.unwrap();
+            seen.lock().unwrap().push(peer);
+            tokio::spawn(async move {
+                let svc = service_fn(|req: http::Request<Incoming>| async move {
+                    let host = req.headers().get("host").map_or("-", |v| v.to_str().unwrap());
+                    let body = format!("plain version={:?} host={host} path={}", req.version(), req.uri());
+                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+            });
+        }
+    });
+    (addr, peers)
 }
 
 #[tokio::test]

@@ -2,9 +2,11 @@
 //! nodes joined with bootstrap tokens, and apps run under `tessera agent run
 //! --mesh` (seed 004's set-up, shared by its tests and the renewal test).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Server, json};
@@ -212,4 +214,99 @@ pub fn api_and_data_store(server: &Server) {
     }
     // `kubectl create service` selects app=data-store.
     server.kubectl_ok(&["create", "service", "clusterip", "data-store", "--tcp=8081:8081", "-n", "data-store"]);
+}
+
+/// A namespace `ns` with its ServiceAccount `ns` and node `node-NS` allowed to
+/// run its pods (as [`api_and_data_store`] makes api and data-store).
+pub fn workload_namespace(server: &Server, ns: &str) {
+    server.kubectl_ok(&["create", "ns", ns]);
+    server.kubectl_ok(&["create", "sa", ns, "-n", ns]);
+    let node = format!("--user=system:node:node-{ns}");
+    server.kubectl_ok(&["create", "rolebinding", "node-runs-pods", "-n", ns, "--clusterrole=tessera:node-pod-runner", &node]);
+}
+
+/// What a process wrote to stderr so far (collected by a thread).
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<String>>);
+
+impl Log {
+    /// Everything so far.
+    pub fn text(&self) -> String {
+        self.0.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// How many lines so far contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.text().lines().filter(|l| l.contains(needle)).count()
+    }
+}
+
+/// As [`meshed_as`], with the agent's stderr (its own and its proxy's logs,
+/// warnings and errors) collected rather than passed through.
+pub fn meshed_logged(server: &Server, name: &str, ns: &str, flags: &[&str], identity_addr: &str, anchors: &Path, app: &[&str]) -> (Proc, Log) {
+    let cert_dir = join(server, &format!("node-{ns}"));
+    let mut child = tessera(&["agent", "--cert-dir"])
+        .arg(&cert_dir)
+        .args(["run", "--sa", ns, "-n", ns, "--name", name, "--label", &format!("app={ns}")])
+        .args(flags)
+        .args(["--mesh", "--identity-addr", identity_addr, "--identity-trust-anchors"])
+        .arg(anchors)
+        .arg("--")
+        .args(app)
+        .env("TESSERA_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tessera agent run --mesh");
+    let log = Log::default();
+    let (stderr, sink) = (child.stderr.take().expect("stderr"), log.0.clone());
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut text) = sink.lock() {
+                text.push_str(&strip_ansi(&line));
+                text.push('\n');
+            }
+        }
+    });
+    (Proc(child), log)
+}
+
+/// `line` without terminal colour sequences (`ESC [ … m`), which the log
+/// formatter writes even to a pipe.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The samples of a Prometheus text whose metric name starts with one of
+/// `prefixes`, keyed by `name{labels}`.
+pub fn samples(metrics: &str, prefixes: &[&str]) -> BTreeMap<String, f64> {
+    metrics
+        .lines()
+        .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The series that moved from `before` to `after`, with how much (a series
+/// new in `after` moved from 0).
+pub fn moved(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .filter_map(|(series, v)| {
+            let delta = v - before.get(series).copied().unwrap_or(0.0);
+            (delta != 0.0).then(|| (series.clone(), delta))
+        })
+        .collect()
 }

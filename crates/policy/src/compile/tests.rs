@@ -215,6 +215,9 @@ fn access_policy_applies_when_nothing_else_matches() {
     let p = w.policy();
     assert_eq!(tcp(&p, 8080, &api()).verdict, Verdict::Allow);
     assert_eq!(tcp(&p, 8080, &client(None, "10.0.0.1")).verdict, Verdict::Deny);
+    // tessera's pods live on 127/8, in the default cluster networks; 203.0.113.1 is outside.
+    assert_eq!(tcp(&p, 8080, &client(Some(&sa(NS, "web")), "127.1.2.3")).verdict, Verdict::Allow);
+    assert_eq!(tcp(&p, 8080, &client(Some(&sa(NS, "web")), "203.0.113.1")).verdict, Verdict::Deny);
     // An unknown value fails closed.
     w.server("db", json!({"podSelector": {}, "port": 8080, "accessPolicy": "allow"}));
     assert_eq!(tcp(&w.policy(), 8080, &client(None, "10.0.0.1")).verdict, Verdict::Deny);

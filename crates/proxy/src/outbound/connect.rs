@@ -4,14 +4,14 @@
 //! handshake.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::error::{ProxyError, tls_error};
 use crate::destination::Endpoint;
@@ -76,12 +76,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 
 /// Connects to `ep`: plain text when it has no identity, otherwise mTLS
 /// with this proxy's current credentials, the expected identity as server
-/// name, and `alpn` (`h2` for HTTP, none for opaque TCP).
+/// name, and `alpn` (`h2` for HTTP, none for opaque TCP). With `source`
+/// (the pod's IP) the connection comes from that address, as a pod's
+/// connections come from its pod IP in Kubernetes: the peer's network
+/// policy (ServerAuthorization `networks`, NetworkAuthentication) tells
+/// pods apart by it.
 pub(crate) async fn connect(
     ep: &Endpoint,
     creds: &CredentialsRx,
     alpn: &[&[u8]],
     timeout: Duration,
+    source: Option<IpAddr>,
     metrics: impl FnOnce() -> TcpConn,
 ) -> Result<(Conn, bool), ProxyError> {
     let addr = ep.address;
@@ -99,7 +104,7 @@ pub(crate) async fn connect(
             Some((identity, Arc::new(config)))
         }
     };
-    let tcp = tcp_connect(addr, timeout).await?;
+    let tcp = tcp_connect(addr, source, timeout).await?;
     let tcp = Counted::new(tcp, metrics());
     match tls {
         None => Ok((Box::new(tcp), false)),
@@ -118,11 +123,65 @@ pub(crate) async fn connect(
     }
 }
 
-async fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+/// The address to bind before connecting to `dest`, if any: `source` when it
+/// can reach `dest` — same family, and loopback only towards loopback (a
+/// 127/8 pod IP cannot be the source of a packet leaving the host).
+pub(crate) fn bind_for(source: Option<IpAddr>, dest: SocketAddr) -> Option<SocketAddr> {
+    let source = source.filter(|s| !s.is_unspecified())?;
+    let reachable =
+        source.is_ipv4() == dest.is_ipv4() && source.is_loopback() == dest.ip().is_loopback();
+    reachable.then_some(SocketAddr::new(source, 0))
+}
+
+async fn dial(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(local) = bind_for(source, addr) else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Port 0: the kernel picks a free port on the pod's IP.
+    socket.bind(local)?;
+    socket.connect(addr).await
+}
+
+async fn tcp_connect(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, ProxyError> {
+    let tcp = tokio::time::timeout(timeout, dial(addr, source))
         .await
         .map_err(|_| ProxyError::Connect(addr, format!("timed out after {timeout:?}")))?
         .map_err(|e| ProxyError::Connect(addr, e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     Ok(tcp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_for;
+
+    #[test]
+    fn the_pod_ip_is_bound_only_where_it_can_reach() {
+        let pod = Some("127.1.0.2".parse().unwrap());
+        let to = |a: &str| a.parse().unwrap();
+        assert_eq!(bind_for(pod, to("127.1.0.3:8080")), Some(to("127.1.0.2:0")));
+        assert_eq!(bind_for(pod, to("127.0.0.1:8080")), Some(to("127.1.0.2:0")));
+        // A loopback source cannot leave the host; other families never match.
+        assert_eq!(bind_for(pod, to("10.0.0.1:8080")), None);
+        assert_eq!(bind_for(pod, to("[::1]:8080")), None);
+        assert_eq!(bind_for(None, to("127.1.0.3:8080")), None);
+        assert_eq!(
+            bind_for(Some("0.0.0.0".parse().unwrap()), to("127.1.0.3:8080")),
+            None
+        );
+        let routable = Some("10.1.2.3".parse().unwrap());
+        assert_eq!(
+            bind_for(routable, to("10.9.9.9:80")),
+            Some(to("10.1.2.3:0"))
+        );
+    }
 }

@@ -176,13 +176,14 @@ async fn forward(out: &Outbound, mut req: Request<Incoming>, peer: SocketAddr, r
         labels: &labels,
         timeout: out.config.connect_timeout,
         idle_timeout: out.config.h2_idle_timeout,
+        source: out.config.source_ip,
     };
     let result = match (client_upgrade, &ep.identity) {
         (Some(client), _) => {
             *req.uri_mut() = Uri::try_from(path).map_err(|_| ProxyError::NoAuthority)?;
             *req.version_mut() = Version::HTTP_11;
             // No ALPN: the inbound proxy detects HTTP/1 on the decrypted bytes.
-            let (io, _) = super::connect::connect(ep, &out.creds, &[], ctx.timeout, || out.metrics.tcp_open((*labels).clone())).await?;
+            let (io, _) = super::connect::connect(ep, &out.creds, &[], ctx.timeout, ctx.source, || out.metrics.tcp_open((*labels).clone())).await?;
             crate::upgrade::send(io, req, client).await.map_err(|e| ProxyError::Http(ep.address, e.to_string()))
         }
         (None, Some(identity)) => {

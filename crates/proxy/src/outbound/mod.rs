@@ -58,6 +58,8 @@ pub struct OutboundConfig {
     /// A pooled HTTP/2 connection to another proxy that carried no request
     /// for this long is closed.
     pub h2_idle_timeout: Duration,
+    /// The pod's IP: connections to endpoints are made from it (`--source-ip`).
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for OutboundConfig {
@@ -67,6 +69,7 @@ impl Default for OutboundConfig {
             connect_timeout: Duration::from_secs(1),
             limit: crate::limit::ConnLimit::default(),
             h2_idle_timeout: Duration::from_secs(90),
+            source_ip: None,
         }
     }
 }
@@ -365,6 +368,7 @@ pub async fn serve(
         connect_timeout: shared.config.connect_timeout,
         limit,
         h2_idle_timeout: shared.config.h2_idle_timeout,
+        source_ip: shared.config.source_ip,
         ..OutboundConfig::default()
     };
     let outbound = Outbound::new(

@@ -100,6 +100,8 @@ pub(crate) struct Ctx<'a> {
     pub timeout: Duration,
     /// Pooled HTTP/2 connections unused this long are closed.
     pub idle_timeout: Duration,
+    /// The pod's IP, the source of connections to endpoints.
+    pub source: Option<std::net::IpAddr>,
 }
 
 fn creds_id(creds: &CredentialsRx) -> usize {
@@ -147,7 +149,7 @@ impl Pool {
                         c.sender.clone()
                     }
                     _ => {
-                        let (io, _) = connect(ep, ctx.creds, &[b"h2"], ctx.timeout, || {
+                        let (io, _) = connect(ep, ctx.creds, &[b"h2"], ctx.timeout, ctx.source, || {
                             ctx.metrics.tcp_open(ctx.labels.clone())
                         })
                         .await?;
@@ -214,7 +216,7 @@ impl Pool {
             let mut sender = match idle {
                 Some(s) => s,
                 None => {
-                    let (io, _) = connect(ep, ctx.creds, &[], ctx.timeout, || {
+                    let (io, _) = connect(ep, ctx.creds, &[], ctx.timeout, ctx.source, || {
                         ctx.metrics.tcp_open(ctx.labels.clone())
                     })
                     .await?;

@@ -16,7 +16,7 @@ use crate::balance::InFlight;
 /// as the caller keeps it.
 pub(super) async fn open(out: &Outbound, authority: &str) -> Result<(Conn, InFlight), ProxyError> {
     let picked: Picked = out.pick(authority).await?;
-    let (conn, _) = connect(picked.endpoint(), &out.creds, &[], out.config.connect_timeout, || {
+    let (conn, _) = connect(picked.endpoint(), &out.creds, &[], out.config.connect_timeout, out.config.source_ip, || {
         out.metrics.tcp_open(picked.labels())
     })
     .await?;
