@@ -446,7 +446,7 @@ mod tests {
         };
         assert_eq!(
             json(&kept[0]),
-            serde_json::json!({"protocol": "HTTP", "client": {"identity": null, "address": "127.1.0.3:40000"}, "port": 9090, "method": "GET", "path": "/data",
+            serde_json::json!({"protocol": "HTTP", "client": {"identity": null, "address": "127.1.0.3:40000"}, "port": 9090, "method": "GET", "path": "/data?x=1",
                 "server": "default:audit", "authorization": "default/audit", "reason": "allowed by audit: would be denied (unauthorized request on route)", "verdict": "audit"})
         );
         assert_eq!(
@@ -456,7 +456,7 @@ mod tests {
         );
         assert_eq!(
             json(&kept[2]),
-            serde_json::json!({"protocol": "HTTP", "client": {"identity": OTHER, "address": "127.1.0.3:40000"}, "port": 8081, "method": "GET", "path": "/data",
+            serde_json::json!({"protocol": "HTTP", "client": {"identity": OTHER, "address": "127.1.0.3:40000"}, "port": 8081, "method": "GET", "path": "/data?x=1",
                 "server": "data-store-http", "reason": "unauthorized request on route", "verdict": "deny"})
         );
     }
