@@ -60,6 +60,10 @@ pub struct Observed {
     pub name: String,
     /// Its `/trust`, or why it could not be read.
     pub trust: Result<Trust, String>,
+    /// The pod's `tessera.io/leaf-issuer` (its agent's last report): set
+    /// while `/trust` has no leaf means the proxy held one that expired
+    /// (a proxy drops an expired leaf) and could not renew it.
+    pub last_leaf_issuer: Option<String>,
 }
 
 /// What the control plane says is current.
@@ -82,9 +86,13 @@ pub fn proxy_checks(current: &Current, proxies: &[Observed], now: OffsetDateTime
     let read: Vec<(&str, &Trust)> = proxies.iter().filter_map(|p| p.trust.as_ref().ok().map(|t| (p.name.as_str(), t))).collect();
 
     let mut invalid = Vec::new();
-    for (name, trust) in &read {
+    for proxy in proxies {
+        let (name, Ok(trust)) = (&proxy.name, &proxy.trust) else { continue };
         match &trust.leaf {
-            None => invalid.push(format!("{name}: no leaf certificate")),
+            None => invalid.push(match &proxy.last_leaf_issuer {
+                Some(issuer) => format!("{name}: its leaf certificate (from issuer {issuer}) expired and was not renewed"),
+                None => format!("{name}: no leaf certificate yet"),
+            }),
             Some(leaf) => match time::OffsetDateTime::parse(&leaf.not_after, &time::format_description::well_known::Rfc3339) {
                 Ok(not_after) if not_after <= now => {
                     invalid.push(format!("{name}: leaf certificate {} expired at {}", leaf.identity, pki::rfc3339(not_after)));
@@ -167,7 +175,8 @@ pub async fn run(client: &kube::Client, anchors_pem: Result<Vec<u8>, String>, na
             None => Err(format!("no {ADMIN_PORT_ANNOTATION} annotation")),
             Some(port) => read_trust(client, &namespace, &name, port).await,
         };
-        proxies.push(Observed { name: format!("{namespace}/{name}"), trust });
+        let last_leaf_issuer = annotations.get(rotate::ANNOTATION_LEAF_ISSUER).filter(|v| !v.is_empty()).cloned();
+        proxies.push(Observed { name: format!("{namespace}/{name}"), trust, last_leaf_issuer });
     }
     proxies.sort_by(|a, b| a.name.cmp(&b.name));
     proxy_checks(&current, &proxies, now)
@@ -204,6 +213,7 @@ mod tests {
                 anchors: anchors.iter().map(|a| (*a).to_owned()).collect(),
                 leaf: Some(Leaf { identity: format!("{name}.id"), issuer: issuer.to_owned(), not_after: pki::rfc3339(not_after) }),
             }),
+            last_leaf_issuer: Some(issuer.to_owned()),
         }
     }
 
@@ -231,13 +241,24 @@ mod tests {
             proxy("a/a-0", &["sha256:a"], "sha256:i", later),
             proxy("b/b-0", &["sha256:a"], "sha256:i", earlier),
             proxy("c/c-0", &["sha256:old"], "sha256:old-issuer", later),
-            Observed { name: "d/d-0".to_owned(), trust: Err("connection refused".to_owned()) },
+            Observed { name: "d/d-0".to_owned(), trust: Err("connection refused".to_owned()), last_leaf_issuer: None },
+            Observed {
+                name: "e/e-0".to_owned(),
+                trust: Ok(Trust { anchors: vec!["sha256:a".to_owned()], leaf: None }),
+                last_leaf_issuer: Some("sha256:i".to_owned()),
+            },
+            Observed { name: "f/f-0".to_owned(), trust: Ok(Trust { anchors: vec!["sha256:a".to_owned()], leaf: None }), last_leaf_issuer: None },
         ];
         let c = proxy_checks(&current(), &proxies, now());
         assert_eq!(c.checks[0].outcome, Outcome::Error("d/d-0: /trust not readable: connection refused".to_owned()));
         assert_eq!(
             c.checks[1].outcome,
-            Outcome::Error(format!("b/b-0: leaf certificate b/b-0.id expired at {}", pki::rfc3339(earlier)))
+            Outcome::Error(format!(
+                "b/b-0: leaf certificate b/b-0.id expired at {}\n\
+                 e/e-0: its leaf certificate (from issuer sha256:i) expired and was not renewed\n\
+                 f/f-0: no leaf certificate yet",
+                pki::rfc3339(earlier)
+            ))
         );
         assert_eq!(c.checks[2].outcome, Outcome::Error("c/c-0 trusts [sha256:old], the current bundle is [sha256:a]".to_owned()));
         assert_eq!(
