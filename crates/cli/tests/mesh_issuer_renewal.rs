@@ -7,7 +7,7 @@
 //! old issuer, each followed by every proxy holding a leaf from the new
 //! issuer; no request fails and no renewal fails.
 //!
-//! This test waits for real certificate lifetimes: it takes about 2.5
+//! This test waits for real certificate lifetimes: it takes about 2–2.5
 //! minutes of wall time (the first renewal is due one minute after
 //! bootstrap, the second one minute after that), well over the usual
 //! 60 s budget, by design.
