@@ -59,7 +59,10 @@ fn a_failed_renewal_is_a_warning_event_and_is_retried() {
     assert!(message.contains(&format!(" replaces {first} valid until ")), "{message}");
     let installed = fingerprint(&pki.join("crt.pem"));
     assert_ne!(installed, first);
-    assert!(message.starts_with(&format!("Renewed identity issuer: {installed} valid until ")) || events(&server, "IssuerRenewed").len() > 1, "{message}");
+    assert!(
+        message.starts_with(&format!("Renewed identity issuer: {installed} valid until ")) || events(&server, "IssuerRenewed").len() > 1,
+        "{message}"
+    );
     let announced = server.kubectl_ok(&[
         "get",
         "configmap",

@@ -10,7 +10,9 @@ mod support;
 use std::process::Output;
 
 use support::Server;
-use support::mesh::{API_APP, DATA_STORE_APP, api_and_data_store, bootstrap, identity_trusting, meshed_trusting, python, ready_pod_ip, tessera};
+use support::mesh::{
+    API_APP, DATA_STORE_APP, api_and_data_store, bootstrap, identity_trusting, meshed_trusting, python, ready_pod_ip, tessera,
+};
 
 const BUNDLE: &str = "linkerd/tessera-identity-trust-roots";
 
@@ -66,22 +68,34 @@ fn check_proxy_passes_then_names_the_stale_and_the_expired_proxy() {
     let python = python();
     let follow = ["--identity-trust-anchors-configmap", BUNDLE];
     let anchor_file = anchor.display().to_string();
-    let _data_store = meshed_trusting(&server, "data-store-0", "data-store", &["--port", "8081"], &identity_addr, &follow, &[
-        &python,
-        "-c",
-        DATA_STORE_APP,
-    ]);
-    let _api = meshed_trusting(&server, "api-0", "api", &["--port", "8080"], &identity_addr, &follow, &[
-        &python,
-        "-c",
-        API_APP,
-        "http://data-store.data-store.svc.cluster.local:8081",
-    ]);
+    let _data_store = meshed_trusting(
+        &server,
+        "data-store-0",
+        "data-store",
+        &["--port", "8081"],
+        &identity_addr,
+        &follow,
+        &[&python, "-c", DATA_STORE_APP],
+    );
+    let _api = meshed_trusting(
+        &server,
+        "api-0",
+        "api",
+        &["--port", "8080"],
+        &identity_addr,
+        &follow,
+        &[&python, "-c", API_APP, "http://data-store.data-store.svc.cluster.local:8081"],
+    );
     // Its proxy trusts the anchors file, not the bundle ConfigMap: it never sees a bundle change.
-    let _legacy = meshed_trusting(&server, "legacy-0", "legacy", &["--port", "8082"], &identity_addr, &[
-        "--identity-trust-anchors",
-        &anchor_file,
-    ], &[&python, "-c", DATA_STORE_APP]);
+    let _legacy = meshed_trusting(
+        &server,
+        "legacy-0",
+        "legacy",
+        &["--port", "8082"],
+        &identity_addr,
+        &["--identity-trust-anchors", &anchor_file],
+        &[&python, "-c", DATA_STORE_APP],
+    );
     for ns in ["data-store", "api", "legacy"] {
         ready_pod_ip(&server, ns);
     }
@@ -131,8 +145,9 @@ fn check_proxy_passes_then_names_the_stale_and_the_expired_proxy() {
     assert_eq!(expired.status.code(), Some(1), "{lines}");
     // Seen just before its proxy drops it, or after (it then reports no leaf, its pod annotation the last issuer).
     assert!(
-        lines.contains("data-store/data-store-0: leaf certificate data-store.data-store.serviceaccount.identity.linkerd.cluster.local expired at ")
-            || lines.contains("data-store/data-store-0: its leaf certificate (from issuer sha256:"),
+        lines.contains(
+            "data-store/data-store-0: leaf certificate data-store.data-store.serviceaccount.identity.linkerd.cluster.local expired at "
+        ) || lines.contains("data-store/data-store-0: its leaf certificate (from issuer sha256:"),
         "{lines}"
     );
     assert!(lines.contains("expired"), "{lines}");

@@ -43,9 +43,7 @@ fn fingerprints(event: &serde_json::Value) -> (String, String) {
 #[test]
 fn identity_renews_its_two_minute_issuer_under_load() {
     let mesh = Mesh::start_with(&["--issuer-validity", "2m"], |pki| {
-        ["--anchor-dir", &pki.display().to_string(), "--issuer-validity", "2m", "--issuer-renew-before", "1m"]
-            .map(str::to_owned)
-            .to_vec()
+        ["--anchor-dir", &pki.display().to_string(), "--issuer-validity", "2m", "--issuer-renew-before", "1m"].map(str::to_owned).to_vec()
     });
     let first_issuer = mesh.annotation("api", "tessera.io/leaf-issuer");
     let load = Load::start(mesh.targets());

@@ -108,9 +108,7 @@ pub fn proxy_checks(current: &Current, proxies: &[Observed], now: OffsetDateTime
     let stale: Vec<String> = read
         .iter()
         .filter(|(_, t)| t.anchors.iter().map(String::as_str).collect::<BTreeSet<_>>() != want)
-        .map(|(name, t)| {
-            format!("{name} trusts [{}], the current bundle is [{}]", t.anchors.join(", "), current.bundle.join(", "))
-        })
+        .map(|(name, t)| format!("{name} trusts [{}], the current bundle is [{}]", t.anchors.join(", "), current.bundle.join(", ")))
         .collect();
     category.result(LINES[2], super::joined(stale));
 
@@ -128,9 +126,12 @@ pub fn proxy_checks(current: &Current, proxies: &[Observed], now: OffsetDateTime
     category.push(LINES[3], super::warn_if_any(pending));
 
     let rotation = match &current.rotation {
-        Some(state) if state.step != Step::Done => {
-            Outcome::Warning(format!("rotation {} is at {}: {} (see `tessera identity rotate --status`)", state.id, state.step, state.step.describe()))
-        }
+        Some(state) if state.step != Step::Done => Outcome::Warning(format!(
+            "rotation {} is at {}: {} (see `tessera identity rotate --status`)",
+            state.id,
+            state.step,
+            state.step.describe()
+        )),
         _ => Outcome::Success,
     };
     category.push(LINES[4], rotation);
@@ -247,7 +248,11 @@ mod tests {
                 trust: Ok(Trust { anchors: vec!["sha256:a".to_owned()], leaf: None }),
                 last_leaf_issuer: Some("sha256:i".to_owned()),
             },
-            Observed { name: "f/f-0".to_owned(), trust: Ok(Trust { anchors: vec!["sha256:a".to_owned()], leaf: None }), last_leaf_issuer: None },
+            Observed {
+                name: "f/f-0".to_owned(),
+                trust: Ok(Trust { anchors: vec!["sha256:a".to_owned()], leaf: None }),
+                last_leaf_issuer: None,
+            },
         ];
         let c = proxy_checks(&current(), &proxies, now());
         assert_eq!(c.checks[0].outcome, Outcome::Error("d/d-0: /trust not readable: connection refused".to_owned()));
