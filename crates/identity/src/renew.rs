@@ -41,6 +41,17 @@ pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// Why one renewal attempt failed (the Warning Event's text).
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    /// Reading the installed issuer, finding the anchor, installing or announcing failed.
+    #[error("{0}")]
+    Failed(String),
+    /// Making or checking the new issuer failed.
+    #[error(transparent)]
+    Material(#[from] Error),
+}
+
 /// How the issuer is renewed (`--anchor-dir`, `--issuer-validity`, `--issuer-renew-before`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenewConfig {
@@ -183,14 +194,14 @@ impl Renewer {
     }
 
     /// Signs, installs and announces one new issuer.
-    async fn renew_once(&self, cluster: &KubeCluster, announce: bool) -> Result<Renewed> {
-        let installed = cluster.installed_issuer().await.map_err(|e| Error::Config(e.to_string()))?;
-        let installed = installed.ok_or_else(|| Error::Config("no issuer is installed".to_owned()))?;
-        let old_fingerprint = fingerprint_pem(&installed).map_err(|e| Error::Config(format!("the installed issuer: {e}")))?;
+    async fn renew_once(&self, cluster: &KubeCluster, announce: bool) -> std::result::Result<Renewed, RenewError> {
+        let installed = cluster.installed_issuer().await.map_err(|e| RenewError::Failed(e.to_string()))?;
+        let installed = installed.ok_or_else(|| RenewError::Failed("no issuer is installed".to_owned()))?;
+        let old_fingerprint = fingerprint_pem(&installed).map_err(|e| RenewError::Failed(format!("the installed issuer: {e}")))?;
         let old_not_after = {
             let ders = pki::certificates_from_pem(installed.as_bytes()).map_err(Error::Config)?;
-            let der = ders.first().ok_or_else(|| Error::Config("the installed issuer has no certificate".to_owned()))?;
-            let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::Config(format!("the installed issuer: {e}")))?;
+            let der = ders.first().ok_or_else(|| RenewError::Failed("the installed issuer has no certificate".to_owned()))?;
+            let (_, cert) = X509Certificate::from_der(der).map_err(|e| RenewError::Failed(format!("the installed issuer: {e}")))?;
             pki::not_after(&cert)
         };
         let anchors = self.anchors.borrow().clone();
@@ -201,10 +212,10 @@ impl Renewer {
         // Checked as the hot reload will check it, before anything is replaced.
         let issuer = Issuer::load(&material, &anchors, &self.naming, OffsetDateTime::now_utc())
             .map_err(|source| Error::Issuer { from: format!("the renewed issuer signed by {}", signer.display()), source })?;
-        cluster.install_issuer(&crt, &key).await.map_err(|e| Error::Config(e.to_string()))?;
+        cluster.install_issuer(&crt, &key).await.map_err(|e| RenewError::Failed(e.to_string()))?;
         let new_fingerprint = fingerprint_pem(&crt).map_err(Error::Config)?;
         if announce {
-            cluster.announce_issuer(&new_fingerprint).await.map_err(|e| Error::Config(e.to_string()))?;
+            cluster.announce_issuer(&new_fingerprint).await.map_err(|e| RenewError::Failed(e.to_string()))?;
         }
         Ok(Renewed { old_fingerprint, old_not_after, new_fingerprint, new_not_after: issuer.not_after() })
     }
@@ -224,7 +235,7 @@ fn reference(kind: &str, namespace: &str, name: &str) -> ObjectReference {
 /// installed issuer `installed_pem`, among the bundle's anchors; when the
 /// installed one can no longer tell (expired), the newest bundle anchor
 /// with its key there.
-fn signer_dir(anchor_dir: &Path, installed_pem: &str, anchors: &TrustAnchors) -> Result<PathBuf> {
+fn signer_dir(anchor_dir: &Path, installed_pem: &str, anchors: &TrustAnchors) -> std::result::Result<PathBuf, RenewError> {
     let bundle: Vec<String> = anchors.certificates().iter().map(|c| fingerprint(c)).collect();
     let mut candidates = Vec::new();
     for fp in bundle.iter().rev() {
@@ -244,7 +255,11 @@ fn signer_dir(anchor_dir: &Path, installed_pem: &str, anchors: &TrustAnchors) ->
         }
     }
     candidates.into_iter().next().ok_or_else(|| {
-        Error::Config(format!("none of the trust anchors ({}) has its ca.crt and ca.key under {}", bundle.join(", "), anchor_dir.display()))
+        RenewError::Failed(format!(
+            "none of the trust anchors ({}) has its ca.crt and ca.key under {}",
+            bundle.join(", "),
+            anchor_dir.display()
+        ))
     })
 }
 
