@@ -43,6 +43,8 @@ pub struct CheckConfig {
     pub identity_addr: String,
     /// The identities' naming, for the probe leaf the issuer is validated with (as the CA does).
     pub naming: IdentityNaming,
+    /// Also check every meshed proxy (`--proxy`, see [`proxy`]).
+    pub proxy: bool,
 }
 
 /// A check's outcome.
@@ -199,10 +201,25 @@ impl Report {
 pub async fn run_checks(config: &CheckConfig, now: OffsetDateTime) -> Report {
     let (api, client) = kubernetes_checks(&config.kube).await;
     let anchors_pem = crate::bundle::read_pem(&config.trust_anchors, client.as_ref()).await;
-    let issuer = read_issuer(&config.issuer, client).await;
-    let identity = identity_checks(anchors_pem, issuer, &config.naming, now);
+    let issuer = read_issuer(&config.issuer, client.clone()).await;
+    let identity = identity_checks(anchors_pem.clone(), issuer, &config.naming, now);
     let service = service_checks(&config.identity_addr).await;
-    Report { categories: vec![api, identity, service] }
+    let mut categories = vec![api, identity, service];
+    if config.proxy {
+        let namespace = match &config.trust_anchors {
+            crate::bundle::AnchorsSource::ConfigMap { namespace, .. } => namespace.clone(),
+            crate::bundle::AnchorsSource::File(_) => config.naming.control_namespace.clone(),
+        };
+        categories.push(match &client {
+            Some(client) => proxy::run(client, anchors_pem, &namespace, now).await,
+            None => {
+                let mut category = Category::new(proxy::CATEGORY);
+                category.push(proxy::LINES[0], Outcome::Error("no Kubernetes client".to_owned()));
+                category
+            }
+        });
+    }
+    Report { categories }
 }
 
 async fn kubernetes_checks(kube: &KubeSource) -> (Category, Option<kube::Client>) {
@@ -401,6 +418,8 @@ fn joined(problems: Vec<String>) -> Result<(), String> {
 fn warn_if_any(warnings: Vec<String>) -> Outcome {
     if warnings.is_empty() { Outcome::Success } else { Outcome::Warning(warnings.join("\n")) }
 }
+
+pub mod proxy;
 
 #[cfg(test)]
 mod attack_tests;
