@@ -166,6 +166,9 @@ pub struct CheckArgs {
     /// Output format.
     #[arg(long, short = 'o', env = "TESSERA_CHECK_OUTPUT", value_enum, default_value = "text")]
     output: Output,
+    /// Also check every meshed proxy (its `/trust` through `pods/proxy`): trusts the current bundle, holds a valid leaf from the current issuer.
+    #[arg(long)]
+    proxy: bool,
 }
 
 /// Output format of `tessera check`.
@@ -347,7 +350,7 @@ impl CheckArgs {
 
     async fn run_inner(self) -> Result<i32> {
         let (trust_anchors, issuer, kube) = self.sources.resolve()?;
-        let config = CheckConfig { trust_anchors, issuer, kube, identity_addr: self.identity_addr, naming: self.naming.naming() };
+        let config = CheckConfig { trust_anchors, issuer, kube, identity_addr: self.identity_addr, naming: self.naming.naming(), proxy: self.proxy };
         let report = check::run_checks(&config, OffsetDateTime::now_utc()).await;
         match self.output {
             Output::Text => print!("{}", report.render_text()),
