@@ -86,7 +86,7 @@ fn check_proxy_passes_on_a_healthy_mesh_and_names_stale_bundles_and_expired_leav
         namespace(&server, ns);
     }
     let follows = ["--identity-trust-anchors-configmap", BUNDLE];
-    let _web = meshed(&server, "web", "8081", &identity_addr, &follows);
+    let web = meshed(&server, "web", "8081", &identity_addr, &follows);
     let _stuck = meshed(&server, "stuck", "8082", &identity_addr, &follows);
     // The same anchor, but as a file: this proxy never sees a bundle change.
     let old_anchor_file = old_anchor.display().to_string();
@@ -184,4 +184,48 @@ fn check_proxy_passes_on_a_healthy_mesh_and_names_stale_bundles_and_expired_leav
     assert_eq!(identity_plane["checks"][1]["description"], "data plane proxies certificates are within their validity period");
     assert_eq!(identity_plane["checks"][1]["result"], "error");
     assert!(identity_plane["checks"][1]["error"].as_str().expect("error").contains("* stuck/stuck-0: no leaf certificate"));
+
+    // web's proxy stops answering (SIGSTOP): the check names it as unreachable.
+    let proxy = proxy_pid(web.0.id());
+    let _resume = Resume(proxy);
+    signal("-STOP", proxy);
+    let out = check(&server, &pki, &identity_addr, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    let text = data_plane(&out);
+    let expected = "tessera-data-plane\n\
+                    ------------------\n\
+                    × data plane proxies are reachable\n    \
+                    Some proxies cannot be reached:\n        \
+                    * web/web-0: GET /api/v1/namespaces/web/pods/web-0:4191/proxy/trust: no answer within 4s\n    \
+                    see https://linkerd.io/2/checks/#l5d-data-plane-ready for hints\n\
+                    \n\
+                    tessera-identity-data-plane\n";
+    assert!(text.starts_with(expected), "{text}");
+    assert!(text.ends_with("Status check results are ×\n"), "{text}");
+}
+
+/// The agent's `tessera proxy` child.
+fn proxy_pid(agent: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{agent}/task/{agent}/children")).expect("the agent's children");
+    children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|p| {
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            cmdline.split(|b| *b == 0).nth(1) == Some(b"proxy".as_slice())
+        })
+        .expect("the agent runs a proxy")
+}
+
+fn signal(which: &str, pid: u32) {
+    assert!(Command::new("kill").args([which, &pid.to_string()]).status().expect("kill").success());
+}
+
+/// Continues a stopped proxy on drop, so its agent can stop it.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+    }
 }

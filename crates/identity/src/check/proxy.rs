@@ -23,6 +23,10 @@ const ADMIN_PORT_ANNOTATION: &str = "tessera.io/proxy-admin-port";
 const DEFAULT_ADMIN_PORT: &str = "4191";
 const PROXY_CONTAINER: &str = "linkerd-proxy";
 const HINTS: &str = "https://linkerd.io/2/checks/#";
+/// How long one proxy's `/trust` may take. Shorter than the API server's own
+/// 5 s limit towards the proxy: the client retries that 503, so a proxy that
+/// does not answer would otherwise hold the check for several rounds.
+const PROXY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// `sha256:` + lowercase hex of the DER's SHA-256 (the format `/trust` uses).
 fn fingerprint(der: &[u8]) -> String {
@@ -106,10 +110,12 @@ pub async fn gather(client: &kube::Client) -> Result<Vec<ProxyReport>, String> {
     let reads = meshed.iter().map(|(ns, name, port)| async move {
         let path = format!("/api/v1/namespaces/{ns}/pods/{name}:{port}/proxy/trust");
         let trust = match http::Request::get(&path).body(Vec::new()) {
-            Ok(request) => match tokio::time::timeout(TIMEOUT, client.request_text(request)).await {
+            Ok(request) => match tokio::time::timeout(PROXY_TIMEOUT, client.request_text(request)).await {
                 Ok(Ok(body)) => serde_json::from_str::<TrustReport>(&body).map_err(|e| format!("GET {path}: not a /trust report: {e}")),
+                // The API server's Status message says why (kube's wording).
+                Ok(Err(kube::Error::Api(status))) => Err(format!("GET {path}: {} {}", status.code, status.message)),
                 Ok(Err(e)) => Err(format!("GET {path}: {e}")),
-                Err(_) => Err(format!("GET {path}: no answer within {}", humantime::format_duration(TIMEOUT))),
+                Err(_) => Err(format!("GET {path}: no answer within {}", humantime::format_duration(PROXY_TIMEOUT))),
             },
             Err(e) => Err(format!("GET {path}: {e}")),
         };
