@@ -107,6 +107,7 @@ fn check_proxy_passes_on_a_healthy_mesh_and_names_stale_bundles_and_expired_leav
          ✔ data plane proxies certificate match CA\n\
          ✔ data plane proxies certificates are within their validity period\n\
          ✔ data plane proxies certificates are issued by the current issuer\n\
+         ✔ no trust rotation is in progress\n\
          \n\
          Status check results are ✔\n"
     );
@@ -141,6 +142,7 @@ fn check_proxy_passes_on_a_healthy_mesh_and_names_stale_bundles_and_expired_leav
              see https://linkerd.io/2/checks/#l5d-identity-data-plane-proxies-certs-match-ca for hints\n\
              ✔ data plane proxies certificates are within their validity period\n\
              ✔ data plane proxies certificates are issued by the current issuer\n\
+         ✔ no trust rotation is in progress\n\
              \n\
              Status check results are ×\n"
         )
@@ -169,6 +171,7 @@ fn check_proxy_passes_on_a_healthy_mesh_and_names_stale_bundles_and_expired_leav
              * stuck/stuck-0: no leaf certificate (expired without renewal, or never issued)\n    \
              see https://linkerd.io/2/checks/#l5d-identity-data-plane for hints\n\
              ✔ data plane proxies certificates are issued by the current issuer\n\
+         ✔ no trust rotation is in progress\n\
              \n\
              Status check results are ×\n"
         )

@@ -208,11 +208,11 @@ pub async fn run_checks(config: &CheckConfig, now: OffsetDateTime) -> Report {
     let service = service_checks(&config.identity_addr).await;
     let mut categories = vec![api, identity, service];
     if config.proxy {
-        let reports = match &client {
-            Some(client) => proxy::gather(client).await,
-            None => Err("no Kubernetes client".to_owned()),
+        let (reports, rotation) = match &client {
+            Some(client) => (proxy::gather(client).await, proxy::rotation(client, &config.naming.control_namespace).await),
+            None => (Err("no Kubernetes client".to_owned()), Err("no Kubernetes client".to_owned())),
         };
-        categories.extend(proxy::checks(reports, &expected, now));
+        categories.extend(proxy::checks(reports, rotation, &expected, now));
     }
     Report { categories }
 }

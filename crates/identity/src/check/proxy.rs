@@ -9,7 +9,7 @@
 //! Linkerd's data-plane checks do.
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -17,6 +17,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{Category, Outcome, TIMEOUT};
 use crate::pki;
+use crate::rotate::{Mode, RotationState, STATE_CONFIGMAP, STATE_KEY, Step};
 
 const INJECT_ANNOTATION: &str = "linkerd.io/inject";
 const ADMIN_PORT_ANNOTATION: &str = "tessera.io/proxy-admin-port";
@@ -45,6 +46,9 @@ pub const MATCH_CA: &str = "data plane proxies certificate match CA";
 pub const VALIDITY: &str = "data plane proxies certificates are within their validity period";
 /// Every leaf comes from the issuer the check validated against the bundle.
 pub const ISSUER: &str = "data plane proxies certificates are issued by the current issuer";
+
+/// No `tessera identity rotate` is between its first and last step.
+pub const ROTATION: &str = "no trust rotation is in progress";
 
 /// The body of a proxy's `GET /trust`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -126,6 +130,20 @@ pub async fn gather(client: &kube::Client) -> Result<Vec<ProxyReport>, String> {
     Ok(reports)
 }
 
+/// The state `tessera identity rotate` keeps in the control namespace (None: never started).
+pub async fn rotation(client: &kube::Client, namespace: &str) -> Result<Option<RotationState>, String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let what = format!("reading ConfigMap {namespace}/{STATE_CONFIGMAP}");
+    let configmap = tokio::time::timeout(TIMEOUT, api.get_opt(STATE_CONFIGMAP))
+        .await
+        .map_err(|_| format!("{what}: timed out"))?
+        .map_err(|e| format!("{what}: {e}"))?;
+    let Some(json) = configmap.and_then(|c| c.data).and_then(|mut d| d.remove(STATE_KEY)) else {
+        return Ok(None);
+    };
+    serde_json::from_str(&json).map(Some).map_err(|e| format!("{what}: key {STATE_KEY}: {e}"))
+}
+
 /// `(namespace, name, admin port)` of a meshed, Running pod.
 fn meshed_pod(pod: &Pod) -> Option<(String, String, String)> {
     let annotations = pod.metadata.annotations.as_ref();
@@ -140,7 +158,12 @@ fn meshed_pod(pod: &Pod) -> Option<(String, String, String)> {
 }
 
 /// The data-plane categories from the gathered reports (or why there are none).
-pub fn checks(reports: Result<Vec<ProxyReport>, String>, expected: &Expected, now: OffsetDateTime) -> Vec<Category> {
+pub fn checks(
+    reports: Result<Vec<ProxyReport>, String>,
+    rotation: Result<Option<RotationState>, String>,
+    expected: &Expected,
+    now: OffsetDateTime,
+) -> Vec<Category> {
     let mut plane = Category::new("tessera-data-plane");
     let mut identity = Category::new("tessera-identity-data-plane");
     let reports = match reports {
@@ -190,7 +213,29 @@ pub fn checks(reports: Result<Vec<ProxyReport>, String>, expected: &Expected, no
             }
         }
     });
+    identity.push(ROTATION, rotation_outcome(rotation));
     vec![plane, identity]
+}
+
+/// ‼ while a rotation is under way: mismatches above are then expected until it finishes.
+fn rotation_outcome(rotation: Result<Option<RotationState>, String>) -> Outcome {
+    match rotation {
+        Ok(None) => Outcome::Success,
+        Ok(Some(state)) if state.step == Step::Done => Outcome::Success,
+        Ok(Some(state)) => {
+            let mode = match state.mode {
+                Mode::Full => "full",
+                Mode::IssuerOnly => "issuer-only",
+            };
+            Outcome::Warning(format!(
+                "{mode} rotation {} is at {}: {} (see `tessera identity rotate --status`; rerun it to resume)",
+                state.id,
+                state.step,
+                state.step.describe()
+            ))
+        }
+        Err(e) => Outcome::Warning(e),
+    }
 }
 
 /// How a proxy's anchors differ from the bundle's, if they do.
@@ -258,9 +303,9 @@ mod tests {
     #[test]
     fn a_healthy_data_plane_passes() {
         let reports = vec![report("app/web-0", &["sha256:a", "sha256:b"], Some(("sha256:i", "2026-12-07T08:00:00Z")))];
-        let c = checks(Ok(reports), &expected(), now());
+        let c = checks(Ok(reports), Ok(None), &expected(), now());
         assert!(outcomes(&c).iter().all(|(_, o)| **o == Outcome::Success), "{c:?}");
-        assert_eq!(outcomes(&c).len(), 4);
+        assert_eq!(outcomes(&c).len(), 5);
     }
 
     #[test]
@@ -272,7 +317,7 @@ mod tests {
             ProxyReport { pod: "app/gone-0".to_owned(), trust: Err("GET x: refused".to_owned()) },
             report("app/prev-0", &["sha256:a", "sha256:b"], Some(("sha256:p", "2026-12-07T08:00:00Z"))),
         ];
-        let c = checks(Ok(reports), &expected(), now());
+        let c = checks(Ok(reports), Ok(None), &expected(), now());
         let o = outcomes(&c);
         assert_eq!(o[0], (REACHABLE, &Outcome::Error("Some proxies cannot be reached:\n    * app/gone-0: GET x: refused\nsee https://linkerd.io/2/checks/#l5d-data-plane-ready for hints".to_owned())));
         assert_eq!(o[1], (MATCH_CA, &Outcome::Error("Some pods do not trust the current trust bundle:\n    * app/old-0: does not trust sha256:b\n    * app/dropped-0: still trusts sha256:z\nsee https://linkerd.io/2/checks/#l5d-identity-data-plane-proxies-certs-match-ca for hints".to_owned())));
@@ -281,11 +326,26 @@ mod tests {
     }
 
     #[test]
+    fn a_rotation_under_way_is_a_warning_naming_its_step() {
+        let state: RotationState = serde_json::from_value(serde_json::json!({
+            "id": "20261206T080000Z", "mode": "full", "step": "wait-new-leaves", "startedAt": "2026-12-06T08:00:00Z",
+            "stepStartedAt": "2026-12-06T08:01:00Z", "oldAnchors": ["sha256:a"], "materialDir": "/tmp/x"
+        }))
+        .unwrap();
+        assert_eq!(
+            rotation_outcome(Ok(Some(state.clone()))),
+            Outcome::Warning("full rotation 20261206T080000Z is at step 4/6: wait until every meshed proxy holds a leaf from the new issuer (see `tessera identity rotate --status`; rerun it to resume)".to_owned())
+        );
+        assert_eq!(rotation_outcome(Ok(Some(RotationState { step: Step::Done, ..state }))), Outcome::Success);
+    }
+
+    #[test]
     fn no_meshed_pods_is_a_warning_and_an_unreadable_bundle_an_error() {
-        let c = checks(Ok(vec![]), &expected(), now());
+        let c = checks(Ok(vec![]), Ok(None), &expected(), now());
         assert_eq!(outcomes(&c), vec![(REACHABLE, &Outcome::Warning("no meshed pods found".to_owned()))]);
         let reports = vec![report("app/web-0", &["sha256:a"], Some(("sha256:i", "2026-12-07T08:00:00Z")))];
-        let c = checks(Ok(reports), &Expected { anchors: None, issuer: None }, now());
+        let c = checks(Ok(reports), Err("reading ConfigMap linkerd/tessera-identity-rotation: forbidden".to_owned()), &Expected { anchors: None, issuer: None }, now());
         assert!(matches!(outcomes(&c)[1].1, Outcome::Error(_)), "{c:?}");
+        assert_eq!(outcomes(&c)[4], (ROTATION, &Outcome::Warning("reading ConfigMap linkerd/tessera-identity-rotation: forbidden".to_owned())));
     }
 }
