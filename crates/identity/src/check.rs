@@ -5,7 +5,8 @@
 //! (trust anchors: algorithm, validity, expiry within 60 days; the issuer:
 //! validated by the identity CA's own [`Issuer::load`], then expiry within 60
 //! days) and `tessera-identity-service` (a Certify
-//! call with an empty request must answer `InvalidArgument`).
+//! call with an empty request must answer `InvalidArgument`); with `--proxy`
+//! also `tessera-data-plane` and `tessera-identity-data-plane` (see [`proxy`]).
 
 use std::time::Duration;
 
@@ -202,22 +203,16 @@ pub async fn run_checks(config: &CheckConfig, now: OffsetDateTime) -> Report {
     let (api, client) = kubernetes_checks(&config.kube).await;
     let anchors_pem = crate::bundle::read_pem(&config.trust_anchors, client.as_ref()).await;
     let issuer = read_issuer(&config.issuer, client.clone()).await;
-    let identity = identity_checks(anchors_pem.clone(), issuer, &config.naming, now);
+    let expected = proxy::Expected::new(anchors_pem.as_deref().ok(), issuer.as_ref().ok().map(|m| m.cert_pem.as_slice()));
+    let identity = identity_checks(anchors_pem, issuer, &config.naming, now);
     let service = service_checks(&config.identity_addr).await;
     let mut categories = vec![api, identity, service];
     if config.proxy {
-        let namespace = match &config.trust_anchors {
-            crate::bundle::AnchorsSource::ConfigMap { namespace, .. } => namespace.clone(),
-            crate::bundle::AnchorsSource::File(_) => config.naming.control_namespace.clone(),
+        let (reports, rotation) = match &client {
+            Some(client) => (proxy::gather(client).await, proxy::rotation(client, &config.naming.control_namespace).await),
+            None => (Err("no Kubernetes client".to_owned()), Err("no Kubernetes client".to_owned())),
         };
-        categories.push(match &client {
-            Some(client) => proxy::run(client, anchors_pem, &namespace, now).await,
-            None => {
-                let mut category = Category::new(proxy::CATEGORY);
-                category.push(proxy::LINES[0], Outcome::Error("no Kubernetes client".to_owned()));
-                category
-            }
-        });
+        categories.extend(proxy::checks(reports, rotation, &expected, now));
     }
     Report { categories }
 }

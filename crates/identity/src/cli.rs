@@ -183,7 +183,7 @@ pub struct CheckArgs {
     /// Output format.
     #[arg(long, short = 'o', env = "TESSERA_CHECK_OUTPUT", value_enum, default_value = "text")]
     output: Output,
-    /// Also check every meshed proxy (leaf validity, trusted bundle, issuer), read through pods/proxy `/trust`.
+    /// Also check every meshed proxy (its `/trust` through `pods/proxy`): trusts the current bundle, holds a valid leaf from the current issuer.
     #[arg(long)]
     proxy: bool,
 }
@@ -376,8 +376,7 @@ impl CheckArgs {
 
     async fn run_inner(self) -> Result<i32> {
         let (trust_anchors, issuer, kube) = self.sources.resolve()?;
-        let config =
-            CheckConfig { trust_anchors, issuer, kube, identity_addr: self.identity_addr, naming: self.naming.naming(), proxy: self.proxy };
+        let config = CheckConfig { trust_anchors, issuer, kube, identity_addr: self.identity_addr, naming: self.naming.naming(), proxy: self.proxy };
         let report = check::run_checks(&config, OffsetDateTime::now_utc()).await;
         match self.output {
             Output::Text => print!("{}", report.render_text()),

@@ -1,283 +1,351 @@
 //! `tessera check --proxy`: the data-plane half of `linkerd check --proxy`.
-//! Every meshed proxy (Running pods annotated `linkerd.io/inject: enabled`)
-//! is read through the API's `pods/proxy` subresource (`GET /trust` on the
-//! port of `tessera.io/proxy-admin-port`) and compared with the current
-//! trust bundle and the announced issuer: its leaf is within its validity
-//! period, it trusts exactly the current bundle, and its leaf comes from the
-//! announced issuer (else its renewal is pending). The rotation state
-//! (`tessera-identity-rotation`) is shown as well.
+//!
+//! Every meshed, Running pod (annotation `linkerd.io/inject: enabled` or a
+//! `linkerd-proxy` container) is asked, through kube's `pods/proxy`
+//! subresource with the caller's own credentials, for its proxy's `/trust`:
+//! the anchors it trusts and its current leaf. These are compared with the
+//! trust bundle the check read (the ConfigMap or file) and the issuer it
+//! validated. Each failing line names the pods (`namespace/name`), as
+//! Linkerd's data-plane checks do.
 
-use std::collections::BTreeSet;
-
+use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams};
 use serde::Deserialize;
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use super::{Category, Outcome, TIMEOUT};
-use crate::pki::{self, TrustAnchors};
-use crate::rotate::{self, ANNOTATION_ISSUER_FINGERPRINT, Cluster as _, KubeCluster, RotationState, Step};
+use crate::pki;
+use crate::rotate::{Mode, RotationState, STATE_CONFIGMAP, STATE_KEY, Step};
 
-/// The category name, as Linkerd's `linkerd-identity-data-plane`.
-pub const CATEGORY: &str = "tessera-identity-data-plane";
 const INJECT_ANNOTATION: &str = "linkerd.io/inject";
 const ADMIN_PORT_ANNOTATION: &str = "tessera.io/proxy-admin-port";
+const DEFAULT_ADMIN_PORT: &str = "4191";
+const PROXY_CONTAINER: &str = "linkerd-proxy";
+const HINTS: &str = "https://linkerd.io/2/checks/#";
+/// How long one proxy's `/trust` may take. Shorter than the API server's own
+/// 5 s limit towards the proxy: the client retries that 503, so a proxy that
+/// does not answer would otherwise hold the check for several rounds.
+const PROXY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
-/// The check lines, in order.
-pub const LINES: [&str; 5] = [
-    "data plane proxies report their trust",
-    "data plane proxies certificate are within their validity period",
-    "data plane proxies trust the current trust bundle",
-    "data plane proxies certificate match the current issuer",
-    "no trust rotation is in progress",
-];
+/// `sha256:` + lowercase hex of the DER's SHA-256 (the format `/trust` uses).
+fn fingerprint(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    digest.as_ref().iter().fold(String::from("sha256:"), |mut out, byte| {
+        out.push_str(&format!("{byte:02x}"));
+        out
+    })
+}
 
-/// A proxy's `GET /trust`.
+/// The line names, in order.
+pub const REACHABLE: &str = "data plane proxies are reachable";
+/// Every proxy trusts exactly the current bundle.
+pub const MATCH_CA: &str = "data plane proxies certificate match CA";
+/// Every proxy holds an unexpired leaf.
+pub const VALIDITY: &str = "data plane proxies certificates are within their validity period";
+/// Every leaf comes from the issuer the check validated against the bundle.
+pub const ISSUER: &str = "data plane proxies certificates are issued by the current issuer";
+
+/// No `tessera identity rotate` is between its first and last step.
+pub const ROTATION: &str = "no trust rotation is in progress";
+
+/// The body of a proxy's `GET /trust`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Trust {
-    /// Fingerprints of the anchors it trusts.
+pub struct TrustReport {
+    /// The anchors' fingerprints.
     pub anchors: Vec<String>,
-    /// Its current leaf (None before the first certificate).
+    /// The current leaf; `None` before the first one and after it expired.
     pub leaf: Option<Leaf>,
 }
 
-/// The leaf part of `/trust`.
+/// A proxy's current leaf.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Leaf {
-    /// Its identity.
+    /// The identity it names.
     pub identity: String,
-    /// Its issuer's fingerprint.
-    pub issuer: String,
-    /// Its notAfter, RFC 3339.
+    /// Fingerprint of its issuer.
+    pub issuer: Option<String>,
+    /// RFC 3339.
     pub not_after: String,
 }
 
-/// One meshed proxy as observed.
+/// One meshed pod and what its proxy answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observed {
-    /// `namespace/pod`.
-    pub name: String,
-    /// Its `/trust`, or why it could not be read.
-    pub trust: Result<Trust, String>,
-    /// The pod's `tessera.io/leaf-issuer` (its agent's last report): set
-    /// while `/trust` has no leaf means the proxy held one that expired
-    /// (a proxy drops an expired leaf) and could not renew it.
-    pub last_leaf_issuer: Option<String>,
+pub struct ProxyReport {
+    /// `namespace/name`.
+    pub pod: String,
+    /// `/trust`, or why it could not be read.
+    pub trust: Result<TrustReport, String>,
 }
 
-/// What the control plane says is current.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Current {
-    /// The bundle's fingerprints.
-    pub bundle: Vec<String>,
-    /// The bundle ConfigMap's `tessera.io/issuer-fingerprint`, if set.
+/// What the proxies are compared with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// The bundle's fingerprints, sorted (None when the bundle could not be read).
+    pub anchors: Option<Vec<String>>,
+    /// The issuer's fingerprint (None when it could not be read).
     pub issuer: Option<String>,
-    /// The rotation state, if any rotation ever ran.
-    pub rotation: Option<RotationState>,
 }
 
-/// The data-plane checks on what was observed, as of `now`.
-pub fn proxy_checks(current: &Current, proxies: &[Observed], now: OffsetDateTime) -> Category {
-    let mut category = Category::new(CATEGORY);
-    let unreadable: Vec<String> =
-        proxies.iter().filter_map(|p| p.trust.as_ref().err().map(|e| format!("{}: /trust not readable: {e}", p.name))).collect();
-    category.result(LINES[0], super::joined(unreadable));
-    let read: Vec<(&str, &Trust)> = proxies.iter().filter_map(|p| p.trust.as_ref().ok().map(|t| (p.name.as_str(), t))).collect();
-
-    let mut invalid = Vec::new();
-    for proxy in proxies {
-        let (name, Ok(trust)) = (&proxy.name, &proxy.trust) else { continue };
-        match &trust.leaf {
-            None => invalid.push(match &proxy.last_leaf_issuer {
-                Some(issuer) => format!("{name}: its leaf certificate (from issuer {issuer}) expired and was not renewed"),
-                None => format!("{name}: no leaf certificate yet"),
-            }),
-            Some(leaf) => match time::OffsetDateTime::parse(&leaf.not_after, &time::format_description::well_known::Rfc3339) {
-                Ok(not_after) if not_after <= now => {
-                    invalid.push(format!("{name}: leaf certificate {} expired at {}", leaf.identity, pki::rfc3339(not_after)));
-                }
-                Ok(_) => {}
-                Err(e) => invalid.push(format!("{name}: leaf notAfter {:?}: {e}", leaf.not_after)),
-            },
-        }
+impl Expected {
+    /// From the bundle PEM and the issuer certificate PEM the check read.
+    pub fn new(bundle_pem: Option<&[u8]>, issuer_pem: Option<&[u8]>) -> Self {
+        let fingerprints = |pem: &[u8]| pki::certificates_from_pem(pem).ok().map(|ders| ders.iter().map(|d| fingerprint(d)).collect::<Vec<_>>());
+        let anchors = bundle_pem.and_then(fingerprints).filter(|a| !a.is_empty()).map(|mut a| {
+            a.sort();
+            a.dedup();
+            a
+        });
+        let issuer = issuer_pem.and_then(fingerprints).and_then(|f| f.into_iter().next());
+        Self { anchors, issuer }
     }
-    category.result(LINES[1], super::joined(invalid));
-
-    let want: BTreeSet<&str> = current.bundle.iter().map(String::as_str).collect();
-    let stale: Vec<String> = read
-        .iter()
-        .filter(|(_, t)| t.anchors.iter().map(String::as_str).collect::<BTreeSet<_>>() != want)
-        .map(|(name, t)| format!("{name} trusts [{}], the current bundle is [{}]", t.anchors.join(", "), current.bundle.join(", ")))
-        .collect();
-    category.result(LINES[2], super::joined(stale));
-
-    let pending: Vec<String> = match &current.issuer {
-        None => Vec::new(),
-        Some(issuer) => read
-            .iter()
-            .filter_map(|(name, t)| {
-                let leaf_issuer = t.leaf.as_ref().map(|l| l.issuer.as_str());
-                (leaf_issuer.is_some_and(|i| i != issuer))
-                    .then(|| format!("{name} holds a leaf from {}, the current issuer is {issuer}", leaf_issuer.unwrap_or_default()))
-            })
-            .collect(),
-    };
-    category.push(LINES[3], super::warn_if_any(pending));
-
-    let rotation = match &current.rotation {
-        Some(state) if state.step != Step::Done => Outcome::Warning(format!(
-            "rotation {} is at {}: {} (see `tessera identity rotate --status`)",
-            state.id,
-            state.step,
-            state.step.describe()
-        )),
-        _ => Outcome::Success,
-    };
-    category.push(LINES[4], rotation);
-    category
 }
 
-/// Reads the bundle, the announced issuer, the rotation state and every
-/// meshed proxy's `/trust`, then checks them.
-pub async fn run(client: &kube::Client, anchors_pem: Result<Vec<u8>, String>, namespace: &str, now: OffsetDateTime) -> Category {
-    let bundle = anchors_pem.and_then(|pem| TrustAnchors::from_pem(&pem).map_err(|e| e.to_string()));
-    let bundle = match bundle {
-        Ok(anchors) => anchors.certificates().iter().map(|c| rotate::fingerprint(c)).collect(),
-        Err(e) => {
-            let mut category = Category::new(CATEGORY);
-            category.push(LINES[0], Outcome::Error(format!("the trust bundle: {e}")));
-            return category;
-        }
-    };
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let issuer = match tokio::time::timeout(TIMEOUT, config_maps.get_opt(rotate::BUNDLE_CONFIGMAP)).await {
-        Ok(Ok(cm)) => cm.and_then(|cm| cm.metadata.annotations?.remove(ANNOTATION_ISSUER_FINGERPRINT)),
-        _ => None,
-    };
-    let rotation = KubeCluster::new(client.clone(), namespace.to_owned(), None).load_state().await.ok().flatten();
-    let current = Current { bundle, issuer, rotation };
+/// Lists the meshed pods and reads each proxy's `/trust`; the reports sorted by pod.
+pub async fn gather(client: &kube::Client) -> Result<Vec<ProxyReport>, String> {
     let pods: Api<Pod> = Api::all(client.clone());
-    let list = match tokio::time::timeout(TIMEOUT, pods.list(&ListParams::default())).await {
-        Ok(Ok(list)) => list,
-        Ok(Err(e)) => return failed(format!("listing pods: {e}")),
-        Err(_) => return failed("listing pods: timed out".to_owned()),
-    };
-    let mut proxies = Vec::new();
-    for pod in list.items {
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-        if annotations.get(INJECT_ANNOTATION).map(String::as_str) != Some("enabled") || !running {
-            continue;
-        }
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let trust = match annotations.get(ADMIN_PORT_ANNOTATION) {
-            None => Err(format!("no {ADMIN_PORT_ANNOTATION} annotation")),
-            Some(port) => read_trust(client, &namespace, &name, port).await,
-        };
-        let last_leaf_issuer = annotations.get(rotate::ANNOTATION_LEAF_ISSUER).filter(|v| !v.is_empty()).cloned();
-        proxies.push(Observed { name: format!("{namespace}/{name}"), trust, last_leaf_issuer });
-    }
-    proxies.sort_by(|a, b| a.name.cmp(&b.name));
-    proxy_checks(&current, &proxies, now)
-}
-
-fn failed(why: String) -> Category {
-    let mut category = Category::new(CATEGORY);
-    category.push(LINES[0], Outcome::Error(why));
-    category
-}
-
-/// `GET /api/v1/namespaces/NS/pods/NAME:PORT/proxy/trust`.
-async fn read_trust(client: &kube::Client, namespace: &str, name: &str, port: &str) -> Result<Trust, String> {
-    let path = format!("/api/v1/namespaces/{namespace}/pods/{name}:{port}/proxy/trust");
-    let request = axum::http::Request::get(&path).body(Vec::new()).map_err(|e| e.to_string())?;
-    let text = tokio::time::timeout(TIMEOUT, client.request_text(request))
+    let list = tokio::time::timeout(TIMEOUT, pods.list(&ListParams::default()))
         .await
-        .map_err(|_| format!("GET {path}: timed out"))?
-        .map_err(|e| format!("GET {path}: {e}"))?;
-    serde_json::from_str(&text).map_err(|e| format!("GET {path}: {e}"))
+        .map_err(|_| "listing pods: timed out".to_owned())?
+        .map_err(|e| format!("listing pods: {e}"))?;
+    let meshed: Vec<(String, String, String)> = list.items.iter().filter_map(meshed_pod).collect();
+    let reads = meshed.iter().map(|(ns, name, port)| async move {
+        let path = format!("/api/v1/namespaces/{ns}/pods/{name}:{port}/proxy/trust");
+        let trust = match http::Request::get(&path).body(Vec::new()) {
+            Ok(request) => match tokio::time::timeout(PROXY_TIMEOUT, client.request_text(request)).await {
+                Ok(Ok(body)) => serde_json::from_str::<TrustReport>(&body).map_err(|e| format!("GET {path}: not a /trust report: {e}")),
+                // The API server's Status message says why (kube's wording).
+                Ok(Err(kube::Error::Api(status))) => Err(format!("GET {path}: {} {}", status.code, status.message)),
+                Ok(Err(e)) => Err(format!("GET {path}: {e}")),
+                Err(_) => Err(format!("GET {path}: no answer within {}", humantime::format_duration(PROXY_TIMEOUT))),
+            },
+            Err(e) => Err(format!("GET {path}: {e}")),
+        };
+        ProxyReport { pod: format!("{ns}/{name}"), trust }
+    });
+    let mut reports = join_all(reads).await;
+    reports.sort_by(|a, b| a.pod.cmp(&b.pod));
+    Ok(reports)
+}
+
+/// The state `tessera identity rotate` keeps in the control namespace (None: never started).
+pub async fn rotation(client: &kube::Client, namespace: &str) -> Result<Option<RotationState>, String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let what = format!("reading ConfigMap {namespace}/{STATE_CONFIGMAP}");
+    let configmap = tokio::time::timeout(TIMEOUT, api.get_opt(STATE_CONFIGMAP))
+        .await
+        .map_err(|_| format!("{what}: timed out"))?
+        .map_err(|e| format!("{what}: {e}"))?;
+    let Some(json) = configmap.and_then(|c| c.data).and_then(|mut d| d.remove(STATE_KEY)) else {
+        return Ok(None);
+    };
+    serde_json::from_str(&json).map(Some).map_err(|e| format!("{what}: key {STATE_KEY}: {e}"))
+}
+
+/// `(namespace, name, admin port)` of a meshed, Running pod.
+fn meshed_pod(pod: &Pod) -> Option<(String, String, String)> {
+    let annotations = pod.metadata.annotations.as_ref();
+    let injected = annotations.and_then(|a| a.get(INJECT_ANNOTATION)).is_some_and(|v| v == "enabled");
+    let has_proxy = pod.spec.as_ref().is_some_and(|s| s.containers.iter().any(|c| c.name == PROXY_CONTAINER));
+    let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    if !(injected || has_proxy) || !running {
+        return None;
+    }
+    let port = annotations.and_then(|a| a.get(ADMIN_PORT_ANNOTATION)).map_or(DEFAULT_ADMIN_PORT, String::as_str);
+    Some((pod.metadata.namespace.clone()?, pod.metadata.name.clone()?, port.to_owned()))
+}
+
+/// The data-plane categories from the gathered reports (or why there are none).
+pub fn checks(
+    reports: Result<Vec<ProxyReport>, String>,
+    rotation: Result<Option<RotationState>, String>,
+    expected: &Expected,
+    now: OffsetDateTime,
+) -> Vec<Category> {
+    let mut plane = Category::new("tessera-data-plane");
+    let mut identity = Category::new("tessera-identity-data-plane");
+    let reports = match reports {
+        Ok(r) => r,
+        Err(e) => {
+            plane.push(REACHABLE, Outcome::Error(e));
+            return vec![plane];
+        }
+    };
+    if reports.is_empty() {
+        plane.push(REACHABLE, Outcome::Warning("no meshed pods found".to_owned()));
+        return vec![plane];
+    }
+    let unreachable: Vec<String> = reports.iter().filter_map(|r| r.trust.as_ref().err().map(|e| format!("* {}: {e}", r.pod))).collect();
+    plane.push(REACHABLE, listed("Some proxies cannot be reached:", unreachable, "l5d-data-plane-ready"));
+    let answered: Vec<(&str, &TrustReport)> = reports.iter().filter_map(|r| r.trust.as_ref().ok().map(|t| (r.pod.as_str(), t))).collect();
+
+    identity.push(MATCH_CA, match &expected.anchors {
+        None => Outcome::Error("the trust bundle could not be read (see tessera-identity above)".to_owned()),
+        Some(bundle) => {
+            let stale = answered.iter().filter_map(|(pod, t)| bundle_mismatch(bundle, &t.anchors).map(|d| format!("* {pod}: {d}"))).collect();
+            listed("Some pods do not trust the current trust bundle:", stale, "l5d-identity-data-plane-proxies-certs-match-ca")
+        }
+    });
+
+    let invalid = answered.iter().filter_map(|(pod, t)| leaf_problem(t.leaf.as_ref(), now).map(|p| format!("* {pod}: {p}"))).collect();
+    identity.push(VALIDITY, listed("Some proxies hold no valid leaf certificate and refuse mTLS:", invalid, "l5d-identity-data-plane"));
+
+    identity.push(ISSUER, match &expected.issuer {
+        None => Outcome::Error("the issuer could not be read (see tessera-identity above)".to_owned()),
+        Some(issuer) => {
+            // A leaf from another issuer still chains to its anchor while that
+            // anchor is in the bundle (a rotation in progress); the proxy
+            // renews from the current issuer within its leaf's lifetime.
+            let other: Vec<String> = answered
+                .iter()
+                .filter_map(|(pod, t)| {
+                    let leaf = t.leaf.as_ref()?;
+                    let from = leaf.issuer.as_deref().unwrap_or("an unknown issuer");
+                    (from != issuer).then(|| format!("* {pod}: leaf from {from}, not the current issuer {issuer}"))
+                })
+                .collect();
+            if other.is_empty() {
+                Outcome::Success
+            } else {
+                Outcome::Warning(format!("Some proxies hold a leaf from another issuer (they renew from the current one):\n    {}", other.join("\n    ")))
+            }
+        }
+    });
+    identity.push(ROTATION, rotation_outcome(rotation));
+    vec![plane, identity]
+}
+
+/// ‼ while a rotation is under way: mismatches above are then expected until it finishes.
+fn rotation_outcome(rotation: Result<Option<RotationState>, String>) -> Outcome {
+    match rotation {
+        Ok(None) => Outcome::Success,
+        Ok(Some(state)) if state.step == Step::Done => Outcome::Success,
+        Ok(Some(state)) => {
+            let mode = match state.mode {
+                Mode::Full => "full",
+                Mode::IssuerOnly => "issuer-only",
+            };
+            Outcome::Warning(format!(
+                "{mode} rotation {} is at {}: {} (see `tessera identity rotate --status`; rerun it to resume)",
+                state.id,
+                state.step,
+                state.step.describe()
+            ))
+        }
+        Err(e) => Outcome::Warning(e),
+    }
+}
+
+/// How a proxy's anchors differ from the bundle's, if they do.
+fn bundle_mismatch(bundle: &[String], trusted: &[String]) -> Option<String> {
+    let missing: Vec<&str> = bundle.iter().filter(|a| !trusted.contains(a)).map(String::as_str).collect();
+    let extra: Vec<&str> = trusted.iter().filter(|a| !bundle.contains(a)).map(String::as_str).collect();
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("does not trust {}", missing.join(", ")));
+    }
+    if !extra.is_empty() {
+        parts.push(format!("still trusts {}", extra.join(", ")));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+fn leaf_problem(leaf: Option<&Leaf>, now: OffsetDateTime) -> Option<String> {
+    // The proxy drops its leaf when it expires, so `null` after the pod ran
+    // means an expired leaf that was not renewed (or none issued yet).
+    let Some(leaf) = leaf else {
+        return Some("no leaf certificate (expired without renewal, or never issued)".to_owned());
+    };
+    match OffsetDateTime::parse(&leaf.not_after, &Rfc3339) {
+        Ok(not_after) if not_after <= now => Some(format!("leaf {} expired at {}", leaf.identity, pki::rfc3339(not_after))),
+        Ok(_) => None,
+        Err(e) => Some(format!("leaf notAfter {:?} unreadable: {e}", leaf.not_after)),
+    }
+}
+
+/// ✔ with no problems, else × listing them with Linkerd's hint line.
+fn listed(header: &str, problems: Vec<String>, anchor: &str) -> Outcome {
+    if problems.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::Error(format!("{header}\n{}\nsee {HINTS}{anchor} for hints", problems.iter().map(|p| format!("    {p}")).collect::<Vec<_>>().join("\n")))
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::test_util::now;
 
-    fn proxy(name: &str, anchors: &[&str], issuer: &str, not_after: OffsetDateTime) -> Observed {
-        Observed {
-            name: name.to_owned(),
-            trust: Ok(Trust {
+    fn report(pod: &str, anchors: &[&str], leaf: Option<(&str, &str)>) -> ProxyReport {
+        ProxyReport {
+            pod: pod.to_owned(),
+            trust: Ok(TrustReport {
                 anchors: anchors.iter().map(|a| (*a).to_owned()).collect(),
-                leaf: Some(Leaf { identity: format!("{name}.id"), issuer: issuer.to_owned(), not_after: pki::rfc3339(not_after) }),
+                leaf: leaf.map(|(issuer, not_after)| Leaf { identity: "web.app.serviceaccount.identity.linkerd.cluster.local".to_owned(), issuer: Some(issuer.to_owned()), not_after: not_after.to_owned() }),
             }),
-            last_leaf_issuer: Some(issuer.to_owned()),
         }
     }
 
-    fn current() -> Current {
-        Current { bundle: vec!["sha256:a".to_owned()], issuer: Some("sha256:i".to_owned()), rotation: None }
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::parse("2026-12-06T08:00:00Z", &Rfc3339).unwrap()
     }
 
-    fn outcomes(c: &Category) -> Vec<&Outcome> {
-        c.checks.iter().map(|l| &l.outcome).collect()
+    fn expected() -> Expected {
+        Expected { anchors: Some(vec!["sha256:a".to_owned(), "sha256:b".to_owned()]), issuer: Some("sha256:i".to_owned()) }
     }
 
-    #[test]
-    fn a_healthy_mesh_passes() {
-        let later = now() + Duration::from_secs(3600);
-        let c = proxy_checks(&current(), &[proxy("a/a-0", &["sha256:a"], "sha256:i", later)], now());
-        assert_eq!(c.checks.iter().map(|l| l.description.as_str()).collect::<Vec<_>>(), LINES);
-        assert!(outcomes(&c).iter().all(|o| **o == Outcome::Success), "{c:?}");
+    fn outcomes(categories: &[Category]) -> Vec<(&str, &Outcome)> {
+        categories.iter().flat_map(|c| c.checks.iter().map(|l| (l.description.as_str(), &l.outcome))).collect()
     }
 
     #[test]
-    fn an_expired_leaf_and_a_stale_bundle_fail_naming_the_proxy() {
-        let later = now() + Duration::from_secs(3600);
-        let earlier = now() - Duration::from_secs(1);
-        let proxies = [
-            proxy("a/a-0", &["sha256:a"], "sha256:i", later),
-            proxy("b/b-0", &["sha256:a"], "sha256:i", earlier),
-            proxy("c/c-0", &["sha256:old"], "sha256:old-issuer", later),
-            Observed { name: "d/d-0".to_owned(), trust: Err("connection refused".to_owned()), last_leaf_issuer: None },
-            Observed {
-                name: "e/e-0".to_owned(),
-                trust: Ok(Trust { anchors: vec!["sha256:a".to_owned()], leaf: None }),
-                last_leaf_issuer: Some("sha256:i".to_owned()),
-            },
-            Observed {
-                name: "f/f-0".to_owned(),
-                trust: Ok(Trust { anchors: vec!["sha256:a".to_owned()], leaf: None }),
-                last_leaf_issuer: None,
-            },
+    fn a_healthy_data_plane_passes() {
+        let reports = vec![report("app/web-0", &["sha256:a", "sha256:b"], Some(("sha256:i", "2026-12-07T08:00:00Z")))];
+        let c = checks(Ok(reports), Ok(None), &expected(), now());
+        assert!(outcomes(&c).iter().all(|(_, o)| **o == Outcome::Success), "{c:?}");
+        assert_eq!(outcomes(&c).len(), 5);
+    }
+
+    #[test]
+    fn stale_bundles_expired_leaves_and_unreachable_proxies_are_named() {
+        let reports = vec![
+            report("app/old-0", &["sha256:a"], Some(("sha256:i", "2026-12-07T08:00:00Z"))),
+            report("app/expired-0", &["sha256:a", "sha256:b"], Some(("sha256:i", "2026-12-06T07:59:00Z"))),
+            report("app/dropped-0", &["sha256:a", "sha256:b", "sha256:z"], None),
+            ProxyReport { pod: "app/gone-0".to_owned(), trust: Err("GET x: refused".to_owned()) },
+            report("app/prev-0", &["sha256:a", "sha256:b"], Some(("sha256:p", "2026-12-07T08:00:00Z"))),
         ];
-        let c = proxy_checks(&current(), &proxies, now());
-        assert_eq!(c.checks[0].outcome, Outcome::Error("d/d-0: /trust not readable: connection refused".to_owned()));
-        assert_eq!(
-            c.checks[1].outcome,
-            Outcome::Error(format!(
-                "b/b-0: leaf certificate b/b-0.id expired at {}\n\
-                 e/e-0: its leaf certificate (from issuer sha256:i) expired and was not renewed\n\
-                 f/f-0: no leaf certificate yet",
-                pki::rfc3339(earlier)
-            ))
-        );
-        assert_eq!(c.checks[2].outcome, Outcome::Error("c/c-0 trusts [sha256:old], the current bundle is [sha256:a]".to_owned()));
-        assert_eq!(
-            c.checks[3].outcome,
-            Outcome::Warning("c/c-0 holds a leaf from sha256:old-issuer, the current issuer is sha256:i".to_owned())
-        );
-        assert_eq!(c.checks[4].outcome, Outcome::Success);
+        let c = checks(Ok(reports), Ok(None), &expected(), now());
+        let o = outcomes(&c);
+        assert_eq!(o[0], (REACHABLE, &Outcome::Error("Some proxies cannot be reached:\n    * app/gone-0: GET x: refused\nsee https://linkerd.io/2/checks/#l5d-data-plane-ready for hints".to_owned())));
+        assert_eq!(o[1], (MATCH_CA, &Outcome::Error("Some pods do not trust the current trust bundle:\n    * app/old-0: does not trust sha256:b\n    * app/dropped-0: still trusts sha256:z\nsee https://linkerd.io/2/checks/#l5d-identity-data-plane-proxies-certs-match-ca for hints".to_owned())));
+        assert_eq!(o[2], (VALIDITY, &Outcome::Error("Some proxies hold no valid leaf certificate and refuse mTLS:\n    * app/expired-0: leaf web.app.serviceaccount.identity.linkerd.cluster.local expired at 2026-12-06T07:59:00Z\n    * app/dropped-0: no leaf certificate (expired without renewal, or never issued)\nsee https://linkerd.io/2/checks/#l5d-identity-data-plane for hints".to_owned())));
+        assert_eq!(o[3], (ISSUER, &Outcome::Warning("Some proxies hold a leaf from another issuer (they renew from the current one):\n    * app/prev-0: leaf from sha256:p, not the current issuer sha256:i".to_owned())));
     }
 
     #[test]
-    fn a_bundle_in_another_order_is_the_same_bundle() {
-        let mut cur = current();
-        cur.bundle = vec!["sha256:a".to_owned(), "sha256:b".to_owned()];
-        let c = proxy_checks(&cur, &[proxy("a/a-0", &["sha256:b", "sha256:a"], "sha256:i", now() + Duration::from_secs(60))], now());
-        assert_eq!(c.checks[2].outcome, Outcome::Success);
+    fn a_rotation_under_way_is_a_warning_naming_its_step() {
+        let state: RotationState = serde_json::from_value(serde_json::json!({
+            "id": "20261206T080000Z", "mode": "full", "step": "wait-new-leaves", "startedAt": "2026-12-06T08:00:00Z",
+            "stepStartedAt": "2026-12-06T08:01:00Z", "oldAnchors": ["sha256:a"], "materialDir": "/tmp/x"
+        }))
+        .unwrap();
+        assert_eq!(
+            rotation_outcome(Ok(Some(state.clone()))),
+            Outcome::Warning("full rotation 20261206T080000Z is at step 4/6: wait until every meshed proxy holds a leaf from the new issuer (see `tessera identity rotate --status`; rerun it to resume)".to_owned())
+        );
+        assert_eq!(rotation_outcome(Ok(Some(RotationState { step: Step::Done, ..state }))), Outcome::Success);
+    }
+
+    #[test]
+    fn no_meshed_pods_is_a_warning_and_an_unreadable_bundle_an_error() {
+        let c = checks(Ok(vec![]), Ok(None), &expected(), now());
+        assert_eq!(outcomes(&c), vec![(REACHABLE, &Outcome::Warning("no meshed pods found".to_owned()))]);
+        let reports = vec![report("app/web-0", &["sha256:a"], Some(("sha256:i", "2026-12-07T08:00:00Z")))];
+        let c = checks(Ok(reports), Err("reading ConfigMap linkerd/tessera-identity-rotation: forbidden".to_owned()), &Expected { anchors: None, issuer: None }, now());
+        assert!(matches!(outcomes(&c)[1].1, Outcome::Error(_)), "{c:?}");
+        assert_eq!(outcomes(&c)[4], (ROTATION, &Outcome::Warning("reading ConfigMap linkerd/tessera-identity-rotation: forbidden".to_owned())));
     }
 }
