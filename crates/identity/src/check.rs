@@ -5,7 +5,8 @@
 //! (trust anchors: algorithm, validity, expiry within 60 days; the issuer:
 //! validated by the identity CA's own [`Issuer::load`], then expiry within 60
 //! days) and `tessera-identity-service` (a Certify
-//! call with an empty request must answer `InvalidArgument`).
+//! call with an empty request must answer `InvalidArgument`); with `--proxy`
+//! also `tessera-data-plane` and `tessera-identity-data-plane` (see [`proxy`]).
 
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ pub struct CheckConfig {
     pub identity_addr: String,
     /// The identities' naming, for the probe leaf the issuer is validated with (as the CA does).
     pub naming: IdentityNaming,
+    /// Also check every meshed proxy (`--proxy`, see [`proxy`]).
+    pub proxy: bool,
 }
 
 /// A check's outcome.
@@ -199,10 +202,19 @@ impl Report {
 pub async fn run_checks(config: &CheckConfig, now: OffsetDateTime) -> Report {
     let (api, client) = kubernetes_checks(&config.kube).await;
     let anchors_pem = crate::bundle::read_pem(&config.trust_anchors, client.as_ref()).await;
-    let issuer = read_issuer(&config.issuer, client).await;
+    let issuer = read_issuer(&config.issuer, client.clone()).await;
+    let expected = proxy::Expected::new(anchors_pem.as_deref().ok(), issuer.as_ref().ok().map(|m| m.cert_pem.as_slice()));
     let identity = identity_checks(anchors_pem, issuer, &config.naming, now);
     let service = service_checks(&config.identity_addr).await;
-    Report { categories: vec![api, identity, service] }
+    let mut categories = vec![api, identity, service];
+    if config.proxy {
+        let (reports, rotation) = match &client {
+            Some(client) => (proxy::gather(client).await, proxy::rotation(client, &config.naming.control_namespace).await),
+            None => (Err("no Kubernetes client".to_owned()), Err("no Kubernetes client".to_owned())),
+        };
+        categories.extend(proxy::checks(reports, rotation, &expected, now));
+    }
+    Report { categories }
 }
 
 async fn kubernetes_checks(kube: &KubeSource) -> (Category, Option<kube::Client>) {
@@ -401,6 +413,8 @@ fn joined(problems: Vec<String>) -> Result<(), String> {
 fn warn_if_any(warnings: Vec<String>) -> Outcome {
     if warnings.is_empty() { Outcome::Success } else { Outcome::Warning(warnings.join("\n")) }
 }
+
+pub mod proxy;
 
 #[cfg(test)]
 mod attack_tests;

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::issuer::IssuancePolicy;
 use crate::pki;
 use crate::reload::IssuerSource;
+use crate::renew::RenewConfig;
 use crate::review::IdentityNaming;
 use crate::{Config, KubeSource};
 
@@ -59,6 +60,22 @@ pub struct ServeArgs {
     /// Clock skew allowance: leaves start this much in the past and last this much longer.
     #[arg(long, env = "TESSERA_IDENTITY_CLOCK_SKEW_ALLOWANCE", default_value = "20s", value_parser = humantime::parse_duration)]
     clock_skew_allowance: Duration,
+    #[command(flatten)]
+    renew: RenewArgs,
+}
+
+/// Automatic issuer renewal (cert-manager's CA Issuer + Certificate, built in).
+#[derive(Debug, clap::Args)]
+pub struct RenewArgs {
+    /// Renew the issuer once less than this is left, signing the new one with the trust anchor's key from --anchor-dir.
+    #[arg(long, env = "TESSERA_IDENTITY_ISSUER_RENEW_BEFORE", value_parser = humantime::parse_duration, requires = "anchor_dir")]
+    issuer_renew_before: Option<Duration>,
+    /// Directory of trust anchors with their keys (ca.crt/ca.key, itself or a subdirectory, as `bootstrap` and `rotate` write them).
+    #[arg(long, env = "TESSERA_IDENTITY_ANCHOR_DIR", requires = "issuer_renew_before")]
+    anchor_dir: Option<PathBuf>,
+    /// Lifetime of each renewed issuer (cert-manager's `duration`).
+    #[arg(long, alias = "issuer-duration", env = "TESSERA_IDENTITY_ISSUER_VALIDITY", default_value = "48h", value_parser = humantime::parse_duration)]
+    issuer_validity: Duration,
 }
 
 /// Where trust anchors, issuer and Kubernetes API are (shared by `identity` and `check`).
@@ -166,6 +183,9 @@ pub struct CheckArgs {
     /// Output format.
     #[arg(long, short = 'o', env = "TESSERA_CHECK_OUTPUT", value_enum, default_value = "text")]
     output: Output,
+    /// Also check every meshed proxy (its `/trust` through `pods/proxy`): trusts the current bundle, holds a valid leaf from the current issuer.
+    #[arg(long)]
+    proxy: bool,
 }
 
 /// Output format of `tessera check`.
@@ -219,7 +239,16 @@ impl ServeArgs {
         if self.issuance_lifetime.is_zero() {
             return Err(Error::Config("--issuance-lifetime must be positive".to_owned()));
         }
+        let renew = match (self.renew.issuer_renew_before, self.renew.anchor_dir) {
+            (Some(renew_before), Some(anchor_dir)) => {
+                let renew = RenewConfig { anchor_dir, validity: self.renew.issuer_validity, renew_before };
+                renew.validate()?;
+                Some(renew)
+            }
+            _ => None,
+        };
         Ok(Config {
+            renew,
             addr: self.addr,
             admin_addr: self.admin_addr,
             trust_anchors,
@@ -347,7 +376,7 @@ impl CheckArgs {
 
     async fn run_inner(self) -> Result<i32> {
         let (trust_anchors, issuer, kube) = self.sources.resolve()?;
-        let config = CheckConfig { trust_anchors, issuer, kube, identity_addr: self.identity_addr, naming: self.naming.naming() };
+        let config = CheckConfig { trust_anchors, issuer, kube, identity_addr: self.identity_addr, naming: self.naming.naming(), proxy: self.proxy };
         let report = check::run_checks(&config, OffsetDateTime::now_utc()).await;
         match self.output {
             Output::Text => print!("{}", report.render_text()),
@@ -410,6 +439,23 @@ mod tests {
         let err = identity(&["--trust-anchors", "a", "--issuer-secret", "nope"]).serve.config().unwrap_err();
         assert_eq!(err.to_string(), r#"invalid configuration: --issuer-secret must be NAMESPACE/NAME, got "nope""#);
         assert!(Cli::try_parse_from(["tessera", "identity", "--issuer-dir", "x", "--issuer-secret", "a/b"]).is_err());
+    }
+
+    #[test]
+    fn renewal_flags_need_the_anchor_dir() {
+        let base = ["--trust-anchors", "ca.crt", "--issuer-dir", "d"];
+        let config = identity(&[&base[..], &["--anchor-dir", "a", "--issuer-renew-before", "1m", "--issuer-duration", "2m"]].concat())
+            .serve
+            .config()
+            .unwrap();
+        assert_eq!(
+            config.renew,
+            Some(RenewConfig { anchor_dir: PathBuf::from("a"), validity: Duration::from_secs(120), renew_before: Duration::from_secs(60) })
+        );
+        assert_eq!(identity(&base).serve.config().unwrap().renew, None);
+        assert!(Cli::try_parse_from([&["tessera", "identity"], &base[..], &["--issuer-renew-before", "1m"]].concat()).is_err());
+        let err = identity(&[&base[..], &["--anchor-dir", "a", "--issuer-renew-before", "48h"]].concat()).serve.config().unwrap_err();
+        assert_eq!(err.to_string(), "invalid configuration: --issuer-renew-before (2days) must be shorter than --issuer-validity (2days)");
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub mod issuer;
 pub mod metrics;
 pub mod pki;
 pub mod reload;
+pub mod renew;
 pub mod rotate;
 pub mod review;
 pub mod service;
@@ -117,6 +118,8 @@ pub struct Config {
     pub naming: IdentityNaming,
     /// Leaf lifetime and clock skew.
     pub policy: IssuancePolicy,
+    /// Automatic issuer renewal (needs the anchor's key); None: never renews.
+    pub renew: Option<renew::RenewConfig>,
 }
 
 /// What [`run`] bound, passed to its `on_started` callback.
@@ -148,8 +151,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Metrics::default();
     let (issuer_tx, issuer_rx) = watch::channel::<Option<Arc<Issuer>>>(None);
-    let mut updater =
-        IssuerUpdater::new(issuer_tx, anchors, config.naming.clone(), clock.clone(), metrics.clone()).follow_anchors(anchors_rx);
+    let mut updater = IssuerUpdater::new(issuer_tx, anchors, config.naming.clone(), clock.clone(), metrics.clone())
+        .follow_anchors(anchors_rx.clone());
 
     if let IssuerSource::Dir(dir) = &config.issuer {
         let material = reload::read_issuer_dir(dir)?;
@@ -186,6 +189,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         IssuerSource::Dir(dir) => tokio::spawn(reload::poll_dir(dir, updater)),
         IssuerSource::Secret { namespace, name } => tokio::spawn(reload::watch_secret(client.clone(), namespace, name, updater)),
     };
+    let renewer = config.renew.clone().map(|renew| {
+        tokio::spawn(
+            renew::Renewer {
+                config: renew,
+                source: config.issuer.clone(),
+                anchors_source: config.trust_anchors.clone(),
+                naming: config.naming.clone(),
+                client: client.clone(),
+                issuer: issuer_rx.clone(),
+                anchors: anchors_rx,
+            }
+            .run(),
+        )
+    });
     let service = CertifyService::new(
         issuer_rx.clone(),
         Arc::new(KubeTokenReviewer::new(client)),
@@ -220,6 +237,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let (grpc, admin_result) = tokio::join!(grpc, admin_server);
     reloader.abort();
+    if let Some(renewer) = renewer {
+        renewer.abort();
+    }
     anchors_task.abort();
     grpc.map_err(|e| Error::Serve { what: "serving gRPC", addr: started.addr.to_string(), source: Box::new(e) })?;
     admin_result.map_err(|e| Error::Serve { what: "serving admin", addr: started.admin_addr.to_string(), source: Box::new(e) })?;

@@ -251,19 +251,33 @@ pub async fn watch_secret(client: kube::Client, namespace: String, name: String,
 }
 
 /// Writes core/v1 Events about an object (what `kubectl get events` lists).
-struct EventRecorder {
+pub(crate) struct EventRecorder {
     api: Api<Event>,
     namespace: String,
 }
 
 impl EventRecorder {
-    fn new(client: kube::Client, namespace: &str) -> Self {
+    pub(crate) fn new(client: kube::Client, namespace: &str) -> Self {
         Self { api: Api::namespaced(client, namespace), namespace: namespace.to_owned() }
     }
 
     async fn record(&self, secret: &Secret, type_: &str, reason: &str, message: String) {
+        let object = ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Secret".to_owned()),
+            name: secret.metadata.name.clone(),
+            namespace: Some(self.namespace.clone()),
+            uid: secret.metadata.uid.clone(),
+            resource_version: secret.metadata.resource_version.clone(),
+            ..ObjectReference::default()
+        };
+        self.record_ref(object, type_, reason, message).await;
+    }
+
+    /// Records an Event about `object` (in this recorder's namespace).
+    pub(crate) async fn record_ref(&self, object: ObjectReference, type_: &str, reason: &str, message: String) {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let object_name = secret.metadata.name.clone().unwrap_or_default();
+        let object_name = object.name.clone().unwrap_or_default();
         let suffix: u64 = rand::random();
         let event = Event {
             metadata: ObjectMeta {
@@ -271,15 +285,7 @@ impl EventRecorder {
                 namespace: Some(self.namespace.clone()),
                 ..ObjectMeta::default()
             },
-            involved_object: ObjectReference {
-                api_version: Some("v1".to_owned()),
-                kind: Some("Secret".to_owned()),
-                name: Some(object_name),
-                namespace: Some(self.namespace.clone()),
-                uid: secret.metadata.uid.clone(),
-                resource_version: secret.metadata.resource_version.clone(),
-                ..ObjectReference::default()
-            },
+            involved_object: object,
             reason: Some(reason.to_owned()),
             message: Some(message),
             type_: Some(type_.to_owned()),
@@ -292,7 +298,7 @@ impl EventRecorder {
             ..Event::default()
         };
         if let Err(e) = self.api.create(&PostParams::default(), &event).await {
-            tracing::warn!(error = %e, reason, "recording an Event on the issuer Secret failed");
+            tracing::warn!(error = %e, reason, "recording an Event failed");
         }
     }
 }

@@ -46,6 +46,13 @@ impl Mesh {
     /// Starts the chain and waits until requests pass through all three
     /// proxies and every agent reported its proxy's anchors and leaf issuer.
     pub fn start() -> Self {
+        Self::start_with(&[], |_| Vec::new())
+    }
+
+    /// [`Mesh::start`] with `bootstrap_flags` for `tessera identity
+    /// bootstrap` and the extra `tessera identity` flags `identity_flags`
+    /// returns for the PKI directory.
+    pub fn start_with(bootstrap_flags: &[&str], identity_flags: impl Fn(&Path) -> Vec<String>) -> Self {
         let server = Server::start();
         api_and_data_store(&server);
         server.kubectl_ok(&["create", "ns", "web"]);
@@ -63,7 +70,7 @@ impl Mesh {
         server.kubectl_ok(&["create", "service", "clusterip", "api", "--tcp=8080:8080", "-n", "api"]);
         let _ = server.kubectl(&["create", "ns", "linkerd"]);
         let pki = server.path("trust");
-        bootstrap(&pki, &[]);
+        bootstrap(&pki, bootstrap_flags);
         server.kubectl_ok(&[
             "create",
             "configmap",
@@ -73,8 +80,10 @@ impl Mesh {
             &format!("--from-file=ca-bundle.crt={}", pki.join("ca.crt").display()),
         ]);
         let issuer_dir = pki.display().to_string();
+        let extra = identity_flags(&pki);
+        let identity_extra: Vec<&str> = ["--issuer-dir", issuer_dir.as_str()].into_iter().chain(extra.iter().map(String::as_str)).collect();
         let (identity, identity_addr) =
-            crate::support::mesh::identity_trusting(&server, &["--trust-anchors-configmap", BUNDLE], &["--issuer-dir", &issuer_dir]);
+            crate::support::mesh::identity_trusting(&server, &["--trust-anchors-configmap", BUNDLE], &identity_extra);
         let python = python();
         let trust_flags = ["--identity-trust-anchors-configmap", BUNDLE];
         let meshed = |ns: &str, port: &str, app: &[&str]| {

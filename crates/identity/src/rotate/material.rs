@@ -105,7 +105,7 @@ pub(super) fn ensure_issuer(
 
 /// The directory under `anchor_dir` (itself, or a direct subdirectory such
 /// as an earlier rotation's) whose `ca.crt` has `fingerprint` and a `ca.key`.
-pub(super) fn find_anchor(anchor_dir: &Path, fingerprint: &str) -> Result<Option<PathBuf>> {
+pub(crate) fn find_anchor(anchor_dir: &Path, fingerprint: &str) -> Result<Option<PathBuf>> {
     let mut candidates = vec![anchor_dir.to_owned()];
     let entries = std::fs::read_dir(anchor_dir).map_err(|e| Error::io(anchor_dir, e))?;
     let mut subdirs: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();

@@ -34,6 +34,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use bundle::{Bundle, fingerprint, fingerprint_pem};
+pub(crate) use material::find_anchor;
 pub use cluster::{Cluster, ClusterError, ProxyState};
 pub use kube::{IssuerTarget, KubeCluster};
 pub use machine::{RotateOptions, laggard_reason, laggards, run};
