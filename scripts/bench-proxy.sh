@@ -45,108 +45,17 @@ OUT=${OUT:-target/bench-proxy/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-missing=()
-for tool in wrk:wrk haproxy:haproxy nginx:nginx-light; do
-  command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} (Debian)…" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2 \
-    || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2; }
-fi
-for tool in wrk haproxy nginx openssl python3 curl kubectl; do
-  command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
-done
-
-if [ -n "${TESSERA_BIN:-}" ]; then
-  TESSERA=$TESSERA_BIN
-else
-  echo "building tessera (release)…" >&2
-  CARGO_INCREMENTAL=0 cargo build --release -p tessera >&2
-  TESSERA=$PWD/target/release/tessera
-fi
-
-DATA=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$DATA"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-
-# wait_line FILE PREFIX: waits (10 s) for a line starting with PREFIX in FILE; prints the rest.
-wait_line() {
-  local file=$1 prefix=$2 i line
-  for i in $(seq 200); do
-    line=$(grep -m1 "^$prefix" "$file" 2>/dev/null || true)
-    if [ -n "$line" ]; then echo "${line#"$prefix"}"; return 0; fi
-    sleep 0.05
-  done
-  echo "timed out waiting for '$prefix' in $file" >&2
-  return 1
-}
-
-# wait_http URL: waits (15 s) for a 200 from URL.
-wait_http() {
-  local i
-  for i in $(seq 150); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ] && return 0
-    sleep 0.1
-  done
-  echo "no 200 from $1" >&2
-  return 1
-}
+# shellcheck source=scripts/lib/bench-common.sh
+. scripts/lib/bench-common.sh
+bench_tools "wrk:wrk haproxy:haproxy nginx:nginx-light" "wrk haproxy nginx openssl python3 curl kubectl"
+bench_tessera
+bench_data
 
 # --- control plane: tessera server and tessera identity -----------------------
-TESSERA_LOG=warn "$TESSERA" server --bind 127.0.0.1:0 --data-dir "$DATA/server" >"$OUT/server.out" 2>"$OUT/server.log" &
-PIDS+=($!)
-KUBECONFIG=$(wait_line "$OUT/server.out" "kubeconfig: ")
-export KUBECONFIG
-API=$(kubectl config view --raw -o jsonpath='{.clusters[0].cluster.server}')
-kubectl config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$DATA/api-ca.crt"
-
-PKI=$DATA/pki
-"$TESSERA" identity bootstrap --out "$PKI" >/dev/null
-TESSERA_LOG=warn "$TESSERA" identity --addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --kubeconfig "$KUBECONFIG" \
-  --trust-anchors "$PKI/ca.crt" --issuer-dir "$PKI" >"$OUT/identity.out" 2>"$OUT/identity.log" &
-PIDS+=($!)
-IDENTITY=$(wait_line "$OUT/identity.out" "tessera identity listening on ")
-
-kubectl create namespace bench >/dev/null
-kubectl create serviceaccount client -n bench >/dev/null
-kubectl create serviceaccount server -n bench >/dev/null
-for sa in client server; do
-  kubectl create token "$sa" -n bench --audience identity.l5d.io --duration 1h >"$DATA/$sa.identity-token"
-done
-kubectl create token client -n bench --duration 1h >"$DATA/client.api-token"
+bench_control_plane
 
 # --- the backend: nginx, fixed response ---------------------------------------
-BACKEND_PORT=$(free_port)
-N=$DATA/nginx
-mkdir -p "$N/logs"
-cat >"$N/nginx.conf" <<EOF
-worker_processes 2;
-pid $N/nginx.pid;
-error_log $N/logs/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $N/body;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT;
-    default_type text/plain;
-    location / { return 200 'ok'; }
-  }
-}
-EOF
-nginx -p "$N" -c "$N/nginx.conf" -g 'daemon off;' 2>"$OUT/nginx.log" &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$BACKEND_PORT/"
+bench_backend
 
 # --- the tessera proxy pairs --------------------------------------------------------
 # One pair per variant: the binary under test, TESSERA_BASE_BIN (the code before
@@ -293,16 +202,6 @@ sample() {
     sleep 0.2
   done
   echo "${peaks[*]}" >"$OUT/$row.rss"
-}
-
-# cpu_ticks PID...: user + system CPU time of the pids, in clock ticks.
-cpu_ticks() {
-  local total=0 pid t
-  for pid in "$@"; do
-    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    total=$((total + t))
-  done
-  echo "$total"
 }
 
 # run ROW URL [HOST_HEADER] -- PIDS...
