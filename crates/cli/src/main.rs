@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod columns;
 mod expiry;
 mod mesh;
 mod policy;

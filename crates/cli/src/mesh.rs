@@ -175,26 +175,6 @@ fn edges_from_metrics(src: &MeshedPod, metrics: &str) -> Vec<Edge> {
     edges.into_values().collect()
 }
 
-/// Columns padded as Go's tabwriter pads `linkerd viz edges` (3 spaces).
-fn table(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            if c + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}", width = widths[c] + 3));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 fn render_edges(edges: &[Edge]) -> String {
     let unsecured = edges.iter().any(|e| !is_secured(e));
     let mut header: Vec<String> = ["SRC", "DST", "SRC_NS", "DST_NS", "SECURED"].map(str::to_owned).to_vec();
@@ -216,7 +196,7 @@ fn render_edges(edges: &[Edge]) -> String {
         }
         rows.push(row);
     }
-    table(&rows)
+    crate::columns::render(&rows)
 }
 
 fn is_secured(edge: &Edge) -> bool {

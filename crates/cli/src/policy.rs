@@ -289,26 +289,6 @@ fn render(answer: &Value, d: &Decision) -> String {
     out
 }
 
-/// Columns padded as Go's tabwriter pads `kubectl auth can-i --list` (3 spaces).
-fn table(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            if c + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}", width = widths[c] + 3));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 fn clients_text(a: &Allowed) -> String {
     if a.unauthenticated {
         return "any client (unauthenticated)".to_owned();
@@ -348,7 +328,7 @@ fn render_reach(r: &Reach) -> String {
     }
     let mut rows = vec![["AUTHORIZATION", "TRAFFIC", "CLIENTS", "NETWORKS"].map(str::to_owned).to_vec()];
     rows.extend(r.allowed.iter().map(row));
-    out.push_str(&table(&rows));
+    out.push_str(&crate::columns::render(&rows));
     out
 }
 
