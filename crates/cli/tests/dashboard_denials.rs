@@ -14,34 +14,10 @@ use std::process::Command;
 
 use support::browser::{chromium, ensure_node_modules, repo, screenshot_dir};
 use support::mesh::{API_APP, DATA_STORE_APP, api_and_data_store, curl, identity, meshed, python, ready_pod_ip};
+use support::policy::api_only_policy;
 use support::{Server, json};
 
 const OTHER_ID: &str = "other.other.serviceaccount.identity.linkerd.cluster.local";
-
-/// Linkerd's own example shape: only the api's identity may reach the data store.
-const POLICY: &str = r#"
-apiVersion: policy.linkerd.io/v1beta3
-kind: Server
-metadata: {name: data-store-http, namespace: data-store}
-spec:
-  podSelector: {matchLabels: {app: data-store}}
-  port: 8081
-  proxyProtocol: HTTP/1
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: MeshTLSAuthentication
-metadata: {name: api-only, namespace: data-store}
-spec:
-  identities: ["api.api.serviceaccount.identity.linkerd.cluster.local"]
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: api-only, namespace: data-store}
-spec:
-  targetRef: {group: policy.linkerd.io, kind: Server, name: data-store-http}
-  requiredAuthenticationRefs:
-  - {group: policy.linkerd.io, kind: MeshTLSAuthentication, name: api-only}
-"#;
 
 /// Reads the proxies (pods, pods/proxy) but may not explain policy (no `list servers`).
 const MESH_VIEWER: &str = "apiVersion: rbac.authorization.k8s.io/v1
@@ -86,7 +62,7 @@ fn a_real_denial_shows_with_the_rule_that_decided_in_chromium() {
     ready_pod_ip(&server, "data-store");
     let (api_url, other_url) = (format!("http://{}:8080/data", ready_pod_ip(&server, "api")), format!("http://{}:8080/data", ready_pod_ip(&server, "other")));
 
-    let out = server.kubectl_stdin(&["apply", "-f", "-"], POLICY);
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], &api_only_policy());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // A real request from other, refused by the data store's proxy; the api still passes.
     let (_, body) = server.eventually(20, "other denied by the data store's proxy", || {

@@ -15,54 +15,12 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::mesh::{DATA_STORE_APP, api_and_data_store, curl, identity, meshed_as, python, ready_ip_of};
+use support::policy::{CLIENT_APP, api_only_policy};
 use support::{Server, json};
 
 const API_ID: &str = "api.api.serviceaccount.identity.linkerd.cluster.local";
 const OTHER_ID: &str = "other.other.serviceaccount.identity.linkerd.cluster.local";
 const DATA_STORE_URL: &str = "http://data-store.data-store.svc.cluster.local:8081";
-
-/// A client app: calls the data store through its proxy (HTTP_PROXY) and
-/// answers with the data store's status, and as JSON the body and the
-/// `l5d-proxy-error` header that came back.
-const CLIENT_APP: &str = r#"
-import http.server, json, os, sys, urllib.request
-URL = sys.argv[1]
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        try:
-            with urllib.request.urlopen(URL + self.path, timeout=10) as r: status, headers, body = r.status, r.headers, r.read()
-        except urllib.error.HTTPError as e: status, headers, body = e.code, e.headers, e.read()
-        out = json.dumps({"proxyError": headers.get("l5d-proxy-error"), "body": body.decode("utf-8", "replace")}).encode()
-        self.send_response(status); self.send_header("content-length", str(len(out))); self.end_headers(); self.wfile.write(out)
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
-"#;
-
-/// Linkerd's own example shape: a Server, the identities allowed, and the
-/// AuthorizationPolicy tying them together.
-const POLICY: &str = r#"
-apiVersion: policy.linkerd.io/v1beta3
-kind: Server
-metadata: {name: data-store-http, namespace: data-store}
-spec:
-  podSelector: {matchLabels: {app: data-store}}
-  port: 8081
-  proxyProtocol: HTTP/1
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: MeshTLSAuthentication
-metadata: {name: api-only, namespace: data-store}
-spec:
-  identities: ["api.api.serviceaccount.identity.linkerd.cluster.local"]
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: api-only, namespace: data-store}
-spec:
-  targetRef: {group: policy.linkerd.io, kind: Server, name: data-store-http}
-  requiredAuthenticationRefs:
-  - {group: policy.linkerd.io, kind: MeshTLSAuthentication, name: api-only}
-"#;
 
 /// The value of the sample `name{labels}` in a Prometheus text, if present.
 fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
@@ -105,7 +63,7 @@ fn an_authorization_policy_admits_the_api_only_and_its_removal_applies_without_r
     // No Server yet: the default policy (all-unauthenticated) lets everyone in.
     server.eventually(20, "the data store reachable from other under the default policy", || (curl(&other_url).0 == 200).then_some(()));
 
-    let out = server.kubectl_stdin(&["apply", "-f", "-"], POLICY);
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], &api_only_policy());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // other: refused by the data store's proxy, with Linkerd's reason.

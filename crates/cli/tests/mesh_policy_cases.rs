@@ -56,6 +56,7 @@ use std::time::{Duration, Instant};
 use support::mesh::{
     DATA_STORE_APP, Log, Proc, api_and_data_store, identity, meshed_as, meshed_logged, moved, python, ready_ip_of, samples, workload_namespace,
 };
+use support::policy::{API_ONLY_AUTHENTICATION, CLIENT_APP, DATA_STORE_SERVER, documents};
 use support::{Server, json};
 
 const API_ID: &str = "api.api.serviceaccount.identity.linkerd.cluster.local";
@@ -71,29 +72,6 @@ const AUTHZ_FAMILIES: [&str; 3] = ["inbound_http_authz_", "inbound_tcp_authz_", 
 const PLAIN: &str = r#"tls="no_identity",no_tls_reason="no_tls_from_remote""#;
 /// Linkerd's synthetic route of a Server without HTTPRoutes.
 const DEFAULT_ROUTE: &str = r#"route_group="",route_kind="default",route_name="default""#;
-
-/// A client app: relays each GET or POST (path included) to the data store
-/// through its proxy (HTTP_PROXY), answering with the data store's status
-/// and, as JSON, the `l5d-proxy-error` header and the body that came back
-/// (599 and the error when no HTTP answer came at all).
-const CLIENT_APP: &str = r#"
-import http.server, json, os, sys, urllib.request, urllib.error
-URL = sys.argv[1]
-class H(http.server.BaseHTTPRequestHandler):
-    def relay(self):
-        length = int(self.headers.get("content-length") or 0)
-        data = self.rfile.read(length) if length else None
-        req = urllib.request.Request(URL + self.path, data=data, method=self.command)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r: status, headers, body = r.status, r.headers, r.read()
-        except urllib.error.HTTPError as e: status, headers, body = e.code, e.headers, e.read()
-        except Exception as e: status, headers, body = 599, {}, repr(e).encode()
-        out = json.dumps({"proxyError": headers.get("l5d-proxy-error"), "body": body.decode("utf-8", "replace")}).encode()
-        self.send_response(status); self.send_header("content-length", str(len(out))); self.end_headers(); self.wfile.write(out)
-    do_GET = do_POST = relay
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
-"#;
 
 /// Case 1: Linkerd's older shape, a Server and a ServerAuthorization naming
 /// the api's ServiceAccount.
@@ -119,16 +97,12 @@ spec:
 
 /// Case 2: the Server, an HTTPRoute allowing only `GET /data`, and the api's
 /// identity authorized on that route (Linkerd's per-route policy shape).
-const HTTP_ROUTE: &str = r#"
-apiVersion: policy.linkerd.io/v1beta3
-kind: Server
-metadata: {name: data-store-http, namespace: data-store}
-spec:
-  podSelector: {matchLabels: {app: data-store}}
-  port: 8081
-  proxyProtocol: HTTP/1
----
-apiVersion: policy.linkerd.io/v1beta3
+fn http_route() -> String {
+    documents(&[DATA_STORE_SERVER, DATA_GET_ROUTE, API_ONLY_AUTHENTICATION, API_GET_DATA])
+}
+
+/// Case 2's HTTPRoute: only `GET /data` on the data store's Server.
+const DATA_GET_ROUTE: &str = r#"apiVersion: policy.linkerd.io/v1beta3
 kind: HTTPRoute
 metadata: {name: data-get, namespace: data-store}
 spec:
@@ -138,14 +112,10 @@ spec:
   - matches:
     - path: {type: Exact, value: /data}
       method: GET
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: MeshTLSAuthentication
-metadata: {name: api-only, namespace: data-store}
-spec:
-  identities: ["api.api.serviceaccount.identity.linkerd.cluster.local"]
----
-apiVersion: policy.linkerd.io/v1alpha1
+"#;
+
+/// Case 2's AuthorizationPolicy: `api-only` on the route.
+const API_GET_DATA: &str = r#"apiVersion: policy.linkerd.io/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: api-get-data, namespace: data-store}
 spec:
@@ -155,17 +125,14 @@ spec:
 "#;
 
 /// Case 4: the Server, and an AuthorizationPolicy requiring a
-/// NetworkAuthentication that holds only `API_IP` (the api pod's address).
-const NETWORK_POLICY: &str = r#"
-apiVersion: policy.linkerd.io/v1beta3
-kind: Server
-metadata: {name: data-store-http, namespace: data-store}
-spec:
-  podSelector: {matchLabels: {app: data-store}}
-  port: 8081
-  proxyProtocol: HTTP/1
----
-apiVersion: policy.linkerd.io/v1alpha1
+/// NetworkAuthentication that holds only `api_ip` (the api pod's address).
+fn network_policy(api_ip: &str) -> String {
+    documents(&[DATA_STORE_SERVER, &NETWORK_AUTHORIZATION.replace("API_IP", api_ip)])
+}
+
+/// Case 4's NetworkAuthentication (`API_IP/32`) and the AuthorizationPolicy
+/// on the data store's Server requiring it.
+const NETWORK_AUTHORIZATION: &str = r#"apiVersion: policy.linkerd.io/v1alpha1
 kind: NetworkAuthentication
 metadata: {name: api-pod-ip, namespace: data-store}
 spec:
@@ -394,7 +361,7 @@ fn server_authorization_admits_the_api_service_account_only(c: &Cluster) {
 
 fn http_route_admits_get_data_from_the_api_only(c: &Cluster) {
     let case = "HTTPRoute GET /data + AuthorizationPolicy";
-    c.apply(HTTP_ROUTE);
+    c.apply(&http_route());
     let took = c.wait_for("the HTTPRoute and its AuthorizationPolicy enforced", || {
         c.api("GET", "/data").status == 200 && c.other("GET", "/data").status == 403 && c.api("POST", "/data").status == 404
     });
@@ -427,7 +394,7 @@ fn http_route_admits_get_data_from_the_api_only(c: &Cluster) {
         ],
     );
 
-    c.delete(HTTP_ROUTE);
+    c.delete(&http_route());
     c.wait_for("the default policy back once the Server is deleted", || {
         c.other("GET", "/data").status == 200 && c.api("POST", "/data").status == 501
     });
@@ -500,7 +467,7 @@ fn network_authentication_admits_the_api_pod_ip_only(c: &Cluster) {
     // Case 3 left the namespace on `audit`: back to the server's default.
     c.server.kubectl_ok(&["annotate", "ns", "data-store", "config.linkerd.io/default-inbound-policy-"]);
     assert_ne!(c.api_ip, c.other_ip, "each pod has its own IP");
-    let yaml = NETWORK_POLICY.replace("API_IP", &c.api_ip);
+    let yaml = network_policy(&c.api_ip);
     c.apply(&yaml);
     let took = c.wait_for("the NetworkAuthentication enforced (api's IP in, other's out)", || {
         c.api("GET", "/data").status == 200 && c.other("GET", "/data").status == 403

@@ -28,6 +28,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use support::mesh::{DATA_STORE_APP, api_and_data_store, curl, identity, meshed_as, moved, python, ready_ip_of, samples};
+use support::policy::{API_ONLY_AUTHORIZATION, api_only_policy};
 use support::{Server, json};
 
 const API_ID: &str = "api.api.serviceaccount.identity.linkerd.cluster.local";
@@ -80,33 +81,6 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
     def log_message(self, *a): pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
-"#;
-
-const SERVER: &str = r#"
-apiVersion: policy.linkerd.io/v1beta3
-kind: Server
-metadata: {name: data-store-http, namespace: data-store}
-spec:
-  podSelector: {matchLabels: {app: data-store}}
-  port: 8081
-  proxyProtocol: HTTP/1
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: MeshTLSAuthentication
-metadata: {name: api-only, namespace: data-store}
-spec:
-  identities: ["api.api.serviceaccount.identity.linkerd.cluster.local"]
-"#;
-
-/// What is removed and restored.
-const AUTHORIZATION: &str = r#"
-apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: api-only, namespace: data-store}
-spec:
-  targetRef: {group: policy.linkerd.io, kind: Server, name: data-store-http}
-  requiredAuthenticationRefs:
-  - {group: policy.linkerd.io, kind: MeshTLSAuthentication, name: api-only}
 "#;
 
 /// One request as the client recorded it.
@@ -208,7 +182,7 @@ fn removing_and_restoring_an_authorization_under_load_applies_within_a_second_an
     let api_ip = ready_ip_of(&server, "api", "api-l");
     let client = Client { url: format!("http://{api_ip}:8080") };
 
-    let out = server.kubectl_stdin(&["apply", "-f", "-"], &format!("{SERVER}---{AUTHORIZATION}"));
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], &api_only_policy());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     server.eventually(30, "the api admitted by the AuthorizationPolicy", || (Call::parse(&client.get("/once")).allowed()).then_some(()));
 
@@ -226,7 +200,7 @@ fn removing_and_restoring_an_authorization_under_load_applies_within_a_second_an
             calls.iter().filter(|c| !c.allowed() && c.end > removed.asked).min_by(|a, b| a.end.total_cmp(&b.end)).cloned()
         });
         client.hold(&server, denied.end, HOLD, "the loop running while denied");
-        let restored = kubectl_timed(&server, &["apply", "-f", "-"], Some(AUTHORIZATION));
+        let restored = kubectl_timed(&server, &["apply", "-f", "-"], Some(API_ONLY_AUTHORIZATION));
         let allowed = client.wait_for(&server, 30, "the first allowed request after the restore", |calls| {
             calls.iter().filter(|c| c.allowed() && c.end > restored.asked).min_by(|a, b| a.end.total_cmp(&b.end)).cloned()
         });

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 pub mod browser;
 pub mod mesh;
+pub mod policy;
 
 /// A running `tessera server`, killed on drop.
 pub struct Server {
