@@ -98,28 +98,8 @@ EOF2
     kubectl create token server -n bench --bound-object-kind Pod --bound-object-name "$pod" --duration 1h >"$DATA/$pod.api-token"
     policy_args=(--policy on --namespace bench --pod "$pod" --api-server "$API" --api-token-file "$DATA/$pod.api-token" --api-ca "$DATA/api-ca.crt")
   fi
-  TESSERA_LOG=warn "$PROXY" proxy --identity-addr "$IDENTITY" \
-    --identity server.bench.serviceaccount.identity.linkerd.cluster.local \
-    --token-file "$DATA/server.identity-token" --trust-anchors "$PKI/ca.crt" \
-    --inbound "$pod_ip:$POD_PORT=127.0.0.1:$BACKEND_PORT" --admin-addr "$pod_ip:4191" "${policy_args[@]}" \
-    >"$OUT/$name-inbound.out" 2>"$OUT/$name-inbound.log" &
-  in_pid=$!
-  PIDS+=($in_pid)
-  wait_line "$OUT/$name-inbound.out" "tessera proxy inbound on " >/dev/null
-  # /ready is 503 until the first policy has arrived.
-  wait_http "http://$pod_ip:4191/ready"
-  tcp_port=$(free_port)
-  TESSERA_LOG=warn "$PROXY" proxy --identity-addr "$IDENTITY" \
-    --identity "$CLIENT_ID" \
-    --token-file "$DATA/client.identity-token" --trust-anchors "$PKI/ca.crt" \
-    --outbound-addr 127.0.0.1:0 --outbound-tcp "127.0.0.1:$tcp_port=$pod_ip:$POD_PORT" \
-    --admin-addr 127.0.0.1:0 --api-server "$API" --api-token-file "$DATA/client.api-token" --api-ca "$DATA/api-ca.crt" \
-    >"$OUT/$name-outbound.out" 2>"$OUT/$name-outbound.log" &
-  out_pid=$!
-  PIDS+=($out_pid)
-  outbound=$(wait_line "$OUT/$name-outbound.out" "tessera proxy outbound on ")
-  out_admin=$(wait_line "$OUT/$name-outbound.out" "tessera proxy admin on ")
-  wait_http "$out_admin/ready"
+  bench_pair "$name" "$PROXY" "$pod_ip" "${policy_args[@]}" --
+  in_pid=$IN_PID out_pid=$OUT_PID tcp_port=$TCP_PORT outbound=$OUTBOUND
   echo "$name $pod_ip $tcp_port $outbound $out_pid $in_pid" >>"$OUT/pairs.txt"
 done
 

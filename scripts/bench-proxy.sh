@@ -85,30 +85,10 @@ spec:
 EOF
   kubectl patch pod "backend-$i" -n bench --subresource=status --type=merge -p \
     "{\"status\":{\"phase\":\"Running\",\"podIP\":\"$pod_ip\",\"podIPs\":[{\"ip\":\"$pod_ip\"}],\"conditions\":[{\"type\":\"Ready\",\"status\":\"True\"}]}}" >/dev/null
-  # $extra: proxy flags, split into words on purpose.
+  # $extra: proxy flags, split into words on purpose, for both proxies.
   # shellcheck disable=SC2086
-  TESSERA_LOG=warn "$bin" proxy --identity-addr "$IDENTITY" \
-    --identity server.bench.serviceaccount.identity.linkerd.cluster.local \
-    --token-file "$DATA/server.identity-token" --trust-anchors "$PKI/ca.crt" \
-    --inbound "$pod_ip:$POD_PORT=127.0.0.1:$BACKEND_PORT" --admin-addr "$pod_ip:4191" $extra \
-    >"$OUT/$name-inbound.out" 2>"$OUT/$name-inbound.log" &
-  in_pid=$!
-  PIDS+=($in_pid)
-  wait_line "$OUT/$name-inbound.out" "tessera proxy inbound on " >/dev/null
-  wait_http "http://$pod_ip:4191/ready"
-  tcp_port=$(free_port)
-  # shellcheck disable=SC2086
-  TESSERA_LOG=warn "$bin" proxy --identity-addr "$IDENTITY" \
-    --identity client.bench.serviceaccount.identity.linkerd.cluster.local \
-    --token-file "$DATA/client.identity-token" --trust-anchors "$PKI/ca.crt" \
-    --outbound-addr 127.0.0.1:0 --outbound-tcp "127.0.0.1:$tcp_port=$pod_ip:$POD_PORT" \
-    --admin-addr 127.0.0.1:0 --api-server "$API" --api-token-file "$DATA/client.api-token" --api-ca "$DATA/api-ca.crt" $extra \
-    >"$OUT/$name-outbound.out" 2>"$OUT/$name-outbound.log" &
-  out_pid=$!
-  PIDS+=($out_pid)
-  outbound=$(wait_line "$OUT/$name-outbound.out" "tessera proxy outbound on ")
-  out_admin=$(wait_line "$OUT/$name-outbound.out" "tessera proxy admin on ")
-  wait_http "$out_admin/ready"
+  bench_pair "$name" "$bin" "$pod_ip" $extra -- $extra
+  in_pid=$IN_PID out_pid=$OUT_PID tcp_port=$TCP_PORT outbound=$OUTBOUND
   # name pod_ip tcp_port outbound out_pid in_pid idle_out_kb idle_in_kb extra…
   echo "$name $pod_ip $tcp_port $outbound $out_pid $in_pid $(rss_kb "$out_pid") $(rss_kb "$in_pid") $extra" >>"$OUT/pairs.txt"
 done

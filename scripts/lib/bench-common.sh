@@ -138,3 +138,39 @@ EOF
   PIDS+=($!)
   wait_http "http://127.0.0.1:$BACKEND_PORT/"
 }
+
+# bench_pair NAME BIN POD_IP [INBOUND_FLAG...] -- [OUTBOUND_FLAG...]: a tessera
+# proxy pair from BIN for the meshed pod at POD_IP:POD_PORT (registered by the
+# caller): the inbound (identity server.bench, to the backend, admin
+# POD_IP:4191) and the outbound (identity client.bench, resolving through the
+# destination API, `--outbound-tcp` on a free port), each with its extra flags,
+# both ready. Sets IN_PID, OUT_PID, TCP_PORT and OUTBOUND (the forward proxy's
+# address).
+bench_pair() {
+  local name=$1 bin=$2 pod_ip=$3 in_flags=() out_admin
+  shift 3
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do in_flags+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  TESSERA_LOG=warn "$bin" proxy --identity-addr "$IDENTITY" \
+    --identity server.bench.serviceaccount.identity.linkerd.cluster.local \
+    --token-file "$DATA/server.identity-token" --trust-anchors "$PKI/ca.crt" \
+    --inbound "$pod_ip:$POD_PORT=127.0.0.1:$BACKEND_PORT" --admin-addr "$pod_ip:4191" "${in_flags[@]}" \
+    >"$OUT/$name-inbound.out" 2>"$OUT/$name-inbound.log" &
+  IN_PID=$!
+  PIDS+=($IN_PID)
+  wait_line "$OUT/$name-inbound.out" "tessera proxy inbound on " >/dev/null
+  # /ready is 503 until the proxy has its certificate (and, with --policy on, its first policy).
+  wait_http "http://$pod_ip:4191/ready"
+  TCP_PORT=$(free_port)
+  TESSERA_LOG=warn "$bin" proxy --identity-addr "$IDENTITY" \
+    --identity client.bench.serviceaccount.identity.linkerd.cluster.local \
+    --token-file "$DATA/client.identity-token" --trust-anchors "$PKI/ca.crt" \
+    --outbound-addr 127.0.0.1:0 --outbound-tcp "127.0.0.1:$TCP_PORT=$pod_ip:$POD_PORT" \
+    --admin-addr 127.0.0.1:0 --api-server "$API" --api-token-file "$DATA/client.api-token" --api-ca "$DATA/api-ca.crt" "$@" \
+    >"$OUT/$name-outbound.out" 2>"$OUT/$name-outbound.log" &
+  OUT_PID=$!
+  PIDS+=($OUT_PID)
+  OUTBOUND=$(wait_line "$OUT/$name-outbound.out" "tessera proxy outbound on ")
+  out_admin=$(wait_line "$OUT/$name-outbound.out" "tessera proxy admin on ")
+  wait_http "$out_admin/ready"
+}
