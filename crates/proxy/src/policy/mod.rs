@@ -207,7 +207,9 @@ impl Enforcer {
             Outcome::Deny if status == http::StatusCode::NOT_FOUND => Outcome::RouteNotFound,
             other => other,
         };
-        self.remember(outcome, peer, &decision, &server, Some((parts.method.as_str(), path)));
+        // The query stays out of the ring: the admin port serves it without
+        // authentication, and a query may carry a credential.
+        self.remember(outcome, peer, &decision, &server, Some((parts.method.as_str(), parts.uri.path())));
         self.metrics.http(outcome, labels(peer, &decision, server, route));
         if outcome == Outcome::Allow || outcome == Outcome::AuditDeny {
             return None;
@@ -446,7 +448,7 @@ mod tests {
         };
         assert_eq!(
             json(&kept[0]),
-            serde_json::json!({"protocol": "HTTP", "client": {"identity": null, "address": "127.1.0.3:40000"}, "port": 9090, "method": "GET", "path": "/data?x=1",
+            serde_json::json!({"protocol": "HTTP", "client": {"identity": null, "address": "127.1.0.3:40000"}, "port": 9090, "method": "GET", "path": "/data",
                 "server": "default:audit", "authorization": "default/audit", "reason": "allowed by audit: would be denied (unauthorized request on route)", "verdict": "audit"})
         );
         assert_eq!(
@@ -456,7 +458,7 @@ mod tests {
         );
         assert_eq!(
             json(&kept[2]),
-            serde_json::json!({"protocol": "HTTP", "client": {"identity": OTHER, "address": "127.1.0.3:40000"}, "port": 8081, "method": "GET", "path": "/data?x=1",
+            serde_json::json!({"protocol": "HTTP", "client": {"identity": OTHER, "address": "127.1.0.3:40000"}, "port": 8081, "method": "GET", "path": "/data",
                 "server": "data-store-http", "reason": "unauthorized request on route", "verdict": "deny"})
         );
     }

@@ -10,7 +10,8 @@
 //!
 //! Newest first. `server` is the Server's name, or `default:POLICY` when no
 //! Server selects the port (Kubernetes names cannot hold a `:`). What is
-//! recorded is what the proxy evaluated (the path with its query, as HTTPRoute queryParams match it; headers
+//! recorded is what the proxy evaluated minus the query (the admin port is not
+//! authenticated and a query may carry a credential; headers
 //! are never kept, they may carry credentials), so the dashboard can ask
 //! `tessera policy explain` the same question.
 //!
