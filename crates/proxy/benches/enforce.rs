@@ -19,7 +19,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use prometheus_client::registry::Registry;
 use tessera_proxy::metrics::Tls;
 use tessera_proxy::policy::metrics::AuthzMetrics;
-use tessera_proxy::policy::{Enforcer, Loaded, Peer, client};
+use tessera_proxy::policy::{AllowedSeries, Enforcer, Loaded, Peer, client};
 
 fn enforcer(selected: bool) -> (Enforcer, Registry) {
     let policy = fixture::compiled(selected);
@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
     let (empty, _r2) = enforcer(false);
     let addr: SocketAddr = "127.0.0.1:40000".parse().expect("address");
     let target: SocketAddr = "127.1.0.22:8080".parse().expect("address");
-    let client = Peer { addr, target, tls: Tls::Established, client_id: Some(fixture::CLIENT) };
+    let client = Peer { addr, target, tls: Tls::Established, client_id: Some(fixture::CLIENT), series: None };
     let intruder = Peer { client_id: Some(fixture::INTRUDER), ..client };
     let get = http::Request::get("/").header("host", "127.1.0.22:8080").body(()).expect("request").into_parts().0;
     assert!(full.check_http(&client, &get).is_none(), "allowed");
@@ -47,6 +47,15 @@ fn bench(c: &mut Criterion) {
 
     c.bench_function("proxy/check_http/500-authz/allowed-by-last", |b| b.iter(|| black_box(full.check_http(black_box(&client), &get))));
     c.bench_function("proxy/check_http/empty/allowed-by-default", |b| b.iter(|| black_box(empty.check_http(black_box(&client), &get))));
+    // What the inbound does: the connection keeps the series its requests count into.
+    let (series_full, series_empty) = (AllowedSeries::default(), AllowedSeries::default());
+    let (on_conn_full, on_conn_empty) = (Peer { series: Some(&series_full), ..client }, Peer { series: Some(&series_empty), ..client });
+    c.bench_function("proxy/check_http/500-authz/allowed-by-last/connection-series", |b| {
+        b.iter(|| black_box(full.check_http(black_box(&on_conn_full), &get)))
+    });
+    c.bench_function("proxy/check_http/empty/allowed-by-default/connection-series", |b| {
+        b.iter(|| black_box(empty.check_http(black_box(&on_conn_empty), &get)))
+    });
     c.bench_function("proxy/check_http/500-authz/denied", |b| b.iter(|| black_box(full.check_http(black_box(&intruder), &get))));
     c.bench_function("proxy/allow_tcp/500-authz/allowed-by-last", |b| b.iter(|| black_box(full.allow_tcp(black_box(&client)))));
 }

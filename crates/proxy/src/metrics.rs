@@ -461,8 +461,11 @@ pub struct RouteMetrics {
     requests: Counter,
     /// (status, classification) → `response_total` counter and the status's
     /// `response_latency_ms` histogram, filled on first use.
-    responses: Mutex<Vec<(Option<u16>, Classification, Counter, Histogram)>>,
+    responses: Mutex<Vec<ResponseSeries>>,
 }
+
+/// One `response_total` series of a route and its status's histogram.
+type ResponseSeries = (Option<u16>, Classification, Counter, Histogram);
 
 impl fmt::Debug for RouteMetrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -108,6 +108,8 @@ pub(crate) struct Conn {
     pub(crate) local: SocketAddr,
     /// The connection's TLS state (tap's `tls`).
     pub(crate) tls: crate::metrics::Tls,
+    /// The authorization series its allowed requests last counted into.
+    pub(crate) allowed: crate::policy::AllowedSeries,
 }
 
 impl Forward {
@@ -173,7 +175,13 @@ impl Forward {
         };
         // POLICY: a denied request is answered here and never reaches the app.
         if let Some(policy) = &self.policy {
-            let peer = crate::policy::Peer { addr: conn.peer, target: conn.local, tls: conn.tls, client_id: conn.client_id.as_ref().map(Identity::as_str) };
+            let peer = crate::policy::Peer {
+                addr: conn.peer,
+                target: conn.local,
+                tls: conn.tls,
+                client_id: conn.client_id.as_ref().map(Identity::as_str),
+                series: Some(&conn.allowed),
+            };
             if let Some(denied) = policy.check_http(&peer, &parts) {
                 record.response(denied.status().as_u16());
                 tap_status(denied.status());

@@ -156,7 +156,7 @@ impl Shared {
             Protocol::Opaque => {
                 if let Some(policy) = &self.config.policy {
                     let id = client_id.as_ref().map(Identity::as_str);
-                    if !policy.allow_tcp(&crate::policy::Peer { addr: peer, target: self.config.listen, tls, client_id: id }) {
+                    if !policy.allow_tcp(&crate::policy::Peer { addr: peer, target: self.config.listen, tls, client_id: id, series: None }) {
                         // Denied: dropping the stream closes the connection.
                         return Ok(());
                     }
@@ -165,7 +165,7 @@ impl Shared {
             }
             Protocol::Http1 | Protocol::Http2 => {
                 let conn =
-                    http::Conn { client_id, labels, h2: protocol == Protocol::Http2, header_timeout: timeout, peer, local: self.config.listen, tls };
+                    http::Conn { client_id, labels, h2: protocol == Protocol::Http2, header_timeout: timeout, peer, local: self.config.listen, tls, allowed: Default::default() };
                 self.forward.serve(io, conn).await.map_err(ConnError::Http)
             }
         }

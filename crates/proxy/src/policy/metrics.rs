@@ -186,6 +186,12 @@ impl AuthzMetrics {
         self.count(outcome, labels, [&self.http_allow, &self.http_deny, &self.http_would_deny]);
     }
 
+    /// The `inbound_http_authz_allow_total` series of `labels`, to count
+    /// into directly (a handle on the same counter the family holds).
+    pub fn http_allow_counter(&self, labels: &AuthzLabels) -> Counter {
+        self.http_allow.get_or_create(labels).clone()
+    }
+
     /// Counts one TCP connection's decision (no `route_*`).
     pub fn tcp(&self, outcome: Outcome, mut labels: AuthzLabels) {
         labels.route = None;

@@ -22,6 +22,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
+use prometheus_client::metrics::counter::Counter;
+use tessera_policy::decided::Decided;
 use tessera_policy::{Client, Decision, HttpRequestInfo, PodInboundPolicy, Verdict};
 use tokio::sync::watch;
 
@@ -151,6 +153,67 @@ pub struct Peer<'a> {
     pub tls: Tls,
     /// The verified client identity (mTLS).
     pub client_id: Option<&'a str>,
+    /// The connection's allowed-request series (HTTP; `None`: look it up per request).
+    pub series: Option<&'a AllowedSeries>,
+}
+
+/// The `inbound_http_authz_allow_total` series an HTTP connection last
+/// counted into. Everything but the Server, route and authorization in its
+/// labels is fixed for a connection, and a client sends the same kind of
+/// request over and over, so an allowed request that lands where the last
+/// one did is one atomic increment: no labels built, no family look-up.
+#[derive(Debug, Default)]
+pub struct AllowedSeries(std::sync::Mutex<Option<CachedSeries>>);
+
+#[derive(Debug)]
+struct CachedSeries {
+    /// The snapshot the key points into, held so its addresses stay valid
+    /// and cannot be reused by another policy's names.
+    snapshot: Arc<Loaded>,
+    key: SeriesKey,
+    counter: Counter,
+}
+
+/// What allowed a request, by the addresses (and lengths) of the names in
+/// the snapshot: the Server, the route and the authorization's kind and name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SeriesKey {
+    server: Option<(usize, usize)>,
+    route: Option<(usize, usize)>,
+    authz: Option<((usize, usize), (usize, usize))>,
+}
+
+fn address(name: &str) -> (usize, usize) {
+    (name.as_ptr() as usize, name.len())
+}
+
+impl SeriesKey {
+    fn of(decided: &Decided<'_>) -> Self {
+        Self {
+            server: decided.server.map(|s| address(&s.server)),
+            route: decided.route.map(|r| address(&r.name)),
+            authz: decided.authorization.map(|(kind, name)| (address(kind), address(name))),
+        }
+    }
+}
+
+impl AllowedSeries {
+    /// Counts one allowed request: into the cached series when the same
+    /// snapshot allowed it the same way, else into the one `resolve` gives,
+    /// which is then cached.
+    fn count(&self, snapshot: &Arc<Loaded>, key: SeriesKey, resolve: impl FnOnce() -> Counter) {
+        let mut cached = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match cached.as_ref() {
+            Some(c) if Arc::ptr_eq(&c.snapshot, snapshot) && c.key == key => {
+                c.counter.inc();
+            }
+            _ => {
+                let counter = resolve();
+                counter.inc();
+                *cached = Some(CachedSeries { snapshot: snapshot.clone(), key, counter });
+            }
+        }
+    }
 }
 
 /// Decides inbound traffic against the current policy (one per proxy, cheap to clone).
@@ -231,16 +294,11 @@ impl Enforcer {
         if decided.verdict != Verdict::Allow {
             return false;
         }
-        let cache = &loaded.labels;
-        let server = decided.server.map_or_else(|| loaded.default_server.clone(), |s| cache.get(Named::Server, &s.server, || Meta::resource("server", &s.server)));
-        let labels = AuthzLabels {
-            target_addr: peer.target,
-            server,
-            route: request.map(|_| cache.route(decided.route)),
-            authz: decided.authorization.map(|(kind, name)| cache.authz(kind, name)),
-            tls: peer.tls,
-            client_id: peer.client_id.map(Arc::from),
-        };
+        if let (Some(series), Some(_)) = (peer.series, request) {
+            series.count(&loaded, SeriesKey::of(&decided), || self.metrics.http_allow_counter(&allowed_labels(&loaded, peer, request, &decided)));
+            return true;
+        }
+        let labels = allowed_labels(&loaded, peer, request, &decided);
         if request.is_some() {
             self.metrics.http(Outcome::Allow, labels);
         } else {
@@ -303,6 +361,20 @@ pub fn has_policy(policy: &PolicyRx) -> bool {
     policy.borrow().is_some()
 }
 
+/// The labels of allowed traffic, from the snapshot's label cache.
+fn allowed_labels(loaded: &Loaded, peer: &Peer<'_>, request: Option<&HttpRequestInfo<'_>>, decided: &Decided<'_>) -> AuthzLabels {
+    let cache = &loaded.labels;
+    let server = decided.server.map_or_else(|| loaded.default_server.clone(), |s| cache.get(Named::Server, &s.server, || Meta::resource("server", &s.server)));
+    AuthzLabels {
+        target_addr: peer.target,
+        server,
+        route: request.map(|_| cache.route(decided.route)),
+        authz: decided.authorization.map(|(kind, name)| cache.authz(kind, name)),
+        tls: peer.tls,
+        client_id: peer.client_id.map(Arc::from),
+    }
+}
+
 fn labels(peer: &Peer<'_>, decision: &Decision, server: Meta, route: Option<Meta>) -> AuthzLabels {
     let authz = decision.authorization.as_ref().map(|(kind, name)| authz_meta(kind, name));
     AuthzLabels { target_addr: peer.target, server, route, authz, tls: peer.tls, client_id: peer.client_id.map(Arc::from) }
@@ -362,7 +434,7 @@ mod tests {
     fn peer(port: u16, client_id: Option<&'static str>) -> Peer<'static> {
         let addr: SocketAddr = "127.1.0.3:40000".parse().unwrap();
         let tls = if client_id.is_some() { Tls::Established } else { Tls::NoTlsFromRemote };
-        Peer { addr, target: SocketAddr::new("127.1.0.2".parse().unwrap(), port), tls, client_id }
+        Peer { addr, target: SocketAddr::new("127.1.0.2".parse().unwrap(), port), tls, client_id, series: None }
     }
 
     fn get(content_type: Option<&str>) -> http::request::Parts {
@@ -423,6 +495,58 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
+    }
+
+    /// `inbound_http_authz_allow_total` of an API client on 8081 (a mTLS
+    /// client) or of a plain-text client on 9090, under `srv`/`authz` labels.
+    fn allowed_count(registry: &Registry, port: u16, srv: &str, authz: &str) -> u64 {
+        let tls = if port == 8081 { format!(r#"tls="true",client_id="{API}""#) } else { r#"tls="no_identity",no_tls_reason="no_tls_from_remote""#.to_owned() };
+        let prefix = format!(
+            r#"inbound_http_authz_allow_total{{target_addr="127.1.0.2:{port}",target_ip="127.1.0.2",target_port="{port}",{srv},route_group="",route_kind="default",route_name="default",{authz},{tls}}} "#
+        );
+        text(registry).lines().find_map(|l| l.strip_prefix(&prefix).map(|n| n.parse().unwrap())).unwrap_or(0)
+    }
+
+    #[test]
+    fn a_connections_cached_series_counts_where_a_fresh_look_up_would() {
+        let (enforcer, registry, tx) = enforcer(Some(policy("all-unauthenticated")));
+        let series = AllowedSeries::default();
+        let on_conn = |port, id| Peer { series: Some(&series), ..peer(port, id) };
+        let server = r#"srv_group="policy.linkerd.io",srv_kind="server",srv_name="data-store-http""#;
+        let default_server = r#"srv_group="",srv_kind="default",srv_name="all-unauthenticated""#;
+        let api_only = r#"authz_group="policy.linkerd.io",authz_kind="authorizationpolicy",authz_name="api-only""#;
+        let default = r#"authz_group="",authz_kind="default",authz_name="all-unauthenticated""#;
+
+        // The first request resolves the series, the next ones reuse it; a
+        // request without the cache counts into the very same series.
+        for _ in 0..3 {
+            assert!(enforcer.check_http(&on_conn(8081, Some(API)), &get(None)).is_none());
+        }
+        assert!(enforcer.check_http(&peer(8081, Some(API)), &get(None)).is_none());
+        assert_eq!(allowed_count(&registry, 8081, server, api_only), 4);
+        // A denial on the connection neither counts as allowed nor evicts.
+        assert!(enforcer.check_http(&on_conn(8081, Some(OTHER)), &get(None)).is_some());
+        assert_eq!(allowed_count(&registry, 8081, server, api_only), 4);
+
+        // Allowed another way (another port's default policy): its own series.
+        assert!(enforcer.check_http(&on_conn(9090, None), &get(None)).is_none());
+        assert_eq!(allowed_count(&registry, 9090, default_server, default), 1);
+        assert_eq!(allowed_count(&registry, 8081, server, api_only), 4);
+
+        // A new snapshot that allows the same way counts into the same labels.
+        tx.send_replace(Some(Arc::new(policy("all-unauthenticated"))));
+        assert!(enforcer.check_http(&on_conn(8081, Some(API)), &get(None)).is_none());
+        assert!(enforcer.check_http(&on_conn(8081, Some(API)), &get(None)).is_none());
+        assert_eq!(allowed_count(&registry, 8081, server, api_only), 6);
+
+        // A snapshot without the Server: the default policy allows now, and
+        // the cached series of the old snapshot is not used.
+        let mut without_server = serde_json::to_value(&policy("all-unauthenticated").policy).unwrap();
+        without_server["ports"] = serde_json::json!([]);
+        tx.send_replace(Some(Arc::new(Loaded::decode(without_server.to_string().as_bytes()).unwrap())));
+        assert!(enforcer.check_http(&on_conn(8081, Some(API)), &get(None)).is_none());
+        assert_eq!(allowed_count(&registry, 8081, default_server, default), 1);
+        assert_eq!(allowed_count(&registry, 8081, server, api_only), 6);
     }
 
     #[test]

@@ -91,8 +91,7 @@ mod tests {
     use crate::trust::TrustRoots;
 
     fn configmap(bundle: Option<&str>, issuer: Option<&str>) -> ConfigMap {
-        let mut cm = ConfigMap::default();
-        cm.data = bundle.map(|b| BTreeMap::from([(CONFIGMAP_KEY.to_owned(), b.to_owned())]));
+        let mut cm = ConfigMap { data: bundle.map(|b| BTreeMap::from([(CONFIGMAP_KEY.to_owned(), b.to_owned())])), ..Default::default() };
         cm.metadata.annotations = issuer.map(|i| BTreeMap::from([(ISSUER_FINGERPRINT_ANNOTATION.to_owned(), i.to_owned())]));
         cm
     }
