@@ -1,9 +1,9 @@
 //! Issue 17, `tessera expiry` end to end: a server with an issuer Secret
 //! expiring in 20 days, a trust bundle ConfigMap, two legacy token Secrets
 //! and a meshed pod whose proxy (a stand-in serving Linkerd's
-//! `identity_cert_expiration_timestamp_seconds`) is past half its leaf's
-//! life. The timeline lists them all in date order with warnings, the serving
-//! certificate and the kubeconfig's client certificate too; `-o json` parses;
+//! `identity_cert_expiration_timestamp_seconds`) is past 80 % of its leaf's
+//! life (renewal overdue: proxies renew at 70 %). The timeline lists them all
+//! in date order with warnings, the serving certificate and the kubeconfig's client certificate too; `-o json` parses;
 //! the gauges are on `/metrics`; anonymous and plain users get kube's 403;
 //! and an expired leaf makes the command exit 3.
 
@@ -89,9 +89,12 @@ fn one_timeline_of_everything_that_expires() {
     let server = Server::start_with(dir, &["--identity-issuer-secret", "linkerd/linkerd-identity-issuer"]);
     let t = now();
 
-    // The mesh's issuer (20 days left) as a kubernetes.io/tls Secret, and the trust bundle.
+    // The mesh's issuer (20 days less an hour left, so the table's "19d22h"
+    // holds whatever second the command runs in) as a kubernetes.io/tls
+    // Secret, and the trust bundle.
     server.kubectl_ok(&["create", "namespace", "linkerd"]);
-    let (issuer_crt, issuer_key) = certificate("identity.linkerd.cluster.local", t - DAY, t + 20 * DAY);
+    let issuer_expiry = t + 20 * DAY - 3600;
+    let (issuer_crt, issuer_key) = certificate("identity.linkerd.cluster.local", t - DAY, issuer_expiry);
     std::fs::write(server.path("issuer.crt"), &issuer_crt).expect("write");
     std::fs::write(server.path("issuer.key"), &issuer_key).expect("write");
     let (crt, key) = (server.path("issuer.crt"), server.path("issuer.key"));
@@ -121,8 +124,8 @@ fn one_timeline_of_everything_that_expires() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
-    // A meshed pod whose proxy's 24 h leaf has 11 h left.
-    let leaf_expiry = Arc::new(AtomicI64::new(t + 11 * 3600));
+    // A meshed pod whose proxy's 24 h leaf has 4 h left (renewal overdue).
+    let leaf_expiry = Arc::new(AtomicI64::new(t + 4 * 3600));
     let admin_port = fake_proxy(leaf_expiry.clone());
     let pod = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: api-0\n  annotations:\n    linkerd.io/inject: enabled\n    tessera.io/proxy-admin-port: \"{admin_port}\"\nspec:\n  containers:\n  - name: api\n    image: api\n"
@@ -162,11 +165,11 @@ fn one_timeline_of_everything_that_expires() {
         "{stdout}"
     );
     assert!(
-        lines[leaf].contains("proxy-leaf") && lines[leaf].contains("past 50 % of its 1d0h lifetime"),
+        lines[leaf].contains("proxy-leaf") && lines[leaf].contains("past 80 % of its 1d0h lifetime"),
         "{stdout}"
     );
     assert!(
-        lines[issuer].contains("issuer Secret linkerd/linkerd-identity-issuer") && lines[issuer].contains("expires within 60d0h (19d23h left)"),
+        lines[issuer].contains("issuer Secret linkerd/linkerd-identity-issuer") && lines[issuer].contains("expires within 60d0h (19d22h left)"),
         "{stdout}"
     );
     assert!(lines[anchor].contains("trust-anchor") && lines[anchor].ends_with('-'), "{stdout}");
@@ -213,7 +216,7 @@ fn one_timeline_of_everything_that_expires() {
     assert!(metrics.contains("tessera_legacy_token_secrets 2\n"), "{metrics}");
     let issuer_series = format!(
         "tessera_expiry_timestamp_seconds{{kind=\"issuer\",name=\"identity.linkerd.cluster.local\",namespace=\"linkerd\"}} {}.0\n",
-        t + 20 * DAY
+        issuer_expiry
     );
     assert!(metrics.contains(&issuer_series), "{metrics}");
     assert!(

@@ -48,7 +48,7 @@ impl Kind {
         }
     }
 
-    /// Whether the 50 %-of-lifetime rule applies (certificates renewed
+    /// Whether the past-80 %-of-lifetime rule applies (certificates renewed
     /// automatically); the others are rotated by hand and warn a fixed time ahead.
     fn renewed_automatically(self) -> bool {
         matches!(self, Self::ProxyLeaf)
@@ -94,7 +94,10 @@ pub struct Rules {
     /// certificates) warn this long before expiry: `tessera check`'s 60 days
     /// (`tessera_identity::check::WARN_WITHIN`, which the CLI passes in).
     pub warn_within: Duration,
-    /// Automatically renewed leaves warn past this fraction of their lifetime.
+    /// Automatically renewed leaves warn past this fraction of their
+    /// lifetime. Proxies renew at 70 % (Linkerd's rule), so a healthy leaf
+    /// never passes it; past it, renewal has been failing for a tenth of the
+    /// lifetime (2.4 h of a 24 h leaf).
     pub leaf_warn_fraction: f64,
     /// The signing key in use warns once it is older than this.
     pub signing_key_rotation_age: Duration,
@@ -108,6 +111,8 @@ pub struct Rules {
 pub const DEFAULT_WARN_WITHIN: Duration = Duration::from_secs(60 * 86400);
 /// Linkerd's (and `tessera identity`'s) default leaf lifetime.
 pub const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Where a proxy leaf is overdue: proxies renew at 70 % of the lifetime.
+pub const LEAF_WARN_FRACTION: f64 = 0.8;
 /// A common key rotation period (kube has none; tessera rotates with `tessera server keys rotate`).
 pub const DEFAULT_SIGNING_KEY_ROTATION_AGE: Duration = Duration::from_secs(90 * 86400);
 
@@ -115,7 +120,7 @@ impl Default for Rules {
     fn default() -> Self {
         Self {
             warn_within: DEFAULT_WARN_WITHIN,
-            leaf_warn_fraction: 0.5,
+            leaf_warn_fraction: LEAF_WARN_FRACTION,
             signing_key_rotation_age: DEFAULT_SIGNING_KEY_ROTATION_AGE,
             leaf_lifetime: DEFAULT_LEAF_LIFETIME,
         }
@@ -255,11 +260,12 @@ mod tests {
     }
 
     #[test]
-    fn leaves_warn_past_half_their_lifetime() {
-        // 24 h leaf, 11 h used.
-        assert_eq!(cert(Kind::ProxyLeaf, -11 * 3600, 13 * 3600).warning, None);
-        let w = cert(Kind::ProxyLeaf, -13 * 3600, 11 * 3600).warning;
-        assert_eq!(w.as_deref(), Some("past 50 % of its 1d0h lifetime (11h0m left): not renewed yet"));
+    fn leaves_warn_only_once_renewal_is_overdue() {
+        // 24 h leaf: proxies renew it at 70 % (16.8 h); healthy until 80 %.
+        assert_eq!(cert(Kind::ProxyLeaf, -13 * 3600, 11 * 3600).warning, None);
+        assert_eq!(cert(Kind::ProxyLeaf, -18 * 3600, 6 * 3600).warning, None);
+        let w = cert(Kind::ProxyLeaf, -20 * 3600, 4 * 3600).warning;
+        assert_eq!(w.as_deref(), Some("past 80 % of its 1d0h lifetime (4h0m left): not renewed yet"));
         // Start unknown: the configured leaf lifetime (24 h) is assumed.
         let unknown = |left| {
             Item {
@@ -268,8 +274,8 @@ mod tests {
             }
             .judge(&Rules::default(), NOW)
         };
-        assert_eq!(unknown(13 * 3600).warning, None);
-        assert!(unknown(11 * 3600).warning.is_some());
+        assert_eq!(unknown(6 * 3600).warning, None);
+        assert!(unknown(4 * 3600).warning.is_some());
     }
 
     #[test]
