@@ -65,6 +65,8 @@ struct StatusBody<'a> {
     metadata: serde_json::Map<String, serde_json::Value>,
     status: &'static str,
     message: &'a str,
+    // `omitempty` in kube's metav1.Status: an admission webhook's denial has none.
+    #[serde(skip_serializing_if = "str::is_empty")]
     reason: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     details: Option<&'a StatusDetails>,
@@ -158,6 +160,13 @@ impl ApiError {
     /// 400 BadRequest.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
+    }
+
+    /// What kube-apiserver answers when a validating admission webhook
+    /// denies a request without a status code of its own (`ToStatusErr`):
+    /// 400, no reason, `admission webhook "NAME" denied the request: MESSAGE`.
+    pub fn webhook_denied(webhook: &str, message: &str) -> Self {
+        Self::new(400, "", format!("admission webhook {webhook:?} denied the request: {message}"))
     }
 
     /// 422 without field causes (e.g. a JSON patch `test` that failed).

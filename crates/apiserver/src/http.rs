@@ -93,6 +93,9 @@ impl AppState {
                 // A node's next request (its pod's token) is authorized on the graph.
                 self.nodes.caught_up(revision).await;
             }
+        } else if resource.group == tessera_policy::resources::GROUP {
+            // The next Server written is checked against this one (policy::admission).
+            self.inbound_policy.cache.caught_up(revision).await;
         }
     }
 }
@@ -600,20 +603,27 @@ fn check_patch_options(patch: &Patch, field_manager: Option<&str>, force: Option
 }
 
 /// The admission checks of a create or update by `user`: RBAC escalation
-/// prevention, then NodeRestriction for nodes.
+/// prevention, then NodeRestriction for nodes, then Linkerd's policy
+/// webhook for Servers.
 fn admission(state: &AppState, user: &Arc<UserInfo>, resource: &'static ResourceInfo, scope: WriteScope) -> Option<tessera_api::registry::Admit> {
-    let escalation = crate::rbac::escalation_check(&state.rbac, user, resource);
-    let is_node = crate::node::identify(user) != crate::node::NodeIdentity::NotANode;
-    if !is_node {
-        return escalation;
+    let mut checks: Vec<tessera_api::registry::Admit> = Vec::new();
+    checks.extend(crate::rbac::escalation_check(&state.rbac, user, resource));
+    if crate::node::identify(user) != crate::node::NodeIdentity::NotANode {
+        let user = user.clone();
+        checks.push(Arc::new(move |resource: &ResourceInfo, old: Option<&Value>, new: &Value| {
+            crate::node::admission::admit_write(&crate::node::identify(&user), resource, scope, old, new)
+        }));
     }
-    let user = user.clone();
-    Some(Arc::new(move |resource: &ResourceInfo, old: Option<&Value>, new: &Value| {
-        if let Some(check) = &escalation {
-            check(resource, old, new)?;
-        }
-        crate::node::admission::admit_write(&crate::node::identify(&user), resource, scope, old, new)
-    }))
+    if crate::policy::admission::applies_to(resource) && scope == WriteScope::Object {
+        checks.push(crate::policy::admission::admission(state.inbound_policy.cache.clone()));
+    }
+    match checks.len() {
+        0 => None,
+        1 => checks.pop(),
+        _ => Some(Arc::new(move |resource: &ResourceInfo, old: Option<&Value>, new: &Value| {
+            checks.iter().try_for_each(|check| check(resource, old, new))
+        })),
+    }
 }
 
 /// kube's `withAuthorization` on a PUT that creates: the user must also be

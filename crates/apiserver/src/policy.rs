@@ -34,6 +34,7 @@ use crate::reflector::Reflector;
 use crate::request::ParsedRequest;
 use crate::response::HandlerResult;
 
+pub mod admission;
 pub mod explain;
 
 /// The path this module serves.

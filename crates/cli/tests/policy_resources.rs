@@ -189,6 +189,48 @@ fn invalid_policy_resources_get_422_naming_the_field() {
     assert_eq!(server.kubectl_ok(&["get", "servers", "-n", "web", "-o", "name"]), "", "nothing was stored");
 }
 
+/// Linkerd's policy webhook refuses a Server that selects the port and
+/// pods another Server of its namespace selects: kube-apiserver's 400 for a
+/// webhook denial, with no reason, after the 422s of validation.
+#[test]
+fn a_second_server_for_the_same_pods_and_port_is_refused_as_linkerds_webhook_does() {
+    const DENIED: &str = r#"admission webhook "linkerd-policy-validator.linkerd.io" denied the request: identical server spec already exists"#;
+    let server = Server::start();
+    server.kubectl_ok(&["create", "ns", "web"]);
+    let server_yaml = |name: &str, port: &str| {
+        format!("apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata: {{name: {name}, namespace: web}}\nspec: {{podSelector: {{matchLabels: {{app: web}}}}, port: {port}}}\n")
+    };
+    // One file, two Servers: kubectl writes them one after the other and the
+    // second is checked against the first.
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], &format!("{}---\n{}", server_yaml("web-http", "http"), server_yaml("web-http-copy", "http")));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("server.policy.linkerd.io/web-http created"), "{out:?}");
+    assert!(stderr(&out).contains(&format!("error when creating \"STDIN\": {DENIED}")), "{}", stderr(&out));
+    // Re-applying the Server itself, changed, is an update, not a conflict;
+    // the same pods on another port are another Server.
+    let apply_ok = |yaml: &str| {
+        let out = server.kubectl_stdin(&["apply", "-f", "-"], yaml);
+        assert!(out.status.success(), "{yaml}: {}", stderr(&out));
+    };
+    apply_ok(&server_yaml("web-http", "http").replace("port: http}", "port: http, proxyProtocol: HTTP/2}"));
+    apply_ok(&server_yaml("web-admin", "9990"));
+    // Moving that one onto the first one's port is refused too.
+    let out = server.kubectl(&["patch", "server", "web-admin", "-n", "web", "--type", "merge", "-p", r#"{"spec":{"port":"http"}}"#]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(DENIED), "{}", stderr(&out));
+    // The Status as kube-apiserver sends a webhook's denial: 400, no reason.
+    let body = r#"{"apiVersion":"policy.linkerd.io/v1beta3","kind":"Server","metadata":{"name":"raw"},"spec":{"podSelector":{"matchLabels":{"app":"web"}},"port":"http"}}"#;
+    let (code, text) = server.curl_admin("POST", "/apis/policy.linkerd.io/v1beta3/namespaces/web/servers", &["-H", "Content-Type: application/json", "-d", body]);
+    assert_eq!(code, 400, "{text}");
+    assert_eq!(json(&text), serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": DENIED, "code": 400}));
+    // Validation comes first: an invalid copy gets its 422, not the denial.
+    let invalid = body.replace(r#""port":"http""#, r#""port":0"#);
+    let (code, _) = server.curl_admin("POST", "/apis/policy.linkerd.io/v1beta3/namespaces/web/servers", &["-H", "Content-Type: application/json", "-d", &invalid]);
+    assert_eq!(code, 422);
+    let names = server.kubectl_ok(&["get", "servers", "-n", "web", "-o", "custom-columns=NAME:.metadata.name,PORT:.spec.port,PROTOCOL:.spec.proxyProtocol", "--no-headers"]);
+    assert_eq!(table(&names), [vec!["web-admin", "9990", "unknown"], vec!["web-http", "http", "HTTP/2"]]);
+}
+
 #[test]
 fn watch_sees_policy_changes_and_roles_cover_the_kinds() {
     let server = Server::start();

@@ -76,6 +76,36 @@ pub fn validate(kind: &str, version: &str, namespace: &str, obj: &Value) -> Vec<
     causes
 }
 
+/// The name of the validating webhook Linkerd's policy controller serves
+/// (its denials carry it in kube-apiserver's message).
+pub const POLICY_WEBHOOK: &str = "linkerd-policy-validator.linkerd.io";
+/// Linkerd's denial of a Server that selects what another one does.
+pub const IDENTICAL_SERVER: &str = "identical server spec already exists";
+
+/// Linkerd's cross-object admission of a Server (the policy controller's
+/// `Validate for ServerSpec`): it is refused when another Server of its
+/// namespace (another name: an update of itself is fine) has the same
+/// `port` and the same `podSelector`. As Linkerd, a port number and the
+/// name of that port are not matched up, and selectors that merely overlap
+/// are let through; `matchLabels: {}` and no `matchLabels` are the same. A
+/// Server without `podSelector` (it selects external workloads) conflicts
+/// with none. Answers the name of the first such Server.
+pub fn conflicting_server<'a>(name: &str, spec: &ServerSpec, others: impl IntoIterator<Item = (&'a str, &'a ServerSpec)>) -> Option<&'a str> {
+    let selector = spec.pod_selector.as_ref().map(normalised)?;
+    others.into_iter().find_map(|(other_name, other)| {
+        let same = other_name != name && other.port == spec.port && other.pod_selector.as_ref().map(normalised).as_ref() == Some(&selector);
+        same.then_some(other_name)
+    })
+}
+
+/// A selector with empty `matchLabels` / `matchExpressions` written as absent.
+fn normalised(selector: &LabelSelector) -> LabelSelector {
+    LabelSelector {
+        match_labels: selector.match_labels.clone().filter(|m| !m.is_empty()),
+        match_expressions: selector.match_expressions.clone().filter(|e| !e.is_empty()),
+    }
+}
+
 /// The spec is already normalised through its typed struct, so this decode
 /// only fails on a corrupt stored object; that is reported, not panicked on.
 fn with_spec<T: DeserializeOwned>(spec: &Value, causes: &mut Vec<Cause>, check: impl FnOnce(T, &mut Vec<Cause>)) {

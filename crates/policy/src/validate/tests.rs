@@ -206,3 +206,26 @@ fn defaults_follow_the_crds() {
     assert_eq!(route["spec"]["parentRefs"][0]["group"], "policy.linkerd.io");
     assert_eq!(route["spec"]["rules"][0]["matches"][0]["path"], json!({"type": "PathPrefix", "value": "/"}));
 }
+
+#[test]
+fn a_server_selecting_what_another_selects_conflicts_as_in_linkerd() {
+    let spec = |v: Value| serde_json::from_value::<ServerSpec>(v).unwrap();
+    let web = spec(json!({"podSelector": {"matchLabels": {"app": "web"}}, "port": "http"}));
+    let others = [
+        ("web-http", spec(json!({"podSelector": {"matchLabels": {"app": "web"}}, "port": "http"}))),
+        ("all-8080", spec(json!({"podSelector": {}, "port": 8080}))),
+    ];
+    let named = || others.iter().map(|(n, s)| (*n, s));
+    // The same port and selector under another name: refused, naming it.
+    assert_eq!(conflicting_server("web-http-2", &web, named()), Some("web-http"));
+    // An update of the Server itself is not a conflict.
+    assert_eq!(conflicting_server("web-http", &web, named()), None);
+    // Another port, or the port's number instead of its name: admitted (as Linkerd).
+    assert_eq!(conflicting_server("x", &spec(json!({"podSelector": {"matchLabels": {"app": "web"}}, "port": 8080})), named()), None);
+    // Another selector, even one that overlaps: admitted.
+    assert_eq!(conflicting_server("x", &spec(json!({"podSelector": {"matchLabels": {"app": "web", "v": "2"}}, "port": "http"})), named()), None);
+    // An empty `matchLabels` is the empty selector.
+    assert_eq!(conflicting_server("x", &spec(json!({"podSelector": {"matchLabels": {}}, "port": 8080})), named()), Some("all-8080"));
+    // A Server of external workloads selects no pod.
+    assert_eq!(conflicting_server("x", &spec(json!({"externalWorkloadSelector": {}, "port": 8080})), named()), None);
+}
