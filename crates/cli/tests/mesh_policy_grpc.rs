@@ -158,6 +158,10 @@ spec:
   - {group: policy.linkerd.io, kind: MeshTLSAuthentication, name: api-only}
 "#;
 
+fn args(owned: &[String]) -> Vec<&str> {
+    owned.iter().map(String::as_str).collect()
+}
+
 /// `Say`'s request message.
 #[derive(Clone, PartialEq, prost::Message)]
 struct Hello {
@@ -393,7 +397,6 @@ impl Cluster {
             args
         };
         let data_store_app = relay("app", &app_addr, None);
-        let args = |a: &[String]| a.iter().map(String::as_str).collect::<Vec<_>>();
         let data_store = meshed_as(&server, "data-store-g", "data-store", &port("8081"), &identity_addr, &anchors, &args(&data_store_app));
         let (api_file, other_file) = (server.path("api-app.addr"), server.path("other-app.addr"));
         let api_relay = relay("app", "proxy", Some(&api_file));
