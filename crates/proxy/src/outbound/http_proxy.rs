@@ -283,11 +283,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for n in named {
         headers.remove(n);
     }
+    // `te: trailers` stays: HTTP/2 allows exactly that value (RFC 9113
+    // §8.2.2), and gRPC servers (gRPC's C core among them) refuse a call
+    // without it.
+    if headers.get(header::TE).is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+        headers.remove(header::TE);
+    }
     for h in [
         header::CONNECTION,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
-        header::TE,
         header::TRAILER,
         header::PROXY_AUTHORIZATION,
         HeaderName::from_static("proxy-connection"),
@@ -312,8 +317,19 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("5"));
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn grpc_te_trailers_is_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get(header::TE).map(HeaderValue::as_bytes), Some(&b"trailers"[..]));
+        assert_eq!(h.len(), 2);
     }
 }
