@@ -434,7 +434,7 @@ async fn execute(state: &AppState, user: Arc<UserInfo>, authorized: Authorized, 
     }
     if resource.plural == "pods" && subresource == Some("proxy") {
         let ns = namespace.unwrap_or_default();
-        return Ok(crate::pod_proxy::serve(&state.registry, resource, ns, name, request.proxy_path.as_deref(), verb).await?);
+        return Ok(crate::pod_proxy::serve(&state.registry, &user.username, resource, ns, name, request.proxy_path.as_deref(), verb).await?);
     }
     let write_options =
         WriteOptions { dry_run: options.dry_run, strict: options.strict, admit_delete: delete_admission(&user), ..WriteOptions::default() };

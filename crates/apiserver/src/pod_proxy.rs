@@ -11,11 +11,16 @@
 //! of `pods/proxy` reaches no application port and nothing that writes.
 //!
 //! Each relay buffers up to 16 MiB, so at most [`MAX_IN_FLIGHT`] run at once
-//! server-wide; beyond that the answer is kube-apiserver's max-in-flight
-//! refusal (429, `Retry-After: 1`, its plain-text body), which clients such
-//! as the dashboard's poller retry on their next round.
+//! server-wide, and at most [`MAX_IN_FLIGHT_PER_USER`] for any one user, so
+//! that one user (one dashboard, one slow pod's caller) cannot hold every
+//! permit and starve the others, as kube's priority and fairness shares
+//! seats among flows. Beyond either cap the answer is kube-apiserver's
+//! max-in-flight refusal (429, `Retry-After: 1`, its plain-text body), which
+//! clients such as the dashboard's poller retry on their next round.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -39,13 +44,25 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ANSWER: u64 = 16 << 20;
 /// Relays in flight at once, server-wide (bounds their buffers to 512 MiB).
 pub const MAX_IN_FLIGHT: usize = 32;
+/// Relays in flight at once for one user (a quarter of the server's).
+pub const MAX_IN_FLIGHT_PER_USER: usize = 8;
 /// The relays' permits.
 static RELAYS: Semaphore = Semaphore::const_new(MAX_IN_FLIGHT);
+/// Who holds them.
+static USERS: UserSlots = UserSlots::new(MAX_IN_FLIGHT_PER_USER);
 /// kube-apiserver's max-in-flight refusal (`staging/src/k8s.io/apiserver/pkg/server/filters/maxinflight.go`).
 const TOO_MANY_REQUESTS: &str = "Too many requests, please try again later.\n";
 
-/// Serves one `pods/proxy` request the authorizer allowed.
-pub async fn serve(registry: &Registry, pods: &ResourceInfo, namespace: &str, id: &str, path: Option<&str>, verb: Verb) -> Result<Response, ApiError> {
+/// Serves one `pods/proxy` request the authorizer allowed `user` to make.
+pub async fn serve(
+    registry: &Registry,
+    user: &str,
+    pods: &ResourceInfo,
+    namespace: &str,
+    id: &str,
+    path: Option<&str>,
+    verb: Verb,
+) -> Result<Response, ApiError> {
     if verb != Verb::Get {
         return Err(ApiError::method_not_allowed());
     }
@@ -64,7 +81,61 @@ pub async fn serve(registry: &Registry, pods: &ResourceInfo, namespace: &str, id
     if !PATHS.contains(&path) {
         return Err(not_served(name, admin.port()));
     }
-    relay(&RELAYS, admin, path).await
+    relay_for(&USERS, user, &RELAYS, admin, path).await
+}
+
+/// How many relays each user has in flight. Entries go when their count
+/// reaches zero, so the map holds at most one per relay in flight.
+struct UserSlots {
+    cap: usize,
+    held: Mutex<BTreeMap<String, usize>>,
+}
+
+/// One of a user's slots, given back when dropped (however the relay ends).
+struct UserSlot<'a> {
+    slots: &'a UserSlots,
+    user: String,
+}
+
+impl UserSlots {
+    const fn new(cap: usize) -> Self {
+        Self { cap, held: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// A slot for `user`, or None when the user already holds `cap`. The
+    /// lock is never held across an await (nor can a holder panic), so a
+    /// poisoned lock still holds consistent counts.
+    fn enter(&self, user: &str) -> Option<UserSlot<'_>> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = held.get(user).copied().unwrap_or(0);
+        if count >= self.cap {
+            return None;
+        }
+        held.insert(user.to_owned(), count + 1);
+        Some(UserSlot { slots: self, user: user.to_owned() })
+    }
+}
+
+impl Drop for UserSlot<'_> {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// [`relay`] within `user`'s share of the permits, or kube's 429 when the
+/// user already has its share in flight.
+async fn relay_for(users: &UserSlots, user: &str, relays: &Semaphore, admin: SocketAddr, path: &str) -> Result<Response, ApiError> {
+    let Some(_slot) = users.enter(user) else {
+        tracing::debug!(%admin, path, user, "pods/proxy: {} relays of this user in flight; answering 429", users.cap);
+        return Ok(too_many_requests());
+    };
+    relay(relays, admin, path).await
 }
 
 /// [`fetch`] under one of `relays`' permits, or kube's 429 when none is free.
@@ -272,6 +343,82 @@ mod tests {
         release_tx.send(()).unwrap();
         assert_eq!(first.await.unwrap(), StatusCode::OK);
         assert_eq!(relay(&relays, addr, "/metrics").await.unwrap().status(), StatusCode::OK);
+    }
+
+    /// One user with its share of relays in flight gets kube's 429 for the
+    /// next, while another user is still served from the permits left; the
+    /// share comes back when the relays end, and nothing stays counted.
+    #[tokio::test]
+    async fn one_user_cannot_hold_every_relay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            // The first two connections (alice's) answer only when released; the rest at once.
+            for n in 0.. {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut release = release_rx.clone();
+                let held = held_tx.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 256];
+                    let _ = conn.read(&mut request).await;
+                    if n < 2 {
+                        held.send(()).unwrap();
+                        let _ = release.wait_for(|go| *go).await;
+                    }
+                    conn.write_all(b"HTTP/1.1 200 OK\r\n\r\nok").await.unwrap();
+                });
+            }
+        });
+        let users = std::sync::Arc::new(UserSlots::new(2));
+        let relays = std::sync::Arc::new(Semaphore::new(3));
+        let alice: Vec<_> = (0..2)
+            .map(|_| {
+                let (users, relays) = (users.clone(), relays.clone());
+                tokio::spawn(async move { relay_for(&users, "alice", &relays, addr, "/metrics").await.unwrap().status() })
+            })
+            .collect();
+        for _ in 0..2 {
+            held_rx.recv().await.unwrap();
+        }
+        let refused = relay_for(&users, "alice", &relays, addr, "/metrics").await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(refused.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(refused.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let body = axum::body::to_bytes(refused.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"Too many requests, please try again later.\n");
+        assert_eq!(relays.available_permits(), 1, "the refused relay took no server permit");
+        // Another user still gets the permit alice could not take.
+        assert_eq!(relay_for(&users, "bob", &relays, addr, "/metrics").await.unwrap().status(), StatusCode::OK);
+        release_tx.send(true).unwrap();
+        for relay in alice {
+            assert_eq!(relay.await.unwrap(), StatusCode::OK);
+        }
+        assert_eq!(relay_for(&users, "alice", &relays, addr, "/metrics").await.unwrap().status(), StatusCode::OK);
+        assert!(users.held.lock().unwrap().is_empty(), "every slot was given back");
+        assert_eq!(relays.available_permits(), 3);
+    }
+
+    /// Slots are counted per user and given back, also when the server-wide
+    /// cap refuses a user within its share.
+    #[tokio::test]
+    async fn slots_are_per_user_and_given_back() {
+        let users = UserSlots::new(2);
+        let first = users.enter("alice").unwrap();
+        let second = users.enter("alice").unwrap();
+        assert!(users.enter("alice").is_none());
+        assert!(users.enter("bob").is_some());
+        drop(first);
+        let third = users.enter("alice").unwrap();
+        drop((second, third));
+        assert!(users.held.lock().unwrap().is_empty());
+        // No server permit free: 429 before any connection, and bob's slot is back.
+        let refused = relay_for(&users, "bob", &Semaphore::new(0), "127.0.0.1:9".parse().unwrap(), "/metrics").await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(users.held.lock().unwrap().is_empty());
+        assert_eq!(MAX_IN_FLIGHT / MAX_IN_FLIGHT_PER_USER, 4, "it takes four users at their share to fill the server");
     }
 
     #[test]
