@@ -14,13 +14,15 @@
 //! server-wide, and at most [`MAX_IN_FLIGHT_PER_USER`] for any one user, so
 //! that one user (one dashboard, one slow pod's caller) cannot hold every
 //! permit and starve the others, as kube's priority and fairness shares
-//! seats among flows. Beyond either cap the answer is kube-apiserver's
-//! max-in-flight refusal (429, `Retry-After: 1`, its plain-text body), which
-//! clients such as the dashboard's poller retry on their next round.
+//! seats among flows; a user's further relays wait in a bounded queue for
+//! one of its own to finish. Beyond that, or with every server-wide permit
+//! taken, the answer is kube-apiserver's refusal (429, `Retry-After: 1`, its
+//! plain-text body), which clients such as the dashboard's poller retry on
+//! their next round.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -30,7 +32,7 @@ use serde_json::Value;
 use tessera_api::{ApiError, Registry};
 use tessera_api::resource::ResourceInfo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::request::Verb;
 
@@ -46,10 +48,12 @@ const MAX_ANSWER: u64 = 16 << 20;
 pub const MAX_IN_FLIGHT: usize = 32;
 /// Relays in flight at once for one user (a quarter of the server's).
 pub const MAX_IN_FLIGHT_PER_USER: usize = 8;
+/// Relays of one user that may wait for one of its running ones to finish.
+const QUEUE_PER_USER: usize = 64;
 /// The relays' permits.
 static RELAYS: Semaphore = Semaphore::const_new(MAX_IN_FLIGHT);
-/// Who holds them.
-static USERS: UserSlots = UserSlots::new(MAX_IN_FLIGHT_PER_USER);
+/// Each user's share of them.
+static USERS: UserSlots = UserSlots::new(MAX_IN_FLIGHT_PER_USER, QUEUE_PER_USER, TIMEOUT);
 /// kube-apiserver's max-in-flight refusal (`staging/src/k8s.io/apiserver/pkg/server/filters/maxinflight.go`).
 const TOO_MANY_REQUESTS: &str = "Too many requests, please try again later.\n";
 
@@ -84,55 +88,88 @@ pub async fn serve(
     relay_for(&USERS, user, &RELAYS, admin, path).await
 }
 
-/// How many relays each user has in flight. Entries go when their count
-/// reaches zero, so the map holds at most one per relay in flight.
+/// Each user's relays: at most `cap` in flight and at most `queue` more
+/// waiting (each for at most `wait`) for one of those to finish, as kube's
+/// priority and fairness queues one flow's requests; beyond either, kube's
+/// 429. Waiting holds no relay buffer, and a client that sends more at once
+/// than its share (the dashboard polls 16 proxies at a time, `tessera check
+/// --proxy` every proxy at once) is slowed down, not refused.
 struct UserSlots {
     cap: usize,
-    held: Mutex<BTreeMap<String, usize>>,
+    queue: usize,
+    wait: Duration,
+    users: Mutex<BTreeMap<String, UserEntry>>,
 }
 
-/// One of a user's slots, given back when dropped (however the relay ends).
-struct UserSlot<'a> {
+/// One user's share. The entry goes when its last request does, so the map
+/// holds at most one per request admitted.
+struct UserEntry {
+    running: Arc<Semaphore>,
+    admitted: usize,
+}
+
+/// A request counted against its user's share (running or waiting).
+struct Admission<'a> {
     slots: &'a UserSlots,
     user: String,
 }
 
+/// A running relay's place in its user's share. The permit is a field before
+/// the admission so it goes back first: when an entry is removed no permit
+/// of its semaphore is out.
+struct UserSlot<'a> {
+    _running: OwnedSemaphorePermit,
+    _admission: Admission<'a>,
+}
+
 impl UserSlots {
-    const fn new(cap: usize) -> Self {
-        Self { cap, held: Mutex::new(BTreeMap::new()) }
+    const fn new(cap: usize, queue: usize, wait: Duration) -> Self {
+        Self { cap, queue, wait, users: Mutex::new(BTreeMap::new()) }
     }
 
-    /// A slot for `user`, or None when the user already holds `cap`. The
-    /// lock is never held across an await (nor can a holder panic), so a
-    /// poisoned lock still holds consistent counts.
-    fn enter(&self, user: &str) -> Option<UserSlot<'_>> {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = held.get(user).copied().unwrap_or(0);
-        if count >= self.cap {
+    /// The users' counts. The lock is never held across an await (nor can a
+    /// holder panic), so a poisoned lock still holds consistent counts.
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, UserEntry>> {
+        self.users.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a request of `user`, unless its share and queue are full.
+    fn admit(&self, user: &str) -> Option<(Admission<'_>, Arc<Semaphore>)> {
+        let mut users = self.lock();
+        if users.get(user).is_some_and(|entry| entry.admitted >= self.cap + self.queue) {
             return None;
         }
-        held.insert(user.to_owned(), count + 1);
-        Some(UserSlot { slots: self, user: user.to_owned() })
+        let entry = users.entry(user.to_owned()).or_insert_with(|| UserEntry { running: Arc::new(Semaphore::new(self.cap)), admitted: 0 });
+        entry.admitted += 1;
+        Some((Admission { slots: self, user: user.to_owned() }, Arc::clone(&entry.running)))
+    }
+
+    /// A place among `user`'s running relays, waiting for one if need be;
+    /// None when the queue is full or the wait ran out.
+    async fn enter(&self, user: &str) -> Option<UserSlot<'_>> {
+        let (admission, running) = self.admit(user)?;
+        let permit = tokio::time::timeout(self.wait, running.acquire_owned()).await.ok()?.ok()?;
+        Some(UserSlot { _running: permit, _admission: admission })
     }
 }
 
-impl Drop for UserSlot<'_> {
+impl Drop for Admission<'_> {
     fn drop(&mut self) {
-        let mut held = self.slots.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = held.get_mut(&self.user) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                held.remove(&self.user);
+        let mut users = self.slots.lock();
+        if let Some(entry) = users.get_mut(&self.user) {
+            entry.admitted = entry.admitted.saturating_sub(1);
+            if entry.admitted == 0 {
+                users.remove(&self.user);
             }
         }
     }
 }
 
 /// [`relay`] within `user`'s share of the permits, or kube's 429 when the
-/// user already has its share in flight.
+/// user has its share running and its queue full, or waited too long.
 async fn relay_for(users: &UserSlots, user: &str, relays: &Semaphore, admin: SocketAddr, path: &str) -> Result<Response, ApiError> {
-    let Some(_slot) = users.enter(user) else {
-        tracing::debug!(%admin, path, user, "pods/proxy: {} relays of this user in flight; answering 429", users.cap);
+    let Some(_slot) = users.enter(user).await else {
+        tracing::debug!(%admin, path, user, "pods/proxy: {} relays of this user in flight and no room to wait; answering 429", users.cap);
         return Ok(too_many_requests());
     };
     relay(relays, admin, path).await
@@ -371,7 +408,8 @@ mod tests {
                 });
             }
         });
-        let users = std::sync::Arc::new(UserSlots::new(2));
+        // No queue: alice's third relay is refused at once.
+        let users = std::sync::Arc::new(UserSlots::new(2, 0, Duration::from_secs(5)));
         let relays = std::sync::Arc::new(Semaphore::new(3));
         let alice: Vec<_> = (0..2)
             .map(|_| {
@@ -397,27 +435,35 @@ mod tests {
             assert_eq!(relay.await.unwrap(), StatusCode::OK);
         }
         assert_eq!(relay_for(&users, "alice", &relays, addr, "/metrics").await.unwrap().status(), StatusCode::OK);
-        assert!(users.held.lock().unwrap().is_empty(), "every slot was given back");
+        assert!(users.lock().is_empty(), "every slot was given back");
         assert_eq!(relays.available_permits(), 3);
     }
 
-    /// Slots are counted per user and given back, also when the server-wide
-    /// cap refuses a user within its share.
+    /// Beyond its share a user's relay waits for one of its own to finish;
+    /// beyond its queue, or past the wait, kube's 429. Slots are given back
+    /// also when the server-wide cap refuses a user within its share.
     #[tokio::test]
-    async fn slots_are_per_user_and_given_back() {
-        let users = UserSlots::new(2);
-        let first = users.enter("alice").unwrap();
-        let second = users.enter("alice").unwrap();
-        assert!(users.enter("alice").is_none());
-        assert!(users.enter("bob").is_some());
+    async fn a_users_excess_waits_in_a_bounded_queue() {
+        let users = UserSlots::new(1, 1, Duration::from_secs(5));
+        let first = users.enter("alice").await.unwrap();
+        let queued = users.enter("alice");
+        tokio::pin!(queued);
+        assert!(futures::poll!(queued.as_mut()).is_pending(), "the second waits for the first");
+        assert!(users.enter("alice").await.is_none(), "the queue holds one");
+        assert!(users.enter("bob").await.is_some(), "another user has its own share");
         drop(first);
-        let third = users.enter("alice").unwrap();
-        drop((second, third));
-        assert!(users.held.lock().unwrap().is_empty());
+        let second = queued.await.expect("served once the first is done");
+        drop(second);
+        assert!(users.lock().is_empty());
+        // A wait that runs out is refused.
+        let users = UserSlots::new(1, 1, Duration::from_millis(50));
+        let _first = users.enter("alice").await.unwrap();
+        let refused = relay_for(&users, "alice", &Semaphore::new(1), "127.0.0.1:9".parse().unwrap(), "/metrics").await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
         // No server permit free: 429 before any connection, and bob's slot is back.
         let refused = relay_for(&users, "bob", &Semaphore::new(0), "127.0.0.1:9".parse().unwrap(), "/metrics").await.unwrap();
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert!(users.held.lock().unwrap().is_empty());
+        assert_eq!(users.lock().keys().collect::<Vec<_>>(), ["alice"], "only alice's running relay is counted");
         assert_eq!(MAX_IN_FLIGHT / MAX_IN_FLIGHT_PER_USER, 4, "it takes four users at their share to fill the server");
     }
 
