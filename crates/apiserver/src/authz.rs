@@ -1,5 +1,6 @@
 //! Request authorization: the node authorizer (for nodes) and then RBAC
-//! decide on the parsed request, and only an allowed request becomes an
+//! decide on the parsed request (for the policy APIs, on the pod it asks
+//! about: see [`authorize_policy`]), and only an allowed request becomes an
 //! [`Authorized`] value, the one thing resource handlers accept. A denial is
 //! kube-apiserver's 403 message, with the node authorizer's reason appended.
 
@@ -12,7 +13,7 @@ use crate::node::authorizer::NodeDecision;
 use crate::node::graph::NodeGraph;
 use crate::node::{self, NodeIdentity};
 use crate::rbac::PolicyCache;
-use crate::request::ParsedRequest;
+use crate::request::{ParsedRequest, PolicyQuery};
 use crate::response::Failure;
 
 /// Authorization settings.
@@ -37,6 +38,14 @@ impl Authorized {
     /// The request as it was authorized.
     pub fn request(&self) -> &ParsedRequest {
         &self.0
+    }
+
+    /// The policy API request as it was authorized, if this is one.
+    pub fn policy(&self) -> Option<&PolicyQuery> {
+        match &self.0 {
+            ParsedRequest::Policy(p) => p.query.as_ref().ok(),
+            ParsedRequest::Resource(_) | ParsedRequest::NonResource(_) => None,
+        }
     }
 }
 
@@ -85,24 +94,22 @@ pub fn decide(policy: &PolicyCache, nodes: &NodeGraph, user: &UserInfo, attrs: &
 /// `--anonymous-auth` + a binding of system:service-account-issuer-discovery
 /// to system:unauthenticated, as one flag).
 pub fn authorize(config: &AuthzConfig, policy: &PolicyCache, nodes: &NodeGraph, user: &UserInfo, request: ParsedRequest) -> Result<Authorized, ApiError> {
+    if let ParsedRequest::Policy(p) = &request {
+        // Parameters that do not name a pod leave nothing to authorize: the
+        // 400 naming the bad one, whoever asks (it tells nothing about the cluster).
+        let query = p.query.as_ref().map_err(Clone::clone)?;
+        authorize_policy(policy, nodes, user, query)?;
+        return Ok(Authorized(request));
+    }
     let node_selector = match &request {
         ParsedRequest::Resource(r) => r.options.as_ref().ok().and_then(|o| o.list.fields.required_value("spec.nodeName")),
-        ParsedRequest::NonResource(_) => None,
+        ParsedRequest::Policy(_) | ParsedRequest::NonResource(_) => None,
     };
     let attrs = request.attributes();
     let reason = match decide(policy, nodes, user, &attrs, node_selector) {
         Verdict::Allow(_) => return Ok(Authorized(request)),
         Verdict::Deny(reason) => reason,
     };
-    // The policy APIs (inbound, explain, who-can-reach) authorize per pod in
-    // their handlers (a token bound to the pod, or RBAC on servers in its
-    // namespace): see crate::policy.
-    if let ParsedRequest::NonResource(n) = &request
-        && n.verb == "get"
-        && crate::policy::authorizes_in_handler(&n.path)
-    {
-        return Ok(Authorized(request));
-    }
     if let ParsedRequest::NonResource(n) = &request
         && config.anonymous_oidc_discovery
         && n.verb == "get"
@@ -111,6 +118,40 @@ pub fn authorize(config: &AuthzConfig, policy: &PolicyCache, nodes: &NodeGraph, 
         return Ok(Authorized(request));
     }
     Err(forbidden_because(user, &attrs, &reason))
+}
+
+/// The policy APIs are authorized per pod, never on their path: the inbound
+/// policy for a token bound to exactly that pod (what its proxy holds), and
+/// all three for a user RBAC lets `list servers.policy.linkerd.io` in the
+/// pod's namespace (explain, who-can-reach and the dashboard are for people:
+/// a pod's token gets no exception there). A denial is kube's 403 for that
+/// RBAC question; the inbound one says who else it is served to.
+fn authorize_policy(policy: &PolicyCache, nodes: &NodeGraph, user: &UserInfo, query: &PolicyQuery) -> Result<(), ApiError> {
+    if let PolicyQuery::Inbound { namespace, pod, .. } = query
+        && bound_to(user, namespace, pod)
+    {
+        return Ok(());
+    }
+    let attrs = query.attributes();
+    match decide(policy, nodes, user, &attrs, None) {
+        Verdict::Allow(_) => Ok(()),
+        Verdict::Deny(_) => Err(match query {
+            PolicyQuery::Inbound { pod, .. } => forbidden_because(
+                user,
+                &attrs,
+                &format!("the inbound policy of pod \"{pod}\" is served to a token bound to that pod or to users who may list servers"),
+            ),
+            PolicyQuery::Explain(_) | PolicyQuery::WhoCanReach { .. } => forbidden(user, &attrs),
+        }),
+    }
+}
+
+/// Whether `user` holds a token bound to `namespace/pod`: a ServiceAccount of
+/// that namespace whose token names that one pod and no other.
+fn bound_to(user: &UserInfo, namespace: &str, pod: &str) -> bool {
+    let sa_namespace = user.username.strip_prefix("system:serviceaccount:").and_then(|rest| rest.split_once(':')).map(|(ns, _)| ns);
+    let pod_names = user.extra.get(tessera_authn::token::EXTRA_POD_NAME);
+    sa_namespace == Some(namespace) && pod_names.is_some_and(|names| names.len() == 1 && names[0] == pod)
 }
 
 /// The 403 kube-apiserver sends for a denied request.
@@ -219,6 +260,40 @@ mod tests {
         let unnamed = node("");
         let status = check(&unnamed, Method::GET, "/api/v1/namespaces/ns/secrets/x", None).unwrap_err().to_status();
         assert_eq!(status["message"], "secrets \"x\" is forbidden: User \"system:node:\" cannot get resource \"secrets\" in API group \"\" in the namespace \"ns\": unknown node for user \"system:node:\"");
+    }
+
+    fn bound(namespace: &str, pod: &str) -> UserInfo {
+        UserInfo {
+            username: format!("system:serviceaccount:{namespace}:db"),
+            groups: vec!["system:serviceaccounts".into(), "system:authenticated".into()],
+            extra: [(tessera_authn::token::EXTRA_POD_NAME.to_owned(), vec![pod.to_owned()])].into(),
+            ..Default::default()
+        }
+    }
+
+    /// The policy APIs are decided on the pod the parsed query names, and the
+    /// proof carries that reading: never on the path, never on a later value.
+    #[test]
+    fn policy_apis_are_decided_on_the_parsed_pod() {
+        let check = |user: &UserInfo, method: Method, path: &str, query: &str| {
+            authorize(&AuthzConfig::default(), &policy(), &crate::node::graph::node_graph(), user, parse(&method, path, Some(query)).unwrap())
+        };
+        let inbound = crate::policy::PATH;
+        let proof = check(&bound("shop", "db-0"), Method::GET, inbound, "namespace=shop&pod=db-0&pod=db-1").unwrap();
+        assert_eq!(proof.policy(), Some(&PolicyQuery::Inbound { namespace: "shop".into(), pod: "db-0".into(), watch: false }));
+        let status = check(&bound("shop", "db-0"), Method::GET, inbound, "namespace=shop&pod=db-1&pod=db-0").unwrap_err().to_status();
+        assert_eq!(status["message"], "servers.policy.linkerd.io is forbidden: User \"system:serviceaccount:shop:db\" cannot list resource \"servers\" in API group \"policy.linkerd.io\" in the namespace \"shop\": the inbound policy of pod \"db-1\" is served to a token bound to that pod or to users who may list servers");
+        // Explain is not the proxy's: its own pod's token is refused, without a reason.
+        let status = check(&bound("shop", "db-0"), Method::GET, crate::policy::EXPLAIN_PATH, "namespace=shop&pod=db-0&port=80&from=unauthenticated").unwrap_err().to_status();
+        assert_eq!(status["message"], "servers.policy.linkerd.io is forbidden: User \"system:serviceaccount:shop:db\" cannot list resource \"servers\" in API group \"policy.linkerd.io\" in the namespace \"shop\"");
+        // Bad parameters: the 400, whoever asks; no proof exists for them.
+        let err = check(&UserInfo::anonymous(), Method::GET, crate::policy::WHO_CAN_REACH_PATH, "namespace=shop&pod=db-0").unwrap_err();
+        assert_eq!((err.code, err.message.as_str()), (400, "the port parameter is required"));
+        // Another verb is a plain path, denied as one.
+        let status = check(&bound("shop", "db-0"), Method::DELETE, inbound, "namespace=shop&pod=db-0").unwrap_err().to_status();
+        assert_eq!(status["message"], "forbidden: User \"system:serviceaccount:shop:db\" cannot delete path \"/tessera/v1/policy/inbound\"");
+        let admin = UserInfo { username: "admin".into(), groups: vec!["system:masters".into()], ..Default::default() };
+        assert_eq!(check(&admin, Method::DELETE, inbound, "namespace=shop&pod=db-0").unwrap().policy(), None, "no policy request to run");
     }
 
     #[test]

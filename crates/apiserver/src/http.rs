@@ -125,8 +125,8 @@ pub fn router(state: AppState) -> Router {
         .route(crate::destinations::PATH, get(crate::destinations::handler))
         .route(crate::expiry::PATH, get(crate::expiry::handler))
         .route(crate::policy::PATH, get(crate::policy::handler))
-        .route(crate::policy::EXPLAIN_PATH, get(crate::policy::explain::explain_handler))
-        .route(crate::policy::WHO_CAN_REACH_PATH, get(crate::policy::explain::who_can_reach_handler))
+        .route(crate::policy::EXPLAIN_PATH, get(crate::policy::handler))
+        .route(crate::policy::WHO_CAN_REACH_PATH, get(crate::policy::handler))
         .route("/tessera/v1/encryption/rewrite", axum::routing::post(encryption_rewrite))
         .route(crate::node::certificates::CLIENT_CERTIFICATE_PATH, axum::routing::post(crate::node::certificates::client_certificate))
         .route("/openapi/v2", get(|_authorized: Authorized, headers: HeaderMap| async move { crate::openapi_v2::respond(&headers) }))
@@ -146,6 +146,7 @@ pub fn router(state: AppState) -> Router {
 fn metric_labels(parsed: &ParsedRequest) -> (&'static str, &'static str) {
     match parsed {
         ParsedRequest::Resource(r) => (r.verb.as_str(), r.kind.map_or("other", |k| k.plural)),
+        ParsedRequest::Policy(p) => (if p.verb == "get" { "get" } else { "other" }, ""),
         ParsedRequest::NonResource(n) => {
             let verb = match n.verb.as_str() {
                 "get" => "get",
@@ -268,7 +269,7 @@ async fn group_list(headers: HeaderMap) -> Response {
 fn authorized_segments(authorized: &Authorized) -> Vec<&str> {
     match authorized.request() {
         ParsedRequest::NonResource(n) => n.path.split('/').filter(|s| !s.is_empty()).collect(),
-        ParsedRequest::Resource(_) => Vec::new(),
+        ParsedRequest::Resource(_) | ParsedRequest::Policy(_) => Vec::new(),
     }
 }
 
@@ -326,7 +327,7 @@ async fn rbac_query<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Api
 async fn openapi_document(authorized: Authorized) -> HandlerResult {
     let path = match authorized.request() {
         ParsedRequest::NonResource(n) => n.path.strip_prefix("/openapi/v3/").unwrap_or_default(),
-        ParsedRequest::Resource(_) => "",
+        ParsedRequest::Resource(_) | ParsedRequest::Policy(_) => "",
     };
     let doc = crate::openapi::group_version(path).ok_or_else(ApiError::no_such_resource)?;
     Ok(json_response(StatusCode::OK, doc))
@@ -384,6 +385,11 @@ async fn resource_request(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // A policy API spelled with percent escapes is that API once decoded (as Go
+    // reads paths): it runs as authorized, never as a path the router missed.
+    if let ParsedRequest::Policy(_) = authorized.request() {
+        return crate::policy::handler(State(state), authorized).await.into_response();
+    }
     let errors = crate::negotiate::encoding(accept(&headers), true).unwrap_or(crate::negotiate::Encoding::Json);
     match execute(&state, user, authorized, headers, body).await {
         Ok(response) => response,
@@ -431,7 +437,7 @@ async fn execute(state: &AppState, user: Arc<UserInfo>, authorized: Authorized, 
     }
     if resource.plural == "pods" && subresource == Some("proxy") {
         let ns = namespace.unwrap_or_default();
-        return Ok(crate::pod_proxy::serve(&state.registry, resource, ns, name, request.proxy_path.as_deref(), verb).await?);
+        return Ok(crate::pod_proxy::serve(&state.registry, &user.username, resource, ns, name, request.proxy_path.as_deref(), verb).await?);
     }
     let write_options =
         WriteOptions { dry_run: options.dry_run, strict: options.strict, admit_delete: delete_admission(&user), ..WriteOptions::default() };

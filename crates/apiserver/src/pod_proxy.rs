@@ -11,11 +11,18 @@
 //! of `pods/proxy` reaches no application port and nothing that writes.
 //!
 //! Each relay buffers up to 16 MiB, so at most [`MAX_IN_FLIGHT`] run at once
-//! server-wide; beyond that the answer is kube-apiserver's max-in-flight
-//! refusal (429, `Retry-After: 1`, its plain-text body), which clients such
-//! as the dashboard's poller retry on their next round.
+//! server-wide, and at most [`MAX_IN_FLIGHT_PER_USER`] for any one user, so
+//! that one user (one dashboard, one slow pod's caller) cannot hold every
+//! permit and starve the others, as kube's priority and fairness shares
+//! seats among flows; a user's further relays wait in a bounded queue for
+//! one of its own to finish. Beyond that, or with every server-wide permit
+//! taken, the answer is kube-apiserver's refusal (429, `Retry-After: 1`, its
+//! plain-text body), which clients such as the dashboard's poller retry on
+//! their next round.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -25,7 +32,7 @@ use serde_json::Value;
 use tessera_api::{ApiError, Registry};
 use tessera_api::resource::ResourceInfo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::request::Verb;
 
@@ -39,13 +46,27 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ANSWER: u64 = 16 << 20;
 /// Relays in flight at once, server-wide (bounds their buffers to 512 MiB).
 pub const MAX_IN_FLIGHT: usize = 32;
+/// Relays in flight at once for one user (a quarter of the server's).
+pub const MAX_IN_FLIGHT_PER_USER: usize = 8;
+/// Relays of one user that may wait for one of its running ones to finish.
+const QUEUE_PER_USER: usize = 64;
 /// The relays' permits.
 static RELAYS: Semaphore = Semaphore::const_new(MAX_IN_FLIGHT);
+/// Each user's share of them.
+static USERS: UserSlots = UserSlots::new(MAX_IN_FLIGHT_PER_USER, QUEUE_PER_USER, TIMEOUT);
 /// kube-apiserver's max-in-flight refusal (`staging/src/k8s.io/apiserver/pkg/server/filters/maxinflight.go`).
 const TOO_MANY_REQUESTS: &str = "Too many requests, please try again later.\n";
 
-/// Serves one `pods/proxy` request the authorizer allowed.
-pub async fn serve(registry: &Registry, pods: &ResourceInfo, namespace: &str, id: &str, path: Option<&str>, verb: Verb) -> Result<Response, ApiError> {
+/// Serves one `pods/proxy` request the authorizer allowed `user` to make.
+pub async fn serve(
+    registry: &Registry,
+    user: &str,
+    pods: &ResourceInfo,
+    namespace: &str,
+    id: &str,
+    path: Option<&str>,
+    verb: Verb,
+) -> Result<Response, ApiError> {
     if verb != Verb::Get {
         return Err(ApiError::method_not_allowed());
     }
@@ -64,7 +85,94 @@ pub async fn serve(registry: &Registry, pods: &ResourceInfo, namespace: &str, id
     if !PATHS.contains(&path) {
         return Err(not_served(name, admin.port()));
     }
-    relay(&RELAYS, admin, path).await
+    relay_for(&USERS, user, &RELAYS, admin, path).await
+}
+
+/// Each user's relays: at most `cap` in flight and at most `queue` more
+/// waiting (each for at most `wait`) for one of those to finish, as kube's
+/// priority and fairness queues one flow's requests; beyond either, kube's
+/// 429. Waiting holds no relay buffer, and a client that sends more at once
+/// than its share (the dashboard polls 16 proxies at a time, `tessera check
+/// --proxy` every proxy at once) is slowed down, not refused.
+struct UserSlots {
+    cap: usize,
+    queue: usize,
+    wait: Duration,
+    users: Mutex<BTreeMap<String, UserEntry>>,
+}
+
+/// One user's share. The entry goes when its last request does, so the map
+/// holds at most one per request admitted.
+struct UserEntry {
+    running: Arc<Semaphore>,
+    admitted: usize,
+}
+
+/// A request counted against its user's share (running or waiting).
+struct Admission<'a> {
+    slots: &'a UserSlots,
+    user: String,
+}
+
+/// A running relay's place in its user's share. The permit is a field before
+/// the admission so it goes back first: when an entry is removed no permit
+/// of its semaphore is out.
+struct UserSlot<'a> {
+    _running: OwnedSemaphorePermit,
+    _admission: Admission<'a>,
+}
+
+impl UserSlots {
+    const fn new(cap: usize, queue: usize, wait: Duration) -> Self {
+        Self { cap, queue, wait, users: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The users' counts. The lock is never held across an await (nor can a
+    /// holder panic), so a poisoned lock still holds consistent counts.
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, UserEntry>> {
+        self.users.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a request of `user`, unless its share and queue are full.
+    fn admit(&self, user: &str) -> Option<(Admission<'_>, Arc<Semaphore>)> {
+        let mut users = self.lock();
+        if users.get(user).is_some_and(|entry| entry.admitted >= self.cap + self.queue) {
+            return None;
+        }
+        let entry = users.entry(user.to_owned()).or_insert_with(|| UserEntry { running: Arc::new(Semaphore::new(self.cap)), admitted: 0 });
+        entry.admitted += 1;
+        Some((Admission { slots: self, user: user.to_owned() }, Arc::clone(&entry.running)))
+    }
+
+    /// A place among `user`'s running relays, waiting for one if need be;
+    /// None when the queue is full or the wait ran out.
+    async fn enter(&self, user: &str) -> Option<UserSlot<'_>> {
+        let (admission, running) = self.admit(user)?;
+        let permit = tokio::time::timeout(self.wait, running.acquire_owned()).await.ok()?.ok()?;
+        Some(UserSlot { _running: permit, _admission: admission })
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        let mut users = self.slots.lock();
+        if let Some(entry) = users.get_mut(&self.user) {
+            entry.admitted = entry.admitted.saturating_sub(1);
+            if entry.admitted == 0 {
+                users.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// [`relay`] within `user`'s share of the permits, or kube's 429 when the
+/// user has its share running and its queue full, or waited too long.
+async fn relay_for(users: &UserSlots, user: &str, relays: &Semaphore, admin: SocketAddr, path: &str) -> Result<Response, ApiError> {
+    let Some(_slot) = users.enter(user).await else {
+        tracing::debug!(%admin, path, user, "pods/proxy: {} relays of this user in flight and no room to wait; answering 429", users.cap);
+        return Ok(too_many_requests());
+    };
+    relay(relays, admin, path).await
 }
 
 /// [`fetch`] under one of `relays`' permits, or kube's 429 when none is free.
@@ -272,6 +380,91 @@ mod tests {
         release_tx.send(()).unwrap();
         assert_eq!(first.await.unwrap(), StatusCode::OK);
         assert_eq!(relay(&relays, addr, "/metrics").await.unwrap().status(), StatusCode::OK);
+    }
+
+    /// One user with its share of relays in flight gets kube's 429 for the
+    /// next, while another user is still served from the permits left; the
+    /// share comes back when the relays end, and nothing stays counted.
+    #[tokio::test]
+    async fn one_user_cannot_hold_every_relay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            // The first two connections (alice's) answer only when released; the rest at once.
+            for n in 0.. {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut release = release_rx.clone();
+                let held = held_tx.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 256];
+                    let _ = conn.read(&mut request).await;
+                    if n < 2 {
+                        held.send(()).unwrap();
+                        let _ = release.wait_for(|go| *go).await;
+                    }
+                    conn.write_all(b"HTTP/1.1 200 OK\r\n\r\nok").await.unwrap();
+                });
+            }
+        });
+        // No queue: alice's third relay is refused at once.
+        let users = std::sync::Arc::new(UserSlots::new(2, 0, Duration::from_secs(5)));
+        let relays = std::sync::Arc::new(Semaphore::new(3));
+        let alice: Vec<_> = (0..2)
+            .map(|_| {
+                let (users, relays) = (users.clone(), relays.clone());
+                tokio::spawn(async move { relay_for(&users, "alice", &relays, addr, "/metrics").await.unwrap().status() })
+            })
+            .collect();
+        for _ in 0..2 {
+            held_rx.recv().await.unwrap();
+        }
+        let refused = relay_for(&users, "alice", &relays, addr, "/metrics").await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(refused.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(refused.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let body = axum::body::to_bytes(refused.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"Too many requests, please try again later.\n");
+        assert_eq!(relays.available_permits(), 1, "the refused relay took no server permit");
+        // Another user still gets the permit alice could not take.
+        assert_eq!(relay_for(&users, "bob", &relays, addr, "/metrics").await.unwrap().status(), StatusCode::OK);
+        release_tx.send(true).unwrap();
+        for relay in alice {
+            assert_eq!(relay.await.unwrap(), StatusCode::OK);
+        }
+        assert_eq!(relay_for(&users, "alice", &relays, addr, "/metrics").await.unwrap().status(), StatusCode::OK);
+        assert!(users.lock().is_empty(), "every slot was given back");
+        assert_eq!(relays.available_permits(), 3);
+    }
+
+    /// Beyond its share a user's relay waits for one of its own to finish;
+    /// beyond its queue, or past the wait, kube's 429. Slots are given back
+    /// also when the server-wide cap refuses a user within its share.
+    #[tokio::test]
+    async fn a_users_excess_waits_in_a_bounded_queue() {
+        let users = UserSlots::new(1, 1, Duration::from_secs(5));
+        let first = users.enter("alice").await.unwrap();
+        let queued = users.enter("alice");
+        tokio::pin!(queued);
+        assert!(futures::poll!(queued.as_mut()).is_pending(), "the second waits for the first");
+        assert!(users.enter("alice").await.is_none(), "the queue holds one");
+        assert!(users.enter("bob").await.is_some(), "another user has its own share");
+        drop(first);
+        let second = queued.await.expect("served once the first is done");
+        drop(second);
+        assert!(users.lock().is_empty());
+        // A wait that runs out is refused.
+        let users = UserSlots::new(1, 1, Duration::from_millis(50));
+        let _first = users.enter("alice").await.unwrap();
+        let refused = relay_for(&users, "alice", &Semaphore::new(1), "127.0.0.1:9".parse().unwrap(), "/metrics").await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        // No server permit free: 429 before any connection, and bob's slot is back.
+        let refused = relay_for(&users, "bob", &Semaphore::new(0), "127.0.0.1:9".parse().unwrap(), "/metrics").await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(users.lock().keys().collect::<Vec<_>>(), ["alice"], "only alice's running relay is counted");
+        assert_eq!(MAX_IN_FLIGHT / MAX_IN_FLIGHT_PER_USER, 4, "it takes four users at their share to fill the server");
     }
 
     #[test]

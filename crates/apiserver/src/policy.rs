@@ -10,20 +10,20 @@
 //! client goes away, when the pod disappears (the last line is then the
 //! 404 Status), or after the server's watch timeout.
 //!
-//! Authorization is per pod, in the handler ("only the RBAC it needs"): a
-//! token bound to that very pod (what its proxy holds), or a user RBAC lets
+//! Authorization is per pod ("only the RBAC it needs"), decided by the
+//! request authorizer on the parsed request ([`crate::request::PolicyQuery`]):
+//! a token bound to that very pod (what its proxy holds), or a user RBAC lets
 //! `list servers.policy.linkerd.io` in the namespace (explain, dashboard).
+//! The handler runs only what was authorized.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use axum::Extension;
 use axum::extract::State;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tessera_api::ApiError;
 use tessera_api::resource::CORE_PODS;
-use tessera_authn::UserInfo;
 use tessera_policy::compile::{Key, PodInfo, PolicyResources, Settings, compile};
 use tessera_policy::PodInboundPolicy;
 use tessera_policy::resources::GROUP;
@@ -31,7 +31,7 @@ use tessera_policy::resources::GROUP;
 use crate::authz::Authorized;
 use crate::http::AppState;
 use crate::reflector::Reflector;
-use crate::request::ParsedRequest;
+use crate::request::PolicyQuery;
 use crate::response::HandlerResult;
 
 pub mod admission;
@@ -43,12 +43,6 @@ pub const PATH: &str = "/tessera/v1/policy/inbound";
 pub const EXPLAIN_PATH: &str = "/tessera/v1/policy/explain";
 /// `tessera policy who-can-reach`'s API ([`explain`]).
 pub const WHO_CAN_REACH_PATH: &str = "/tessera/v1/policy/who-can-reach";
-
-/// Whether `path` is one of this module's APIs, which authorize per pod or
-/// namespace in their handlers (so the request authorizer passes them on).
-pub fn authorizes_in_handler(path: &str) -> bool {
-    matches!(path, PATH | EXPLAIN_PATH | WHO_CAN_REACH_PATH)
-}
 
 /// What the cache holds.
 #[derive(Default)]
@@ -198,72 +192,25 @@ pub fn resolve(policy: &InboundPolicy, namespace: &str, pod: &str) -> Result<Val
     serde_json::to_value(&compiled).map_err(|e| ApiError::internal(format!("encoding the inbound policy: {e}")))
 }
 
-fn is_label(s: &str) -> bool {
-    tessera_api::validation::dns1123_label(s).is_empty()
-}
-
-fn is_subdomain(s: &str) -> bool {
-    tessera_api::validation::dns1123_subdomain(s).is_empty()
-}
-
-/// `namespace` and `pod` from the query, validated.
-fn parameters(query: &crate::request::Query) -> Result<(String, String), ApiError> {
-    let namespace = query.first("namespace").filter(|n| !n.is_empty()).ok_or_else(|| ApiError::bad_request("the namespace parameter is required"))?;
-    let pod = query.first("pod").filter(|n| !n.is_empty()).ok_or_else(|| ApiError::bad_request("the pod parameter is required"))?;
-    if !is_label(namespace) {
-        return Err(ApiError::bad_request(format!("invalid namespace {namespace:?}: must be a DNS label")));
-    }
-    if !is_subdomain(pod) {
-        return Err(ApiError::bad_request(format!("invalid pod name {pod:?}: must be a DNS subdomain")));
-    }
-    Ok((namespace.to_owned(), pod.to_owned()))
-}
-
-/// Whether `user` holds a token bound to `namespace/pod` (its proxy).
-fn bound_to(user: &UserInfo, namespace: &str, pod: &str) -> bool {
-    let sa_namespace = user.username.strip_prefix("system:serviceaccount:").and_then(|rest| rest.split_once(':')).map(|(ns, _)| ns);
-    let pod_names = user.extra.get(tessera_authn::token::EXTRA_POD_NAME);
-    sa_namespace == Some(namespace) && pod_names.is_some_and(|names| names.len() == 1 && names[0] == pod)
-}
-
-/// The RBAC question a user who is not the pod's proxy must pass.
-fn list_servers(namespace: &str) -> tessera_rbac::Request {
-    tessera_rbac::Request {
-        resource_request: true,
-        verb: "list".into(),
-        namespace: namespace.to_owned(),
-        api_group: GROUP.into(),
-        resource: "servers".into(),
-        ..Default::default()
-    }
-}
-
-/// Allowed for the pod's own token, or with RBAC `list servers.policy.linkerd.io`
-/// in the namespace; otherwise kube's 403 for the latter, with the reason.
-pub fn authorize(state: &AppState, user: &UserInfo, namespace: &str, pod: &str) -> Result<(), ApiError> {
-    if bound_to(user, namespace, pod) {
-        return Ok(());
-    }
-    let attrs = list_servers(namespace);
-    match crate::authz::decide(&state.rbac, &state.nodes, user, &attrs, None) {
-        crate::authz::Verdict::Allow(_) => Ok(()),
-        crate::authz::Verdict::Deny(_) => Err(crate::authz::forbidden_because(
-            user,
-            &attrs,
-            &format!("the inbound policy of pod \"{pod}\" is served to a token bound to that pod or to users who may list servers"),
-        )),
+/// The policy APIs: runs what the authorizer allowed, as it was authorized
+/// (the query was parsed once, into [`PolicyQuery`]; nothing here reads the
+/// request again). Routed for the three paths, and from the fallback for
+/// their percent-encoded spellings, which name the same API once decoded.
+pub async fn handler(State(state): State<AppState>, authorized: Authorized) -> HandlerResult {
+    let Some(query) = authorized.policy() else { return Err(ApiError::no_such_resource().into()) };
+    match query {
+        PolicyQuery::Inbound { namespace, pod, watch } => inbound(&state, namespace, pod, *watch),
+        PolicyQuery::Explain(q) => explain::explain_answer(&state, q),
+        PolicyQuery::WhoCanReach { namespace, pod, port } => explain::who_can_reach(&state, namespace, pod, *port),
     }
 }
 
 /// `GET /tessera/v1/policy/inbound?namespace=…&pod=…[&watch=true]`.
-pub async fn handler(State(state): State<AppState>, Extension(user): Extension<Arc<UserInfo>>, authorized: Authorized) -> HandlerResult {
-    let ParsedRequest::NonResource(request) = authorized.request() else { return Err(ApiError::no_such_resource().into()) };
-    let query = crate::request::Query::parse(request.query.as_deref().unwrap_or_default());
-    let (namespace, pod) = parameters(&query)?;
-    authorize(&state, &user, &namespace, &pod)?;
+fn inbound(state: &AppState, namespace: &str, pod: &str, watch: bool) -> HandlerResult {
     let policy = state.inbound_policy.clone();
     let changes = policy.cache.changes();
-    crate::snapshots::respond(query.flag("watch"), changes, move || resolve(&policy, &namespace, &pod))
+    let (namespace, pod) = (namespace.to_owned(), pod.to_owned());
+    crate::snapshots::respond(watch, changes, move || resolve(&policy, &namespace, &pod))
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@
 //! - a watch of a named object (`/watch/…/NAME`) is a watch of the collection
 //!   with the selector `metadata.name=NAME`, never wider;
 //! - a GET of an object is a get, whatever `watch` says;
-//! - a POST to an object's path, or a PUT/PATCH of a collection, is 405.
+//! - a POST to an object's path, or a PUT/PATCH of a collection, is 405;
+//! - a GET of a policy API (`/tessera/v1/policy/…`) is parsed into the pod
+//!   it asks about ([`PolicyRequest`]), which is what it is authorized on.
 
 use std::time::Duration;
 
@@ -24,6 +26,9 @@ use tessera_api::registry::ListParams;
 use tessera_api::resource::{self, ResourceInfo};
 use tessera_api::selector::{FieldSelector, LabelSelector};
 use tessera_api::{ApiError, kinds};
+
+mod policy;
+pub use policy::{ExplainQuery, PolicyQuery, PolicyRequest, RequestSpec, UNAUTHENTICATED};
 
 /// A request's query, parsed as Go's `url.ParseQuery`, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -230,6 +235,9 @@ pub struct NonResourceRequest {
 pub enum ParsedRequest {
     /// `/api/v1/…` and `/apis/G/V/…` below the group version.
     Resource(Box<ResourceRequest>),
+    /// A GET of one of the policy APIs (`/tessera/v1/policy/…`), whose
+    /// parameters name what it is authorized on.
+    Policy(Box<PolicyRequest>),
     /// Anything else.
     NonResource(NonResourceRequest),
 }
@@ -239,6 +247,10 @@ impl ParsedRequest {
     pub fn verb(&self) -> &str {
         match self {
             Self::Resource(r) => r.verb.as_str(),
+            Self::Policy(p) => match &p.query {
+                Ok(_) => "list",
+                Err(_) => &p.verb,
+            },
             Self::NonResource(n) => &n.verb,
         }
     }
@@ -255,6 +267,10 @@ impl ParsedRequest {
                 subresource: r.subresource().unwrap_or_default().to_owned(),
                 name: r.name.clone().unwrap_or_default(),
                 path: String::new(),
+            },
+            Self::Policy(p) => match &p.query {
+                Ok(query) => query.attributes(),
+                Err(_) => tessera_rbac::Request { verb: p.verb.clone(), path: p.path.clone(), ..Default::default() },
             },
             Self::NonResource(n) => tessera_rbac::Request { verb: n.verb.clone(), path: n.path.clone(), ..Default::default() },
         }
@@ -281,6 +297,9 @@ fn valid_path_segment(name: &str) -> bool {
 /// Parses a request from its method, raw path and raw query.
 pub fn parse(method: &Method, raw_path: &str, raw_query: Option<&str>) -> Result<ParsedRequest, InvalidPath> {
     let path = unescape(raw_path, false).ok_or(InvalidPath)?;
+    if let Some(policy) = policy::parse(method, &path, raw_query) {
+        return Ok(ParsedRequest::Policy(Box::new(policy)));
+    }
     let non_resource = || ParsedRequest::NonResource(NonResourceRequest { verb: method.as_str().to_ascii_lowercase(), path: path.clone(), query: raw_query.map(str::to_owned) });
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match segments.as_slice() {

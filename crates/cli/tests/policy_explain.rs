@@ -397,3 +397,66 @@ fn who_can_reach_lists_the_allowed() {
     let bad = tessera(&admin, &["who-can-reach", "shop/db-0:0"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("who-can-reach \"shop/db-0:0\": invalid port \"0\": must be a number from 1 to 65535"));
 }
+
+const WEB_POD: &str = "
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-0
+  namespace: shop
+  labels: {app: web}
+  annotations: {linkerd.io/inject: enabled}
+spec:
+  serviceAccountName: web
+  automountServiceAccountToken: false
+  containers:
+  - name: web
+    image: web
+    ports:
+    - {name: http, containerPort: 8080}
+";
+
+/// The policy APIs over HTTPS with a real pod-bound token (what a proxy
+/// holds), attacked: another pod's policy, a repeated `pod=`, an escaped path,
+/// a write verb and explain are all refused with kube's exact 403; only the
+/// token's own pod's inbound policy is served, under any spelling of the path.
+#[test]
+fn a_pod_bound_token_reads_only_its_own_pods_inbound_policy() {
+    let server = Server::start();
+    apply(&server, SETUP);
+    apply(&server, WEB_POD);
+    let token = server.kubectl_ok(&["create", "token", "web", "-n", "shop", "--bound-object-kind", "Pod", "--bound-object-name", "web-0", "--duration", "10m"]);
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    let get = |path: &str| {
+        let (status, body) = server.curl("GET", path, &["-H", &bearer]);
+        (status, json(&body))
+    };
+    let own = server.eventually(10, "web-0 reaches the policy cache", || {
+        let (status, body) = get("/tessera/v1/policy/inbound?namespace=shop&pod=web-0");
+        (status == 200).then_some(body)
+    });
+    assert_eq!((own["namespace"].as_str(), own["pod"].as_str()), (Some("shop"), Some("web-0")));
+    assert_eq!(get("/tessera/v1/policy/%69nbound?namespace=shop&pod=web-0"), (200, own.clone()), "the escaped path is the same API");
+    let refused = "servers.policy.linkerd.io is forbidden: User \"system:serviceaccount:shop:web\" cannot list resource \"servers\" in API group \"policy.linkerd.io\" in the namespace \"shop\"";
+    let inbound_refused = format!("{refused}: the inbound policy of pod \"db-0\" is served to a token bound to that pod or to users who may list servers");
+    for path in [
+        "/tessera/v1/policy/inbound?namespace=shop&pod=db-0",
+        "/tessera/v1/policy/inbound?namespace=shop&pod=db-0&pod=web-0",
+        "/tessera/v1/policy/%69nbound?namespace=shop&pod=db-0",
+        "/tessera/v1/policy%2Finbound?pod=db-0&namespace=shop&namespace=kube-system",
+    ] {
+        let (status, body) = get(path);
+        assert_eq!((status, body["reason"].as_str(), body["message"].as_str()), (403, Some("Forbidden"), Some(inbound_refused.as_str())), "{path}");
+    }
+    // Explain and who-can-reach are for people: not even its own pod.
+    for path in ["explain", "who-can-reach"] {
+        let (status, body) = get(&format!("/tessera/v1/policy/{path}?namespace=shop&pod=web-0&port=8080&from=unauthenticated"));
+        assert_eq!((status, body["message"].as_str()), (403, Some(refused)), "{path}");
+    }
+    // A write verb is not the API at all: refused as a path.
+    let (status, body) = server.curl("POST", "/tessera/v1/policy/inbound?namespace=shop&pod=web-0", &["-H", &bearer]);
+    assert_eq!(
+        (status, json(&body)["message"].as_str()),
+        (403, Some("forbidden: User \"system:serviceaccount:shop:web\" cannot post path \"/tessera/v1/policy/inbound\""))
+    );
+}

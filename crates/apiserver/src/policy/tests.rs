@@ -165,3 +165,144 @@ async fn watch_streams_a_snapshot_per_change() {
     let last = next_line().await;
     assert_eq!((last["code"].as_i64(), last["message"].as_str()), (Some(404), Some("pods \"db-0\" not found")));
 }
+
+// Attacker-side: the request is parsed once, authorized on that reading and
+// run as authorized, so no spelling of it reaches a pod it was not allowed for.
+
+async fn send(server: &InProcess, user: UserInfo, method: http::Method, uri: &str) -> (u16, Value) {
+    let request = http::Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+    let response = server.call(user, request).await;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn user(name: &str) -> UserInfo {
+    UserInfo { username: name.into(), groups: vec!["system:authenticated".into()], ..Default::default() }
+}
+
+/// `eve` may list servers in namespace `evil` only.
+async fn grant_eve_servers_in_evil(server: &InProcess) {
+    put(server, "/registry/namespaces/evil", json!({"metadata": {"name": "evil"}})).await;
+    put(server, "/registry/rbac.authorization.k8s.io/roles/evil/servers", json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "servers", "namespace": "evil"}, "rules": [{"apiGroups": ["policy.linkerd.io"], "resources": ["servers"], "verbs": ["list"]}]})).await;
+    let store = server.registry().store();
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "eve", "namespace": "evil"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "servers"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "eve"}]});
+    let kv = store.create("/registry/rbac.authorization.k8s.io/rolebindings/evil/eve", bytes::Bytes::from(binding.to_string())).await.unwrap();
+    server.policy_caught_up(kv.mod_revision).await;
+}
+
+fn inbound_forbidden(name: &str, namespace: &str, pod: &str) -> String {
+    format!(
+        "servers.policy.linkerd.io is forbidden: User \"{name}\" cannot list resource \"servers\" in API group \"policy.linkerd.io\" in the namespace \"{namespace}\": the inbound policy of pod \"{pod}\" is served to a token bound to that pod or to users who may list servers"
+    )
+}
+
+#[tokio::test]
+async fn a_pods_token_reads_its_own_pod_and_no_other() {
+    let (server, _dir) = start().await;
+    seed(&server).await;
+    ready(&server).await;
+    let db0 = || pod_token("shop", "db", "db-0");
+    // Pod A's token asking for pod B, however the parameters are repeated:
+    // the first value is the one authorized and the one served.
+    for query in ["namespace=shop&pod=db-1", "namespace=shop&pod=db-1&pod=db-0"] {
+        let (status, body) = get(&server, db0(), query).await;
+        assert_eq!((status, body["message"].as_str().unwrap()), (403, inbound_forbidden("system:serviceaccount:shop:db", "shop", "db-1").as_str()), "{query}");
+    }
+    let (status, body) = get(&server, db0(), "namespace=shop&pod=db-0&pod=db-1").await;
+    assert_eq!((status, body["namespace"].as_str(), body["pod"].as_str()), (200, Some("shop"), Some("db-0")));
+    // A repeated namespace: the token's own namespace second is not enough.
+    let (status, body) = get(&server, db0(), "namespace=evil&pod=db-0&namespace=shop").await;
+    assert_eq!((status, body["message"].as_str().unwrap()), (403, inbound_forbidden("system:serviceaccount:shop:db", "evil", "db-0").as_str()));
+    // A token naming two pods is bound to neither.
+    let mut two = db0();
+    two.extra.insert(tessera_authn::token::EXTRA_POD_NAME.to_owned(), vec!["db-0".into(), "db-1".into()]);
+    let (status, body) = get(&server, two, "namespace=shop&pod=db-0").await;
+    assert_eq!((status, body["message"].as_str().unwrap()), (403, inbound_forbidden("system:serviceaccount:shop:db", "shop", "db-0").as_str()));
+}
+
+#[tokio::test]
+async fn a_repeated_namespace_means_its_first_value_for_rbac_and_answer() {
+    let (server, _dir) = start().await;
+    seed(&server).await;
+    grant_eve_servers_in_evil(&server).await;
+    ready(&server).await;
+    // Authorized in shop (where eve may not): 403 naming shop.
+    let (status, body) = get(&server, user("eve"), "namespace=shop&namespace=evil&pod=db-0").await;
+    assert_eq!((status, body["message"].as_str().unwrap()), (403, inbound_forbidden("eve", "shop", "db-0").as_str()));
+    // Authorized in evil: the answer is evil's (no such pod), never shop's db-0.
+    let (status, body) = get(&server, user("eve"), "namespace=evil&namespace=shop&pod=db-0").await;
+    assert_eq!((status, body["message"].as_str(), body["reason"].as_str()), (404, Some("pods \"db-0\" not found"), Some("NotFound")));
+    for path in [super::EXPLAIN_PATH, super::WHO_CAN_REACH_PATH] {
+        let (status, body) = send(&server, user("eve"), http::Method::GET, &format!("{path}?namespace=evil&pod=db-0&port=8080&from=unauthenticated&namespace=shop")).await;
+        assert_eq!((status, body["message"].as_str()), (404, Some("pods \"db-0\" not found")), "{path}");
+        let (status, body) = send(&server, user("eve"), http::Method::GET, &format!("{path}?namespace=shop&pod=db-0&port=8080&from=unauthenticated&namespace=evil")).await;
+        assert_eq!(status, 403, "{path}");
+        assert_eq!(
+            body["message"],
+            "servers.policy.linkerd.io is forbidden: User \"eve\" cannot list resource \"servers\" in API group \"policy.linkerd.io\" in the namespace \"shop\""
+        );
+    }
+}
+
+#[tokio::test]
+async fn percent_encoded_paths_are_the_same_api_and_authorized_as_it() {
+    let (server, _dir) = start().await;
+    seed(&server).await;
+    ready(&server).await;
+    let (_, plain) = get(&server, admin(), "namespace=shop&pod=db-0").await;
+    for path in ["/tessera/v1/policy/%69nbound", "/tessera/v1/policy%2Finbound", "/tessera/v1/%70olicy/inbound"] {
+        let uri = format!("{path}?namespace=shop&pod=db-0");
+        let (status, body) = send(&server, pod_token("shop", "db", "db-1"), http::Method::GET, &uri).await;
+        assert_eq!((status, body["message"].as_str().unwrap()), (403, inbound_forbidden("system:serviceaccount:shop:db", "shop", "db-0").as_str()), "{path}");
+        let (status, body) = send(&server, UserInfo::anonymous(), http::Method::GET, &uri).await;
+        assert_eq!((status, body["message"].as_str().unwrap()), (403, inbound_forbidden("system:anonymous", "shop", "db-0").as_str()), "{path}");
+        // Its own pod's token: the same answer as the plain path.
+        let (status, body) = send(&server, pod_token("shop", "db", "db-0"), http::Method::GET, &uri).await;
+        assert_eq!((status, &body), (200, &plain), "{path}");
+        let (status, body) = send(&server, admin(), http::Method::GET, &format!("{path}?namespace=shop")).await;
+        assert_eq!((status, body["message"].as_str()), (400, Some("the pod parameter is required")), "{path}");
+    }
+    // Explain spelled with escapes is still not for a pod's token.
+    let (status, body) = send(&server, pod_token("shop", "db", "db-0"), http::Method::GET, "/tessera/v1/policy/%65xplain?namespace=shop&pod=db-0&port=8080&from=unauthenticated").await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        body["message"],
+        "servers.policy.linkerd.io is forbidden: User \"system:serviceaccount:shop:db\" cannot list resource \"servers\" in API group \"policy.linkerd.io\" in the namespace \"shop\""
+    );
+    // Near misses are other paths: authorized as such, and served nothing.
+    for path in ["/tessera/v1/policy/inbound/", "/tessera/v1/policy/inbound%2F", "/tessera/v1/policy/inbound%3F"] {
+        let uri = format!("{path}?namespace=shop&pod=db-0");
+        let (status, body) = send(&server, pod_token("shop", "db", "db-0"), http::Method::GET, &uri).await;
+        let decoded = path.replace("%2F", "/").replace("%3F", "?");
+        assert_eq!(status, 403, "{path}");
+        assert_eq!(body["message"], format!("forbidden: User \"system:serviceaccount:shop:db\" cannot get path \"{decoded}\""), "{path}");
+        assert_eq!(send(&server, admin(), http::Method::GET, &uri).await.0, 404, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn only_get_and_head_are_served() {
+    let (server, _dir) = start().await;
+    seed(&server).await;
+    ready(&server).await;
+    let query = "namespace=shop&pod=db-0&port=8080&from=unauthenticated";
+    for path in [super::PATH, super::EXPLAIN_PATH, super::WHO_CAN_REACH_PATH] {
+        for method in [http::Method::POST, http::Method::PUT, http::Method::PATCH, http::Method::DELETE] {
+            // Not a policy request: the pod's token is refused as for any path.
+            let (status, body) = send(&server, pod_token("shop", "db", "db-0"), method.clone(), &format!("{path}?{query}")).await;
+            assert_eq!(status, 403, "{method} {path}");
+            let verb = method.as_str().to_ascii_lowercase();
+            assert_eq!(body["message"], format!("forbidden: User \"system:serviceaccount:shop:db\" cannot {verb} path \"{path}\""), "{method} {path}");
+            // Who may use the path gets 405: nothing is served but GET.
+            assert_eq!(send(&server, admin(), method.clone(), &format!("{path}?{query}")).await.0, 405, "{method} {path}");
+        }
+    }
+    // HEAD is a GET without the body, authorized as one.
+    assert_eq!(send(&server, pod_token("shop", "db", "db-0"), http::Method::HEAD, &format!("{}?namespace=shop&pod=db-0", super::PATH)).await.0, 200);
+    assert_eq!(send(&server, pod_token("shop", "db", "db-1"), http::Method::HEAD, &format!("{}?namespace=shop&pod=db-0", super::PATH)).await.0, 403);
+    assert_eq!(send(&server, pod_token("shop", "db", "db-0"), http::Method::HEAD, &format!("{}?{query}", super::EXPLAIN_PATH)).await.0, 403);
+}
