@@ -54,24 +54,17 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::mesh::{
-    DATA_STORE_APP, Log, Proc, api_and_data_store, identity, meshed_as, meshed_logged, moved, python, ready_ip_of, samples, workload_namespace,
+    DATA_STORE_APP, Log, Proc, api_and_data_store, identity, meshed_as, meshed_logged, python, ready_ip_of, samples, workload_namespace,
 };
-use support::policy::{API_ONLY_AUTHENTICATION, CLIENT_APP, DATA_STORE_SERVER, documents};
+use support::policy::{
+    API_ID, API_ONLY_AUTHENTICATION, AUTHZ_FAMILIES, CLIENT_APP, DATA_STORE_SERVER, DEFAULT_ROUTE, NO_ROUTE, OTHER_ID, PLAIN, UNAUTHORIZED, assert_moved, documents,
+    meta, mtls, series,
+};
 use support::{Server, json};
 
-const API_ID: &str = "api.api.serviceaccount.identity.linkerd.cluster.local";
-const OTHER_ID: &str = "other.other.serviceaccount.identity.linkerd.cluster.local";
 const DATA_STORE_URL: &str = "http://data-store.data-store.svc.cluster.local:8081";
-const UNAUTHORIZED: &str = "unauthorized request on route";
-const NO_ROUTE: &str = "no route found for request";
 /// The proxy's warning for a request `audit` lets through.
 const AUDIT_LOG: &str = "audit: inbound policy would deny this";
-/// The metric families compared before and after each case.
-const AUTHZ_FAMILIES: [&str; 3] = ["inbound_http_authz_", "inbound_tcp_authz_", "inbound_http_route_not_found"];
-/// An unmeshed client's TLS labels.
-const PLAIN: &str = r#"tls="no_identity",no_tls_reason="no_tls_from_remote""#;
-/// Linkerd's synthetic route of a Server without HTTPRoutes.
-const DEFAULT_ROUTE: &str = r#"route_group="",route_kind="default",route_name="default""#;
 
 /// Case 1: Linkerd's older shape, a Server and a ServerAuthorization naming
 /// the api's ServiceAccount.
@@ -289,26 +282,6 @@ fn http(url: &str, method: &str) -> Answer {
     let (rest, header) = text.rsplit_once('\n').unwrap_or(("", ""));
     let (body, code) = rest.rsplit_once('\n').unwrap_or(("", "0"));
     Answer { status: code.trim().parse().unwrap_or(0), proxy_error: (!header.is_empty()).then(|| header.to_owned()), body: body.to_owned() }
-}
-
-/// `{name}{labels}` as the series key [`samples`] gives.
-fn series(name: &str, labels: &[&str]) -> String {
-    format!("{name}{{{}}}", labels.join(","))
-}
-
-fn mtls(id: &str) -> String {
-    format!(r#"tls="true",client_id="{id}""#)
-}
-
-/// `PREFIX_group`, `PREFIX_kind`, `PREFIX_name`.
-fn meta(prefix: &str, group: &str, kind: &str, name: &str) -> String {
-    format!(r#"{prefix}_group="{group}",{prefix}_kind="{kind}",{prefix}_name="{name}""#)
-}
-
-/// Asserts the authz series moved by exactly `expected` (and nothing else moved).
-fn assert_moved(case: &str, before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, expected: &[(String, f64)]) {
-    let expected: BTreeMap<String, f64> = expected.iter().cloned().collect();
-    assert_eq!(moved(before, after), expected, "{case}: the authorization metrics moved otherwise");
 }
 
 #[test]

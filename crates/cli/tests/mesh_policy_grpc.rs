@@ -51,25 +51,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message as _;
 
 use support::Server;
-use support::mesh::{Proc, api_and_data_store, curl, identity, meshed_as, moved, python, ready_ip_of, samples, workload_namespace};
-use support::policy::{API_ONLY_AUTHENTICATION, documents};
+use support::mesh::{Proc, api_and_data_store, curl, identity, meshed_as, python, ready_ip_of, samples, workload_namespace};
+use support::policy::{
+    API_ID, API_ONLY_AUTHENTICATION, AUTHZ_FAMILIES, DEFAULT_ROUTE, NO_ROUTE, OTHER_ID, PLAIN, UNAUTHORIZED, assert_moved, documents, meta, mtls, series,
+};
 
-const API_ID: &str = "api.api.serviceaccount.identity.linkerd.cluster.local";
-const OTHER_ID: &str = "other.other.serviceaccount.identity.linkerd.cluster.local";
 /// What the clients address (the data store's Service).
 const AUTHORITY: &str = "data-store.data-store.svc.cluster.local:8081";
 /// The unary method the app implements.
 const SAY: &str = "/tessera.test.Greeter/Say";
 /// A method no HTTPRoute of case 2 matches.
 const MISSING: &str = "/tessera.test.Greeter/Missing";
-const UNAUTHORIZED: &str = "unauthorized request on route";
-const NO_ROUTE: &str = "no route found for request";
-/// The metric families compared before and after each case.
-const AUTHZ_FAMILIES: [&str; 3] = ["inbound_http_authz_", "inbound_tcp_authz_", "inbound_http_route_not_found"];
-/// An unmeshed client's TLS labels.
-const PLAIN: &str = r#"tls="no_identity",no_tls_reason="no_tls_from_remote""#;
-/// Linkerd's synthetic route of a Server without HTTPRoutes.
-const DEFAULT_ROUTE: &str = r#"route_group="",route_kind="default",route_name="default""#;
 
 /// A pod's app: relays every connection to its listen address (`app`:
 /// 127.0.0.1:$PORT) byte for byte to a target (`proxy`: the pod's outbound
@@ -471,26 +463,6 @@ impl Cluster {
         self.server.eventually(30, what, || check().then_some(()));
         start.elapsed()
     }
-}
-
-/// `{name}{labels}` as the series key [`samples`] gives.
-fn series(name: &str, labels: &[&str]) -> String {
-    format!("{name}{{{}}}", labels.join(","))
-}
-
-fn mtls(id: &str) -> String {
-    format!(r#"tls="true",client_id="{id}""#)
-}
-
-/// `PREFIX_group`, `PREFIX_kind`, `PREFIX_name`.
-fn meta(prefix: &str, group: &str, kind: &str, name: &str) -> String {
-    format!(r#"{prefix}_group="{group}",{prefix}_kind="{kind}",{prefix}_name="{name}""#)
-}
-
-/// Asserts the authz series moved by exactly `expected` (and nothing else moved).
-fn assert_moved(case: &str, before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, expected: &[(String, f64)]) {
-    let expected: BTreeMap<String, f64> = expected.iter().cloned().collect();
-    assert_eq!(moved(before, after), expected, "{case}: the authorization metrics moved otherwise");
 }
 
 /// The app's record of the api's `Say`: through both proxies, with its

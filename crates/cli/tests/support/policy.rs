@@ -2,6 +2,43 @@
 //! the seed 001/004 world (api → data store, see `mesh`): the pieces several
 //! tests apply, kept in one place so they cannot drift apart.
 
+use std::collections::BTreeMap;
+
+/// The api's and `other`'s mesh identities.
+pub const API_ID: &str = "api.api.serviceaccount.identity.linkerd.cluster.local";
+pub const OTHER_ID: &str = "other.other.serviceaccount.identity.linkerd.cluster.local";
+/// The proxy's denial reasons (`l5d-proxy-error`).
+pub const UNAUTHORIZED: &str = "unauthorized request on route";
+pub const NO_ROUTE: &str = "no route found for request";
+/// The metric families compared before and after each case.
+pub const AUTHZ_FAMILIES: [&str; 3] = ["inbound_http_authz_", "inbound_tcp_authz_", "inbound_http_route_not_found"];
+/// An unmeshed client's TLS labels.
+pub const PLAIN: &str = r#"tls="no_identity",no_tls_reason="no_tls_from_remote""#;
+/// Linkerd's synthetic route of a Server without HTTPRoutes.
+pub const DEFAULT_ROUTE: &str = r#"route_group="",route_kind="default",route_name="default""#;
+
+/// A Prometheus series: `name{labels,…}`.
+pub fn series(name: &str, labels: &[&str]) -> String {
+    format!("{name}{{{}}}", labels.join(","))
+}
+
+/// The TLS labels of an mTLS client with identity `id`.
+pub fn mtls(id: &str) -> String {
+    format!(r#"tls="true",client_id="{id}""#)
+}
+
+/// `PREFIX_group`, `PREFIX_kind`, `PREFIX_name`.
+pub fn meta(prefix: &str, group: &str, kind: &str, name: &str) -> String {
+    format!(r#"{prefix}_group="{group}",{prefix}_kind="{kind}",{prefix}_name="{name}""#)
+}
+
+/// Asserts the authz series moved by exactly `expected` (and nothing else moved).
+pub fn assert_moved(case: &str, before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, expected: &[(String, f64)]) {
+    let expected: BTreeMap<String, f64> = expected.iter().cloned().collect();
+    assert_eq!(super::mesh::moved(before, after), expected, "{case}: the authorization metrics moved otherwise");
+}
+
+
 /// The data store's Server (policy.linkerd.io/v1beta3): its pods' port 8081,
 /// HTTP/1.
 pub const DATA_STORE_SERVER: &str = r#"apiVersion: policy.linkerd.io/v1beta3
