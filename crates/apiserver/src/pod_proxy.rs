@@ -344,6 +344,16 @@ mod tests {
 
     /// With every permit held by relays in flight, the next one gets kube's
     /// max-in-flight 429 at once; a freed permit serves again.
+    /// kube's plain-text 429 of an overloaded server, exactly.
+    async fn assert_kubes_429(refused: Response) {
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(refused.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(refused.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let body = axum::body::to_bytes(refused.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"Too many requests, please try again later.\n");
+    }
+
     #[tokio::test]
     async fn relays_beyond_the_cap_get_kubes_429() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -370,13 +380,7 @@ mod tests {
             async move { relay(&relays, addr, "/metrics").await.unwrap().status() }
         });
         accepted_rx.await.unwrap();
-        let refused = relay(&relays, addr, "/metrics").await.unwrap();
-        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
-        assert_eq!(refused.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
-        assert_eq!(refused.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
-        let body = axum::body::to_bytes(refused.into_body(), 1024).await.unwrap();
-        assert_eq!(&body[..], b"Too many requests, please try again later.\n");
+        assert_kubes_429(relay(&relays, addr, "/metrics").await.unwrap()).await;
         release_tx.send(()).unwrap();
         assert_eq!(first.await.unwrap(), StatusCode::OK);
         assert_eq!(relay(&relays, addr, "/metrics").await.unwrap().status(), StatusCode::OK);
@@ -420,13 +424,7 @@ mod tests {
         for _ in 0..2 {
             held_rx.recv().await.unwrap();
         }
-        let refused = relay_for(&users, "alice", &relays, addr, "/metrics").await.unwrap();
-        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
-        assert_eq!(refused.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
-        assert_eq!(refused.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
-        let body = axum::body::to_bytes(refused.into_body(), 1024).await.unwrap();
-        assert_eq!(&body[..], b"Too many requests, please try again later.\n");
+        assert_kubes_429(relay_for(&users, "alice", &relays, addr, "/metrics").await.unwrap()).await;
         assert_eq!(relays.available_permits(), 1, "the refused relay took no server permit");
         // Another user still gets the permit alice could not take.
         assert_eq!(relay_for(&users, "bob", &relays, addr, "/metrics").await.unwrap().status(), StatusCode::OK);
