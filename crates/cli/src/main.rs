@@ -16,7 +16,8 @@ mod policy;
 mod rbac;
 
 // The allocator decides whether memory freed after a load peak goes back to the
-// system (BENCHMARKS.md, "Memory"). Declaring one needs no unsafe code.
+// system (BENCHMARKS.md, "Memory"): jemalloc by default, tuned at build time in
+// .cargo/config.toml. Declaring one needs no unsafe code.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
