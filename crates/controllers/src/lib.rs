@@ -260,8 +260,8 @@ async fn delete_content(registry: &Registry, resource: &ResourceInfo, namespace:
 async fn finish_deletion(registry: &Registry, namespace: &str) -> Result<(), ApiError> {
     let mut remaining = namespace_conditions::Remaining::default();
     for resource in RESOURCES.iter().filter(|r| r.namespaced && r.storage == Storage::Stored) {
-        // Page by page: a namespace of 100,000 objects decoded in one list
-        // held hundreds of MB (BENCHMARKS.md, issue 14 "Memory").
+        // Page by page: one list of a namespace of 50,000 objects holds them
+        // all decoded at once, at several times their JSON size.
         let mut continue_token = None;
         loop {
             let params = ListParams { limit: DELETION_PAGE, continue_token: continue_token.take(), ..ListParams::default() };
