@@ -22,10 +22,15 @@
 # tokenreview-uncached, 150000), WATCHERS (10), ROWS (all rows, below), NGINX
 # (1; 0 skips the ceiling), COMPARE_KUBECONFIG, COMPARE_NAME (kube-apiserver),
 # TESSERA_BIN (use this binary instead of building one), FEATURES (cargo
-# features of the build, e.g. `jemalloc` or `mimalloc` for the allocator), OUT
-# (target/bench/<UTC time>).
+# features of the build, e.g. `mimalloc`), NO_DEFAULT_FEATURES (1: build
+# without the default features, i.e. glibc malloc; FEATURES=etcd keeps etcd),
+# SERVER_WRAPPER (a command the server runs under, e.g. `heaptrack -o FILE`),
+# OUT (target/bench/<UTC time>).
 # Results: $OUT/results.md (the tables), $OUT/<target>/<row>.json (the bench's
-# summaries), $OUT/rss.tsv (every RSS sample), $OUT/server.log.
+# summaries), $OUT/rss.tsv (every RSS and thread-count sample),
+# $OUT/tessera/<row>.mem (the server's memory after each row: anonymous and
+# file pages, threads; `after.mem` and `after.smaps` 5 s after the last row),
+# $OUT/server.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,11 +53,19 @@ if [ -n "${TESSERA_BIN:-}" ]; then
   TESSERA=$TESSERA_BIN
 else
   echo "building tessera (release)…" >&2
-  cargo build --release -p tessera ${FEATURES:+--features "$FEATURES"} >&2
+  cargo build --release -p tessera ${NO_DEFAULT_FEATURES:+--no-default-features} ${FEATURES:+--features "$FEATURES"} >&2
   TESSERA=$PWD/target/release/tessera
 fi
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+threads() { awk '/^Threads:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# Where the server's memory is at this moment (BENCHMARKS.md "Memory"):
+# resident anonymous vs file pages and threads from status, the rollup of smaps.
+mem_snapshot() {
+  { grep -E '^(VmRSS|RssAnon|RssFile|Threads):' "/proc/$SERVER_PID/status"
+    grep -E '^(Anonymous|Private_Dirty|Private_Clean|Shared_Clean):' "/proc/$SERVER_PID/smaps_rollup"
+  } >"$1" 2>/dev/null || true
+}
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 TICKS=$(getconf CLK_TCK)
 
@@ -61,6 +74,7 @@ NGINX_PID=""
 DATA=$(mktemp -d)
 cleanup() {
   if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
+  if [ -n "${WRAPPER_PID:-}" ]; then wait "$WRAPPER_PID" 2>/dev/null || true; fi
   if [ -n "$NGINX_PID" ]; then kill "$NGINX_PID" 2>/dev/null || true; wait "$NGINX_PID" 2>/dev/null || true; fi
   rm -rf "$DATA"
 }
@@ -70,8 +84,12 @@ trap cleanup EXIT
 FIFO=$DATA/stdout
 mkfifo "$FIFO"
 start_ns=$(date +%s%N)
-TESSERA_LOG=warn "$TESSERA" server --bind 127.0.0.1:0 --data-dir "$DATA/data" >"$FIFO" 2>"$OUT/server.log" &
+# SERVER_WRAPPER (e.g. `heaptrack -o FILE`) runs the server under a profiler;
+# RSS is then sampled from the tessera process itself, not the wrapper.
+# shellcheck disable=SC2086
+TESSERA_LOG=warn ${SERVER_WRAPPER:-} "$TESSERA" server --bind 127.0.0.1:0 --data-dir "$DATA/data" >"$FIFO" 2>"$OUT/server.log" &
 SERVER_PID=$!
+WRAPPER_PID=""
 TESSERA_KUBECONFIG=""
 exec 3<"$FIFO"
 while IFS= read -r line <&3; do
@@ -82,15 +100,22 @@ READY_MS=$(( ($(date +%s%N) - start_ns) / 1000000 ))
 # Keep draining the server's stdout so it never blocks on a full pipe.
 cat <&3 >>"$OUT/server.stdout" &
 [ -n "$TESSERA_KUBECONFIG" ] || { echo "the server did not print its kubeconfig; see $OUT/server.log" >&2; exit 1; }
+if [ -n "${SERVER_WRAPPER:-}" ]; then
+  WRAPPER_PID=$SERVER_PID
+  exe=$(readlink -f "$TESSERA")
+  for pid in $(pgrep -f -- "--data-dir $DATA/data"); do
+    [ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" = "$exe" ] && SERVER_PID=$pid
+  done
+fi
 sleep 2
 IDLE_RSS=$(rss_kb "$SERVER_PID")
 echo "tessera ready in ${READY_MS} ms, idle RSS ${IDLE_RSS} kB" >&2
 
-# Samples the server's RSS every 200 ms into rss.tsv until the file $1 is gone.
+# Samples the server's RSS (kB) and threads every 200 ms into rss.tsv until the file $1 is gone.
 sample_rss() {
   local flag=$1 label=$2
   while [ -e "$flag" ]; do
-    printf '%s\t%s\t%s\n' "$(date +%s.%N)" "$label" "$(rss_kb "$SERVER_PID")" >>"$OUT/rss.tsv"
+    printf '%s\t%s\t%s\t%s\n' "$(date +%s.%N)" "$label" "$(rss_kb "$SERVER_PID")" "$(threads "$SERVER_PID")" >>"$OUT/rss.tsv"
     sleep 0.2
   done
 }
@@ -117,6 +142,7 @@ bench() {
     local peak
     peak=$(awk -F'\t' -v n="$name" '$2 == n && $3 > p {p = $3} END {print p + 0}' "$OUT/rss.tsv")
     echo "$peak $(( $(cpu_ticks "$SERVER_PID") - cpu0 )) $TICKS" >"$OUT/$target/$name.server"
+    mem_snapshot "$OUT/$target/$name.mem"
   fi
 }
 
@@ -153,6 +179,8 @@ STORED_RSS=$(rss_kb "$SERVER_PID")
 rows tessera "$TESSERA_KUBECONFIG"
 sleep 5
 AFTER_RSS=$(rss_kb "$SERVER_PID")
+mem_snapshot "$OUT/tessera/after.mem"
+cp "/proc/$SERVER_PID/smaps" "$OUT/tessera/after.smaps" 2>/dev/null || true
 echo "idle $IDLE_RSS stored $STORED_RSS after $AFTER_RSS ready_ms $READY_MS" >"$OUT/server.rss"
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 

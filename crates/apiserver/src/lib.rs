@@ -244,6 +244,7 @@ pub async fn run(
         objects: objects.clone(),
         jwks_uri: format!("{server_url}/openid/v1/jwks"),
     };
+    let review_cache = Arc::clone(&tokens.cache);
 
     let ready = Arc::new(AtomicBool::new(false));
     let state = http::AppState {
@@ -311,6 +312,7 @@ pub async fn run(
         tokio::spawn(inbound_policy.cache.clone().run(registry.store().clone(), stopped())),
         tokio::spawn(reload_keys(config.clone(), authority, stopped())),
         tokio::spawn(expiry::refresh(expiry_state, stopped())),
+        tokio::spawn(tokens::purge_expired_reviews(review_cache, stopped())),
     ];
     objects.wait_until_ready().await;
     policy.wait_until_ready().await;

@@ -388,6 +388,11 @@ impl ReviewCache {
         review
     }
 
+    /// Drops the results expired at `now`; see [`BoundedCache::purge_expired`].
+    pub fn purge_expired(&self, now: i64) -> usize {
+        self.entries.purge_expired(now)
+    }
+
     /// Bytes the cached results take (never more than the budget).
     pub fn bytes(&self) -> usize {
         self.entries.bytes()

@@ -16,7 +16,8 @@ mod policy;
 mod rbac;
 
 // The allocator decides whether memory freed after a load peak goes back to the
-// system (BENCHMARKS.md, "Memory"). Declaring one needs no unsafe code.
+// system (BENCHMARKS.md, "Memory"): jemalloc by default, tuned at build time in
+// .cargo/config.toml. Declaring one needs no unsafe code.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -252,6 +253,9 @@ enum KeysAction {
     Rotate,
 }
 
+/// Threads of the server's blocking pool: SQLite's 8 concurrent reads and a few more.
+const SERVER_BLOCKING_THREADS: usize = 12;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -264,6 +268,13 @@ fn main() -> ExitCode {
         tracing::debug!("a rustls crypto provider was already installed");
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Server(_) = &cli.command {
+        // The server's blocking work is SQLite (at most 8 reads at once, the
+        // writer has its own thread) and a few file reads. Tokio's default
+        // (512 threads) let a load peak leave 20-30 threads behind, each with
+        // a stack and allocator caches (BENCHMARKS.md, issue 14 "Memory").
+        builder.max_blocking_threads(SERVER_BLOCKING_THREADS);
+    }
     // The proxy sizes its own runtime (`tessera proxy --worker-threads`).
     if let Command::Proxy(args) = &cli.command
         && let Some(threads) = args.worker_threads()

@@ -24,7 +24,8 @@ use std::sync::Mutex;
 use serde_json::{Value, json};
 use tessera_api::deletion::{self, DeleteOptions, Deletion, Propagation};
 use tessera_api::registry::{ListParams, Preconditions, WriteOptions, WriteScope};
-use tessera_api::resource::{CORE_CONFIGMAPS, CORE_NAMESPACES, CORE_SERVICEACCOUNTS, RESOURCES, Storage};
+use futures::{StreamExt as _, TryStreamExt as _};
+use tessera_api::resource::{CORE_CONFIGMAPS, CORE_NAMESPACES, CORE_SERVICEACCOUNTS, RESOURCES, ResourceInfo, Storage};
 use tessera_api::{ApiError, Registry};
 use tessera_store::Revision;
 
@@ -229,6 +230,28 @@ async fn ensure_root_ca(registry: &Registry, ca_pem: &str, namespace: &str) -> R
     }
 }
 
+/// Objects of a terminating namespace listed (and decoded) at a time.
+const DELETION_PAGE: usize = 500;
+/// Deletes of a terminating namespace's content in flight at once.
+const DELETION_CONCURRENCY: usize = 16;
+
+/// Deletes one object of a terminating namespace; returns it when it is
+/// still there (held by finalizers, or changed meanwhile).
+async fn delete_content(registry: &Registry, resource: &ResourceInfo, namespace: &str, item: Value) -> Result<Option<Value>, ApiError> {
+    let Some(name) = item.pointer("/metadata/name").and_then(Value::as_str) else { return Ok(None) };
+    if deletion::is_deleting(&item) {
+        return Ok(Some(item));
+    }
+    let options = DeleteOptions::propagate(Propagation::Background);
+    match registry.delete_with(resource, Some(namespace), name, &options, WriteOptions::default()).await {
+        Ok(Deletion::Deleted(_)) => Ok(None),
+        Ok(Deletion::Pending(obj)) => Ok(Some(obj)),
+        Err(e) if e.code == 404 => Ok(None),
+        Err(e) if e.code == 409 => Ok(Some(item)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Empties a terminating namespace as kube's namespace controller does:
 /// every object in it is deleted (background propagation), objects held by
 /// finalizers are waited for (their deletion brings the controller back),
@@ -237,26 +260,31 @@ async fn ensure_root_ca(registry: &Registry, ca_pem: &str, namespace: &str) -> R
 async fn finish_deletion(registry: &Registry, namespace: &str) -> Result<(), ApiError> {
     let mut remaining = namespace_conditions::Remaining::default();
     for resource in RESOURCES.iter().filter(|r| r.namespaced && r.storage == Storage::Stored) {
-        let list = registry.list(resource, Some(namespace), &ListParams::default()).await?;
-        for item in list.get("items").and_then(Value::as_array).into_iter().flatten() {
-            let Some(name) = item.pointer("/metadata/name").and_then(Value::as_str) else { continue };
-            let left = if deletion::is_deleting(item) {
-                Some(item.clone())
-            } else {
-                let options = DeleteOptions::propagate(Propagation::Background);
-                match registry.delete_with(resource, Some(namespace), name, &options, WriteOptions::default()).await {
-                    Ok(Deletion::Deleted(_)) => None,
-                    Ok(Deletion::Pending(obj)) => Some(obj),
-                    Err(e) if e.code == 404 => None,
-                    Err(e) if e.code == 409 => Some(item.clone()),
-                    Err(e) => return Err(e),
-                }
+        // Page by page: one list of a namespace of 50,000 objects holds them
+        // all decoded at once, at several times their JSON size.
+        let mut continue_token = None;
+        loop {
+            let params = ListParams { limit: DELETION_PAGE, continue_token: continue_token.take(), ..ListParams::default() };
+            let mut list = registry.list(resource, Some(namespace), &params).await?;
+            continue_token = list.pointer("/metadata/continue").and_then(Value::as_str).filter(|t| !t.is_empty()).map(str::to_owned);
+            let items = match list.get_mut("items") {
+                Some(Value::Array(items)) => std::mem::take(items),
+                _ => Vec::new(),
             };
-            if let Some(obj) = left {
+            // Deletes of one page run together so they share grouped commits.
+            let left: Vec<Option<Value>> = futures::stream::iter(items)
+                .map(|item| delete_content(registry, resource, namespace, item))
+                .buffer_unordered(DELETION_CONCURRENCY)
+                .try_collect()
+                .await?;
+            for obj in left.into_iter().flatten() {
                 *remaining.resources.entry(format!("{}.{}", resource.plural, resource.group)).or_default() += 1;
                 for f in deletion::finalizers(&obj) {
                     *remaining.finalizers.entry(f).or_default() += 1;
                 }
+            }
+            if continue_token.is_none() {
+                break;
             }
         }
     }

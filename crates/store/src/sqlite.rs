@@ -64,9 +64,11 @@ const MAX_IDLE_READERS: usize = 4;
 /// Reads running at once (more wait for a turn): with [`PAGE_CACHE_KIB`] this
 /// bounds the memory SQLite holds, whatever the number of concurrent requests.
 const MAX_READERS: usize = 8;
-/// Each connection's page cache, in KiB (SQLite's default, 2 MiB, made explicit
-/// as a bound: at most `MAX_READERS + 1` connections × 2 MiB).
-const PAGE_CACHE_KIB: i64 = 2048;
+/// Each connection's page cache, in KiB, as a bound: at most `MAX_READERS + 1`
+/// connections × 1 MiB. Half SQLite's default: the OS caches the file anyway,
+/// a write invalidates every reader's cache in WAL mode, and SQLite allocates
+/// with the C library's malloc, which keeps what it freed (issue 14, memory).
+const PAGE_CACHE_KIB: i64 = 1024;
 /// History events read per query while a watch replays history (small in
 /// tests so that paging is exercised by every watch test).
 const HISTORY_PAGE: usize = if cfg!(test) { 16 } else { 512 };

@@ -124,6 +124,25 @@ impl<V: Clone, T: Ord + Copy> BoundedCache<V, T> {
         inner.bytes += charge;
     }
 
+    /// Drops the entries expired at `now` (otherwise they go only when an
+    /// insert needs their room), and gives the table's spare room back once it
+    /// is mostly empty: after a burst of distinct tokens the cache shrinks to
+    /// what it still holds, not its high-water mark. Returns how many went.
+    pub fn purge_expired(&self, now: T) -> usize {
+        let mut inner = self.write();
+        let mut purged = 0;
+        while let Some(&(expires, _, victim)) = inner.by_expiry.first()
+            && expires <= now
+        {
+            inner.remove(&victim);
+            purged += 1;
+        }
+        if inner.slots.capacity() > 4 * inner.slots.len().max(64) {
+            inner.slots.shrink_to_fit();
+        }
+        purged
+    }
+
     /// Drops every entry.
     pub fn clear(&self) {
         let mut inner = self.write();
@@ -187,6 +206,23 @@ mod tests {
         // Already expired: not stored.
         cache.insert(key(3), 7, 0, 5, 5);
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn purging_drops_exactly_the_expired_entries_and_the_spare_room() {
+        let cache: BoundedCache<u32, i64> = BoundedCache::new(1 << 30);
+        for i in 0..10_000u64 {
+            cache.insert(key(i), 0, 100, if i < 9_990 { 10 } else { 20 }, 0);
+        }
+        assert_eq!(cache.purge_expired(9), 0);
+        assert_eq!(cache.len(), 10_000);
+        assert_eq!(cache.purge_expired(10), 9_990);
+        assert_eq!(cache.len(), 10);
+        assert_eq!(cache.bytes(), 10 * (100 + entry_overhead::<u32, i64>()));
+        assert!(cache.read().slots.capacity() < 1_000, "{}", cache.read().slots.capacity());
+        assert_eq!(cache.get(&key(9_999), 10), Some(0));
+        assert_eq!(cache.purge_expired(20), 10);
+        assert!(cache.is_empty());
     }
 
     #[test]
