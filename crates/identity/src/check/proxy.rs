@@ -17,7 +17,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{Category, Outcome, TIMEOUT};
 use crate::pki;
-use crate::rotate::{Mode, RotationState, STATE_CONFIGMAP, STATE_KEY, Step};
+use crate::rotate::{Mode, RotationState, STATE_CONFIGMAP, STATE_KEY, Step, fingerprint};
 
 const INJECT_ANNOTATION: &str = "linkerd.io/inject";
 const ADMIN_PORT_ANNOTATION: &str = "tessera.io/proxy-admin-port";
@@ -28,15 +28,6 @@ const HINTS: &str = "https://linkerd.io/2/checks/#";
 /// 5 s limit towards the proxy: the client retries that 503, so a proxy that
 /// does not answer would otherwise hold the check for several rounds.
 const PROXY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
-
-/// `sha256:` + lowercase hex of the DER's SHA-256 (the format `/trust` uses).
-fn fingerprint(der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    digest.as_ref().iter().fold(String::from("sha256:"), |mut out, byte| {
-        out.push_str(&format!("{byte:02x}"));
-        out
-    })
-}
 
 /// The line names, in order.
 pub const REACHABLE: &str = "data plane proxies are reachable";
