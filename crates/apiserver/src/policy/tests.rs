@@ -15,14 +15,16 @@ use tessera_store::Store;
 
 use crate::testing::InProcess;
 
-async fn start() -> (InProcess, tempfile::TempDir) {
+/// A server on a fresh SQLite store (shared with `explain`'s tests).
+pub(super) async fn start() -> (InProcess, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(tessera_store::sqlite::SqliteStore::open(&dir.path().join("store.db")).unwrap());
     let server = InProcess::start(store, &dir.path().join("keys")).await.unwrap();
     (server, dir)
 }
 
-async fn put(server: &InProcess, key: &str, value: Value) {
+/// Writes `value` at `key` straight into the store, creating or replacing it.
+pub(super) async fn put(server: &InProcess, key: &str, value: Value) {
     let store = server.registry().store();
     let bytes = bytes::Bytes::from(value.to_string());
     match store.get(key).await.unwrap() {

@@ -4,16 +4,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tessera_authn::UserInfo;
-use tessera_store::Store;
 
 use super::*;
+use crate::policy::tests::{put, start};
 use crate::testing::InProcess;
 
 fn parse(raw: &str) -> Result<ExplainQuery, String> {
@@ -99,17 +98,6 @@ fn never_panics_on_odd_input() {
             let _ = ExplainQuery::parse(&Query::parse(&raw));
         }
     }
-}
-
-async fn start() -> (InProcess, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(tessera_store::sqlite::SqliteStore::open(&dir.path().join("store.db")).unwrap());
-    let server = InProcess::start(store, &dir.path().join("keys")).await.unwrap();
-    (server, dir)
-}
-
-async fn put(server: &InProcess, key: &str, value: Value) {
-    server.registry().store().create(key, bytes::Bytes::from(value.to_string())).await.unwrap();
 }
 
 const API: &str = "api.shop.serviceaccount.identity.linkerd.cluster.local";
