@@ -67,8 +67,11 @@ pub struct CachedObject {
     /// asked for (`None`: the kind has no protobuf form, or this object
     /// cannot be carried whole). Boxed: most objects are never asked for
     /// protobuf, and an empty cell costs 16 bytes instead of 56.
-    protobuf: OnceLock<Option<Box<(Bytes, std::ops::Range<usize>)>>>,
+    protobuf: OnceLock<Option<Box<ProtobufBody>>>,
 }
+
+/// A protobuf response body and where the object's message lies in it.
+type ProtobufBody = (Bytes, std::ops::Range<usize>);
 
 impl std::fmt::Debug for CachedObject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
