@@ -15,10 +15,6 @@ use std::process::Command;
 use support::Server;
 use support::browser::{chromium, ensure_node_modules, repo, screenshot_dir};
 
-fn create_token(server: &Server, sa: &str) -> String {
-    server.kubectl_ok(&["create", "token", sa, "-n", "shop", "--duration", "1h"]).trim().to_owned()
-}
-
 const LEGACY_TOKEN: &str = "apiVersion: v1
 kind: Secret
 metadata:
@@ -113,8 +109,8 @@ fn dashboard_in_chromium() {
         let out = server.kubectl_stdin(&["create", "-f", "-"], manifest);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    let admin_token = create_token(&server, "dashboard-admin");
-    let nobody_token = create_token(&server, "nobody");
+    let admin_token = server.token("shop", "dashboard-admin");
+    let nobody_token = server.token("shop", "nobody");
 
     rules_api(&server, &admin_token, &nobody_token);
 

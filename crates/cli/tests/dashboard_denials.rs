@@ -12,25 +12,10 @@ mod support;
 
 use std::process::Command;
 
-use support::browser::{chromium, ensure_node_modules, repo, screenshot_dir};
+use support::browser::{MESH_VIEWER, chromium, ensure_node_modules, repo, screenshot_dir};
 use support::mesh::{API_APP, DATA_STORE_APP, api_and_data_store, curl, identity, meshed, python, ready_pod_ip};
-use support::policy::api_only_policy;
+use support::policy::{OTHER_ID, api_only_policy};
 use support::{Server, json};
-
-const OTHER_ID: &str = "other.other.serviceaccount.identity.linkerd.cluster.local";
-
-/// Reads the proxies (pods, pods/proxy) but may not explain policy (no `list servers`).
-const MESH_VIEWER: &str = "apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: mesh-viewer}
-rules:
-- {apiGroups: [\"\"], resources: [pods], verbs: [get, list, watch]}
-- {apiGroups: [\"\"], resources: [pods/proxy], verbs: [get]}
-";
-
-fn token(server: &Server, sa: &str) -> String {
-    server.kubectl_ok(&["create", "token", sa, "-n", "default", "--duration", "1h"]).trim().to_owned()
-}
 
 #[test]
 fn a_real_denial_shows_with_the_rule_that_decided_in_chromium() {
@@ -73,7 +58,7 @@ fn a_real_denial_shows_with_the_rule_that_decided_in_chromium() {
     assert_eq!(curl(&api_url).0, 200);
 
     // The proxy's ring, through pods/proxy with a user's token: the contract's shape.
-    let (viewer, admin) = (token(&server, "mesh-viewer"), token(&server, "dashboard-admin"));
+    let (viewer, admin) = (server.token("default", "mesh-viewer"), server.token("default", "dashboard-admin"));
     let auth = format!("Authorization: Bearer {viewer}");
     let (code, body) = server.curl("GET", "/api/v1/namespaces/data-store/pods/data-store-0:4191/proxy/denials", &["--http1.1", "-H", &auth]);
     assert_eq!(code, 200, "{body}");

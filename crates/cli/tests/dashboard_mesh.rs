@@ -12,22 +12,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use support::browser::{chromium, ensure_node_modules, repo, screenshot_dir};
+use support::browser::{MESH_VIEWER, chromium, ensure_node_modules, repo, screenshot_dir};
 use support::mesh::{API_APP, DATA_STORE_APP, api_and_data_store, curl, identity, meshed, python, ready_pod_ip};
 use support::{Server, json};
-
-/// What a dashboard user needs for the identity graph: find the pods, read their proxies.
-const MESH_VIEWER: &str = "apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: mesh-viewer}
-rules:
-- {apiGroups: [\"\"], resources: [pods], verbs: [get, list, watch]}
-- {apiGroups: [\"\"], resources: [pods/proxy], verbs: [get]}
-";
-
-fn token(server: &Server, sa: &str) -> String {
-    server.kubectl_ok(&["create", "token", sa, "-n", "default", "--duration", "1h"]).trim().to_owned()
-}
 
 /// `pods/proxy` over raw HTTP: kube's URL form and RBAC, narrowed to the admin port's /metrics and /trust.
 fn pods_proxy_api(server: &Server, viewer: &str, lister: &str) {
@@ -102,7 +89,7 @@ fn dashboard_mesh_views_in_chromium() {
         })
     };
 
-    let (viewer, lister, admin) = (token(&server, "mesh-viewer"), token(&server, "pod-lister"), token(&server, "dashboard-admin"));
+    let (viewer, lister, admin) = (server.token("default", "mesh-viewer"), server.token("default", "pod-lister"), server.token("default", "dashboard-admin"));
     pods_proxy_api(&server, &viewer, &lister);
 
     let bench_out = ui.join("test-results/edges-load.json");

@@ -4,6 +4,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// What a dashboard user needs for the mesh views: find the pods, read
+/// their proxies (`pods/proxy`); no `list servers`, so no policy explain.
+pub const MESH_VIEWER: &str = "apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: mesh-viewer}
+rules:
+- {apiGroups: [\"\"], resources: [pods], verbs: [get, list, watch]}
+- {apiGroups: [\"\"], resources: [pods/proxy], verbs: [get]}
+";
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }

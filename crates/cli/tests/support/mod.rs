@@ -111,6 +111,11 @@ impl Server {
         child.wait_with_output().expect("kubectl output")
     }
 
+    /// A one-hour token of ServiceAccount `namespace/sa` (`kubectl create token`).
+    pub fn token(&self, namespace: &str, sa: &str) -> String {
+        self.kubectl_ok(&["create", "token", sa, "-n", namespace, "--duration", "1h"]).trim().to_owned()
+    }
+
     /// Runs kubectl and returns stdout, failing the test on a non-zero exit.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
