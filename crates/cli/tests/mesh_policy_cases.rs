@@ -169,6 +169,35 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// The data store's Server admits the api by authorization `KIND/NAME`
+    /// and nothing else: the api gets its answer, `other` and an unmeshed
+    /// HTTP client the 403, unmeshed opaque TCP is closed, and exactly those
+    /// four authz series move by one.
+    fn assert_only_the_api_admitted(&self, case: &str, authz_kind: &str, authz_name: &str) {
+        let before = self.authz_metrics();
+        let api = self.api("GET", "/data");
+        assert_eq!((api.status, api.proxy_error.as_deref()), (200, None), "{case}: api {api:?}");
+        assert_eq!(json(&api.body)["path"], "/data", "{case}: the data store answered the api: {api:?}");
+        assert_eq!(self.other("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: other");
+        assert_eq!(self.unmeshed("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: unmeshed HTTP from 127.0.0.1");
+        assert_eq!(self.unmeshed_tcp(b"\x00\x01\x02 not http"), b"", "{case}: unmeshed opaque TCP is closed unanswered");
+        let after = self.authz_metrics();
+
+        let (target, srv) = (self.target(), meta("srv", "policy.linkerd.io", "server", "data-store-http"));
+        let authz = meta("authz", "policy.linkerd.io", authz_kind, authz_name);
+        assert_moved(
+            case,
+            &before,
+            &after,
+            &[
+                (series("inbound_http_authz_allow_total", &[&target, &srv, DEFAULT_ROUTE, &authz, &mtls(API_ID)]), 1.0),
+                (series("inbound_http_authz_deny_total", &[&target, &srv, DEFAULT_ROUTE, &mtls(OTHER_ID)]), 1.0),
+                (series("inbound_http_authz_deny_total", &[&target, &srv, DEFAULT_ROUTE, PLAIN]), 1.0),
+                (series("inbound_tcp_authz_deny_total", &[&target, &srv, PLAIN]), 1.0),
+            ],
+        );
+    }
+
     fn start() -> Self {
         // The default cluster networks hold the pods' loopback addresses.
         let server = Server::start_with(tempfile::tempdir().expect("tempdir"), &[]);
@@ -304,29 +333,7 @@ fn server_authorization_admits_the_api_service_account_only(c: &Cluster) {
     });
     eprintln!("{case}: enforced {took:?} after kubectl apply returned");
 
-    let before = c.authz_metrics();
-    let api = c.api("GET", "/data");
-    assert_eq!(api.status, 200, "{case}: api {api:?}");
-    assert_eq!(api.proxy_error, None, "{case}: api {api:?}");
-    assert_eq!(json(&api.body)["path"], "/data", "{case}: the data store answered the api: {api:?}");
-    assert_eq!(c.other("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: other");
-    assert_eq!(c.unmeshed("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: unmeshed HTTP");
-    assert_eq!(c.unmeshed_tcp(b"\x00\x01\x02 not http"), b"", "{case}: unmeshed opaque TCP is closed unanswered");
-    let after = c.authz_metrics();
-
-    let (target, srv) = (c.target(), meta("srv", "policy.linkerd.io", "server", "data-store-http"));
-    let authz = meta("authz", "policy.linkerd.io", "serverauthorization", "api-sa");
-    assert_moved(
-        case,
-        &before,
-        &after,
-        &[
-            (series("inbound_http_authz_allow_total", &[&target, &srv, DEFAULT_ROUTE, &authz, &mtls(API_ID)]), 1.0),
-            (series("inbound_http_authz_deny_total", &[&target, &srv, DEFAULT_ROUTE, &mtls(OTHER_ID)]), 1.0),
-            (series("inbound_http_authz_deny_total", &[&target, &srv, DEFAULT_ROUTE, PLAIN]), 1.0),
-            (series("inbound_tcp_authz_deny_total", &[&target, &srv, PLAIN]), 1.0),
-        ],
-    );
+    c.assert_only_the_api_admitted(case, "serverauthorization", "api-sa");
 
     c.delete(SERVER_AUTHORIZATION);
     c.wait_for("the default policy back once the Server is deleted", || c.other("GET", "/data").status == 200);
@@ -447,28 +454,7 @@ fn network_authentication_admits_the_api_pod_ip_only(c: &Cluster) {
     });
     eprintln!("{case}: enforced {took:?} after kubectl apply returned");
 
-    let before = c.authz_metrics();
-    let api = c.api("GET", "/data");
-    assert_eq!((api.status, api.proxy_error.as_deref()), (200, None), "{case}: api {api:?}");
-    assert_eq!(json(&api.body)["path"], "/data", "{case}: the data store answered the api: {api:?}");
-    assert_eq!(c.other("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: other");
-    assert_eq!(c.unmeshed("GET", "/data"), Answer::denied(403, UNAUTHORIZED), "{case}: unmeshed HTTP from 127.0.0.1");
-    assert_eq!(c.unmeshed_tcp(b"\x00\x01\x02 not http"), b"", "{case}: unmeshed opaque TCP is closed unanswered");
-    let after = c.authz_metrics();
-
-    let (target, srv) = (c.target(), meta("srv", "policy.linkerd.io", "server", "data-store-http"));
-    let authz = meta("authz", "policy.linkerd.io", "authorizationpolicy", "api-network");
-    assert_moved(
-        case,
-        &before,
-        &after,
-        &[
-            (series("inbound_http_authz_allow_total", &[&target, &srv, DEFAULT_ROUTE, &authz, &mtls(API_ID)]), 1.0),
-            (series("inbound_http_authz_deny_total", &[&target, &srv, DEFAULT_ROUTE, &mtls(OTHER_ID)]), 1.0),
-            (series("inbound_http_authz_deny_total", &[&target, &srv, DEFAULT_ROUTE, PLAIN]), 1.0),
-            (series("inbound_tcp_authz_deny_total", &[&target, &srv, PLAIN]), 1.0),
-        ],
-    );
+    c.assert_only_the_api_admitted(case, "authorizationpolicy", "api-network");
 
     c.delete(&yaml);
     c.wait_for("the default policy back once the Server is deleted", || c.other("GET", "/data").status == 200);
