@@ -247,7 +247,7 @@ pub async fn run(
     let review_cache = Arc::clone(&tokens.cache);
 
     let ready = Arc::new(AtomicBool::new(false));
-    let state = http::AppState {
+    let state = http::AppState::from(http::Shared {
         registry: registry.clone(),
         metrics: metrics::Metrics::default(),
         ready: ready.clone(),
@@ -268,7 +268,7 @@ pub async fn run(
             &pki.ca_cert_pem,
         ),
         inbound_policy: inbound_policy.clone(),
-    };
+    });
     let expiry_state = state.clone();
     let app = http::router(state);
 

@@ -64,7 +64,7 @@ impl InProcess {
         let policy = crate::rbac::policy_cache();
         let nodes = crate::node::graph::node_graph();
         let inbound_policy = crate::policy::InboundPolicy::new(tessera_policy::compile::Settings::default());
-        let state = crate::http::AppState {
+        let state = crate::http::AppState::from(crate::http::Shared {
             registry: registry.clone(),
             metrics: crate::metrics::Metrics::default(),
             ready: Arc::new(AtomicBool::new(true)),
@@ -84,7 +84,7 @@ impl InProcess {
             identity_naming: crate::destinations::IdentityNaming::default(),
             expiry: std::sync::Arc::new(crate::expiry::Settings::default()),
             inbound_policy: inbound_policy.clone(),
-        };
+        });
         tessera_controllers::bootstrap(&registry, "").await?;
         tessera_controllers::aggregation::reconcile_bootstrap_policy(&registry).await?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);

@@ -3,7 +3,7 @@
 //! a Server may not select the port and pods another Server of its
 //! namespace selects ([`conflicting_server`]). It reads the policy cache,
 //! which every policy write waits for before it is answered
-//! (`AppState::caught_up`), so the Servers of one `kubectl apply -f`, written
+//! (`http::Shared::caught_up`), so the Servers of one `kubectl apply -f`, written
 //! one after the other, are checked against each other as Linkerd checks them.
 
 use std::sync::Arc;
