@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use futures::task::AtomicWaker;
 
-/// The task is inside `drive`'s poll: wake-ups are noted, not forwarded.
+/// The task is inside `Drive::poll`: wake-ups are noted, not forwarded.
 const POLLING: u8 = 1;
 /// The main future (the client connection) is to be polled.
 const MAIN: u8 = 2;
