@@ -163,6 +163,8 @@ mod tests {
         CloseUnanswered,
         /// `101 Switching Protocols`, then echo.
         Upgrade,
+        /// `200` with the request's body (`content-length` framed) as its body.
+        EchoBody,
     }
 
     /// A raw HTTP/1.1 app following `script`; counts its accepted connections
@@ -221,6 +223,18 @@ mod tests {
                     return;
                 }
                 Act::CloseUnanswered => return,
+                Act::EchoBody => {
+                    let length: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).map_or(0, |n| n.parse().unwrap());
+                    while buf.len() < length {
+                        let mut chunk = [0u8; 16384];
+                        let n = stream.read(&mut chunk).await.unwrap();
+                        assert_ne!(n, 0, "request body cut short");
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body: Vec<u8> = buf.drain(..length).collect();
+                    stream.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n").as_bytes()).await.unwrap();
+                    stream.write_all(&body).await.unwrap();
+                }
                 Act::Upgrade => {
                     stream.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n").await.unwrap();
                     let (mut read, mut write) = stream.split();
@@ -234,6 +248,10 @@ mod tests {
     /// Reads one message head (lower-cased header names as hyper writes
     /// them) and leaves what follows it in `buf`; `None` at EOF.
     async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+        read_head_from(stream, buf).await
+    }
+
+    async fn read_head_from<R: tokio::io::AsyncRead + Unpin>(stream: &mut R, buf: &mut Vec<u8>) -> Option<String> {
         loop {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8(buf.drain(..end + 4).collect()).unwrap();
@@ -336,6 +354,37 @@ mod tests {
         assert_eq!(app.accepts(), 1, "not sent again");
         let (status, _, body) = get(&mut client, "/c", "").await;
         assert_eq!((status, body.as_str()), (200, "2-1 GET /c HTTP/1.1 host=web:8080"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bodies_larger_than_the_socket_buffers_stream_both_ways() {
+        let app = App::start(|_, _| Act::EchoBody).await;
+        let listen = inbound(app.addr).await;
+        let mut client = TcpStream::connect(listen).await.unwrap();
+        for round in 0..2u8 {
+            let body: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8 ^ round).collect();
+            let head = format!("POST /up HTTP/1.1\r\nhost: web:8080\r\ncontent-length: {}\r\n\r\n", body.len());
+            let (mut read, mut write) = client.split();
+            let send = async {
+                write.write_all(head.as_bytes()).await.unwrap();
+                write.write_all(&body).await.unwrap();
+            };
+            let receive = async {
+                let mut buf = Vec::new();
+                let head = read_head_from(&mut read, &mut buf).await.expect("a response head");
+                assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+                while buf.len() < body.len() {
+                    let mut chunk = [0u8; 65536];
+                    let n = read.read(&mut chunk).await.unwrap();
+                    assert_ne!(n, 0, "response body cut short");
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                buf
+            };
+            let ((), echoed) = tokio::time::timeout(WAIT, async { tokio::join!(send, receive) }).await.expect("streamed");
+            assert!(echoed == body, "round {round}: the body came back changed");
+        }
+        assert_eq!(app.accepts(), 1);
     }
 
     #[tokio::test]
