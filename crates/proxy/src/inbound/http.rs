@@ -1,11 +1,13 @@
 //! Inbound HTTP: serve HTTP/1.1 or HTTP/2 to the client (hyper), forward
-//! each request to the app over pooled connections, rewriting only the
+//! each request to the app, rewriting only the
 //! identity headers: client-sent `l5d-client-id` / `l5d-server-id` are
 //! removed and, for an mTLS client, `l5d-client-id` is set to its verified
 //! identity. `l5d-orig-proto: HTTP/1.1` (set by the client's proxy when its
-//! app spoke HTTP/1.1) makes the request go to the app as HTTP/1.1. Bodies
-//! stream both ways; HTTP/1.1 upgrades (WebSocket) get their own connection
-//! to the app (see `crate::upgrade`).
+//! app spoke HTTP/1.1) makes the request go to the app as HTTP/1.1. An
+//! HTTP/1 client connection has one app connection of its own, driven in its
+//! task (`super::app`); an HTTP/2 client's streams go over pooled
+//! connections. Bodies stream both ways; HTTP/1.1 upgrades (WebSocket) get
+//! their own connection to the app (see `crate::upgrade`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,6 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::app::AppConn;
 use crate::io::BoxIo;
 use crate::metrics::{Classification, Metrics, PeerLabels, RouteMetrics};
 use crate::tls::Identity;
@@ -60,6 +63,21 @@ pub(crate) struct AppConnector {
     timeout: Duration,
 }
 
+impl AppConnector {
+    pub(super) fn new(app: SocketAddr, timeout: Duration) -> Self {
+        Self { app, timeout }
+    }
+
+    /// A TCP connection to the app, within the connect timeout.
+    pub(super) async fn connect(&self) -> std::io::Result<TcpStream> {
+        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(self.app))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
 impl tower::Service<Uri> for AppConnector {
     type Response = TokioIo<TcpStream>;
     type Error = std::io::Error;
@@ -70,21 +88,16 @@ impl tower::Service<Uri> for AppConnector {
     }
 
     fn call(&mut self, _: Uri) -> Self::Future {
-        let (app, timeout) = (self.app, self.timeout);
-        Box::pin(async move {
-            let stream = tokio::time::timeout(timeout, TcpStream::connect(app))
-                .await
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-            let _ = stream.set_nodelay(true);
-            Ok(TokioIo::new(stream))
-        })
+        let connector = self.clone();
+        Box::pin(async move { Ok(TokioIo::new(connector.connect().await?)) })
     }
 }
 
-/// Per-port forwarding state: pooled HTTP/1.1 and HTTP/2 clients to the app.
+/// Per-port forwarding state: pooled HTTP/1.1 and HTTP/2 clients to the app
+/// (for HTTP/2 client connections; an HTTP/1 one has its own `AppConn`).
 pub(crate) struct Forward {
     app: SocketAddr,
-    connect_timeout: Duration,
+    connector: AppConnector,
     h1: AppClient,
     h2: AppClient,
     metrics: Metrics,
@@ -114,12 +127,12 @@ pub(crate) struct Conn {
 
 impl Forward {
     pub(crate) fn new(app: SocketAddr, connect_timeout: Duration, metrics: Metrics) -> Self {
-        let connector = AppConnector { app, timeout: connect_timeout };
+        let connector = AppConnector::new(app, connect_timeout);
         let mut builder = Client::builder(TokioExecutor::new());
         builder.timer(TokioTimer::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(90));
         let h1 = builder.build(connector.clone());
-        let h2 = builder.http2_only(true).build(connector);
-        Self { app, connect_timeout, h1, h2, metrics, policy: None }
+        let h2 = builder.http2_only(true).build(connector.clone());
+        Self { app, connector, h1, h2, metrics, policy: None }
     }
 
     /// Serves one client connection.
@@ -127,10 +140,13 @@ impl Forward {
         let (h2, header_timeout) = (conn.h2, conn.header_timeout);
         let conn = Arc::new(conn);
         let routes = Arc::new(RouteCache::default());
+        // HTTP/1 requests come one at a time: one app connection serves them all.
+        let app = (!h2).then(|| Arc::new(AppConn::new(self.connector.clone())));
         let forward = self.clone();
+        let for_service = app.clone();
         let service = hyper::service::service_fn(move |request| {
-            let (forward, conn, routes) = (forward.clone(), conn.clone(), routes.clone());
-            async move { Ok::<_, Infallible>(forward.forward(request, &conn, &routes).await) }
+            let (forward, conn, routes, app) = (forward.clone(), conn.clone(), routes.clone(), for_service.clone());
+            async move { Ok::<_, Infallible>(forward.forward(request, &conn, &routes, app.as_deref()).await) }
         });
         let io = TokioIo::new(io);
         if h2 {
@@ -142,16 +158,22 @@ impl Forward {
                 .serve_connection(io, service)
                 .await
         } else {
-            hyper::server::conn::http1::Builder::new()
+            let serve = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .serve_connection(io, service)
-                .with_upgrades()
-                .await
+                .with_upgrades();
+            match app {
+                // The app connection's future runs in this task, beside the client's.
+                Some(app) => super::drive::Drive::new(serve, |cx: &mut std::task::Context<'_>| app.poll_conns(cx)).await,
+                None => serve.await,
+            }
         }
     }
 
-    async fn forward(&self, mut request: Request<Incoming>, conn: &Conn, routes: &RouteCache) -> Response<Body> {
+    /// Forwards one request: over `app` (an HTTP/1 client connection's own
+    /// app connection) or the pooled clients.
+    async fn forward(&self, mut request: Request<Incoming>, conn: &Conn, routes: &RouteCache, app: Option<&AppConn>) -> Response<Body> {
         // An HTTP/1.1 Upgrade (WebSocket) goes to the app on a connection of its own.
         let upgrade = if conn.h2 { None } else { crate::upgrade::requested(request.headers()) };
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
@@ -216,10 +238,13 @@ impl Forward {
         let request = Request::from_parts(parts, body);
         let sent = match client_upgrade {
             Some(client) => self.upgrade(request, client).await,
-            None => {
-                let client = if to_h2 { &self.h2 } else { &self.h1 };
-                client.request(request).await.map_err(AppError::from)
-            }
+            None => match app {
+                Some(app) if !to_h2 => app.send(request).await,
+                _ => {
+                    let client = if to_h2 { &self.h2 } else { &self.h1 };
+                    client.request(request).await.map_err(AppError::from)
+                }
+            },
         };
         match sent {
             Ok(response) => {
@@ -260,22 +285,30 @@ impl RouteCache {
     }
 }
 
-/// Why the app's answer did not come: a pooled request or an upgrade's own connection.
+/// Why the app's answer did not come: a pooled request, a client
+/// connection's own app connection or an upgrade's own connection.
 #[derive(Debug, thiserror::Error)]
-enum AppError {
+pub(super) enum AppError {
+    /// The pooled client failed (connecting or the exchange).
     #[error(transparent)]
     Pool(#[from] hyper_util::client::legacy::Error),
+    /// The TCP connection to the app failed or timed out.
     #[error("connecting to the app: {0}")]
     Connect(std::io::Error),
+    /// The HTTP/1 handshake on a new app connection failed.
+    #[error("HTTP/1 handshake with the app: {0}")]
+    Handshake(hyper::Error),
+    /// Sending the request or receiving the response head failed.
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
 
 impl AppError {
+    /// No connection to the app: the request never reached it.
     fn is_connect(&self) -> bool {
         match self {
             Self::Pool(e) => e.is_connect(),
-            Self::Connect(_) => true,
+            Self::Connect(_) | Self::Handshake(_) => true,
             Self::Http(_) => false,
         }
     }
@@ -284,9 +317,8 @@ impl AppError {
 impl Forward {
     /// An upgrade request: a fresh connection to the app, spliced on 101.
     async fn upgrade(&self, request: Request<Incoming>, client: hyper::upgrade::OnUpgrade) -> Result<Response<Incoming>, AppError> {
-        let mut connector = AppConnector { app: self.app, timeout: self.connect_timeout };
-        let io = tower::Service::call(&mut connector, Uri::from_static("/")).await.map_err(AppError::Connect)?;
-        Ok(crate::upgrade::send(io.into_inner(), request, client).await?)
+        let io = self.connector.connect().await.map_err(AppError::Connect)?;
+        Ok(crate::upgrade::send(io, request, client).await?)
     }
 }
 

@@ -6,6 +6,8 @@
 //! decide HTTP/2, HTTP/1 or opaque TCP, and the connection is forwarded to
 //! the app's private address.
 
+mod app;
+mod drive;
 mod http;
 
 use std::net::SocketAddr;
