@@ -25,12 +25,15 @@
 # features of the build, e.g. `mimalloc`), NO_DEFAULT_FEATURES (1: build
 # without the default features, i.e. glibc malloc; FEATURES=etcd keeps etcd),
 # SERVER_WRAPPER (a command the server runs under, e.g. `heaptrack -o FILE`),
-# OUT (target/bench/<UTC time>).
+# NS_WAIT (seconds, 120: after each row, wait until the row's namespace is
+# gone before the next row starts, so a row does not pay for the previous
+# row's deletion; 0 does not wait; needs kubectl), OUT (target/bench/<UTC time>).
 # Results: $OUT/results.md (the tables), $OUT/<target>/<row>.json (the bench's
 # summaries), $OUT/rss.tsv (every RSS and thread-count sample),
 # $OUT/tessera/<row>.mem (the server's memory after each row: anonymous and
 # file pages, threads; `after.mem` and `after.smaps` 5 s after the last row),
-# $OUT/server.log.
+# $OUT/<target>/<row>.nswait (seconds until the row's namespace was gone, or
+# `timeout`), $OUT/server.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +44,7 @@ STORED=${STORED:-10000}
 TOKENS=${TOKENS:-150000}
 WATCHERS=${WATCHERS:-10}
 NGINX=${NGINX:-1}
+export NS_WAIT=${NS_WAIT:-120}
 COMPARE_NAME=${COMPARE_NAME:-kube-apiserver}
 # A row is `scenario` or `scenario:objects`.
 ROWS=${ROWS:-"tokenreview tokenreview-uncached sar tokenrequest get-sa:1000 list-sa:100 list-sa:1000 create-sa watch-fanout"}
@@ -48,6 +52,10 @@ OUT=${OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 command -v python3 >/dev/null || { echo "python3 is needed to tabulate the results" >&2; exit 1; }
+if [ "$NS_WAIT" -gt 0 ] && ! command -v kubectl >/dev/null; then
+  echo "no kubectl: rows will not wait for their namespace to be gone (NS_WAIT=0)" >&2
+  NS_WAIT=0
+fi
 
 if [ -n "${TESSERA_BIN:-}" ]; then
   TESSERA=$TESSERA_BIN
@@ -126,7 +134,8 @@ bench() {
   shift 4
   mkdir -p "$OUT/$target"
   echo "== $target: $name" >&2
-  local timing=() cpu0 flag
+  local timing=() cpu0 flag namespaces_before=""
+  [ "$NS_WAIT" -gt 0 ] && namespaces_before=$(bench_namespaces "$kubeconfig")
   if [ -x /usr/bin/time ]; then timing=(/usr/bin/time -f '%e %U %S %M' -o "$OUT/$target/$name.time"); fi
   cpu0=$(cpu_ticks "$SERVER_PID")
   local sampler=""
@@ -144,6 +153,41 @@ bench() {
     echo "$peak $(( $(cpu_ticks "$SERVER_PID") - cpu0 )) $TICKS" >"$OUT/$target/$name.server"
     mem_snapshot "$OUT/$target/$name.mem"
   fi
+  if [ "$NS_WAIT" -gt 0 ] && [ "$scenario" != https-ceiling ]; then
+    # RSS sampled while the row's namespace is deleted has its own label.
+    flag=$(mktemp); sampler=""
+    if [ "$target" = tessera ]; then sample_rss "$flag" "$name:deletion" & sampler=$!; fi
+    wait_namespaces_gone "$kubeconfig" "$namespaces_before" >"$OUT/$target/$name.nswait"
+    rm -f "$flag"
+    if [ -n "$sampler" ]; then wait "$sampler" 2>/dev/null || true; fi
+  fi
+}
+
+# The bench's namespaces (`tessera-bench-*`) that KUBECONFIG lists now, one a line.
+bench_namespaces() {
+  kubectl --kubeconfig "$1" get namespaces -o name 2>/dev/null | grep '^namespace/tessera-bench-' || true
+}
+
+# wait_namespaces_gone KUBECONFIG BEFORE: waits (at most NS_WAIT s) until no
+# bench namespace exists beyond those in BEFORE (the row's is being deleted);
+# prints the seconds waited, or `timeout`.
+wait_namespaces_gone() {
+  local start end extra
+  start=$(date +%s%N)
+  end=$(( start + NS_WAIT * 1000000000 ))
+  while :; do
+    extra=$(bench_namespaces "$1" | { grep -vxF -e "${2:-none}" || true; } | wc -l)
+    if [ "$extra" -eq 0 ]; then
+      awk -v ns=$(( $(date +%s%N) - start )) 'BEGIN {printf "%.1f\n", ns / 1e9}'
+      return
+    fi
+    if [ "$(date +%s%N)" -ge "$end" ]; then
+      echo "namespace of the row still there after ${NS_WAIT} s: starting the next row anyway" >&2
+      echo timeout
+      return
+    fi
+    sleep 0.5
+  done
 }
 
 # populate TARGET KUBECONFIG: STORED ServiceAccounts kept in a namespace of their own.
@@ -331,6 +375,10 @@ if ceiling:
     rule += "---:|"
 head += " server peak RSS |"
 rule += "---:|"
+waited = any(words(os.path.join("tessera", row + ".nswait")) for row in rows)
+if waited:
+    head += " namespace deleted in | peak RSS meanwhile |"
+    rule += "---:|---:|"
 print(f"Concurrency {concurrency}, {duration} measured per row after the warm-up, closed loop; "
       f"{stored:,} ServiceAccounts stored before the rows; load average before {load_before}, after {load_after}.\n")
 print(head)
@@ -346,9 +394,14 @@ for row in rows:
         line += f" {100 * rps(t) / rps(ceiling):.0f} % |" if rps(t) and rps(ceiling) else " |"
     server = words(os.path.join("tessera", row + ".server"))
     line += f" {int(server[0]) / 1024:.1f} MB |" if server else " |"
+    if waited:
+        nswait = words(os.path.join("tessera", row + ".nswait"))
+        line += f" {nswait[0]} s |" if nswait and nswait[0] != "timeout" else f" > {os.environ.get('NS_WAIT', '120')} s |" if nswait else " |"
+        peak = max((int(l.split("\t")[2]) for l in open(os.path.join(out, "rss.tsv")) if l.split("\t")[1] == row + ":deletion"), default=0)
+        line += f" {peak / 1024:.1f} MB |" if peak else " |"
     print(line)
 if ceiling:
-    print(f"| **ceiling**: nginx, fixed JSON, same client | {cell(ceiling)} |" + " |" * (3 if has_compare else 0) + " 100 % | |")
+    print(f"| **ceiling**: nginx, fixed JSON, same client | {cell(ceiling)} |" + " |" * (3 if has_compare else 0) + " 100 % | |" + " | |" * waited)
 if wrk:
     print(f"\nThe same nginx under wrk (`wrk -t2 -c{concurrency} -d{duration}`): {wrk:,.0f} req/s (a lighter client than `tessera bench`).")
 rss = words("server.rss")

@@ -70,3 +70,85 @@ async fn terminating_namespace_waits_for_finalizers_of_its_content() {
     reconcile_namespace(&registry, "CA", "held").await.expect("finish");
     assert_eq!(registry.get(&CORE_NAMESPACES, None, "held").await.unwrap_err().code, 404);
 }
+
+/// A store that records the revision of every list (0: the latest).
+struct ListRevisions {
+    inner: Arc<dyn tessera_store::Store>,
+    seen: Mutex<Vec<Revision>>,
+}
+
+#[async_trait::async_trait]
+impl tessera_store::Store for ListRevisions {
+    async fn get(&self, key: &str) -> tessera_store::Result<Option<tessera_store::KeyValue>> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str, options: tessera_store::ListOptions) -> tessera_store::Result<tessera_store::ListResult> {
+        self.seen.lock().unwrap().push(options.revision);
+        self.inner.list(prefix, options).await
+    }
+    async fn create(&self, key: &str, value: bytes::Bytes) -> tessera_store::Result<tessera_store::KeyValue> {
+        self.inner.create(key, value).await
+    }
+    async fn update(&self, key: &str, value: bytes::Bytes, expected: Revision) -> tessera_store::Result<tessera_store::KeyValue> {
+        self.inner.update(key, value, expected).await
+    }
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> tessera_store::Result<tessera_store::KeyValue> {
+        self.inner.delete(key, expected).await
+    }
+    async fn watch(&self, prefix: &str, after: Revision) -> tessera_store::Result<tessera_store::WatchStream> {
+        self.inner.watch(prefix, after).await
+    }
+    async fn compact(&self, revision: Revision) -> tessera_store::Result<()> {
+        self.inner.compact(revision).await
+    }
+    async fn revision(&self) -> tessera_store::Result<Revision> {
+        self.inner.revision().await
+    }
+}
+
+#[tokio::test]
+async fn a_terminating_namespace_is_emptied_page_by_page_at_the_latest_revision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite: Arc<dyn tessera_store::Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).expect("store"));
+    let store = Arc::new(ListRevisions { inner: sqlite, seen: Mutex::default() });
+    let registry = Registry::new(Arc::clone(&store) as Arc<dyn tessera_store::Store>);
+    bootstrap(&registry, "CA").await.expect("bootstrap");
+    registry.create(&CORE_NAMESPACES, None, json!({"metadata": {"name": "big"}}), WriteOptions::default()).await.expect("ns");
+    // Three and a half pages of objects, one of them held by a finalizer.
+    let objects = DELETION_PAGE * 7 / 2;
+    let writes = (0..objects).map(|i| {
+        let finalizers = if i == DELETION_PAGE + 1 { json!(["example.com/hold"]) } else { json!([]) };
+        let cm = json!({"metadata": {"name": format!("cm-{i:04}"), "finalizers": finalizers}});
+        let registry = &registry;
+        async move { registry.create(&CORE_CONFIGMAPS, Some("big"), cm, WriteOptions::default()).await.map(drop) }
+    });
+    futures::stream::iter(writes).buffer_unordered(32).try_collect::<Vec<()>>().await.expect("create");
+    registry.delete(&CORE_NAMESPACES, None, "big", &Preconditions::default(), WriteOptions::default()).await.expect("delete");
+    store.seen.lock().unwrap().clear();
+
+    reconcile_namespace(&registry, "CA", "big").await.expect("reconcile");
+
+    // Every page was read at the latest revision: none at the first page's.
+    let seen = store.seen.lock().unwrap().clone();
+    assert!(seen.len() >= 4, "pages listed: {seen:?}");
+    assert!(seen.iter().all(|r| *r == 0), "lists at a past revision: {seen:?}");
+    // Everything went but the held object, and the namespace waits for it.
+    let left = registry.list(&CORE_CONFIGMAPS, Some("big"), &ListParams::default()).await.expect("list");
+    let names: Vec<&str> = left["items"].as_array().expect("items").iter().filter_map(|o| o.pointer("/metadata/name").and_then(Value::as_str)).collect();
+    assert_eq!(names, vec![format!("cm-{:04}", DELETION_PAGE + 1).as_str()]);
+    registry.get(&CORE_NAMESPACES, None, "big").await.expect("namespace waits");
+    let release = tessera_api::patch::Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    registry.patch(&CORE_CONFIGMAPS, Some("big"), names[0], &release, WriteOptions::default()).await.expect("release");
+    reconcile_namespace(&registry, "CA", "big").await.expect("finish");
+    assert_eq!(registry.get(&CORE_NAMESPACES, None, "big").await.unwrap_err().code, 404);
+}
+
+#[test]
+fn continue_tokens_are_moved_to_the_latest_revision() {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let token = engine.encode(r#"{"v":"meta.k8s.io/v1","rv":42,"start":"big/cm-0049\u0000"}"#);
+    let moved: Value = serde_json::from_slice(&engine.decode(continue_at_latest(&token)).expect("base64")).expect("json");
+    assert_eq!(moved, json!({"v": "meta.k8s.io/v1", "rv": -1, "start": "big/cm-0049\u{0}"}));
+    assert_eq!(continue_at_latest("not a token"), "not a token");
+}
