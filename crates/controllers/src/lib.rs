@@ -236,30 +236,6 @@ const DELETION_PAGE: usize = if cfg!(test) { 50 } else { 500 };
 /// Deletes of a terminating namespace's content in flight at once.
 const DELETION_CONCURRENCY: usize = 16;
 
-/// `token` (a kube continue token) made to read its next page at the latest
-/// revision (`"rv": -1`, as kube's own "inconsistent continue" tokens), not
-/// at the first page's. The deletion needs no snapshot: what it deleted is
-/// gone and nothing new can be created in a terminating namespace. A page at
-/// an old revision costs the store a read of the whole rest of the range plus
-/// every event since (the objects deleted so far), whatever the limit: for the
-/// bench's namespaces of 20,000–43,000 objects that was the largest transient
-/// allocation of the server (12 MB in use at the peak under the heap
-/// profiler, allocated again for every page on the blocking pool's threads),
-/// and quadratic time (BENCHMARKS.md, issue 14, "What holds the memory").
-/// A token that is not ours is returned as it is.
-fn continue_at_latest(token: &str) -> String {
-    use base64::Engine as _;
-    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let decoded = engine.decode(token.trim_end_matches('=')).ok().and_then(|raw| serde_json::from_slice::<Value>(&raw).ok());
-    match decoded {
-        Some(mut value) if value.get("rv").is_some_and(Value::is_i64) => {
-            value["rv"] = json!(-1);
-            engine.encode(value.to_string())
-        }
-        _ => token.to_owned(),
-    }
-}
-
 /// Deletes one object of a terminating namespace; returns it when it is
 /// still there (held by finalizers, or changed meanwhile).
 async fn delete_content(registry: &Registry, resource: &ResourceInfo, namespace: &str, item: Value) -> Result<Option<Value>, ApiError> {
@@ -291,7 +267,12 @@ async fn finish_deletion(registry: &Registry, namespace: &str) -> Result<(), Api
         loop {
             let params = ListParams { limit: DELETION_PAGE, continue_token: continue_token.take(), ..ListParams::default() };
             let mut list = registry.list(resource, Some(namespace), &params).await?;
-            continue_token = list.pointer("/metadata/continue").and_then(Value::as_str).filter(|t| !t.is_empty()).map(continue_at_latest);
+            // The next page at the latest revision: what was deleted is gone and
+            // nothing new can be created in a terminating namespace, so no snapshot
+            // is needed, and a page at the first page's revision made the store read
+            // the whole rest of the namespace plus every delete since, for every page
+            // (BENCHMARKS.md, issue 14, "What holds the memory").
+            continue_token = list.pointer("/metadata/continue").and_then(Value::as_str).filter(|t| !t.is_empty()).map(tessera_api::registry::read::continue_at_latest).transpose()?;
             let items = match list.get_mut("items") {
                 Some(Value::Array(items)) => std::mem::take(items),
                 _ => Vec::new(),

@@ -82,6 +82,15 @@ pub(super) fn encode_continue(revision: Revision, last_key: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
 }
 
+/// `token` made to read its next page at the latest revision (`"rv": -1`,
+/// kube's "inconsistent continue"), not at its first page's: for a client that
+/// needs no snapshot across pages. A page at an old revision costs the store a
+/// read of the rest of the range plus every event since, whatever the limit.
+pub fn continue_at_latest(token: &str) -> Result<String> {
+    let next = decode_continue(token)?;
+    Ok(encode_continue(-1, &next.after))
+}
+
 /// A decoded continue token: list after `after` (relative to the prefix) at
 /// `revision` (-1: the latest).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -556,6 +565,14 @@ mod registry_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_continue_token_moved_to_the_latest_revision_keeps_its_start() {
+        let token = encode_continue(42, "big/cm-0049");
+        let moved = continue_at_latest(&token).expect("ours");
+        assert_eq!(decode_continue(&moved).expect("valid"), Continue { after: "big/cm-0049".into(), revision: -1 });
+        assert_eq!(continue_at_latest("not a token").unwrap_err().code, 400);
+    }
 
     #[test]
     fn resource_versions_parse_as_kube_parses_them() {
