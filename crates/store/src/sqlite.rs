@@ -318,10 +318,11 @@ where
 }
 
 fn meta(tx: &Connection, name: &str) -> Result<Revision> {
-    tx.query_row("SELECT value FROM meta WHERE name = ?1", [name], |row| {
-        row.get(0)
-    })
-    .optional()?
+    // Cached: every read transaction and every commit asks for the revision,
+    // and parsing the statement each time was most of its cost.
+    tx.prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+        .query_row([name], |row| row.get(0))
+        .optional()?
     .ok_or_else(|| Error::Backend(format!("meta row {name:?} is missing")))
 }
 
