@@ -46,8 +46,8 @@ pub enum PeerIdentity {
 /// Shared state of all handlers: a handle to [`Shared`]. The middleware
 /// layers and extractors each take a copy for every request (`State<AppState>`),
 /// so a copy must be one reference count, not a copy of every field's handles
-/// (a profile of TokenReview under load put the field-by-field copy and drop at
-/// about 9 % of the server's CPU).
+/// (a profile of TokenReview and SAR under load put the field-by-field copy
+/// and drop at about 13 % of the server's CPU; BENCHMARKS.md, issue 14).
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 

@@ -319,11 +319,11 @@ where
 
 fn meta(tx: &Connection, name: &str) -> Result<Revision> {
     // Cached: every read transaction and every commit asks for the revision,
-    // and parsing the statement each time was most of its cost.
+    // and `query_row` on a string parses the statement on every call.
     tx.prepare_cached("SELECT value FROM meta WHERE name = ?1")?
         .query_row([name], |row| row.get(0))
         .optional()?
-    .ok_or_else(|| Error::Backend(format!("meta row {name:?} is missing")))
+        .ok_or_else(|| Error::Backend(format!("meta row {name:?} is missing")))
 }
 
 fn load(tx: &Connection, key: &str) -> Result<Option<KeyValue>> {
