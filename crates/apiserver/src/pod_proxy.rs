@@ -342,8 +342,6 @@ mod tests {
         assert_eq!(not_served("p", 4191).message, "pods/proxy of p: tessera serves only GET /metrics, /trust and /denials on the proxy admin port p:4191");
     }
 
-    /// With every permit held by relays in flight, the next one gets kube's
-    /// max-in-flight 429 at once; a freed permit serves again.
     /// kube's plain-text 429 of an overloaded server, exactly.
     async fn assert_kubes_429(refused: Response) {
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -354,6 +352,8 @@ mod tests {
         assert_eq!(&body[..], b"Too many requests, please try again later.\n");
     }
 
+    /// With every permit held by relays in flight, the next one gets kube's
+    /// max-in-flight 429 at once; a freed permit serves again.
     #[tokio::test]
     async fn relays_beyond_the_cap_get_kubes_429() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
