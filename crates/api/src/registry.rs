@@ -294,6 +294,9 @@ impl Registry {
 
     /// Reads one object.
     pub async fn get(&self, resource: &ResourceInfo, namespace: Option<&str>, name: &str) -> Result<Value> {
+        if let Some(found) = self.get_consistent_from_cache(resource, namespace, name).await {
+            return found;
+        }
         let key = resource.key(Self::namespace_of(resource, namespace), name);
         match self.store.get(&key).await.map_err(storage_error)? {
             Some(kv) => from_store_as(resource, &kv.value, kv.mod_revision),

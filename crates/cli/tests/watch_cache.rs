@@ -1,9 +1,10 @@
 //! The watch cache under concurrent writes, on SQLite and on etcd: every list
 //! it serves is one revision's state (no object twice, none missing, none
-//! that should be gone), a consistent list sees every write acknowledged
-//! before it, list resourceVersions never go backwards, a watch resumed from a
-//! recent resourceVersion gets exactly the events after it, and a read of a
-//! revision the cache has not reached gets kube-apiserver's 504.
+//! that should be gone), a consistent list or get sees every write
+//! acknowledged before it, list resourceVersions never go backwards, a watch
+//! resumed from a recent resourceVersion gets exactly the events after it,
+//! and a read of a revision the cache has not reached gets kube-apiserver's
+//! 504.
 
 mod support;
 
@@ -78,6 +79,7 @@ fn snapshots_stay_consistent(server: &Server) {
     post_cm(server, "hot", json!({"role": "hot"}));
     let history = Arc::new(Mutex::new(History::default()));
     let acked = Arc::new(AtomicI64::new(0));
+    let hot_acked = Arc::new(AtomicI64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let first_rv = Arc::new(AtomicI64::new(0));
     std::thread::scope(|scope| {
@@ -89,6 +91,9 @@ fn snapshots_stay_consistent(server: &Server) {
                 let name = format!("seq-{i:03}");
                 let created = post_cm(server, &name, json!({"role": "seq"}));
                 let rv = rv_of(&created);
+                // A consistent get right after the write sees it.
+                let (code, out) = server.curl_admin("GET", &format!("/api/v1/namespaces/{NS}/configmaps/{name}"), &[]);
+                assert_eq!((code, rv_of(&json(&out))), (200, rv), "{out}");
                 let _ = first_rv.compare_exchange(0, rv, Ordering::SeqCst, Ordering::SeqCst);
                 let mut h = history.lock().expect("lock");
                 h.created.insert(name, rv);
@@ -102,6 +107,8 @@ fn snapshots_stay_consistent(server: &Server) {
                     history.lock().expect("lock").deleted.insert(gone.clone(), (rv, None));
                     let (code, out) = server.curl_admin("DELETE", &format!("/api/v1/namespaces/{NS}/configmaps/{gone}"), &[]);
                     assert_eq!(code, 200, "{out}");
+                    let (code, out) = server.curl_admin("GET", &format!("/api/v1/namespaces/{NS}/configmaps/{gone}"), &[]);
+                    assert_eq!((code, json(&out)["message"].clone()), (404, json!(format!("configmaps \"{gone}\" not found"))), "{out}");
                 }
             }
         });
@@ -117,7 +124,9 @@ fn snapshots_stay_consistent(server: &Server) {
                     &["-H", "Content-Type: application/merge-patch+json", "-d", &patch.to_string()],
                 );
                 assert_eq!(code, 200, "{out}");
-                acked.fetch_max(rv_of(&json(&out)), Ordering::SeqCst);
+                let rv = rv_of(&json(&out));
+                hot_acked.fetch_max(rv, Ordering::SeqCst);
+                acked.fetch_max(rv, Ordering::SeqCst);
             }
         });
         // Lists, consistent and at resourceVersion 0, with and without a selector.
@@ -149,6 +158,13 @@ fn snapshots_stay_consistent(server: &Server) {
                 names.remove("hot");
                 names.remove("kube-root-ca.crt");
                 history.lock().expect("lock").check(revision, &names);
+                // A consistent get of the object being rewritten is never
+                // older than what was acknowledged before it.
+                let before = hot_acked.load(Ordering::SeqCst);
+                let (code, out) = server.curl_admin("GET", &format!("/api/v1/namespaces/{NS}/configmaps/hot"), &[]);
+                assert_eq!(code, 200, "{out}");
+                let hot = rv_of(&json(&out));
+                assert!(hot >= before, "a consistent get at {hot} misses a write acknowledged at {before}");
                 lists += 1;
             }
         });

@@ -124,6 +124,10 @@ impl Store for EncryptedStore {
     async fn revision(&self) -> Result<Revision> {
         self.inner.revision().await
     }
+
+    fn local_revision(&self) -> Option<Revision> {
+        self.inner.local_revision()
+    }
 }
 
 #[cfg(test)]

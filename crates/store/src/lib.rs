@@ -160,4 +160,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The current global revision.
     async fn revision(&self) -> Result<Revision>;
+
+    /// The current global revision when this process is the store's only
+    /// writer and knows it without a read (SQLite); `None` when asking costs
+    /// a round trip (etcd). A consistent read is served from memory only
+    /// when this makes it cheaper than reading the store.
+    fn local_revision(&self) -> Option<Revision> {
+        None
+    }
 }

@@ -40,6 +40,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -123,6 +124,10 @@ pub struct SqliteStore {
     commit: GroupCommit,
     readers: Arc<ReadPool>,
     fanout: Arc<Fanout>,
+    /// The revision of the last committed batch, kept by the writer thread:
+    /// this process is the store's only writer, so the revision needs no read
+    /// transaction (every consistent list from the watch cache asks for it).
+    committed: Arc<AtomicI64>,
 }
 
 impl Drop for SqliteStore {
@@ -143,6 +148,9 @@ impl fmt::Debug for SqliteStore {
 struct Writer {
     conn: Connection,
     fanout: Arc<Fanout>,
+    /// Raised after each commit, before its events are published and its
+    /// writers answered (see [`SqliteStore::revision`]).
+    committed: Arc<AtomicI64>,
 }
 
 /// Read-only connections, opened on demand and kept for reuse.
@@ -214,9 +222,11 @@ impl SqliteStore {
         info!(path = %path.display(), revision, compacted, "opened sqlite store");
 
         let fanout = Arc::new(Fanout::new(watch_limits));
+        let committed = Arc::new(AtomicI64::new(revision));
         let writer = Arc::new(Mutex::new(Writer {
             conn,
             fanout: Arc::clone(&fanout),
+            committed: Arc::clone(&committed),
         }));
         Ok(SqliteStore {
             commit: GroupCommit::start(Arc::clone(&writer))?,
@@ -227,6 +237,7 @@ impl SqliteStore {
                 turns: tokio::sync::Semaphore::new(MAX_READERS),
             }),
             fanout,
+            committed,
         })
     }
 
@@ -584,7 +595,13 @@ impl Store for SqliteStore {
     }
 
     async fn revision(&self) -> Result<Revision> {
-        self.readers.read(|tx| meta(tx, META_REVISION)).await
+        Ok(self.committed.load(Ordering::Acquire))
+    }
+
+    fn local_revision(&self) -> Option<Revision> {
+        // Raised only once its batch is durable, so every write acknowledged
+        // before this call is at or below it.
+        Some(self.committed.load(Ordering::Acquire))
     }
 }
 
@@ -1167,6 +1184,29 @@ mod tests {
         // And the next write continues the revision sequence.
         let kv = store.create("/k/new", b("x")).await.expect("create");
         assert_eq!(kv.mod_revision, revision + 1);
+    }
+
+    /// The revision kept in memory is the file's: concurrent writes share
+    /// batches in which some fail their precondition and take no revision.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_revision_in_memory_is_the_committed_one() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).expect("open store"));
+        let writes = (0..64).map(|i| {
+            let store = Arc::clone(&store);
+            // Every key twice: one of each pair fails with "already exists".
+            tokio::spawn(async move { store.create(&format!("/k/{}", i % 32), b("v")).await.is_ok() })
+        });
+        let created = futures::future::join_all(writes).await.into_iter().filter(|r| matches!(r, Ok(true))).count();
+        assert_eq!(created, 32);
+        let in_memory = store.revision().await.expect("revision");
+        assert_eq!(store.local_revision(), Some(in_memory));
+        let in_file = store.readers.read(|tx| meta(tx, META_REVISION)).await.expect("read the file's revision");
+        assert_eq!(in_memory, 32);
+        assert_eq!(in_memory, in_file);
+        // A failed write alone takes none either.
+        assert!(store.create("/k/0", b("again")).await.is_err());
+        assert_eq!(store.revision().await.expect("revision"), in_file);
     }
 
     #[tokio::test]

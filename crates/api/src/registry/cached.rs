@@ -1,10 +1,14 @@
 //! Reads served from the [`WatchCache`](super::cache::WatchCache), with
 //! kube-apiserver 1.32's rules for which reads its cacher serves:
 //!
-//! - **get**: without a `resourceVersion` from the store (a consistent read;
-//!   `ConsistentListFromCache` covers lists only); with `0` from the cache
-//!   as it is; with `N` from the cache once it has reached `N`, after at most
-//!   3 s a 504 `Too large resource version`.
+//! - **get**: without a `resourceVersion` a consistent read. kube reads it
+//!   from etcd (`ConsistentListFromCache` covers lists only); tessera serves
+//!   it from the cache once the cache has reached the store's current
+//!   revision, when the store knows that revision without a read (SQLite,
+//!   its only writer: the answer is the store's), and from the store
+//!   otherwise (etcd, or a cache not caught up within 3 s). With `0` from
+//!   the cache as it is; with `N` from the cache once it has reached `N`,
+//!   after at most 3 s a 504 `Too large resource version`.
 //! - **list**: from the store when it has a `continue` token, a `limit` with
 //!   a `resourceVersion` other than `0`, or `resourceVersionMatch=Exact`
 //!   (kube's `shouldDelegateList`). Otherwise from the cache: `0` as it is,
@@ -168,6 +172,25 @@ impl Registry {
             }
             None => Err(ApiError::not_found(resource, name)),
         }
+    }
+
+    /// A consistent get (no `resourceVersion`) from the cache, once it has
+    /// reached the store's current revision; `None` when the store answers
+    /// instead: no ready cache, a store that only knows its revision through
+    /// a round trip (then reading the key costs no more), or a cache that did
+    /// not catch up in time.
+    pub(super) async fn get_consistent_from_cache(&self, resource: &ResourceInfo, namespace: Option<&str>, name: &str) -> Option<Result<Value>> {
+        let cache = self.cache.as_ref().filter(|c| c.is_ready())?;
+        let current = self.store.local_revision()?;
+        if cache.wait_fresh(current).await.is_err() {
+            tracing::warn!(resource = resource.plural, "watch cache behind the store: consistent get served by the store");
+            return None;
+        }
+        let key = resource.key(Self::namespace_of(resource, namespace), name);
+        Some(match cache.get(&key).1 {
+            Some(object) => object.value().map(|o| super::in_version(resource, o)),
+            None => Err(ApiError::not_found(resource, name)),
+        })
     }
 
     /// Lists objects, from the cache when the parameters let it (see the

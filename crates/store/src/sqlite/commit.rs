@@ -19,6 +19,7 @@
 //! A single writer waits for no one: the thread commits whatever is queued as
 //! soon as it is free, so batches form only while a commit is in progress.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -161,6 +162,9 @@ fn commit_batch(writer: &Mutex<Writer>, batch: Vec<Request>) {
     let mut writer = lock(writer);
     match apply(&mut writer.conn, ops) {
         Ok(outcomes) => {
+            if let Some(last) = outcomes.iter().flatten().map(WatchEvent::revision).max() {
+                writer.committed.store(last, Ordering::Release);
+            }
             for event in outcomes.iter().flatten() {
                 writer.fanout.publish(event);
             }
