@@ -312,7 +312,9 @@ fn attributes_of(spec: &Value, namespace_override: Option<&str>) -> Result<Reque
     ))
 }
 
-fn review_response(kind: &str, body: &Value, verdict: &Verdict) -> HandlerResult {
+/// The review as kube answers it: the request's spec (moved, not copied) and
+/// `metadata.namespace`, with the verdict as its status.
+fn review_response(kind: &str, namespace: Option<Value>, spec: Value, verdict: &Verdict) -> HandlerResult {
     let (allowed, reason) = match verdict {
         Verdict::Allow(reason) => (true, reason),
         Verdict::Deny(reason) => (false, reason),
@@ -322,14 +324,14 @@ fn review_response(kind: &str, body: &Value, verdict: &Verdict) -> HandlerResult
         status["reason"] = json!(reason);
     }
     let mut metadata = json!({"creationTimestamp": null});
-    if let Some(ns) = body.pointer("/metadata/namespace") {
-        metadata["namespace"] = ns.clone();
+    if let Some(ns) = namespace {
+        metadata["namespace"] = ns;
     }
     let out = json!({
         "kind": kind,
         "apiVersion": "authorization.k8s.io/v1",
         "metadata": metadata,
-        "spec": body.get("spec").cloned().unwrap_or(json!({})),
+        "spec": spec,
         "status": status,
     });
     Ok(json_response(StatusCode::CREATED, &out))
@@ -338,8 +340,10 @@ fn review_response(kind: &str, body: &Value, verdict: &Verdict) -> HandlerResult
 /// `subjectaccessreviews`, `localsubjectaccessreviews`, `selfsubjectaccessreviews`, `selfsubjectrulesreviews`.
 /// Access reviews go through the same authorizers as requests (the node
 /// authorizer, then RBAC); rules reviews list RBAC's rules only.
-pub fn access_review(policy: &PolicyCache, nodes: &NodeGraph, requester: &UserInfo, plural: &str, url_namespace: Option<&str>, body: Value) -> HandlerResult {
-    let spec = body.get("spec").cloned().unwrap_or(json!({}));
+pub fn access_review(policy: &PolicyCache, nodes: &NodeGraph, requester: &UserInfo, plural: &str, url_namespace: Option<&str>, mut body: Value) -> HandlerResult {
+    // The spec and namespace are echoed back: taken out of the body, not copied.
+    let spec = body.get_mut("spec").map_or_else(|| json!({}), Value::take);
+    let namespace = body.pointer_mut("/metadata/namespace").map(Value::take);
     match plural {
         "subjectaccessreviews" | "localsubjectaccessreviews" => {
             let kind = if plural == "subjectaccessreviews" { "SubjectAccessReview" } else { "LocalSubjectAccessReview" };
@@ -361,11 +365,11 @@ pub fn access_review(policy: &PolicyCache, nodes: &NodeGraph, requester: &UserIn
                 extra: serde_json::from_value(spec.get("extra").cloned().unwrap_or(json!({}))).unwrap_or_default(),
             };
             let verdict = decide(policy, nodes, &subject, &attributes_of(&spec, None)?, None);
-            review_response(kind, &body, &verdict)
+            review_response(kind, namespace, spec, &verdict)
         }
         "selfsubjectaccessreviews" => {
             let verdict = decide(policy, nodes, requester, &attributes_of(&spec, None)?, None);
-            review_response("SelfSubjectAccessReview", &body, &verdict)
+            review_response("SelfSubjectAccessReview", namespace, spec, &verdict)
         }
         "selfsubjectrulesreviews" => {
             let namespace = spec.get("namespace").and_then(Value::as_str).unwrap_or_default();

@@ -177,8 +177,9 @@ impl TokenState {
     }
 
     /// `POST /apis/authentication.k8s.io/v1/tokenreviews`.
-    pub fn token_review(&self, body: Value) -> HandlerResult {
-        let spec = body.get("spec").cloned().unwrap_or_default();
+    pub fn token_review(&self, mut body: Value) -> HandlerResult {
+        // Echoed back: taken out of the body, not copied.
+        let spec = body.get_mut("spec").map(Value::take).unwrap_or_default();
         let token = spec.get("token").and_then(Value::as_str).unwrap_or_default();
         if token.is_empty() {
             return Err(ApiError::invalid("TokenReview", "authentication.k8s.io", "", vec![field::required("spec.token", "")]).into());

@@ -261,22 +261,25 @@ impl Policy {
     /// scope): ClusterRoleBindings first, then RoleBindings of that namespace,
     /// each group sorted by name.
     pub fn bindings_for(&self, user: &UserInfo, namespace: &str) -> Vec<Arc<Binding>> {
-        let mut cluster: BTreeMap<&BindingId, &Arc<Binding>> = BTreeMap::new();
-        let mut local: BTreeMap<&BindingId, &Arc<Binding>> = BTreeMap::new();
+        // A handful of bindings per request: sorted vectors, not ordered maps
+        // (every authorization runs this).
+        let mut cluster: Vec<(&BindingId, &Arc<Binding>)> = Vec::new();
+        let mut local: Vec<(&BindingId, &Arc<Binding>)> = Vec::new();
         for key in user_keys(user) {
             for (id, binding) in self.by_subject.get(&key).into_iter().flatten() {
                 match &binding.namespace {
-                    None => {
-                        cluster.insert(id, binding);
-                    }
-                    Some(ns) if !namespace.is_empty() && ns == namespace => {
-                        local.insert(id, binding);
-                    }
+                    None => cluster.push((id, binding)),
+                    Some(ns) if !namespace.is_empty() && ns == namespace => local.push((id, binding)),
                     Some(_) => {}
                 }
             }
         }
-        cluster.into_values().chain(local.into_values()).cloned().collect()
+        for group in [&mut cluster, &mut local] {
+            group.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            // A binding naming the user and one of its groups is listed once.
+            group.dedup_by(|a, b| a.0 == b.0);
+        }
+        cluster.into_iter().chain(local).map(|(_, binding)| Arc::clone(binding)).collect()
     }
 
     /// Every binding (for who-can).
