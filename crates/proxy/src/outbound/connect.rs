@@ -192,11 +192,19 @@ mod tests {
     struct Calls(Vec<Vec<Vec<u8>>>);
 
     impl AsyncWrite for Calls {
-        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
             self.0.push(vec![buf.to_vec()]);
             Poll::Ready(Ok(buf.len()))
         }
-        fn poll_write_vectored(mut self: Pin<&mut Self>, _: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
             self.0.push(bufs.iter().map(|b| b.to_vec()).collect());
             Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()))
         }
@@ -214,14 +222,30 @@ mod tests {
     #[tokio::test]
     async fn queued_records_leave_in_one_vectored_write_and_are_counted() {
         let metrics = Metrics::new();
-        let conn = metrics.tcp_open(PeerLabels::outbound("a:1", Tls::Established, None, DstLabels::default()));
+        let conn = metrics.tcp_open(PeerLabels::outbound(
+            "a:1",
+            Tls::Established,
+            None,
+            DstLabels::default(),
+        ));
         let mut counted = Counted::new(Calls::default(), conn);
         assert!(counted.is_write_vectored());
-        let bufs = [io::IoSlice::new(b"record one"), io::IoSlice::new(b"record two")];
+        let bufs = [
+            io::IoSlice::new(b"record one"),
+            io::IoSlice::new(b"record two"),
+        ];
         assert_eq!(counted.write_vectored(&bufs).await.unwrap(), 20);
-        assert_eq!(counted.inner.0, vec![vec![b"record one".to_vec(), b"record two".to_vec()]]);
+        assert_eq!(
+            counted.inner.0,
+            vec![vec![b"record one".to_vec(), b"record two".to_vec()]]
+        );
         let text = metrics.encode();
-        assert!(text.contains(r#"tcp_write_bytes_total{direction="outbound",target_addr="a:1",tls="true"} 20"#), "{text}");
+        assert!(
+            text.contains(
+                r#"tcp_write_bytes_total{direction="outbound",target_addr="a:1",tls="true"} 20"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]
