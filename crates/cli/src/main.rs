@@ -267,19 +267,17 @@ fn main() -> ExitCode {
     if rustls::crypto::ring::default_provider().install_default().is_err() {
         tracing::debug!("a rustls crypto provider was already installed");
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let mut builder = match &cli.command {
+        // The proxy picks its scheduler (`tessera proxy --worker-threads`).
+        Command::Proxy(args) => args.runtime_builder(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     if let Command::Server(_) = &cli.command {
         // The server's blocking work is SQLite (at most 8 reads at once, the
         // writer has its own thread) and a few file reads. Tokio's default
         // (512 threads) let a load peak leave 20-30 threads behind, each with
         // a stack and allocator caches (BENCHMARKS.md, issue 14 "Memory").
         builder.max_blocking_threads(SERVER_BLOCKING_THREADS);
-    }
-    // The proxy sizes its own runtime (`tessera proxy --worker-threads`).
-    if let Command::Proxy(args) = &cli.command
-        && let Some(threads) = args.worker_threads()
-    {
-        builder.worker_threads(threads);
     }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,

@@ -217,6 +217,26 @@ mod args {
             self.worker_threads
         }
 
+        /// The runtime builder for [`ProxyArgs::run`] (the caller enables
+        /// drivers and builds). `--worker-threads 1` gets tokio's
+        /// current-thread scheduler, as Linkerd's proxy does with one core:
+        /// one thread polls the sockets and runs every task, so a wake-up never
+        /// crosses threads (no futex hand-off to an idle worker, no stealing),
+        /// which a one-worker multi-thread runtime still pays for beside its
+        /// parked `block_on` thread. Otherwise the multi-thread scheduler with
+        /// that many workers (default: one per CPU).
+        pub fn runtime_builder(&self) -> tokio::runtime::Builder {
+            match self.worker_threads {
+                Some(1) => tokio::runtime::Builder::new_current_thread(),
+                Some(threads) => {
+                    let mut builder = tokio::runtime::Builder::new_multi_thread();
+                    builder.worker_threads(threads);
+                    builder
+                }
+                None => tokio::runtime::Builder::new_multi_thread(),
+            }
+        }
+
         /// The typed configuration.
         pub fn config(self) -> ProxyConfig {
             ProxyConfig {
@@ -327,6 +347,22 @@ mod args {
             assert!(Cli::try_parse_from([&base[..], &["--trust-anchors", "c", "--trust-anchors-configmap", "a/b"]].concat()).is_err());
             let err = Cli::try_parse_from([&base[..], &["--trust-anchors-configmap", "x"]].concat()).unwrap_err().to_string();
             assert!(err.contains(r#""x" is not NAMESPACE/NAME"#), "{err}");
+        }
+
+        #[test]
+        fn one_worker_thread_is_the_current_thread_scheduler() {
+            use tokio::runtime::RuntimeFlavor;
+            let base = ["proxy", "--identity", "a", "--token-file", "t", "--trust-anchors", "c"];
+            let runtime = |extra: &[&str]| {
+                let cli = Cli::try_parse_from(base.iter().chain(extra).copied()).unwrap();
+                let runtime = cli.args.runtime_builder().enable_all().build().unwrap();
+                (runtime.handle().runtime_flavor(), runtime.metrics().num_workers())
+            };
+            assert_eq!(runtime(&["--worker-threads", "1"]), (RuntimeFlavor::CurrentThread, 1));
+            assert_eq!(runtime(&["--worker-threads", "3"]), (RuntimeFlavor::MultiThread, 3));
+            let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            assert_eq!(runtime(&[]), (RuntimeFlavor::MultiThread, cpus));
+            assert!(Cli::try_parse_from(base.iter().chain(&["--worker-threads", "0"]).copied()).is_err());
         }
 
         #[test]

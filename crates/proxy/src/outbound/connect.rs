@@ -66,6 +66,22 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         }
         r
     }
+    // rustls hands its queued records over as one vectored write: without
+    // this the default would send only the first one per system call.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.metrics.wrote(*n as u64);
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
@@ -162,7 +178,75 @@ async fn tcp_connect(
 
 #[cfg(test)]
 mod tests {
-    use super::bind_for;
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+
+    use super::{Counted, bind_for};
+    use crate::metrics::{DstLabels, Metrics, PeerLabels, Tls};
+
+    /// A vectored writer that records the slices of every call.
+    #[derive(Default)]
+    struct Calls(Vec<Vec<Vec<u8>>>);
+
+    impl AsyncWrite for Calls {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(vec![buf.to_vec()]);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(bufs.iter().map(|b| b.to_vec()).collect());
+            Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_records_leave_in_one_vectored_write_and_are_counted() {
+        let metrics = Metrics::new();
+        let conn = metrics.tcp_open(PeerLabels::outbound(
+            "a:1",
+            Tls::Established,
+            None,
+            DstLabels::default(),
+        ));
+        let mut counted = Counted::new(Calls::default(), conn);
+        assert!(counted.is_write_vectored());
+        let bufs = [
+            io::IoSlice::new(b"record one"),
+            io::IoSlice::new(b"record two"),
+        ];
+        assert_eq!(counted.write_vectored(&bufs).await.unwrap(), 20);
+        assert_eq!(
+            counted.inner.0,
+            vec![vec![b"record one".to_vec(), b"record two".to_vec()]]
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"tcp_write_bytes_total{direction="outbound",target_addr="a:1",tls="true"} 20"#
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn the_pod_ip_is_bound_only_where_it_can_reach() {
