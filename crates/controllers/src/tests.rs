@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use tessera_api::registry::Preconditions;
+use tessera_store::observed::Observed;
 use tessera_store::sqlite::SqliteStore;
 
 use super::*;
@@ -71,46 +72,11 @@ async fn terminating_namespace_waits_for_finalizers_of_its_content() {
     assert_eq!(registry.get(&CORE_NAMESPACES, None, "held").await.unwrap_err().code, 404);
 }
 
-/// A store that records the revision of every list (0: the latest).
-struct ListRevisions {
-    inner: Arc<dyn tessera_store::Store>,
-    seen: Mutex<Vec<Revision>>,
-}
-
-#[async_trait::async_trait]
-impl tessera_store::Store for ListRevisions {
-    async fn get(&self, key: &str) -> tessera_store::Result<Option<tessera_store::KeyValue>> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str, options: tessera_store::ListOptions) -> tessera_store::Result<tessera_store::ListResult> {
-        self.seen.lock().unwrap().push(options.revision);
-        self.inner.list(prefix, options).await
-    }
-    async fn create(&self, key: &str, value: bytes::Bytes) -> tessera_store::Result<tessera_store::KeyValue> {
-        self.inner.create(key, value).await
-    }
-    async fn update(&self, key: &str, value: bytes::Bytes, expected: Revision) -> tessera_store::Result<tessera_store::KeyValue> {
-        self.inner.update(key, value, expected).await
-    }
-    async fn delete(&self, key: &str, expected: Option<Revision>) -> tessera_store::Result<tessera_store::KeyValue> {
-        self.inner.delete(key, expected).await
-    }
-    async fn watch(&self, prefix: &str, after: Revision) -> tessera_store::Result<tessera_store::WatchStream> {
-        self.inner.watch(prefix, after).await
-    }
-    async fn compact(&self, revision: Revision) -> tessera_store::Result<()> {
-        self.inner.compact(revision).await
-    }
-    async fn revision(&self) -> tessera_store::Result<Revision> {
-        self.inner.revision().await
-    }
-}
-
 #[tokio::test]
 async fn a_terminating_namespace_is_emptied_page_by_page_at_the_latest_revision() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sqlite: Arc<dyn tessera_store::Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).expect("store"));
-    let store = Arc::new(ListRevisions { inner: sqlite, seen: Mutex::default() });
+    let store = Arc::new(Observed::new(sqlite));
     let registry = Registry::new(Arc::clone(&store) as Arc<dyn tessera_store::Store>);
     bootstrap(&registry, "CA").await.expect("bootstrap");
     registry.create(&CORE_NAMESPACES, None, json!({"metadata": {"name": "big"}}), WriteOptions::default()).await.expect("ns");
@@ -124,12 +90,12 @@ async fn a_terminating_namespace_is_emptied_page_by_page_at_the_latest_revision(
     });
     futures::stream::iter(writes).buffer_unordered(32).try_collect::<Vec<()>>().await.expect("create");
     registry.delete(&CORE_NAMESPACES, None, "big", &Preconditions::default(), WriteOptions::default()).await.expect("delete");
-    store.seen.lock().unwrap().clear();
+    store.take_list_revisions();
 
     reconcile_namespace(&registry, "CA", "big").await.expect("reconcile");
 
     // Every page was read at the latest revision: none at the first page's.
-    let seen = store.seen.lock().unwrap().clone();
+    let seen = store.take_list_revisions();
     assert!(seen.len() >= 4, "pages listed: {seen:?}");
     assert!(seen.iter().all(|r| *r == 0), "lists at a past revision: {seen:?}");
     // Everything went but the held object, and the namespace waits for it.

@@ -36,6 +36,8 @@ use futures::Stream;
 pub mod conformance;
 mod error;
 pub mod etcd;
+#[cfg(any(test, feature = "conformance"))]
+pub mod observed;
 pub mod leader;
 pub mod sqlite;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
+use tessera_store::observed::Observed;
 use tessera_store::sqlite::SqliteStore;
 
 use crate::patch::Patch;
@@ -210,51 +211,12 @@ async fn a_bookmark_goes_out_two_seconds_before_the_deadline() {
     assert!(tokio::time::timeout(Duration::from_millis(1_500), events.next()).await.is_err());
 }
 
-/// A store that counts the keys read from it, and tells its revision
-/// locally or not as asked.
-struct CountedGets {
-    inner: Arc<dyn tessera_store::Store>,
-    gets: std::sync::atomic::AtomicUsize,
-    local: bool,
-}
-
-#[async_trait::async_trait]
-impl tessera_store::Store for CountedGets {
-    async fn get(&self, key: &str) -> tessera_store::Result<Option<tessera_store::KeyValue>> {
-        self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str, options: tessera_store::ListOptions) -> tessera_store::Result<tessera_store::ListResult> {
-        self.inner.list(prefix, options).await
-    }
-    async fn create(&self, key: &str, value: bytes::Bytes) -> tessera_store::Result<tessera_store::KeyValue> {
-        self.inner.create(key, value).await
-    }
-    async fn update(&self, key: &str, value: bytes::Bytes, expected: tessera_store::Revision) -> tessera_store::Result<tessera_store::KeyValue> {
-        self.inner.update(key, value, expected).await
-    }
-    async fn delete(&self, key: &str, expected: Option<tessera_store::Revision>) -> tessera_store::Result<tessera_store::KeyValue> {
-        self.inner.delete(key, expected).await
-    }
-    async fn watch(&self, prefix: &str, after: tessera_store::Revision) -> tessera_store::Result<tessera_store::WatchStream> {
-        self.inner.watch(prefix, after).await
-    }
-    async fn compact(&self, revision: tessera_store::Revision) -> tessera_store::Result<()> {
-        self.inner.compact(revision).await
-    }
-    async fn revision(&self) -> tessera_store::Result<tessera_store::Revision> {
-        self.inner.revision().await
-    }
-    fn local_revision(&self) -> Option<tessera_store::Revision> {
-        if self.local { self.inner.local_revision() } else { None }
-    }
-}
-
 /// A registry with a ready watch cache over a counted SQLite store.
-async fn cached_registry(local: bool) -> (Registry, Arc<CountedGets>, tempfile::TempDir) {
+async fn cached_registry(local: bool) -> (Registry, Arc<Observed>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let sqlite = Arc::new(SqliteStore::open(&dir.path().join("store.db")).expect("open store"));
-    let store = Arc::new(CountedGets { inner: sqlite, gets: Default::default(), local });
+    let observed = Observed::new(sqlite);
+    let store = Arc::new(if local { observed } else { observed.without_local_revision() });
     let registry = Registry::new(Arc::clone(&store) as Arc<dyn tessera_store::Store>).with_watch_cache();
     let cache = Arc::clone(registry.watch_cache().expect("cache"));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -272,7 +234,7 @@ async fn cached_registry(local: bool) -> (Registry, Arc<CountedGets>, tempfile::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consistent_get_is_served_from_the_cache_and_sees_every_acknowledged_write() {
     let (r, store, _dir) = cached_registry(true).await;
-    let store_reads = || store.gets.load(std::sync::atomic::Ordering::SeqCst);
+    let store_reads = || store.gets();
     for i in 0..50 {
         let name = format!("cm-{i}");
         // Each read comes right after a write was acknowledged: the cache has it.
@@ -297,7 +259,7 @@ async fn a_consistent_get_is_served_from_the_cache_and_sees_every_acknowledged_w
 async fn a_store_that_knows_its_revision_only_by_asking_answers_consistent_gets_itself() {
     let (r, store, _dir) = cached_registry(false).await;
     let created = cm(&r, "a", "web").await;
-    let before = store.gets.load(std::sync::atomic::Ordering::SeqCst);
+    let before = store.gets();
     assert_eq!(r.get(&CORE_CONFIGMAPS, Some("ns"), "a").await.expect("get"), created);
-    assert_eq!(store.gets.load(std::sync::atomic::Ordering::SeqCst), before + 1);
+    assert_eq!(store.gets(), before + 1);
 }
