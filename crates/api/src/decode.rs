@@ -24,7 +24,7 @@ pub enum DecodeError {
 pub fn typed<T: DeserializeOwned + Serialize>(body: Value, strict: bool) -> Result<Value, DecodeError> {
     let mut unknown = Vec::new();
     let typed: T = serde_ignored::deserialize(body, |path| {
-        let path = path.to_string();
+        let path = field_path(&path);
         // apiVersion/kind are consumed by the typed struct itself; `status` of a
         // few kinds and `metadata.managedFields` are fine to drop.
         if path != "apiVersion" && path != "kind" {
@@ -36,6 +36,46 @@ pub fn typed<T: DeserializeOwned + Serialize>(body: Value, strict: bool) -> Resu
         return Err(DecodeError::UnknownFields(unknown));
     }
     serde_json::to_value(typed).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// A field's path as kube's strict decoder words it (`spec.containers[0].bogus`).
+/// serde_ignored's own display marks each optional field it passes
+/// through with `?` (`spec.?.bogus`), and most fields are optional.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            parent if parent.is_empty() => key.clone(),
+            parent => format!("{parent}.{key}"),
+        },
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_path(parent),
+    }
+}
+
+/// Decodes a JSON body straight into `T`, skipping the `Value` that
+/// [`typed`] starts from: `Some` exactly when the body is one JSON value
+/// that `T` takes and, with `strict`, has no field `T` lacks. Otherwise
+/// `None`, and the caller takes the generic path (a `Value`, then
+/// [`typed`]), whose refusals carry kube's wording.
+///
+/// The object is what [`typed`] would make of the same body: both keep the
+/// last of duplicate keys and drop unknown fields. One difference remains:
+/// an unknown field nested deeper than serde_json's 128 levels is skipped
+/// here (its skipping is iterative) where the `Value` parse refuses it; Go's
+/// decoder, which allows 10,000 levels, also takes it.
+pub fn typed_json<T: DeserializeOwned>(body: &[u8], strict: bool) -> Option<T> {
+    let mut unknown = false;
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let typed = serde_ignored::deserialize(&mut json, |path| {
+        // As in `typed`: apiVersion and kind are the typed struct's own.
+        let path = field_path(&path);
+        unknown |= path != "apiVersion" && path != "kind";
+    })
+    .ok()?;
+    json.end().ok()?;
+    (!strict || !unknown).then_some(typed)
 }
 
 /// The layout kube parses `metav1.MicroTime` with (`RFC3339Micro`).
@@ -108,6 +148,60 @@ mod tests {
         assert_eq!(
             typed::<ServiceAccount>(body, true).unwrap_err().to_string(),
             "strict decoding error: unknown field \"bogus\""
+        );
+    }
+
+    /// What the generic path makes of `body`: a `Value`, then [`typed`].
+    fn through_value(body: &str, strict: bool) -> Option<Value> {
+        typed::<ServiceAccount>(serde_json::from_str(body).ok()?, strict).ok()
+    }
+
+    #[test]
+    fn a_body_decoded_from_its_bytes_is_what_the_generic_path_makes_of_it() {
+        let taken = [
+            r#"{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "a", "labels": {"x": "1"}}, "automountServiceAccountToken": false}"#,
+            r#"{"metadata": {"name": "a"}}"#,
+            // Duplicate keys: the last one counts, in both.
+            r#"{"metadata": {"name": "a", "name": "b"}, "secrets": [{"name": "s"}], "secrets": [{"name": "t"}]}"#,
+        ];
+        for body in taken {
+            let direct = typed_json::<ServiceAccount>(body.as_bytes(), true).map(|sa| serde_json::to_value(sa).unwrap());
+            assert_eq!(direct, through_value(body, true), "{body}");
+            assert!(direct.is_some(), "{body}");
+        }
+        let unknown = r#"{"metadata": {"name": "a"}, "bogus": 1}"#;
+        let lenient = typed_json::<ServiceAccount>(unknown.as_bytes(), false).map(|sa| serde_json::to_value(sa).unwrap());
+        assert_eq!(lenient, through_value(unknown, false));
+    }
+
+    #[test]
+    fn a_body_the_direct_decode_does_not_take_is_left_to_the_generic_path() {
+        let refused = [
+            // Strict validation and an unknown field, however deep.
+            (r#"{"metadata": {"name": "a"}, "bogus": 1}"#, true),
+            (r#"{"metadata": {"name": "a", "bogus": {}}}"#, true),
+            // Not JSON, not one value, not an object, a wrong type.
+            (r#"{"metadata": {"name": "a"}"#, false),
+            (r#"{"metadata": {"name": "a"}} {}"#, false),
+            (r#"[]"#, false),
+            (r#"{"metadata": {"name": 5}}"#, false),
+            // Another kind or version: the generic path words that refusal.
+            (r#"{"apiVersion": "v2", "metadata": {"name": "a"}}"#, false),
+            (r#"{"kind": "Secret", "metadata": {"name": "a"}}"#, false),
+            // An empty apiVersion, which the generic path fills in.
+            (r#"{"apiVersion": "", "metadata": {"name": "a"}}"#, false),
+        ];
+        for (body, strict) in refused {
+            assert!(typed_json::<ServiceAccount>(body.as_bytes(), strict).is_none(), "{body}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_named_by_their_path_as_kube_names_them() {
+        let pod = json!({"metadata": {"name": "p", "bogus": 1}, "spec": {"containers": [{"name": "a", "image": "i"}, {"name": "b", "image": "i", "restart": "x"}], "extra": true}, "top": 1});
+        assert_eq!(
+            typed::<k8s_openapi::api::core::v1::Pod>(pod, true).unwrap_err().to_string(),
+            r#"strict decoding error: unknown field "metadata.bogus", unknown field "spec.containers[1].restart", unknown field "spec.extra", unknown field "top""#
         );
     }
 

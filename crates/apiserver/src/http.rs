@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::discovery;
 use crate::metrics::Metrics;
+use crate::access_review::AccessReview;
 use crate::authz::Authorized;
 use crate::request::{self, Options, ParsedRequest, Target, Verb};
 use crate::response::{Failure, HandlerResult, json_response, json_with_type};
@@ -367,6 +368,11 @@ fn decode_body(headers: &HeaderMap, body: &Bytes, kind: &str) -> Result<Value, A
     decode_json(body, kind)
 }
 
+/// Whether a request body is Kubernetes protobuf; any other is read as JSON.
+fn is_protobuf(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with(tessera_api::protobuf::MEDIA_TYPE))
+}
+
 fn decode_json(body: &Bytes, kind: &str) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         let preview: String = String::from_utf8_lossy(&body[..body.len().min(30)]).into_owned();
@@ -466,12 +472,22 @@ async fn execute(state: &AppState, user: Arc<UserInfo>, authorized: Authorized, 
         if verb != Verb::Create || request.target != Target::Collection {
             return Err(ApiError::method_not_supported(resource, verb.as_str()).into());
         }
-        let body = decode_body(&headers, &read_body(body).await?, resource.kind)?;
+        let bytes = read_body(body).await?;
+        let access_review = resource.group == "authorization.k8s.io" && AccessReview::is_one(resource.plural);
+        if access_review && !is_protobuf(&headers) {
+            if let Some(review) = AccessReview::from_json(resource.plural, &bytes, write_options.strict) {
+                return crate::access_review::answer(&state.rbac, &state.nodes, &user, namespace, &review);
+            }
+        }
+        let body = decode_body(&headers, &bytes, resource.kind)?;
         let body = state.registry.normalise(resource, body, write_options.strict)?;
         return match resource.plural {
             "tokenreviews" => state.tokens.token_review(body),
             "selfsubjectreviews" => crate::tokens::self_subject_review(&user),
-            plural if resource.group == "authorization.k8s.io" => crate::rbac::access_review(&state.rbac, &state.nodes, &user, plural, namespace, body),
+            "selfsubjectrulesreviews" if resource.group == "authorization.k8s.io" => crate::rbac::rules_review(&state.rbac, &user, body),
+            plural if access_review => {
+                crate::access_review::answer(&state.rbac, &state.nodes, &user, namespace, &AccessReview::from_value(plural, body)?)
+            }
             _ => Err(ApiError::no_such_resource().into()),
         };
     }

@@ -22,6 +22,7 @@ use tessera_api::Registry;
 pub use tessera_api::service_ips::ServiceCidr;
 use tessera_store::Store;
 
+pub mod access_review;
 pub mod admission;
 pub mod authz;
 pub mod data_dir;

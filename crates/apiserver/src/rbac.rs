@@ -1,6 +1,6 @@
 //! RBAC in the server: a watch-fed policy cache, request authorization,
-//! impersonation, escalation prevention, the access review endpoints and the
-//! explain / who-can API.
+//! impersonation, escalation prevention, the rules review and the explain /
+//! who-can API. Access reviews are in [`crate::access_review`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +9,6 @@ use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use tessera_api::registry::Admit;
 use tessera_api::resource::{RBAC_CLUSTERROLEBINDINGS, RBAC_CLUSTERROLES, RBAC_ROLEBINDINGS, RBAC_ROLES, ResourceInfo};
-use tessera_api::status::field;
 use tessera_api::ApiError;
 use tessera_authn::{AUTHENTICATED_GROUP, UserInfo};
 use tessera_rbac::authorizer::{self, Decision};
@@ -18,8 +17,6 @@ use tessera_rbac::rule::{go_quote, go_quote_list};
 use tessera_rbac::policy::{Binding, Role};
 use tessera_rbac::{Policy, PolicyRule, Request};
 
-use crate::authz::{Verdict, decide};
-use crate::node::graph::NodeGraph;
 use crate::reflector::Reflector;
 use crate::response::{HandlerResult, json_response};
 
@@ -286,127 +283,43 @@ pub fn escalation_check(policy: &PolicyCache, user: &Arc<UserInfo>, resource: &R
     }))
 }
 
-fn attributes_of(spec: &Value, namespace_override: Option<&str>) -> Result<Request, ApiError> {
-    if let Some(ra) = spec.get("resourceAttributes").filter(|v| !v.is_null()) {
-        let s = |k: &str| ra.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-        return Ok(Request {
-            resource_request: true,
-            verb: s("verb"),
-            namespace: namespace_override.map(str::to_owned).unwrap_or_else(|| s("namespace")),
-            api_group: s("group"),
-            resource: s("resource"),
-            subresource: s("subresource"),
-            name: s("name"),
-            path: String::new(),
-        });
-    }
-    if let Some(nra) = spec.get("nonResourceAttributes").filter(|v| !v.is_null()) {
-        let s = |k: &str| nra.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-        return Ok(Request { verb: s("verb"), path: s("path"), ..Default::default() });
-    }
-    Err(ApiError::invalid(
-        "SubjectAccessReview",
-        "authorization.k8s.io",
-        "",
-        vec![field::invalid("spec.resourceAttributes", &json!(null), "exactly one of nonResourceAttributes or resourceAttributes must be specified")],
-    ))
-}
-
-/// The review as kube answers it: the request's spec (moved, not copied) and
-/// `metadata.namespace`, with the verdict as its status.
-fn review_response(kind: &str, namespace: Option<Value>, spec: Value, verdict: &Verdict) -> HandlerResult {
-    let (allowed, reason) = match verdict {
-        Verdict::Allow(reason) => (true, reason),
-        Verdict::Deny(reason) => (false, reason),
-    };
-    let mut status = json!({"allowed": allowed});
-    if !reason.is_empty() {
-        status["reason"] = json!(reason);
-    }
-    let mut metadata = json!({"creationTimestamp": null});
-    if let Some(ns) = namespace {
-        metadata["namespace"] = ns;
-    }
+/// `selfsubjectrulesreviews`: the RBAC rules that hold for the requester in
+/// a namespace (the node authorizer's are not listed, as in kube).
+pub fn rules_review(policy: &PolicyCache, requester: &UserInfo, mut body: Value) -> HandlerResult {
+    // The spec is echoed back: taken out of the body, not copied.
+    let spec = body.get_mut("spec").map_or_else(|| json!({}), Value::take);
+    let namespace = spec.get("namespace").and_then(Value::as_str).unwrap_or_default();
+    let mut rules = policy.read(|p| authorizer::rules_for(p, requester, namespace));
+    // The same rule reached through several bindings (or roles) is listed once.
+    let mut seen = Vec::with_capacity(rules.len());
+    rules.retain(|rule| {
+        if seen.contains(rule) {
+            return false;
+        }
+        seen.push(rule.clone());
+        true
+    });
+    let (resource, non_resource): (Vec<_>, Vec<_>) = rules.into_iter().partition(|r| r.non_resource_urls.is_empty());
+    let resource_rules: Vec<Value> = resource
+        .into_iter()
+        .map(|r| {
+            let mut v = json!({"verbs": r.verbs, "apiGroups": r.api_groups, "resources": r.resources});
+            if !r.resource_names.is_empty() {
+                v["resourceNames"] = json!(r.resource_names);
+            }
+            v
+        })
+        .collect();
+    let non_resource_rules: Vec<Value> =
+        non_resource.into_iter().map(|r| json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls})).collect();
     let out = json!({
-        "kind": kind,
+        "kind": "SelfSubjectRulesReview",
         "apiVersion": "authorization.k8s.io/v1",
-        "metadata": metadata,
+        "metadata": {"creationTimestamp": null},
         "spec": spec,
-        "status": status,
+        "status": {"resourceRules": resource_rules, "nonResourceRules": non_resource_rules, "incomplete": false},
     });
     Ok(json_response(StatusCode::CREATED, &out))
-}
-
-/// `subjectaccessreviews`, `localsubjectaccessreviews`, `selfsubjectaccessreviews`, `selfsubjectrulesreviews`.
-/// Access reviews go through the same authorizers as requests (the node
-/// authorizer, then RBAC); rules reviews list RBAC's rules only.
-pub fn access_review(policy: &PolicyCache, nodes: &NodeGraph, requester: &UserInfo, plural: &str, url_namespace: Option<&str>, mut body: Value) -> HandlerResult {
-    // The spec and namespace are echoed back: taken out of the body, not copied.
-    let spec = body.get_mut("spec").map_or_else(|| json!({}), Value::take);
-    let namespace = body.pointer_mut("/metadata/namespace").map(Value::take);
-    match plural {
-        "subjectaccessreviews" | "localsubjectaccessreviews" => {
-            let kind = if plural == "subjectaccessreviews" { "SubjectAccessReview" } else { "LocalSubjectAccessReview" };
-            if let Some(ns) = url_namespace {
-                let attr_ns = spec.pointer("/resourceAttributes/namespace").and_then(Value::as_str).unwrap_or_default();
-                if spec.get("resourceAttributes").is_none() || attr_ns != ns {
-                    return Err(ApiError::invalid(kind, "authorization.k8s.io", "", vec![field::invalid("spec.resourceAttributes.namespace", &json!(attr_ns), "must match metadata.namespace")]).into());
-                }
-            }
-            let user = spec.get("user").and_then(Value::as_str).unwrap_or_default();
-            let groups: Vec<String> = spec.get("groups").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect();
-            if user.is_empty() && groups.is_empty() {
-                return Err(ApiError::invalid(kind, "authorization.k8s.io", "", vec![field::invalid("spec.user", &json!(""), "at least one of user or group must be specified")]).into());
-            }
-            let subject = UserInfo {
-                username: user.to_owned(),
-                uid: spec.get("uid").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                groups,
-                extra: serde_json::from_value(spec.get("extra").cloned().unwrap_or(json!({}))).unwrap_or_default(),
-            };
-            let verdict = decide(policy, nodes, &subject, &attributes_of(&spec, None)?, None);
-            review_response(kind, namespace, spec, &verdict)
-        }
-        "selfsubjectaccessreviews" => {
-            let verdict = decide(policy, nodes, requester, &attributes_of(&spec, None)?, None);
-            review_response("SelfSubjectAccessReview", namespace, spec, &verdict)
-        }
-        "selfsubjectrulesreviews" => {
-            let namespace = spec.get("namespace").and_then(Value::as_str).unwrap_or_default();
-            let mut rules = policy.read(|p| authorizer::rules_for(p, requester, namespace));
-            // The same rule reached through several bindings (or roles) is listed once.
-            let mut seen = Vec::with_capacity(rules.len());
-            rules.retain(|rule| {
-                if seen.contains(rule) {
-                    return false;
-                }
-                seen.push(rule.clone());
-                true
-            });
-            let (resource, non_resource): (Vec<_>, Vec<_>) = rules.into_iter().partition(|r| r.non_resource_urls.is_empty());
-            let resource_rules: Vec<Value> = resource
-                .into_iter()
-                .map(|r| {
-                    let mut v = json!({"verbs": r.verbs, "apiGroups": r.api_groups, "resources": r.resources});
-                    if !r.resource_names.is_empty() {
-                        v["resourceNames"] = json!(r.resource_names);
-                    }
-                    v
-                })
-                .collect();
-            let non_resource_rules: Vec<Value> =
-                non_resource.into_iter().map(|r| json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls})).collect();
-            let out = json!({
-                "kind": "SelfSubjectRulesReview",
-                "apiVersion": "authorization.k8s.io/v1",
-                "metadata": {"creationTimestamp": null},
-                "spec": spec,
-                "status": {"resourceRules": resource_rules, "nonResourceRules": non_resource_rules, "incomplete": false},
-            });
-            Ok(json_response(StatusCode::CREATED, &out))
-        }
-        _ => Err(ApiError::no_such_resource().into()),
-    }
 }
 
 /// The body of `POST /apis/tessera.dev/v1alpha1/rbac/explain` and `…/who-can`.

@@ -83,6 +83,34 @@ fn access_reviews_with_role_bindings_and_non_resource_urls() {
     assert_eq!(server.kubectl(&["auth", "can-i", "delete", "pods", "-n", "default", "--as=jane"]).status.code(), Some(1));
 }
 
+/// A review body is decoded straight into its struct when it can be; every
+/// other body takes the generic path, and its refusal keeps its wording.
+#[test]
+fn access_review_bodies_are_refused_as_before_whichever_path_decodes_them() {
+    let server = Server::start();
+    let post = |query: &str, body: &str| {
+        let path = format!("/apis/authorization.k8s.io/v1/subjectaccessreviews{query}");
+        let (code, text) = server.curl_admin("POST", &path, &["-H", "Content-Type: application/json", "-d", body]);
+        let reply = json(&text);
+        (code, reply["message"].as_str().map(str::to_owned).unwrap_or_else(|| reply["status"].to_string()))
+    };
+    let spec = r#""spec": {"user": "jane", "resourceAttributes": {"resource": "pods", "verb": "get"}}"#;
+    let cannot = "SubjectAccessReview in version \"v1\" cannot be handled as a SubjectAccessReview";
+    let cases = [
+        ("", format!(r#"{{"apiVersion": "v1", {spec}}}"#), 400, "the API version in the data (v1) does not match the expected API version (authorization.k8s.io/v1)".to_owned()),
+        ("", format!(r#"{{"kind": "TokenReview", {spec}}}"#), 400, "the object provided is unrecognized (must be of type SubjectAccessReview): kind TokenReview does not match".to_owned()),
+        ("", format!(r#"{{"apiVersion": "", "kind": "", {spec}}}"#), 201, r#"{"allowed":false}"#.to_owned()),
+        ("?fieldValidation=Strict", r#"{"spec": {"user": "jane", "bogus": 1, "resourceAttributes": {"verb": "get"}}}"#.to_owned(), 400, format!(r#"{cannot}: strict decoding error: unknown field "spec.bogus""#)),
+        ("", r#"{"spec": {"user": "jane", "bogus": 1, "resourceAttributes": {"verb": "get"}}}"#.to_owned(), 201, r#"{"allowed":false}"#.to_owned()),
+        ("", r#"{"spec": {"user": 5}}"#.to_owned(), 400, format!("{cannot}: invalid type: integer `5`, expected a string")),
+        ("", r#"{"spec": {"user": "jane""#.to_owned(), 400, r#"the object provided is unrecognized (must be of type SubjectAccessReview): couldn't get version/kind; json parse error: unexpected end of JSON input ({"spec": {"user": "jane" ...)"#.to_owned()),
+        ("", format!(r#"{{{spec}}} {{}}"#), 400, "the object provided is unrecognized (must be of type SubjectAccessReview): couldn't get version/kind; json parse error: trailing characters at line 1 column 87 ({\"spec\": {\"user\": \"jane\", \"res ...)".to_owned()),
+    ];
+    for (query, body, code, message) in cases {
+        assert_eq!(post(query, &body), (code, message), "{body}");
+    }
+}
+
 #[test]
 fn escalation_needs_escalate_or_bind() {
     let server = Server::start();
