@@ -2,16 +2,10 @@
 //! "may this user do this?", answered by the authorizers that decide requests
 //! (the node authorizer, then RBAC).
 //!
-//! **Typed from the bytes.** A JSON review is decoded once, straight into its
-//! k8s-openapi struct ([`AccessReview::from_json`]), decided from that struct,
-//! and answered by serializing it with its status. The generic path of
-//! create-only kinds (a `Value`, through the typed struct and back to a
-//! `Value`, then picked apart and rebuilt) cost about a sixth of the server's
-//! CPU under a SubjectAccessReview load (BENCHMARKS.md). A body the direct
-//! decode does not take (malformed, another kind or version, unknown fields
-//! under strict validation) or a protobuf one goes the generic way first
-//! ([`AccessReview::from_value`]), so each refusal keeps its wording, and
-//! then to the same decision.
+//! A review arrives as its kind's struct, decoded once (straight from JSON
+//! bytes where it can be: `TypedBody` in [`crate::http`]); it is decided from
+//! that struct and answered by serializing its spec with the verdict, with
+//! no `serde_json::Value` on the way (BENCHMARKS.md, issue 14).
 
 use http::StatusCode;
 use k8s_openapi::api::authorization::v1::{
@@ -19,7 +13,7 @@ use k8s_openapi::api::authorization::v1::{
     SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tessera_api::ApiError;
 use tessera_api::status::field;
 use tessera_authn::UserInfo;
@@ -39,38 +33,6 @@ pub enum AccessReview {
     Local(LocalSubjectAccessReview),
     /// `selfsubjectaccessreviews`: the requester.
     Own(SelfSubjectAccessReview),
-}
-
-impl AccessReview {
-    /// Whether `plural` (of `authorization.k8s.io`) is an access review.
-    pub fn is_one(plural: &str) -> bool {
-        matches!(plural, "subjectaccessreviews" | "localsubjectaccessreviews" | "selfsubjectaccessreviews")
-    }
-
-    /// The review a JSON body holds, when the direct decode takes it
-    /// ([`tessera_api::decode::typed_json`]); `None` leaves the body to the
-    /// generic path.
-    pub fn from_json(plural: &str, body: &[u8], strict: bool) -> Option<Self> {
-        use tessera_api::decode::typed_json;
-        match plural {
-            "subjectaccessreviews" => typed_json(body, strict).map(Self::Subject),
-            "localsubjectaccessreviews" => typed_json(body, strict).map(Self::Local),
-            "selfsubjectaccessreviews" => typed_json(body, strict).map(Self::Own),
-            _ => None,
-        }
-    }
-
-    /// The review a body the generic path has decoded and normalised holds.
-    pub fn from_value(plural: &str, body: Value) -> Result<Self, ApiError> {
-        let typed = match plural {
-            "subjectaccessreviews" => serde_json::from_value(body).map(Self::Subject),
-            "localsubjectaccessreviews" => serde_json::from_value(body).map(Self::Local),
-            "selfsubjectaccessreviews" => serde_json::from_value(body).map(Self::Own),
-            _ => return Err(ApiError::no_such_resource()),
-        };
-        // Normalising went through this very struct: only a bug gets here.
-        typed.map_err(|e| ApiError::internal(format!("a normalised access review does not decode: {e}")))
-    }
 }
 
 /// Decides `review` and answers it: kube's `201 Created` with the request's
@@ -194,7 +156,7 @@ fn respond<Spec: Serialize>(kind: &'static str, namespace: Option<&str>, spec: &
 mod tests {
     use super::*;
     use axum::body::to_bytes;
-    use serde_json::json;
+    use serde_json::{Value, json};
     use tessera_api::resource::{AUTHZ_LOCALSUBJECTACCESSREVIEWS, AUTHZ_SELFSUBJECTACCESSREVIEWS, AUTHZ_SUBJECTACCESSREVIEWS, ResourceInfo};
     use tessera_rbac::policy::{Binding, Role};
 
@@ -226,15 +188,30 @@ mod tests {
         (status, to_bytes(response.into_body(), usize::MAX).await.expect("body").to_vec())
     }
 
-    /// `body` decoded directly from its bytes.
-    fn direct(resource: &ResourceInfo, body: &Value) -> AccessReview {
-        AccessReview::from_json(resource.plural, body.to_string().as_bytes(), true).expect("the direct decode takes it")
+    /// `body` as `resource`'s struct, decoded as `TypedBody::decode` decodes
+    /// JSON: `direct` straight from its bytes, else the generic way (a
+    /// `Value`, normalised through the struct).
+    fn review(resource: &ResourceInfo, body: &Value, direct: bool) -> AccessReview {
+        fn decode<T: serde::de::DeserializeOwned>(body: &Value, resource: &ResourceInfo, direct: bool) -> T {
+            if direct {
+                tessera_api::decode::typed_json(body.to_string().as_bytes(), true).expect("the direct decode takes it")
+            } else {
+                serde_json::from_value(resource.decode(body.clone(), true).expect("normalises")).expect("decodes")
+            }
+        }
+        match resource.plural {
+            "subjectaccessreviews" => AccessReview::Subject(decode(body, resource, direct)),
+            "localsubjectaccessreviews" => AccessReview::Local(decode(body, resource, direct)),
+            _ => AccessReview::Own(decode(body, resource, direct)),
+        }
     }
 
-    /// `body` decoded the generic way: a `Value`, normalised through the typed struct.
+    fn direct(resource: &ResourceInfo, body: &Value) -> AccessReview {
+        review(resource, body, true)
+    }
+
     fn generic(resource: &ResourceInfo, body: &Value) -> AccessReview {
-        let normalised = resource.decode(body.clone(), true).expect("normalises");
-        AccessReview::from_value(resource.plural, normalised).expect("decodes")
+        review(resource, body, false)
     }
 
     #[tokio::test]

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use http::StatusCode;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use serde::Serialize;
 use serde_json::{Value, json};
 use tessera_api::resource::{CORE_PODS, CORE_SECRETS, CORE_SERVICEACCOUNTS};
 use tessera_api::status::{StatusCause, field};
@@ -13,7 +15,7 @@ use tessera_authn::token::{BoundObject, BoundTokenSpec, IssueError, Review, Revi
 
 use crate::node::NodeIdentity;
 use crate::objects::ObjectCache;
-use crate::response::{HandlerResult, json_response};
+use crate::response::{HandlerResult, bytes_response, json_response};
 
 /// Everything the token endpoints need.
 #[derive(Clone)]
@@ -177,28 +179,27 @@ impl TokenState {
     }
 
     /// `POST /apis/authentication.k8s.io/v1/tokenreviews`.
-    pub fn token_review(&self, mut body: Value) -> HandlerResult {
-        // Echoed back: taken out of the body, not copied.
-        let spec = body.get_mut("spec").map(Value::take).unwrap_or_default();
-        let token = spec.get("token").and_then(Value::as_str).unwrap_or_default();
+    pub fn token_review(&self, review: TokenReview) -> HandlerResult {
+        let spec = review.spec;
+        let token = spec.token.as_deref().unwrap_or_default();
         if token.is_empty() {
             return Err(ApiError::invalid("TokenReview", "authentication.k8s.io", "", vec![field::required("spec.token", "")]).into());
         }
-        let audiences = string_list(spec.get("audiences"));
-        let requested = (!audiences.is_empty()).then_some(audiences.as_slice());
-        let review = self.cache.review(&self.authority, token, requested, &self.objects, now());
-        let status = match &*review {
-            Review::Authenticated(ok) => json!({"authenticated": true, "audiences": ok.audiences(), "user": ok.user()}),
-            failed => json!({"user": {}, "error": failed.error_message()}),
+        let requested = spec.audiences.as_deref().filter(|audiences| !audiences.is_empty());
+        let verdict = self.cache.review(&self.authority, token, requested, &self.objects, now());
+        let status = match &*verdict {
+            Review::Authenticated(ok) => ReviewStatus { audiences: Some(ok.audiences()), authenticated: true, error: None, user: ok.user() },
+            failed => ReviewStatus { audiences: None, authenticated: false, error: failed.error_message(), user: &NOBODY },
         };
-        let response = json!({
-            "kind": "TokenReview",
-            "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"creationTimestamp": null},
-            "spec": spec,
-            "status": status,
-        });
-        Ok(json_response(StatusCode::CREATED, &response))
+        let answer = ReviewAnswer {
+            api_version: "authentication.k8s.io/v1",
+            kind: "TokenReview",
+            metadata: NoMetadata { creation_timestamp: () },
+            spec: &spec,
+            status,
+        };
+        let body = serde_json::to_vec(&answer).map_err(|e| ApiError::internal(format!("encoding the review: {e}")))?;
+        Ok(bytes_response(StatusCode::CREATED, body.into(), "application/json"))
     }
 
     /// `GET /.well-known/openid-configuration`.
@@ -217,6 +218,40 @@ impl TokenState {
         self.authority.keys().jwks()
     }
 }
+
+/// A TokenReview's answer: the request's spec, and the verdict as its status.
+#[derive(Serialize)]
+struct ReviewAnswer<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: NoMetadata,
+    spec: &'a TokenReviewSpec,
+    status: ReviewStatus<'a>,
+}
+
+/// A review's metadata: kube's encoder writes the zero creation time as `null`.
+#[derive(Serialize)]
+struct NoMetadata {
+    #[serde(rename = "creationTimestamp")]
+    creation_timestamp: (),
+}
+
+/// `status` as kube writes it: a refused token has an empty `user` and an
+/// `error`, and no `authenticated` (false is omitted).
+#[derive(Serialize)]
+struct ReviewStatus<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audiences: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    authenticated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    user: &'a UserInfo,
+}
+
+/// The `user` of a refused token: `{}`.
+static NOBODY: UserInfo = UserInfo { username: String::new(), uid: String::new(), groups: Vec::new(), extra: std::collections::BTreeMap::new() };
 
 /// `POST /apis/authentication.k8s.io/v1/selfsubjectreviews` (`kubectl auth whoami`).
 pub fn self_subject_review(user: &UserInfo) -> HandlerResult {
