@@ -185,7 +185,7 @@ mod args {
         /// The pod's IP: outbound connections to other pods are made from it, so their proxies' network rules see this pod's address (default: the kernel's choice, e.g. 127.0.0.1 towards loopback).
         #[arg(long, env = "TESSERA_PROXY_SOURCE_IP")]
         source_ip: Option<std::net::IpAddr>,
-        /// Threads of the proxy's runtime (as Linkerd's LINKERD2_PROXY_CORES); default: one per available CPU.
+        /// Threads of the proxy (as Linkerd's LINKERD2_PROXY_CORES): with --runtime per-thread one runtime each, with --runtime shared the workers of one runtime; default: one per available CPU.
         #[arg(long, env = "TESSERA_PROXY_WORKER_THREADS", value_parser = at_least_one)]
         worker_threads: Option<usize>,
         /// How the threads share the work: per-thread (one current-thread runtime per thread, each
