@@ -188,11 +188,14 @@ impl<L> ListenerSet<L> {
     }
 }
 
+/// The outbound HTTP proxy's listener group and each TCP forward port's.
+type OutboundGroups = (Vec<TcpListener>, Vec<(Vec<TcpListener>, String)>);
+
 /// Splits groups of `threads` listeners (one group per port) into one set per thread.
 fn split_sets(
     threads: usize,
     inbound: Vec<(Vec<TcpListener>, InboundConfig)>,
-    outbound: Option<(Vec<TcpListener>, Vec<(Vec<TcpListener>, String)>)>,
+    outbound: Option<OutboundGroups>,
 ) -> Vec<ListenerSet<TcpListener>> {
     let mut sets: Vec<_> = (0..threads).map(|_| ListenerSet { inbound: Vec::new(), outbound: None }).collect();
     for (group, config) in inbound {
@@ -262,11 +265,11 @@ async fn serve_until_stopped(mut tasks: tokio::task::JoinSet<()>, stop: watch::R
         tokio::select! {
             () = &mut stop => break,
             Some(joined) = tasks.join_next() => {
-                if let Err(e) = joined {
-                    if e.is_panic() {
-                        tasks.shutdown().await;
-                        return Err(format!("a listener panicked: {e}"));
-                    }
+                if let Err(e) = joined
+                    && e.is_panic()
+                {
+                    tasks.shutdown().await;
+                    return Err(format!("a listener panicked: {e}"));
                 }
             }
         }
@@ -369,22 +372,35 @@ pub async fn run(
     let context = ServeContext { shared: shared.clone(), discover, limit: limit.clone(), stop: stop_rx.clone() };
     let own_set = sets.next();
     let mut workers = runtimes::Workers::default();
+    let mut start_failure = None;
     for (index, set) in (1..).zip(sets) {
-        let moved = set.try_map(runtimes::Moved::new).map_err(|e| thread_failed(index, &format!("moving its listeners: {e}")))?;
+        let moved = match set.try_map(runtimes::Moved::new) {
+            Ok(moved) => moved,
+            Err(e) => {
+                start_failure = Some(thread_failed(index, &format!("moving its listeners: {e}")));
+                break;
+            }
+        };
         let context = context.clone();
-        workers
-            .spawn(index, move |serving| async move {
-                let set = moved.try_map(runtimes::Moved::into_tokio).map_err(|e| format!("registering its listeners: {e}"))?;
-                let tasks = context.spawn(set);
-                serving.serving();
-                serve_until_stopped(tasks, context.stop.clone()).await
-            })
-            .map_err(|e| thread_failed(index, &format!("starting: {e}")))?;
+        let spawned = workers.spawn(index, move |serving| async move {
+            let set = moved.try_map(runtimes::Moved::into_tokio).map_err(|e| format!("registering its listeners: {e}"))?;
+            let tasks = context.spawn(set);
+            serving.serving();
+            serve_until_stopped(tasks, context.stop.clone()).await
+        });
+        if let Err(e) = spawned {
+            start_failure = Some(thread_failed(index, &format!("starting: {e}")));
+            break;
+        }
     }
-    if let Err(exit) = workers.all_serving().await {
+    if start_failure.is_none() {
+        start_failure = workers.all_serving().await.err().map(exit_error);
+    }
+    if let Some(failure) = start_failure {
+        // The threads already started stop too: nothing half-started is left.
         let _ = stop_tx.send(true);
         workers.join().await;
-        return Err(exit_error(exit));
+        return Err(failure);
     }
     tracing::info!(identity = %identity, admin = %admin_addr, inbound = ?started.inbound, threads, "proxy listening");
     on_started(&started);
@@ -429,10 +445,10 @@ pub async fn run(
         Some(result) => result,
         None => admin_serve.await,
     };
-    if !own_done {
-        if let Err(message) = own_listeners.await {
-            failure.get_or_insert(thread_failed(0, &message));
-        }
+    if !own_done
+        && let Err(message) = own_listeners.await
+    {
+        failure.get_or_insert(thread_failed(0, &message));
     }
     for exit in workers.join().await {
         if exit.outcome.is_err() {

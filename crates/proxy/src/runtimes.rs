@@ -13,7 +13,11 @@
 //! channels, the metrics registry, the destination client, the connection
 //! cap. A thread that fails (panics or stops serving before the proxy
 //! stops) is reported by [`Workers::failed`] so the proxy stops as a whole
-//! instead of running with a dead thread.
+//! instead of running with a dead thread (its sockets close with its
+//! runtime, so the kernel stops handing it connections, but the proxy would
+//! go on with fewer threads than configured). `/ready` keeps its meaning (the
+//! first certificate, and policy with `--policy on`): the admin port is only
+//! served once every thread serves, and goes away with the failed proxy.
 
 use std::future::Future;
 use std::io;
