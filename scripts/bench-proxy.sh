@@ -19,7 +19,8 @@
 # the outbound proxy resolves the inbound pod's address through the server's
 # destination API (a meshed Pod object registered at that address).
 # While wrk runs, VmRSS of every proxy process is sampled from /proc every
-# 200 ms (peak reported).
+# 200 ms (peak reported), and each process's CPU time is split by thread (how
+# evenly `--runtime per-thread`'s SO_REUSEPORT groups spread the connections).
 #
 #   scripts/bench-proxy.sh
 #   DURATION=3s scripts/bench-proxy.sh       # a smoke run
@@ -184,6 +185,15 @@ sample() {
   echo "${peaks[*]}" >"$OUT/$row.rss"
 }
 
+# thread_ticks PID: "TID:TICKS …", user + system CPU time of each thread.
+thread_ticks() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    # Fields after "PID (COMM) ": state is $1, utime $12, stime $13.
+    awk -v tid="${t##*/}" '{ sub(/^.*\) /, ""); printf "%s:%d ", tid, $12 + $13 }' "$t/stat" 2>/dev/null || true
+  done
+}
+
 # run ROW URL [HOST_HEADER] -- PIDS...
 run() {
   local row=$1 url=$2 host=$3
@@ -196,13 +206,17 @@ run() {
   local sampler=""
   if [ $# -gt 0 ]; then sample "$row" "$@" & sampler=$!; fi
   cat /proc/loadavg >"$OUT/$row.load"
-  local pid before=()
-  for pid in "$@"; do before+=("$(cpu_ticks "$pid")"); done
+  local pid before=() threads_before=()
+  for pid in "$@"; do before+=("$(cpu_ticks "$pid")"); threads_before+=("$(thread_ticks "$pid")"); done
   wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "${hdr[@]}" "$url" >"$OUT/$row.wrk"
   # CPU time each process spent on the measured run (ticks of 1/CLK_TCK s).
   local i=0 cpu=()
   for pid in "$@"; do cpu+=($(($(cpu_ticks "$pid") - before[i]))); i=$((i + 1)); done
   echo "$(getconf CLK_TCK) ${cpu[*]}" >"$OUT/$row.cpu"
+  # One line per process: its threads' ticks before | after the run.
+  i=0
+  : >"$OUT/$row.threads"
+  for pid in "$@"; do echo "${threads_before[i]}|$(thread_ticks "$pid")" >>"$OUT/$row.threads"; i=$((i + 1)); done
   rm -f "$OUT/sampling"
   [ -n "$sampler" ] && wait "$sampler"
   cat /proc/loadavg >>"$OUT/$row.load"
@@ -262,6 +276,20 @@ def cpu(row, requests):
         return "–"
     return " / ".join(f"{t / tck * 1e6 / requests:.0f}" for t in ticks)
 
+def thread_split(row):
+    """Per process: its busy threads' shares of its CPU time in the run, largest first."""
+    path = os.path.join(out, row + ".threads")
+    if not os.path.exists(path):
+        return []
+    splits = []
+    for line in open(path).read().splitlines():
+        before, after = (dict(t.split(":") for t in half.split()) for half in line.split("|"))
+        used = {tid: int(v) - int(before.get(tid, 0)) for tid, v in after.items()}
+        total = sum(used.values())
+        shares = sorted((100 * u / total for u in used.values() if total and 100 * u / total >= 2), reverse=True)
+        splits.append(" + ".join(f"{s:.0f}" for s in shares) + " %" if shares else "–")
+    return splits
+
 def variant(p):
     extra = p[8].strip() if len(p) > 8 else ""
     return p[0] + (f" (`{extra}`)" if extra else "")
@@ -281,6 +309,12 @@ for name, label in rows:
     added = lambda k: "–" if name == "direct" else f"{x[k] - d[k]:+.3f}"
     print(f"| {label} | {x['total']:,} | {x['rps']:,.0f} | {100 * x['rps'] / d['rps']:.0f} % | {x['p50']:.3f} | {added('p50')} | "
           f"{x['p99']:.3f} | {added('p99')} | {x['non2xx']} | {x['errors']} | {peak} | {cpu(name, x['total'])} | {load(name)} |")
+print("\nCPU time by thread (threads with ≥ 2 % of their process, client side / server side):\n")
+for name, label in rows:
+    split = thread_split(name)
+    if split:
+        print(f"- {label}: {' / '.join(split)}")
+print()
 ih = [int(v) / 1024 for v in idle_h.split()]
 idle = "; ".join(f"{p[0]} outbound {int(p[6]) / 1024:.1f} MB, inbound {int(p[7]) / 1024:.1f} MB" for p in pairs)
 print(f"\nIdle RSS before load: {idle}; HAProxy client side {ih[0]:.1f} MB, server side {ih[1]:.1f} MB.\n")

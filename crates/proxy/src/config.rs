@@ -90,10 +90,16 @@ pub struct ProxyConfig {
     /// The pod's IP: outbound connections to endpoints come from it
     /// (`--source-ip`; default: the kernel's choice).
     pub source_ip: Option<std::net::IpAddr>,
+    /// Runtimes serving the proxied listeners (`--runtime per-thread`): 1 =
+    /// the caller's runtime alone (whatever its scheduler); N > 1 = the
+    /// caller's plus N − 1 threads with a current-thread runtime each, every
+    /// one with its own `SO_REUSEPORT` socket on each inbound and outbound
+    /// port (see [`crate::runtimes`]).
+    pub runtimes: usize,
 }
 
 #[cfg(feature = "clap")]
-pub use self::args::{OnOff, ProxyArgs};
+pub use self::args::{OnOff, ProxyArgs, RuntimeKind};
 
 #[cfg(feature = "clap")]
 mod args {
@@ -179,9 +185,28 @@ mod args {
         /// The pod's IP: outbound connections to other pods are made from it, so their proxies' network rules see this pod's address (default: the kernel's choice, e.g. 127.0.0.1 towards loopback).
         #[arg(long, env = "TESSERA_PROXY_SOURCE_IP")]
         source_ip: Option<std::net::IpAddr>,
-        /// Threads of the proxy's runtime (as Linkerd's LINKERD2_PROXY_CORES); default: one per available CPU.
+        /// Threads of the proxy (as Linkerd's LINKERD2_PROXY_CORES): with --runtime per-thread one runtime each, with --runtime shared the workers of one runtime; default: one per available CPU.
         #[arg(long, env = "TESSERA_PROXY_WORKER_THREADS", value_parser = at_least_one)]
         worker_threads: Option<usize>,
+        /// How the threads share the work: per-thread (one current-thread runtime per thread, each
+        /// accepting on its own SO_REUSEPORT socket of every proxied port, so a connection stays on
+        /// one thread) or shared (one multi-thread runtime whose workers steal each other's tasks).
+        #[arg(long, env = "TESSERA_PROXY_RUNTIME", value_enum, default_value_t = RuntimeKind::DEFAULT)]
+        runtime: RuntimeKind,
+    }
+
+    /// `--runtime per-thread|shared`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+    pub enum RuntimeKind {
+        /// One current-thread runtime per thread, SO_REUSEPORT listeners.
+        PerThread,
+        /// One multi-thread (work-stealing) runtime.
+        Shared,
+    }
+
+    impl RuntimeKind {
+        /// The default, chosen from BENCHMARKS.md (issue 15, "Per-thread runtimes").
+        pub const DEFAULT: Self = Self::PerThread;
     }
 
     /// `--policy on|off`.
@@ -217,8 +242,15 @@ mod args {
             self.worker_threads
         }
 
+        /// The threads serving the proxied ports (`--worker-threads`, default one per CPU).
+        fn threads(&self) -> usize {
+            self.worker_threads.unwrap_or_else(crate::runtimes::available_cpus)
+        }
+
         /// The runtime builder for [`ProxyArgs::run`] (the caller enables
-        /// drivers and builds). `--worker-threads 1` gets tokio's
+        /// drivers and builds). `--runtime per-thread`: a current-thread
+        /// runtime, the first of the proxy's threads (`run` starts the
+        /// others). `--runtime shared --worker-threads 1` gets tokio's
         /// current-thread scheduler, as Linkerd's proxy does with one core:
         /// one thread polls the sockets and runs every task, so a wake-up never
         /// crosses threads (no futex hand-off to an idle worker, no stealing),
@@ -227,6 +259,7 @@ mod args {
         /// that many workers (default: one per CPU).
         pub fn runtime_builder(&self) -> tokio::runtime::Builder {
             match self.worker_threads {
+                _ if self.runtime == RuntimeKind::PerThread => tokio::runtime::Builder::new_current_thread(),
                 Some(1) => tokio::runtime::Builder::new_current_thread(),
                 Some(threads) => {
                     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -239,6 +272,10 @@ mod args {
 
         /// The typed configuration.
         pub fn config(self) -> ProxyConfig {
+            let runtimes = match self.runtime {
+                RuntimeKind::PerThread => self.threads(),
+                RuntimeKind::Shared => 1,
+            };
             ProxyConfig {
                 identity_addr: self.identity_addr,
                 identity: self.identity,
@@ -265,6 +302,7 @@ mod args {
                 h2_idle_timeout: self.h2_idle_timeout,
                 parent_pid: self.parent_pid,
                 source_ip: self.source_ip,
+                runtimes,
             }
         }
 
@@ -352,17 +390,35 @@ mod args {
         #[test]
         fn one_worker_thread_is_the_current_thread_scheduler() {
             use tokio::runtime::RuntimeFlavor;
+            let base = ["proxy", "--identity", "a", "--token-file", "t", "--trust-anchors", "c", "--runtime", "shared"];
+            let runtime = |extra: &[&str]| {
+                let cli = Cli::try_parse_from(base.iter().chain(extra).copied()).unwrap();
+                let runtime = cli.args.runtime_builder().enable_all().build().unwrap();
+                (runtime.handle().runtime_flavor(), runtime.metrics().num_workers(), cli.args.config().runtimes)
+            };
+            assert_eq!(runtime(&["--worker-threads", "1"]), (RuntimeFlavor::CurrentThread, 1, 1));
+            assert_eq!(runtime(&["--worker-threads", "3"]), (RuntimeFlavor::MultiThread, 3, 1));
+            let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            assert_eq!(runtime(&[]), (RuntimeFlavor::MultiThread, cpus, 1));
+            assert!(Cli::try_parse_from(base.iter().chain(&["--worker-threads", "0"]).copied()).is_err());
+        }
+
+        #[test]
+        fn per_thread_runtimes_are_current_thread_ones_one_per_thread() {
+            use tokio::runtime::RuntimeFlavor;
             let base = ["proxy", "--identity", "a", "--token-file", "t", "--trust-anchors", "c"];
             let runtime = |extra: &[&str]| {
                 let cli = Cli::try_parse_from(base.iter().chain(extra).copied()).unwrap();
                 let runtime = cli.args.runtime_builder().enable_all().build().unwrap();
-                (runtime.handle().runtime_flavor(), runtime.metrics().num_workers())
+                (runtime.handle().runtime_flavor(), cli.args.config().runtimes)
             };
-            assert_eq!(runtime(&["--worker-threads", "1"]), (RuntimeFlavor::CurrentThread, 1));
-            assert_eq!(runtime(&["--worker-threads", "3"]), (RuntimeFlavor::MultiThread, 3));
             let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-            assert_eq!(runtime(&[]), (RuntimeFlavor::MultiThread, cpus));
-            assert!(Cli::try_parse_from(base.iter().chain(&["--worker-threads", "0"]).copied()).is_err());
+            assert_eq!(runtime(&["--runtime", "per-thread", "--worker-threads", "3"]), (RuntimeFlavor::CurrentThread, 3));
+            assert_eq!(runtime(&["--runtime", "per-thread", "--worker-threads", "1"]), (RuntimeFlavor::CurrentThread, 1));
+            assert_eq!(runtime(&["--runtime", "per-thread"]), (RuntimeFlavor::CurrentThread, cpus));
+            let default = if RuntimeKind::DEFAULT == RuntimeKind::PerThread { cpus } else { 1 };
+            assert_eq!(runtime(&[]).1, default);
+            assert!(Cli::try_parse_from(base.iter().chain(&["--runtime", "threads"]).copied()).is_err());
         }
 
         #[test]

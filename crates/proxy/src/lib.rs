@@ -30,6 +30,9 @@ pub mod metrics;
 pub mod outbound;
 pub mod parent;
 pub mod policy;
+pub mod runtimes;
+#[cfg(test)]
+mod runtimes_tests;
 pub mod tap;
 pub mod tls;
 pub mod trust;
@@ -73,6 +76,15 @@ pub enum ProxyError {
     /// `--parent-pid`: the parent is gone, or its death cannot be watched.
     #[error(transparent)]
     Parent(#[from] parent::ParentError),
+    /// A thread of `--runtime per-thread` failed (panicked, or stopped
+    /// serving): the whole proxy stops rather than run without it.
+    #[error("proxy thread {index} failed: {message}")]
+    Thread {
+        /// The thread (1..; 0 is the caller's).
+        index: usize,
+        /// Why.
+        message: String,
+    },
     /// Serving the admin port failed.
     #[error("serving admin on {addr}: {source}")]
     Admin {
@@ -139,6 +151,11 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Proxy
     TcpListener::bind(addr).await.map_err(|source| ProxyError::Bind { what, addr, source })
 }
 
+/// One listener per thread on `addr` (see [`runtimes::bind_group`]).
+async fn bind_group(what: &'static str, addr: SocketAddr, threads: usize) -> Result<Vec<TcpListener>, ProxyError> {
+    runtimes::bind_group(addr, threads).await.map_err(|source| ProxyError::Bind { what, addr, source })
+}
+
 fn local_addr(listener: &TcpListener, what: &'static str, addr: SocketAddr) -> Result<SocketAddr, ProxyError> {
     listener.local_addr().map_err(|source| ProxyError::Bind { what, addr, source })
 }
@@ -148,10 +165,130 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// The proxied listeners one thread serves: its socket of every inbound
+/// port, of the outbound HTTP proxy and of each TCP forward port.
+#[derive(Debug)]
+struct ListenerSet<L> {
+    inbound: Vec<(L, InboundConfig)>,
+    /// The HTTP forward proxy and the TCP forward ports.
+    outbound: Option<(L, Vec<(L, String)>)>,
+}
+
+impl<L> ListenerSet<L> {
+    fn try_map<M>(self, mut f: impl FnMut(L) -> std::io::Result<M>) -> std::io::Result<ListenerSet<M>> {
+        let inbound = self.inbound.into_iter().map(|(l, c)| Ok((f(l)?, c))).collect::<std::io::Result<_>>()?;
+        let outbound = match self.outbound {
+            Some((http, tcp)) => {
+                let http = f(http)?;
+                Some((http, tcp.into_iter().map(|(l, a)| Ok((f(l)?, a))).collect::<std::io::Result<_>>()?))
+            }
+            None => None,
+        };
+        Ok(ListenerSet { inbound, outbound })
+    }
+}
+
+/// The outbound HTTP proxy's listener group and each TCP forward port's.
+type OutboundGroups = (Vec<TcpListener>, Vec<(Vec<TcpListener>, String)>);
+
+/// Splits groups of `threads` listeners (one group per port) into one set per thread.
+fn split_sets(
+    threads: usize,
+    inbound: Vec<(Vec<TcpListener>, InboundConfig)>,
+    outbound: Option<OutboundGroups>,
+) -> Vec<ListenerSet<TcpListener>> {
+    let mut sets: Vec<_> = (0..threads).map(|_| ListenerSet { inbound: Vec::new(), outbound: None }).collect();
+    for (group, config) in inbound {
+        for (set, listener) in sets.iter_mut().zip(group) {
+            set.inbound.push((listener, config.clone()));
+        }
+    }
+    if let Some((http, tcp)) = outbound {
+        for (set, listener) in sets.iter_mut().zip(http) {
+            set.outbound = Some((listener, Vec::new()));
+        }
+        for (group, authority) in tcp {
+            for (set, listener) in sets.iter_mut().zip(group) {
+                if let Some((_, forwards)) = &mut set.outbound {
+                    forwards.push((listener, authority.clone()));
+                }
+            }
+        }
+    }
+    sets
+}
+
+/// What every thread's listeners share.
+#[derive(Clone)]
+struct ServeContext {
+    shared: Shared,
+    discover: Option<std::sync::Arc<dyn destination::Discover>>,
+    limit: limit::ConnLimit,
+    stop: watch::Receiver<bool>,
+}
+
+impl ServeContext {
+    /// Spawns the serving of `set` on the current runtime. Each thread has
+    /// its own inbound forwarders and outbound pools and balancer (as each
+    /// Envoy worker has its own), so a connection's work stays on its thread.
+    fn spawn(&self, set: ListenerSet<TcpListener>) -> tokio::task::JoinSet<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (listener, inbound_config) in set.inbound {
+            tasks.spawn(inbound::serve(
+                listener,
+                inbound_config,
+                self.shared.credentials.clone(),
+                self.shared.metrics.clone(),
+                stopped(self.stop.clone()),
+            ));
+        }
+        if let (Some((listener, tcp)), Some(discover)) = (set.outbound, &self.discover) {
+            tasks.spawn(outbound::serve(
+                listener,
+                tcp,
+                discover.clone(),
+                self.shared.clone(),
+                self.limit.clone(),
+                stopped(self.stop.clone()),
+            ));
+        }
+        tasks
+    }
+}
+
+/// Waits for the stop, then ends `tasks`. A task that panics first is an
+/// error (its listener is gone while the others serve).
+async fn serve_until_stopped(mut tasks: tokio::task::JoinSet<()>, stop: watch::Receiver<bool>) -> Result<(), String> {
+    let stop = stopped(stop);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            Some(joined) = tasks.join_next() => {
+                if let Err(e) = joined
+                    && e.is_panic()
+                {
+                    tasks.shutdown().await;
+                    return Err(format!("a listener panicked: {e}"));
+                }
+            }
+        }
+    }
+    tasks.shutdown().await;
+    Ok(())
+}
+
 /// Runs the proxy until `shutdown`: the certificate renewal, the trust
-/// bundle reload, the admin port and every inbound port (and the outbound
-/// listener, see the hook below). Listeners are bound before `on_started`
-/// is called; the proxy is not ready until the first certificate arrives.
+/// bundle reload, the admin port, every inbound port and the outbound
+/// listeners. Listeners are bound (and, with per-thread runtimes, every
+/// thread serves) before `on_started` is called; the proxy is not ready
+/// until the first certificate arrives.
+///
+/// `config.runtimes` > 1: the proxied listeners are bound once per thread
+/// and served by the caller's runtime and `runtimes - 1` threads of their
+/// own (see [`runtimes`]); the caller's runtime should then be a
+/// current-thread one. A failed thread stops the proxy with
+/// [`ProxyError::Thread`].
 pub async fn run(
     config: ProxyConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -160,6 +297,7 @@ pub async fn run(
     if let Some(parent) = config.parent_pid {
         parent::die_with_parent(parent)?;
     }
+    let threads = config.runtimes.max(1);
     let identity = Identity::parse(&config.identity)?;
     // A file must be good at start; a ConfigMap fills the roots once its
     // first good bundle arrives (until then the proxy asks for no certificate).
@@ -179,7 +317,7 @@ pub async fn run(
     let metrics = Metrics::new();
     let (credentials_tx, credentials) = watch::channel(None);
     let shared = Shared { credentials: credentials.clone(), metrics: metrics.clone(), config: config.clone() };
-    // One cap over every listener: it bounds the process's file descriptors.
+    // One cap over every listener of every thread: it bounds the process's file descriptors.
     let limit = limit::ConnLimit::new(config.max_connections);
 
     let (policy_watch, policy) = policy_from_config(&config)?;
@@ -189,10 +327,10 @@ pub async fn run(
     let admin_addr = local_addr(&admin, "admin", config.admin_addr)?;
     let mut inbound = Vec::new();
     for spec in &config.inbound {
-        let listener = bind("inbound", spec.listen).await?;
-        let listen = local_addr(&listener, "inbound", spec.listen)?;
+        let group = bind_group("inbound", spec.listen, threads).await?;
+        let listen = local_addr(&group[0], "inbound", spec.listen)?;
         inbound.push((
-            listener,
+            group,
             InboundConfig {
                 listen,
                 app: spec.app,
@@ -205,18 +343,17 @@ pub async fn run(
         ));
     }
 
-    // OUTBOUND (proxy-out): the HTTP forward-proxy listener and the TCP
-    // forward listeners, bound with the others so `on_started` reports them.
+    // The HTTP forward-proxy listener and the TCP forward listeners, bound
+    // with the others so `on_started` reports them.
     let outbound_listeners = match config.outbound_addr {
         Some(addr) => {
-            let listener = bind("outbound", addr).await?;
-            let local = local_addr(&listener, "outbound", addr)?;
+            let group = bind_group("outbound", addr, threads).await?;
+            let local = local_addr(&group[0], "outbound", addr)?;
             let mut tcp = Vec::new();
             for (listen, authority) in &config.outbound_tcp {
-                let l = bind("outbound TCP forward", *listen).await?;
-                tcp.push((l, authority.clone()));
+                tcp.push((bind_group("outbound TCP forward", *listen, threads).await?, authority.clone()));
             }
-            Some((local, listener, tcp))
+            Some((local, group, tcp))
         }
         None if !config.outbound_tcp.is_empty() => {
             return Err(ProxyError::Config("--outbound-tcp needs --outbound-addr".into()));
@@ -230,7 +367,42 @@ pub async fn run(
     };
 
     let started = Started { admin_addr, inbound: inbound.iter().map(|(_, c)| (c.listen, c.app)).collect(), outbound };
-    tracing::info!(identity = %identity, admin = %admin_addr, inbound = ?started.inbound, "proxy listening");
+    let mut sets = split_sets(threads, inbound, outbound_listeners.map(|(_, http, tcp)| (http, tcp))).into_iter();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let context = ServeContext { shared: shared.clone(), discover, limit: limit.clone(), stop: stop_rx.clone() };
+    let own_set = sets.next();
+    let mut workers = runtimes::Workers::default();
+    let mut start_failure = None;
+    for (index, set) in (1..).zip(sets) {
+        let moved = match set.try_map(runtimes::Moved::new) {
+            Ok(moved) => moved,
+            Err(e) => {
+                start_failure = Some(thread_failed(index, &format!("moving its listeners: {e}")));
+                break;
+            }
+        };
+        let context = context.clone();
+        let spawned = workers.spawn(index, move |serving| async move {
+            let set = moved.try_map(runtimes::Moved::into_tokio).map_err(|e| format!("registering its listeners: {e}"))?;
+            let tasks = context.spawn(set);
+            serving.serving();
+            serve_until_stopped(tasks, context.stop.clone()).await
+        });
+        if let Err(e) = spawned {
+            start_failure = Some(thread_failed(index, &format!("starting: {e}")));
+            break;
+        }
+    }
+    if start_failure.is_none() {
+        start_failure = workers.all_serving().await.err().map(exit_error);
+    }
+    if let Some(failure) = start_failure {
+        // The threads already started stop too: nothing half-started is left.
+        let _ = stop_tx.send(true);
+        workers.join().await;
+        return Err(failure);
+    }
+    tracing::info!(identity = %identity, admin = %admin_addr, inbound = ?started.inbound, threads, "proxy listening");
     on_started(&started);
 
     tokio::spawn(trust_task);
@@ -241,26 +413,60 @@ pub async fn run(
     let trust_view = TrustView { roots, leaf: renewer.leaf() };
     tokio::spawn(renewer.run());
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let mut tasks = tokio::task::JoinSet::new();
-    for (listener, inbound_config) in inbound {
-        tasks.spawn(inbound::serve(listener, inbound_config, credentials.clone(), metrics.clone(), stopped(stop_rx.clone())));
-    }
-    // OUTBOUND (proxy-out): serve the outbound listeners beside the inbound ports.
-    if let (Some((_, listener, tcp)), Some(discover)) = (outbound_listeners, discover) {
-        tasks.spawn(outbound::serve(listener, tcp, discover, shared.clone(), limit.clone(), stopped(stop_rx.clone())));
-    }
+    let own_tasks = own_set.map(|set| context.spawn(set)).unwrap_or_default();
+    let own_listeners = serve_until_stopped(own_tasks, stop_rx.clone());
 
     // `/denials` answers an empty list when policy is not enforced (nothing is denied).
     let recent = enforcer.as_ref().map(policy::Enforcer::recent).unwrap_or_default();
     let admin_app = admin::router(metrics, credentials, trust_view, policy)
         .merge(tap::router(tap::TapServer::from_config(&config)))
         .merge(policy::recent::router(recent));
-    let result = axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx)).await;
-    tasks.shutdown().await;
-    result.map_err(|source| ProxyError::Admin { addr: admin_addr, source })
+    let admin_serve = axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx.clone())).into_future();
+    tokio::pin!(shutdown, own_listeners, admin_serve);
+
+    // Until the shutdown, or a failure that must stop every thread.
+    let mut failure = None;
+    let mut own_done = false;
+    let admin_result = tokio::select! {
+        () = &mut shutdown => None,
+        exit = workers.failed() => {
+            failure = Some(exit_error(exit));
+            None
+        }
+        ended = &mut own_listeners => {
+            own_done = true;
+            failure = ended.err().map(|message| thread_failed(0, &message));
+            None
+        }
+        result = &mut admin_serve => Some(result),
+    };
+    let _ = stop_tx.send(true);
+    let admin_result = match admin_result {
+        Some(result) => result,
+        None => admin_serve.await,
+    };
+    if !own_done
+        && let Err(message) = own_listeners.await
+    {
+        failure.get_or_insert(thread_failed(0, &message));
+    }
+    for exit in workers.join().await {
+        if exit.outcome.is_err() {
+            failure.get_or_insert(exit_error(exit));
+        }
+    }
+    if let Some(failure) = failure {
+        tracing::error!(error = %failure, "stopping the proxy");
+        return Err(failure);
+    }
+    admin_result.map_err(|source| ProxyError::Admin { addr: admin_addr, source })
+}
+
+fn thread_failed(index: usize, message: &str) -> ProxyError {
+    ProxyError::Thread { index, message: message.to_owned() }
+}
+
+fn exit_error(exit: runtimes::Exit) -> ProxyError {
+    let message = exit.outcome.err().unwrap_or_else(|| "stopped".into());
+    ProxyError::Thread { index: exit.index, message }
 }
