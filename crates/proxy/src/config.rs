@@ -205,8 +205,12 @@ mod args {
     }
 
     impl RuntimeKind {
-        /// The default, chosen from BENCHMARKS.md (issue 15, "Per-thread runtimes").
-        pub const DEFAULT: Self = Self::PerThread;
+        /// The default. Per-thread runtimes are opt-in: on the measured pair they
+        /// gained no throughput (BENCHMARKS.md, issue 15, "Per-thread runtimes"),
+        /// SO_REUSEPORT's hash can leave one thread with most connections, and
+        /// any process of the same user that sets SO_REUSEPORT may join the
+        /// proxy's port group and take a share of its connections.
+        pub const DEFAULT: Self = Self::Shared;
     }
 
     /// `--policy on|off`.
