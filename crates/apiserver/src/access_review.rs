@@ -15,9 +15,10 @@ use k8s_openapi::api::authorization::v1::{
 use serde::Serialize;
 use serde_json::json;
 use tessera_api::ApiError;
-use tessera_api::status::field;
+use tessera_api::status::{StatusCause, field};
 use tessera_authn::UserInfo;
 use tessera_rbac::Request;
+use tessera_rbac::rule::go_quote;
 
 use crate::authz::{Verdict, decide};
 use crate::node::graph::NodeGraph;
@@ -40,54 +41,99 @@ pub enum AccessReview {
 /// `url_namespace` is the namespace of a LocalSubjectAccessReview's URL.
 pub fn answer(policy: &PolicyCache, nodes: &NodeGraph, requester: &UserInfo, url_namespace: Option<&str>, review: &AccessReview) -> HandlerResult {
     match review {
-        AccessReview::Subject(review) => of_subject("SubjectAccessReview", policy, nodes, None, review.metadata.namespace.as_deref(), &review.spec),
+        AccessReview::Subject(review) => {
+            let spec = &review.spec;
+            refuse_unless_valid("SubjectAccessReview", subject_spec_errors(spec))?;
+            of_subject(policy, nodes, review.metadata.namespace.as_deref(), "SubjectAccessReview", spec)
+        }
         AccessReview::Local(review) => {
-            of_subject("LocalSubjectAccessReview", policy, nodes, url_namespace, review.metadata.namespace.as_deref(), &review.spec)
+            let spec = &review.spec;
+            // kube sets an object's namespace from its URL and refuses another one.
+            let namespace = url_namespace.unwrap_or_default();
+            if review.metadata.namespace.as_deref().is_some_and(|ns| ns != namespace) {
+                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request").into());
+            }
+            let mut errors = subject_spec_errors(spec);
+            if let Some(attributes) = &spec.resource_attributes {
+                let asked = attributes.namespace.as_deref().unwrap_or_default();
+                if asked != namespace {
+                    errors.push(field::invalid("spec.resourceAttributes.namespace", &json!(asked), "must match metadata.namespace"));
+                }
+            }
+            if let Some(attributes) = &spec.non_resource_attributes {
+                errors.push(invalid_struct("spec.nonResourceAttributes", attributes, "disallowed on this kind of request"));
+            }
+            refuse_unless_valid("LocalSubjectAccessReview", errors)?;
+            of_subject(policy, nodes, Some(namespace), "LocalSubjectAccessReview", spec)
         }
         AccessReview::Own(review) => {
             let SelfSubjectAccessReviewSpec { resource_attributes, non_resource_attributes } = &review.spec;
-            let attributes = attributes_of(resource_attributes.as_ref(), non_resource_attributes.as_ref())?;
+            let errors = attributes_errors(resource_attributes.as_ref(), non_resource_attributes.as_ref());
+            refuse_unless_valid("SelfSubjectAccessReview", errors)?;
+            let attributes = attributes_of(resource_attributes.as_ref(), non_resource_attributes.as_ref());
             let verdict = decide(policy, nodes, requester, &attributes, None);
             respond("SelfSubjectAccessReview", review.metadata.namespace.as_deref(), &review.spec, &verdict)
         }
     }
 }
 
-/// A (Local)SubjectAccessReview: the spec names the user to decide for.
-fn of_subject(
-    kind: &'static str,
-    policy: &PolicyCache,
-    nodes: &NodeGraph,
-    url_namespace: Option<&str>,
-    namespace: Option<&str>,
-    spec: &SubjectAccessReviewSpec,
-) -> HandlerResult {
-    if let Some(ns) = url_namespace {
-        let attributes_namespace = spec.resource_attributes.as_ref().and_then(|a| a.namespace.as_deref()).unwrap_or_default();
-        if spec.resource_attributes.is_none() || attributes_namespace != ns {
-            let cause = field::invalid("spec.resourceAttributes.namespace", &json!(attributes_namespace), "must match metadata.namespace");
-            return Err(ApiError::invalid(kind, "authorization.k8s.io", "", vec![cause]).into());
-        }
-    }
-    let user = spec.user.clone().unwrap_or_default();
-    let groups = spec.groups.clone().unwrap_or_default();
-    if user.is_empty() && groups.is_empty() {
-        let cause = field::invalid("spec.user", &json!(""), "at least one of user or group must be specified");
-        return Err(ApiError::invalid(kind, "authorization.k8s.io", "", vec![cause]).into());
-    }
-    let subject =
-        UserInfo { username: user, uid: spec.uid.clone().unwrap_or_default(), groups, extra: spec.extra.clone().unwrap_or_default() };
-    let attributes = attributes_of(spec.resource_attributes.as_ref(), spec.non_resource_attributes.as_ref())?;
+/// A (Local)SubjectAccessReview, validated: the spec names the user to decide for.
+fn of_subject(policy: &PolicyCache, nodes: &NodeGraph, namespace: Option<&str>, kind: &'static str, spec: &SubjectAccessReviewSpec) -> HandlerResult {
+    let subject = UserInfo {
+        username: spec.user.clone().unwrap_or_default(),
+        uid: spec.uid.clone().unwrap_or_default(),
+        groups: spec.groups.clone().unwrap_or_default(),
+        extra: spec.extra.clone().unwrap_or_default(),
+    };
+    let attributes = attributes_of(spec.resource_attributes.as_ref(), spec.non_resource_attributes.as_ref());
     let verdict = decide(policy, nodes, &subject, &attributes, None);
     respond(kind, namespace, spec, &verdict)
 }
 
-/// The request a review asks about: its resource attributes, else its
+/// kube's `ValidateSubjectAccessReviewSpec`: every error, in kube's order.
+fn subject_spec_errors(spec: &SubjectAccessReviewSpec) -> Vec<StatusCause> {
+    let mut errors = attributes_errors(spec.resource_attributes.as_ref(), spec.non_resource_attributes.as_ref());
+    let user = spec.user.as_deref().unwrap_or_default();
+    if user.is_empty() && spec.groups.as_ref().is_none_or(Vec::is_empty) {
+        errors.push(field::invalid("spec.user", &json!(user), "at least one of user or group must be specified"));
+    }
+    errors
+}
+
+/// Exactly one of the attributes (`ValidateSelfSubjectAccessReviewSpec`).
+fn attributes_errors(resource: Option<&ResourceAttributes>, non_resource: Option<&NonResourceAttributes>) -> Vec<StatusCause> {
+    match (resource, non_resource) {
+        (Some(_), Some(non_resource)) => {
+            vec![invalid_struct("spec.nonResourceAttributes", non_resource, "cannot be specified in combination with resourceAttributes")]
+        }
+        // Go prints the nil pointer it was given as the string "null".
+        (None, None) => vec![field::invalid(
+            "spec.resourceAttributes",
+            &json!("null"),
+            "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// `field.Invalid` of a struct: Go prints it with `%#v`.
+fn invalid_struct(path: &str, attributes: &NonResourceAttributes, detail: &str) -> StatusCause {
+    let text = |s: &Option<String>| go_quote(s.as_deref().unwrap_or_default());
+    let value = format!("authorization.NonResourceAttributes{{Path:{}, Verb:{}}}", text(&attributes.path), text(&attributes.verb));
+    StatusCause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {value}: {detail}"), field: path.into() }
+}
+
+/// 422 with every error, as kube's `NewInvalid(Kind(review.Kind), "", errs)`.
+fn refuse_unless_valid(kind: &str, errors: Vec<StatusCause>) -> Result<(), ApiError> {
+    if errors.is_empty() { Ok(()) } else { Err(ApiError::invalid(kind, "authorization.k8s.io", "", errors)) }
+}
+
+/// The request a valid review asks about: its resource attributes, else its
 /// non-resource attributes.
-fn attributes_of(resource: Option<&ResourceAttributes>, non_resource: Option<&NonResourceAttributes>) -> Result<Request, ApiError> {
+fn attributes_of(resource: Option<&ResourceAttributes>, non_resource: Option<&NonResourceAttributes>) -> Request {
     let text = |s: &Option<String>| s.clone().unwrap_or_default();
-    if let Some(ra) = resource {
-        return Ok(Request {
+    match (resource, non_resource) {
+        (Some(ra), _) => Request {
             resource_request: true,
             verb: text(&ra.verb),
             namespace: text(&ra.namespace),
@@ -96,17 +142,11 @@ fn attributes_of(resource: Option<&ResourceAttributes>, non_resource: Option<&No
             subresource: text(&ra.subresource),
             name: text(&ra.name),
             path: String::new(),
-        });
+        },
+        (None, Some(nra)) => Request { verb: text(&nra.verb), path: text(&nra.path), ..Default::default() },
+        // Validation refused it already; nothing is allowed to no request.
+        (None, None) => Request::default(),
     }
-    if let Some(nra) = non_resource {
-        return Ok(Request { verb: text(&nra.verb), path: text(&nra.path), ..Default::default() });
-    }
-    Err(ApiError::invalid(
-        "SubjectAccessReview",
-        "authorization.k8s.io",
-        "",
-        vec![field::invalid("spec.resourceAttributes", &json!(null), "exactly one of nonResourceAttributes or resourceAttributes must be specified")],
-    ))
 }
 
 /// The answer's body, in kube's field order (which is also sorted order).
@@ -273,24 +313,59 @@ mod tests {
     #[tokio::test]
     async fn invalid_reviews_are_refused_with_kubes_messages() {
         let policy = policy();
-        let status = |body: &[u8]| -> (i64, String) {
-            let status: Value = serde_json::from_slice(body).expect("a Status");
-            (status["code"].as_i64().unwrap_or_default(), status["message"].as_str().unwrap_or_default().to_owned())
+        let refusal = |(code, body): (u16, Vec<u8>)| -> (u16, String) {
+            let status: Value = serde_json::from_slice(&body).expect("a Status");
+            assert_eq!(status["code"].as_u64(), Some(u64::from(code)));
+            (code, status["message"].as_str().unwrap_or_default().to_owned())
         };
-        let local = |attributes: Value| {
-            direct(&AUTHZ_LOCALSUBJECTACCESSREVIEWS, &json!({"metadata": {"namespace": "api"}, "spec": {"user": "jane", "resourceAttributes": attributes}}))
-        };
-        let (code, body) = answered(&policy, Some("api"), &local(json!({"namespace": "kube-system", "resource": "pods", "verb": "get"}))).await;
-        assert_eq!((code, status(&body)), (422, (422, "LocalSubjectAccessReview.authorization.k8s.io \"\" is invalid: spec.resourceAttributes.namespace: Invalid value: \"kube-system\": must match metadata.namespace".into())));
-        let (code, body) = answered(&policy, Some("api"), &local(Value::Null)).await;
-        assert_eq!((code, status(&body)), (422, (422, "LocalSubjectAccessReview.authorization.k8s.io \"\" is invalid: spec.resourceAttributes.namespace: Invalid value: \"\": must match metadata.namespace".into())));
+        let invalid = |kind: &str, errors: &str| (422, format!("{kind}.authorization.k8s.io \"\" is invalid: {errors}"));
+        let neither = r#"spec.resourceAttributes: Invalid value: "null": exactly one of nonResourceAttributes or resourceAttributes must be specified"#;
+        let nobody = r#"spec.user: Invalid value: "": at least one of user or group must be specified"#;
+        let healthz = r#"authorization.NonResourceAttributes{Path:"/healthz", Verb:"get"}"#;
+        let pods = json!({"namespace": "api", "resource": "pods", "verb": "get"});
+        let sar = |spec: Value| direct(&AUTHZ_SUBJECTACCESSREVIEWS, &json!({"spec": spec}));
+        let local = |metadata: Value, spec: Value| direct(&AUTHZ_LOCALSUBJECTACCESSREVIEWS, &json!({"metadata": metadata, "spec": spec}));
+        let own = |spec: Value| direct(&AUTHZ_SELFSUBJECTACCESSREVIEWS, &json!({"spec": spec}));
+        let cases = [
+            (sar(json!({"groups": [], "resourceAttributes": pods})), None, invalid("SubjectAccessReview", nobody)),
+            (sar(json!({"user": "jane"})), None, invalid("SubjectAccessReview", neither)),
+            (sar(json!({})), None, invalid("SubjectAccessReview", &format!("[{neither}, {nobody}]"))),
+            (
+                sar(json!({"user": "jane", "resourceAttributes": pods, "nonResourceAttributes": {"path": "/healthz", "verb": "get"}})),
+                None,
+                invalid("SubjectAccessReview", &format!("spec.nonResourceAttributes: Invalid value: {healthz}: cannot be specified in combination with resourceAttributes")),
+            ),
+            (own(json!({})), None, invalid("SelfSubjectAccessReview", neither)),
+            (
+                local(json!({"namespace": "api"}), json!({"user": "jane", "resourceAttributes": {"namespace": "kube-system", "verb": "get"}})),
+                Some("api"),
+                invalid("LocalSubjectAccessReview", r#"spec.resourceAttributes.namespace: Invalid value: "kube-system": must match metadata.namespace"#),
+            ),
+            (local(json!({}), json!({"user": "jane"})), Some("api"), invalid("LocalSubjectAccessReview", neither)),
+            (
+                local(json!({}), json!({"user": "jane", "nonResourceAttributes": {"path": "/healthz", "verb": "get"}})),
+                Some("api"),
+                invalid("LocalSubjectAccessReview", &format!("spec.nonResourceAttributes: Invalid value: {healthz}: disallowed on this kind of request")),
+            ),
+            (
+                local(json!({"namespace": "kube-system"}), json!({"user": "jane", "resourceAttributes": pods})),
+                Some("api"),
+                (400, "the namespace of the provided object does not match the namespace sent on the request".to_owned()),
+            ),
+        ];
+        for (review, url_namespace, expected) in cases {
+            assert_eq!(refusal(answered(&policy, url_namespace, &review).await), expected, "{review:?}");
+        }
+    }
 
-        let nobody = direct(&AUTHZ_SUBJECTACCESSREVIEWS, &json!({"spec": {"groups": [], "resourceAttributes": {"resource": "pods", "verb": "get"}}}));
-        let (code, body) = answered(&policy, None, &nobody).await;
-        assert_eq!((code, status(&body)), (422, (422, "SubjectAccessReview.authorization.k8s.io \"\" is invalid: spec.user: Invalid value: \"\": at least one of user or group must be specified".into())));
-
-        let nothing = direct(&AUTHZ_SUBJECTACCESSREVIEWS, &json!({"spec": {"user": "jane"}}));
-        let (code, body) = answered(&policy, None, &nothing).await;
-        assert_eq!((code, status(&body)), (422, (422, "SubjectAccessReview.authorization.k8s.io \"\" is invalid: spec.resourceAttributes: Invalid value: null: exactly one of nonResourceAttributes or resourceAttributes must be specified".into())));
+    #[tokio::test]
+    async fn a_local_review_is_answered_in_the_namespace_of_its_url() {
+        let policy = policy();
+        let review = direct(&AUTHZ_LOCALSUBJECTACCESSREVIEWS, &json!({"spec": {"user": "jane", "resourceAttributes": {"namespace": "api", "resource": "pods", "verb": "list"}}}));
+        let (code, body) = answered(&policy, Some("api"), &review).await;
+        assert_eq!(code, 201);
+        let answer: Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(answer["metadata"], json!({"creationTimestamp": null, "namespace": "api"}));
+        assert_eq!(answer["status"]["allowed"], true);
     }
 }

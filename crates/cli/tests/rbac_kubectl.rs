@@ -103,6 +103,8 @@ fn access_review_bodies_are_refused_as_before_whichever_path_decodes_them() {
         ("?fieldValidation=Strict", r#"{"spec": {"user": "jane", "bogus": 1, "resourceAttributes": {"verb": "get"}}}"#.to_owned(), 400, format!(r#"{cannot}: strict decoding error: unknown field "spec.bogus""#)),
         ("", r#"{"spec": {"user": "jane", "bogus": 1, "resourceAttributes": {"verb": "get"}}}"#.to_owned(), 201, r#"{"allowed":false}"#.to_owned()),
         ("", r#"{"spec": {"user": 5}}"#.to_owned(), 400, format!("{cannot}: invalid type: integer `5`, expected a string")),
+        // Decoded, then refused by kube's validation, every error at once.
+        ("", r#"{"spec": {}}"#.to_owned(), 422, r#"SubjectAccessReview.authorization.k8s.io "" is invalid: [spec.resourceAttributes: Invalid value: "null": exactly one of nonResourceAttributes or resourceAttributes must be specified, spec.user: Invalid value: "": at least one of user or group must be specified]"#.to_owned()),
         ("", r#"{"spec": {"user": "jane""#.to_owned(), 400, r#"the object provided is unrecognized (must be of type SubjectAccessReview): couldn't get version/kind; json parse error: unexpected end of JSON input ({"spec": {"user": "jane" ...)"#.to_owned()),
         ("", format!(r#"{{{spec}}} {{}}"#), 400, "the object provided is unrecognized (must be of type SubjectAccessReview): couldn't get version/kind; json parse error: trailing characters at line 1 column 87 ({\"spec\": {\"user\": \"jane\", \"res ...)".to_owned()),
     ];
