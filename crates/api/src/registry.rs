@@ -152,7 +152,14 @@ pub struct Registry {
 }
 
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
+    rfc3339_seconds(jiff::Timestamp::now())
+}
+
+/// `at` as kube writes a `metav1.Time`: RFC 3339 in whole seconds, the
+/// fraction cut off (Go's `Format(time.RFC3339)`), never rounded up into a
+/// second that has not begun yet.
+fn rfc3339_seconds(at: jiff::Timestamp) -> String {
+    jiff::Timestamp::from_second(at.as_second()).unwrap_or(at).to_string()
 }
 
 /// Maps store errors that reach the API without a more specific meaning.

@@ -330,3 +330,14 @@ async fn immutable_secrets_and_configmaps_refuse_data_changes() {
     let err = f.registry.patch(&CORE_CONFIGMAPS, Some("ns"), "c", &patch, WriteOptions::default()).await.unwrap_err();
     assert_eq!(err.message, "ConfigMap \"c\" is invalid: [immutable: Forbidden: field is immutable when `immutable` is set, data: Forbidden: field is immutable when `immutable` is set, binaryData: Forbidden: field is immutable when `immutable` is set]");
 }
+
+#[test]
+fn timestamps_cut_the_fraction_off_as_kube_does() {
+    let at = |s: &str| s.parse::<jiff::Timestamp>().expect("a timestamp");
+    assert_eq!(rfc3339_seconds(at("2026-12-06T19:12:59.999Z")), "2026-12-06T19:12:59Z");
+    assert_eq!(rfc3339_seconds(at("2026-12-06T19:12:59.5Z")), "2026-12-06T19:12:59Z");
+    assert_eq!(rfc3339_seconds(at("2026-12-06T19:12:59Z")), "2026-12-06T19:12:59Z");
+    // Never a second that has not begun yet: an object's age is never negative.
+    let now = jiff::Timestamp::now();
+    assert!(at(&rfc3339_seconds(now)) <= now);
+}
