@@ -34,6 +34,8 @@ pub mod runtimes;
 #[cfg(test)]
 mod runtimes_tests;
 pub mod tap;
+#[cfg(test)]
+mod test_ca;
 pub mod tls;
 pub mod trust;
 mod upgrade;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -11,39 +11,11 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::runtimes::{Moved, Workers, bind_group};
+use crate::test_ca::Ca;
 use crate::tls::Credentials;
 
 const SERVER: &str = "voting.emojivoto.serviceaccount.identity.linkerd.cluster.local";
 const CLIENT: &str = "web.emojivoto.serviceaccount.identity.linkerd.cluster.local";
-
-/// An in-memory CA issuing leaves for any name.
-struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    roots: Arc<rustls::RootCertStore>,
-}
-
-impl Ca {
-    fn new() -> Self {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let root = params.self_signed(&key).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(root.der().clone()).unwrap();
-        Self { issuer: rcgen::Issuer::new(params, key), roots: Arc::new(roots) }
-    }
-
-    /// Credentials for `name` and the leaf's DER (to tell renewals apart).
-    fn credentials(&self, name: &str) -> (Credentials, Vec<u8>) {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let leaf = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &self.issuer).unwrap();
-        let der = leaf.der().to_vec();
-        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-        let credentials =
-            Credentials::new(Identity::parse(name).unwrap(), vec![leaf.der().clone()], key, self.roots.clone(), SystemTime::now()).unwrap();
-        (credentials, der)
-    }
-}
 
 /// An app that answers every connection with its name (one byte) once the
 /// client has sent something, then closes.
@@ -204,9 +176,9 @@ async fn every_thread_accepts_and_proxies_connections() {
 #[tokio::test]
 async fn a_renewal_reaches_every_thread() {
     let ca = Ca::new();
-    let (first, first_der) = ca.credentials(SERVER);
+    let (first, first_der) = ca.credentials_and_leaf(SERVER);
     let threads = two_threads(Some(first)).await;
-    let (client, _) = ca.credentials(CLIENT);
+    let (client, _) = ca.credentials_and_leaf(CLIENT);
     let connector = tokio_rustls::TlsConnector::from(client.client_config());
     let addr = threads.addr;
     // The leaf each connection is shown, and the thread that served it.
@@ -228,7 +200,7 @@ async fn a_renewal_reaches_every_thread() {
         }
     };
     until_both_threads(mtls(first_der)).await;
-    let (renewed, renewed_der) = ca.credentials(SERVER);
+    let (renewed, renewed_der) = ca.credentials_and_leaf(SERVER);
     threads.credentials.send_replace(Some(Arc::new(renewed)));
     until_both_threads(mtls(renewed_der)).await;
     threads.stop.send(true).unwrap();

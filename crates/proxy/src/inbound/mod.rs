@@ -206,40 +206,14 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use tokio::io::AsyncWriteExt as _;
     use tokio::sync::watch;
 
     use super::*;
+    use crate::test_ca::Ca;
     use crate::tls::Credentials;
 
     const SERVER: &str = "voting.emojivoto.serviceaccount.identity.linkerd.cluster.local";
-
-    /// An in-memory CA issuing leaves for any name.
-    struct Ca {
-        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-        roots: Arc<rustls::RootCertStore>,
-    }
-
-    impl Ca {
-        fn new() -> Self {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            let root = params.self_signed(&key).unwrap();
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(root.der().clone()).unwrap();
-            Self { issuer: rcgen::Issuer::new(params, key), roots: Arc::new(roots) }
-        }
-
-        fn credentials(&self, name: &str) -> Credentials {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            let leaf = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &self.issuer).unwrap();
-            let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-            Credentials::new(Identity::parse(name).unwrap(), vec![leaf.der().clone()], key, self.roots.clone(), SystemTime::now()).unwrap()
-        }
-    }
 
     /// A TCP echo app.
     async fn echo_app() -> SocketAddr {
