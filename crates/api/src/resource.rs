@@ -379,7 +379,15 @@ impl ResourceInfo {
 
     /// Whether another version of this kind is served (over the same storage).
     pub fn has_other_versions(&self) -> bool {
-        RESOURCES.iter().any(|r| r.group == self.group && r.plural == self.plural && r.version != self.version)
+        // Asked on every read and write: the few kinds served in several
+        // versions are found once, instead of comparing the names of every
+        // resource each time.
+        static SEVERAL_VERSIONS: std::sync::OnceLock<Vec<&'static ResourceInfo>> = std::sync::OnceLock::new();
+        let several = SEVERAL_VERSIONS.get_or_init(|| {
+            RESOURCES.iter().copied().filter(|r| RESOURCES.iter().any(|o| o.group == r.group && o.plural == r.plural && o.version != r.version)).collect()
+        });
+        // A kind served in one version has no other: it is not in the list.
+        several.iter().any(|r| r.group == self.group && r.plural == self.plural && r.version != self.version)
     }
 
     /// Whether the verb is listed.
@@ -429,4 +437,21 @@ pub fn group_versions() -> Vec<(&'static str, &'static str)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_has_other_versions_exactly_when_another_is_served() {
+        let mut several = 0;
+        for resource in RESOURCES {
+            let others = RESOURCES.iter().filter(|r| r.group == resource.group && r.plural == resource.plural && r.version != resource.version).count();
+            assert_eq!(resource.has_other_versions(), others > 0, "{}/{} {}", resource.group, resource.version, resource.plural);
+            several += usize::from(others > 0);
+        }
+        assert!(several >= 2, "the policy.linkerd.io kinds are served in several versions");
+        assert!(!CORE_SERVICEACCOUNTS.has_other_versions());
+    }
 }
