@@ -16,7 +16,7 @@ use crate::reflector::Reflector;
 
 /// What the cache holds. It mirrors every ServiceAccount, Pod and Secret, so
 /// its size follows the store's: each entry is kept small (BENCHMARKS.md,
-/// issue 14, "The token objects' cache").
+/// "The token objects' cache, one codegen unit").
 #[derive(Default)]
 pub struct State {
     service_accounts: ByName<Uid>,
