@@ -30,7 +30,8 @@
 # before the runs), MODES ("http tcp": the HTTP forward proxy
 # (HTTP/2 over mTLS) and/or `--outbound-tcp` (mTLS TCP, HTTP/1.1 detected by
 # the inbound); both check every request), TESSERA_BIN (else a release build),
-# PROXY_BIN (run the proxies from this binary), OUT
+# PROXY_BIN (run the proxies from this binary; default: `tessera-proxy` beside
+# TESSERA_BIN, else `TESSERA_BIN proxy`), OUT
 # (target/bench-policy/<UTC time>).
 # Results: $OUT/results.md, $OUT/<row>.wrk, $OUT/*.log.
 set -euo pipefail
@@ -50,7 +51,7 @@ OUT=$(cd "$OUT" && pwd)
 WAIT_HTTP_SECONDS=30
 bench_tools "wrk:wrk nginx:nginx-light" "wrk nginx python3 curl kubectl"
 bench_tessera
-PROXY=${PROXY_BIN:-$TESSERA}
+PROXY=${PROXY_BIN:-$(proxy_program "$TESSERA")}
 bench_data
 
 # --- control plane: tessera server and tessera identity -----------------------

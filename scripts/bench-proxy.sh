@@ -27,10 +27,11 @@
 #
 # Knobs: DURATION (10s), WARMUP (2s, unmeasured wrk run before each row),
 # CONNECTIONS (8), TESSERA_BIN (use this binary instead of building one),
-# PROXY_BIN (run the proxies from this binary, e.g. the release build of
-# `cargo build --release -p tessera-proxy --example proxy`; the control plane
-# stays TESSERA_BIN), TESSERA_BASE_BIN (a second pair from this binary: the
-# code before a change, measured in the same run), EXTRA_PAIRS
+# PROXY_BIN (run the proxies from this binary; default: `tessera-proxy` beside
+# TESSERA_BIN when it is there, as the agent runs it, else `TESSERA_BIN proxy`;
+# the control plane stays TESSERA_BIN), TESSERA_BASE_BIN (a second pair from
+# this binary, or the `tessera-proxy` beside it: the code before a change,
+# measured in the same run), EXTRA_PAIRS
 # ("NAME=FLAGS;…": more pairs of PROXY_BIN with these proxy flags), OUT
 # (target/bench-proxy/<UTC time>). Needs root on Debian to install `wrk`,
 # `haproxy` and `nginx-light` when they are missing.
@@ -64,13 +65,14 @@ bench_backend
 # such as --worker-threads 1). Each pair's server pod is meshed and registered
 # at its own loopback address (as the agent does), port 8080.
 POD_PORT=8080
-PROXY=${PROXY_BIN:-$TESSERA}
+PROXY=${PROXY_BIN:-$(proxy_program "$TESSERA")}
 PAIRS=("tessera|$PROXY|")
-[ -n "${TESSERA_BASE_BIN:-}" ] && PAIRS+=("base|$TESSERA_BASE_BIN|")
+[ -n "${TESSERA_BASE_BIN:-}" ] && PAIRS+=("base|$(proxy_program "$TESSERA_BASE_BIN")|")
 IFS=';' read -r -a extra_pairs <<<"${EXTRA_PAIRS:-}"
 for p in "${extra_pairs[@]}"; do [ -n "$p" ] && PAIRS+=("tessera-${p%%=*}|$PROXY|${p#*=}"); done
 
 : >"$OUT/pairs.txt"
+: >"$OUT/programs.txt"
 i=0
 for entry in "${PAIRS[@]}"; do
   IFS='|' read -r name bin extra <<<"$entry"
@@ -92,6 +94,7 @@ EOF
   in_pid=$IN_PID out_pid=$OUT_PID tcp_port=$TCP_PORT outbound=$OUTBOUND
   # name pod_ip tcp_port outbound out_pid in_pid idle_out_kb idle_in_kb extra…
   echo "$name $pod_ip $tcp_port $outbound $out_pid $in_pid $(rss_kb "$out_pid") $(rss_kb "$in_pid") $extra" >>"$OUT/pairs.txt"
+  echo "$name $bin" >>"$OUT/programs.txt"
 done
 
 # --- the HAProxy pair -----------------------------------------------------------
@@ -317,6 +320,8 @@ for name, label in rows:
 print()
 ih = [int(v) / 1024 for v in idle_h.split()]
 idle = "; ".join(f"{p[0]} outbound {int(p[6]) / 1024:.1f} MB, inbound {int(p[7]) / 1024:.1f} MB" for p in pairs)
+programs = [l.split(maxsplit=1) for l in open(os.path.join(out, "programs.txt")) if l.strip()]
+print("\nProxies run from: " + "; ".join(f"{n} `{os.path.basename(b.strip())}`" for n, b in programs) + ".")
 print(f"\nIdle RSS before load: {idle}; HAProxy client side {ih[0]:.1f} MB, server side {ih[1]:.1f} MB.\n")
 
 mtls = sum(int(l.rsplit(" ", 1)[1]) for l in open(os.path.join(out, "inbound-metrics.txt"))

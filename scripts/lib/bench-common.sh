@@ -139,6 +139,16 @@ EOF
   wait_http "http://127.0.0.1:$BACKEND_PORT/"
 }
 
+# proxy_program BIN: what runs a meshed pod's proxy from the tessera binary BIN,
+# as `tessera agent run --mesh` picks it: `tessera-proxy` beside BIN when cargo
+# built it there, else BIN itself (`BIN proxy`). A BIN that is already
+# `tessera-proxy` is itself.
+proxy_program() {
+  local sidecar
+  sidecar="$(dirname "$1")/tessera-proxy"
+  if [ "$(basename "$1")" != tessera-proxy ] && [ -x "$sidecar" ]; then echo "$sidecar"; else echo "$1"; fi
+}
+
 # bench_pair NAME BIN POD_IP [INBOUND_FLAG...] -- [OUTBOUND_FLAG...]: a tessera
 # proxy pair from BIN for the meshed pod at POD_IP:POD_PORT (registered by the
 # caller): the inbound (identity server.bench, to the backend, admin
@@ -147,11 +157,12 @@ EOF
 # both ready. Sets IN_PID, OUT_PID, TCP_PORT and OUTBOUND (the forward proxy's
 # address).
 bench_pair() {
-  local name=$1 bin=$2 pod_ip=$3 in_flags=() out_admin
+  local name=$1 bin=$2 pod_ip=$3 in_flags=() out_admin proxy=("$2")
   shift 3
+  [ "$(basename "$bin")" = tessera-proxy ] || proxy+=(proxy)
   while [ $# -gt 0 ] && [ "$1" != -- ]; do in_flags+=("$1"); shift; done
   [ $# -gt 0 ] && shift
-  TESSERA_LOG=warn "$bin" proxy --identity-addr "$IDENTITY" \
+  TESSERA_LOG=warn "${proxy[@]}" --identity-addr "$IDENTITY" \
     --identity server.bench.serviceaccount.identity.linkerd.cluster.local \
     --token-file "$DATA/server.identity-token" --trust-anchors "$PKI/ca.crt" \
     --inbound "$pod_ip:$POD_PORT=127.0.0.1:$BACKEND_PORT" --admin-addr "$pod_ip:4191" "${in_flags[@]}" \
@@ -162,7 +173,7 @@ bench_pair() {
   # /ready is 503 until the proxy has its certificate (and, with --policy on, its first policy).
   wait_http "http://$pod_ip:4191/ready"
   TCP_PORT=$(free_port)
-  TESSERA_LOG=warn "$bin" proxy --identity-addr "$IDENTITY" \
+  TESSERA_LOG=warn "${proxy[@]}" --identity-addr "$IDENTITY" \
     --identity client.bench.serviceaccount.identity.linkerd.cluster.local \
     --token-file "$DATA/client.identity-token" --trust-anchors "$PKI/ca.crt" \
     --outbound-addr 127.0.0.1:0 --outbound-tcp "127.0.0.1:$TCP_PORT=$pod_ip:$POD_PORT" \

@@ -528,12 +528,19 @@ async fn allocate_pod_ip(agent: &Agent, spec: &PodSpec, args: &mesh::MeshArgs) -
     Ok(ip)
 }
 
-/// Starts `tessera proxy` (this very binary) with a container's environment.
+/// Starts the pod's proxy with a container's environment: `tessera-proxy`
+/// beside this binary, else `tessera proxy` (this very binary).
 fn start_proxy(launch: &mesh::ProxyLaunch, path: Option<&std::ffi::OsString>) -> anyhow::Result<(tokio::process::Child, Process)> {
     let exe = std::env::current_exe().context("finding the tessera binary to run the proxy")?;
-    let mut command = tokio::process::Command::new(&exe);
+    let program = mesh::ProxyProgram::beside(&exe);
+    let mut command = tokio::process::Command::new(program.path());
     // `--parent-pid`: the proxy dies with this agent, even a SIGKILLed one.
-    command.args(launch.args()).args(["--parent-pid", &std::process::id().to_string()]).env_clear().kill_on_drop(true);
+    command
+        .args(program.leading_args())
+        .args(launch.args())
+        .args(["--parent-pid", &std::process::id().to_string()])
+        .env_clear()
+        .kill_on_drop(true);
     if let Some(path) = path {
         command.env("PATH", path);
     }
@@ -543,13 +550,13 @@ fn start_proxy(launch: &mesh::ProxyLaunch, path: Option<&std::ffi::OsString>) ->
             command.env(var, value);
         }
     }
-    let child = command.spawn().with_context(|| format!("starting {} proxy", exe.display()))?;
+    let child = command.spawn().with_context(|| format!("starting the proxy {}", program.path().display()))?;
     let process = Process {
         container_id: format!("tessera-agent://{}", child.id().unwrap_or_default()),
-        image_id: format!("file://{}", exe.display()),
+        image_id: format!("file://{}", program.path().display()),
         started_at: now(),
     };
-    tracing::info!(pid = child.id().unwrap_or_default(), inbound = %std::net::SocketAddr::from((launch.pod_ip, launch.port)), admin = %launch.admin(), "proxy started");
+    tracing::info!(pid = child.id().unwrap_or_default(), program = %program.path().display(), inbound = %std::net::SocketAddr::from((launch.pod_ip, launch.port)), admin = %launch.admin(), "proxy started");
     Ok((child, process))
 }
 

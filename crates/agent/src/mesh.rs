@@ -173,6 +173,48 @@ pub enum TrustAnchors {
     ConfigMap(String),
 }
 
+/// The executable that runs a meshed pod's proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyProgram {
+    /// `tessera-proxy`, the sidecar alone: a smaller executable, so a smaller
+    /// RSS per proxy (BENCHMARKS.md, issue 15).
+    Sidecar(PathBuf),
+    /// `tessera proxy`: the same proxy inside the whole binary.
+    Subcommand(PathBuf),
+}
+
+impl ProxyProgram {
+    /// The sidecar's file name, as cargo builds it next to `tessera`.
+    pub const SIDECAR: &'static str = "tessera-proxy";
+
+    /// `tessera-proxy` when it is a file beside `exe` (the running
+    /// `tessera`), else `exe proxy`. Only that directory is looked in, never
+    /// PATH: the proxy holds the pod's identity, so it comes from where the
+    /// agent itself came from.
+    pub fn beside(exe: &Path) -> Self {
+        let name = format!("{}{}", Self::SIDECAR, std::env::consts::EXE_SUFFIX);
+        match exe.parent().map(|dir| dir.join(name)) {
+            Some(sidecar) if sidecar.is_file() => Self::Sidecar(sidecar),
+            _ => Self::Subcommand(exe.to_owned()),
+        }
+    }
+
+    /// The file to execute.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Sidecar(path) | Self::Subcommand(path) => path,
+        }
+    }
+
+    /// The arguments before the proxy's flags.
+    pub fn leading_args(&self) -> &'static [&'static str] {
+        match self {
+            Self::Sidecar(_) => &[],
+            Self::Subcommand(_) => &["proxy"],
+        }
+    }
+}
+
 /// Everything the proxy is started with.
 #[derive(Debug, Clone)]
 pub struct ProxyLaunch {
@@ -229,7 +271,7 @@ impl ProxyLaunch {
         }
     }
 
-    /// Arguments of `tessera proxy`.
+    /// The proxy's flags (after `tessera proxy`, or `tessera-proxy` alone).
     pub fn args(&self) -> Vec<String> {
         let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned()).display().to_string();
         let trust = match &self.trust_anchors {
@@ -255,7 +297,7 @@ impl ProxyLaunch {
             ("--policy", if self.policy { "on" } else { "off" }.to_owned()),
         ]
         .into_iter()
-        .fold(vec!["proxy".to_owned()], |mut args, (flag, value)| {
+        .fold(Vec::new(), |mut args, (flag, value)| {
             args.push(flag.to_owned());
             args.push(value);
             args
@@ -336,6 +378,25 @@ mod tests {
     }
 
     #[test]
+    fn the_sidecar_beside_the_binary_runs_the_proxy_and_the_binary_itself_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("tessera");
+        std::fs::write(&exe, b"").unwrap();
+        let alone = ProxyProgram::beside(&exe);
+        assert_eq!(alone, ProxyProgram::Subcommand(exe.clone()));
+        assert_eq!((alone.path(), alone.leading_args()), (exe.as_path(), &["proxy"][..]));
+        // A directory of that name is not a program.
+        std::fs::create_dir(dir.path().join("tessera-proxy")).unwrap();
+        assert_eq!(ProxyProgram::beside(&exe), ProxyProgram::Subcommand(exe.clone()));
+        std::fs::remove_dir(dir.path().join("tessera-proxy")).unwrap();
+        let sidecar = dir.path().join("tessera-proxy");
+        std::fs::write(&sidecar, b"").unwrap();
+        let beside = ProxyProgram::beside(&exe);
+        assert_eq!(beside, ProxyProgram::Sidecar(sidecar.clone()));
+        assert_eq!((beside.path(), beside.leading_args()), (sidecar.as_path(), &[][..]));
+    }
+
+    #[test]
     fn the_app_is_told_its_port_and_its_proxy() {
         let launch = ProxyLaunch::sample();
         let env: Vec<(String, String)> = launch.app_env().into_iter().map(|v| (v.name, v.value)).collect();
@@ -343,6 +404,8 @@ mod tests {
         assert!(env.contains(&("HTTP_PROXY".into(), "http://127.0.0.1:40001".into())));
         assert!(env.contains(&("no_proxy".into(), "127.0.0.1".into())));
         let args = launch.args();
+        // Flags only: the program decides whether `proxy` goes first.
+        assert_eq!(args.first().map(String::as_str), Some("--identity-addr"));
         let after = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
         assert_eq!(after("--inbound").as_deref(), Some("127.9.8.7:8080=127.0.0.1:18080"));
         assert_eq!(after("--admin-addr").as_deref(), Some("127.9.8.7:4191"));

@@ -13,6 +13,7 @@ mod columns;
 mod expiry;
 mod mesh;
 mod policy;
+mod process;
 mod rbac;
 
 // The allocator decides whether memory freed after a load peak goes back to the
@@ -258,15 +259,8 @@ const SERVER_BLOCKING_THREADS: usize = 12;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    if rustls::crypto::ring::default_provider().install_default().is_err() {
-        tracing::debug!("a rustls crypto provider was already installed");
-    }
+    process::init_logging();
+    process::install_crypto_provider();
     let mut builder = match &cli.command {
         // The proxy picks its scheduler (`tessera proxy --worker-threads`).
         Command::Proxy(args) => args.runtime_builder(),
@@ -279,21 +273,7 @@ fn main() -> ExitCode {
         // a stack and allocator caches (BENCHMARKS.md, issue 14 "Memory").
         builder.max_blocking_threads(SERVER_BLOCKING_THREADS);
     }
-    let runtime = match builder.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(dispatch(cli)) {
-        Ok(0) => ExitCode::SUCCESS,
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    process::run(builder, dispatch(cli))
 }
 
 /// Runs the command; returns the process exit code.
@@ -301,7 +281,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Server(args) => server(args).await.map(|()| 0),
         Command::Bench(args) => {
-            let summary = args.run(shutdown_signal()).await?;
+            let summary = args.run(process::shutdown_signal()).await?;
             // A closed pipe (`| head`) is not an error worth a panic.
             let _ = std::io::Write::write_all(&mut std::io::stdout(), summary.to_string().as_bytes());
             Ok(0)
@@ -309,34 +289,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Agent(args) => tessera_agent::cli::run(args).await,
         Command::Rbac(args) => rbac::run(args).await,
         Command::Policy(args) => policy::run(args).await,
-        Command::Identity(args) => Ok(args.run(shutdown_signal()).await?),
+        Command::Identity(args) => Ok(args.run(process::shutdown_signal()).await?),
         Command::Check(args) => Ok(args.run().await?),
         Command::Edges(args) => mesh::edges(args).await,
         Command::Tap(args) => mesh::tap(args).await,
         Command::Expiry(args) => expiry::run(args).await,
-        Command::Proxy(args) => Ok(args.run(shutdown_signal()).await?),
+        Command::Proxy(args) => Ok(args.run(process::shutdown_signal()).await?),
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
@@ -410,7 +369,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             })
         }
     };
-    tessera_apiserver::run(config, shutdown_signal(), |started| {
+    tessera_apiserver::run(config, process::shutdown_signal(), |started| {
         let kubeconfig = std::fs::canonicalize(&started.kubeconfig).unwrap_or_else(|_| started.kubeconfig.clone());
         println!("tessera server listening on https://{}", started.addr);
         println!("kubeconfig: {}", kubeconfig.display());

@@ -45,6 +45,10 @@ fn meshed_api_and_data_store_talk_mutual_tls_and_the_mesh_is_visible() {
     assert_eq!(pod["metadata"]["annotations"]["linkerd.io/inject"], "enabled");
     assert_eq!(pod["metadata"]["annotations"]["tessera.io/proxy-admin-port"], "4191");
     assert_eq!(pod["spec"]["containers"][1]["name"], "linkerd-proxy");
+    // The agent runs the sidecar executable cargo built beside it, not `tessera proxy`.
+    let proxy_status = pod["status"]["containerStatuses"].as_array().and_then(|s| s.iter().find(|c| c["name"] == "linkerd-proxy")).cloned();
+    let sidecar = std::fs::canonicalize(env!("CARGO_BIN_EXE_tessera-proxy")).unwrap();
+    assert_eq!(proxy_status.as_ref().map(|c| &c["imageID"]), Some(&serde_json::Value::String(format!("file://{}", sidecar.display()))), "{pod}");
 
     // The api reaches the data store by its Service name, through its proxy:
     // the data store sees the api's identity, and only that one.
