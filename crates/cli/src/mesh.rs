@@ -353,7 +353,7 @@ mod tests {
     fn the_agent_starts_the_proxy_with_flags_the_proxy_takes() {
         use clap::Parser as _;
         let launch = tessera_agent::mesh::ProxyLaunch::sample();
-        let argv = std::iter::once("tessera".to_owned()).chain(launch.args());
+        let argv = ["tessera".to_owned(), "proxy".to_owned()].into_iter().chain(launch.args());
         let crate::Command::Proxy(args) = crate::Cli::try_parse_from(argv).expect("the proxy's flags").command else { panic!("not proxy") };
         let config = args.config();
         assert_eq!(config.inbound[0].listen, "127.9.8.7:8080".parse().unwrap());

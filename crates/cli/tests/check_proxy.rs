@@ -207,7 +207,7 @@ fn check_proxy_passes_on_a_healthy_mesh_and_names_stale_bundles_and_expired_leav
     assert!(text.ends_with("Status check results are ×\n"), "{text}");
 }
 
-/// The agent's `tessera proxy` child.
+/// The agent's proxy child (`tessera-proxy`, built beside `tessera`).
 fn proxy_pid(agent: u32) -> u32 {
     let children = std::fs::read_to_string(format!("/proc/{agent}/task/{agent}/children")).expect("the agent's children");
     children
@@ -215,7 +215,7 @@ fn proxy_pid(agent: u32) -> u32 {
         .filter_map(|p| p.parse::<u32>().ok())
         .find(|p| {
             let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            cmdline.split(|b| *b == 0).nth(1) == Some(b"proxy".as_slice())
+            cmdline.split(|b| *b == 0).next().is_some_and(|program| program.ends_with(b"/tessera-proxy"))
         })
         .expect("the agent runs a proxy")
 }

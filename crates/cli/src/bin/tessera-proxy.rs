@@ -30,3 +30,21 @@ fn main() -> std::process::ExitCode {
     let builder = cli.args.runtime_builder();
     process::run(builder, async move { Ok(cli.args.run(process::shutdown_signal()).await?) })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::Cli;
+
+    #[test]
+    fn the_agent_starts_the_sidecar_with_flags_it_takes() {
+        let launch = tessera_agent::mesh::ProxyLaunch::sample();
+        let argv = std::iter::once("tessera-proxy".to_owned()).chain(launch.args());
+        let config = Cli::try_parse_from(argv).expect("the proxy's flags").args.config();
+        assert_eq!(config.inbound[0].listen, "127.9.8.7:8080".parse().unwrap());
+        assert_eq!(config.inbound[0].app, "127.0.0.1:18080".parse().unwrap());
+        assert_eq!(config.admin_addr, "127.9.8.7:4191".parse().unwrap());
+        assert!(config.policy, "the agent has its proxy enforce inbound policy");
+    }
+}
