@@ -123,7 +123,7 @@ impl WatchEvent {
 }
 
 /// A stream of watch events in revision order. It ends with an error item when
-/// the watch can no longer be served (e.g. the watcher fell too far behind).
+/// the watch can no longer be served (e.g. the history it needs was compacted).
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent>> + Send>>;
 
 /// A key-value store with a global revision, optimistic concurrency and watches.

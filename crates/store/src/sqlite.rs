@@ -27,8 +27,11 @@
 //! order. A watch subscribes there first, then replays the history from the
 //! `events` table (in pages bounded in rows and bytes), then switches to its
 //! live queue, dropping what it has already delivered from history. Each
-//! watch's live queue is bounded: a watch that falls too far behind is cut
-//! off with an error.
+//! watch's live queue is bounded: a watch that falls too far behind loses its
+//! queue and catches up from the history table again (subscribe, replay from
+//! the last revision it delivered, switch to the new queue), as etcd catches
+//! up a slow watcher from its history. Its consumer sees every event once, in
+//! order; only compaction past that revision ends it (`Compacted`).
 //!
 //! Space: the database uses `auto_vacuum=INCREMENTAL` (stores created before
 //! are converted by a one-time `VACUUM` when opened). After compaction deletes
@@ -545,6 +548,7 @@ impl Store for SqliteStore {
         let live = self.fanout.subscribe(prefix);
         let mut watch = Watch {
             readers: Arc::clone(&self.readers),
+            fanout: Arc::clone(&self.fanout),
             prefix: prefix.to_owned(),
             upper: prefix_upper_bound(prefix),
             live,
@@ -729,6 +733,8 @@ impl SqliteStore {
 /// The state of one watch stream.
 struct Watch {
     readers: Arc<ReadPool>,
+    /// Where `live` came from, to subscribe again after an overflow.
+    fanout: Arc<Fanout>,
     prefix: String,
     upper: Option<String>,
     live: fanout::Receiver,
@@ -764,11 +770,13 @@ impl Watch {
                     return Ok(event);
                 }
                 Err(End::Overflowed) => {
-                    warn!(prefix = %self.prefix, cursor = self.cursor, "watch fell too far behind; cut off");
-                    return Err(Error::Backend(format!(
-                        "watch fell too far behind after revision {}; restart it from there",
-                        self.cursor
-                    )));
+                    // Its queue is gone; everything after `cursor` is in
+                    // the history table (an event is published only after
+                    // its commit). Subscribe again before reading, as
+                    // `watch` does, so nothing falls between the two.
+                    debug!(prefix = %self.prefix, cursor = self.cursor, "watch fell behind its queue; catching up from history");
+                    self.live = self.fanout.subscribe(&self.prefix);
+                    self.history_done = false;
                 }
                 Err(End::Closed) => {
                     return Err(Error::Backend("the store was closed".to_owned()));
@@ -1503,6 +1511,7 @@ mod tests {
         }
         let mut watch = Watch {
             readers: Arc::clone(&store.readers),
+            fanout: Arc::clone(&store.fanout),
             prefix: "/k/".to_owned(),
             upper: prefix_upper_bound("/k/"),
             live: store.fanout.subscribe("/k/"),
@@ -1518,27 +1527,63 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn lagging_watch_ends_with_an_error() {
-        let dir = tempfile::tempdir().expect("create temp dir");
+    /// A store whose watches may queue 4 events.
+    fn store_with_short_queues(dir: &tempfile::TempDir) -> SqliteStore {
         let limits = QueueLimits {
             events: 4,
             bytes: usize::MAX,
         };
-        let store = SqliteStore::open_with_limits(&dir.path().join("store.db"), limits)
-            .expect("open store");
-        let mut watch = store.watch("", 0).await.expect("watch");
+        SqliteStore::open_with_limits(&dir.path().join("store.db"), limits).expect("open store")
+    }
+
+    #[tokio::test]
+    async fn a_lagging_watch_catches_up_from_history() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let store = store_with_short_queues(&dir);
+        let mut watch = store.watch("/k/", 0).await.expect("watch");
+        // Not read while written: the fifth event overflows its queue.
         for i in 0..10 {
             store
                 .create(&format!("/k/{i}"), b("v"))
                 .await
                 .expect("create");
         }
+        for i in 0..10 {
+            let event = next_item(&mut watch).await.expect("an event").expect("no error");
+            assert_eq!(
+                (event.kv.key.as_str(), event.revision()),
+                (format!("/k/{i}").as_str(), i + 1),
+                "every event once, in order"
+            );
+        }
+        assert_eq!(
+            store.fanout.subscribers(),
+            1,
+            "the overflowed subscription is replaced, not added to"
+        );
+        let live = store.create("/k/10", b("v")).await.expect("create");
+        let event = next_item(&mut watch).await.expect("an event").expect("no error");
+        assert_eq!(event.revision(), live.mod_revision, "and it is live again");
+    }
+
+    #[tokio::test]
+    async fn a_lagging_watch_whose_history_is_compacted_ends_with_compacted() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let store = store_with_short_queues(&dir);
+        let mut watch = store.watch("/k/", 0).await.expect("watch");
+        for i in 0..10 {
+            store
+                .create(&format!("/k/{i}"), b("v"))
+                .await
+                .expect("create");
+        }
+        store.compact(8).await.expect("compact");
         match next_item(&mut watch).await {
-            Some(Err(Error::Backend(message))) => {
-                assert!(message.contains("too far behind"), "{message}");
-            }
-            other => panic!("expected a lag error, got {other:?}"),
+            Some(Err(Error::Compacted {
+                requested: 0,
+                compacted: 8,
+            })) => {}
+            other => panic!("expected Compacted after revision 0, got {other:?}"),
         }
         assert!(
             next_item(&mut watch).await.is_none(),

@@ -4,10 +4,10 @@
 //! Why not one shared broadcast ring: a ring keeps the last N events for its
 //! slowest reader, so one watcher that stops reading pins N whole values
 //! (4096 events of up to 3 MiB each is 12 GiB) however small the values of
-//! everyone else. Here each queue is bounded in events *and* bytes; a watch
-//! whose queue would overflow is cut off (its stream ends with an error and
-//! its consumer re-watches from the revision it reached, replaying the
-//! history table), and its queue is freed at once. Values are [`Bytes`], so an
+//! everyone else. Here each queue is bounded in events *and* bytes; a
+//! subscription whose queue would overflow is ended and its queue freed at
+//! once (the watch then subscribes again and replays what it missed from the
+//! history table: `sqlite.rs`). Values are [`Bytes`], so an
 //! event queued for many watches is stored once.
 
 use std::collections::{HashMap, VecDeque};
@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use super::lock;
 use crate::WatchEvent;
 
-/// How much one watch may have queued before it is cut off.
+/// How much one watch may have queued before its subscription is ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct QueueLimits {
     /// Events queued.
