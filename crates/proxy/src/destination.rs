@@ -565,7 +565,8 @@ mod tests {
 
     #[tokio::test]
     async fn api_discover_over_https_with_the_cluster_ca_rereads_the_token() {
-        let dir = tempfile_dir();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
             .unwrap()
@@ -620,7 +621,8 @@ mod tests {
 
     #[tokio::test]
     async fn api_discover_streams_snapshots_with_the_token() {
-        let dir = tempfile_dir();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let token = dir.join("token");
         std::fs::write(&token, "tok-1\n").unwrap();
         let (addr, mut seen) = fake_api(200, vec![SNAP.to_owned()]).await;
@@ -654,7 +656,8 @@ mod tests {
 
     #[tokio::test]
     async fn api_discover_reports_not_found_and_drops_idle_watches() {
-        let dir = tempfile_dir();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let token = dir.join("token");
         std::fs::write(&token, "t").unwrap();
         let (addr, _seen) = fake_api(404, vec![]).await;
@@ -669,15 +672,5 @@ mod tests {
             assert!(Instant::now() < deadline, "idle watch not dropped");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-
-    fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "tessera-dst-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 }
