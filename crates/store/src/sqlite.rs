@@ -1527,27 +1527,29 @@ mod tests {
         }
     }
 
-    /// A store whose watches may queue 4 events.
-    fn store_with_short_queues(dir: &tempfile::TempDir) -> SqliteStore {
+    /// A store whose watches may queue 4 events, and a watch of `/k/` from
+    /// the start that is not read while `/k/0`..`/k/9` (revisions 1..=10)
+    /// are written: the fifth event overflows its queue.
+    async fn a_watch_ten_writes_behind(dir: &tempfile::TempDir) -> (SqliteStore, WatchStream) {
         let limits = QueueLimits {
             events: 4,
             bytes: usize::MAX,
         };
-        SqliteStore::open_with_limits(&dir.path().join("store.db"), limits).expect("open store")
-    }
-
-    #[tokio::test]
-    async fn a_lagging_watch_catches_up_from_history() {
-        let dir = tempfile::tempdir().expect("create temp dir");
-        let store = store_with_short_queues(&dir);
-        let mut watch = store.watch("/k/", 0).await.expect("watch");
-        // Not read while written: the fifth event overflows its queue.
+        let store = SqliteStore::open_with_limits(&dir.path().join("store.db"), limits).expect("open store");
+        let watch = store.watch("/k/", 0).await.expect("watch");
         for i in 0..10 {
             store
                 .create(&format!("/k/{i}"), b("v"))
                 .await
                 .expect("create");
         }
+        (store, watch)
+    }
+
+    #[tokio::test]
+    async fn a_lagging_watch_catches_up_from_history() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let (store, mut watch) = a_watch_ten_writes_behind(&dir).await;
         for i in 0..10 {
             let event = next_item(&mut watch).await.expect("an event").expect("no error");
             assert_eq!(
@@ -1569,14 +1571,7 @@ mod tests {
     #[tokio::test]
     async fn a_lagging_watch_whose_history_is_compacted_ends_with_compacted() {
         let dir = tempfile::tempdir().expect("create temp dir");
-        let store = store_with_short_queues(&dir);
-        let mut watch = store.watch("/k/", 0).await.expect("watch");
-        for i in 0..10 {
-            store
-                .create(&format!("/k/{i}"), b("v"))
-                .await
-                .expect("create");
-        }
+        let (store, mut watch) = a_watch_ten_writes_behind(&dir).await;
         store.compact(8).await.expect("compact");
         match next_item(&mut watch).await {
             Some(Err(Error::Compacted {
